@@ -1,0 +1,427 @@
+//! The probe programs and the maps they share with userspace.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
+};
+use profiler_common::{
+    counter, defaults, AllocKind, Inflight, LiveAlloc, LiveKey, MapEvent, SiteCounters, SiteKey,
+    MAP_ANONYMOUS, STACK_NONE,
+};
+
+/// Outstanding allocations: (tgid, ptr) → size, stack, time.
+#[map]
+static LIVE: HashMap<LiveKey, LiveAlloc> =
+    HashMap::with_max_entries(defaults::LIVE_MAP_ENTRIES, 0);
+
+/// Per call site (stack, entry point) counters, per CPU.
+#[map]
+static SITES: PerCpuHashMap<SiteKey, SiteCounters> =
+    PerCpuHashMap::with_max_entries(defaults::SITE_MAP_ENTRIES, 0);
+
+/// Captured user stacks (frame-pointer walks), keyed by stack id.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(defaults::STACK_MAP_ENTRIES, 0);
+
+/// Entry → return state per thread (pid_tgid). Bounded; stale entries of
+/// threads that died mid-call are pruned by userspace.
+#[map]
+static INFLIGHT: HashMap<u64, Inflight> =
+    HashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
+
+/// Global counters, see `profiler_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// mmap/munmap/mremap events made by the program.
+#[map]
+static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(defaults::RINGBUF_BYTES, 0);
+
+const MAP_FAILED: u64 = u64::MAX;
+
+#[inline(always)]
+fn bump(idx: u32, by: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *p += by };
+    }
+}
+
+#[inline(always)]
+fn tgid_of(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}
+
+/// Records entry into an allocator function. Returns without saving when the
+/// thread is already inside one (the call is the allocator's own).
+#[inline(always)]
+fn enter(kind: AllocKind, arg0: u64, arg1: u64, arg2: u64) {
+    let tid = bpf_get_current_pid_tgid();
+    if let Some(st) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the entry is only touched by its own thread, which is here.
+        unsafe { (*st).depth += 1 };
+        bump(counter::NESTED, 1);
+        return;
+    }
+    let st = Inflight {
+        kind: kind as u32,
+        depth: 1,
+        arg0,
+        arg1,
+        arg2,
+    };
+    if INFLIGHT.insert(tid, st, 0).is_err() {
+        bump(counter::INFLIGHT_FULL, 1);
+    }
+}
+
+/// Leaves an allocator function: `Some(state)` only for the outermost call.
+#[inline(always)]
+fn leave() -> Option<Inflight> {
+    let tid = bpf_get_current_pid_tgid();
+    let Some(st) = INFLIGHT.get_ptr_mut(tid) else {
+        bump(counter::UNMATCHED_RETURN, 1);
+        return None;
+    };
+    // SAFETY: the entry is only touched by its own thread, which is here.
+    let st_val = unsafe { *st };
+    if st_val.depth > 1 {
+        // SAFETY: as above.
+        unsafe { (*st).depth -= 1 };
+        return None;
+    }
+    let _ = INFLIGHT.remove(tid);
+    Some(st_val)
+}
+
+/// True while this thread is inside a probed allocator function.
+#[inline(always)]
+fn nested() -> bool {
+    let tid = bpf_get_current_pid_tgid();
+    INFLIGHT.get_ptr(tid).is_some()
+}
+
+#[inline(always)]
+fn site_add(key: &SiteKey, alloc_bytes: u64, alloc_count: u64, free_bytes: u64, free_count: u64) {
+    let mut p = SITES.get_ptr_mut(key);
+    if p.is_none() {
+        if SITES.insert(key, SiteCounters::default(), 1 /* BPF_NOEXIST */).is_err() {
+            // Another CPU may have created it meanwhile; look again before counting a loss.
+        }
+        p = SITES.get_ptr_mut(key);
+    }
+    match p {
+        Some(c) => {
+            // SAFETY: a per-CPU value, only this CPU writes it while this program runs.
+            unsafe {
+                (*c).alloc_bytes += alloc_bytes;
+                (*c).alloc_count += alloc_count;
+                (*c).free_bytes += free_bytes;
+                (*c).free_count += free_count;
+            }
+        }
+        None => bump(counter::SITE_MAP_FULL, 1),
+    }
+}
+
+#[inline(always)]
+fn stack_of(ctx: &RetProbeContext) -> i32 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            bump(counter::STACK_FAILED, 1);
+            STACK_NONE
+        }
+    }
+}
+
+#[inline(always)]
+fn record_free(tgid: u32, ptr: u64) {
+    let key = LiveKey { tgid, _pad: 0, ptr };
+    // SAFETY: the value is copied out at once; a concurrent remove of the same
+    // pointer would be a double free in the target.
+    let Some(a) = (unsafe { LIVE.get(&key) }).copied() else {
+        bump(counter::FREES_UNKNOWN, 1);
+        return;
+    };
+    let _ = LIVE.remove(&key);
+    let site = SiteKey {
+        stack_id: a.stack_id,
+        kind: a.kind,
+    };
+    site_add(&site, 0, 0, a.size, 1);
+    bump(counter::FREES, 1);
+    bump(counter::FREE_BYTES, a.size);
+}
+
+#[inline(always)]
+fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: AllocKind) {
+    let key = LiveKey { tgid, _pad: 0, ptr };
+    // SAFETY: copied out at once, see record_free.
+    if unsafe { LIVE.get(&key) }.is_some() {
+        // Its free was never seen (e.g. the entry state did not fit); retire it.
+        bump(counter::REPLACED, 1);
+        record_free(tgid, ptr);
+    }
+    let stack_id = stack_of(ctx);
+    // SAFETY: a plain helper call without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let val = LiveAlloc {
+        size,
+        ts_ns,
+        stack_id,
+        kind: kind as u32,
+    };
+    if LIVE.insert(&key, &val, 0).is_err() {
+        bump(counter::LIVE_MAP_FULL, 1);
+        return;
+    }
+    let site = SiteKey {
+        stack_id,
+        kind: kind as u32,
+    };
+    site_add(&site, size, 1, 0, 0);
+    bump(counter::ALLOCS, 1);
+    bump(counter::ALLOC_BYTES, size);
+}
+
+#[inline(always)]
+fn emit_map_event(ev: MapEvent) {
+    if MAP_EVENTS.output::<MapEvent>(&ev, 0).is_err() {
+        bump(counter::RINGBUF_LOST, 1);
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+// ---- entry probes -------------------------------------------------------
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocKind::Malloc, arg(&ctx, 0), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocKind::Calloc, arg(&ctx, 0), arg(&ctx, 1), 0);
+    0
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocKind::Realloc, arg(&ctx, 0), arg(&ctx, 1), 0);
+    0
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    enter(
+        AllocKind::Reallocarray,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+    );
+    0
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    // (memptr, alignment, size)
+    enter(AllocKind::PosixMemalign, arg(&ctx, 0), arg(&ctx, 2), 0);
+    0
+}
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    // (alignment, size)
+    enter(AllocKind::AlignedAlloc, arg(&ctx, 1), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    // (alignment, size)
+    enter(AllocKind::Memalign, arg(&ctx, 1), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocKind::Valloc, arg(&ctx, 0), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocKind::Pvalloc, arg(&ctx, 0), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    // (addr, length, prot, flags, fd, offset)
+    enter(AllocKind::Mmap, arg(&ctx, 1), arg(&ctx, 3), 0);
+    0
+}
+
+#[uprobe]
+pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    // (old_address, old_size, new_size, flags, ...)
+    enter(AllocKind::Mremap, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    0
+}
+
+/// free has no return probe: it returns nothing, and skipping the return trap halves its cost.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let ptr = arg(&ctx, 0);
+    if ptr == 0 || nested() {
+        return 0;
+    }
+    record_free(tgid_of(bpf_get_current_pid_tgid()), ptr);
+    0
+}
+
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    if nested() {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    emit_map_event(MapEvent {
+        kind: AllocKind::Munmap as u32,
+        tgid: tgid_of(pid_tgid),
+        addr: arg(&ctx, 0),
+        len: arg(&ctx, 1),
+        new_addr: 0,
+        new_len: 0,
+        // SAFETY: a plain helper call without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: STACK_NONE,
+        _pad: 0,
+    });
+    0
+}
+
+// ---- return probes ------------------------------------------------------
+
+/// The common return path: the outermost call's saved state and its result.
+#[inline(always)]
+fn on_return(ctx: &RetProbeContext) -> u32 {
+    let Some(st) = leave() else { return 0 };
+    let ret: u64 = ctx.ret();
+    let tgid = tgid_of(bpf_get_current_pid_tgid());
+    let Some(kind) = AllocKind::from_u32(st.kind) else {
+        return 0;
+    };
+    match kind {
+        AllocKind::Malloc
+        | AllocKind::AlignedAlloc
+        | AllocKind::Memalign
+        | AllocKind::Valloc => alloc_result(ctx, tgid, ret, st.arg0, kind),
+        AllocKind::Pvalloc => {
+            // pvalloc rounds the request up to whole pages.
+            let size = (st.arg0 + 4095) & !4095u64;
+            alloc_result(ctx, tgid, ret, size, kind)
+        }
+        AllocKind::Calloc => alloc_result(ctx, tgid, ret, st.arg0.wrapping_mul(st.arg1), kind),
+        AllocKind::Realloc => realloc_result(ctx, tgid, ret, st.arg0, st.arg1, kind),
+        AllocKind::Reallocarray => {
+            realloc_result(ctx, tgid, ret, st.arg0, st.arg1.wrapping_mul(st.arg2), kind)
+        }
+        AllocKind::PosixMemalign => {
+            // Returns 0 on success and stores the block through memptr.
+            if ret as u32 != 0 {
+                bump(counter::ALLOC_FAILED, 1);
+                return 0;
+            }
+            // SAFETY: reads one pointer from the target's memory; a fault is an error, not a crash.
+            match unsafe { bpf_probe_read_user(st.arg0 as *const u64) } {
+                Ok(ptr) if ptr != 0 => record_alloc(ctx, tgid, ptr, st.arg1, kind),
+                _ => bump(counter::ALLOC_FAILED, 1),
+            }
+        }
+        AllocKind::Mmap => {
+            if ret == MAP_FAILED || st.arg1 & MAP_ANONYMOUS == 0 {
+                return 0;
+            }
+            emit_map_event(MapEvent {
+                kind: AllocKind::Mmap as u32,
+                tgid,
+                addr: ret,
+                len: st.arg0,
+                new_addr: 0,
+                new_len: 0,
+                // SAFETY: a plain helper call without arguments.
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                stack_id: stack_of(ctx),
+                _pad: 0,
+            });
+        }
+        AllocKind::Mremap => {
+            if ret == MAP_FAILED {
+                return 0;
+            }
+            emit_map_event(MapEvent {
+                kind: AllocKind::Mremap as u32,
+                tgid,
+                addr: st.arg0,
+                len: st.arg1,
+                new_addr: ret,
+                new_len: st.arg2,
+                // SAFETY: a plain helper call without arguments.
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                stack_id: STACK_NONE,
+                _pad: 0,
+            });
+        }
+        AllocKind::Free | AllocKind::Munmap => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn alloc_result(ctx: &RetProbeContext, tgid: u32, ret: u64, size: u64, kind: AllocKind) {
+    if ret == 0 {
+        bump(counter::ALLOC_FAILED, 1);
+        return;
+    }
+    record_alloc(ctx, tgid, ret, size, kind);
+}
+
+/// realloc is free(old) + alloc(new) attributed to realloc's caller. A failed
+/// realloc keeps the old block; glibc's realloc(p, 0) frees p and returns NULL.
+#[inline(always)]
+fn realloc_result(
+    ctx: &RetProbeContext,
+    tgid: u32,
+    ret: u64,
+    old: u64,
+    size: u64,
+    kind: AllocKind,
+) {
+    if ret == 0 {
+        if size == 0 && old != 0 {
+            record_free(tgid, old);
+        } else {
+            bump(counter::ALLOC_FAILED, 1);
+        }
+        return;
+    }
+    if old != 0 {
+        record_free(tgid, old);
+    }
+    record_alloc(ctx, tgid, ret, size, kind);
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx)
+}

@@ -1,0 +1,1 @@
+//! heapscope: an eBPF heap profiler for running processes.
