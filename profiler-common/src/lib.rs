@@ -124,7 +124,13 @@ pub struct Inflight {
     pub arg0: u64,
     pub arg1: u64,
     pub arg2: u64,
+    /// `bpf_ktime_get_ns()` at entry: state older than [`INFLIGHT_STALE_NS`] is
+    /// from a call whose return was never seen, and is discarded.
+    pub ts_ns: u64,
 }
+
+/// Age after which a per-thread entry state is taken as stale (its return was lost).
+pub const INFLIGHT_STALE_NS: u64 = 10_000_000_000;
 
 /// A memory-mapping event sent through the ring buffer (mmap, munmap, mremap
 /// made by the program itself, not by the allocator). Userspace tracks the
@@ -179,8 +185,10 @@ pub mod counter {
     pub const REPLACED: u32 = 12;
     /// Return probes with no matching entry state (e.g. dropped at entry).
     pub const UNMATCHED_RETURN: u32 = 13;
+    /// Per-thread entry states discarded as stale (a return probe never fired).
+    pub const INFLIGHT_STALE: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Default sizes of the bounded kernel maps (overridable by flags).
@@ -199,7 +207,7 @@ const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<Inflight>() == 32);
+const _: () = assert!(core::mem::size_of::<Inflight>() == 40);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
 
 #[cfg(feature = "user")]

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter, defaults, AllocKind, Inflight, LiveAlloc, LiveKey, MapEvent, SiteCounters, SiteKey,
-    MAP_ANONYMOUS, STACK_NONE,
+    INFLIGHT_STALE_NS, MAP_ANONYMOUS, STACK_NONE,
 };
 
 /// Outstanding allocations: (tgid, ptr) → size, stack, time.
@@ -60,11 +60,18 @@ fn tgid_of(pid_tgid: u64) -> u32 {
 #[inline(always)]
 fn enter(kind: AllocKind, arg0: u64, arg1: u64, arg2: u64) {
     let tid = bpf_get_current_pid_tgid();
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(st) = INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: the entry is only touched by its own thread, which is here.
-        unsafe { (*st).depth += 1 };
-        bump(counter::NESTED, 1);
-        return;
+        let started = unsafe { (*st).ts_ns };
+        if now.wrapping_sub(started) < INFLIGHT_STALE_NS {
+            // SAFETY: as above.
+            unsafe { (*st).depth += 1 };
+            bump(counter::NESTED, 1);
+            return;
+        }
+        bump(counter::INFLIGHT_STALE, 1);
     }
     let st = Inflight {
         kind: kind as u32,
@@ -72,6 +79,7 @@ fn enter(kind: AllocKind, arg0: u64, arg1: u64, arg2: u64) {
         arg0,
         arg1,
         arg2,
+        ts_ns: now,
     };
     if INFLIGHT.insert(tid, st, 0).is_err() {
         bump(counter::INFLIGHT_FULL, 1);
@@ -101,7 +109,13 @@ fn leave() -> Option<Inflight> {
 #[inline(always)]
 fn nested() -> bool {
     let tid = bpf_get_current_pid_tgid();
-    INFLIGHT.get_ptr(tid).is_some()
+    match INFLIGHT.get_ptr(tid) {
+        // SAFETY: the entry is only touched by its own thread, which is here.
+        Some(st) => unsafe {
+            bpf_ktime_get_ns().wrapping_sub((*st).ts_ns) < INFLIGHT_STALE_NS
+        },
+        None => false,
+    }
 }
 
 #[inline(always)]

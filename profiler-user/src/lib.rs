@@ -1,1 +1,15 @@
 //! heapscope: an eBPF heap profiler for running processes.
+//!
+//! Data flows one way: `probes` (load + attach) → `events` / `aggregate`
+//! (read kernel maps) → `profile` (symbolized snapshot) → `views`.
+pub mod aggregate;
+pub mod cli;
+pub mod events;
+pub mod launch;
+pub mod probes;
+pub mod process;
+pub mod profile;
+pub mod session;
+pub mod symbolize;
+pub mod units;
+pub mod views;

@@ -1,0 +1,179 @@
+//! Reading the kernel's counters into per-call-site numbers.
+
+pub mod regions;
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::Ebpf;
+use profiler_common::{counter, AllocKind, Inflight, SiteCounters, SiteKey};
+
+use crate::profile::{SiteStats, Totals};
+use regions::RegionTracker;
+
+/// Per-site numbers and process totals before symbolization.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawSnapshot {
+    pub sites: BTreeMap<SiteKey, SiteStats>,
+    pub totals: Totals,
+}
+
+impl RawSnapshot {
+    /// Live bytes over all sites.
+    pub fn live_bytes(&self) -> u64 {
+        self.sites.values().map(|s| s.live_bytes).sum()
+    }
+}
+
+/// Sums the global per-CPU counters.
+pub fn read_counters(ebpf: &Ebpf) -> anyhow::Result<[u64; counter::COUNT as usize]> {
+    let map = ebpf
+        .map("COUNTERS")
+        .ok_or_else(|| anyhow::anyhow!("map COUNTERS missing from the eBPF object"))?;
+    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    let mut out = [0u64; counter::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = arr.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
+/// Sums the per-CPU call-site counters.
+pub fn read_sites(ebpf: &Ebpf) -> anyhow::Result<BTreeMap<SiteKey, SiteCounters>> {
+    let map = ebpf
+        .map("SITES")
+        .ok_or_else(|| anyhow::anyhow!("map SITES missing from the eBPF object"))?;
+    let sites: PerCpuHashMap<&MapData, SiteKey, SiteCounters> = PerCpuHashMap::try_from(map)?;
+    let mut out = BTreeMap::new();
+    for entry in sites.iter() {
+        let (key, per_cpu) = entry?;
+        let mut sum = SiteCounters::default();
+        for c in per_cpu.iter() {
+            sum.alloc_bytes += c.alloc_bytes;
+            sum.alloc_count += c.alloc_count;
+            sum.free_bytes += c.free_bytes;
+            sum.free_count += c.free_count;
+        }
+        out.insert(key, sum);
+    }
+    Ok(out)
+}
+
+/// Combines kernel site counters, global counters and mapped regions.
+pub fn merge(
+    sites: &BTreeMap<SiteKey, SiteCounters>,
+    counters: &[u64; counter::COUNT as usize],
+    regions: &RegionTracker,
+) -> RawSnapshot {
+    let mut out = BTreeMap::new();
+    for (key, c) in sites {
+        out.insert(
+            *key,
+            SiteStats {
+                live_bytes: c.alloc_bytes.saturating_sub(c.free_bytes),
+                live_count: c.alloc_count.saturating_sub(c.free_count),
+                alloc_bytes: c.alloc_bytes,
+                alloc_count: c.alloc_count,
+            },
+        );
+    }
+    for (stack_id, r) in regions.stats() {
+        let key = SiteKey {
+            stack_id: *stack_id,
+            kind: AllocKind::Mmap as u32,
+        };
+        out.insert(
+            key,
+            SiteStats {
+                live_bytes: r.live_bytes,
+                live_count: r.live_count,
+                alloc_bytes: r.alloc_bytes,
+                alloc_count: r.alloc_count,
+            },
+        );
+    }
+    let c = |i: u32| counters[i as usize];
+    let region_allocs: u64 = regions.stats().values().map(|r| r.alloc_count).sum();
+    let region_bytes: u64 = regions.stats().values().map(|r| r.alloc_bytes).sum();
+    let totals = Totals {
+        allocs: c(counter::ALLOCS) + region_allocs,
+        alloc_bytes: c(counter::ALLOC_BYTES) + region_bytes,
+        frees: c(counter::FREES),
+        free_bytes: c(counter::FREE_BYTES),
+        frees_unknown: c(counter::FREES_UNKNOWN),
+        live_map_full: c(counter::LIVE_MAP_FULL),
+        stack_failed: c(counter::STACK_FAILED),
+        inflight_full: c(counter::INFLIGHT_FULL),
+        site_map_full: c(counter::SITE_MAP_FULL),
+        ringbuf_lost: c(counter::RINGBUF_LOST),
+        nested: c(counter::NESTED),
+        alloc_failed: c(counter::ALLOC_FAILED),
+        replaced: c(counter::REPLACED),
+        unmatched_return: c(counter::UNMATCHED_RETURN),
+        inflight_stale: c(counter::INFLIGHT_STALE),
+        untracked_unmaps: regions.untracked,
+    };
+    RawSnapshot { sites: out, totals }
+}
+
+/// Removes per-thread entry states of threads that no longer exist (they died
+/// inside an allocator call), so the bounded map never fills with them.
+/// Returns how many were removed.
+pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<usize> {
+    let map = ebpf
+        .map_mut("INFLIGHT")
+        .ok_or_else(|| anyhow::anyhow!("map INFLIGHT missing from the eBPF object"))?;
+    let mut inflight: BpfHashMap<&mut MapData, u64, Inflight> = BpfHashMap::try_from(map)?;
+    let dead: Vec<u64> = inflight
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|pid_tgid| {
+            let tid = *pid_tgid as u32;
+            !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+        })
+        .collect();
+    for k in &dead {
+        // Already gone is fine: the thread's own return removed it.
+        let _ = inflight.remove(k);
+    }
+    Ok(dead.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_computes_live_and_adds_regions() {
+        let mut sites = BTreeMap::new();
+        let k = SiteKey {
+            stack_id: 1,
+            kind: AllocKind::Malloc as u32,
+        };
+        sites.insert(
+            k,
+            SiteCounters {
+                alloc_bytes: 1000,
+                alloc_count: 10,
+                free_bytes: 300,
+                free_count: 3,
+            },
+        );
+        let mut counters = [0u64; counter::COUNT as usize];
+        counters[counter::ALLOCS as usize] = 10;
+        counters[counter::FREES_UNKNOWN as usize] = 4;
+        let mut regions = RegionTracker::default();
+        regions.mmap(0x1000_0000, 5000, 2);
+        let snap = merge(&sites, &counters, &regions);
+        assert_eq!(snap.sites[&k].live_bytes, 700);
+        assert_eq!(snap.sites[&k].live_count, 7);
+        let mk = SiteKey {
+            stack_id: 2,
+            kind: AllocKind::Mmap as u32,
+        };
+        assert_eq!(snap.sites[&mk].live_bytes, 8192);
+        assert_eq!(snap.totals.allocs, 11);
+        assert_eq!(snap.totals.frees_unknown, 4);
+        assert_eq!(snap.live_bytes(), 700 + 8192);
+    }
+}

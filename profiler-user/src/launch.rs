@@ -1,0 +1,170 @@
+//! Starting a command held at a gate, so probes are attached before its first
+//! allocation: fork, the child blocks on a pipe, heapscope attaches to the
+//! child's pid (uprobe filters follow the task across exec), then opens the gate.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// A forked child waiting at the gate.
+pub struct Suspended {
+    pub pid: u32,
+    gate: libc::c_int,
+}
+
+/// Finds `cmd` on `PATH` (or as given when it contains a `/`).
+pub fn resolve_program(cmd: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+            .unwrap_or(false)
+    };
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return is_exec(&p).then(|| std::fs::canonicalize(&p).unwrap_or(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(cmd))
+        .find(|p| is_exec(p))
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
+}
+
+/// Forks a child that will exec `program` with `args` once released.
+pub fn spawn_suspended(program: &Path, args: &[String]) -> io::Result<Suspended> {
+    // Everything the child needs is prepared before fork: after fork only
+    // async-signal-safe calls (read, execv, _exit) are allowed.
+    let path = cstring(program.as_os_str().as_bytes())?;
+    let mut argv_owned = vec![path.clone()];
+    for a in args {
+        argv_owned.push(cstring(a.as_bytes())?);
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (read_end, write_end) = (fds[0], fds[1]);
+    // SAFETY: fork has no preconditions; the child only calls async-signal-safe functions.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let err = io::Error::last_os_error();
+        // SAFETY: closing descriptors this function owns.
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+        return Err(err);
+    }
+    if pid == 0 {
+        // SAFETY: in the child: read/execv/_exit are async-signal-safe, and
+        // argv points into memory prepared before fork.
+        unsafe {
+            libc::close(write_end);
+            let mut b = 0u8;
+            let n = libc::read(read_end, (&mut b as *mut u8).cast(), 1);
+            if n == 1 {
+                libc::execv(path.as_ptr(), argv.as_ptr());
+            }
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: the parent does not use the read end.
+    unsafe { libc::close(read_end) };
+    Ok(Suspended {
+        pid: pid as u32,
+        gate: write_end,
+    })
+}
+
+impl Suspended {
+    /// Lets the child exec the command.
+    pub fn release(self) -> io::Result<()> {
+        let b = 1u8;
+        // SAFETY: writing one byte from a valid buffer to a descriptor we own.
+        let n = unsafe { libc::write(self.gate, (&b as *const u8).cast(), 1) };
+        let err = io::Error::last_os_error();
+        // SAFETY: closing the descriptor we own; `self` is consumed.
+        unsafe { libc::close(self.gate) };
+        std::mem::forget(self);
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
+
+impl Drop for Suspended {
+    /// Closing the gate unwritten makes the child exit with 127 without running the command.
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor we own.
+        unsafe { libc::close(self.gate) };
+        let mut status = 0;
+        // SAFETY: reaping our own child; status is a valid out-pointer.
+        unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
+    }
+}
+
+/// Non-blocking check of a child: `Some(exit code)` once it has ended
+/// (128 + signal number when killed), `None` while it runs.
+pub fn try_wait(pid: u32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    if r == pid as libc::pid_t {
+        if libc::WIFEXITED(status) {
+            Some(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Some(128 + libc::WTERMSIG(status))
+        } else {
+            None
+        }
+    } else if r < 0 {
+        // Not our child any more (already reaped): treat as ended.
+        Some(-1)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_programs_on_path() {
+        assert!(resolve_program("sh").is_some());
+        assert!(resolve_program("/bin/sh").is_some());
+        assert!(resolve_program("no-such-program-heapscope").is_none());
+        assert!(resolve_program("/etc/passwd").is_none());
+    }
+
+    #[test]
+    fn gate_releases_and_exit_code_is_reported() {
+        let Some(sh) = resolve_program("sh") else { return };
+        let child = spawn_suspended(&sh, &["-c".into(), "exit 7".into()]).expect("spawn");
+        let pid = child.pid;
+        assert_eq!(try_wait(pid), None, "the child must wait at the gate");
+        child.release().expect("release");
+        let mut code = None;
+        for _ in 0..500 {
+            code = try_wait(pid);
+            if code.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(code, Some(7));
+    }
+}

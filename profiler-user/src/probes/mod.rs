@@ -1,0 +1,235 @@
+//! Loading the embedded eBPF object and attaching it to one process's allocator.
+
+pub mod prologue;
+pub mod target;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::UProbe;
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::{defaults, AllocKind};
+
+pub use target::{AllocatorTarget, AttachPoint};
+
+/// The eBPF object built from `profiler-ebpf` by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
+
+/// Errors of loading and attaching, each naming its cause and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no such process: pid {0} (check it with `ps -p {0}`)")]
+    NoSuchProcess(u32),
+    #[error("permission denied: heapscope needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE) to load eBPF; run it with sudo")]
+    NotPrivileged,
+    #[error("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing); it needs CONFIG_UPROBE_EVENTS=y")]
+    NoUprobes,
+    #[error("this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); heapscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)")]
+    NoBtf,
+    #[error("cannot read the memory map of pid {pid}: {reason}")]
+    Maps { pid: u32, reason: String },
+    #[error("no allocator found in pid {pid}: none of its {searched} mapped executable files defines malloc (a stripped static binary has no symbols to probe)")]
+    NoAllocator { pid: u32, searched: usize },
+    #[error("cannot read {path}: {reason}")]
+    Module { path: PathBuf, reason: String },
+    #[error("loading the eBPF programs failed (is the kernel 5.8+ with BPF enabled?)")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the embedded object (rebuild heapscope)")]
+    MissingProgram(&'static str),
+    #[error("loading eBPF program {name} failed")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching to {symbol} in {path} (pid {pid}) failed")]
+    Attach {
+        symbol: &'static str,
+        path: PathBuf,
+        pid: u32,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// Sizes of the bounded kernel maps.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub live: u32,
+    pub sites: u32,
+    pub stacks: u32,
+    pub inflight: u32,
+    pub ringbuf_bytes: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            live: defaults::LIVE_MAP_ENTRIES,
+            sites: defaults::SITE_MAP_ENTRIES,
+            stacks: defaults::STACK_MAP_ENTRIES,
+            inflight: defaults::INFLIGHT_ENTRIES,
+            ringbuf_bytes: defaults::RINGBUF_BYTES,
+        }
+    }
+}
+
+/// Checks what can be checked before touching the kernel, so the user gets
+/// the precise cause rather than a raw errno.
+pub fn preflight(pid: u32) -> Result<(), ProbeError> {
+    if !Path::new(&format!("/proc/{pid}")).exists() || pid == 0 {
+        return Err(ProbeError::NoSuchProcess(pid));
+    }
+    if !has_bpf_privileges() {
+        return Err(ProbeError::NotPrivileged);
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        return Err(ProbeError::NoUprobes);
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(ProbeError::NoBtf);
+    }
+    Ok(())
+}
+
+/// True when the effective capabilities allow loading tracing programs:
+/// CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON.
+pub fn has_bpf_privileges() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0)
+}
+
+/// The loaded programs and maps, attached to one process. Dropping it detaches.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub pid: u32,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+fn entry_program(kind: AllocKind) -> &'static str {
+    match kind {
+        AllocKind::Malloc => "malloc_enter",
+        AllocKind::Calloc => "calloc_enter",
+        AllocKind::Realloc => "realloc_enter",
+        AllocKind::Reallocarray => "reallocarray_enter",
+        AllocKind::PosixMemalign => "posix_memalign_enter",
+        AllocKind::AlignedAlloc => "aligned_alloc_enter",
+        AllocKind::Memalign => "memalign_enter",
+        AllocKind::Valloc => "valloc_enter",
+        AllocKind::Pvalloc => "pvalloc_enter",
+        AllocKind::Mmap => "mmap_enter",
+        AllocKind::Mremap => "mremap_enter",
+        AllocKind::Free => "free_enter",
+        AllocKind::Munmap => "munmap_enter",
+    }
+}
+
+/// free and munmap need no return probe (see profiler-ebpf).
+fn has_return_probe(kind: AllocKind) -> bool {
+    !matches!(kind, AllocKind::Free | AllocKind::Munmap)
+}
+
+const RETURN_PROGRAM: &str = "alloc_return";
+
+impl Probes {
+    /// Loads the eBPF object with the given map sizes and attaches every probe
+    /// of `target` to `pid` (all its threads).
+    pub fn attach(pid: u32, target: &AllocatorTarget, sizes: MapSizes) -> Result<Probes, ProbeError> {
+        let scope_pid = NonZeroU32::new(pid).ok_or(ProbeError::NoSuchProcess(pid))?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("LIVE", sizes.live)
+            .map_max_entries("SITES", sizes.sites)
+            .map_max_entries("STACKS", sizes.stacks)
+            .map_max_entries("INFLIGHT", sizes.inflight)
+            .map_max_entries("MAP_EVENTS", sizes.ringbuf_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)
+                    if !has_bpf_privileges() =>
+                {
+                    ProbeError::NotPrivileged
+                }
+                _ => ProbeError::Load(e),
+            })?;
+        let mut links = Vec::new();
+        let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), ProbeError> {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|source| ProbeError::Program { name, source })?;
+            }
+            Ok(())
+        };
+        for point in &target.points {
+            // Return probe first: on a shared address, the entry probe must not
+            // see a call whose return would be missed.
+            let mut order: Vec<(&'static str, u64)> = Vec::new();
+            if has_return_probe(point.kind) {
+                order.push((RETURN_PROGRAM, point.func_offset));
+            }
+            order.push((entry_program(point.kind), point.entry_offset));
+            for (name, offset) in order {
+                load(&mut ebpf, name)?;
+                let prog: &mut UProbe = ebpf
+                    .program_mut(name)
+                    .ok_or(ProbeError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(|source| ProbeError::Program { name, source })?;
+                let id = prog
+                    .attach(
+                        UProbeAttachLocation::AbsoluteOffset(offset),
+                        &point.file,
+                        UProbeScope::OneProcess(scope_pid),
+                    )
+                    .map_err(|source| ProbeError::Attach {
+                        symbol: point.kind.symbol(),
+                        path: point.file.clone(),
+                        pid,
+                        source,
+                    })?;
+                links.push((name, id));
+            }
+        }
+        Ok(Probes { ebpf, pid, links })
+    }
+
+    /// Number of attached probes (entry + return).
+    pub fn probe_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Detaches every probe; the target runs on untouched. Errors are
+    /// reported but not fatal: dropping the object detaches too.
+    pub fn detach(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (name, id) in self.links.drain(..) {
+            let prog: Option<&mut UProbe> = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok());
+            match prog {
+                Some(p) => {
+                    if let Err(e) = p.detach(id) {
+                        errors.push(format!("detaching {name}: {e}"));
+                    }
+                }
+                None => errors.push(format!("detaching {name}: program missing")),
+            }
+        }
+        errors
+    }
+}

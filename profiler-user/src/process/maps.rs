@@ -1,0 +1,450 @@
+//! `/proc/PID/maps` snapshots: which file (and where in it) backs a runtime address.
+//!
+//! This is the "normalize" half of symbolization: a runtime address becomes
+//! `(region, file offset)`, and only that pair travels on to the symbolizer.
+//! Addresses are kept in distinct newtypes so a runtime address can never be
+//! handed to code that expects a file offset (or the reverse).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// An address in the target process's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RuntimeAddr(pub u64);
+
+/// An offset from the start of a file on disk (what uprobes attach by, and
+/// what the symbolizer takes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FileOffset(pub u64);
+
+impl fmt::Display for RuntimeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl fmt::Display for FileOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// Access permissions of a mapping (the `rwxp` / `rwxs` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Perms {
+    pub read: bool,
+    pub write: bool,
+    pub execute: bool,
+    /// `s` (shared) rather than `p` (private, copy-on-write).
+    pub shared: bool,
+}
+
+impl Perms {
+    fn parse(text: &str) -> Option<Perms> {
+        let b = text.as_bytes();
+        if b.len() != 4 {
+            return None;
+        }
+        let flag = |c: u8, set: u8| match c {
+            _ if c == set => Some(true),
+            b'-' => Some(false),
+            _ => None,
+        };
+        Some(Perms {
+            read: flag(b[0], b'r')?,
+            write: flag(b[1], b'w')?,
+            execute: flag(b[2], b'x')?,
+            shared: match b[3] {
+                b's' => true,
+                b'p' => false,
+                _ => return None,
+            },
+        })
+    }
+}
+
+impl fmt::Display for Perms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = |on: bool, ch: char| if on { ch } else { '-' };
+        write!(
+            f,
+            "{}{}{}{}",
+            c(self.read, 'r'),
+            c(self.write, 'w'),
+            c(self.execute, 'x'),
+            if self.shared { 's' } else { 'p' }
+        )
+    }
+}
+
+/// Device number (`major:minor`, hex in the maps file) of the backing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Device {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past the last address of the mapping.
+    pub end: u64,
+    pub perms: Perms,
+    /// Offset in the backing file that `start` maps.
+    pub file_offset: u64,
+    pub dev: Device,
+    pub inode: u64,
+    /// The path column with any ` (deleted)` suffix removed; pseudo paths such
+    /// as `[heap]` are kept verbatim. `None` for anonymous mappings.
+    pub path: Option<String>,
+    /// The backing file was unlinked after it was mapped (` (deleted)` suffix).
+    pub deleted: bool,
+}
+
+impl Region {
+    /// True when the mapping is backed by a file on disk rather than being a
+    /// pseudo mapping (`[heap]`, `[vdso]`, `[anon:...]`, `anon_inode:...`).
+    pub fn is_file(&self) -> bool {
+        // Kernel-named mappings never start with '/', real files always do.
+        self.path.as_deref().is_some_and(|p| p.starts_with('/'))
+    }
+
+    /// True when the mapping contains `addr`.
+    pub fn contains(&self, addr: RuntimeAddr) -> bool {
+        self.start <= addr.0 && addr.0 < self.end
+    }
+
+    /// The file offset that `addr` maps to, if `addr` is inside this region.
+    pub fn file_offset_of(&self, addr: RuntimeAddr) -> Option<FileOffset> {
+        if !self.contains(addr) {
+            return None;
+        }
+        Some(FileOffset(addr.0 - self.start + self.file_offset))
+    }
+
+    /// The last path component, used as the module name in frames.
+    pub fn file_name(&self) -> Option<&str> {
+        let path = self.path.as_deref()?;
+        Some(path.rsplit('/').next().unwrap_or(path))
+    }
+}
+
+/// Errors reading or parsing a maps file.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed line {line} in {path}: {reason}")]
+    Parse {
+        path: String,
+        line: usize,
+        reason: &'static str,
+    },
+}
+
+/// A snapshot of a process's memory mappings, sorted by start address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryMap {
+    pub regions: Vec<Region>,
+}
+
+impl MemoryMap {
+    /// Reads and parses `/proc/PID/maps`.
+    pub fn read(pid: u32) -> Result<MemoryMap, MapsError> {
+        let path = PathBuf::from(format!("/proc/{pid}/maps"));
+        let bytes = std::fs::read(&path).map_err(|source| MapsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        // Paths are arbitrary bytes; a lossy conversion only affects how an
+        // exotic path is displayed, never the addresses.
+        let text = String::from_utf8_lossy(&bytes);
+        Self::parse_from(&text, &path.display().to_string())
+    }
+
+    /// Parses maps text (the format of `/proc/PID/maps`).
+    pub fn parse(text: &str) -> Result<MemoryMap, MapsError> {
+        Self::parse_from(text, "<maps text>")
+    }
+
+    fn parse_from(text: &str, origin: &str) -> Result<MemoryMap, MapsError> {
+        let mut regions = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let region = parse_line(line).map_err(|reason| MapsError::Parse {
+                path: origin.to_string(),
+                line: i + 1,
+                reason,
+            })?;
+            regions.push(region);
+        }
+        // The kernel already emits ascending order; sorting keeps lookup's
+        // binary search correct for hand-written or concatenated input.
+        regions.sort_by_key(|r| r.start);
+        Ok(MemoryMap { regions })
+    }
+
+    /// The region containing `addr` and the file offset `addr` corresponds to.
+    pub fn lookup(&self, addr: RuntimeAddr) -> Option<(&Region, FileOffset)> {
+        let idx = self.regions.partition_point(|r| r.start <= addr.0);
+        let region = self.regions.get(idx.checked_sub(1)?)?;
+        let offset = region.file_offset_of(addr)?;
+        Some((region, offset))
+    }
+
+    /// Distinct paths of files that have at least one executable mapping, in
+    /// address order of their first such mapping.
+    pub fn executable_files(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for region in &self.regions {
+            if !region.perms.execute || !region.is_file() {
+                continue;
+            }
+            if let Some(path) = region.path.as_deref() {
+                if !out.contains(&path) {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Splits off the next whitespace-separated field, returning it and the rest.
+fn next_field(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start();
+    if s.is_empty() {
+        return None;
+    }
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+fn parse_line(line: &str) -> Result<Region, &'static str> {
+    let (range, rest) = next_field(line).ok_or("missing address range")?;
+    let (perms, rest) = next_field(rest).ok_or("missing permissions")?;
+    let (offset, rest) = next_field(rest).ok_or("missing offset")?;
+    let (dev, rest) = next_field(rest).ok_or("missing device")?;
+    let (inode, rest) = next_field(rest).ok_or("missing inode")?;
+
+    let (start, end) = range.split_once('-').ok_or("bad address range")?;
+    let start = u64::from_str_radix(start, 16).map_err(|_| "bad start address")?;
+    let end = u64::from_str_radix(end, 16).map_err(|_| "bad end address")?;
+    if end < start {
+        return Err("end address before start address");
+    }
+    let perms = Perms::parse(perms).ok_or("bad permissions")?;
+    let file_offset = u64::from_str_radix(offset, 16).map_err(|_| "bad offset")?;
+    let (major, minor) = dev.split_once(':').ok_or("bad device")?;
+    let dev = Device {
+        major: u32::from_str_radix(major, 16).map_err(|_| "bad device major")?,
+        minor: u32::from_str_radix(minor, 16).map_err(|_| "bad device minor")?,
+    };
+    let inode = inode.parse::<u64>().map_err(|_| "bad inode")?;
+
+    // The path is everything after the padding, spaces included; only the
+    // leading padding is dropped so a name ending in a space stays intact.
+    let raw_path = rest.trim_start();
+    let (path, deleted) = if raw_path.is_empty() {
+        (None, false)
+    } else if let Some(p) = raw_path.strip_suffix(" (deleted)") {
+        (Some(p.to_string()), true)
+    } else {
+        (Some(raw_path.to_string()), false)
+    };
+
+    Ok(Region {
+        start,
+        end,
+        perms,
+        file_offset,
+        dev,
+        inode,
+        path,
+        deleted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+56407bab1000-56407bab3000 r--p 00000000 fe:00 247030                     /usr/bin/cat
+56407bab3000-56407bab8000 r-xp 00002000 fe:00 247030                     /usr/bin/cat
+56407babc000-56407babd000 rw-p 0000a000 fe:00 247030                     /usr/bin/cat
+5640bb1ff000-5640bb220000 rw-p 00000000 00:00 0                          [heap]
+7f6e14d1a000-7f6e14d3c000 rw-p 00000000 00:00 0 
+7f6e14d9f000-7f6e14dc5000 r--p 00000000 fe:00 326279                     /usr/lib/x86_64-linux-gnu/libc.so.6
+7f6e14dc5000-7f6e14f1b000 r-xp 00026000 fe:00 326279                     /usr/lib/x86_64-linux-gnu/libc.so.6
+7f6e14f20000-7f6e14f21000 r-xp 00001000 08:01 4242                       /opt/my app/lib plugin.so (deleted)
+7f6e14f30000-7f6e14f31000 r-xs 00000000 08:01 77                         /tmp/jit code (deleted)
+7ffc1e7d0000-7ffc1e7f1000 rw-p 00000000 00:00 0                          [stack]
+7ffc1e7f8000-7ffc1e7fa000 r-xp 00000000 00:00 0                          [vdso]
+7fffffffe000-7ffffffff000 --xp 00000000 00:00 0                          [uprobes]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+
+    fn map() -> MemoryMap {
+        match MemoryMap::parse(MAPS) {
+            Ok(m) => m,
+            Err(e) => panic!("parse failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn parses_all_fields() {
+        let m = map();
+        assert_eq!(m.regions.len(), 13);
+        let r = &m.regions[1];
+        assert_eq!(r.start, 0x56407bab3000);
+        assert_eq!(r.end, 0x56407bab8000);
+        assert_eq!(
+            r.perms,
+            Perms {
+                read: true,
+                write: false,
+                execute: true,
+                shared: false
+            }
+        );
+        assert_eq!(r.perms.to_string(), "r-xp");
+        assert_eq!(r.file_offset, 0x2000);
+        assert_eq!(
+            r.dev,
+            Device {
+                major: 0xfe,
+                minor: 0
+            }
+        );
+        assert_eq!(r.inode, 247030);
+        assert_eq!(r.path.as_deref(), Some("/usr/bin/cat"));
+        assert!(!r.deleted);
+        assert!(r.is_file());
+        assert_eq!(r.file_name(), Some("cat"));
+    }
+
+    #[test]
+    fn anonymous_and_pseudo_paths() {
+        let m = map();
+        let anon = &m.regions[4];
+        assert_eq!(anon.path, None);
+        assert!(!anon.is_file());
+        for (i, name) in [
+            (3, "[heap]"),
+            (9, "[stack]"),
+            (10, "[vdso]"),
+            (11, "[uprobes]"),
+        ] {
+            assert_eq!(m.regions[i].path.as_deref(), Some(name));
+            assert!(!m.regions[i].is_file(), "{name} is not a file");
+        }
+    }
+
+    #[test]
+    fn deleted_suffix_and_spaces() {
+        let m = map();
+        let r = &m.regions[7];
+        assert_eq!(r.path.as_deref(), Some("/opt/my app/lib plugin.so"));
+        assert!(r.deleted);
+        assert!(r.is_file());
+        assert_eq!(r.file_name(), Some("lib plugin.so"));
+        let shared = &m.regions[8];
+        assert!(shared.perms.shared);
+        assert_eq!(shared.path.as_deref(), Some("/tmp/jit code"));
+        assert!(shared.deleted);
+    }
+
+    #[test]
+    fn lookup_computes_file_offset() {
+        let m = map();
+        let (r, off) = m
+            .lookup(RuntimeAddr(0x7f6e14dc5000 + 0x1234))
+            .expect("mapped");
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        assert_eq!(off, FileOffset(0x26000 + 0x1234));
+        // First and last byte of a region, and the byte just past it.
+        assert_eq!(
+            m.lookup(RuntimeAddr(0x56407bab1000)).map(|(_, o)| o),
+            Some(FileOffset(0))
+        );
+        assert_eq!(
+            m.lookup(RuntimeAddr(0x56407bab7fff)).map(|(_, o)| o),
+            Some(FileOffset(0x2000 + 0x4fff))
+        );
+        // Gap between the executable and the rw mapping of cat.
+        assert!(m.lookup(RuntimeAddr(0x56407bab8000)).is_none());
+        assert!(m.lookup(RuntimeAddr(0x1000)).is_none());
+        assert!(m.lookup(RuntimeAddr(u64::MAX)).is_none());
+        let (r, _) = m.lookup(RuntimeAddr(0x7fffffffe010)).expect("uprobes page");
+        assert_eq!(r.path.as_deref(), Some("[uprobes]"));
+    }
+
+    #[test]
+    fn executable_files_are_distinct_and_file_backed() {
+        let m = map();
+        assert_eq!(
+            m.executable_files(),
+            vec![
+                "/usr/bin/cat",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/opt/my app/lib plugin.so",
+                "/tmp/jit code",
+            ]
+        );
+    }
+
+    #[test]
+    fn unsorted_input_is_sorted() {
+        let text = "\
+2000-3000 r-xp 00000000 00:01 1 /b
+1000-2000 r-xp 00000000 00:01 2 /a
+";
+        let m = MemoryMap::parse(text).expect("parse");
+        assert_eq!(m.regions[0].path.as_deref(), Some("/a"));
+        assert_eq!(m.lookup(RuntimeAddr(0x2500)).map(|(r, _)| r.inode), Some(1));
+    }
+
+    #[test]
+    fn malformed_lines_name_the_line() {
+        let err = MemoryMap::parse("1000-2000 r-xp 0 00:01\n").expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            "malformed line 1 in <maps text>: missing inode"
+        );
+        let err = MemoryMap::parse("\nzz-2000 r-xp 0 00:01 1 /a\n").expect_err("must fail");
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(MemoryMap::parse("1000-2000 rwzp 0 00:01 1\n").is_err());
+        assert!(MemoryMap::parse("3000-2000 r-xp 0 00:01 1\n").is_err());
+    }
+
+    #[test]
+    fn reads_own_maps() {
+        let m = MemoryMap::read(std::process::id()).expect("read own maps");
+        assert!(!m.executable_files().is_empty());
+        let here = RuntimeAddr(reads_own_maps as usize as u64);
+        let (r, _) = m.lookup(here).expect("own code is mapped");
+        assert!(r.perms.execute);
+        assert!(r.is_file());
+    }
+
+    #[test]
+    fn read_error_names_path() {
+        let err = MemoryMap::read(u32::MAX).expect_err("no such pid");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read /proc/{}/maps", u32::MAX)
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Facts about the target process read from /proc.
+
+pub mod maps;

@@ -1,0 +1,108 @@
+//! An immutable, symbolized snapshot of one profiling window: the only input to the views.
+
+/// One frame of a symbolized stack.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Frame {
+    /// A resolved function (`module` is the file name of the ELF it lives in).
+    Function { name: String, module: String },
+    /// An address that could not be resolved: module file name + file offset,
+    /// rendered `[module+0xoff]`; `module` is `?` when no mapping covered it.
+    Unknown { module: String, offset: u64 },
+}
+
+impl Frame {
+    /// The text shown for this frame in stacks.
+    pub fn label(&self) -> String {
+        match self {
+            Frame::Function { name, .. } => name.clone(),
+            Frame::Unknown { module, offset } => format!("[{module}+{offset:#x}]"),
+        }
+    }
+}
+
+/// Numbers of one call site: a unique (stack, allocator entry point) pair.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteStats {
+    pub live_bytes: u64,
+    pub live_count: u64,
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+}
+
+/// A call site with its symbolized stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Root first (`main` side), leaf last (the allocator's caller).
+    pub frames: Vec<Frame>,
+    /// The allocator entry point (`malloc`, `mmap`, ...).
+    pub api: &'static str,
+    pub stats: SiteStats,
+}
+
+/// Process-wide counters, including everything that was lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    pub frees: u64,
+    pub free_bytes: u64,
+    /// Frees of pointers allocated before attach (or whose allocation was dropped).
+    pub frees_unknown: u64,
+    pub live_map_full: u64,
+    pub stack_failed: u64,
+    pub inflight_full: u64,
+    pub site_map_full: u64,
+    pub ringbuf_lost: u64,
+    pub nested: u64,
+    pub alloc_failed: u64,
+    pub replaced: u64,
+    pub unmatched_return: u64,
+    /// Per-thread entry states discarded because their return never came.
+    pub inflight_stale: u64,
+    /// munmap/mremap of ranges heapscope was not tracking (allocator-internal or pre-attach).
+    pub untracked_unmaps: u64,
+}
+
+/// Which number a view weighs stacks by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Metric {
+    #[default]
+    LiveBytes,
+    AllocBytes,
+    Allocs,
+}
+
+impl Metric {
+    /// The value of this metric for a site.
+    pub fn of(self, s: &SiteStats) -> u64 {
+        match self {
+            Metric::LiveBytes => s.live_bytes,
+            Metric::AllocBytes => s.alloc_bytes,
+            Metric::Allocs => s.alloc_count,
+        }
+    }
+}
+
+/// A symbolized snapshot of a profiling session.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    pub pid: u32,
+    /// Target command name (from /proc/PID/comm).
+    pub comm: String,
+    /// Seconds between attach and this snapshot.
+    pub duration_secs: f64,
+    pub sites: Vec<Site>,
+    pub totals: Totals,
+}
+
+impl Profile {
+    /// Sum of live bytes over all sites.
+    pub fn live_bytes(&self) -> u64 {
+        self.sites.iter().map(|s| s.stats.live_bytes).sum()
+    }
+
+    /// Sum of live blocks over all sites.
+    pub fn live_count(&self) -> u64 {
+        self.sites.iter().map(|s| s.stats.live_count).sum()
+    }
+}

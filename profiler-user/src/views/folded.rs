@@ -1,0 +1,85 @@
+//! Folded stacks (`frame;frame;leaf COUNT`), the input format of inferno and
+//! flamegraph.pl.
+
+use std::io::{self, Write};
+
+use crate::profile::{Metric, Profile};
+
+use super::merge_sites;
+
+/// The folded lines of `profile` weighted by `metric`: one per distinct
+/// (stack, API), root→leaf with the allocator API as the last frame, sorted
+/// by stack text, zero-weight stacks omitted. No trailing newlines.
+pub fn folded_lines(profile: &Profile, metric: Metric) -> Vec<String> {
+    merge_sites(profile)
+        .into_iter()
+        .filter_map(|site| {
+            let weight = metric.of(&site.stats);
+            (weight > 0).then(|| format!("{} {weight}", site.folded_stack()))
+        })
+        .collect()
+}
+
+/// Writes `profile` in folded format weighted by `metric` (see [`folded_lines`]).
+pub fn write_folded(profile: &Profile, metric: Metric, out: &mut impl Write) -> io::Result<()> {
+    for line in folded_lines(profile, metric) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::testdata::{check_golden, sample_profile};
+
+    fn render(metric: Metric) -> String {
+        let mut out = Vec::new();
+        write_folded(&sample_profile(), metric, &mut out).expect("write to vec");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn golden_live_bytes() {
+        check_golden("folded_live.txt", &render(Metric::LiveBytes));
+    }
+
+    #[test]
+    fn golden_alloc_bytes() {
+        check_golden("folded_alloc_bytes.txt", &render(Metric::AllocBytes));
+    }
+
+    #[test]
+    fn golden_allocs() {
+        check_golden("folded_allocs.txt", &render(Metric::Allocs));
+    }
+
+    #[test]
+    fn lines_are_parsable_and_sorted() {
+        let text = render(Metric::LiveBytes);
+        let stacks: Vec<&str> = text
+            .lines()
+            .map(|l| {
+                // The count is the last space-separated token; frames may hold spaces.
+                let (stack, count) = l.rsplit_once(' ').expect("count");
+                assert!(count.parse::<u64>().is_ok_and(|c| c > 0), "{l}");
+                stack
+            })
+            .collect();
+        let mut sorted = stacks.clone();
+        sorted.sort();
+        assert_eq!(stacks, sorted);
+        assert!(text.contains("main;run_sites;leak_malloc;malloc 10000\n"));
+        assert!(text.contains("[unknown stack];mmap 1048576\n"));
+        assert!(text.contains("main;run_sites;a:b;deep1"));
+        assert!(!text.contains("transient"), "zero live bytes is omitted");
+        assert!(render(Metric::Allocs).contains("main;run_sites;transient;malloc 90\n"));
+    }
+
+    #[test]
+    fn empty_profile_is_empty() {
+        let mut out = Vec::new();
+        write_folded(&Profile::default(), Metric::LiveBytes, &mut out).expect("write");
+        assert!(out.is_empty());
+    }
+}

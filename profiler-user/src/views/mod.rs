@@ -1,0 +1,207 @@
+//! Renderings of a [`Profile`]: pure functions `(options, &Profile, writer)`.
+//!
+//! Every view goes through [`merge_sites`] so that the folded output, the
+//! flame graph and the text report agree on what a "call site" is.
+
+pub mod folded;
+pub mod report;
+pub mod svg;
+
+use std::collections::BTreeMap;
+
+use crate::profile::{Frame, Profile, SiteStats};
+
+pub use folded::write_folded;
+pub use report::write_report;
+pub use svg::write_svg;
+
+/// The frame text used for a site that has no frames at all.
+pub const UNKNOWN_STACK: &str = "[unknown stack]";
+
+/// Errors of views that do more than plain writes.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("cannot write view output")]
+    Io(#[from] std::io::Error),
+    #[error("cannot render flame graph {title:?}")]
+    Flamegraph {
+        title: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sites of a profile after merging those that render identically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedSite {
+    /// Frame labels, root first, leaf last; never empty (a site without
+    /// frames gets [`UNKNOWN_STACK`]). Labels are already made safe for the
+    /// folded format (no `;`, no line breaks).
+    pub frames: Vec<String>,
+    /// The allocator entry point.
+    pub api: &'static str,
+    pub stats: SiteStats,
+}
+
+impl MergedSite {
+    /// The folded-format stack: frames root→leaf, then the allocator API as
+    /// the final leaf, joined by `;`.
+    pub fn folded_stack(&self) -> String {
+        let mut s = self.frames.join(";");
+        s.push(';');
+        s.push_str(self.api);
+        s
+    }
+}
+
+/// A frame label made safe for line- and `;`-delimited formats. Spaces are
+/// kept: folded readers take the count from the last space-separated token.
+pub fn frame_text(frame: &Frame) -> String {
+    frame
+        .label()
+        .chars()
+        .map(|c| match c {
+            ';' => ':',
+            '\n' | '\r' | '\t' => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+/// Merges sites whose rendered frames and API are identical (e.g. distinct
+/// raw stacks that symbolize to the same functions), summing their stats.
+/// Output is sorted by [`MergedSite::folded_stack`], so every
+/// view built on it is deterministic.
+pub fn merge_sites(profile: &Profile) -> Vec<MergedSite> {
+    let mut merged: BTreeMap<String, MergedSite> = BTreeMap::new();
+    for site in &profile.sites {
+        let mut frames: Vec<String> = site.frames.iter().map(frame_text).collect();
+        if frames.is_empty() {
+            frames.push(UNKNOWN_STACK.to_string());
+        }
+        let entry = MergedSite {
+            frames,
+            api: site.api,
+            stats: SiteStats::default(),
+        };
+        // The API is part of the folded stack, so this key is (frames, api).
+        let m = merged.entry(entry.folded_stack()).or_insert(entry);
+        m.stats.live_bytes = m.stats.live_bytes.saturating_add(site.stats.live_bytes);
+        m.stats.live_count = m.stats.live_count.saturating_add(site.stats.live_count);
+        m.stats.alloc_bytes = m.stats.alloc_bytes.saturating_add(site.stats.alloc_bytes);
+        m.stats.alloc_count = m.stats.alloc_count.saturating_add(site.stats.alloc_count);
+    }
+    merged.into_values().collect()
+}
+
+/// A byte count in binary units with one decimal (`512 B`, `1.5 KiB`, `1.2 MiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Move up while the rounded value would print as 1024.0 or more.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// An integer with `,` between groups of three digits (`1,258,291`).
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod testdata;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Site, SiteStats};
+
+    fn func(name: &str) -> Frame {
+        Frame::Function {
+            name: name.into(),
+            module: "m".into(),
+        }
+    }
+
+    fn site(frames: Vec<Frame>, api: &'static str, live: u64) -> Site {
+        Site {
+            frames,
+            api,
+            stats: SiteStats {
+                live_bytes: live,
+                live_count: 1,
+                alloc_bytes: live * 2,
+                alloc_count: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1_258_291), "1.2 MiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn digit_groups() {
+        assert_eq!(group_digits(0), "0");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(group_digits(1000), "1,000");
+        assert_eq!(group_digits(1_258_291), "1,258,291");
+        assert_eq!(group_digits(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    #[test]
+    fn merges_identical_rendered_stacks() {
+        let a = func("a");
+        // Same name in another module renders the same, so it merges.
+        let a2 = Frame::Function {
+            name: "a".into(),
+            module: "other".into(),
+        };
+        let profile = Profile {
+            sites: vec![
+                site(vec![a.clone(), func("b")], "malloc", 10),
+                site(vec![a2, func("b")], "malloc", 5),
+                site(vec![a.clone(), func("b")], "calloc", 7),
+                site(vec![], "malloc", 1),
+                site(vec![func("x;y\nz")], "malloc", 2),
+            ],
+            ..Profile::default()
+        };
+        let merged = merge_sites(&profile);
+        let stacks: Vec<String> = merged.iter().map(|m| m.folded_stack()).collect();
+        assert_eq!(
+            stacks,
+            vec![
+                "[unknown stack];malloc",
+                "a;b;calloc",
+                "a;b;malloc",
+                "x:y z;malloc"
+            ]
+        );
+        assert_eq!(merged[2].stats.live_bytes, 15);
+        assert_eq!(merged[2].stats.alloc_count, 4);
+    }
+}

@@ -1,0 +1,266 @@
+//! The human-readable text report: totals, top call sites, counters and losses.
+//!
+//! The `counters:` and `lost:` sections are `name: N` lines with plain
+//! integers so scripts and end-to-end tests can parse them.
+
+use std::io::{self, Write};
+
+use crate::profile::{Profile, Totals};
+
+use super::{group_digits, human_bytes, merge_sites, MergedSite};
+
+/// How many leaf-most frames the CALL SITE column shows.
+const CALL_SITE_FRAMES: usize = 4;
+
+const LOST_WARNING: &str =
+    "WARNING: some events were lost; numbers above are incomplete (see lost:)";
+
+/// `1.2 MiB (1,258,291 B)`.
+fn bytes_both(bytes: u64) -> String {
+    format!("{} ({} B)", human_bytes(bytes), group_digits(bytes))
+}
+
+/// The leaf-most frames, leaf first: `leaf <- caller <- caller`.
+fn call_site(site: &MergedSite) -> String {
+    let mut parts: Vec<&str> = site
+        .frames
+        .iter()
+        .rev()
+        .take(CALL_SITE_FRAMES)
+        .map(String::as_str)
+        .collect();
+    if site.frames.len() > CALL_SITE_FRAMES {
+        parts.push("...");
+    }
+    parts.join(" <- ")
+}
+
+/// `name: value` lines of one report section.
+type Section = Vec<(&'static str, u64)>;
+
+/// Counter lines as (name, value); destructuring makes a new `Totals` field a
+/// compile error here until it is reported.
+fn counter_sections(t: &Totals) -> (Section, Section) {
+    let Totals {
+        allocs,
+        alloc_bytes,
+        frees,
+        free_bytes,
+        frees_unknown,
+        live_map_full,
+        stack_failed,
+        inflight_full,
+        site_map_full,
+        ringbuf_lost,
+        nested,
+        alloc_failed,
+        replaced,
+        unmatched_return,
+        inflight_stale,
+        untracked_unmaps,
+    } = *t;
+    let counters = vec![
+        ("allocations seen", allocs),
+        ("allocated bytes", alloc_bytes),
+        ("frees seen", frees),
+        ("freed bytes", free_bytes),
+        ("frees of pointers allocated before attach", frees_unknown),
+        ("nested allocator calls (counted once)", nested),
+        ("failed allocations", alloc_failed),
+        ("untracked munmap/mremap", untracked_unmaps),
+    ];
+    let lost = vec![
+        ("live map full", live_map_full),
+        ("stack capture failed", stack_failed),
+        ("per-thread state full", inflight_full),
+        ("site map full", site_map_full),
+        ("ring buffer lost", ringbuf_lost),
+        ("replaced (free not seen)", replaced),
+        ("unmatched returns", unmatched_return),
+        ("per-thread state stale (return not seen)", inflight_stale),
+    ];
+    (counters, lost)
+}
+
+/// Writes the text report, listing at most `top` call sites by live bytes.
+pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
+    let t = &profile.totals;
+    writeln!(
+        out,
+        "heapscope: pid {} ({}), {:.1}s",
+        profile.pid, profile.comm, profile.duration_secs
+    )?;
+    writeln!(
+        out,
+        "live heap: {} in {} blocks",
+        bytes_both(profile.live_bytes()),
+        group_digits(profile.live_count())
+    )?;
+    writeln!(
+        out,
+        "allocated: {} in {} calls; freed: {} in {} calls",
+        bytes_both(t.alloc_bytes),
+        group_digits(t.allocs),
+        bytes_both(t.free_bytes),
+        group_digits(t.frees)
+    )?;
+    writeln!(out)?;
+    write_top_sites(profile, top, out)?;
+
+    let (counters, lost) = counter_sections(t);
+    writeln!(out)?;
+    writeln!(out, "counters:")?;
+    for (name, value) in &counters {
+        writeln!(out, "{name}: {value}")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "lost:")?;
+    for (name, value) in &lost {
+        writeln!(out, "{name}: {value}")?;
+    }
+    if lost.iter().any(|&(_, v)| v > 0) {
+        writeln!(out)?;
+        writeln!(out, "{LOST_WARNING}")?;
+    }
+    Ok(())
+}
+
+fn write_top_sites(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
+    let mut sites: Vec<MergedSite> = merge_sites(profile)
+        .into_iter()
+        .filter(|s| s.stats.live_bytes > 0)
+        .collect();
+    // merge_sites is sorted by stack text, and the sort is stable, so ties
+    // in live bytes stay in stack order.
+    sites.sort_by_key(|s| std::cmp::Reverse(s.stats.live_bytes));
+    let total = sites.len();
+    sites.truncate(top);
+
+    writeln!(out, "top call sites by live bytes:")?;
+    if sites.is_empty() {
+        writeln!(out, "(no live allocations)")?;
+        return Ok(());
+    }
+    let header = [
+        "LIVE BYTES",
+        "BLOCKS",
+        "ALLOC BYTES",
+        "ALLOCS",
+        "API",
+        "CALL SITE",
+    ];
+    let rows: Vec<[String; 6]> = sites
+        .iter()
+        .map(|s| {
+            [
+                s.stats.live_bytes.to_string(),
+                s.stats.live_count.to_string(),
+                s.stats.alloc_bytes.to_string(),
+                s.stats.alloc_count.to_string(),
+                s.api.to_string(),
+                call_site(s),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        // Numbers right-aligned, text left-aligned; the last column unpadded
+        // so no line ends in spaces.
+        format!(
+            "{:>w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:<w4$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        )
+    };
+    writeln!(out, "{}", line(header))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
+    }
+    if total > rows.len() {
+        writeln!(
+            out,
+            "({} more call sites with live bytes not shown)",
+            total - rows.len()
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::testdata::{check_golden, sample_profile};
+
+    fn render(profile: &Profile, top: usize) -> String {
+        let mut out = Vec::new();
+        write_report(profile, top, &mut out).expect("write to vec");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn golden_report() {
+        check_golden("report.txt", &render(&sample_profile(), 20));
+    }
+
+    #[test]
+    fn golden_report_top_2() {
+        check_golden("report_top2.txt", &render(&sample_profile(), 2));
+    }
+
+    #[test]
+    fn golden_empty_report() {
+        check_golden("report_empty.txt", &render(&Profile::default(), 20));
+    }
+
+    #[test]
+    fn counters_are_parsable() {
+        let text = render(&sample_profile(), 20);
+        let value = |name: &str| -> u64 {
+            let prefix = format!("{name}: ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no counter {name}"))
+        };
+        assert_eq!(value("frees of pointers allocated before attach"), 3);
+        assert_eq!(value("allocations seen"), 110);
+        assert_eq!(value("stack capture failed"), 2);
+        assert_eq!(value("unmatched returns"), 0);
+        assert!(text.trim_end().ends_with(LOST_WARNING));
+        assert!(text.contains("live heap: 2.2 MiB (2,317,479 B) in 15 blocks"));
+        assert!(
+            !text.contains("transient"),
+            "zero-live sites are not listed"
+        );
+    }
+
+    #[test]
+    fn no_warning_without_losses() {
+        let mut p = sample_profile();
+        p.totals.stack_failed = 0;
+        let text = render(&p, 20);
+        assert!(!text.contains("WARNING"));
+    }
+
+    #[test]
+    fn call_site_is_leaf_first_and_truncated() {
+        let text = render(&sample_profile(), 20);
+        assert!(text.contains("deep4 <- deep3 <- deep2 <- deep1 <- ..."));
+        assert!(text.contains("leak_malloc <- run_sites <- main\n"));
+        assert!(text.contains("[unknown stack]\n"));
+    }
+}

@@ -1,0 +1,121 @@
+//! A synthetic profile shared by the view tests, and golden-file comparison.
+
+use std::path::PathBuf;
+
+use crate::profile::{Frame, Profile, Site, SiteStats, Totals};
+
+fn f(name: &str) -> Frame {
+    Frame::Function {
+        name: name.into(),
+        module: "app".into(),
+    }
+}
+
+fn stats(live_bytes: u64, live_count: u64, alloc_bytes: u64, alloc_count: u64) -> SiteStats {
+    SiteStats {
+        live_bytes,
+        live_count,
+        alloc_bytes,
+        alloc_count,
+    }
+}
+
+/// A profile exercising merging, unknown frames, empty stacks, labels with
+/// spaces and `;`, deep stacks, zero-live sites and lost events.
+pub(crate) fn sample_profile() -> Profile {
+    let base = || vec![f("main"), f("run_sites")];
+    let with = |extra: &[Frame]| {
+        let mut v = base();
+        v.extend_from_slice(extra);
+        v
+    };
+    Profile {
+        pid: 4242,
+        comm: "leaky".into(),
+        duration_secs: 12.5,
+        sites: vec![
+            Site {
+                frames: with(&[f("leak_malloc")]),
+                api: "malloc",
+                stats: stats(6000, 6, 6000, 6),
+            },
+            // A second raw stack that symbolizes identically: merged with the first.
+            Site {
+                frames: with(&[f("leak_malloc")]),
+                api: "malloc",
+                stats: stats(4000, 4, 5000, 5),
+            },
+            Site {
+                frames: with(&[f(
+                    "std::vector<int, std::allocator<int> >::push_back(int const&)",
+                )]),
+                api: "realloc",
+                stats: stats(1_258_291, 1, 2_000_000, 3),
+            },
+            Site {
+                frames: with(&[Frame::Unknown {
+                    module: "libplugin.so".into(),
+                    offset: 0x1234,
+                }]),
+                api: "calloc",
+                stats: stats(512, 2, 1024, 4),
+            },
+            Site {
+                frames: vec![],
+                api: "mmap",
+                stats: stats(1 << 20, 1, 1 << 20, 1),
+            },
+            Site {
+                frames: with(&[f("a;b"), f("deep1"), f("deep2"), f("deep3"), f("deep4")]),
+                api: "malloc",
+                stats: stats(100, 1, 100, 1),
+            },
+            // Everything it allocated was freed: in alloc views, not in live ones.
+            Site {
+                frames: with(&[f("transient")]),
+                api: "malloc",
+                stats: stats(0, 0, 9000, 90),
+            },
+        ],
+        totals: Totals {
+            allocs: 110,
+            alloc_bytes: 3_065_700,
+            frees: 95,
+            free_bytes: 803_000,
+            frees_unknown: 3,
+            stack_failed: 2,
+            nested: 7,
+            alloc_failed: 1,
+            untracked_unmaps: 4,
+            // Fields added later default to 0 here.
+            ..Totals::default()
+        },
+    }
+}
+
+/// Compares `actual` with `tests/golden/<name>`, rewriting the file instead
+/// when `HEAPSCOPE_BLESS=1`.
+pub(crate) fn check_golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("golden")
+        .join(name);
+    if std::env::var("HEAPSCOPE_BLESS").as_deref() == Ok("1") {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("create golden dir");
+        }
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e} (run with HEAPSCOPE_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{} differs (run with HEAPSCOPE_BLESS=1 to update)\n--- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}

@@ -1,0 +1,121 @@
+//! Shared helpers of the end-to-end tests: fixture builds, root checks,
+//! running heapscope and parsing its outputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The heapscope binary built for this test run.
+pub fn heapscope() -> &'static str {
+    env!("CARGO_BIN_EXE_heapscope")
+}
+
+/// True when the end-to-end tests can load eBPF. Without root they say they
+/// were skipped; with `HEAPSCOPE_REQUIRE_ROOT=1` (CI) a skip is a failure.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("HEAPSCOPE_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("{test}: needs root but HEAPSCOPE_REQUIRE_ROOT=1");
+        }
+        eprintln!("SKIPPED {test}: needs root to load eBPF (run as root, e.g. `sudo cargo xtask test`)");
+    }
+    root
+}
+
+fn fixtures_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn build_dir() -> PathBuf {
+    // Beside the test binary, so `cargo clean` removes it and runs do not collide.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .expect("test binary directory")
+        .join("heapscope-fixtures");
+    std::fs::create_dir_all(&dir).expect("create fixture dir");
+    dir
+}
+
+/// Compiles `tests/fixtures/<name>.c` with the given flags once per test binary.
+pub fn fixture(name: &str, variant: &str, flags: &[&str]) -> PathBuf {
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _g = LOCK
+        .get_or_init(|| std::sync::Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let src = fixtures_src().join(format!("{name}.c"));
+    let out = build_dir().join(format!("{name}-{variant}"));
+    let status = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc (install gcc: `cargo xtask setup`)");
+    assert!(status.success(), "compiling {} failed", src.display());
+    out
+}
+
+/// The fixture's own statement of the truth: `site -> live bytes`.
+pub fn expected_sites(fixture: &Path) -> BTreeMap<String, u64> {
+    let out = Command::new(fixture)
+        .arg("--expect")
+        .output()
+        .expect("run fixture --expect");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.split_once(' ')?;
+            Some((name.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Parses folded stacks: `frames... weight` per line.
+pub fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (stack, w) = l.rsplit_once(' ').expect("folded line has a weight");
+            (
+                stack.split(';').map(str::to_string).collect(),
+                w.parse().expect("folded weight is an integer"),
+            )
+        })
+        .collect()
+}
+
+/// Sums folded weights by the call-site function: the frame just above the
+/// allocator API leaf.
+pub fn by_site(folded: &[(Vec<String>, u64)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (frames, w) in folded {
+        if frames.len() >= 2 {
+            *out.entry(frames[frames.len() - 2].clone()).or_insert(0) += w;
+        }
+    }
+    out
+}
+
+/// Reads `name: N` from the report's counters.
+pub fn counter(report: &str, name: &str) -> Option<u64> {
+    report.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// A scratch directory for one test's outputs.
+pub fn scratch(test: &str) -> PathBuf {
+    let d = build_dir().join(format!("out-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
