@@ -439,3 +439,15 @@ fn realloc_result(
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     on_return(&ctx)
 }
+
+// ---- bare probes (benchmark baseline: the trap alone) -------------------
+
+#[uprobe]
+pub fn noop_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn noop_return(_ctx: RetProbeContext) -> u32 {
+    0
+}

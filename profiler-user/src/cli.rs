@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::launch;
-use crate::probes::{self, target, MapSizes, Probes};
+use crate::probes::{self, target, MapSizes, ProbeMode, Probes};
 use crate::profile::{Metric, Profile};
 use crate::session::{self, SessionOptions, StopReason};
 use crate::units::{parse_duration, parse_size};
@@ -99,6 +99,12 @@ pub struct CommonArgs {
     /// Capacity of the per-thread entry-state map.
     #[arg(long, default_value_t = profiler_common::defaults::INFLIGHT_ENTRIES)]
     pub inflight_entries: u32,
+    /// Benchmark only: attach programs that do nothing, to measure the traps alone.
+    #[arg(long, hide = true)]
+    pub bare_probes: bool,
+    /// Benchmark only: probe `free` at its first instruction instead of after its NULL guard.
+    #[arg(long, hide = true)]
+    pub no_prologue_skip: bool,
     /// Size of the mmap-event ring buffer (a power of two of pages, e.g. 256KiB).
     #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     pub ringbuf_size: u64,
@@ -117,6 +123,14 @@ impl CommonArgs {
             inflight: self.inflight_entries.max(1),
             ringbuf_bytes: ring as u32,
         })
+    }
+
+    fn probe_mode(&self) -> ProbeMode {
+        if self.bare_probes {
+            ProbeMode::Bare
+        } else {
+            ProbeMode::Profile
+        }
     }
 
     fn session_options(&self) -> SessionOptions {
@@ -156,8 +170,8 @@ async fn attach(args: AttachArgs) -> Result<i32> {
     args.common.check_outputs()?;
     let sizes = args.common.map_sizes()?;
     probes::preflight(pid)?;
-    let target = target::discover(pid)?;
-    let probes = Probes::attach(pid, &target, sizes)?;
+    let target = target::discover(pid, !args.common.no_prologue_skip)?;
+    let probes = Probes::attach(pid, &target, sizes, args.common.probe_mode())?;
     announce(pid, &target, &probes);
     let result = session::run(probes, &args.common.session_options(), || {
         session::process_alive(pid)
@@ -178,12 +192,12 @@ async fn run_command(args: RunArgs) -> Result<i32> {
     if !probes::has_bpf_privileges() {
         return Err(probes::ProbeError::NotPrivileged.into());
     }
-    let target = target::for_command(&program)?;
+    let target = target::for_command(&program, !args.common.no_prologue_skip)?;
     let child = launch::spawn_suspended(&program, rest)
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.pid;
     // On error the child is dropped at the gate: it exits without running.
-    let probes = Probes::attach(pid, &target, sizes)?;
+    let probes = Probes::attach(pid, &target, sizes, args.common.probe_mode())?;
     announce(pid, &target, &probes);
     child
         .release()

@@ -53,6 +53,17 @@ pub enum ProbeError {
     },
 }
 
+/// What the attached programs do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// Full bookkeeping.
+    #[default]
+    Profile,
+    /// Programs that return at once, at the same places: the benchmark's
+    /// measure of what the traps alone cost.
+    Bare,
+}
+
 /// Sizes of the bounded kernel maps.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
@@ -145,7 +156,12 @@ const RETURN_PROGRAM: &str = "alloc_return";
 impl Probes {
     /// Loads the eBPF object with the given map sizes and attaches every probe
     /// of `target` to `pid` (all its threads).
-    pub fn attach(pid: u32, target: &AllocatorTarget, sizes: MapSizes) -> Result<Probes, ProbeError> {
+    pub fn attach(
+        pid: u32,
+        target: &AllocatorTarget,
+        sizes: MapSizes,
+        mode: ProbeMode,
+    ) -> Result<Probes, ProbeError> {
         let scope_pid = NonZeroU32::new(pid).ok_or(ProbeError::NoSuchProcess(pid))?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("LIVE", sizes.live)
@@ -177,11 +193,15 @@ impl Probes {
         for point in &target.points {
             // Return probe first: on a shared address, the entry probe must not
             // see a call whose return would be missed.
+            let (ret, entry) = match mode {
+                ProbeMode::Profile => (RETURN_PROGRAM, entry_program(point.kind)),
+                ProbeMode::Bare => ("noop_return", "noop_enter"),
+            };
             let mut order: Vec<(&'static str, u64)> = Vec::new();
             if has_return_probe(point.kind) {
-                order.push((RETURN_PROGRAM, point.func_offset));
+                order.push((ret, point.func_offset));
             }
-            order.push((entry_program(point.kind), point.entry_offset));
+            order.push((entry, point.entry_offset));
             for (name, offset) in order {
                 load(&mut ebpf, name)?;
                 let prog: &mut UProbe = ebpf

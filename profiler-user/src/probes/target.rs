@@ -78,7 +78,7 @@ fn candidate_order(exe: Option<&str>, files: &[String]) -> Vec<String> {
 }
 
 /// Finds the allocator of a running process from its memory map.
-pub fn discover(pid: u32) -> Result<AllocatorTarget, ProbeError> {
+pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
     let maps = MemoryMap::read(pid).map_err(|e| ProbeError::Maps {
         pid,
         reason: e.to_string(),
@@ -96,12 +96,12 @@ pub fn discover(pid: u32) -> Result<AllocatorTarget, ProbeError> {
         });
     };
     let libc = order.iter().find(|f| is_libc(f)).unwrap_or(allocator);
-    build_target(allocator, libc, resolve)
+    build_target(allocator, libc, resolve, skip_prologue)
 }
 
 /// Finds the allocator a command will use once it runs: the executable when it
 /// defines malloc (static or custom allocator), else the libc this system loads.
-pub fn for_command(exe: &Path) -> Result<AllocatorTarget, ProbeError> {
+pub fn for_command(exe: &Path, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
     let exe_str = exe.to_string_lossy().to_string();
     let own = MemoryMap::read(std::process::id()).map_err(|e| ProbeError::Maps {
         pid: std::process::id(),
@@ -121,10 +121,10 @@ pub fn for_command(exe: &Path) -> Result<AllocatorTarget, ProbeError> {
         } else {
             mapper
         };
-        return build_target(&exe_str, &mapper, resolve);
+        return build_target(&exe_str, &mapper, resolve, skip_prologue);
     }
     match libc {
-        Some(l) => build_target(&l, &l, resolve),
+        Some(l) => build_target(&l, &l, resolve, skip_prologue),
         None => Err(ProbeError::NoAllocator {
             pid: std::process::id(),
             searched: 1,
@@ -144,6 +144,7 @@ fn build_target(
     allocator: &str,
     mapper: &str,
     resolve: impl Fn(&str) -> PathBuf,
+    skip_prologue: bool,
 ) -> Result<AllocatorTarget, ProbeError> {
     let mut points: Vec<AttachPoint> = Vec::new();
     let mut missing = Vec::new();
@@ -166,11 +167,16 @@ fn build_target(
             {
                 continue;
             }
+            let skip = if skip_prologue {
+                prologue::entry_skip(kind, &loc.first_bytes)
+            } else {
+                0
+            };
             points.push(AttachPoint {
                 kind,
                 file: file.clone(),
                 func_offset: loc.file_offset,
-                entry_offset: loc.file_offset + prologue::entry_skip(kind, &loc.first_bytes),
+                entry_offset: loc.file_offset + skip,
             });
         }
     }
@@ -210,7 +216,7 @@ mod tests {
             eprintln!("skipped: {libc} not present");
             return;
         }
-        let t = build_target(libc, libc, PathBuf::from).expect("libc target");
+        let t = build_target(libc, libc, |p: &str| PathBuf::from(p), true).expect("libc target");
         assert!(t.points.iter().any(|p| p.kind == AllocKind::Malloc));
         assert!(t.points.iter().any(|p| p.kind == AllocKind::Free));
         assert!(t.points.iter().any(|p| p.kind == AllocKind::Mmap));

@@ -193,6 +193,8 @@ impl MemoryMap {
     }
 
     /// The region containing `addr` and the file offset `addr` corresponds to.
+    /// Pseudo and anonymous regions are returned too (their offset is
+    /// meaningless); check [`Region::is_file`] before symbolizing.
     pub fn lookup(&self, addr: RuntimeAddr) -> Option<(&Region, FileOffset)> {
         let idx = self.regions.partition_point(|r| r.start <= addr.0);
         let region = self.regions.get(idx.checked_sub(1)?)?;
@@ -433,7 +435,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     fn reads_own_maps() {
         let m = MemoryMap::read(std::process::id()).expect("read own maps");
         assert!(!m.executable_files().is_empty());
-        let here = RuntimeAddr(reads_own_maps as usize as u64);
+        let here = RuntimeAddr(reads_own_maps as *const () as usize as u64);
         let (r, _) = m.lookup(here).expect("own code is mapped");
         assert!(r.perms.execute);
         assert!(r.is_file());

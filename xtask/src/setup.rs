@@ -1,0 +1,85 @@
+//! Idempotent installation of what the build and the tests need.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::util::{have, output, run};
+
+const BPF_LINKER_VERSION: &str = "0.10.3";
+
+/// Installs rust-src for nightly, bpf-linker, and Debian packages, when missing.
+pub fn setup() -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
+        Some(_) => {
+            eprintln!("xtask setup: installing rust-src for nightly");
+            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        }
+        None => {
+            eprintln!("xtask setup: installing the nightly toolchain with rust-src");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+        }
+    }
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
+    // bpf-linker 0.11+ needs a system LLVM 23; 0.10.3 uses nightly's own LLVM.
+    run(Command::new(crate::util::cargo()).args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+    .context("installing bpf-linker")
+}
+
+/// Commands the tests use, and the Debian package that provides each.
+const PACKAGES: &[(&str, &str)] = &[("cc", "gcc"), ("setpriv", "util-linux"), ("strip", "binutils")];
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        anyhow::bail!("missing {missing:?} and no apt-get to install them; install them by hand");
+    }
+    eprintln!("xtask setup: installing {missing:?} with apt-get");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
