@@ -18,5 +18,7 @@ fn main() -> Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )
-    .context("building profiler-ebpf (run `cargo xtask setup` if bpf-linker or rust-src is missing)")
+    .context(
+        "building profiler-ebpf (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
+    )
 }

@@ -14,8 +14,7 @@ use profiler_common::{
 
 /// Outstanding allocations: (tgid, ptr) → size, stack, time.
 #[map]
-static LIVE: HashMap<LiveKey, LiveAlloc> =
-    HashMap::with_max_entries(defaults::LIVE_MAP_ENTRIES, 0);
+static LIVE: HashMap<LiveKey, LiveAlloc> = HashMap::with_max_entries(defaults::LIVE_MAP_ENTRIES, 0);
 
 /// Per call site (stack, entry point) counters, per CPU.
 #[map]
@@ -29,8 +28,7 @@ static STACKS: StackTrace = StackTrace::with_max_entries(defaults::STACK_MAP_ENT
 /// Entry → return state per thread (pid_tgid). Bounded; stale entries of
 /// threads that died mid-call are pruned by userspace.
 #[map]
-static INFLIGHT: HashMap<u64, Inflight> =
-    HashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
+static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
 
 /// Global counters, see `profiler_common::counter`.
 #[map]
@@ -111,9 +109,7 @@ fn nested() -> bool {
     let tid = bpf_get_current_pid_tgid();
     match INFLIGHT.get_ptr(tid) {
         // SAFETY: the entry is only touched by its own thread, which is here.
-        Some(st) => unsafe {
-            bpf_ktime_get_ns().wrapping_sub((*st).ts_ns) < INFLIGHT_STALE_NS
-        },
+        Some(st) => unsafe { bpf_ktime_get_ns().wrapping_sub((*st).ts_ns) < INFLIGHT_STALE_NS },
         None => false,
     }
 }
@@ -122,7 +118,10 @@ fn nested() -> bool {
 fn site_add(key: &SiteKey, alloc_bytes: u64, alloc_count: u64, free_bytes: u64, free_count: u64) {
     let mut p = SITES.get_ptr_mut(key);
     if p.is_none() {
-        if SITES.insert(key, SiteCounters::default(), 1 /* BPF_NOEXIST */).is_err() {
+        if SITES
+            .insert(key, SiteCounters::default(), 1 /* BPF_NOEXIST */)
+            .is_err()
+        {
             // Another CPU may have created it meanwhile; look again before counting a loss.
         }
         p = SITES.get_ptr_mut(key);
@@ -336,10 +335,9 @@ fn on_return(ctx: &RetProbeContext) -> u32 {
         return 0;
     };
     match kind {
-        AllocKind::Malloc
-        | AllocKind::AlignedAlloc
-        | AllocKind::Memalign
-        | AllocKind::Valloc => alloc_result(ctx, tgid, ret, st.arg0, kind),
+        AllocKind::Malloc | AllocKind::AlignedAlloc | AllocKind::Memalign | AllocKind::Valloc => {
+            alloc_result(ctx, tgid, ret, st.arg0, kind)
+        }
         AllocKind::Pvalloc => {
             // pvalloc rounds the request up to whole pages.
             let size = (st.arg0 + 4095) & !4095u64;

@@ -144,7 +144,10 @@ impl CommonArgs {
     /// Fails before attaching when an output file could not be written later.
     fn check_outputs(&self) -> Result<()> {
         for p in self.folded.iter().chain(self.svg.iter()) {
-            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if !parent.is_dir() {
                 bail!(
                     "cannot write {}: directory {} does not exist",
@@ -187,8 +190,9 @@ async fn run_command(args: RunArgs) -> Result<i32> {
     };
     args.common.check_outputs()?;
     let sizes = args.common.map_sizes()?;
-    let program = launch::resolve_program(cmd)
-        .with_context(|| format!("cannot run {cmd}: not an executable file or not found on PATH"))?;
+    let program = launch::resolve_program(cmd).with_context(|| {
+        format!("cannot run {cmd}: not an executable file or not found on PATH")
+    })?;
     if !probes::has_bpf_privileges() {
         return Err(probes::ProbeError::NotPrivileged.into());
     }
@@ -216,7 +220,10 @@ async fn run_command(args: RunArgs) -> Result<i32> {
             Ok(code.max(0))
         }
         None => {
-            eprintln!("heapscope: detached; {} (pid {pid}) runs on", program.display());
+            eprintln!(
+                "heapscope: detached; {} (pid {pid}) runs on",
+                program.display()
+            );
             Ok(0)
         }
     }
@@ -238,7 +245,12 @@ fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) {
 
 /// Prints the report first (so nothing recorded is lost if a file cannot be
 /// written), then writes the requested files.
-fn finish(common: &CommonArgs, profile: &Profile, stop: StopReason, warnings: &[String]) -> Result<()> {
+fn finish(
+    common: &CommonArgs,
+    profile: &Profile,
+    stop: StopReason,
+    warnings: &[String],
+) -> Result<()> {
     eprintln!("heapscope: stopped: {}", stop.describe());
     for w in warnings {
         eprintln!("heapscope: warning: {w}");
@@ -249,7 +261,8 @@ fn finish(common: &CommonArgs, profile: &Profile, stop: StopReason, warnings: &[
     let metric: Metric = common.metric.into();
     if let Some(path) = &common.folded {
         let mut f = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
         );
         views::folded::write_folded(profile, metric, &mut f)
             .and_then(|_| std::io::Write::flush(&mut f))
@@ -258,12 +271,14 @@ fn finish(common: &CommonArgs, profile: &Profile, stop: StopReason, warnings: &[
     }
     if let Some(path) = &common.svg {
         let mut f = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
         );
         let title = format!("heapscope: pid {} ({})", profile.pid, profile.comm);
         views::svg::write_svg(profile, metric, &title, &mut f)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        std::io::Write::flush(&mut f).with_context(|| format!("cannot write {}", path.display()))?;
+        std::io::Write::flush(&mut f)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("heapscope: wrote {}", path.display());
     }
     Ok(())

@@ -34,7 +34,8 @@ pub fn resolve_program(cmd: &str) -> Option<PathBuf> {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
 }
 
 /// Forks a child that will exec `program` with `args` once released.
@@ -152,7 +153,9 @@ mod tests {
 
     #[test]
     fn gate_releases_and_exit_code_is_reported() {
-        let Some(sh) = resolve_program("sh") else { return };
+        let Some(sh) = resolve_program("sh") else {
+            return;
+        };
         let child = spawn_suspended(&sh, &["-c".into(), "exit 7".into()]).expect("spawn");
         let pid = child.pid;
         assert_eq!(try_wait(pid), None, "the child must wait at the gate");

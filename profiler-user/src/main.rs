@@ -3,7 +3,10 @@ use clap::Parser;
 
 fn main() {
     let cli = heapscope::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("heapscope: error: cannot start the runtime: {e}");

@@ -42,7 +42,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit '{unit}' in '{s}': use KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "invalid size unit '{unit}' in '{s}': use KiB, MiB or GiB"
+            ))
+        }
     };
     value
         .checked_mul(mult)

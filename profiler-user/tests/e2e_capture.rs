@@ -47,6 +47,16 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) -> 
     }
 }
 
+impl Fixture {
+    /// Runs the sites, waits for them, and lets the fixture exit with its own code (3).
+    fn run_to_exit(mut self) {
+        writeln!(self.stdin, "go").expect("signal fixture");
+        wait_for(&self.lines, "done", &mut Vec::new());
+        writeln!(self.stdin, "exit").expect("release fixture");
+        assert_eq!(self.child.wait().expect("wait fixture").code(), Some(3));
+    }
+}
+
 fn start_fixture(path: &std::path::Path) -> Fixture {
     let mut child = Command::new(path)
         .stdin(Stdio::piped())
@@ -151,7 +161,11 @@ fn attach_reports_exact_live_bytes_per_site() {
     // The target runs on after detach and exits with its own code.
     writeln!(fx.stdin, "exit").expect("release fixture");
     let status = fx.child.wait().expect("wait fixture");
-    assert_eq!(status.code(), Some(3), "fixture exit code must be unchanged");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "fixture exit code must be unchanged"
+    );
 
     let folded_text = std::fs::read_to_string(&folded).expect("folded written");
     assert_sites_exact(&folded_text, &expected);
@@ -171,7 +185,12 @@ fn attach_reports_exact_live_bytes_per_site() {
     // 1000 churned mallocs + 20 callocs + 20 reallocs at least were seen.
     let allocs = counter(&report, "allocations seen").expect("allocations counter");
     assert!(allocs >= 1040, "allocations seen {allocs}\n{report}");
-    for lost in ["live map full", "per-thread state full", "site map full", "ring buffer lost"] {
+    for lost in [
+        "live map full",
+        "per-thread state full",
+        "site map full",
+        "ring buffer lost",
+    ] {
         assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
     }
     let svg_text = std::fs::read_to_string(&svg).expect("svg written");
@@ -189,19 +208,33 @@ fn run_profiles_from_first_allocation() {
     let dir = scratch("run");
     let folded = dir.join("run.folded");
     let out = Command::new(heapscope())
-        .args(["run", "--quiet", "--folded", folded.to_str().expect("utf8"), "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--folded",
+            folded.to_str().expect("utf8"),
+            "--",
+        ])
         .arg(&bin)
         .arg("--no-wait")
         .output()
         .expect("heapscope run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "run passes on the exit code\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "run passes on the exit code\n{stderr}"
+    );
     let folded_text = std::fs::read_to_string(&folded).expect("folded written");
     assert_sites_exact(&folded_text, &expected);
     // From the first allocation: the pre-attach blocks are seen being
     // allocated, so none of their frees is unknown.
-    assert_eq!(counter(&report, "frees of pointers allocated before attach"), Some(0), "{report}");
+    assert_eq!(
+        counter(&report, "frees of pointers allocated before attach"),
+        Some(0),
+        "{report}"
+    );
 }
 
 #[test]
@@ -233,17 +266,14 @@ fn duration_detaches_and_target_runs_on() {
         return;
     }
     let bin = fp_fixture();
-    let mut fx = start_fixture(&bin);
+    let fx = start_fixture(&bin);
     let a = attach(fx.pid, &["--duration", "300ms"]);
     let (code, report, stderr) = finish(a);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("duration elapsed"), "{stderr}");
     assert!(report.contains("live heap"), "{report}");
     // Detached: the fixture still answers and exits normally.
-    writeln!(fx.stdin, "go").expect("signal fixture");
-    wait_for(&fx.lines, "done", &mut Vec::new());
-    writeln!(fx.stdin, "exit").expect("release fixture");
-    assert_eq!(fx.child.wait().expect("wait").code(), Some(3));
+    fx.run_to_exit();
 }
 
 #[test]
@@ -255,7 +285,10 @@ fn bad_pid_is_a_clear_error() {
         .expect("heapscope");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("no such process: pid 999999999"), "{stderr}");
+    assert!(
+        stderr.contains("no such process: pid 999999999"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -265,10 +298,15 @@ fn unprivileged_user_gets_a_clear_error() {
         return;
     }
     let bin = fp_fixture();
-    let mut fx = start_fixture(&bin);
+    let fx = start_fixture(&bin);
     // Drop to nobody with no capabilities.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(heapscope())
         .args(["attach", "-p", &fx.pid.to_string()])
         .output()
@@ -276,10 +314,7 @@ fn unprivileged_user_gets_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
-    writeln!(fx.stdin, "go").expect("signal fixture");
-    wait_for(&fx.lines, "done", &mut Vec::new());
-    writeln!(fx.stdin, "exit").expect("release fixture");
-    assert_eq!(fx.child.wait().expect("wait").code(), Some(3));
+    fx.run_to_exit();
 }
 
 #[test]

@@ -18,11 +18,26 @@ struct Mode {
 }
 
 const MODES: &[Mode] = &[
-    Mode { name: "no profiler", heapscope: None },
-    Mode { name: "bare probes (free after NULL guard)", heapscope: Some(&["--bare-probes"]) },
-    Mode { name: "bare probes (free at +0)", heapscope: Some(&["--bare-probes", "--no-prologue-skip"]) },
-    Mode { name: "heapscope (free after NULL guard)", heapscope: Some(&[]) },
-    Mode { name: "heapscope (free at +0)", heapscope: Some(&["--no-prologue-skip"]) },
+    Mode {
+        name: "no profiler",
+        heapscope: None,
+    },
+    Mode {
+        name: "bare probes (free after NULL guard)",
+        heapscope: Some(&["--bare-probes"]),
+    },
+    Mode {
+        name: "bare probes (free at +0)",
+        heapscope: Some(&["--bare-probes", "--no-prologue-skip"]),
+    },
+    Mode {
+        name: "heapscope (free after NULL guard)",
+        heapscope: Some(&[]),
+    },
+    Mode {
+        name: "heapscope (free at +0)",
+        heapscope: Some(&["--no-prologue-skip"]),
+    },
 ];
 
 fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {

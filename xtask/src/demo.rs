@@ -32,11 +32,19 @@ pub fn demo(args: &[String]) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
 
     let mut cmd = Command::new(&heapscope);
-    cmd.args(["attach", "-p", &pid.to_string(), "--duration", &duration, "--top", "10"])
-        .arg("--svg")
-        .arg(&svg)
-        .arg("--folded")
-        .arg(&folded);
+    cmd.args([
+        "attach",
+        "-p",
+        &pid.to_string(),
+        "--duration",
+        &duration,
+        "--top",
+        "10",
+    ])
+    .arg("--svg")
+    .arg(&svg)
+    .arg("--folded")
+    .arg(&folded);
     if !is_root() {
         eprintln!("xtask demo: heapscope needs root to load eBPF; running it with sudo");
         let mut sudo = Command::new("sudo");

@@ -54,7 +54,9 @@ fn run() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let root = util::workspace_root()?;
     let mut cmd = std::process::Command::new(util::cargo());
-    cmd.current_dir(&root).args(["test", "--workspace"]).args(extra);
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(extra);
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         // In CI the end-to-end tests must run, not skip.
         cmd.env("HEAPSCOPE_REQUIRE_ROOT", "1");

@@ -28,7 +28,13 @@ fn nightly_rust_src() -> Result<()> {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
         Some(_) => {
             eprintln!("xtask setup: installing rust-src for nightly");
-            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))
         }
         None => {
             eprintln!("xtask setup: installing the nightly toolchain with rust-src");
@@ -62,7 +68,11 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// Commands the tests use, and the Debian package that provides each.
-const PACKAGES: &[(&str, &str)] = &[("cc", "gcc"), ("setpriv", "util-linux"), ("strip", "binutils")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("cc", "gcc"),
+    ("setpriv", "util-linux"),
+    ("strip", "binutils"),
+];
 
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES

@@ -47,9 +47,14 @@ pub fn have(name: &str) -> bool {
 /// Builds heapscope in release mode and returns the binary's path.
 pub fn build_heapscope() -> Result<PathBuf> {
     let root = workspace_root()?;
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "profiler-user", "--bin", "heapscope"]))?;
+    run(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "profiler-user",
+        "--bin",
+        "heapscope",
+    ]))?;
     Ok(root.join("target/release/heapscope"))
 }
 

@@ -40,9 +40,9 @@ pub fn apply(ev: &MapEvent, tracker: &mut RegionTracker) -> bool {
 impl EventReader {
     /// Takes the ring buffer out of the loaded object.
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<EventReader> {
-        let map = ebpf
-            .take_map("MAP_EVENTS")
-            .ok_or_else(|| anyhow::anyhow!("ring buffer MAP_EVENTS missing from the eBPF object"))?;
+        let map = ebpf.take_map("MAP_EVENTS").ok_or_else(|| {
+            anyhow::anyhow!("ring buffer MAP_EVENTS missing from the eBPF object")
+        })?;
         Ok(EventReader {
             ring: RingBuf::try_from(map)?,
             malformed: 0,
@@ -68,7 +68,10 @@ mod tests {
     fn bytes_of(ev: &MapEvent) -> Vec<u8> {
         // SAFETY: MapEvent is #[repr(C)] with explicit padding, so all its bytes are initialised.
         unsafe {
-            std::slice::from_raw_parts((ev as *const MapEvent).cast::<u8>(), std::mem::size_of::<MapEvent>())
+            std::slice::from_raw_parts(
+                (ev as *const MapEvent).cast::<u8>(),
+                std::mem::size_of::<MapEvent>(),
+            )
         }
         .to_vec()
     }

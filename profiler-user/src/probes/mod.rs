@@ -186,7 +186,8 @@ impl Probes {
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
             if prog.fd().is_err() {
-                prog.load().map_err(|source| ProbeError::Program { name, source })?;
+                prog.load()
+                    .map_err(|source| ProbeError::Program { name, source })?;
             }
             Ok(())
         };
@@ -237,10 +238,8 @@ impl Probes {
     pub fn detach(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         for (name, id) in self.links.drain(..) {
-            let prog: Option<&mut UProbe> = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok());
+            let prog: Option<&mut UProbe> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             match prog {
                 Some(p) => {
                     if let Err(e) = p.detach(id) {

@@ -31,7 +31,7 @@ pub fn entry_skip(kind: AllocKind, bytes: &[u8]) -> u64 {
     }
     let after_test = &rest[TEST_RDI_RDI.len()..];
     let branch_len = match after_test {
-        [0x74, _, ..] => 2,             // je rel8
+        [0x74, _, ..] => 2,                // je rel8
         [0x0f, 0x84, _, _, _, _, ..] => 6, // je rel32
         _ => return 0,
     };
@@ -45,7 +45,9 @@ mod tests {
     #[test]
     fn glibc_236_free_skips_null_guard() {
         // __libc_free from Debian's glibc 2.36.
-        let bytes = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55, 0x48];
+        let bytes = [
+            0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55, 0x48,
+        ];
         assert_eq!(entry_skip(AllocKind::Free, &bytes), 9);
     }
 

@@ -72,8 +72,18 @@ fn candidate_order(exe: Option<&str>, files: &[String]) -> Vec<String> {
             out.push(e.to_string());
         }
     }
-    out.extend(files.iter().filter(|f| Some(f.as_str()) != exe && !is_libc(f)).cloned());
-    out.extend(files.iter().filter(|f| Some(f.as_str()) != exe && is_libc(f)).cloned());
+    out.extend(
+        files
+            .iter()
+            .filter(|f| Some(f.as_str()) != exe && !is_libc(f))
+            .cloned(),
+    );
+    out.extend(
+        files
+            .iter()
+            .filter(|f| Some(f.as_str()) != exe && is_libc(f))
+            .cloned(),
+    );
     out
 }
 
@@ -85,8 +95,16 @@ pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeE
     })?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
-        .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_string());
-    let files: Vec<String> = maps.executable_files().into_iter().map(String::from).collect();
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        });
+    let files: Vec<String> = maps
+        .executable_files()
+        .into_iter()
+        .map(String::from)
+        .collect();
     let order = candidate_order(exe.as_deref(), &files);
     let resolve = |p: &str| in_root(pid, p);
     let Some(allocator) = order.iter().find(|f| defines_malloc(&resolve(f))) else {
@@ -148,7 +166,10 @@ fn build_target(
 ) -> Result<AllocatorTarget, ProbeError> {
     let mut points: Vec<AttachPoint> = Vec::new();
     let mut missing = Vec::new();
-    let groups = [(allocator, &HEAP_FUNCTIONS[..]), (mapper, &MAP_FUNCTIONS[..])];
+    let groups = [
+        (allocator, &HEAP_FUNCTIONS[..]),
+        (mapper, &MAP_FUNCTIONS[..]),
+    ];
     for (module, kinds) in groups {
         let file = resolve(module);
         for &kind in kinds {

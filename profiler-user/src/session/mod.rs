@@ -91,7 +91,9 @@ pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name, which may contain spaces.
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,
@@ -124,7 +126,6 @@ pub async fn run(
     // A freshly started command maps its libraries within milliseconds and may
     // exit before the first tick: refresh the memory map often at first.
     let mut early = tokio::time::interval(EARLY_REFRESH);
-
 
     let stop = loop {
         let until_deadline = deadline
@@ -160,12 +161,17 @@ pub async fn run(
     let duration_secs = started.elapsed().as_secs_f64();
     warnings.extend(probes.detach());
     if events.malformed > 0 {
-        warnings.push(format!("{} malformed ring-buffer records ignored", events.malformed));
+        warnings.push(format!(
+            "{} malformed ring-buffer records ignored",
+            events.malformed
+        ));
     }
     let maps = match maps {
         Some(m) => m,
         None => {
-            warnings.push(format!("no memory map of pid {pid} could be read; frames are unresolved"));
+            warnings.push(format!(
+                "no memory map of pid {pid} could be read; frames are unresolved"
+            ));
             MemoryMap::default()
         }
     };

@@ -33,7 +33,10 @@ impl StatusLine {
             }
             None => {
                 let dt = now.duration_since(self.started).as_secs_f64().max(1e-3);
-                (t.allocs as f64 / dt, (t.frees + t.frees_unknown) as f64 / dt)
+                (
+                    t.allocs as f64 / dt,
+                    (t.frees + t.frees_unknown) as f64 / dt,
+                )
             }
         };
         self.last = Some((now, t.allocs, t.frees + t.frees_unknown));

@@ -21,7 +21,9 @@ pub fn root_or_skip(test: &str) -> bool {
         if std::env::var("HEAPSCOPE_REQUIRE_ROOT").as_deref() == Ok("1") {
             panic!("{test}: needs root but HEAPSCOPE_REQUIRE_ROOT=1");
         }
-        eprintln!("SKIPPED {test}: needs root to load eBPF (run as root, e.g. `sudo cargo xtask test`)");
+        eprintln!(
+            "SKIPPED {test}: needs root to load eBPF (run as root, e.g. `sudo cargo xtask test`)"
+        );
     }
     root
 }
