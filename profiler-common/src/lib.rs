@@ -77,18 +77,31 @@ pub struct LiveKey {
     pub ptr: u64,
 }
 
-/// Value of the live map.
+/// Value of the live map. Every allocation is kept (so process totals and
+/// pre-attach frees stay exact); only sampled ones carry a stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveAlloc {
     pub size: u64,
     /// `bpf_ktime_get_ns()` at allocation (CLOCK_MONOTONIC).
     pub ts_ns: u64,
-    /// Id in the stack-trace map, or a negative errno when capture failed.
+    /// Id in the stack-trace map, or [`STACK_NONE`], [`STACK_UNSAMPLED`], [`STACK_USER`].
     pub stack_id: i32,
     /// An [`AllocKind`] discriminant.
     pub kind: u32,
+    /// Bytes this allocation stands for in the call-site estimates (0 if unsampled).
+    pub est_bytes: u64,
+    /// Allocations it stands for, in units of 1/[`COUNT_SCALE`].
+    pub est_count: u64,
 }
+
+/// Fixed-point scale of estimated allocation counts.
+pub const COUNT_SCALE: u64 = 1024;
+/// Stack id of an allocation that was not sampled (no stack, no site).
+pub const STACK_UNSAMPLED: i32 = -2;
+/// Stack id of a sampled allocation whose stack went to userspace for DWARF
+/// unwinding; its site lives in userspace and its free is reported as an event.
+pub const STACK_USER: i32 = -3;
 
 /// Key of the per-call-site counters: a captured stack and the entry point used.
 #[repr(C)]
@@ -103,7 +116,8 @@ pub struct SiteKey {
 /// Stack id used for allocations whose stack could not be captured.
 pub const STACK_NONE: i32 = -1;
 
-/// Per-CPU counters of one call site; userspace sums them over CPUs.
+/// Per-CPU counters of one call site; userspace sums them over CPUs. Bytes are
+/// (estimated) bytes; counts are in units of 1/[`COUNT_SCALE`] allocations.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteCounters {
@@ -155,6 +169,70 @@ pub struct MapEvent {
     pub _pad: u32,
 }
 
+/// Ring-buffer record kind of a [`SampleHeader`] (mmap-family records use their [`AllocKind`]).
+pub const EVENT_SAMPLE: u32 = 100;
+/// Ring-buffer record kind of a [`SampledFree`].
+pub const EVENT_SAMPLED_FREE: u32 = 101;
+
+/// Stack-copy sizes the eBPF side supports; the flag rounds up to one of them.
+pub const STACK_COPY_SIZES: [u32; 3] = [4096, 8192, 16384];
+
+/// How stacks are captured.
+pub mod stack_mode {
+    /// `bpf_get_stackid` frame-pointer walk in the kernel.
+    pub const FRAME_POINTER: u32 = 0;
+    /// Registers + a copy of the user stack, unwound in userspace with CFI.
+    pub const DWARF: u32 = 1;
+}
+
+/// A sampled allocation with registers and the top of the user stack
+/// (followed in the record by `stack_len` valid bytes of a fixed-size copy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleHeader {
+    /// [`EVENT_SAMPLE`].
+    pub kind: u32,
+    pub tgid: u32,
+    /// An [`AllocKind`] discriminant (Mmap for a program mmap).
+    pub alloc_kind: u32,
+    /// Valid bytes of the stack copy, starting at `sp`.
+    pub stack_len: u32,
+    pub ptr: u64,
+    pub size: u64,
+    pub est_bytes: u64,
+    /// In units of 1/[`COUNT_SCALE`].
+    pub est_count: u64,
+    pub ts_ns: u64,
+    /// Registers at the allocator's return: ip is the return address in the caller.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Return addresses of pending uretprobes (innermost first), as the kernel
+    /// saved them when it replaced them on the stack with its trampoline...
+    pub pending_ret: [u64; MAX_PENDING],
+    /// ...and the stack slot each was replaced in.
+    pub pending_slot: [u64; MAX_PENDING],
+    pub n_pending: u32,
+    pub _pad: u32,
+}
+
+/// Pending uretprobes recorded per sample.
+pub const MAX_PENDING: usize = 4;
+
+/// Free of an allocation whose sample lives in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampledFree {
+    /// [`EVENT_SAMPLED_FREE`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub ptr: u64,
+    pub ts_ns: u64,
+}
+
+/// Size of the lookup tables shared with userspace (see `tables`).
+pub const TABLE_LEN: u32 = 1024;
+
 /// Indices into the global per-CPU counter array.
 pub mod counter {
     /// Allocations recorded in the live map.
@@ -187,8 +265,14 @@ pub mod counter {
     pub const UNMATCHED_RETURN: u32 = 13;
     /// Per-thread entry states discarded as stale (a return probe never fired).
     pub const INFLIGHT_STALE: u32 = 14;
+    /// Allocations sampled (their stack captured and attributed to a site).
+    pub const SAMPLED: u32 = 15;
+    /// Frees of sampled allocations that could not be reported (ring buffer full).
+    pub const SAMPLED_FREE_LOST: u32 = 16;
+    /// Stack copies that could not be read at all (stack_len 0).
+    pub const STACK_COPY_FAILED: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 18;
 }
 
 /// Default sizes of the bounded kernel maps (overridable by flags).
@@ -197,18 +281,53 @@ pub mod defaults {
     pub const SITE_MAP_ENTRIES: u32 = 1 << 16;
     pub const STACK_MAP_ENTRIES: u32 = 1 << 14;
     pub const INFLIGHT_ENTRIES: u32 = 1 << 14;
-    pub const RINGBUF_BYTES: u32 = 1 << 18;
+    /// Large enough for ~1000 DWARF samples of 8 KiB between two drains.
+    pub const RINGBUF_BYTES: u32 = 1 << 23;
+    /// Mean bytes between samples (as tcmalloc, jemalloc and Go).
+    pub const SAMPLE_RATE: u64 = 512 * 1024;
+    pub const STACK_COPY: u32 = 8192;
 }
 
 /// `MAP_ANONYMOUS` on Linux.
 pub const MAP_ANONYMOUS: u64 = 0x20;
 
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
-const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 24);
+const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
+const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<Inflight>() == 40);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
+
+/// The fixed-point tables the eBPF side uses instead of floating point.
+/// Userspace computes them with `f64` and fills the maps at load time.
+pub mod tables {
+    #[cfg(feature = "user")]
+    use super::TABLE_LEN;
+
+    /// Fixed-point scale of table entries (16.16).
+    pub const ONE: u64 = 1 << 16;
+    /// x = size/rate is quantised in steps of 1/X_STEPS; beyond
+    /// TABLE_LEN/X_STEPS (= 16) the weight is 1 to within 1e-7.
+    pub const X_STEPS: u64 = 64;
+
+    /// Entry i of the exponential quantile table: -ln(1 - (i+0.5)/N), 16.16.
+    /// An interval is `rate * EXP[random % N] >> 16`: mean `rate`.
+    #[cfg(feature = "user")]
+    pub fn exp_quantile(i: u32) -> u32 {
+        let u = (i as f64 + 0.5) / TABLE_LEN as f64;
+        ((-(1.0 - u).ln()) * ONE as f64).round() as u32
+    }
+
+    /// Entry i of the weight table: g(x) = x / (1 - e^-x) at x = (i+0.5)/X_STEPS, 16.16.
+    /// A sample of size s at rate R stands for R*g(s/R) = s/(1-e^(-s/R)) bytes.
+    #[cfg(feature = "user")]
+    pub fn weight(i: u32) -> u32 {
+        let x = (i as f64 + 0.5) / X_STEPS as f64;
+        ((x / (1.0 - (-x).exp())) * ONE as f64).round() as u32
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -226,6 +345,10 @@ mod pod {
     unsafe impl aya::Pod for Inflight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MapEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SampleHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SampledFree {}
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::launch;
-use crate::probes::{self, target, MapSizes, ProbeMode, Probes};
+use crate::probes::{self, target, CaptureConfig, MapSizes, ProbeMode, Probes};
 use crate::profile::{Metric, Profile};
 use crate::session::{self, SessionOptions, StopReason};
 use crate::units::{parse_duration, parse_size};
@@ -64,8 +64,30 @@ impl From<MetricArg> for Metric {
     }
 }
 
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum StacksArg {
+    /// Copy registers and the top of the stack, unwind in userspace with CFI:
+    /// complete stacks for binaries without frame pointers.
+    Dwarf,
+    /// Kernel frame-pointer walk: cheaper, complete only for frame-pointer builds.
+    Fp,
+}
+
 #[derive(Args, Debug)]
 pub struct CommonArgs {
+    /// How stacks are captured.
+    #[arg(long, value_enum, default_value = "dwarf")]
+    pub stacks: StacksArg,
+    /// Mean bytes allocated between two sampled allocations (e.g. 512KiB, 4KiB);
+    /// estimates are unbiased. Exact process totals are kept alongside.
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    pub sample_rate: u64,
+    /// Capture every allocation (no sampling): exact per-site numbers, higher cost.
+    #[arg(long)]
+    pub exact: bool,
+    /// Bytes of user stack copied per sample for DWARF unwinding (4KiB, 8KiB or 16KiB).
+    #[arg(long, default_value = "8KiB", value_parser = parse_size)]
+    pub stack_size: u64,
     /// Stop after this long (e.g. 500ms, 30s, 5m); default: until Ctrl-C or the target exits.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -84,6 +106,9 @@ pub struct CommonArgs {
     /// Number of call sites in the report.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
+    /// Add file:line (from DWARF) to each function frame, and mark inlined ones.
+    #[arg(long)]
+    pub lines: bool,
     /// Do not print the per-tick status line.
     #[arg(long)]
     pub quiet: bool,
@@ -105,8 +130,9 @@ pub struct CommonArgs {
     /// Benchmark only: probe `free` at its first instruction instead of after its NULL guard.
     #[arg(long, hide = true)]
     pub no_prologue_skip: bool,
-    /// Size of the mmap-event ring buffer (a power of two of pages, e.g. 256KiB).
-    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    /// Size of the event ring buffer (a power of two, e.g. 8MiB); records that do
+    /// not fit are counted as lost.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     pub ringbuf_size: u64,
 }
 
@@ -122,6 +148,31 @@ impl CommonArgs {
             stacks: self.stack_map_entries.max(1),
             inflight: self.inflight_entries.max(1),
             ringbuf_bytes: ring as u32,
+        })
+    }
+
+    fn capture(&self) -> Result<CaptureConfig> {
+        let Some(&stack_copy) = profiler_common::STACK_COPY_SIZES
+            .iter()
+            .find(|&&s| s as u64 >= self.stack_size)
+        else {
+            bail!(
+                "--stack-size {} is too large: at most 16KiB",
+                self.stack_size
+            );
+        };
+        if self.sample_rate == 0 && !self.exact {
+            bail!(
+                "--sample-rate must be at least 1 byte (use --exact to capture every allocation)"
+            );
+        }
+        Ok(CaptureConfig {
+            sample_rate: if self.exact { 0 } else { self.sample_rate },
+            stack_mode: match self.stacks {
+                StacksArg::Dwarf => profiler_common::stack_mode::DWARF,
+                StacksArg::Fp => profiler_common::stack_mode::FRAME_POINTER,
+            },
+            stack_copy,
         })
     }
 
@@ -174,7 +225,13 @@ async fn attach(args: AttachArgs) -> Result<i32> {
     let sizes = args.common.map_sizes()?;
     probes::preflight(pid)?;
     let target = target::discover(pid, !args.common.no_prologue_skip)?;
-    let probes = Probes::attach(pid, &target, sizes, args.common.probe_mode())?;
+    let probes = Probes::attach(
+        pid,
+        &target,
+        sizes,
+        args.common.capture()?,
+        args.common.probe_mode(),
+    )?;
     announce(pid, &target, &probes);
     let result = session::run(probes, &args.common.session_options(), || {
         session::process_alive(pid)
@@ -201,7 +258,13 @@ async fn run_command(args: RunArgs) -> Result<i32> {
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.pid;
     // On error the child is dropped at the gate: it exits without running.
-    let probes = Probes::attach(pid, &target, sizes, args.common.probe_mode())?;
+    let probes = Probes::attach(
+        pid,
+        &target,
+        sizes,
+        args.common.capture()?,
+        args.common.probe_mode(),
+    )?;
     announce(pid, &target, &probes);
     child
         .release()
@@ -255,16 +318,20 @@ fn finish(
     for w in warnings {
         eprintln!("heapscope: warning: {w}");
     }
+    let labels = views::Labels {
+        lines: common.lines,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    views::report::write_report(profile, common.top, &mut out).context("writing the report")?;
+    views::report::write_report_with(profile, common.top, labels, &mut out)
+        .context("writing the report")?;
     let metric: Metric = common.metric.into();
     if let Some(path) = &common.folded {
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         );
-        views::folded::write_folded(profile, metric, &mut f)
+        views::folded::write_folded_with(profile, metric, labels, &mut f)
             .and_then(|_| std::io::Write::flush(&mut f))
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("heapscope: wrote {}", path.display());
@@ -275,7 +342,7 @@ fn finish(
                 .with_context(|| format!("cannot create {}", path.display()))?,
         );
         let title = format!("heapscope: pid {} ({})", profile.pid, profile.comm);
-        views::svg::write_svg(profile, metric, &title, &mut f)
+        views::svg::write_svg_with(profile, metric, labels, &title, &mut f)
             .with_context(|| format!("cannot write {}", path.display()))?;
         std::io::Write::flush(&mut f)
             .with_context(|| format!("cannot write {}", path.display()))?;

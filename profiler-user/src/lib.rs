@@ -3,13 +3,17 @@
 //! Data flows one way: `probes` (load + attach) → `events` / `aggregate`
 //! (read kernel maps) → `profile` (symbolized snapshot) → `views`.
 pub mod aggregate;
+pub mod analysis;
 pub mod cli;
 pub mod events;
 pub mod launch;
 pub mod probes;
 pub mod process;
 pub mod profile;
+pub mod record;
 pub mod session;
 pub mod symbolize;
+pub mod timeline;
 pub mod units;
+pub mod unwind;
 pub mod views;

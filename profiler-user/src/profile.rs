@@ -4,19 +4,56 @@
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Frame {
     /// A resolved function (`module` is the file name of the ELF it lives in).
-    Function { name: String, module: String },
+    Function {
+        /// Demangled function name.
+        name: String,
+        module: String,
+        /// Source file from DWARF, as the compiler recorded it (often absolute).
+        file: Option<String>,
+        /// Source line from DWARF: the line executing in this function (for a
+        /// caller of an inlined function, the line of the inlined call).
+        line: Option<u32>,
+        /// The function was inlined into the frame below it (its caller):
+        /// it has no stack frame of its own, DWARF says it is there.
+        inlined: bool,
+    },
     /// An address that could not be resolved: module file name + file offset,
     /// rendered `[module+0xoff]`; `module` is `?` when no mapping covered it.
     Unknown { module: String, offset: u64 },
 }
 
 impl Frame {
+    /// A function frame without source information (symbol tables only).
+    pub fn function(name: impl Into<String>, module: impl Into<String>) -> Frame {
+        Frame::Function {
+            name: name.into(),
+            module: module.into(),
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+
     /// The text shown for this frame in stacks.
     pub fn label(&self) -> String {
         match self {
             Frame::Function { name, .. } => name.clone(),
             Frame::Unknown { module, offset } => format!("[{module}+{offset:#x}]"),
         }
+    }
+
+    /// `file:line` with the file's last path component (`leaks.c:42`), or
+    /// `file` alone without a line; `None` without source information.
+    pub fn source_location(&self) -> Option<String> {
+        let Frame::Function { file, line, .. } = self else {
+            return None;
+        };
+        let file = file.as_deref()?;
+        let base = file.rsplit('/').next().unwrap_or(file);
+        Some(match line {
+            Some(l) => format!("{base}:{l}"),
+            None => base.to_string(),
+        })
     }
 }
 

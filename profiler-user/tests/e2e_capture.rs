@@ -4,132 +4,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::io::Write;
+use std::process::Command;
 
+use common::driver::*;
 use common::*;
 
-/// Generous guard against hangs only; no test asserts on elapsed time.
-const HANG_GUARD: Duration = Duration::from_secs(120);
+/// The capture core's mode: every allocation, kernel frame-pointer stacks.
+const FP_EXACT: [&str; 3] = ["--exact", "--stacks", "fp"];
 
-struct Fixture {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    pid: u32,
-}
-
-fn line_reader(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for(rx: &mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) -> String {
-    loop {
-        match rx.recv_timeout(HANG_GUARD) {
-            Ok(l) => {
-                seen.push(l.clone());
-                if l.contains(what) {
-                    return l;
-                }
-            }
-            Err(_) => panic!("never saw '{what}'; output so far:\n{}", seen.join("\n")),
-        }
-    }
-}
-
-impl Fixture {
-    /// Runs the sites, waits for them, and lets the fixture exit with its own code (3).
-    fn run_to_exit(mut self) {
-        writeln!(self.stdin, "go").expect("signal fixture");
-        wait_for(&self.lines, "done", &mut Vec::new());
-        writeln!(self.stdin, "exit").expect("release fixture");
-        assert_eq!(self.child.wait().expect("wait fixture").code(), Some(3));
-    }
-}
-
-fn start_fixture(path: &std::path::Path) -> Fixture {
-    let mut child = Command::new(path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fixture");
-    let stdin = child.stdin.take().expect("fixture stdin");
-    let lines = line_reader(child.stdout.take().expect("fixture stdout"));
-    let ready = wait_for(&lines, "ready", &mut Vec::new());
-    let pid = ready
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("fixture prints its pid");
-    Fixture {
-        child,
-        stdin,
-        lines,
-        pid,
-    }
-}
-
-struct Attached {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-fn attach(pid: u32, extra: &[&str]) -> Attached {
-    let mut child = Command::new(heapscope())
-        .args(["attach", "-p", &pid.to_string(), "--tick", "200ms"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start heapscope");
-    let stderr = line_reader(child.stderr.take().expect("heapscope stderr"));
-    let mut seen = Vec::new();
-    wait_for(&stderr, "attached", &mut seen);
-    Attached {
-        child,
-        stderr,
-        seen,
-    }
-}
-
-fn finish(mut a: Attached) -> (i32, String, String) {
-    let mut stdout = String::new();
-    if let Some(mut out) = a.child.stdout.take() {
-        std::io::Read::read_to_string(&mut out, &mut stdout).expect("read report");
-    }
-    let status = a.child.wait().expect("wait heapscope");
-    while let Ok(l) = a.stderr.recv_timeout(Duration::from_secs(5)) {
-        a.seen.push(l);
-    }
-    (status.code().unwrap_or(-1), stdout, a.seen.join("\n"))
-}
-
-fn interrupt(child: &Child) {
-    // SAFETY: sending SIGINT to our own child process.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+fn attach_fp(pid: u32, extra: &[&str]) -> Attached {
+    let args: Vec<&str> = FP_EXACT.iter().chain(extra).copied().collect();
+    attach(pid, &args)
 }
 
 fn fp_fixture() -> std::path::PathBuf {
     fixture("leaks", "fp", &["-O2", "-g", "-fno-omit-frame-pointer"])
-}
-
-fn assert_sites_exact(folded: &str, expected: &std::collections::BTreeMap<String, u64>) {
-    let sites = by_site(&parse_folded(folded));
-    for (site, want) in expected {
-        let got = sites.get(site).copied().unwrap_or(0);
-        assert_eq!(got, *want, "live bytes of {site}\nfolded:\n{folded}");
-    }
 }
 
 #[test]
@@ -144,7 +34,7 @@ fn attach_reports_exact_live_bytes_per_site() {
     let folded = dir.join("live.folded");
     let svg = dir.join("live.svg");
     let mut fx = start_fixture(&bin);
-    let a = attach(
+    let a = attach_fp(
         fx.pid,
         &[
             "--folded",
@@ -208,13 +98,9 @@ fn run_profiles_from_first_allocation() {
     let dir = scratch("run");
     let folded = dir.join("run.folded");
     let out = Command::new(heapscope())
-        .args([
-            "run",
-            "--quiet",
-            "--folded",
-            folded.to_str().expect("utf8"),
-            "--",
-        ])
+        .args(["run"])
+        .args(FP_EXACT)
+        .args(["--quiet", "--folded", folded.to_str().expect("utf8"), "--"])
         .arg(&bin)
         .arg("--no-wait")
         .output()
@@ -247,7 +133,7 @@ fn target_exit_while_attached_still_reports() {
     let dir = scratch("exit");
     let folded = dir.join("exit.folded");
     let mut fx = start_fixture(&bin);
-    let a = attach(fx.pid, &["--folded", folded.to_str().expect("utf8")]);
+    let a = attach_fp(fx.pid, &["--folded", folded.to_str().expect("utf8")]);
     writeln!(fx.stdin, "go").expect("signal fixture");
     wait_for(&fx.lines, "done", &mut Vec::new());
     writeln!(fx.stdin, "exit").expect("release fixture");
@@ -267,7 +153,7 @@ fn duration_detaches_and_target_runs_on() {
     }
     let bin = fp_fixture();
     let fx = start_fixture(&bin);
-    let a = attach(fx.pid, &["--duration", "300ms"]);
+    let a = attach_fp(fx.pid, &["--duration", "300ms"]);
     let (code, report, stderr) = finish(a);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("duration elapsed"), "{stderr}");

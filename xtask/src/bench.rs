@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::util::{build_c, build_heapscope};
+use crate::util::{build_c, build_heapscope, cargo, run, workspace_root};
 
 struct Mode {
     name: &'static str,
@@ -104,8 +104,45 @@ fn measure(bin: &Path, heapscope: &Path, mode: &Mode, pairs: u64) -> Result<f64>
     Ok(ns)
 }
 
-/// Runs every mode and prints ns per pair and the ratio to the baseline.
+/// Symbolization throughput (cold and warm unique addresses per second) on
+/// heapscope's own debug build, a large binary with full DWARF. Runs an
+/// example of profiler-user in a separate cargo invocation: xtask must not
+/// depend on profiler-user (setup has to build before bpf-linker exists).
+fn bench_symbols() -> Result<()> {
+    let root = workspace_root()?;
+    run(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "profiler-user",
+        "--bin",
+        "heapscope",
+    ]))
+    .context("building the debug heapscope binary to symbolize")?;
+    let target = root.join("target/debug/heapscope");
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "profiler-user",
+            "--example",
+            "symbolize_bench",
+            "--",
+        ])
+        .arg(&target))
+    .context("running the symbolization benchmark")
+}
+
+/// Runs every mode and prints ns per pair and the ratio to the baseline,
+/// then the symbolization benchmark (`--symbols` runs only that one; it
+/// needs no root).
 pub fn bench(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--symbols") {
+        return bench_symbols();
+    }
     let pairs: u64 = args
         .iter()
         .position(|a| a == "--pairs")
@@ -129,5 +166,5 @@ pub fn bench(args: &[String]) -> Result<()> {
         let base = *baseline.get_or_insert(ns);
         println!("  {:<40} {:>10.1} ns  {:>8.1}x", mode.name, ns, ns / base);
     }
-    Ok(())
+    bench_symbols()
 }

@@ -74,12 +74,26 @@ const PACKAGES: &[(&str, &str)] = &[
     ("strip", "binutils"),
 ];
 
+/// Debian packages that provide files rather than commands, checked with
+/// `dpkg -s`: `libc6-dbg` puts libc's DWARF under `/usr/lib/debug/.build-id`,
+/// so the symbolizer names libc frames (`__libc_start_call_main`).
+const FILE_PACKAGES: &[&str] = &["libc6-dbg"];
+
+/// True when dpkg reports `pkg` as installed; false without dpkg.
+fn dpkg_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f", "${Status}", pkg]))
+        .is_some_and(|status| status.contains("install ok installed"))
+}
+
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    let mut missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    if have("dpkg-query") {
+        missing.extend(FILE_PACKAGES.iter().filter(|p| !dpkg_installed(p)));
+    }
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,20 +1,38 @@
 //! Reading the kernel's counters into per-call-site numbers.
 
 pub mod regions;
+pub mod samples;
 
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
-use profiler_common::{counter, AllocKind, Inflight, SiteCounters, SiteKey};
+use profiler_common::{counter, AllocKind, Inflight, SiteCounters, SiteKey, COUNT_SCALE};
 
 use crate::profile::{SiteStats, Totals};
 use regions::RegionTracker;
+use samples::SampleTable;
+
+/// Where a site's stack lives: in the kernel's stack-trace map (frame-pointer
+/// walks; negative ids mean no stack) or in userspace (DWARF-unwound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackRef {
+    Kernel(i32),
+    User(u32),
+}
+
+/// A call site: a stack and the allocator entry point used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteRef {
+    pub stack: StackRef,
+    /// An `AllocKind` discriminant.
+    pub kind: u32,
+}
 
 /// Per-site numbers and process totals before symbolization.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawSnapshot {
-    pub sites: BTreeMap<SiteKey, SiteStats>,
+    pub sites: BTreeMap<SiteRef, SiteStats>,
     pub totals: Totals,
 }
 
@@ -59,27 +77,38 @@ pub fn read_sites(ebpf: &Ebpf) -> anyhow::Result<BTreeMap<SiteKey, SiteCounters>
     Ok(out)
 }
 
-/// Combines kernel site counters, global counters and mapped regions.
+/// Fixed-point counters → whole numbers (counts are in 1/COUNT_SCALE units).
+fn stats_of(c: &SiteCounters) -> SiteStats {
+    let scale = |v: u64| (v + COUNT_SCALE / 2) / COUNT_SCALE;
+    SiteStats {
+        live_bytes: c.alloc_bytes.saturating_sub(c.free_bytes),
+        live_count: scale(c.alloc_count.saturating_sub(c.free_count)),
+        alloc_bytes: c.alloc_bytes,
+        alloc_count: scale(c.alloc_count),
+    }
+}
+
+/// Combines kernel site counters, userspace samples, global counters and mapped regions.
 pub fn merge(
-    sites: &BTreeMap<SiteKey, SiteCounters>,
+    kernel_sites: &BTreeMap<SiteKey, SiteCounters>,
+    samples: &SampleTable,
     counters: &[u64; counter::COUNT as usize],
     regions: &RegionTracker,
 ) -> RawSnapshot {
     let mut out = BTreeMap::new();
-    for (key, c) in sites {
-        out.insert(
-            *key,
-            SiteStats {
-                live_bytes: c.alloc_bytes.saturating_sub(c.free_bytes),
-                live_count: c.alloc_count.saturating_sub(c.free_count),
-                alloc_bytes: c.alloc_bytes,
-                alloc_count: c.alloc_count,
-            },
-        );
+    for (key, c) in kernel_sites {
+        let site = SiteRef {
+            stack: StackRef::Kernel(key.stack_id),
+            kind: key.kind,
+        };
+        out.insert(site, stats_of(c));
     }
-    for (stack_id, r) in regions.stats() {
-        let key = SiteKey {
-            stack_id: *stack_id,
+    for (site, c) in samples.sites() {
+        out.insert(*site, stats_of(c));
+    }
+    for (stack, r) in regions.stats() {
+        let key = SiteRef {
+            stack: *stack,
             kind: AllocKind::Mmap as u32,
         };
         out.insert(
@@ -102,10 +131,10 @@ pub fn merge(
         free_bytes: c(counter::FREE_BYTES),
         frees_unknown: c(counter::FREES_UNKNOWN),
         live_map_full: c(counter::LIVE_MAP_FULL),
-        stack_failed: c(counter::STACK_FAILED),
+        stack_failed: c(counter::STACK_FAILED) + c(counter::STACK_COPY_FAILED),
         inflight_full: c(counter::INFLIGHT_FULL),
         site_map_full: c(counter::SITE_MAP_FULL),
-        ringbuf_lost: c(counter::RINGBUF_LOST),
+        ringbuf_lost: c(counter::RINGBUF_LOST) + c(counter::SAMPLED_FREE_LOST),
         nested: c(counter::NESTED),
         alloc_failed: c(counter::ALLOC_FAILED),
         replaced: c(counter::REPLACED),
@@ -154,26 +183,38 @@ mod tests {
             k,
             SiteCounters {
                 alloc_bytes: 1000,
-                alloc_count: 10,
+                alloc_count: 10 * COUNT_SCALE,
                 free_bytes: 300,
-                free_count: 3,
+                free_count: 3 * COUNT_SCALE,
             },
         );
+        let k = SiteRef {
+            stack: StackRef::Kernel(1),
+            kind: AllocKind::Malloc as u32,
+        };
         let mut counters = [0u64; counter::COUNT as usize];
         counters[counter::ALLOCS as usize] = 10;
         counters[counter::FREES_UNKNOWN as usize] = 4;
         let mut regions = RegionTracker::default();
-        regions.mmap(0x1000_0000, 5000, 2);
-        let snap = merge(&sites, &counters, &regions);
+        regions.mmap(0x1000_0000, 5000, StackRef::Kernel(2));
+        let mut samples = SampleTable::default();
+        let user = SiteRef {
+            stack: samples.intern(vec![1, 2]),
+            kind: AllocKind::Calloc as u32,
+        };
+        samples.alloc(1, 0x50, user, 5000, COUNT_SCALE * 3 / 2);
+        let snap = merge(&sites, &samples, &counters, &regions);
+        assert_eq!(snap.sites[&user].live_bytes, 5000);
+        assert_eq!(snap.sites[&user].live_count, 2, "1.5 rounds to 2");
         assert_eq!(snap.sites[&k].live_bytes, 700);
         assert_eq!(snap.sites[&k].live_count, 7);
-        let mk = SiteKey {
-            stack_id: 2,
+        let mk = SiteRef {
+            stack: StackRef::Kernel(2),
             kind: AllocKind::Mmap as u32,
         };
         assert_eq!(snap.sites[&mk].live_bytes, 8192);
         assert_eq!(snap.totals.allocs, 11);
         assert_eq!(snap.totals.frees_unknown, 4);
-        assert_eq!(snap.live_bytes(), 700 + 8192);
+        assert_eq!(snap.live_bytes(), 700 + 8192 + 5000);
     }
 }

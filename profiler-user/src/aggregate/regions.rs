@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::StackRef;
+
 pub const PAGE: u64 = 4096;
 
 /// Rounds a length up to whole pages, as the kernel does.
@@ -17,7 +19,7 @@ pub fn page_round(len: u64) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Region {
     end: u64,
-    stack_id: i32,
+    stack_id: StackRef,
 }
 
 /// Per-owner (stack id) totals of mapped regions.
@@ -33,14 +35,14 @@ pub struct RegionStats {
 #[derive(Debug, Default)]
 pub struct RegionTracker {
     regions: BTreeMap<u64, Region>,
-    stats: HashMap<i32, RegionStats>,
+    stats: HashMap<StackRef, RegionStats>,
     /// munmap/mremap calls that touched no tracked region.
     pub untracked: u64,
 }
 
 impl RegionTracker {
     /// A new anonymous mapping of `len` bytes at `addr`, made at `stack_id`.
-    pub fn mmap(&mut self, addr: u64, len: u64, stack_id: i32) {
+    pub fn mmap(&mut self, addr: u64, len: u64, stack_id: StackRef) {
         let len = page_round(len);
         if len == 0 {
             return;
@@ -77,11 +79,11 @@ impl RegionTracker {
     }
 
     /// Totals per owning stack id.
-    pub fn stats(&self) -> &HashMap<i32, RegionStats> {
+    pub fn stats(&self) -> &HashMap<StackRef, RegionStats> {
         &self.stats
     }
 
-    fn owner_of(&self, addr: u64) -> Option<i32> {
+    fn owner_of(&self, addr: u64) -> Option<StackRef> {
         self.regions
             .range(..=addr)
             .next_back()
@@ -89,7 +91,7 @@ impl RegionTracker {
             .map(|(_, r)| r.stack_id)
     }
 
-    fn insert(&mut self, addr: u64, len: u64, stack_id: i32) {
+    fn insert(&mut self, addr: u64, len: u64, stack_id: StackRef) {
         self.regions.insert(
             addr,
             Region {
@@ -145,7 +147,7 @@ mod tests {
 
     fn live(t: &RegionTracker, id: i32) -> (u64, u64) {
         t.stats()
-            .get(&id)
+            .get(&StackRef::Kernel(id))
             .map(|s| (s.live_bytes, s.live_count))
             .unwrap_or((0, 0))
     }
@@ -153,18 +155,18 @@ mod tests {
     #[test]
     fn mmap_is_page_rounded_and_munmap_frees() {
         let mut t = RegionTracker::default();
-        t.mmap(0x10000, 10_000, 1);
+        t.mmap(0x10000, 10_000, StackRef::Kernel(1));
         assert_eq!(live(&t, 1), (3 * PAGE, 1));
         t.munmap(0x10000, 10_000);
         assert_eq!(live(&t, 1), (0, 0));
-        assert_eq!(t.stats()[&1].alloc_bytes, 3 * PAGE);
+        assert_eq!(t.stats()[&StackRef::Kernel(1)].alloc_bytes, 3 * PAGE);
         assert_eq!(t.untracked, 0);
     }
 
     #[test]
     fn partial_unmaps_split_regions() {
         let mut t = RegionTracker::default();
-        t.mmap(0x100000, 5 * PAGE, 7);
+        t.mmap(0x100000, 5 * PAGE, StackRef::Kernel(7));
         // Tail.
         t.munmap(0x100000 + 3 * PAGE, 2 * PAGE);
         assert_eq!(live(&t, 7), (3 * PAGE, 1));
@@ -182,10 +184,10 @@ mod tests {
     #[test]
     fn mremap_moves_and_grows_keeping_owner() {
         let mut t = RegionTracker::default();
-        t.mmap(0x200000, 2 * PAGE, 3);
+        t.mmap(0x200000, 2 * PAGE, StackRef::Kernel(3));
         t.mremap(0x200000, 2 * PAGE, 0x900000, 6 * PAGE);
         assert_eq!(live(&t, 3), (6 * PAGE, 1));
-        assert_eq!(t.stats()[&3].alloc_bytes, 6 * PAGE);
+        assert_eq!(t.stats()[&StackRef::Kernel(3)].alloc_bytes, 6 * PAGE);
         t.munmap(0x900000, 6 * PAGE);
         assert_eq!(live(&t, 3), (0, 0));
     }
@@ -202,8 +204,8 @@ mod tests {
     #[test]
     fn fixed_mapping_over_tracked_range_replaces_it() {
         let mut t = RegionTracker::default();
-        t.mmap(0x100000, 4 * PAGE, 1);
-        t.mmap(0x100000 + PAGE, PAGE, 2);
+        t.mmap(0x100000, 4 * PAGE, StackRef::Kernel(1));
+        t.mmap(0x100000 + PAGE, PAGE, StackRef::Kernel(2));
         assert_eq!(live(&t, 1), (3 * PAGE, 2));
         assert_eq!(live(&t, 2), (PAGE, 1));
     }

@@ -1,5 +1,6 @@
 //! Loading the embedded eBPF object and attaching it to one process's allocator.
 
+pub mod btf;
 pub mod prologue;
 pub mod target;
 
@@ -35,6 +36,14 @@ pub enum ProbeError {
     Module { path: PathBuf, reason: String },
     #[error("loading the eBPF programs failed (is the kernel 5.8+ with BPF enabled?)")]
     Load(#[source] aya::EbpfError),
+    #[error("eBPF map {0} is missing from the embedded object (rebuild heapscope)")]
+    MissingMap(&'static str),
+    #[error("initialising eBPF map {name} failed")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("eBPF program {0} is missing from the embedded object (rebuild heapscope)")]
     MissingProgram(&'static str),
     #[error("loading eBPF program {name} failed")]
@@ -64,6 +73,27 @@ pub enum ProbeMode {
     Bare,
 }
 
+/// What is captured per allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Mean bytes between sampled allocations; 0 captures every allocation.
+    pub sample_rate: u64,
+    /// A `profiler_common::stack_mode` value.
+    pub stack_mode: u32,
+    /// Bytes of user stack copied per DWARF sample (one of `STACK_COPY_SIZES`).
+    pub stack_copy: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            sample_rate: defaults::SAMPLE_RATE,
+            stack_mode: profiler_common::stack_mode::DWARF,
+            stack_copy: defaults::STACK_COPY,
+        }
+    }
+}
+
 /// Sizes of the bounded kernel maps.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
@@ -84,6 +114,24 @@ impl Default for MapSizes {
             ringbuf_bytes: defaults::RINGBUF_BYTES,
         }
     }
+}
+
+/// Fills the fixed-point tables the eBPF side samples and weighs with.
+fn fill_tables(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    use profiler_common::{tables, TABLE_LEN};
+    for (name, f) in [
+        ("EXP_TABLE", tables::exp_quantile as fn(u32) -> u32),
+        ("WEIGHT_TABLE", tables::weight as fn(u32) -> u32),
+    ] {
+        let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+        let mut arr: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        for i in 0..TABLE_LEN {
+            arr.set(i, f(i), 0)
+                .map_err(|source| ProbeError::Map { name, source })?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks what can be checked before touching the kernel, so the user gets
@@ -160,15 +208,37 @@ impl Probes {
         pid: u32,
         target: &AllocatorTarget,
         sizes: MapSizes,
+        capture: CaptureConfig,
         mode: ProbeMode,
     ) -> Result<Probes, ProbeError> {
         let scope_pid = NonZeroU32::new(pid).ok_or(ProbeError::NoSuchProcess(pid))?;
+        // Without these offsets samples carry no pending-uretprobe addresses,
+        // and an unwind stops at a trampoline instead of looking past it.
+        let chain = btf::ReturnChainOffsets::from_kernel();
+        let ret_chain = u32::from(chain.is_some());
+        let off = chain.unwrap_or(btf::ReturnChainOffsets {
+            task_utask: 0,
+            utask_instances: 0,
+            ri_orig_ret: 0,
+            ri_stack: 0,
+            ri_next: 0,
+        });
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("LIVE", sizes.live)
             .map_max_entries("SITES", sizes.sites)
             .map_max_entries("STACKS", sizes.stacks)
             .map_max_entries("INFLIGHT", sizes.inflight)
-            .map_max_entries("MAP_EVENTS", sizes.ringbuf_bytes)
+            .map_max_entries("SAMPLER", sizes.inflight)
+            .map_max_entries("EVENTS", sizes.ringbuf_bytes)
+            .override_global("SAMPLE_RATE", &capture.sample_rate, true)
+            .override_global("STACK_MODE", &capture.stack_mode, true)
+            .override_global("STACK_COPY", &capture.stack_copy, true)
+            .override_global("RET_CHAIN", &ret_chain, true)
+            .override_global("OFF_TASK_UTASK", &off.task_utask, true)
+            .override_global("OFF_UTASK_INSTANCES", &off.utask_instances, true)
+            .override_global("OFF_RI_ORIG_RET", &off.ri_orig_ret, true)
+            .override_global("OFF_RI_STACK", &off.ri_stack, true)
+            .override_global("OFF_RI_NEXT", &off.ri_next, true)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
                 aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)
@@ -178,6 +248,7 @@ impl Probes {
                 }
                 _ => ProbeError::Load(e),
             })?;
+        fill_tables(&mut ebpf)?;
         let mut links = Vec::new();
         let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), ProbeError> {
             let prog: &mut UProbe = ebpf

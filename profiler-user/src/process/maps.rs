@@ -8,6 +8,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::modules::ModuleFiles;
+
 /// An address in the target process's address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct RuntimeAddr(pub u64);
@@ -16,6 +18,13 @@ pub struct RuntimeAddr(pub u64);
 /// what the symbolizer takes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FileOffset(pub u64);
+
+/// An address in an ELF file's own address space (`p_vaddr`, `st_value`,
+/// DWARF addresses): a file offset translated through the PT_LOAD segment
+/// that contains it. Equal to the runtime address only for a non-PIE
+/// executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ElfVaddr(pub u64);
 
 impl fmt::Display for RuntimeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -149,14 +158,41 @@ pub enum MapsError {
 }
 
 /// A snapshot of a process's memory mappings, sorted by start address.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A snapshot read from a live process also holds open handles on the files
+/// behind its executable mappings (see [`ModuleFiles`]), so the modules can
+/// still be read after the process exits or the files are deleted.
+#[derive(Clone, Debug, Default)]
 pub struct MemoryMap {
     pub regions: Vec<Region>,
+    /// Handles on the files behind executable mappings, taken at read time.
+    pub(crate) files: ModuleFiles,
 }
 
+/// Two snapshots are equal when their mappings are; captured handles are a
+/// means to read the files, not part of what the snapshot says.
+impl PartialEq for MemoryMap {
+    fn eq(&self, other: &MemoryMap) -> bool {
+        self.regions == other.regions
+    }
+}
+
+impl Eq for MemoryMap {}
+
 impl MemoryMap {
-    /// Reads and parses `/proc/PID/maps`.
+    /// Reads and parses `/proc/PID/maps`, and opens the file behind every
+    /// executable mapping (through `/proc/PID/map_files/`, else
+    /// `/proc/PID/root/...`) so symbolization can read it later even if the
+    /// process has exited or the file was deleted or replaced. Files that
+    /// cannot be opened are skipped: they are read by path later, if at all.
     pub fn read(pid: u32) -> Result<MemoryMap, MapsError> {
+        let mut map = Self::read_regions(pid)?;
+        map.files = ModuleFiles::capture(pid, &map.regions);
+        Ok(map)
+    }
+
+    /// Reads and parses `/proc/PID/maps` without opening any module file.
+    pub fn read_regions(pid: u32) -> Result<MemoryMap, MapsError> {
         let path = PathBuf::from(format!("/proc/{pid}/maps"));
         let bytes = std::fs::read(&path).map_err(|source| MapsError::Read {
             path: path.clone(),
@@ -189,7 +225,10 @@ impl MemoryMap {
         // The kernel already emits ascending order; sorting keeps lookup's
         // binary search correct for hand-written or concatenated input.
         regions.sort_by_key(|r| r.start);
-        Ok(MemoryMap { regions })
+        Ok(MemoryMap {
+            regions,
+            files: ModuleFiles::default(),
+        })
     }
 
     /// The region containing `addr` and the file offset `addr` corresponds to.

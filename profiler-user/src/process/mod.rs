@@ -1,3 +1,5 @@
 //! Facts about the target process read from /proc.
 
 pub mod maps;
+pub mod memory;
+pub mod modules;

@@ -1,15 +1,14 @@
 //! One profiling session: tick, print status, stop on signal / duration /
 //! target exit, detach, and build the final symbolized profile.
 
+pub mod capture;
 pub mod resolve;
 pub mod status;
 
 use std::time::{Duration, Instant};
 
-use crate::aggregate::{self, regions::RegionTracker, RawSnapshot};
-use crate::events::EventReader;
+use crate::aggregate::{self, RawSnapshot};
 use crate::probes::Probes;
-use crate::process::maps::MemoryMap;
 use crate::profile::Profile;
 use crate::symbolize::Symbolizer;
 
@@ -52,39 +51,8 @@ pub struct SessionResult {
     pub warnings: Vec<String>,
 }
 
-/// Reads kernel state and drains events into one raw snapshot.
-fn snapshot(
-    probes: &Probes,
-    events: &mut EventReader,
-    tracker: &mut RegionTracker,
-) -> anyhow::Result<RawSnapshot> {
-    events.drain(tracker);
-    let counters = aggregate::read_counters(&probes.ebpf)?;
-    let sites = aggregate::read_sites(&probes.ebpf)?;
-    Ok(aggregate::merge(&sites, &counters, tracker))
-}
-
 const EARLY_REFRESH: Duration = Duration::from_millis(20);
 const EARLY_PERIOD: Duration = Duration::from_secs(2);
-
-fn read_comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// Keeps the newest memory map and name while the target lives: after it
-/// exits, the last ones still symbolize what was captured.
-fn refresh(pid: u32, maps: &mut Option<MemoryMap>, comm: &mut String) {
-    if let Ok(m) = MemoryMap::read(pid) {
-        if !m.regions.is_empty() {
-            *maps = Some(m);
-        }
-    }
-    if let Some(c) = read_comm(pid) {
-        *comm = c;
-    }
-}
 
 /// True while `/proc/PID` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
@@ -110,11 +78,8 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
 
     let pid = probes.pid;
-    let mut events = EventReader::new(&mut probes.ebpf)?;
-    let mut tracker = RegionTracker::default();
+    let mut cap = capture::Capture::new(&mut probes)?;
     let mut warnings = Vec::new();
-    let mut maps = MemoryMap::read(pid).ok();
-    let mut comm = read_comm(pid).unwrap_or_default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let started = Instant::now();
@@ -136,7 +101,12 @@ pub async fn run(
             _ = sigterm.recv() => break StopReason::Terminated,
             _ = tokio::time::sleep(until_deadline) => break StopReason::Duration,
             _ = early.tick(), if started.elapsed() < EARLY_PERIOD => {
-                refresh(pid, &mut maps, &mut comm);
+                cap.refresh();
+                continue;
+            }
+            r = cap.events.readable() => {
+                r?;
+                cap.drain();
                 continue;
             }
             _ = ticker.tick() => {}
@@ -144,40 +114,58 @@ pub async fn run(
         if !alive() {
             break StopReason::TargetExited;
         }
-        refresh(pid, &mut maps, &mut comm);
+        cap.refresh();
         if let Err(e) = aggregate::prune_inflight(&mut probes.ebpf, pid) {
             warnings.push(format!("pruning per-thread state: {e}"));
         }
-        let snap = snapshot(&probes, &mut events, &mut tracker)?;
+        let snap = cap.snapshot(&probes)?;
         if opts.status {
             eprintln!("{}", status.line(&snap));
         }
     };
 
     if stop != StopReason::TargetExited {
-        refresh(pid, &mut maps, &mut comm);
+        cap.refresh();
     }
-    let snap = snapshot(&probes, &mut events, &mut tracker)?;
+    let snap = cap.snapshot(&probes)?;
     let duration_secs = started.elapsed().as_secs_f64();
     warnings.extend(probes.detach());
-    if events.malformed > 0 {
+    // Records written between the last drain and the detach.
+    cap.drain();
+    let snap = RawSnapshot {
+        sites: snap.sites,
+        totals: snap.totals,
+    };
+    let ev = &cap.events.stats;
+    if ev.malformed > 0 {
         warnings.push(format!(
             "{} malformed ring-buffer records ignored",
-            events.malformed
+            ev.malformed
         ));
     }
-    let maps = match maps {
-        Some(m) => m,
-        None => {
-            warnings.push(format!(
-                "no memory map of pid {pid} could be read; frames are unresolved"
-            ));
-            MemoryMap::default()
-        }
-    };
+    if cap.samples.unmatched_frees > 0 || cap.samples.stacks_dropped > 0 {
+        warnings.push(format!(
+            "{} sampled frees had no sample, {} samples exceeded the stack table",
+            cap.samples.unmatched_frees, cap.samples.stacks_dropped
+        ));
+    }
+    if ev.samples > 0 {
+        eprintln!(
+            "heapscope: {} stacks unwound, {:.1} µs each; stop reasons: {:?}",
+            ev.samples,
+            ev.unwind_time.as_secs_f64() * 1e6 / ev.samples as f64,
+            cap.unwinder.stops
+        );
+    }
+    if !cap.have_maps {
+        warnings.push(format!(
+            "no memory map of pid {pid} could be read; frames are unresolved"
+        ));
+    }
+    let comm = cap.comm.clone();
     let mut symbolizer = Symbolizer::default();
-    let mut resolver = resolve::Resolver::new(pid, &maps, &mut symbolizer);
-    let sites = resolver.sites(&snap, &probes.ebpf)?;
+    let mut resolver = resolve::Resolver::new(pid, &cap.maps, &mut symbolizer);
+    let sites = resolver.sites(&snap, &probes.ebpf, &cap.samples)?;
     if resolver.missing_stacks > 0 {
         warnings.push(format!(
             "{} stacks were missing from the stack map",

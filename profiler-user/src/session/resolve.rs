@@ -1,25 +1,32 @@
-//! Turning stack ids into symbolized frames, once per unique address.
+//! Turning stack ids into symbolized frames: every unique address of every
+//! stack is normalized (runtime address → module + file offset) and then
+//! symbolized in one batch per module, so each module is parsed once and
+//! each address looked up once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aya::maps::{MapData, StackTraceMap};
 use aya::Ebpf;
-use profiler_common::{AllocKind, STACK_NONE};
+use profiler_common::AllocKind;
 
-use crate::aggregate::RawSnapshot;
-use crate::probes::target::in_root;
+use crate::aggregate::samples::SampleTable;
+use crate::aggregate::{RawSnapshot, StackRef};
 use crate::process::maps::{MemoryMap, RuntimeAddr};
 use crate::profile::{Frame, Site};
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{ModuleAddr, ModuleSource, Symbolized, Symbolizer, UnknownReason};
 
 /// Resolves every site of `snap` to root-first frames.
 pub struct Resolver<'a> {
     pub pid: u32,
     pub maps: &'a MemoryMap,
     pub symbolizer: &'a mut Symbolizer,
-    frames_by_ip: HashMap<u64, Frame>,
+    /// Frames of each address, root-most first (inlined functions expand
+    /// one address into several frames).
+    frames_by_ip: HashMap<u64, Vec<Frame>>,
     /// Stack ids no longer (or never) present in the stack map.
     pub missing_stacks: u64,
+    /// Unique addresses left unresolved, by reason.
+    pub unknown: BTreeMap<UnknownReason, u64>,
 }
 
 impl<'a> Resolver<'a> {
@@ -30,63 +37,115 @@ impl<'a> Resolver<'a> {
             symbolizer,
             frames_by_ip: HashMap::new(),
             missing_stacks: 0,
+            unknown: BTreeMap::new(),
         }
     }
 
-    /// Symbolizes one return address (all frames of a stack captured at a
-    /// return probe are return addresses, the leaf included).
-    fn frame(&mut self, ip: u64) -> Frame {
-        if let Some(f) = self.frames_by_ip.get(&ip) {
-            return f.clone();
-        }
-        let f = match self.maps.lookup(RuntimeAddr(ip)) {
-            Some((region, offset)) => match region.path.as_deref() {
-                Some(path) if region.is_file() => {
-                    let module = region.file_name().unwrap_or(path).to_string();
-                    let file = in_root(self.pid, path);
-                    self.symbolizer.symbolize(&file, &module, offset, true)
+    /// Symbolizes every address of `ips` not resolved yet. All of them are
+    /// return addresses: stacks are captured at the allocator's return
+    /// probe, so even the leaf is the caller's return address.
+    pub fn resolve(&mut self, ips: impl IntoIterator<Item = u64>) {
+        // Group by module so each module is looked up in the cache once.
+        let mut by_module: BTreeMap<(u64, u64), (ModuleSource, Vec<u64>, Vec<ModuleAddr>)> =
+            BTreeMap::new();
+        for ip in ips {
+            if self.frames_by_ip.contains_key(&ip) {
+                continue;
+            }
+            let (region, offset) = match self.maps.lookup(RuntimeAddr(ip)) {
+                Some(found) => found,
+                None => {
+                    self.set(ip, "?".into(), ip, UnknownReason::Unmapped);
+                    continue;
                 }
-                _ => Frame::Unknown {
-                    module: region.path.clone().unwrap_or_else(|| "anon".into()),
-                    offset: ip - region.start,
-                },
-            },
-            None => Frame::Unknown {
-                module: "?".into(),
-                offset: ip,
-            },
-        };
-        self.frames_by_ip.insert(ip, f.clone());
-        f
+            };
+            let Some(source) = self.maps.module_source(self.pid, region) else {
+                let name = region.path.clone().unwrap_or_else(|| "anon".into());
+                self.set(ip, name, ip - region.start, UnknownReason::NotFileBacked);
+                continue;
+            };
+            let key = (region.dev.major as u64) << 32 | region.dev.minor as u64;
+            let entry = by_module
+                .entry((key, region.inode))
+                .or_insert_with(|| (source, Vec::new(), Vec::new()));
+            entry.1.push(ip);
+            entry.2.push(ModuleAddr::ret(offset.0));
+        }
+        for (source, ips, addrs) in by_module.into_values() {
+            let results = self.symbolizer.symbolize_many(&source, &addrs);
+            for (ip, result) in ips.into_iter().zip(results) {
+                if let Some(reason) = result.reason() {
+                    *self.unknown.entry(reason).or_insert(0) += 1;
+                }
+                self.frames_by_ip.insert(ip, result.into_frames());
+            }
+        }
     }
 
-    /// Builds the symbolized sites of a snapshot.
-    pub fn sites(&mut self, snap: &RawSnapshot, ebpf: &Ebpf) -> anyhow::Result<Vec<Site>> {
+    fn set(&mut self, ip: u64, module: String, offset: u64, reason: UnknownReason) {
+        *self.unknown.entry(reason).or_insert(0) += 1;
+        let unknown = Symbolized::Unknown {
+            module,
+            offset,
+            reason,
+        };
+        self.frames_by_ip.insert(ip, unknown.into_frames());
+    }
+
+    /// Root-first frames of a stack given leaf first (as the kernel gives
+    /// it); addresses not resolved yet are resolved first.
+    pub fn stack_frames(&mut self, leaf_first: &[u64]) -> Vec<Frame> {
+        self.resolve(leaf_first.iter().copied());
+        let mut out = Vec::with_capacity(leaf_first.len());
+        for ip in leaf_first.iter().rev() {
+            if let Some(frames) = self.frames_by_ip.get(ip) {
+                out.extend(frames.iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// Builds the symbolized sites of a snapshot: kernel stacks come from the
+    /// stack-trace map, unwound ones from the sample table.
+    pub fn sites(
+        &mut self,
+        snap: &RawSnapshot,
+        ebpf: &Ebpf,
+        samples: &SampleTable,
+    ) -> anyhow::Result<Vec<Site>> {
         let map = ebpf
             .map("STACKS")
             .ok_or_else(|| anyhow::anyhow!("map STACKS missing from the eBPF object"))?;
         let stacks: StackTraceMap<&MapData> = StackTraceMap::try_from(map)?;
-        let mut by_id: HashMap<i32, Vec<Frame>> = HashMap::new();
-        let mut out = Vec::with_capacity(snap.sites.len());
-        for (key, stats) in &snap.sites {
-            let frames = if key.stack_id == STACK_NONE || key.stack_id < 0 {
-                Vec::new()
-            } else if let Some(f) = by_id.get(&key.stack_id) {
-                f.clone()
-            } else {
-                let f = match stacks.get(&(key.stack_id as u32), 0) {
-                    Ok(trace) => {
-                        let ips: Vec<u64> = trace.frames().iter().map(|fr| fr.ip).collect();
-                        // The kernel gives leaf first; profiles are root first.
-                        ips.iter().rev().map(|&ip| self.frame(ip)).collect()
-                    }
+        // Read every stack first, then symbolize all their addresses in one batch.
+        let mut ips_by_ref: HashMap<StackRef, Vec<u64>> = HashMap::new();
+        for key in snap.sites.keys() {
+            if ips_by_ref.contains_key(&key.stack) {
+                continue;
+            }
+            let ips = match key.stack {
+                StackRef::Kernel(id) if id < 0 => Vec::new(),
+                StackRef::Kernel(id) => match stacks.get(&(id as u32), 0) {
+                    Ok(trace) => trace.frames().iter().map(|fr| fr.ip).collect(),
                     Err(_) => {
                         self.missing_stacks += 1;
                         Vec::new()
                     }
-                };
-                by_id.insert(key.stack_id, f.clone());
-                f
+                },
+                StackRef::User(id) => samples.stack(id).map(<[u64]>::to_vec).unwrap_or_default(),
+            };
+            ips_by_ref.insert(key.stack, ips);
+        }
+        self.resolve(ips_by_ref.values().flatten().copied());
+        let mut by_ref: HashMap<StackRef, Vec<Frame>> = HashMap::new();
+        let mut out = Vec::with_capacity(snap.sites.len());
+        for (key, stats) in &snap.sites {
+            let frames = match ips_by_ref.get(&key.stack) {
+                Some(ips) => by_ref
+                    .entry(key.stack)
+                    .or_insert_with(|| self.stack_frames(ips))
+                    .clone(),
+                None => Vec::new(),
             };
             let api = AllocKind::from_u32(key.kind)
                 .map(AllocKind::symbol)
@@ -96,6 +155,9 @@ impl<'a> Resolver<'a> {
                 api,
                 stats: stats.clone(),
             });
+        }
+        if !self.unknown.is_empty() {
+            log::debug!("unresolved addresses by reason: {:?}", self.unknown);
         }
         Ok(out)
     }

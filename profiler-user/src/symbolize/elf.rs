@@ -111,7 +111,8 @@ impl ElfModule {
         Ok(Self::from_object(&obj))
     }
 
-    fn from_object<'data, O: Object<'data>>(obj: &O) -> ElfModule {
+    /// Extracts segments and function symbols from a parsed object.
+    pub(crate) fn from_object<'data, O: Object<'data>>(obj: &O) -> ElfModule {
         // `segments()` yields only PT_LOAD headers for ELF.
         let loads = obj
             .segments()
@@ -163,11 +164,19 @@ impl ElfModule {
             .map(|l| vaddr - l.vaddr + l.offset)
     }
 
-    /// The function containing `vaddr`, from `.symtab` first, then `.dynsym`.
-    pub(crate) fn function_at(&self, vaddr: u64) -> Option<&Sym> {
-        self.symtab
-            .lookup(vaddr, &self.sections)
-            .or_else(|| self.dynsym.lookup(vaddr, &self.sections))
+    /// The function containing `vaddr` according to `.symtab`.
+    pub(crate) fn symtab_function_at(&self, vaddr: u64) -> Option<&Sym> {
+        self.symtab.lookup(vaddr, &self.sections)
+    }
+
+    /// The function containing `vaddr` according to `.dynsym`.
+    pub(crate) fn dynsym_function_at(&self, vaddr: u64) -> Option<&Sym> {
+        self.dynsym.lookup(vaddr, &self.sections)
+    }
+
+    /// True when the module has no `.symtab` functions (stripped).
+    pub(crate) fn symtab_is_empty(&self) -> bool {
+        self.symtab.syms.is_empty()
     }
 
     /// A defined function named `name`, from `.symtab` first, then `.dynsym`.

@@ -1,29 +1,40 @@
-//! Symbolization: `(file, file offset)` → [`Frame`]. A pure library: it reads
-//! ELF files from disk and needs no privileges.
+//! Symbolization: `(module, file offset)` → frames with function names,
+//! `file:line` and inlined functions. A pure library: it reads ELF and DWARF
+//! files and needs no privileges (callers hand it paths they can open; see
+//! [`crate::process::modules`] for live processes).
 //!
-//! Lookups never fail outward: anything that cannot be resolved (unreadable
-//! file, not ELF, no covering symbol) becomes [`Frame::Unknown`] so the frame
-//! still shows up in stacks as `[module+0xoffset]`.
+//! Per module, in order: its own DWARF, or DWARF from a separate debug file
+//! (found by build-id under each debug directory, then by `.gnu_debuglink`;
+//! see [`debuginfo`]); then `.symtab` (the module's, then the debug file's);
+//! then `.dynsym`. Compressed debug sections (zlib, zstd, `.zdebug`) are read.
+//!
+//! Lookups never fail outward: anything that cannot be resolved becomes
+//! [`Symbolized::Unknown`] with a reason, rendered `[module+0xoffset]`, so
+//! the frame still shows up in stacks.
+//!
+//! Parsed modules are cached by build-id (or device, inode, size and mtime
+//! without one), so a library shared by many processes, or seen again after
+//! a refresh, is parsed once.
 
+mod cache;
+mod debuginfo;
+mod dwarf;
 mod elf;
 
-use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::process::maps::FileOffset;
 use crate::profile::Frame;
 
+use cache::ModuleCache;
 use elf::ElfModule;
 
 /// How many bytes of a function's start [`find_function`] returns: enough to
 /// decode the first few prologue instructions when choosing a probe offset.
 pub const FIRST_BYTES: usize = 32;
-
-/// Bounds the module cache; a process maps a few hundred files at most, so
-/// this is only hit by a long-lived symbolizer across many processes.
-const MAX_CACHED_MODULES: usize = 1024;
 
 /// Errors of the operations that must report failure (finding a function to
 /// attach to). Symbolization itself degrades to [`Frame::Unknown`] instead.
@@ -79,71 +90,224 @@ pub fn find_function(file: &Path, name: &str) -> Result<Option<FunctionLocation>
     }))
 }
 
-/// Identity of a file's contents as far as the cache is concerned: a file
-/// replaced in place (package upgrade, rebuild) gets parsed again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    size: u64,
-    mtime: Option<SystemTime>,
+/// Where the debug directories are when no other is configured.
+pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
+
+/// How to read one module (an executable or shared library of a process).
+#[derive(Clone, Debug)]
+pub struct ModuleSource {
+    /// Name shown in frames: the file name (`libc.so.6`).
+    pub name: String,
+    /// Where heapscope opens the file: `/proc/self/fd/N` of a captured
+    /// handle, `/proc/PID/root/<path>`, or a plain path.
+    pub open_path: PathBuf,
+    /// The path as the process sees it (the maps column), used to find
+    /// `.gnu_debuglink` files next to the module.
+    pub path: PathBuf,
+    /// The process's root directory (`/proc/PID/root`): debug files are
+    /// looked up inside it first (containers), then in heapscope's own root.
+    pub root: Option<PathBuf>,
+    /// Keeps a captured file open (and `open_path` valid) while this lives.
+    pub handle: Option<Arc<File>>,
 }
 
-struct CacheEntry {
-    stamp: FileStamp,
-    /// `None` remembers that the file could not be parsed, so every frame in
-    /// it does not retry the parse.
-    module: Option<Arc<ElfModule>>,
+impl ModuleSource {
+    /// A module read from `path` directly (tests, tools, files on disk).
+    pub fn from_path(path: impl Into<PathBuf>) -> ModuleSource {
+        let path = path.into();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        ModuleSource {
+            name,
+            open_path: path.clone(),
+            path,
+            root: None,
+            handle: None,
+        }
+    }
+
+    /// The same source shown under another module name.
+    pub fn named(mut self, name: impl Into<String>) -> ModuleSource {
+        self.name = name.into();
+        self
+    }
 }
 
-/// Resolves file offsets to function names, caching parsed modules keyed by
-/// (path, file size, mtime).
+/// Whether an address is where execution is, or where it will return to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddrKind {
+    /// An instruction pointer: the instruction at the address is executing.
+    Instruction,
+    /// A return address from a stack walk: the call is the instruction
+    /// before it, so `address - 1` is looked up (a call ending a function
+    /// would otherwise resolve to the next function, or the wrong line).
+    Return,
+}
+
+/// An address inside one module: a file offset and its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleAddr {
+    pub offset: FileOffset,
+    pub kind: AddrKind,
+}
+
+impl ModuleAddr {
+    /// An instruction pointer at `offset`.
+    pub fn ip(offset: u64) -> ModuleAddr {
+        ModuleAddr {
+            offset: FileOffset(offset),
+            kind: AddrKind::Instruction,
+        }
+    }
+
+    /// A return address at `offset`.
+    pub fn ret(offset: u64) -> ModuleAddr {
+        ModuleAddr {
+            offset: FileOffset(offset),
+            kind: AddrKind::Return,
+        }
+    }
+}
+
+/// Why an address has no function name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnknownReason {
+    /// No mapping of the process covers the address.
+    Unmapped,
+    /// The mapping is not a file (`[vdso]`, anonymous memory, JIT code).
+    NotFileBacked,
+    /// The module file could not be opened or read.
+    Unreadable,
+    /// The module file is not an object file heapscope can parse.
+    NotObject,
+    /// The offset is outside every loadable segment (or a return address of 0).
+    OutsideSegments,
+    /// No DWARF function and no symbol covers the address.
+    NoSymbol,
+}
+
+impl fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnknownReason::Unmapped => "address not mapped",
+            UnknownReason::NotFileBacked => "mapping not backed by a file",
+            UnknownReason::Unreadable => "module file unreadable",
+            UnknownReason::NotObject => "module file not an object file",
+            UnknownReason::OutsideSegments => "offset outside the loadable segments",
+            UnknownReason::NoSymbol => "no symbol covers the address",
+        })
+    }
+}
+
+/// The result of symbolizing one address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Symbolized {
+    /// Root-most first: the function containing the address, then each
+    /// function inlined into it, the innermost last. Never empty.
+    Frames(Vec<Frame>),
+    /// Unresolved; `offset` is the address's file offset as given (not the
+    /// `- 1` looked up for return addresses).
+    Unknown {
+        module: String,
+        offset: u64,
+        reason: UnknownReason,
+    },
+}
+
+impl Symbolized {
+    /// The frames to put in a stack: `Frame::Unknown` for a failed lookup.
+    pub fn into_frames(self) -> Vec<Frame> {
+        match self {
+            Symbolized::Frames(f) => f,
+            Symbolized::Unknown { module, offset, .. } => vec![Frame::Unknown { module, offset }],
+        }
+    }
+
+    /// The reason of a failed lookup.
+    pub fn reason(&self) -> Option<UnknownReason> {
+        match self {
+            Symbolized::Frames(_) => None,
+            Symbolized::Unknown { reason, .. } => Some(*reason),
+        }
+    }
+}
+
+/// Configuration of a [`Symbolizer`].
+#[derive(Clone, Debug)]
+pub struct SymbolizerOptions {
+    /// Directories holding separate debug files, searched in order:
+    /// `<dir>/.build-id/xx/rest.debug` and `<dir>/<module dir>/<debuglink>`.
+    /// Default: [`DEFAULT_DEBUG_DIR`].
+    pub debug_dirs: Vec<PathBuf>,
+}
+
+impl Default for SymbolizerOptions {
+    fn default() -> Self {
+        SymbolizerOptions {
+            debug_dirs: vec![PathBuf::from(DEFAULT_DEBUG_DIR)],
+        }
+    }
+}
+
+/// Resolves module addresses to frames, caching parsed modules. Not for the
+/// event path: the first address of a module parses it (and its DWARF).
 #[derive(Default)]
 pub struct Symbolizer {
-    cache: HashMap<PathBuf, CacheEntry>,
+    opts: SymbolizerOptions,
+    cache: ModuleCache,
 }
 
 impl Symbolizer {
-    /// An empty symbolizer.
+    /// A symbolizer with the default debug directory.
     pub fn new() -> Symbolizer {
         Symbolizer::default()
     }
 
-    /// Resolves `offset` in `file` to a function frame named after
-    /// `module_name`. For a return address the call instruction is the byte
-    /// before it, so `offset - 1` is looked up (a call at the very end of a
-    /// function would otherwise resolve to the next function). Anything
-    /// unresolvable yields `Frame::Unknown` with the original offset.
-    pub fn symbolize(
-        &mut self,
-        file: &Path,
-        module_name: &str,
-        offset: FileOffset,
-        is_return_address: bool,
-    ) -> Frame {
-        let unknown = || Frame::Unknown {
-            module: module_name.to_string(),
-            offset: offset.0,
-        };
-        let lookup = if is_return_address {
-            match offset.0.checked_sub(1) {
-                Some(o) => o,
-                None => return unknown(),
-            }
-        } else {
-            offset.0
-        };
-        let Some(module) = self.module(file) else {
-            return unknown();
-        };
-        let Some(vaddr) = module.offset_to_vaddr(lookup) else {
-            return unknown();
-        };
-        match module.function_at(vaddr) {
-            Some(sym) => Frame::Function {
-                name: demangle(&sym.name),
-                module: module_name.to_string(),
-            },
-            None => unknown(),
+    /// A symbolizer with explicit options (tests point `debug_dirs` at a
+    /// temporary directory).
+    pub fn with_options(opts: SymbolizerOptions) -> Symbolizer {
+        Symbolizer {
+            opts,
+            cache: ModuleCache::default(),
         }
+    }
+
+    /// Symbolizes one address of `module`.
+    pub fn symbolize(&mut self, module: &ModuleSource, addr: ModuleAddr) -> Symbolized {
+        self.symbolize_many(module, &[addr])
+            .pop()
+            .unwrap_or(Symbolized::Unknown {
+                module: module.name.clone(),
+                offset: addr.offset.0,
+                reason: UnknownReason::NoSymbol,
+            })
+    }
+
+    /// Symbolizes a batch of addresses of one module, in order: the module is
+    /// found in the cache (or parsed) once for the whole batch.
+    pub fn symbolize_many(
+        &mut self,
+        module: &ModuleSource,
+        addrs: &[ModuleAddr],
+    ) -> Vec<Symbolized> {
+        let unknown = |addr: &ModuleAddr, reason| Symbolized::Unknown {
+            module: module.name.clone(),
+            offset: addr.offset.0,
+            reason,
+        };
+        let loaded = match self.cache.get(module, &self.opts) {
+            Ok(m) => m,
+            Err(reason) => return addrs.iter().map(|a| unknown(a, reason)).collect(),
+        };
+        addrs
+            .iter()
+            .map(|addr| match loaded.lookup(&module.name, *addr) {
+                Ok(frames) => Symbolized::Frames(frames),
+                Err(reason) => unknown(addr, reason),
+            })
+            .collect()
     }
 
     /// Number of modules currently cached (parsed or known-unparsable).
@@ -151,45 +315,11 @@ impl Symbolizer {
         self.cache.len()
     }
 
-    fn module(&mut self, file: &Path) -> Option<Arc<ElfModule>> {
-        let meta = match std::fs::metadata(file) {
-            Ok(m) => m,
-            Err(e) => {
-                log::debug!("cannot stat {}: {e}", file.display());
-                self.cache.remove(file);
-                return None;
-            }
-        };
-        let stamp = FileStamp {
-            size: meta.len(),
-            mtime: meta.modified().ok(),
-        };
-        if let Some(entry) = self.cache.get(file) {
-            if entry.stamp == stamp {
-                return entry.module.clone();
-            }
-        }
-        let module = match ElfModule::open(file) {
-            Ok(m) => Some(Arc::new(m)),
-            Err(e) => {
-                log::debug!("{e}");
-                None
-            }
-        };
-        if self.cache.len() >= MAX_CACHED_MODULES && !self.cache.contains_key(file) {
-            // Any victim will do: re-parsing an evicted module is correct, just slower.
-            if let Some(victim) = self.cache.keys().next().cloned() {
-                self.cache.remove(&victim);
-            }
-        }
-        self.cache.insert(
-            file.to_path_buf(),
-            CacheEntry {
-                stamp,
-                module: module.clone(),
-            },
-        );
-        module
+    /// The separate debug file used for `module`, if one was found (for
+    /// tests and diagnostics; parses the module when not cached yet).
+    pub fn debug_file(&mut self, module: &ModuleSource) -> Option<PathBuf> {
+        let loaded = self.cache.get(module, &self.opts).ok()?;
+        loaded.debug_file.clone()
     }
 }
 
@@ -209,5 +339,7 @@ pub fn demangle(name: &str) -> String {
     name.to_string()
 }
 
+#[cfg(test)]
+mod fixture_tests;
 #[cfg(test)]
 mod tests;

@@ -68,8 +68,8 @@ fn run(cmd: &mut Command) {
 fn fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
     FIXTURES.get_or_init(|| {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!(
@@ -118,9 +118,25 @@ fn location(file: &Path, name: &str) -> FunctionLocation {
     }
 }
 
+fn addr(offset: u64, ret: bool) -> ModuleAddr {
+    if ret {
+        ModuleAddr::ret(offset)
+    } else {
+        ModuleAddr::ip(offset)
+    }
+}
+
+/// Symbolizes like the old single-frame API: the outermost frame.
+fn frame_at(s: &mut Symbolizer, file: &Path, module: &str, offset: u64, ret: bool) -> Frame {
+    let source = ModuleSource::from_path(file).named(module);
+    let mut frames = s.symbolize(&source, addr(offset, ret)).into_frames();
+    assert!(!frames.is_empty());
+    frames.swap_remove(0)
+}
+
 fn name_at(s: &mut Symbolizer, file: &Path, offset: u64, ret: bool) -> String {
-    match s.symbolize(file, "fixture", FileOffset(offset), ret) {
-        Frame::Function { name, module } => {
+    match frame_at(s, file, "fixture", offset, ret) {
+        Frame::Function { name, module, .. } => {
             assert_eq!(module, "fixture");
             name
         }
@@ -206,10 +222,11 @@ fn stripped_library_falls_back_to_dynsym() {
         name_at(&mut s, &f.stripped_shared, exported.file_offset + 3, true),
         "lib_exported"
     );
-    let frame = s.symbolize(
+    let frame = frame_at(
+        &mut s,
         &f.stripped_shared,
         "libfixture-stripped.so",
-        FileOffset(hidden.file_offset + 3),
+        hidden.file_offset + 3,
         true,
     );
     assert_eq!(
@@ -226,12 +243,7 @@ fn stripped_executable_is_unknown() {
     let f = fixtures();
     let mut s = Symbolizer::new();
     let loc = location(&f.pie, "run_sites");
-    let frame = s.symbolize(
-        &f.stripped_pie,
-        "prog",
-        FileOffset(loc.file_offset + 3),
-        true,
-    );
+    let frame = frame_at(&mut s, &f.stripped_pie, "prog", loc.file_offset + 3, true);
     assert_eq!(
         frame,
         Frame::Unknown {
@@ -252,22 +264,34 @@ fn unreadable_or_foreign_files_are_unknown() {
         offset,
     };
     assert_eq!(
-        s.symbolize(missing, "lib.so", FileOffset(0x10), true),
+        frame_at(&mut s, missing, "lib.so", 0x10, true),
         unknown("lib.so", 0x10)
+    );
+    let reason = |s: &mut Symbolizer, file: &Path, a| {
+        s.symbolize(&ModuleSource::from_path(file), a).reason()
+    };
+    assert_eq!(
+        reason(&mut s, missing, ModuleAddr::ret(0x10)),
+        Some(UnknownReason::Unreadable)
     );
     let not_elf = f.pie.with_file_name("prog.c");
     assert_eq!(
-        s.symbolize(&not_elf, "prog.c", FileOffset(4), false),
+        frame_at(&mut s, &not_elf, "prog.c", 4, false),
         unknown("prog.c", 4)
+    );
+    assert_eq!(
+        reason(&mut s, &not_elf, ModuleAddr::ip(4)),
+        Some(UnknownReason::NotObject)
     );
     // Offset past every PT_LOAD, and a return address of 0.
     assert_eq!(
-        s.symbolize(&f.pie, "p", FileOffset(u64::MAX / 2), false),
+        frame_at(&mut s, &f.pie, "p", u64::MAX / 2, false),
         unknown("p", u64::MAX / 2)
     );
+    assert_eq!(frame_at(&mut s, &f.pie, "p", 0, true), unknown("p", 0));
     assert_eq!(
-        s.symbolize(&f.pie, "p", FileOffset(0), true),
-        unknown("p", 0)
+        reason(&mut s, &f.pie, ModuleAddr::ret(0)),
+        Some(UnknownReason::OutsideSegments)
     );
     assert!(matches!(
         find_function(missing, "x"),
@@ -288,15 +312,12 @@ fn cache_notices_replaced_file() {
         name_at(&mut s, &copy, loc.file_offset, false),
         "lib_exported"
     );
-    // Replace with the stripped build (different size): lib_hidden lookups
-    // must now fail instead of coming from the stale cache entry.
-    let hidden = location(&copy, "lib_hidden");
-    std::fs::copy(&f.stripped_shared, &copy).expect("copy stripped");
-    assert!(matches!(
-        s.symbolize(&copy, "r", FileOffset(hidden.file_offset), false),
-        Frame::Unknown { .. }
-    ));
-    assert_eq!(s.cached_modules(), 1);
+    // Replace it with another build (the PIE executable: another build-id):
+    // the offset must now resolve in the new file, not from the stale entry.
+    std::fs::copy(&f.pie, &copy).expect("replace");
+    let main = location(&copy, "main");
+    assert_eq!(name_at(&mut s, &copy, main.file_offset, false), "main");
+    assert_eq!(s.cached_modules(), 2);
 }
 
 #[test]
@@ -310,8 +331,8 @@ fn resolves_malloc_in_system_libc() {
     assert!(loc.size > 0);
     assert_eq!(loc.first_bytes.len(), FIRST_BYTES);
     let mut s = Symbolizer::new();
-    match s.symbolize(libc, "libc.so.6", FileOffset(loc.file_offset + 4), false) {
-        Frame::Function { name, module } => {
+    match frame_at(&mut s, libc, "libc.so.6", loc.file_offset + 4, false) {
+        Frame::Function { name, module, .. } => {
             assert!(name.contains("malloc"), "{name}");
             assert_eq!(module, "libc.so.6");
         }

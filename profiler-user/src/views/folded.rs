@@ -5,13 +5,18 @@ use std::io::{self, Write};
 
 use crate::profile::{Metric, Profile};
 
-use super::merge_sites;
+use super::{merge_sites_with, Labels};
 
 /// The folded lines of `profile` weighted by `metric`: one per distinct
 /// (stack, API), root→leaf with the allocator API as the last frame, sorted
 /// by stack text, zero-weight stacks omitted. No trailing newlines.
 pub fn folded_lines(profile: &Profile, metric: Metric) -> Vec<String> {
-    merge_sites(profile)
+    folded_lines_with(profile, metric, Labels::default())
+}
+
+/// [`folded_lines`] with explicit frame [`Labels`] (`--lines`).
+pub fn folded_lines_with(profile: &Profile, metric: Metric, labels: Labels) -> Vec<String> {
+    merge_sites_with(profile, labels)
         .into_iter()
         .filter_map(|site| {
             let weight = metric.of(&site.stats);
@@ -22,7 +27,17 @@ pub fn folded_lines(profile: &Profile, metric: Metric) -> Vec<String> {
 
 /// Writes `profile` in folded format weighted by `metric` (see [`folded_lines`]).
 pub fn write_folded(profile: &Profile, metric: Metric, out: &mut impl Write) -> io::Result<()> {
-    for line in folded_lines(profile, metric) {
+    write_folded_with(profile, metric, Labels::default(), out)
+}
+
+/// [`write_folded`] with explicit frame [`Labels`] (`--lines`).
+pub fn write_folded_with(
+    profile: &Profile,
+    metric: Metric,
+    labels: Labels,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    for line in folded_lines_with(profile, metric, labels) {
         writeln!(out, "{line}")?;
     }
     Ok(())
@@ -31,7 +46,7 @@ pub fn write_folded(profile: &Profile, metric: Metric, out: &mut impl Write) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::views::testdata::{check_golden, sample_profile};
+    use crate::views::testdata::{check_golden, sample_profile, sample_profile_with_lines};
 
     fn render(metric: Metric) -> String {
         let mut out = Vec::new();
@@ -47,6 +62,22 @@ mod tests {
     #[test]
     fn golden_alloc_bytes() {
         check_golden("folded_alloc_bytes.txt", &render(Metric::AllocBytes));
+    }
+
+    #[test]
+    fn golden_lines() {
+        let mut out = Vec::new();
+        let labels = Labels { lines: true };
+        write_folded_with(
+            &sample_profile_with_lines(),
+            Metric::LiveBytes,
+            labels,
+            &mut out,
+        )
+        .expect("write to vec");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("leak_mmap (leaks.c:82);map_anon (leaks.c:78, inlined);mmap"));
+        check_golden("folded_lines.txt", &text);
     }
 
     #[test]

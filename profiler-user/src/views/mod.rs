@@ -3,6 +3,8 @@
 //! Every view goes through [`merge_sites`] so that the folded output, the
 //! flame graph and the text report agree on what a "call site" is.
 
+pub mod diff;
+pub mod findings;
 pub mod folded;
 pub mod report;
 pub mod svg;
@@ -54,11 +56,42 @@ impl MergedSite {
     }
 }
 
+/// How frames are labelled in every view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// Add the source location to function frames: `leak_malloc (leaks.c:42)`,
+    /// and mark inlined functions: `map_anon (leaks.c:78, inlined)`.
+    pub lines: bool,
+}
+
+impl Labels {
+    /// The label of `frame` under these options (not yet made safe for
+    /// folded output; see [`frame_text_with`]).
+    pub fn label(self, frame: &Frame) -> String {
+        let base = frame.label();
+        if !self.lines {
+            return base;
+        }
+        let inlined = matches!(frame, Frame::Function { inlined: true, .. });
+        match (frame.source_location(), inlined) {
+            (Some(loc), false) => format!("{base} ({loc})"),
+            (Some(loc), true) => format!("{base} ({loc}, inlined)"),
+            (None, true) => format!("{base} (inlined)"),
+            (None, false) => base,
+        }
+    }
+}
+
 /// A frame label made safe for line- and `;`-delimited formats. Spaces are
 /// kept: folded readers take the count from the last space-separated token.
 pub fn frame_text(frame: &Frame) -> String {
-    frame
-        .label()
+    frame_text_with(frame, Labels::default())
+}
+
+/// [`frame_text`] with explicit [`Labels`] (e.g. `--lines`).
+pub fn frame_text_with(frame: &Frame, labels: Labels) -> String {
+    labels
+        .label(frame)
         .chars()
         .map(|c| match c {
             ';' => ':',
@@ -73,9 +106,19 @@ pub fn frame_text(frame: &Frame) -> String {
 /// Output is sorted by [`MergedSite::folded_stack`], so every
 /// view built on it is deterministic.
 pub fn merge_sites(profile: &Profile) -> Vec<MergedSite> {
+    merge_sites_with(profile, Labels::default())
+}
+
+/// [`merge_sites`] with explicit [`Labels`]: with `lines`, one function at
+/// two lines is two frames, so sites merge only when their lines agree too.
+pub fn merge_sites_with(profile: &Profile, labels: Labels) -> Vec<MergedSite> {
     let mut merged: BTreeMap<String, MergedSite> = BTreeMap::new();
     for site in &profile.sites {
-        let mut frames: Vec<String> = site.frames.iter().map(frame_text).collect();
+        let mut frames: Vec<String> = site
+            .frames
+            .iter()
+            .map(|f| frame_text_with(f, labels))
+            .collect();
         if frames.is_empty() {
             frames.push(UNKNOWN_STACK.to_string());
         }
@@ -132,10 +175,7 @@ mod tests {
     use crate::profile::{Site, SiteStats};
 
     fn func(name: &str) -> Frame {
-        Frame::Function {
-            name: name.into(),
-            module: "m".into(),
-        }
+        Frame::function(name, "m")
     }
 
     fn site(frames: Vec<Frame>, api: &'static str, live: u64) -> Site {
@@ -176,10 +216,7 @@ mod tests {
     fn merges_identical_rendered_stacks() {
         let a = func("a");
         // Same name in another module renders the same, so it merges.
-        let a2 = Frame::Function {
-            name: "a".into(),
-            module: "other".into(),
-        };
+        let a2 = Frame::function("a", "other");
         let profile = Profile {
             sites: vec![
                 site(vec![a.clone(), func("b")], "malloc", 10),
@@ -203,5 +240,55 @@ mod tests {
         );
         assert_eq!(merged[2].stats.live_bytes, 15);
         assert_eq!(merged[2].stats.alloc_count, 4);
+    }
+
+    fn at(name: &str, file: &str, line: u32, inlined: bool) -> Frame {
+        Frame::Function {
+            name: name.into(),
+            module: "m".into(),
+            file: Some(file.into()),
+            line: Some(line),
+            inlined,
+        }
+    }
+
+    #[test]
+    fn lines_label_and_split_sites() {
+        let lines = Labels { lines: true };
+        let outer = at("leak_mmap", "/src/leaks.c", 82, false);
+        let inner = at("map_anon", "/src/leaks.c", 78, true);
+        assert_eq!(lines.label(&outer), "leak_mmap (leaks.c:82)");
+        assert_eq!(lines.label(&inner), "map_anon (leaks.c:78, inlined)");
+        assert_eq!(Labels::default().label(&inner), "map_anon");
+        assert_eq!(lines.label(&func("plain")), "plain");
+        let unknown = Frame::Unknown {
+            module: "lib.so".into(),
+            offset: 0x10,
+        };
+        assert_eq!(lines.label(&unknown), "[lib.so+0x10]");
+        // The same function at two lines: one site without lines, two with.
+        let profile = Profile {
+            sites: vec![
+                site(vec![outer.clone(), inner.clone()], "mmap", 3),
+                site(
+                    vec![at("leak_mmap", "/src/leaks.c", 90, false), inner],
+                    "mmap",
+                    4,
+                ),
+            ],
+            ..Profile::default()
+        };
+        let plain = merge_sites(&profile);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].folded_stack(), "leak_mmap;map_anon;mmap");
+        let with_lines = merge_sites_with(&profile, lines);
+        let stacks: Vec<String> = with_lines.iter().map(|m| m.folded_stack()).collect();
+        assert_eq!(
+            stacks,
+            vec![
+                "leak_mmap (leaks.c:82);map_anon (leaks.c:78, inlined);mmap",
+                "leak_mmap (leaks.c:90);map_anon (leaks.c:78, inlined);mmap",
+            ]
+        );
     }
 }

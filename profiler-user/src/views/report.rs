@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use crate::profile::{Profile, Totals};
 
-use super::{group_digits, human_bytes, merge_sites, MergedSite};
+use super::{group_digits, human_bytes, merge_sites_with, Labels, MergedSite};
 
 /// How many leaf-most frames the CALL SITE column shows.
 const CALL_SITE_FRAMES: usize = 4;
@@ -84,6 +84,16 @@ fn counter_sections(t: &Totals) -> (Section, Section) {
 
 /// Writes the text report, listing at most `top` call sites by live bytes.
 pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
+    write_report_with(profile, top, Labels::default(), out)
+}
+
+/// [`write_report`] with explicit frame [`Labels`] (`--lines`).
+pub fn write_report_with(
+    profile: &Profile,
+    top: usize,
+    labels: Labels,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let t = &profile.totals;
     writeln!(
         out,
@@ -105,7 +115,7 @@ pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::
         group_digits(t.frees)
     )?;
     writeln!(out)?;
-    write_top_sites(profile, top, out)?;
+    write_top_sites(profile, top, labels, out)?;
 
     let (counters, lost) = counter_sections(t);
     writeln!(out)?;
@@ -125,8 +135,13 @@ pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::
     Ok(())
 }
 
-fn write_top_sites(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
-    let mut sites: Vec<MergedSite> = merge_sites(profile)
+fn write_top_sites(
+    profile: &Profile,
+    top: usize,
+    labels: Labels,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let mut sites: Vec<MergedSite> = merge_sites_with(profile, labels)
         .into_iter()
         .filter(|s| s.stats.live_bytes > 0)
         .collect();
@@ -203,7 +218,7 @@ fn write_top_sites(profile: &Profile, top: usize, out: &mut impl Write) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::views::testdata::{check_golden, sample_profile};
+    use crate::views::testdata::{check_golden, sample_profile, sample_profile_with_lines};
 
     fn render(profile: &Profile, top: usize) -> String {
         let mut out = Vec::new();
@@ -219,6 +234,21 @@ mod tests {
     #[test]
     fn golden_report_top_2() {
         check_golden("report_top2.txt", &render(&sample_profile(), 2));
+    }
+
+    #[test]
+    fn golden_report_lines() {
+        let mut out = Vec::new();
+        write_report_with(
+            &sample_profile_with_lines(),
+            20,
+            Labels { lines: true },
+            &mut out,
+        )
+        .expect("write to vec");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("map_anon (leaks.c:78, inlined) <- leak_mmap (leaks.c:82) <- main"));
+        check_golden("report_lines.txt", &text);
     }
 
     #[test]

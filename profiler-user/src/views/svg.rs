@@ -6,8 +6,8 @@ use inferno::flamegraph::{self, Options};
 
 use crate::profile::{Metric, Profile};
 
-use super::folded::folded_lines;
-use super::ViewError;
+use super::folded::folded_lines_with;
+use super::{Labels, ViewError};
 
 /// The unit shown in the flame graph's tooltips for `metric`.
 fn count_name(metric: Metric) -> &'static str {
@@ -26,7 +26,18 @@ pub fn write_svg(
     title: &str,
     out: &mut impl Write,
 ) -> Result<(), ViewError> {
-    let lines = folded_lines(profile, metric);
+    write_svg_with(profile, metric, Labels::default(), title, out)
+}
+
+/// [`write_svg`] with explicit frame [`Labels`] (`--lines`).
+pub fn write_svg_with(
+    profile: &Profile,
+    metric: Metric,
+    labels: Labels,
+    title: &str,
+    out: &mut impl Write,
+) -> Result<(), ViewError> {
+    let lines = folded_lines_with(profile, metric, labels);
     if lines.is_empty() {
         write_empty_svg(title, out)?;
         return Ok(());
@@ -77,7 +88,7 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::views::testdata::{check_golden, sample_profile};
+    use crate::views::testdata::{check_golden, sample_profile, sample_profile_with_lines};
 
     fn render(profile: &Profile, metric: Metric, title: &str) -> String {
         let mut out = Vec::new();
@@ -114,6 +125,23 @@ mod tests {
         let b = render(&sample_profile(), Metric::LiveBytes, "heapscope live bytes");
         assert_eq!(a, b);
         check_golden("flamegraph_live.svg", &a);
+    }
+
+    #[test]
+    fn lines_golden() {
+        let mut out = Vec::new();
+        let labels = Labels { lines: true };
+        write_svg_with(
+            &sample_profile_with_lines(),
+            Metric::LiveBytes,
+            labels,
+            "lines",
+            &mut out,
+        )
+        .expect("render svg");
+        let svg = String::from_utf8(out).expect("utf-8");
+        assert!(svg.contains("map_anon (leaks.c:78, inlined)"));
+        check_golden("flamegraph_lines.svg", &svg);
     }
 
     #[test]

@@ -5,9 +5,16 @@ use std::path::PathBuf;
 use crate::profile::{Frame, Profile, Site, SiteStats, Totals};
 
 fn f(name: &str) -> Frame {
+    Frame::function(name, "app")
+}
+
+fn at(name: &str, file: &str, line: u32, inlined: bool) -> Frame {
     Frame::Function {
         name: name.into(),
         module: "app".into(),
+        file: Some(file.into()),
+        line: Some(line),
+        inlined,
     }
 }
 
@@ -88,6 +95,55 @@ pub(crate) fn sample_profile() -> Profile {
             alloc_failed: 1,
             untracked_unmaps: 4,
             // Fields added later default to 0 here.
+            ..Totals::default()
+        },
+    }
+}
+
+/// A profile with source locations and an inlined frame, as DWARF gives
+/// them, for the `--lines` renderings: two call sites of one function at
+/// different lines, a frame without DWARF, and an unknown frame.
+pub(crate) fn sample_profile_with_lines() -> Profile {
+    let main = || at("main", "/src/leaks.c", 170, false);
+    Profile {
+        pid: 4243,
+        comm: "leaky".into(),
+        duration_secs: 2.0,
+        sites: vec![
+            Site {
+                frames: vec![
+                    main(),
+                    at("leak_mmap", "/src/leaks.c", 82, false),
+                    at("map_anon", "/src/leaks.c", 78, true),
+                ],
+                api: "mmap",
+                stats: stats(36864, 3, 36864, 3),
+            },
+            Site {
+                frames: vec![main(), at("leak_malloc", "/src/leaks.c", 37, false)],
+                api: "malloc",
+                stats: stats(10000, 10, 10000, 10),
+            },
+            Site {
+                frames: vec![main(), at("leak_malloc", "/src/leaks.c", 38, false)],
+                api: "malloc",
+                stats: stats(500, 1, 500, 1),
+            },
+            Site {
+                frames: vec![
+                    Frame::Unknown {
+                        module: "libc.so.6".into(),
+                        offset: 0x2724a,
+                    },
+                    f("no_dwarf_here"),
+                ],
+                api: "calloc",
+                stats: stats(64, 1, 64, 1),
+            },
+        ],
+        totals: Totals {
+            allocs: 15,
+            alloc_bytes: 47428,
             ..Totals::default()
         },
     }

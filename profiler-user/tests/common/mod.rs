@@ -2,6 +2,8 @@
 //! running heapscope and parsing its outputs.
 #![allow(dead_code)]
 
+pub mod driver;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -120,4 +122,13 @@ pub fn scratch(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
+}
+
+/// Asserts every site of `expected` has exactly its live bytes in `folded`.
+pub fn assert_sites_exact(folded: &str, expected: &BTreeMap<String, u64>) {
+    let sites = by_site(&parse_folded(folded));
+    for (site, want) in expected {
+        let got = sites.get(site).copied().unwrap_or(0);
+        assert_eq!(got, *want, "live bytes of {site}\nfolded:\n{folded}");
+    }
 }

@@ -1,0 +1,204 @@
+//! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): just
+//! enough to find struct member offsets. heapscope needs those of the
+//! uprobe return-instance chain, to map return addresses that a pending
+//! uretprobe replaced with its trampoline back to the real ones.
+
+use std::collections::HashMap;
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+
+/// Errors reading BTF; all name what was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BtfError {
+    #[error("btf: bad magic or truncated header")]
+    Header,
+    #[error("btf: truncated type section at byte {0}")]
+    Truncated(usize),
+    #[error("btf: unknown type kind {kind} at byte {at}")]
+    UnknownKind { kind: u32, at: usize },
+}
+
+/// Struct member byte offsets by (struct name, member name).
+#[derive(Debug, Default)]
+pub struct StructOffsets {
+    members: HashMap<(String, String), u32>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn str_at(strings: &[u8], off: u32) -> &str {
+    let rest = strings.get(off as usize..).unwrap_or(&[]);
+    let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).unwrap_or("")
+}
+
+impl StructOffsets {
+    /// Parses a little-endian BTF blob, keeping the members of the named structs
+    /// (the first struct of each name; kernel BTF has one).
+    pub fn parse(data: &[u8], wanted: &[&str]) -> Result<StructOffsets, BtfError> {
+        let magic = data.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        if magic != Some(MAGIC) {
+            return Err(BtfError::Header);
+        }
+        let field = |i: usize| u32_at(data, 8 + 4 * i).ok_or(BtfError::Header);
+        let hdr_len = u32_at(data, 4).ok_or(BtfError::Header)? as usize;
+        let (type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
+        let types_start = hdr_len + type_off as usize;
+        let types = data
+            .get(types_start..types_start + type_len as usize)
+            .ok_or(BtfError::Header)?;
+        let str_start = hdr_len + str_off as usize;
+        let strings = data
+            .get(str_start..str_start + str_len as usize)
+            .ok_or(BtfError::Header)?;
+        let mut out = StructOffsets::default();
+        let mut at = 0usize;
+        while at < types.len() {
+            let name_off = u32_at(types, at).ok_or(BtfError::Truncated(at))?;
+            let info = u32_at(types, at + 4).ok_or(BtfError::Truncated(at))?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            let extra = match kind {
+                1 | 14 | 17 => 4,          // INT, VAR, DECL_TAG
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF.., FUNC, FLOAT, TYPE_TAG
+                3 => 12,                   // ARRAY
+                4 | 5 => 12 * vlen,        // STRUCT, UNION
+                6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
+                15 | 19 => 12 * vlen,      // DATASEC, ENUM64
+                _ => return Err(BtfError::UnknownKind { kind, at }),
+            };
+            let body = at + 12;
+            if kind == KIND_STRUCT {
+                let name = str_at(strings, name_off);
+                if wanted.contains(&name) && !out.members.keys().any(|(s, _)| s == name) {
+                    for m in 0..vlen {
+                        let base = body + 12 * m;
+                        let mname = u32_at(types, base).ok_or(BtfError::Truncated(base))?;
+                        let moff = u32_at(types, base + 8).ok_or(BtfError::Truncated(base))?;
+                        // With kind_flag the low 24 bits are the bit offset.
+                        let bits = if kind_flag { moff & 0xff_ffff } else { moff };
+                        out.members.insert(
+                            (name.to_string(), str_at(strings, mname).to_string()),
+                            bits / 8,
+                        );
+                    }
+                }
+            }
+            at = body + extra;
+        }
+        Ok(out)
+    }
+
+    /// The byte offset of `member` in `struct name`.
+    pub fn get(&self, name: &str, member: &str) -> Option<u32> {
+        self.members
+            .get(&(name.to_string(), member.to_string()))
+            .copied()
+    }
+}
+
+/// Offsets the eBPF side needs to walk a thread's pending uretprobes:
+/// task_struct.utask → uprobe_task.return_instances → return_instance
+/// {orig_ret_vaddr, stack, next}. `None` when the kernel's BTF lacks any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReturnChainOffsets {
+    pub task_utask: u32,
+    pub utask_instances: u32,
+    pub ri_orig_ret: u32,
+    pub ri_stack: u32,
+    pub ri_next: u32,
+}
+
+impl ReturnChainOffsets {
+    /// Reads them from `/sys/kernel/btf/vmlinux`.
+    pub fn from_kernel() -> Option<ReturnChainOffsets> {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+        Self::from_btf(&data)
+    }
+
+    pub fn from_btf(data: &[u8]) -> Option<ReturnChainOffsets> {
+        let s =
+            StructOffsets::parse(data, &["task_struct", "uprobe_task", "return_instance"]).ok()?;
+        Some(ReturnChainOffsets {
+            task_utask: s.get("task_struct", "utask")?,
+            utask_instances: s.get("uprobe_task", "return_instances")?,
+            ri_orig_ret: s.get("return_instance", "orig_ret_vaddr")?,
+            ri_stack: s.get("return_instance", "stack")?,
+            ri_next: s.get("return_instance", "next")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with one struct `s { int a; long b; }` and its int types.
+    fn tiny_btf() -> Vec<u8> {
+        let strings = b"\0s\0a\0b\0int\0".to_vec();
+        let mut types = Vec::new();
+        let push = |t: &mut Vec<u8>, v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // [1] int: name "int"(7), kind INT, size 4, + encoding word.
+        push(&mut types, 7);
+        push(&mut types, 1 << 24);
+        push(&mut types, 4);
+        push(&mut types, 32);
+        // [2] struct s, 2 members, size 16.
+        push(&mut types, 1);
+        push(&mut types, (4 << 24) | 2);
+        push(&mut types, 16);
+        for (name, off_bits) in [(3u32, 0u32), (5, 64)] {
+            push(&mut types, name);
+            push(&mut types, 1);
+            push(&mut types, off_bits);
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.push(1);
+        b.push(0);
+        push(&mut b, 24);
+        push(&mut b, 0);
+        push(&mut b, types.len() as u32);
+        push(&mut b, types.len() as u32);
+        push(&mut b, strings.len() as u32);
+        b.extend_from_slice(&types);
+        b.extend_from_slice(&strings);
+        b
+    }
+
+    #[test]
+    fn member_offsets_in_bytes() {
+        let s = StructOffsets::parse(&tiny_btf(), &["s"]).expect("parse");
+        assert_eq!(s.get("s", "a"), Some(0));
+        assert_eq!(s.get("s", "b"), Some(8));
+        assert_eq!(s.get("s", "c"), None);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors() {
+        assert_eq!(
+            StructOffsets::parse(b"nope", &[]).err(),
+            Some(BtfError::Header)
+        );
+        let b = tiny_btf();
+        for cut in 0..b.len() {
+            // Never panics; a cut inside the sections is a header error.
+            let _ = StructOffsets::parse(&b[..cut], &["s"]);
+        }
+    }
+
+    #[test]
+    fn running_kernel_has_the_return_chain() {
+        match std::fs::read("/sys/kernel/btf/vmlinux") {
+            Ok(data) => {
+                let o = ReturnChainOffsets::from_btf(&data).expect("uprobe structs in vmlinux BTF");
+                assert_ne!(o.ri_orig_ret, o.ri_next);
+            }
+            Err(_) => eprintln!("skipped: no /sys/kernel/btf/vmlinux"),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Byte layout of a recording (described in docs/recording-format.md):
+//! the file header, record framing, and the payload of each record type.
+//!
+//! Integers in payloads are unsigned LEB128 varints; strings are a varint
+//! length plus UTF-8. Decoding never panics: every read is bounds-checked
+//! and every count is checked against the bytes that remain.
+
+use profiler_common::AllocKind;
+
+use crate::profile::{Frame, SiteStats};
+use crate::timeline::{totals_from_slice, totals_to_array, MemSample, SiteId, SiteInfo, Tick};
+
+/// First bytes of every recording.
+pub const MAGIC: [u8; 8] = *b"HEAPSCP\0";
+/// The version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Magic + version.
+pub const FILE_HEADER_LEN: usize = 12;
+/// Payloads larger than this are corruption, not data (a tick of 65,536
+/// sites is under 4 MiB).
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+/// Length (u32) + type (u8) in front of a payload.
+pub const RECORD_PREFIX_LEN: usize = 5;
+/// CRC-32 (u32) after a payload.
+pub const RECORD_SUFFIX_LEN: usize = 4;
+
+/// Record type bytes.
+pub const TYPE_HEADER: u8 = 1;
+pub const TYPE_SITE: u8 = 2;
+pub const TYPE_TICK: u8 = 3;
+pub const TYPE_END: u8 = 4;
+
+/// Frame kinds and field tags of a site record.
+const FRAME_FUNCTION: u8 = 0;
+const FRAME_UNKNOWN: u8 = 1;
+const FIELD_NAME: u8 = 1;
+const FIELD_MODULE: u8 = 2;
+const FIELD_FILE: u8 = 3;
+const FIELD_LINE: u8 = 4;
+const FIELD_INLINED: u8 = 5;
+const FIELD_OFFSET: u8 = 6;
+
+/// What the session was attached to; the first record of every file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub pid: u32,
+    /// /proc/PID/comm of the target.
+    pub comm: String,
+    /// Attach time, milliseconds since the Unix epoch.
+    pub start_unix_ms: u64,
+    /// The tick interval the session used.
+    pub tick_ms: u64,
+    /// The heapscope version that wrote the file.
+    pub heapscope_version: String,
+}
+
+/// CRC-32 (IEEE) of a record's type byte and payload.
+pub fn record_crc(kind: u8, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[kind]);
+    h.update(payload);
+    h.finalize()
+}
+
+/// Frames one record: length, type, payload, CRC.
+pub fn frame_record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    // Payloads are built by this module and stay far below u32::MAX.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&record_crc(kind, payload).to_le_bytes());
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    out.push(tag);
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+fn varint_bytes(v: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_varint(&mut b, v);
+    b
+}
+
+/// Payload of a header record.
+pub fn encode_header(h: &Header) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, u64::from(h.pid));
+    put_str(&mut out, &h.comm);
+    put_varint(&mut out, h.start_unix_ms);
+    put_varint(&mut out, h.tick_ms);
+    put_str(&mut out, &h.heapscope_version);
+    out
+}
+
+/// One frame as a kind byte and tagged fields, so a field added to `Frame`
+/// later is one more tag and old files still read (missing → default).
+/// The match is exhaustive on purpose: a new field must be stored here.
+fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
+    let mut fields: Vec<(u8, Vec<u8>)> = Vec::new();
+    let kind = match frame {
+        Frame::Function {
+            name,
+            module,
+            file,
+            line,
+            inlined,
+        } => {
+            fields.push((FIELD_NAME, name.as_bytes().to_vec()));
+            fields.push((FIELD_MODULE, module.as_bytes().to_vec()));
+            if let Some(f) = file {
+                fields.push((FIELD_FILE, f.as_bytes().to_vec()));
+            }
+            if let Some(l) = line {
+                fields.push((FIELD_LINE, varint_bytes(u64::from(*l))));
+            }
+            if *inlined {
+                fields.push((FIELD_INLINED, vec![1]));
+            }
+            FRAME_FUNCTION
+        }
+        Frame::Unknown { module, offset } => {
+            fields.push((FIELD_MODULE, module.as_bytes().to_vec()));
+            fields.push((FIELD_OFFSET, varint_bytes(*offset)));
+            FRAME_UNKNOWN
+        }
+    };
+    out.push(kind);
+    put_varint(out, fields.len() as u64);
+    for (tag, value) in fields {
+        put_field(out, tag, &value);
+    }
+}
+
+/// Payload of a site record.
+pub fn encode_site(id: SiteId, info: &SiteInfo) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, u64::from(id.0));
+    put_str(&mut out, info.api);
+    put_varint(&mut out, info.frames.len() as u64);
+    for f in &info.frames {
+        encode_frame(&mut out, f);
+    }
+    out
+}
+
+fn mem_to_array(m: &MemSample) -> [u64; 6] {
+    [
+        m.rss_anon,
+        m.rss_file,
+        m.rss_shmem,
+        m.heap_mappings,
+        m.arena_heaps,
+        m.allocator_mapped,
+    ]
+}
+
+/// Payload of a tick record: time, totals, memory sample, and the sites in
+/// `changes` (those that differ from the previous tick record; all-zero
+/// numbers mean the site went away).
+pub fn encode_tick(tick: &Tick, changes: &[(SiteId, SiteStats)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, tick.t_ms);
+    let totals = totals_to_array(&tick.totals);
+    put_varint(&mut out, totals.len() as u64);
+    totals.iter().for_each(|v| put_varint(&mut out, *v));
+    match &tick.mem {
+        None => out.push(0),
+        Some(m) => {
+            out.push(1);
+            let values = mem_to_array(m);
+            put_varint(&mut out, values.len() as u64);
+            values.iter().for_each(|v| put_varint(&mut out, *v));
+        }
+    }
+    put_varint(&mut out, changes.len() as u64);
+    for (id, s) in changes {
+        put_varint(&mut out, u64::from(id.0));
+        for v in [s.live_bytes, s.live_count, s.alloc_bytes, s.alloc_count] {
+            put_varint(&mut out, v);
+        }
+    }
+    out
+}
+
+/// Payload of an end record.
+pub fn encode_end(t_ms: u64) -> Vec<u8> {
+    varint_bytes(t_ms)
+}
+
+/// A decoded tick record, before its changes are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TickRecord {
+    pub t_ms: u64,
+    pub totals: crate::profile::Totals,
+    pub mem: Option<MemSample>,
+    pub changes: Vec<(SiteId, SiteStats)>,
+}
+
+/// Bounds-checked reading of one payload; errors are short reasons that
+/// the reader turns into messages with the file and offset.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Cursor<'a> {
+        Cursor { buf, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        let b = *self.buf.get(self.pos).ok_or("payload ends early")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err("varint overflows 64 bits");
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 10 bytes")
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        u32::try_from(self.varint()?).map_err(|_| "value does not fit 32 bits")
+    }
+
+    /// A count of items of at least `min_size` bytes each, checked against
+    /// what remains so a corrupt count cannot make us allocate.
+    fn count(&mut self, min_size: usize) -> Result<usize, &'static str> {
+        let n = usize::try_from(self.varint()?).map_err(|_| "count too large")?;
+        if n.saturating_mul(min_size.max(1)) > self.remaining() {
+            return Err("count larger than the payload");
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.pos.checked_add(len).ok_or("length overflows")?;
+        let b = self.buf.get(self.pos..end).ok_or("payload ends early")?;
+        self.pos = end;
+        Ok(b)
+    }
+
+    fn string(&mut self) -> Result<String, &'static str> {
+        let len = self.count(1)?;
+        let b = self.bytes(len)?;
+        String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8")
+    }
+
+    fn done(&self) -> Result<(), &'static str> {
+        if self.remaining() == 0 {
+            Ok(())
+        } else {
+            Err("trailing bytes in payload")
+        }
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, &'static str> {
+    String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8")
+}
+
+/// Decodes a header payload.
+pub fn decode_header(buf: &[u8]) -> Result<Header, &'static str> {
+    let mut c = Cursor::new(buf);
+    let h = Header {
+        pid: c.u32()?,
+        comm: c.string()?,
+        start_unix_ms: c.varint()?,
+        tick_ms: c.varint()?,
+        heapscope_version: c.string()?,
+    };
+    c.done()?;
+    Ok(h)
+}
+
+fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
+    let kind = c.u8()?;
+    let n = c.count(2)?;
+    let (mut name, mut module, mut file, mut line, mut inlined, mut offset) =
+        (None, None, None, None, false, None);
+    for _ in 0..n {
+        let tag = c.u8()?;
+        let len = c.count(1)?;
+        let value = c.bytes(len)?;
+        let mut v = Cursor::new(value);
+        match tag {
+            FIELD_NAME => name = Some(utf8(value)?),
+            FIELD_MODULE => module = Some(utf8(value)?),
+            FIELD_FILE => file = Some(utf8(value)?),
+            FIELD_LINE => line = Some(v.u32()?),
+            FIELD_INLINED => inlined = v.u8()? != 0,
+            FIELD_OFFSET => offset = Some(v.varint()?),
+            // Fields of a newer writer: skipped, their length says how far.
+            _ => {}
+        }
+    }
+    match kind {
+        FRAME_FUNCTION => Ok(Frame::Function {
+            name: name.ok_or("function frame without a name")?,
+            module: module.unwrap_or_default(),
+            file,
+            line,
+            inlined,
+        }),
+        FRAME_UNKNOWN => Ok(Frame::Unknown {
+            module: module.unwrap_or_else(|| "?".to_string()),
+            offset: offset.ok_or("unknown frame without an offset")?,
+        }),
+        _ => Err("unknown frame kind"),
+    }
+}
+
+/// The `&'static str` of an allocator API name; `?` for names this build
+/// does not know.
+pub fn api_symbol(name: &str) -> &'static str {
+    AllocKind::ALL
+        .iter()
+        .map(|k| k.symbol())
+        .find(|s| *s == name)
+        .unwrap_or("?")
+}
+
+/// Decodes a site payload.
+pub fn decode_site(buf: &[u8]) -> Result<(SiteId, SiteInfo), &'static str> {
+    let mut c = Cursor::new(buf);
+    let id = SiteId(c.u32()?);
+    let api = api_symbol(&c.string()?);
+    let n = c.count(2)?;
+    let frames = (0..n)
+        .map(|_| decode_frame(&mut c))
+        .collect::<Result<Vec<_>, _>>()?;
+    c.done()?;
+    Ok((id, SiteInfo { frames, api }))
+}
+
+/// Decodes a tick payload.
+pub fn decode_tick(buf: &[u8]) -> Result<TickRecord, &'static str> {
+    let mut c = Cursor::new(buf);
+    let t_ms = c.varint()?;
+    let n = c.count(1)?;
+    let totals: Vec<u64> = (0..n).map(|_| c.varint()).collect::<Result<_, _>>()?;
+    let mem = match c.u8()? {
+        0 => None,
+        1 => {
+            let n = c.count(1)?;
+            let v: Vec<u64> = (0..n).map(|_| c.varint()).collect::<Result<_, _>>()?;
+            let g = |i: usize| v.get(i).copied().unwrap_or(0);
+            Some(MemSample {
+                rss_anon: g(0),
+                rss_file: g(1),
+                rss_shmem: g(2),
+                heap_mappings: g(3),
+                arena_heaps: g(4),
+                allocator_mapped: g(5),
+            })
+        }
+        _ => return Err("bad memory-sample flag"),
+    };
+    let n = c.count(5)?;
+    let mut changes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = SiteId(c.u32()?);
+        let stats = SiteStats {
+            live_bytes: c.varint()?,
+            live_count: c.varint()?,
+            alloc_bytes: c.varint()?,
+            alloc_count: c.varint()?,
+        };
+        changes.push((id, stats));
+    }
+    c.done()?;
+    Ok(TickRecord {
+        t_ms,
+        totals: totals_from_slice(&totals),
+        mem,
+        changes,
+    })
+}
+
+/// Decodes an end payload.
+pub fn decode_end(buf: &[u8]) -> Result<u64, &'static str> {
+    let mut c = Cursor::new(buf);
+    let t = c.varint()?;
+    c.done()?;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_and_reject_overflow() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let b = varint_bytes(v);
+            let mut c = Cursor::new(&b);
+            assert_eq!(c.varint(), Ok(v));
+            assert!(c.done().is_ok());
+        }
+        let mut c = Cursor::new(&[0xff; 11]);
+        assert!(c.varint().is_err());
+        let mut c = Cursor::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
+        assert_eq!(c.varint(), Err("varint overflows 64 bits"));
+        assert!(Cursor::new(&[0x80]).varint().is_err());
+    }
+
+    #[test]
+    fn api_names_map_back_to_static_symbols() {
+        assert_eq!(api_symbol("calloc"), "calloc");
+        assert_eq!(api_symbol("mmap"), "mmap");
+        assert_eq!(api_symbol("operator new"), "?");
+    }
+
+    #[test]
+    fn counts_cannot_exceed_the_payload() {
+        // A site claiming 2^40 frames in a 10-byte payload.
+        let mut b = vec![0];
+        put_str(&mut b, "malloc");
+        put_varint(&mut b, 1 << 40);
+        assert_eq!(decode_site(&b), Err("count larger than the payload"));
+    }
+}

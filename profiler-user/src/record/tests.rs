@@ -1,0 +1,324 @@
+//! Round trip, golden file, truncation and fuzzing of the recording format.
+
+use std::path::{Path, PathBuf};
+
+use super::format::{self, Header};
+use super::*;
+use crate::profile::{SiteStats, Totals};
+use crate::timeline::testutil::{frame, frame_src, frame_unknown, stats, Rng};
+use crate::timeline::{MemSample, SiteId, SiteInfo, Tick, DEFAULT_MAX_TICKS};
+
+const NAME: &str = "test.heapscope";
+
+fn header() -> Header {
+    Header {
+        pid: 4242,
+        comm: "leaky".into(),
+        start_unix_ms: 1_700_000_000_123,
+        tick_ms: 1000,
+        heapscope_version: "0.1.0".into(),
+    }
+}
+
+fn sites() -> Vec<SiteInfo> {
+    vec![
+        SiteInfo {
+            frames: vec![frame("main"), frame("leak_malloc")],
+            api: "malloc",
+        },
+        SiteInfo {
+            frames: vec![
+                frame("main"),
+                frame_src("vector<int>::push_back", "/src/v.h", 42, true),
+                frame_unknown("libplugin.so", 0x1234),
+            ],
+            api: "realloc",
+        },
+        SiteInfo {
+            frames: vec![],
+            api: "mmap",
+        },
+    ]
+}
+
+fn ticks() -> Vec<Tick> {
+    let mem = |i: u64| MemSample {
+        rss_anon: 10 << 20 | i,
+        rss_file: 3 << 20,
+        rss_shmem: 4096,
+        heap_mappings: 8 << 20,
+        arena_heaps: 2,
+        allocator_mapped: i * 7,
+    };
+    (0..6u64)
+        .map(|i| {
+            let mut sites = vec![(SiteId(0), stats(100 * i, 150 * i))];
+            // Site 1 is busy, then gone (all freed, counters reset: evicted).
+            if (1..4).contains(&i) {
+                sites.push((SiteId(1), stats(7, 300 * i)));
+            }
+            if i >= 2 {
+                sites.push((SiteId(2), stats(1 << 20, 1 << 20)));
+            }
+            Tick {
+                t_ms: i * 1000,
+                sites: sites
+                    .into_iter()
+                    .filter(|(_, s)| *s != SiteStats::default())
+                    .collect(),
+                totals: Totals {
+                    allocs: 10 * i,
+                    alloc_bytes: 1000 * i,
+                    frees: 9 * i,
+                    untracked_unmaps: i,
+                    ..Totals::default()
+                },
+                mem: (i % 2 == 0).then(|| mem(i)),
+            }
+        })
+        .collect()
+}
+
+/// The bytes of the sample recording, with or without the end record.
+fn recording_bytes(finish: bool) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), Path::new(NAME), &header()).expect("writer");
+    for s in sites() {
+        w.site(&s).expect("site");
+    }
+    for t in ticks() {
+        w.tick(&t).expect("tick");
+    }
+    if finish {
+        w.finish(5500).expect("finish")
+    } else {
+        w.into_inner().expect("flush")
+    }
+}
+
+fn read_bytes(b: &[u8]) -> Result<Recording, RecordError> {
+    read(b, Path::new(NAME), DEFAULT_MAX_TICKS)
+}
+
+/// End offsets of the records of a valid file: (type, end offset).
+fn record_ends(b: &[u8]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    let mut at = format::FILE_HEADER_LEN;
+    while at + 5 <= b.len() {
+        let len = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;
+        let end = at + 9 + len;
+        out.push((b[at + 4], end));
+        at = end;
+    }
+    assert_eq!(at, b.len(), "test walker out of sync");
+    out
+}
+
+#[test]
+fn round_trip_golden() {
+    let bytes = recording_bytes(true);
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/recording_v1.bin");
+    if std::env::var("HEAPSCOPE_BLESS").as_deref() == Ok("1") {
+        std::fs::write(&golden, &bytes).expect("bless golden");
+    }
+    let expected = std::fs::read(&golden).expect("golden (HEAPSCOPE_BLESS=1 creates it)");
+    assert!(
+        expected == bytes,
+        "writer output differs from {}",
+        golden.display()
+    );
+
+    // The golden file reads back to exactly what was written.
+    let rec = open(&golden).expect("open golden");
+    assert_eq!(rec.header, header());
+    assert_eq!(rec.timeline.sites(), sites().as_slice());
+    assert_eq!(rec.timeline.ticks(), ticks());
+    assert_eq!(rec.end_ms, Some(5500));
+    assert!(!rec.truncated);
+    assert_eq!(rec.skipped_records, 0);
+}
+
+#[test]
+fn file_writer_creates_a_readable_file() {
+    let path =
+        std::env::temp_dir().join(format!("heapscope-test-{}.heapscope", std::process::id()));
+    let mut w = Writer::create(&path, &header()).expect("create");
+    for s in sites() {
+        w.site(&s).expect("site");
+    }
+    w.tick(&ticks()[1]).expect("tick");
+    // No finish: as if the profiler were killed after the tick's flush.
+    let rec = open(&path).expect("open");
+    drop(w);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(rec.timeline.len(), 1);
+    assert_eq!(rec.end_ms, None);
+    assert!(!rec.truncated);
+}
+
+#[test]
+fn every_prefix_opens_up_to_its_last_whole_tick() {
+    let bytes = recording_bytes(true);
+    let ends = record_ends(&bytes);
+    let header_end = ends[0].1;
+    let all_ticks = ticks();
+    for len in 0..=bytes.len() {
+        let result = read_bytes(&bytes[..len]);
+        if len < header_end {
+            let err = result.expect_err("no header yet");
+            let msg = err.to_string();
+            assert!(msg.contains(NAME), "{msg}");
+            continue;
+        }
+        let rec = result.unwrap_or_else(|e| panic!("prefix {len}: {e}"));
+        let whole: Vec<u8> = ends
+            .iter()
+            .filter(|(_, e)| *e <= len)
+            .map(|(t, _)| *t)
+            .collect();
+        let n_ticks = whole.iter().filter(|t| **t == format::TYPE_TICK).count();
+        assert_eq!(rec.timeline.ticks(), all_ticks[..n_ticks], "prefix {len}");
+        let at_boundary = len == format::FILE_HEADER_LEN || ends.iter().any(|(_, e)| *e == len);
+        assert_eq!(rec.truncated, !at_boundary, "prefix {len}");
+        assert_eq!(rec.end_ms.is_some(), len == bytes.len(), "prefix {len}");
+    }
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let bytes = recording_bytes(true);
+    let mut rng = Rng(0x5eed);
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..5000 {
+        let mut b = bytes.clone();
+        match rng.below(4) {
+            // Flip 1-4 random bytes.
+            0 | 1 => {
+                for _ in 0..=rng.below(4) {
+                    let i = rng.below(b.len() as u64) as usize;
+                    b[i] = rng.next() as u8;
+                }
+            }
+            // Cut at a random point and append garbage.
+            2 => {
+                b.truncate(rng.below(b.len() as u64) as usize);
+                for _ in 0..rng.below(40) {
+                    b.push(rng.next() as u8);
+                }
+            }
+            // Overwrite a record length with a random (often huge) value.
+            _ => {
+                let ends = record_ends(&bytes);
+                let (_, end) = ends[rng.below(ends.len() as u64) as usize];
+                let start = ends.iter().map(|(_, e)| *e).filter(|e| *e < end).max();
+                let at = start.unwrap_or(format::FILE_HEADER_LEN);
+                b[at..at + 4].copy_from_slice(&(rng.next() as u32).to_le_bytes());
+            }
+        }
+        match read_bytes(&b) {
+            Ok(rec) => {
+                ok += 1;
+                assert!(rec.timeline.len() <= ticks().len());
+            }
+            Err(e) => {
+                err += 1;
+                assert!(e.to_string().contains(NAME), "{e}");
+            }
+        }
+    }
+    // Both outcomes occur: the test exercises the error paths and the
+    // tolerated-tail paths.
+    assert!(ok > 100 && err > 100, "ok {ok}, err {err}");
+    // Pure garbage too.
+    for len in [0usize, 1, 11, 12, 13, 100, 4096] {
+        let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        assert!(read_bytes(&junk).is_err());
+    }
+}
+
+#[test]
+fn clear_errors_for_bad_files() {
+    let bytes = recording_bytes(true);
+
+    let mut b = bytes.clone();
+    b[0] = b'X';
+    let e = read_bytes(&b).expect_err("bad magic");
+    assert_eq!(
+        e.to_string(),
+        format!("{NAME} is not a heapscope recording (bad magic)")
+    );
+
+    let e = read_bytes(b"HEAPS").expect_err("short");
+    assert!(matches!(e, RecordError::TooShort { len: 5, .. }), "{e}");
+
+    let mut b = bytes.clone();
+    b[8] = 9;
+    let e = read_bytes(&b).expect_err("version");
+    assert!(e.to_string().contains("version 9"), "{e}");
+
+    // A damaged byte inside the third tick: an error at that record's offset.
+    let ends = record_ends(&bytes);
+    let tick_starts: Vec<usize> = ends
+        .windows(2)
+        .filter(|w| w[1].0 == format::TYPE_TICK)
+        .map(|w| w[0].1)
+        .collect();
+    let at = tick_starts[2];
+    let mut b = bytes.clone();
+    b[at + 6] ^= 0xff;
+    let e = read_bytes(&b).expect_err("bad crc");
+    assert_eq!(
+        e.to_string(),
+        format!("{NAME} is corrupt at byte {at}: record checksum mismatch")
+    );
+
+    // The same damage in the last record is a cut-off tail.
+    let last = ends[ends.len() - 2].1;
+    let mut b = bytes.clone();
+    b[last + 5] ^= 0xff;
+    let rec = read_bytes(&b).expect("damaged tail");
+    assert!(rec.truncated && rec.end_ms.is_none());
+    assert_eq!(rec.timeline.len(), ticks().len());
+
+    let e = open(Path::new("/nonexistent/x.heapscope")).expect_err("missing");
+    assert_eq!(
+        e.to_string(),
+        "cannot read recording /nonexistent/x.heapscope"
+    );
+}
+
+#[test]
+fn unknown_record_types_are_skipped() {
+    let mut bytes = recording_bytes(false);
+    format::frame_record(99, b"from the future", &mut bytes);
+    let rec = read_bytes(&bytes).expect("read");
+    assert_eq!(rec.skipped_records, 1);
+    assert_eq!(rec.timeline.ticks(), ticks());
+}
+
+#[test]
+fn writer_rejects_misuse() {
+    let mut w = Writer::new(Vec::new(), Path::new(NAME), &header()).expect("writer");
+    let unknown_site = Tick {
+        t_ms: 0,
+        sites: vec![(SiteId(0), stats(1, 1))],
+        ..Tick::default()
+    };
+    let e = w.tick(&unknown_site).expect_err("site not written");
+    assert!(
+        e.to_string().contains("site 0 before it was written"),
+        "{e}"
+    );
+    w.site(&sites()[0]).expect("site");
+    w.tick(&Tick {
+        t_ms: 2000,
+        ..Tick::default()
+    })
+    .expect("tick");
+    let e = w
+        .tick(&Tick {
+            t_ms: 1000,
+            ..Tick::default()
+        })
+        .expect_err("back in time");
+    assert!(e.to_string().contains("1000 ms"), "{e}");
+}

@@ -1,0 +1,262 @@
+//! Unwinding a copied user stack with the modules' call-frame information, for
+//! binaries built without frame pointers (most distribution binaries).
+//!
+//! Input: the registers at the allocator's return (ip = return address in the
+//! caller, sp, bp) and the bytes above sp; output: return addresses, leaf
+//! first. Every frame's address is a return address, so CFI is looked up at
+//! `ra - 1` (the call instruction), never at `ra`, which may belong to the
+//! next function.
+
+pub mod cfi;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use gimli::UnwindContext;
+
+use crate::process::maps::{MemoryMap, RuntimeAddr};
+use cfi::{CfaBase, ModuleCfi, NoRule};
+
+/// Most frames unwound per stack.
+pub const MAX_FRAMES: usize = 128;
+
+/// Registers at the sample point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Regs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// A return address a pending uretprobe replaced with its trampoline: the
+/// stack slot it was in and the real address the kernel kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingReturn {
+    pub slot: u64,
+    pub ret: u64,
+}
+
+/// The name of the kernel's uretprobe trampoline mapping in /proc/PID/maps.
+pub const UPROBES_MAPPING: &str = "[uprobes]";
+
+/// Why an unwind stopped before the outermost frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StopReason {
+    /// The outermost frame (return address undefined, or 0).
+    Complete,
+    /// A read beyond the copied stack bytes.
+    StackCopyExhausted,
+    /// An address outside every file mapping, with no usable frame pointer.
+    NoModule,
+    /// A module without CFI for the address and no usable frame pointer.
+    NoCfi,
+    /// A CFI rule heapscope cannot evaluate (expressions, other registers).
+    UnsupportedRule,
+    /// A uretprobe trampoline whose real return address was not recorded.
+    Trampoline,
+    /// The stack pointer did not move up: a loop, or corrupt data.
+    NoProgress,
+    /// [`MAX_FRAMES`] reached.
+    TooDeep,
+}
+
+/// Where module files are found: the memory map gives the path as the process
+/// sees it; the resolver maps it to one this process can open.
+pub trait ModuleFiles {
+    fn open_path(&self, region_path: &str) -> Option<PathBuf>;
+}
+
+/// Most CFI rules cached by address before the cache is cleared.
+const RULE_CACHE_MAX: usize = 1 << 16;
+
+/// Unwinds stacks, caching each module's parsed CFI and the rule found at
+/// each address (stacks repeat the same return addresses).
+#[derive(Default)]
+pub struct Unwinder {
+    modules: HashMap<String, Option<(usize, Arc<ModuleCfi>)>>,
+    rules: HashMap<(usize, u64), Result<cfi::FrameRule, NoRule>>,
+    ctx: Option<Box<UnwindContext<usize>>>,
+    /// Stacks per stop reason, for the report.
+    pub stops: HashMap<StopReason, u64>,
+}
+
+/// Reads 8 bytes of the copied stack at `addr`.
+fn read_u64(stack: &[u8], sp0: u64, addr: u64) -> Option<u64> {
+    let off = usize::try_from(addr.checked_sub(sp0)?).ok()?;
+    let bytes = stack.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+impl Unwinder {
+    fn module(&mut self, path: &str, files: &dyn ModuleFiles) -> Option<(usize, Arc<ModuleCfi>)> {
+        if let Some(m) = self.modules.get(path) {
+            return m.clone();
+        }
+        let id = self.modules.len();
+        let m = files
+            .open_path(path)
+            .and_then(|p| ModuleCfi::load(&p).ok())
+            .map(|m| (id, Arc::new(m)));
+        self.modules.insert(path.to_string(), m.clone());
+        m
+    }
+
+    fn rule(
+        &mut self,
+        id: usize,
+        m: &ModuleCfi,
+        vaddr: u64,
+        ctx: &mut UnwindContext<usize>,
+    ) -> Result<cfi::FrameRule, NoRule> {
+        if let Some(r) = self.rules.get(&(id, vaddr)) {
+            return *r;
+        }
+        if self.rules.len() >= RULE_CACHE_MAX {
+            self.rules.clear();
+        }
+        let r = m.rule(vaddr, ctx);
+        self.rules.insert((id, vaddr), r);
+        r
+    }
+
+    /// Return addresses of the stack, leaf first (the first is `regs.ip`).
+    /// `pending` maps uretprobe trampolines back to the real return addresses.
+    pub fn unwind(
+        &mut self,
+        regs: Regs,
+        stack: &[u8],
+        pending: &[PendingReturn],
+        maps: &MemoryMap,
+        files: &dyn ModuleFiles,
+    ) -> (Vec<u64>, StopReason) {
+        let (frames, stop) = self.walk(regs, stack, pending, maps, files);
+        *self.stops.entry(stop).or_insert(0) += 1;
+        (frames, stop)
+    }
+
+    fn walk(
+        &mut self,
+        regs: Regs,
+        stack: &[u8],
+        pending: &[PendingReturn],
+        maps: &MemoryMap,
+        files: &dyn ModuleFiles,
+    ) -> (Vec<u64>, StopReason) {
+        let in_trampoline = |ip: u64| {
+            maps.lookup(RuntimeAddr(ip))
+                .is_some_and(|(r, _)| r.path.as_deref() == Some(UPROBES_MAPPING))
+        };
+        let mut used = 0usize;
+        let sp0 = regs.sp;
+        let mut ctx = self
+            .ctx
+            .take()
+            .unwrap_or_else(|| Box::new(UnwindContext::new()));
+        let mut frames = Vec::new();
+        let mut r = regs;
+        let stop = loop {
+            if r.ip == 0 {
+                break StopReason::Complete;
+            }
+            frames.push(r.ip);
+            if frames.len() >= MAX_FRAMES {
+                break StopReason::TooDeep;
+            }
+            let lookup = r.ip - 1;
+            let rule = match maps.lookup(RuntimeAddr(lookup)) {
+                Some((region, offset)) => match region.path.as_deref() {
+                    Some(path) if region.is_file() => match self.module(path, files) {
+                        Some((id, m)) => match m.offset_to_vaddr(offset.0) {
+                            Some(vaddr) => self.rule(id, &m, vaddr, &mut ctx),
+                            None => Err(NoRule::NotCovered),
+                        },
+                        None => Err(NoRule::NotCovered),
+                    },
+                    _ => Err(NoRule::NotCovered),
+                },
+                None => Err(NoRule::NotCovered),
+            };
+            let next = match rule {
+                Ok(rule) => {
+                    let base = match rule.cfa_register {
+                        CfaBase::Rsp => r.sp,
+                        CfaBase::Rbp => r.bp,
+                    };
+                    let cfa = base.wrapping_add(rule.cfa_offset as u64);
+                    let Some(ra_off) = rule.ra_offset else {
+                        break StopReason::Complete;
+                    };
+                    let slot = cfa.wrapping_add(ra_off as u64);
+                    let Some(mut ra) = read_u64(stack, sp0, slot) else {
+                        break StopReason::StackCopyExhausted;
+                    };
+                    // A pending uretprobe replaced the return address in this
+                    // slot with its trampoline; the kernel kept the real one.
+                    // (The [uprobes] mapping appears lazily, so a slot match
+                    // is trusted even when the map does not show it yet.)
+                    if let Some(p) = pending.iter().find(|p| p.slot == slot) {
+                        ra = p.ret;
+                    } else if in_trampoline(ra) {
+                        match pending.get(used) {
+                            Some(p) => {
+                                used += 1;
+                                ra = p.ret;
+                            }
+                            None => {
+                                frames.push(ra);
+                                break StopReason::Trampoline;
+                            }
+                        }
+                    }
+                    let bp = match rule.rbp_offset {
+                        Some(o) => match read_u64(stack, sp0, cfa.wrapping_add(o as u64)) {
+                            Some(v) => v,
+                            None => break StopReason::StackCopyExhausted,
+                        },
+                        None => r.bp,
+                    };
+                    Regs {
+                        ip: ra,
+                        sp: cfa,
+                        bp,
+                    }
+                }
+                Err(why) => {
+                    // Code without CFI (JIT, hand-written asm) may still keep
+                    // frame pointers: try one frame-pointer step.
+                    match (
+                        read_u64(stack, sp0, r.bp),
+                        read_u64(stack, sp0, r.bp.wrapping_add(8)),
+                    ) {
+                        (Some(bp), Some(ra)) if r.bp >= r.sp => Regs {
+                            ip: ra,
+                            sp: r.bp.wrapping_add(16),
+                            bp,
+                        },
+                        _ => {
+                            break match why {
+                                NoRule::Unsupported => StopReason::UnsupportedRule,
+                                NoRule::NotCovered
+                                    if maps.lookup(RuntimeAddr(lookup)).is_none() =>
+                                {
+                                    StopReason::NoModule
+                                }
+                                NoRule::NotCovered => StopReason::NoCfi,
+                            }
+                        }
+                    }
+                }
+            };
+            if next.sp <= r.sp {
+                break StopReason::NoProgress;
+            }
+            r = next;
+        };
+        self.ctx = Some(ctx);
+        (frames, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,383 @@
+//! Leak suspects and findings: the text sections of `heapscope report` and
+//! the JSON document of `report --json`.
+
+use std::io::{self, Write};
+
+use serde_json::{json, Value};
+
+use crate::analysis::{Analysis, Finding, LeakFinding, RetentionFinding, Suspect, LEAK_CONFIDENCE};
+use crate::profile::{Frame, Profile};
+use crate::timeline::Timeline;
+
+use super::{frame_text, human_bytes, merge_sites, ViewError, UNKNOWN_STACK};
+
+/// How many leaf-most frames a call site shows (as the main report).
+const CALL_SITE_FRAMES: usize = 4;
+
+/// Leaf first, at most four frames: `leaf <- caller <- caller <- ...`.
+pub(crate) fn call_site_text(frames: &[String]) -> String {
+    if frames.is_empty() {
+        return UNKNOWN_STACK.to_string();
+    }
+    let mut parts: Vec<&str> = frames
+        .iter()
+        .rev()
+        .take(CALL_SITE_FRAMES)
+        .map(String::as_str)
+        .collect();
+    if frames.len() > CALL_SITE_FRAMES {
+        parts.push("...");
+    }
+    parts.join(" <- ")
+}
+
+fn labels(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(frame_text).collect()
+}
+
+/// `+7.2 MiB/h`, `-1.0 KiB/h`.
+fn rate(bytes_per_hour: f64) -> String {
+    let sign = if bytes_per_hour < 0.0 { "-" } else { "+" };
+    // Saturating float → int conversion: a rate beyond 16 EiB/h shows as that.
+    format!(
+        "{sign}{}/h",
+        human_bytes(bytes_per_hour.abs().round() as u64)
+    )
+}
+
+/// `-1.5 KiB` for negative gaps.
+fn signed_bytes(v: i64) -> String {
+    let sign = if v < 0 { "-" } else { "" };
+    format!("{sign}{}", human_bytes(v.unsigned_abs()))
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
+/// The ranked leak suspects, `top` of them, as a table.
+pub fn write_suspects(
+    suspects: &[Suspect],
+    timeline: &Timeline,
+    top: usize,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if suspects.is_empty() {
+        writeln!(
+            out,
+            "leak suspects: none (no call site's live bytes grew steadily)"
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "leak suspects by growth of live bytes (confidence >= {LEAK_CONFIDENCE:.2}: a leak):"
+    )?;
+    let site = |s: &Suspect| {
+        timeline
+            .site(s.site)
+            .map_or(("?", Vec::new()), |i| (i.api, labels(&i.frames)))
+    };
+    let api_width = suspects
+        .iter()
+        .take(top)
+        .map(|s| site(s).0.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    writeln!(
+        out,
+        "{:>12}  {:>10}  {:>5}  {:>12}  {:<api_width$}  CALL SITE",
+        "GROWTH", "CONFIDENCE", "GREW", "LIVE AT END", "API"
+    )?;
+    for s in suspects.iter().take(top) {
+        let (api, frames) = site(s);
+        writeln!(
+            out,
+            "{:>12}  {:>10.2}  {:>5}  {:>12}  {:<api_width$}  {}",
+            rate(s.slope_bytes_per_hour),
+            s.confidence,
+            percent(s.grew_share),
+            human_bytes(s.live_bytes_end),
+            api,
+            call_site_text(&frames)
+        )?;
+    }
+    if suspects.len() > top {
+        writeln!(out, "({} more suspects not shown)", suspects.len() - top)?;
+    }
+    Ok(())
+}
+
+fn leak_text(l: &LeakFinding) -> String {
+    format!(
+        "leak: {} ({}) holds {} more every hour (confidence {:.2}, grew in {} of ticks); \
+live {} -> {} in the window",
+        call_site_text(&labels(&l.frames)),
+        l.api,
+        human_bytes(l.slope_bytes_per_hour.max(0.0).round() as u64),
+        l.confidence,
+        percent(l.grew_share),
+        human_bytes(l.live_bytes_start),
+        human_bytes(l.live_bytes_end),
+    )
+}
+
+fn retention_text(r: &RetentionFinding) -> String {
+    format!(
+        "allocator retention, not a leak: RSS (anon) went {} -> {} while the live heap \
+went only {} -> {}; the gap (RSS anon - live heap) went {} -> {} ({}, live heap {}). \
+[heap] + glibc arena heaps: {} -> {} ({} arena heaps{}). The allocator keeps memory \
+the program freed (retention or fragmentation).",
+        human_bytes(r.rss_anon_start),
+        human_bytes(r.rss_anon_end),
+        human_bytes(r.live_heap_start),
+        human_bytes(r.live_heap_end),
+        signed_bytes(r.gap_start),
+        signed_bytes(r.gap_end),
+        rate(r.gap_growth_bytes_per_hour),
+        rate(r.live_growth_bytes_per_hour),
+        human_bytes(r.heap_mappings_start),
+        human_bytes(r.heap_mappings_end),
+        r.arena_heaps,
+        if r.allocator_mapped > 0 {
+            format!(
+                "; mapped by the allocator: {}",
+                human_bytes(r.allocator_mapped)
+            )
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// The findings as `- ...` paragraphs, with remedies for retention.
+pub fn write_findings_text(findings: &[Finding], out: &mut impl Write) -> io::Result<()> {
+    if findings.is_empty() {
+        writeln!(out, "findings: none (no leak, no allocator retention)")?;
+        return Ok(());
+    }
+    writeln!(out, "findings:")?;
+    for f in findings {
+        match f {
+            Finding::Leak(l) => writeln!(out, "- {}", leak_text(l))?,
+            Finding::AllocatorRetention(r) => {
+                writeln!(out, "- {}", retention_text(r))?;
+                writeln!(out, "  remedies:")?;
+                for remedy in &r.remedies {
+                    writeln!(out, "  - {remedy}")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rounds to 3 decimals so the JSON is readable and stable.
+fn r3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn finding_json(f: &Finding) -> Value {
+    match f {
+        Finding::Leak(l) => json!({
+            "kind": f.kind(),
+            "frames": labels(&l.frames),
+            "api": l.api,
+            "site_id": l.site.0,
+            "slope_bytes_per_hour": l.slope_bytes_per_hour.round(),
+            "confidence": r3(l.confidence),
+            "grew_share": r3(l.grew_share),
+            "live_bytes_start": l.live_bytes_start,
+            "live_bytes_end": l.live_bytes_end,
+            "live_blocks_end": l.live_count_end,
+        }),
+        Finding::AllocatorRetention(r) => json!({
+            "kind": f.kind(),
+            "start_ms": r.start_ms,
+            "end_ms": r.end_ms,
+            "live_heap_start": r.live_heap_start,
+            "live_heap_end": r.live_heap_end,
+            "rss_anon_start": r.rss_anon_start,
+            "rss_anon_end": r.rss_anon_end,
+            "gap_start": r.gap_start,
+            "gap_end": r.gap_end,
+            "gap_growth_bytes": r.gap_growth_bytes,
+            "gap_growth_bytes_per_hour": r.gap_growth_bytes_per_hour.round(),
+            "live_growth_bytes_per_hour": r.live_growth_bytes_per_hour.round(),
+            "heap_mappings_start": r.heap_mappings_start,
+            "heap_mappings_end": r.heap_mappings_end,
+            "arena_heaps": r.arena_heaps,
+            "allocator_mapped": r.allocator_mapped,
+            "remedies": r.remedies,
+        }),
+    }
+}
+
+/// The JSON document of `report --json`: process, window, totals, the `top`
+/// sites by live bytes, the suspects, and `findings` (each with a `kind`).
+/// Keys are sorted, so the output is deterministic.
+pub fn findings_json(
+    profile: &Profile,
+    analysis: &Analysis,
+    timeline: &Timeline,
+    top: usize,
+) -> Value {
+    let mut sites = merge_sites(profile);
+    sites.retain(|s| s.stats.live_bytes > 0);
+    sites.sort_by_key(|s| std::cmp::Reverse(s.stats.live_bytes));
+    let top_sites: Vec<Value> = sites
+        .iter()
+        .take(top)
+        .map(|s| {
+            json!({
+                "frames": s.frames,
+                "api": s.api,
+                "live_bytes": s.stats.live_bytes,
+                "live_blocks": s.stats.live_count,
+                "alloc_bytes": s.stats.alloc_bytes,
+                "allocs": s.stats.alloc_count,
+            })
+        })
+        .collect();
+    let suspects: Vec<Value> = analysis
+        .suspects
+        .iter()
+        .take(top)
+        .map(|s| {
+            let (api, frames) = timeline
+                .site(s.site)
+                .map_or(("?", Vec::new()), |i| (i.api, labels(&i.frames)));
+            json!({
+                "frames": frames,
+                "api": api,
+                "site_id": s.site.0,
+                "slope_bytes_per_hour": s.slope_bytes_per_hour.round(),
+                "confidence": r3(s.confidence),
+                "grew_share": r3(s.grew_share),
+                "live_bytes_start": s.live_bytes_start,
+                "live_bytes_end": s.live_bytes_end,
+                "leak": s.is_leak(),
+            })
+        })
+        .collect();
+    json!({
+        "pid": profile.pid,
+        "comm": profile.comm,
+        "window": {
+            "start_ms": analysis.window.start_ms,
+            "end_ms": analysis.window.end_ms,
+        },
+        "duration_secs": profile.duration_secs,
+        "live_bytes": profile.live_bytes(),
+        "live_blocks": profile.live_count(),
+        "totals": {
+            "allocs": profile.totals.allocs,
+            "alloc_bytes": profile.totals.alloc_bytes,
+            "frees": profile.totals.frees,
+            "free_bytes": profile.totals.free_bytes,
+        },
+        "top_sites": top_sites,
+        "suspects": suspects,
+        "findings": analysis.findings.iter().map(finding_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Writes [`findings_json`] pretty-printed, with a final newline.
+pub fn write_findings_json(
+    profile: &Profile,
+    analysis: &Analysis,
+    timeline: &Timeline,
+    top: usize,
+    out: &mut impl Write,
+) -> Result<(), ViewError> {
+    let doc = findings_json(profile, analysis, timeline, top);
+    serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::analyze;
+    use crate::timeline::testutil::timeline_with_mem;
+    use crate::timeline::{MemSample, ProfileMeta, Window};
+    use crate::views::testdata::check_golden;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A leaking site, a stable one, and RSS rising far faster than the leak.
+    fn scenario() -> (Timeline, Profile, Analysis) {
+        let leak = |i: usize| 2_000 * i as u64;
+        let stable = |_: usize| 64 * 1024;
+        let tl = timeline_with_mem(
+            60,
+            &[("stable_pool", &stable), ("leak_site", &leak)],
+            &|i, live| {
+                Some(MemSample {
+                    rss_anon: 40 * MIB + live + i as u64 * MIB,
+                    rss_file: 8 * MIB,
+                    rss_shmem: 0,
+                    heap_mappings: 30 * MIB + i as u64 * MIB,
+                    arena_heaps: 4,
+                    allocator_mapped: 0,
+                })
+            },
+        );
+        let meta = ProfileMeta {
+            pid: 77,
+            comm: "server".into(),
+        };
+        let profile = tl.profile_for(Window::ALL, &meta);
+        let analysis = analyze(&tl, Window::ALL);
+        (tl, profile, analysis)
+    }
+
+    fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).expect("render");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn text_golden() {
+        let (tl, _, a) = scenario();
+        let mut s = text(|o| write_suspects(&a.suspects, &tl, 5, o));
+        s += &text(|o| write_findings_text(&a.findings, o));
+        assert!(
+            s.contains("leak: leak_site <- handle_request <- main (malloc)"),
+            "{s}"
+        );
+        assert!(s.contains("allocator retention, not a leak"), "{s}");
+        assert!(s.contains("MALLOC_ARENA_MAX"), "{s}");
+        check_golden("findings.txt", &s);
+    }
+
+    #[test]
+    fn empty_sections_say_none() {
+        let tl = Timeline::default();
+        assert!(text(|o| write_suspects(&[], &tl, 5, o)).contains("none"));
+        assert!(text(|o| write_findings_text(&[], o)).contains("none"));
+    }
+
+    #[test]
+    fn json_names_kinds_and_frames() {
+        let (tl, profile, a) = scenario();
+        let mut out = Vec::new();
+        write_findings_json(&profile, &a, &tl, 10, &mut out).expect("json");
+        let doc: Value = serde_json::from_slice(&out).expect("valid JSON");
+        let findings = doc["findings"].as_array().expect("findings array");
+        let kinds: Vec<&str> = findings.iter().filter_map(|f| f["kind"].as_str()).collect();
+        assert_eq!(kinds, vec!["leak", "allocator-retention"]);
+        assert_eq!(
+            findings[0]["frames"],
+            json!(["main", "handle_request", "leak_site"])
+        );
+        assert_eq!(findings[0]["live_bytes_end"], json!(2_000 * 59));
+        assert_eq!(findings[1]["arena_heaps"], json!(4));
+        assert_eq!(doc["pid"], json!(77));
+        assert_eq!(doc["top_sites"][0]["frames"][2], json!("leak_site"));
+        check_golden("findings.json", &String::from_utf8(out).expect("utf-8"));
+    }
+}

@@ -1,0 +1,225 @@
+//! End-to-end tests of full stacks without frame pointers (DWARF unwinding of
+//! copied stacks) and of byte-based sampling. They need root; without it
+//! they say they were skipped.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+
+use common::driver::*;
+use common::*;
+
+fn nofp(name: &str) -> std::path::PathBuf {
+    fixture(name, "nofp", &["-O2", "-g", "-fomit-frame-pointer"])
+}
+
+/// Runs the fixture's sites under heapscope attached with `flags`; returns
+/// the folded live bytes and the report.
+fn profile(fx: Fixture, flags: &[&str], test: &str) -> (String, String) {
+    let dir = scratch(test);
+    let folded = dir.join("live.folded");
+    let mut args: Vec<&str> = flags.to_vec();
+    let folded_arg = folded.to_str().expect("utf8").to_string();
+    args.extend(["--folded", &folded_arg]);
+    let a = attach(fx.pid, &args);
+    let Fixture {
+        mut child,
+        mut stdin,
+        lines,
+        ..
+    } = fx;
+    writeln!(stdin, "go").expect("signal fixture");
+    wait_for(&lines, "done", &mut Vec::new());
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "heapscope exit code; stderr:\n{stderr}");
+    writeln!(stdin, "exit").expect("release fixture");
+    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+    (
+        std::fs::read_to_string(&folded).expect("folded written"),
+        report,
+    )
+}
+
+/// Stacks (root first, API leaf last) whose site function is `site`.
+fn stacks_of(folded: &str, site: &str) -> Vec<(Vec<String>, u64)> {
+    parse_folded(folded)
+        .into_iter()
+        .filter(|(f, _)| f.len() >= 2 && f[f.len() - 2] == site)
+        .collect()
+}
+
+fn assert_path(frames: &[String], path: &[&str]) {
+    // `path` is leaf-most first: the frames just above the API leaf.
+    let n = frames.len();
+    for (i, want) in path.iter().enumerate() {
+        let got = frames.get(n.wrapping_sub(2 + i)).map(String::as_str);
+        assert_eq!(got, Some(*want), "frame {i} above the leaf in {frames:?}");
+    }
+}
+
+#[test]
+fn exact_dwarf_stacks_without_frame_pointers() {
+    if !root_or_skip("exact_dwarf_stacks_without_frame_pointers") {
+        return;
+    }
+    let bin = nofp("leaks");
+    let expected = expected_sites(&bin);
+    let (folded, report) = profile(
+        start_fixture(&bin),
+        &["--exact", "--ringbuf-size", "64MiB"],
+        "dwarf-exact",
+    );
+    assert_sites_exact(&folded, &expected);
+    for (site, want) in &expected {
+        if *want == 0 {
+            continue;
+        }
+        for (frames, _) in stacks_of(&folded, site) {
+            assert_path(&frames, &[site, "run_sites", "main"]);
+        }
+    }
+    assert_eq!(counter(&report, "ring buffer lost"), Some(0), "{report}");
+    assert_eq!(
+        counter(&report, "frees of pointers allocated before attach"),
+        Some(10)
+    );
+}
+
+#[test]
+fn default_mode_gives_complete_stacks_without_frame_pointers() {
+    if !root_or_skip("default_mode_gives_complete_stacks_without_frame_pointers") {
+        return;
+    }
+    let bin = nofp("sampling");
+    let (folded, report) = profile(start_fixture(&bin), &[], "default-mode");
+    let stacks = stacks_of(&folded, "leak_steady");
+    assert!(
+        !stacks.is_empty(),
+        "the 7.8 MiB leak is sampled:\n{folded}\n{report}"
+    );
+    for (frames, _) in &stacks {
+        assert_path(frames, &["leak_steady", "phase_leak", "main"]);
+    }
+}
+
+#[test]
+fn sampled_estimates_are_within_15_percent() {
+    if !root_or_skip("sampled_estimates_are_within_15_percent") {
+        return;
+    }
+    let bin = nofp("sampling");
+    let truth = expected_sites(&bin);
+    let (folded, report) = profile(
+        start_fixture(&bin),
+        &[
+            "--sample-rate",
+            "4KiB",
+            "--stack-size",
+            "4KiB",
+            "--ringbuf-size",
+            "64MiB",
+        ],
+        "sampling",
+    );
+    let sites = by_site(&parse_folded(&folded));
+    let want = truth["leak_steady"] as f64;
+    let got = sites.get("leak_steady").copied().unwrap_or(0) as f64;
+    assert!(
+        (got - want).abs() <= 0.15 * want,
+        "estimated {got} vs true {want}\n{folded}\n{report}"
+    );
+    let churn = sites.get("churn_many").copied().unwrap_or(0) as f64;
+    assert!(churn <= 0.01 * want, "churn estimate {churn}\n{folded}");
+    assert_eq!(counter(&report, "ring buffer lost"), Some(0), "{report}");
+    // Process totals stay exact under sampling.
+    let allocs = counter(&report, "allocations seen").expect("allocations counter");
+    assert!(allocs >= 8192 + 5000, "{report}");
+}
+
+#[test]
+fn python_stacks_reach_the_interpreter_and_main() {
+    if !root_or_skip("python_stacks_reach_the_interpreter_and_main") {
+        return;
+    }
+    let python = std::path::Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "Debian's python3 is installed by `cargo xtask setup`"
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/leaky.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(&script);
+    let (folded, report) = profile(start_command(cmd), &[], "python");
+    let deep: Vec<_> = parse_folded(&folded)
+        .into_iter()
+        .filter(|(f, w)| *w > 0 && f.iter().any(|x| x == "_PyEval_EvalFrameDefault"))
+        .collect();
+    assert!(
+        !deep.is_empty(),
+        "no stack through the interpreter:\n{folded}\n{report}"
+    );
+    let (frames, _) = &deep[0];
+    assert!(frames.len() >= 10, "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f == "Py_BytesMain" || f == "Py_RunMain"),
+        "the walk reaches the interpreter's entry: {frames:?}"
+    );
+    assert!(
+        frames.iter().any(|f| f.contains("__libc_start")),
+        "and libc's start below main: {frames:?}"
+    );
+}
+
+#[test]
+fn stacks_reach_past_another_tools_pending_uretprobe() {
+    use heapscope::probes::{
+        AllocatorTarget, AttachPoint, CaptureConfig, MapSizes, ProbeMode, Probes,
+    };
+    use profiler_common::AllocKind;
+    if !root_or_skip("stacks_reach_past_another_tools_pending_uretprobe") {
+        return;
+    }
+    let bin = nofp("leaks");
+    let expected = expected_sites(&bin);
+    let fx = start_fixture(&bin);
+    // Another tool's return probe on run_sites: while the sites run, its
+    // return address into main is the kernel's [uprobes] trampoline.
+    let loc = heapscope::symbolize::find_function(&bin, "run_sites")
+        .expect("read fixture")
+        .expect("run_sites defined");
+    let other = AllocatorTarget {
+        allocator: bin.display().to_string(),
+        points: vec![AttachPoint {
+            kind: AllocKind::Malloc,
+            file: bin.clone(),
+            func_offset: loc.file_offset,
+            entry_offset: loc.file_offset,
+        }],
+        missing: vec![],
+    };
+    let other = Probes::attach(
+        fx.pid,
+        &other,
+        MapSizes::default(),
+        CaptureConfig::default(),
+        ProbeMode::Bare,
+    )
+    .expect("attach the other tool's uretprobe");
+    let (folded, report) = profile(fx, &["--exact", "--ringbuf-size", "64MiB"], "trampoline");
+    drop(other);
+    assert_sites_exact(&folded, &expected);
+    for (site, want) in &expected {
+        if *want == 0 {
+            continue;
+        }
+        for (frames, _) in stacks_of(&folded, site) {
+            assert_path(&frames, &[site, "run_sites", "main"]);
+        }
+    }
+    assert!(!folded.contains("[uprobes"), "{folded}\n{report}");
+}
