@@ -11,6 +11,7 @@ pub mod probes;
 pub mod process;
 pub mod profile;
 pub mod record;
+pub mod report;
 pub mod session;
 pub mod symbolize;
 pub mod timeline;

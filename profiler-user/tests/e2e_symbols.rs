@@ -93,7 +93,7 @@ fn profile(bin: &Path, delete_after_start: bool, extra: &[&str], test: &str) -> 
         std::fs::remove_file(bin).expect("delete the running binary");
     }
     let mut hs = Command::new(heapscope())
-        .args(["attach", "-p", &pid, "--quiet", "--folded"])
+        .args(["attach", "-p", &pid, "--tick", "100ms", "--folded"])
         .arg(&folded)
         .args(exact_flags())
         .args(extra)
@@ -103,6 +103,10 @@ fn profile(bin: &Path, delete_after_start: bool, extra: &[&str], test: &str) -> 
         .expect("start heapscope");
     let err = lines_of(hs.stderr.take().expect("heapscope stderr"));
     wait_for(&err, "attached");
+    // The first status line shows the session runs, so it has read the
+    // target's memory map (and opened its modules) before the target
+    // allocates and exits.
+    wait_for(&err, "live");
     writeln!(stdin, "go").expect("signal fixture");
     wait_for(&out, "done");
     // The fixture exits before heapscope symbolizes anything.
@@ -122,7 +126,11 @@ fn profile(bin: &Path, delete_after_start: bool, extra: &[&str], test: &str) -> 
         stderr.join("\n")
     );
     let text = std::fs::read_to_string(&folded).expect("folded written");
-    (text, report)
+    // heapscope's notes and warnings go with the report, to explain a failure.
+    (
+        text,
+        format!("{report}\n--- heapscope stderr:\n{}", stderr.join("\n")),
+    )
 }
 
 fn weight_of(folded: &str, suffix: &str) -> u64 {
@@ -148,13 +156,21 @@ fn live_process_functions_lines_and_inlines() {
         c("outer_calls_inline"),
         c("inlined_malloc")
     );
-    assert_eq!(weight_of(&folded, &inlined), 2000, "{inlined}\n{folded}");
+    assert_eq!(
+        weight_of(&folded, &inlined),
+        2000,
+        "{inlined}\n{folded}\n{report}"
+    );
     let direct = format!(
         "direct_caller (symbols_c.c:{});static_alloc (symbols_c.c:{});malloc",
         c("direct_calls_static"),
         c("static_alloc")
     );
-    assert_eq!(weight_of(&folded, &direct), 3000, "{direct}\n{folded}");
+    assert_eq!(
+        weight_of(&folded, &direct),
+        3000,
+        "{direct}\n{folded}\n{report}"
+    );
     assert!(report.contains("inlined_alloc (symbols_c.c:"), "{report}");
 
     // libc's own frames are named when its debug file is installed

@@ -72,6 +72,11 @@ impl SampleTable {
         s.free_count += count;
     }
 
+    /// The site of a live sample.
+    pub fn site_of(&self, tgid: u32, ptr: u64) -> Option<SiteRef> {
+        self.live.get(&(tgid, ptr)).map(|(s, _, _)| *s)
+    }
+
     /// Counters per site.
     pub fn sites(&self) -> &BTreeMap<SiteRef, SiteCounters> {
         &self.sites

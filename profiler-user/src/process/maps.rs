@@ -149,6 +149,8 @@ pub enum MapsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("process {pid} exited while /proc/{pid}/maps was read")]
+    Exiting { pid: u32 },
     #[error("malformed line {line} in {path}: {reason}")]
     Parse {
         path: String,
@@ -188,6 +190,15 @@ impl MemoryMap {
     pub fn read(pid: u32) -> Result<MemoryMap, MapsError> {
         let mut map = Self::read_regions(pid)?;
         map.files = ModuleFiles::capture(pid, &map.regions);
+        if map.files.missed() > 0 {
+            // A process tearing down its address space still lists its
+            // maps for a moment, but its files can no longer be opened:
+            // such a snapshot must not replace an earlier, complete one.
+            let still_mapped = Self::read_regions(pid).is_ok_and(|m| !m.regions.is_empty());
+            if !still_mapped {
+                return Err(MapsError::Exiting { pid });
+            }
+        }
         Ok(map)
     }
 

@@ -30,6 +30,8 @@ struct Captured {
 #[derive(Clone, Debug, Default)]
 pub struct ModuleFiles {
     files: Arc<Vec<Captured>>,
+    /// Executable file mappings that could not be opened.
+    missed: usize,
 }
 
 /// `path` as the process sees it, opened from heapscope's mount namespace.
@@ -50,6 +52,7 @@ impl ModuleFiles {
     /// path at symbolization time instead.
     pub fn capture(pid: u32, regions: &[Region]) -> ModuleFiles {
         let mut files: Vec<Captured> = Vec::new();
+        let mut missed = 0;
         for region in regions {
             let Some(path) = region.path.as_deref() else {
                 continue;
@@ -71,12 +74,21 @@ impl ModuleFiles {
                     path: path.to_string(),
                     file: Arc::new(file),
                 }),
-                None => log::debug!("cannot capture {path} of pid {pid}; it is read by path later"),
+                None => {
+                    missed += 1;
+                    log::debug!("cannot capture {path} of pid {pid}; it is read by path later");
+                }
             }
         }
         ModuleFiles {
             files: Arc::new(files),
+            missed,
         }
+    }
+
+    /// Number of executable file mappings that could not be opened.
+    pub fn missed(&self) -> usize {
+        self.missed
     }
 
     /// Number of captured files.

@@ -52,6 +52,9 @@ pub struct Header {
     pub tick_ms: u64,
     /// The heapscope version that wrote the file.
     pub heapscope_version: String,
+    /// Mean bytes between sampled allocations; 0 when every allocation was
+    /// captured. A trailing field: files without it read as 0.
+    pub sample_rate: u64,
 }
 
 /// CRC-32 (IEEE) of a record's type byte and payload.
@@ -105,6 +108,7 @@ pub fn encode_header(h: &Header) -> Vec<u8> {
     put_varint(&mut out, h.start_unix_ms);
     put_varint(&mut out, h.tick_ms);
     put_str(&mut out, &h.heapscope_version);
+    put_varint(&mut out, h.sample_rate);
     out
 }
 
@@ -299,6 +303,15 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, &'static str> {
         start_unix_ms: c.varint()?,
         tick_ms: c.varint()?,
         heapscope_version: c.string()?,
+        sample_rate: 0,
+    };
+    let h = if c.remaining() > 0 {
+        Header {
+            sample_rate: c.varint()?,
+            ..h
+        }
+    } else {
+        h
     };
     c.done()?;
     Ok(h)

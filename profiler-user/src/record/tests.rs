@@ -17,6 +17,7 @@ fn header() -> Header {
         start_unix_ms: 1_700_000_000_123,
         tick_ms: 1000,
         heapscope_version: "0.1.0".into(),
+        sample_rate: 4096,
     }
 }
 

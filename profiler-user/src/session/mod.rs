@@ -1,16 +1,25 @@
 //! One profiling session: tick, print status, stop on signal / duration /
-//! target exit, detach, and build the final symbolized profile.
+//! target exit, detach; every tick goes into the timeline (and the
+//! recording), which the final report is computed from.
 
+pub mod ages;
 pub mod capture;
+pub mod recorder;
 pub mod resolve;
 pub mod status;
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::aggregate::{self, RawSnapshot};
+use crate::aggregate::RawSnapshot;
+use crate::analysis::age::{AgeHistogram, OutstandingAlloc};
 use crate::probes::Probes;
-use crate::profile::Profile;
+use crate::process::memory;
+use crate::record::Header;
 use crate::symbolize::Symbolizer;
+use crate::timeline::{ProfileMeta, Timeline};
+use capture::Capture;
+use recorder::Recorder;
 
 /// How a session is run.
 #[derive(Clone, Debug)]
@@ -21,6 +30,10 @@ pub struct SessionOptions {
     pub tick: Duration,
     /// Print a status line on stderr every tick.
     pub status: bool,
+    /// Write the timeline to this recording as it goes.
+    pub record: Option<PathBuf>,
+    /// Mean bytes between samples (0: exact), stored in the recording.
+    pub sample_rate: u64,
 }
 
 /// Why the session ended.
@@ -45,10 +58,42 @@ impl StopReason {
 
 /// The result of a session.
 pub struct SessionResult {
-    pub profile: Profile,
+    pub timeline: Timeline,
+    pub meta: ProfileMeta,
     pub stop: StopReason,
+    /// Outstanding sampled allocations at the end, with the monotonic time
+    /// their ages are measured at.
+    pub outstanding: Vec<OutstandingAlloc>,
+    pub now_ns: u64,
     /// Non-fatal problems met on the way (detach errors, unreadable maps).
     pub warnings: Vec<String>,
+}
+
+impl SessionResult {
+    /// The age histogram of the outstanding allocations.
+    pub fn ages(&self) -> AgeHistogram {
+        AgeHistogram::build(self.now_ns, &self.outstanding)
+    }
+}
+
+/// Symbolizes the sites of `snap` seen for the first time and records the tick.
+fn record_tick(
+    rec: &mut Recorder,
+    symbolizer: &mut Symbolizer,
+    cap: &Capture,
+    probes: &Probes,
+    t_ms: u64,
+    snap: &RawSnapshot,
+) -> anyhow::Result<()> {
+    let new = rec.new_sites(snap);
+    if !new.sites.is_empty() {
+        let mut resolver = resolve::Resolver::new(cap.pid, &cap.maps, symbolizer);
+        let sites = resolver.sites(&new, &probes.ebpf, &cap.samples)?;
+        rec.add_sites(new.sites.keys().copied(), sites);
+    }
+    let mem = memory::sample(cap.pid).ok();
+    rec.tick(t_ms, snap, mem);
+    Ok(())
 }
 
 const EARLY_REFRESH: Duration = Duration::from_millis(20);
@@ -68,8 +113,9 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Runs an attached session until it is stopped, then detaches and builds the profile.
-/// `alive` tells whether the target still runs (for a child, it also reaps it).
+/// Runs an attached session until it is stopped, then detaches and returns
+/// its timeline. `alive` tells whether the target still runs (for a child,
+/// it also reaps it).
 pub async fn run(
     mut probes: Probes,
     opts: &SessionOptions,
@@ -78,11 +124,26 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
 
     let pid = probes.pid;
-    let mut cap = capture::Capture::new(&mut probes)?;
+    let mut cap = Capture::new(&mut probes)?;
     let mut warnings = Vec::new();
+    let start_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let header = Header {
+        pid,
+        comm: cap.comm.clone(),
+        start_unix_ms,
+        tick_ms: opts.tick.as_millis() as u64,
+        heapscope_version: env!("CARGO_PKG_VERSION").to_string(),
+        sample_rate: opts.sample_rate,
+    };
+    let mut rec = Recorder::new(opts.record.as_deref(), &header)?;
+    let mut symbolizer = Symbolizer::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let started = Instant::now();
+    let t_ms = || started.elapsed().as_millis() as u64;
     let deadline = opts.duration.map(|d| started + d);
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,10 +176,11 @@ pub async fn run(
             break StopReason::TargetExited;
         }
         cap.refresh();
-        if let Err(e) = aggregate::prune_inflight(&mut probes.ebpf, pid) {
+        if let Err(e) = crate::aggregate::prune_inflight(&mut probes.ebpf, pid) {
             warnings.push(format!("pruning per-thread state: {e}"));
         }
         let snap = cap.snapshot(&probes)?;
+        record_tick(&mut rec, &mut symbolizer, &cap, &probes, t_ms(), &snap)?;
         if opts.status {
             eprintln!("{}", status.line(&snap));
         }
@@ -127,15 +189,19 @@ pub async fn run(
     if stop != StopReason::TargetExited {
         cap.refresh();
     }
-    let snap = cap.snapshot(&probes)?;
-    let duration_secs = started.elapsed().as_secs_f64();
     warnings.extend(probes.detach());
-    // Records written between the last drain and the detach.
-    cap.drain();
-    let snap = RawSnapshot {
-        sites: snap.sites,
-        totals: snap.totals,
-    };
+    // Everything written up to the detach, then the last tick.
+    let snap = cap.snapshot(&probes)?;
+    let end_ms = t_ms();
+    record_tick(&mut rec, &mut symbolizer, &cap, &probes, end_ms, &snap)?;
+    rec.finish(end_ms);
+    let (outstanding, now_ns) = ages::outstanding(&probes, &cap, &rec).unwrap_or_else(|e| {
+        warnings.push(format!("reading allocation ages: {e}"));
+        (Vec::new(), 0)
+    });
+    if let Some(e) = &rec.write_error {
+        warnings.push(format!("the recording stopped at its last whole tick: {e}"));
+    }
     let ev = &cap.events.stats;
     if ev.malformed > 0 {
         warnings.push(format!(
@@ -162,26 +228,15 @@ pub async fn run(
             "no memory map of pid {pid} could be read; frames are unresolved"
         ));
     }
-    let comm = cap.comm.clone();
-    let mut symbolizer = Symbolizer::default();
-    let mut resolver = resolve::Resolver::new(pid, &cap.maps, &mut symbolizer);
-    let sites = resolver.sites(&snap, &probes.ebpf, &cap.samples)?;
-    if resolver.missing_stacks > 0 {
-        warnings.push(format!(
-            "{} stacks were missing from the stack map",
-            resolver.missing_stacks
-        ));
-    }
-    let profile = Profile {
-        pid,
-        comm,
-        duration_secs,
-        sites,
-        totals: snap.totals,
-    };
     Ok(SessionResult {
-        profile,
+        timeline: rec.timeline,
+        meta: ProfileMeta {
+            pid,
+            comm: cap.comm.clone(),
+        },
         stop,
+        outstanding,
+        now_ns,
         warnings,
     })
 }

@@ -3,6 +3,7 @@
 //! Every view goes through [`merge_sites`] so that the folded output, the
 //! flame graph and the text report agree on what a "call site" is.
 
+pub mod age;
 pub mod diff;
 pub mod findings;
 pub mod folded;

@@ -1,0 +1,184 @@
+//! Options shared by `attach` and `run`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+use crate::probes::{CaptureConfig, MapSizes, ProbeMode};
+use crate::profile::Metric;
+use crate::session::SessionOptions;
+use crate::units::{parse_duration, parse_size};
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum MetricArg {
+    LiveBytes,
+    AllocBytes,
+    Allocs,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Metric {
+        match m {
+            MetricArg::LiveBytes => Metric::LiveBytes,
+            MetricArg::AllocBytes => Metric::AllocBytes,
+            MetricArg::Allocs => Metric::Allocs,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum StacksArg {
+    /// Copy registers and the top of the stack, unwind in userspace with CFI:
+    /// complete stacks for binaries without frame pointers.
+    Dwarf,
+    /// Kernel frame-pointer walk: cheaper, complete only for frame-pointer builds.
+    Fp,
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// How stacks are captured.
+    #[arg(long, value_enum, default_value = "dwarf")]
+    pub stacks: StacksArg,
+    /// Mean bytes allocated between two sampled allocations (e.g. 512KiB, 4KiB);
+    /// estimates are unbiased. Exact process totals are kept alongside.
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    pub sample_rate: u64,
+    /// Capture every allocation (no sampling): exact per-site numbers, higher cost.
+    #[arg(long)]
+    pub exact: bool,
+    /// Bytes of user stack copied per sample for DWARF unwinding (4KiB, 8KiB or 16KiB).
+    #[arg(long, default_value = "8KiB", value_parser = parse_size)]
+    pub stack_size: u64,
+    /// Stop after this long (e.g. 500ms, 30s, 5m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Interval of status lines and snapshots.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub tick: Duration,
+    /// Write folded stacks (`root;...;leaf WEIGHT`) to this file.
+    #[arg(long)]
+    pub folded: Option<PathBuf>,
+    /// Write an inferno flame graph SVG to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Weight of the folded/SVG output.
+    #[arg(long, value_enum, default_value = "live-bytes")]
+    pub metric: MetricArg,
+    /// Number of call sites in the report.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Add file:line (from DWARF) to each function frame, and mark inlined ones.
+    #[arg(long)]
+    pub lines: bool,
+    /// Do not print the per-tick status line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Capacity of the live-allocation map (allocations beyond it are counted as lost).
+    #[arg(long, default_value_t = profiler_common::defaults::LIVE_MAP_ENTRIES)]
+    pub live_map_entries: u32,
+    /// Capacity of the call-site map.
+    #[arg(long, default_value_t = profiler_common::defaults::SITE_MAP_ENTRIES)]
+    pub site_map_entries: u32,
+    /// Capacity of the stack-trace map.
+    #[arg(long, default_value_t = profiler_common::defaults::STACK_MAP_ENTRIES)]
+    pub stack_map_entries: u32,
+    /// Capacity of the per-thread entry-state map.
+    #[arg(long, default_value_t = profiler_common::defaults::INFLIGHT_ENTRIES)]
+    pub inflight_entries: u32,
+    /// Write a recording (every tick, flushed as it comes) for `report`, `diff`, `export`.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Also list call sites by bytes of allocations at least this old (memleak's -o).
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Benchmark only: attach programs that do nothing, to measure the traps alone.
+    #[arg(long, hide = true)]
+    pub bare_probes: bool,
+    /// Benchmark only: probe `free` at its first instruction instead of after its NULL guard.
+    #[arg(long, hide = true)]
+    pub no_prologue_skip: bool,
+    /// Size of the event ring buffer (a power of two, e.g. 8MiB); records that do
+    /// not fit are counted as lost.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub ringbuf_size: u64,
+}
+
+impl CommonArgs {
+    pub(super) fn map_sizes(&self) -> Result<MapSizes> {
+        let ring = self.ringbuf_size;
+        if !ring.is_power_of_two() || ring < 4096 || ring > u32::MAX as u64 {
+            bail!("--ringbuf-size {ring} must be a power of two between 4KiB and 2GiB");
+        }
+        Ok(MapSizes {
+            live: self.live_map_entries.max(1),
+            sites: self.site_map_entries.max(1),
+            stacks: self.stack_map_entries.max(1),
+            inflight: self.inflight_entries.max(1),
+            ringbuf_bytes: ring as u32,
+        })
+    }
+
+    pub(super) fn capture(&self) -> Result<CaptureConfig> {
+        let Some(&stack_copy) = profiler_common::STACK_COPY_SIZES
+            .iter()
+            .find(|&&s| s as u64 >= self.stack_size)
+        else {
+            bail!(
+                "--stack-size {} is too large: at most 16KiB",
+                self.stack_size
+            );
+        };
+        if self.sample_rate == 0 && !self.exact {
+            bail!(
+                "--sample-rate must be at least 1 byte (use --exact to capture every allocation)"
+            );
+        }
+        Ok(CaptureConfig {
+            sample_rate: if self.exact { 0 } else { self.sample_rate },
+            stack_mode: match self.stacks {
+                StacksArg::Dwarf => profiler_common::stack_mode::DWARF,
+                StacksArg::Fp => profiler_common::stack_mode::FRAME_POINTER,
+            },
+            stack_copy,
+        })
+    }
+
+    pub(super) fn probe_mode(&self) -> ProbeMode {
+        if self.bare_probes {
+            ProbeMode::Bare
+        } else {
+            ProbeMode::Profile
+        }
+    }
+
+    pub(super) fn session_options(&self) -> Result<SessionOptions> {
+        Ok(SessionOptions {
+            duration: self.duration,
+            tick: self.tick.max(Duration::from_millis(10)),
+            status: !self.quiet,
+            record: self.record.clone(),
+            sample_rate: self.capture()?.sample_rate,
+        })
+    }
+
+    /// Fails before attaching when an output file could not be written later.
+    pub(super) fn check_outputs(&self) -> Result<()> {
+        for p in self.folded.iter().chain(&self.svg).chain(&self.record) {
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                bail!(
+                    "cannot write {}: directory {} does not exist",
+                    p.display(),
+                    parent.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}

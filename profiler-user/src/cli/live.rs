@@ -1,0 +1,178 @@
+//! `attach` and `run`: a live session, then its report and files.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::args::CommonArgs;
+use super::{AttachArgs, RunArgs};
+use crate::analysis::age::older_than_by_site;
+use crate::launch;
+use crate::probes::{self, target, Probes};
+use crate::profile::Metric;
+use crate::report::{self, ReportOptions};
+use crate::session::{self, SessionResult};
+use crate::timeline::Window;
+use crate::views;
+
+pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
+    let pid = args.pid;
+    args.common.check_outputs()?;
+    let sizes = args.common.map_sizes()?;
+    probes::preflight(pid)?;
+    let target = target::discover(pid, !args.common.no_prologue_skip)?;
+    let probes = Probes::attach(
+        pid,
+        &target,
+        sizes,
+        args.common.capture()?,
+        args.common.probe_mode(),
+    )?;
+    announce(pid, &target, &probes);
+    let result = session::run(probes, &args.common.session_options()?, || {
+        session::process_alive(pid)
+    })
+    .await?;
+    finish(&args.common, &result)?;
+    Ok(0)
+}
+
+pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
+    let Some((cmd, rest)) = args.command.split_first() else {
+        bail!("no command given: use `heapscope run -- COMMAND [ARGS...]`");
+    };
+    args.common.check_outputs()?;
+    let sizes = args.common.map_sizes()?;
+    let program = launch::resolve_program(cmd).with_context(|| {
+        format!("cannot run {cmd}: not an executable file or not found on PATH")
+    })?;
+    if !probes::has_bpf_privileges() {
+        return Err(probes::ProbeError::NotPrivileged.into());
+    }
+    let target = target::for_command(&program, !args.common.no_prologue_skip)?;
+    let child = launch::spawn_suspended(&program, rest)
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let pid = child.pid;
+    // On error the child is dropped at the gate: it exits without running.
+    let probes = Probes::attach(
+        pid,
+        &target,
+        sizes,
+        args.common.capture()?,
+        args.common.probe_mode(),
+    )?;
+    announce(pid, &target, &probes);
+    child
+        .release()
+        .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
+    let mut exit_code = None;
+    let result = session::run(probes, &args.common.session_options()?, || {
+        exit_code = exit_code.or_else(|| launch::try_wait(pid));
+        exit_code.is_none()
+    })
+    .await?;
+    let exit_code = exit_code.or_else(|| launch::try_wait(pid));
+    finish(&args.common, &result)?;
+    match exit_code {
+        Some(code) => {
+            eprintln!("heapscope: {} exited with code {code}", program.display());
+            Ok(code.max(0))
+        }
+        None => {
+            eprintln!(
+                "heapscope: detached; {} (pid {pid}) runs on",
+                program.display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) {
+    let missing: Vec<&str> = target.missing.iter().map(|k| k.symbol()).collect();
+    eprintln!(
+        "heapscope: attached {} probes to pid {pid} (allocator: {}){}; Ctrl-C to stop",
+        probes.probe_count(),
+        target.allocator,
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(", not defined there: {}", missing.join(", "))
+        }
+    );
+}
+
+/// Prints the report first (so nothing recorded is lost if a file cannot be
+/// written), then writes the requested files. The report is the one
+/// `heapscope report` gives on the recording.
+fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
+    eprintln!("heapscope: stopped: {}", result.stop.describe());
+    for w in &result.warnings {
+        eprintln!("heapscope: warning: {w}");
+    }
+    let labels = views::Labels {
+        lines: common.lines,
+    };
+    let opts = ReportOptions {
+        top: common.top,
+        window: Window::ALL,
+        json: false,
+        labels,
+        sample_rate: common.capture()?.sample_rate,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    report::write(&result.timeline, &result.meta, &opts, &mut out).context("writing the report")?;
+    write_ages(common, result, &mut out).context("writing the report")?;
+    if let Some(path) = &common.record {
+        eprintln!("heapscope: recorded {}", path.display());
+    }
+    let profile = result.timeline.profile_for(Window::ALL, &result.meta);
+    let metric: Metric = common.metric.into();
+    if let Some(path) = &common.folded {
+        write_file(path, |f| {
+            views::folded::write_folded_with(&profile, metric, labels, f).map_err(Into::into)
+        })?;
+    }
+    if let Some(path) = &common.svg {
+        let title = format!("heapscope: pid {} ({})", profile.pid, profile.comm);
+        write_file(path, |f| {
+            views::svg::write_svg_with(&profile, metric, labels, &title, f).map_err(Into::into)
+        })?;
+    }
+    Ok(())
+}
+
+/// The age histogram of outstanding allocations, and with `--older-than`
+/// the call sites by bytes at least that old.
+fn write_ages(
+    common: &CommonArgs,
+    result: &SessionResult,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    if result.outstanding.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    views::age::write_age(&result.ages(), &result.timeline, common.top, out)?;
+    if let Some(min) = common.older_than {
+        let by_site = older_than_by_site(&result.outstanding, result.now_ns, min);
+        views::age::write_older_than(&by_site, &result.timeline, min, common.top, out)?;
+    }
+    Ok(())
+}
+
+/// Creates `path` and writes it with `f`, naming the file in any error.
+pub(super) fn write_file(
+    path: &Path,
+    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    f(&mut w)
+        .and_then(|_| std::io::Write::flush(&mut w).map_err(Into::into))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("heapscope: wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Command-line interface: argument parsing and the thin glue around a
+//! session (`live`) or a recording (`offline`).
+
+mod args;
+mod live;
+mod offline;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use args::{CommonArgs, MetricArg, StacksArg};
+
+/// heapscope: an eBPF heap profiler for running processes.
+#[derive(Parser, Debug)]
+#[command(name = "heapscope", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to a running process by PID (no restart, no LD_PRELOAD, no ptrace).
+    Attach(AttachArgs),
+    /// Start a command and profile it from its first allocation.
+    Run(RunArgs),
+    /// Totals, top call sites, leak suspects and findings of a recording.
+    Report(ReportArgs),
+    /// Per call site change of live bytes between two windows of a recording.
+    Diff(DiffArgs),
+    /// Folded stacks or a flame graph of one window of a recording.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// The process to profile.
+    #[arg(short, long)]
+    pub pid: u32,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A recording written by `--record`.
+    pub file: PathBuf,
+    /// Number of call sites and suspects shown.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// The part of the recording to report on, e.g. `30s..90s`, `5m..`, `..2m`.
+    #[arg(long, default_value = "..")]
+    pub window: String,
+    /// A JSON document with `findings`, `suspects`, `top_sites`, `totals`.
+    #[arg(long)]
+    pub json: bool,
+    /// Add file:line to every frame.
+    #[arg(long)]
+    pub lines: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Folded,
+    Svg,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// A recording written by `--record`.
+    pub file: PathBuf,
+    /// The reference window, e.g. `0s..60s`.
+    #[arg(long)]
+    pub baseline: String,
+    /// The window compared with it, e.g. `5m..6m`.
+    #[arg(long)]
+    pub window: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+    /// Rows of the text format.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Write here instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ExportFormat {
+    Folded,
+    Svg,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A recording written by `--record`.
+    pub file: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    #[arg(long, value_enum, default_value = "live-bytes")]
+    pub metric: MetricArg,
+    /// The part of the recording, e.g. `30s..90s`.
+    #[arg(long, default_value = "..")]
+    pub window: String,
+    /// Add file:line to every frame.
+    #[arg(long)]
+    pub lines: bool,
+    /// Write here instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Attach(a) => live::attach(a).await,
+        Command::Run(r) => live::run_command(r).await,
+        Command::Report(r) => offline::report(r),
+        Command::Diff(d) => offline::diff(d),
+        Command::Export(e) => offline::export(e),
+    }
+}

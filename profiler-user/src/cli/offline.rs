@@ -1,0 +1,120 @@
+//! `report`, `diff` and `export`: commands on a recording.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use super::live::write_file;
+use super::{DiffArgs, DiffFormat, ExportArgs, ExportFormat, ReportArgs};
+use crate::profile::Metric;
+use crate::record::{self, Recording};
+use crate::report::{self, ReportOptions};
+use crate::timeline::{ProfileMeta, Window};
+use crate::views::{self, Labels};
+
+fn open(path: &Path) -> Result<Recording> {
+    let rec = record::open(path)?;
+    if rec.truncated {
+        eprintln!(
+            "heapscope: note: {} ends with a partial record (the profiler was stopped mid-write); read up to its last whole tick",
+            path.display()
+        );
+    }
+    if rec.timeline.is_empty() {
+        anyhow::bail!("{} holds no tick yet: nothing to report", path.display());
+    }
+    Ok(rec)
+}
+
+fn window(text: &str, flag: &str) -> Result<Window> {
+    Window::parse(text).with_context(|| format!("invalid {flag} '{text}'"))
+}
+
+fn meta(rec: &Recording) -> ProfileMeta {
+    ProfileMeta {
+        pid: rec.header.pid,
+        comm: rec.header.comm.clone(),
+    }
+}
+
+/// Writes to `path`, or to stdout.
+fn output(path: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    match path {
+        Some(p) => write_file(p, |w| f(w)),
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            f(&mut out)?;
+            out.flush().context("writing to stdout")
+        }
+    }
+}
+
+pub(super) fn report(args: ReportArgs) -> Result<i32> {
+    let rec = open(&args.file)?;
+    let opts = ReportOptions {
+        top: args.top,
+        window: window(&args.window, "--window")?,
+        json: args.json,
+        labels: Labels { lines: args.lines },
+        sample_rate: rec.header.sample_rate,
+    };
+    output(None, |out| {
+        report::write(&rec.timeline, &meta(&rec), &opts, &mut &mut *out).map_err(Into::into)
+    })?;
+    Ok(0)
+}
+
+pub(super) fn diff(args: DiffArgs) -> Result<i32> {
+    let rec = open(&args.file)?;
+    let m = meta(&rec);
+    let base = rec
+        .timeline
+        .profile_for(window(&args.baseline, "--baseline")?, &m);
+    let win = rec
+        .timeline
+        .profile_for(window(&args.window, "--window")?, &m);
+    output(args.output.as_deref(), |out| {
+        let mut out = out;
+        match args.format {
+            DiffFormat::Text => views::diff::write_diff_text(&base, &win, args.top, &mut out)?,
+            DiffFormat::Folded => views::diff::write_diff_folded(&base, &win, &mut out)?,
+            DiffFormat::Svg => {
+                let title = format!(
+                    "heapscope diff: pid {} ({}), {} vs {}",
+                    m.pid, m.comm, args.baseline, args.window
+                );
+                views::diff::write_diff_svg(&base, &win, &title, &mut out)?
+            }
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+pub(super) fn export(args: ExportArgs) -> Result<i32> {
+    let rec = open(&args.file)?;
+    let m = meta(&rec);
+    let w = window(&args.window, "--window")?;
+    let profile = rec.timeline.profile_for(w, &m);
+    let metric: Metric = args.metric.into();
+    let labels = Labels { lines: args.lines };
+    output(args.output.as_deref(), |out| {
+        let mut out = out;
+        match args.format {
+            ExportFormat::Folded => {
+                views::folded::write_folded_with(&profile, metric, labels, &mut out)?
+            }
+            ExportFormat::Svg => {
+                let title = format!(
+                    "heapscope: pid {} ({}), window {}",
+                    m.pid, m.comm, args.window
+                );
+                views::svg::write_svg_with(&profile, metric, labels, &title, &mut out)?
+            }
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}

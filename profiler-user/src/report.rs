@@ -1,0 +1,56 @@
+//! The report on a timeline: totals, top call sites, leak suspects and
+//! findings — one function for the end of `attach` and for `heapscope report`
+//! on its recording, so both say the same.
+
+use std::io::Write;
+
+use crate::analysis;
+use crate::timeline::{ProfileMeta, Timeline, Window};
+use crate::views::{self, Labels, ViewError};
+
+/// What the report shows.
+#[derive(Clone, Copy, Debug)]
+pub struct ReportOptions {
+    pub top: usize,
+    pub window: Window,
+    pub json: bool,
+    pub labels: Labels,
+    /// Mean bytes between samples; 0 when every allocation was captured.
+    pub sample_rate: u64,
+}
+
+/// Writes the report of `window` of `timeline`.
+pub fn write(
+    timeline: &Timeline,
+    meta: &ProfileMeta,
+    opts: &ReportOptions,
+    out: &mut impl Write,
+) -> Result<(), ViewError> {
+    let profile = timeline.profile_for(opts.window, meta);
+    let analysis = analysis::analyze(timeline, opts.window);
+    if opts.json {
+        return views::findings::write_findings_json(&profile, &analysis, timeline, opts.top, out);
+    }
+    views::report::write_report_with(&profile, opts.top, opts.labels, out)?;
+    writeln!(out)?;
+    write_sampling_note(opts.sample_rate, out)?;
+    views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
+    writeln!(out)?;
+    views::findings::write_findings_text(&analysis.findings, out)?;
+    Ok(())
+}
+
+/// Says which numbers are estimates.
+fn write_sampling_note(sample_rate: u64, out: &mut impl Write) -> std::io::Result<()> {
+    if sample_rate == 0 {
+        writeln!(out, "sampling: none (--exact); every number is exact")?;
+    } else {
+        writeln!(
+            out,
+            "sampling: one sample per {} allocated on average; per-site bytes and blocks \
+             are unbiased estimates; process totals and counters are exact",
+            views::human_bytes(sample_rate)
+        )?;
+    }
+    writeln!(out)
+}

@@ -1,0 +1,59 @@
+//! Ages of the outstanding allocations, read from the kernel's live map at
+//! the end of a session (only sampled ones have a call site).
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use profiler_common::{LiveAlloc, LiveKey, STACK_USER};
+
+use super::capture::Capture;
+use super::recorder::Recorder;
+use crate::aggregate::{SiteRef, StackRef};
+use crate::analysis::age::OutstandingAlloc;
+use crate::probes::Probes;
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The sampled outstanding allocations with their sites, and the time their
+/// ages are measured at.
+pub fn outstanding(
+    probes: &Probes,
+    cap: &Capture,
+    rec: &Recorder,
+) -> anyhow::Result<(Vec<OutstandingAlloc>, u64)> {
+    let map = probes
+        .ebpf
+        .map("LIVE")
+        .ok_or_else(|| anyhow::anyhow!("map LIVE missing from the eBPF object"))?;
+    let live: BpfHashMap<&MapData, LiveKey, LiveAlloc> = BpfHashMap::try_from(map)?;
+    let now_ns = monotonic_ns();
+    let mut out = Vec::new();
+    for entry in live.iter() {
+        let Ok((key, a)) = entry else { continue };
+        let site = if a.stack_id == STACK_USER {
+            cap.samples.site_of(key.tgid, key.ptr)
+        } else if a.stack_id >= 0 {
+            Some(SiteRef {
+                stack: StackRef::Kernel(a.stack_id),
+                kind: a.kind,
+            })
+        } else {
+            None
+        };
+        if let Some(id) = site.and_then(|s| rec.id(&s)) {
+            out.push(OutstandingAlloc {
+                site: id,
+                ts_ns: a.ts_ns,
+                size: a.size,
+            });
+        }
+    }
+    Ok((out, now_ns))
+}
