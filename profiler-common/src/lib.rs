@@ -290,6 +290,8 @@ pub mod defaults {
 
 /// `MAP_ANONYMOUS` on Linux.
 pub const MAP_ANONYMOUS: u64 = 0x20;
+/// `MAP_STACK` on Linux: thread stacks (glibc's pthread_create) are not heap.
+pub const MAP_STACK: u64 = 0x20000;
 
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use profiler_common::{
     counter, defaults, stack_mode, tables, AllocKind, Inflight, LiveAlloc, LiveKey, MapEvent,
     SampleHeader, SampledFree, SiteCounters, SiteKey, COUNT_SCALE, EVENT_SAMPLE,
-    EVENT_SAMPLED_FREE, INFLIGHT_STALE_NS, MAP_ANONYMOUS, MAX_PENDING, STACK_NONE, STACK_UNSAMPLED,
-    STACK_USER, TABLE_LEN,
+    EVENT_SAMPLED_FREE, INFLIGHT_STALE_NS, MAP_ANONYMOUS, MAP_STACK, MAX_PENDING, STACK_NONE,
+    STACK_UNSAMPLED, STACK_USER, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -643,7 +643,8 @@ fn on_return(ctx: &RetProbeContext) -> u32 {
             }
         }
         AllocKind::Mmap => {
-            if ret == MAP_FAILED || st.arg1 & MAP_ANONYMOUS == 0 {
+            // Only anonymous memory is heap; thread stacks are not.
+            if ret == MAP_FAILED || st.arg1 & MAP_ANONYMOUS == 0 || st.arg1 & MAP_STACK != 0 {
                 return 0;
             }
             if config_u32(&STACK_MODE) == stack_mode::DWARF {

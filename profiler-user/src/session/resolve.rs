@@ -15,6 +15,14 @@ use crate::process::maps::{MemoryMap, RuntimeAddr};
 use crate::profile::{Frame, Site};
 use crate::symbolize::{ModuleAddr, ModuleSource, Symbolized, Symbolizer, UnknownReason};
 
+/// The addresses of one module, symbolized in one call.
+struct ModuleBatch {
+    source: ModuleSource,
+    /// Runtime addresses, in the order of `addrs`.
+    ips: Vec<u64>,
+    addrs: Vec<ModuleAddr>,
+}
+
 /// Resolves every site of `snap` to root-first frames.
 pub struct Resolver<'a> {
     pub pid: u32,
@@ -46,8 +54,7 @@ impl<'a> Resolver<'a> {
     /// probe, so even the leaf is the caller's return address.
     pub fn resolve(&mut self, ips: impl IntoIterator<Item = u64>) {
         // Group by module so each module is looked up in the cache once.
-        let mut by_module: BTreeMap<(u64, u64), (ModuleSource, Vec<u64>, Vec<ModuleAddr>)> =
-            BTreeMap::new();
+        let mut by_module: BTreeMap<(u64, u64), ModuleBatch> = BTreeMap::new();
         for ip in ips {
             if self.frames_by_ip.contains_key(&ip) {
                 continue;
@@ -65,15 +72,19 @@ impl<'a> Resolver<'a> {
                 continue;
             };
             let key = (region.dev.major as u64) << 32 | region.dev.minor as u64;
-            let entry = by_module
+            let batch = by_module
                 .entry((key, region.inode))
-                .or_insert_with(|| (source, Vec::new(), Vec::new()));
-            entry.1.push(ip);
-            entry.2.push(ModuleAddr::ret(offset.0));
+                .or_insert_with(|| ModuleBatch {
+                    source,
+                    ips: Vec::new(),
+                    addrs: Vec::new(),
+                });
+            batch.ips.push(ip);
+            batch.addrs.push(ModuleAddr::ret(offset.0));
         }
-        for (source, ips, addrs) in by_module.into_values() {
-            let results = self.symbolizer.symbolize_many(&source, &addrs);
-            for (ip, result) in ips.into_iter().zip(results) {
+        for batch in by_module.into_values() {
+            let results = self.symbolizer.symbolize_many(&batch.source, &batch.addrs);
+            for (ip, result) in batch.ips.into_iter().zip(results) {
                 if let Some(reason) = result.reason() {
                     *self.unknown.entry(reason).or_insert(0) += 1;
                 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use object::read::ReadCache;
 use object::Object;
@@ -188,12 +188,14 @@ impl LoadedModule {
     }
 }
 
-/// The module cache of a [`super::Symbolizer`].
+/// The module cache of a [`super::Symbolizer`]. `Rc`, not `Arc`: addr2line
+/// parses lazily through interior mutability, so a parsed module is not
+/// `Sync`; a symbolizer belongs to one thread.
 #[derive(Default)]
 pub(crate) struct ModuleCache {
     /// File identity → where its module is cached, or why it is unusable.
     stamps: HashMap<Stamp, Result<ModuleKey, UnknownReason>>,
-    modules: HashMap<ModuleKey, Arc<LoadedModule>>,
+    modules: HashMap<ModuleKey, Rc<LoadedModule>>,
 }
 
 impl ModuleCache {
@@ -207,7 +209,7 @@ impl ModuleCache {
         &mut self,
         source: &ModuleSource,
         opts: &SymbolizerOptions,
-    ) -> Result<Arc<LoadedModule>, UnknownReason> {
+    ) -> Result<Rc<LoadedModule>, UnknownReason> {
         let meta = std::fs::metadata(&source.open_path).map_err(|e| {
             log::debug!("cannot stat {}: {e}", source.open_path.display());
             UnknownReason::Unreadable
@@ -223,7 +225,7 @@ impl ModuleCache {
             Some(Err(reason)) => return Err(*reason),
             Some(Ok(key)) => {
                 if let Some(m) = self.modules.get(key) {
-                    return Ok(Arc::clone(m));
+                    return Ok(Rc::clone(m));
                 }
             }
             None => {}
@@ -244,7 +246,7 @@ impl ModuleCache {
         source: &ModuleSource,
         opts: &SymbolizerOptions,
         stamp: Stamp,
-    ) -> Result<(ModuleKey, Arc<LoadedModule>), UnknownReason> {
+    ) -> Result<(ModuleKey, Rc<LoadedModule>), UnknownReason> {
         let file = File::open(&source.open_path).map_err(|e| {
             log::debug!("cannot open {}: {e}", source.open_path.display());
             UnknownReason::Unreadable
@@ -260,16 +262,16 @@ impl ModuleCache {
             _ => ModuleKey::File(stamp),
         };
         if let Some(m) = self.modules.get(&key) {
-            return Ok((key, Arc::clone(m)));
+            return Ok((key, Rc::clone(m)));
         }
-        let module = Arc::new(LoadedModule::load(opts, source, &obj, &refs));
+        let module = Rc::new(LoadedModule::load(opts, source, &obj, &refs));
         if self.modules.len() >= MAX_CACHED_MODULES {
             // Any victim will do: re-parsing an evicted module is correct, just slower.
             if let Some(victim) = self.modules.keys().next().cloned() {
                 self.modules.remove(&victim);
             }
         }
-        self.modules.insert(key.clone(), Arc::clone(&module));
+        self.modules.insert(key.clone(), Rc::clone(&module));
         Ok((key, module))
     }
 }
