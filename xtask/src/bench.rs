@@ -31,14 +31,62 @@ const MODES: &[Mode] = &[
         heapscope: Some(&["--bare-probes", "--no-prologue-skip"]),
     },
     Mode {
-        name: "heapscope (free after NULL guard)",
-        heapscope: Some(&[]),
+        name: "heapscope --stacks fp --exact",
+        heapscope: Some(&["--stacks", "fp", "--exact"]),
     },
     Mode {
-        name: "heapscope (free at +0)",
-        heapscope: Some(&["--no-prologue-skip"]),
+        name: "heapscope --stacks fp --exact, free at +0",
+        heapscope: Some(&["--stacks", "fp", "--exact", "--no-prologue-skip"]),
+    },
+    Mode {
+        name: "heapscope --stacks fp (sampled 512KiB)",
+        heapscope: Some(&["--stacks", "fp"]),
+    },
+    Mode {
+        name: "heapscope --exact (DWARF)",
+        heapscope: Some(&["--exact"]),
+    },
+    Mode {
+        name: "heapscope default (DWARF, sampled 512KiB)",
+        heapscope: Some(&[]),
     },
 ];
+
+/// What one mode measured.
+struct Measurement {
+    ns_per_pair: f64,
+    /// Ring-buffer records lost, from the report.
+    lost: Option<u64>,
+    /// Stacks unwound in userspace, from heapscope's stderr.
+    stacks: Option<u64>,
+    /// heapscope's own CPU time (user + system) over the whole session.
+    cpu_secs: Option<f64>,
+    /// Userspace unwinding time per stack, from heapscope's stderr.
+    unwind_us: Option<f64>,
+}
+
+/// Waits for a child and returns its user+system CPU seconds.
+fn wait_cpu(child: &Child) -> Result<f64> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(prefix)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}
 
 fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -63,7 +111,7 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> Result<String> {
     }
 }
 
-fn measure(bin: &Path, heapscope: &Path, mode: &Mode, pairs: u64) -> Result<f64> {
+fn measure(bin: &Path, heapscope: &Path, mode: &Mode, pairs: u64) -> Result<Measurement> {
     let mut target = Command::new(bin)
         .arg(pairs.to_string())
         .stdin(Stdio::piped())
@@ -76,32 +124,52 @@ fn measure(bin: &Path, heapscope: &Path, mode: &Mode, pairs: u64) -> Result<f64>
         .nth(1)
         .context("bench prints its pid")?
         .to_string();
-    let mut profiler: Option<Child> = None;
+    let mut profiler = None;
     if let Some(flags) = mode.heapscope {
         let mut p = Command::new(heapscope)
             .args(["attach", "-p", &pid, "--quiet"])
             .args(flags)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         let err = lines_of(p.stderr.take().context("heapscope stderr")?);
+        let report = lines_of(p.stdout.take().context("heapscope stdout")?);
         wait_for(&err, "attached")?;
-        profiler = Some(p);
+        profiler = Some((p, err, report));
     }
     writeln!(stdin, "go")?;
-    let ns: f64 = wait_for(&out, "ns_per_pair")?
+    let ns_per_pair: f64 = wait_for(&out, "ns_per_pair")?
         .split_whitespace()
         .nth(1)
         .context("ns_per_pair value")?
         .parse()?;
-    if let Some(mut p) = profiler {
+    let mut m = Measurement {
+        ns_per_pair,
+        lost: None,
+        stacks: None,
+        cpu_secs: None,
+        unwind_us: None,
+    };
+    if let Some((p, err, report)) = profiler {
         // SAFETY: sending SIGINT to our own child.
         unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGINT) };
-        p.wait()?;
+        m.cpu_secs = Some(wait_cpu(&p)?);
+        // The readers end at EOF, now that heapscope has exited.
+        let report: Vec<String> = report.iter().collect();
+        let unwound: Vec<String> = err
+            .iter()
+            .filter(|l| l.contains("stacks unwound"))
+            .collect();
+        m.lost = number_after(&report.join("\n"), "ring buffer lost:");
+        m.stacks = number_after(&unwound.join("\n"), "heapscope:");
+        m.unwind_us = unwound.first().and_then(|l| {
+            let (before, _) = l.split_once(" µs each")?;
+            before.rsplit(' ').next()?.parse().ok()
+        });
     }
     writeln!(stdin, "exit")?;
     target.wait()?;
-    Ok(ns)
+    Ok(m)
 }
 
 /// Symbolization throughput (cold and warm unique addresses per second) on
@@ -159,12 +227,28 @@ pub fn bench(args: &[String]) -> Result<()> {
     {
         bail!("the benchmark attaches eBPF probes: run it as root");
     }
-    println!("malloc(64)/free pairs: {pairs} per mode, ns per pair (ratio to no profiler)");
+    println!("malloc(64)/free pairs: {pairs} per mode, ns per pair (ratio to no profiler);");
+    println!("for heapscope: ring-buffer records lost, stacks unwound, heapscope CPU per stack");
     let mut baseline = None;
     for mode in MODES {
-        let ns = measure(&bin, &heapscope, mode, pairs)?;
-        let base = *baseline.get_or_insert(ns);
-        println!("  {:<40} {:>10.1} ns  {:>8.1}x", mode.name, ns, ns / base);
+        let m = measure(&bin, &heapscope, mode, pairs)?;
+        let base = *baseline.get_or_insert(m.ns_per_pair);
+        let mut extra = String::new();
+        if let Some(lost) = m.lost {
+            extra.push_str(&format!("  lost {lost}"));
+        }
+        if let Some(cpu) = m.cpu_secs {
+            extra.push_str(&format!("  heapscope CPU {cpu:.2}s"));
+        }
+        if let (Some(n), Some(us)) = (m.stacks, m.unwind_us) {
+            extra.push_str(&format!("  {n} stacks, unwound in {us:.1} µs each"));
+        }
+        println!(
+            "  {:<44} {:>10.1} ns {:>8.1}x{extra}",
+            mode.name,
+            m.ns_per_pair,
+            m.ns_per_pair / base
+        );
     }
     bench_symbols()
 }

@@ -161,6 +161,7 @@ impl CommonArgs {
             status: !self.quiet,
             record: self.record.clone(),
             sample_rate: self.capture()?.sample_rate,
+            announce: None,
         })
     }
 

@@ -28,11 +28,9 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
         args.common.capture()?,
         args.common.probe_mode(),
     )?;
-    announce(pid, &target, &probes);
-    let result = session::run(probes, &args.common.session_options()?, || {
-        session::process_alive(pid)
-    })
-    .await?;
+    let mut opts = args.common.session_options()?;
+    opts.announce = Some(announce(pid, &target, &probes));
+    let result = session::run(probes, &opts, || session::process_alive(pid)).await?;
     finish(&args.common, &result)?;
     Ok(0)
 }
@@ -61,12 +59,14 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         args.common.capture()?,
         args.common.probe_mode(),
     )?;
-    announce(pid, &target, &probes);
+    // The command has not run yet: nothing to miss before the session starts.
+    eprintln!("{}", announce(pid, &target, &probes));
+    let opts = args.common.session_options()?;
     child
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
     let mut exit_code = None;
-    let result = session::run(probes, &args.common.session_options()?, || {
+    let result = session::run(probes, &opts, || {
         exit_code = exit_code.or_else(|| launch::try_wait(pid));
         exit_code.is_none()
     })
@@ -88,9 +88,10 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     }
 }
 
-fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) {
+/// The "attached" line, printed by the session once it has read the target's map.
+fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> String {
     let missing: Vec<&str> = target.missing.iter().map(|k| k.symbol()).collect();
-    eprintln!(
+    format!(
         "heapscope: attached {} probes to pid {pid} (allocator: {}){}; Ctrl-C to stop",
         probes.probe_count(),
         target.allocator,
@@ -99,7 +100,7 @@ fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) {
         } else {
             format!(", not defined there: {}", missing.join(", "))
         }
-    );
+    )
 }
 
 /// Prints the report first (so nothing recorded is lost if a file cannot be

@@ -34,6 +34,9 @@ pub struct SessionOptions {
     pub record: Option<PathBuf>,
     /// Mean bytes between samples (0: exact), stored in the recording.
     pub sample_rate: u64,
+    /// Printed on stderr once the session has read the target's memory map,
+    /// so whoever waits for it knows allocations from then on resolve.
+    pub announce: Option<String>,
 }
 
 /// Why the session ended.
@@ -125,6 +128,9 @@ pub async fn run(
 
     let pid = probes.pid;
     let mut cap = Capture::new(&mut probes)?;
+    if let Some(line) = &opts.announce {
+        eprintln!("{line}");
+    }
     let mut warnings = Vec::new();
     let start_unix_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -152,8 +152,10 @@ impl LoadedModule {
             .elf
             .symtab_function_at(vaddr)
             .or_else(|| self.debug_elf.as_ref()?.symtab_function_at(vaddr))
-            .or_else(|| self.elf.dynsym_function_at(vaddr))
-            .map(|s| demangle(&s.name));
+            .or_else(|| self.elf.dynsym_function_at(vaddr));
+        // Demangled only when DWARF does not name the function (demangling
+        // is a large part of a warm lookup).
+        let symbol_name = || symbol.map(|s| demangle(&s.name));
         let source = match &self.dwarf {
             Some(d) => d.frames(vaddr).unwrap_or_else(|e| {
                 log::debug!("DWARF lookup of {module} at {vaddr:#x}: {e}");
@@ -162,7 +164,7 @@ impl LoadedModule {
             None => Vec::new(),
         };
         if source.is_empty() {
-            let name = symbol.ok_or(UnknownReason::NoSymbol)?;
+            let name = symbol_name().ok_or(UnknownReason::NoSymbol)?;
             return Ok(vec![Frame::function(name, module)]);
         }
         // A line without a function (no DW_TAG_subprogram covers it) needs
@@ -170,14 +172,13 @@ impl LoadedModule {
         if source[0].name.is_none() && symbol.is_none() {
             return Err(UnknownReason::NoSymbol);
         }
-        let mut symbol = symbol;
         Ok(source
             .into_iter()
             .enumerate()
             .map(|(i, f)| Frame::Function {
                 name: f
                     .name
-                    .or_else(|| if i == 0 { symbol.take() } else { None })
+                    .or_else(|| if i == 0 { symbol_name() } else { None })
                     .unwrap_or_else(|| UNNAMED_INLINE.to_string()),
                 module: module.to_string(),
                 file: f.file,
