@@ -124,11 +124,22 @@ pub fn merge(
     let c = |i: u32| counters[i as usize];
     let region_allocs: u64 = regions.stats().values().map(|r| r.alloc_count).sum();
     let region_bytes: u64 = regions.stats().values().map(|r| r.alloc_bytes).sum();
+    // Unmapped bytes count as freed, so allocated − freed is the exact live total.
+    let region_freed: u64 = regions
+        .stats()
+        .values()
+        .map(|r| r.alloc_bytes.saturating_sub(r.live_bytes))
+        .sum();
+    let region_frees: u64 = regions
+        .stats()
+        .values()
+        .map(|r| r.alloc_count.saturating_sub(r.live_count))
+        .sum();
     let totals = Totals {
         allocs: c(counter::ALLOCS) + region_allocs,
         alloc_bytes: c(counter::ALLOC_BYTES) + region_bytes,
-        frees: c(counter::FREES),
-        free_bytes: c(counter::FREE_BYTES),
+        frees: c(counter::FREES) + region_frees,
+        free_bytes: c(counter::FREE_BYTES) + region_freed,
         frees_unknown: c(counter::FREES_UNKNOWN),
         live_map_full: c(counter::LIVE_MAP_FULL),
         stack_failed: c(counter::STACK_FAILED) + c(counter::STACK_COPY_FAILED),

@@ -114,6 +114,12 @@ pub fn write_report_with(
         bytes_both(t.free_bytes),
         group_digits(t.frees)
     )?;
+    // Per-site numbers may be sampled estimates; this one never is.
+    writeln!(
+        out,
+        "allocated - freed since attach (exact, every allocation): {}",
+        bytes_both(t.alloc_bytes.saturating_sub(t.free_bytes))
+    )?;
     writeln!(out)?;
     write_top_sites(profile, top, labels, out)?;
 
