@@ -9,7 +9,11 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod sample;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -1,151 +1,22 @@
-//! The probe programs and the maps they share with userspace.
+//! The probe programs: per-thread entry state, the live map and call-site
+//! counters, realloc/posix_memalign/mmap semantics.
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
-    },
-    macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
     programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
 };
 use profiler_common::{
-    counter, defaults, stack_mode, tables, AllocKind, Inflight, LiveAlloc, LiveKey, MapEvent,
-    SampleHeader, SampledFree, SiteCounters, SiteKey, COUNT_SCALE, EVENT_SAMPLE,
-    EVENT_SAMPLED_FREE, INFLIGHT_STALE_NS, MAP_ANONYMOUS, MAP_STACK, MAX_PENDING, STACK_NONE,
-    STACK_UNSAMPLED, STACK_USER, TABLE_LEN,
+    counter, stack_mode, AllocKind, Inflight, LiveAlloc, LiveKey, MapEvent, SampledFree,
+    SiteCounters, SiteKey, COUNT_SCALE, EVENT_SAMPLED_FREE, INFLIGHT_STALE_NS, MAP_ANONYMOUS,
+    MAP_STACK, STACK_NONE, STACK_UNSAMPLED, STACK_USER,
 };
 
-/// Mean bytes between sampled allocations; 0 samples every allocation.
-/// Set by userspace at load time.
-#[unsafe(no_mangle)]
-static SAMPLE_RATE: u64 = 0;
-
-/// A `stack_mode` value, set by userspace at load time.
-#[unsafe(no_mangle)]
-static STACK_MODE: u32 = stack_mode::FRAME_POINTER;
-
-/// Bytes of user stack copied per DWARF sample: one of `STACK_COPY_SIZES`.
-#[unsafe(no_mangle)]
-static STACK_COPY: u32 = 8192;
-
-/// Byte offsets (from the kernel's BTF) of task_struct.utask,
-/// uprobe_task.return_instances and return_instance.{orig_ret_vaddr, stack,
-/// next}; RET_CHAIN = 0 when unknown. Used to record the real return
-/// addresses hidden behind pending uretprobes' trampolines.
-#[unsafe(no_mangle)]
-static RET_CHAIN: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_TASK_UTASK: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_UTASK_INSTANCES: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_RI_ORIG_RET: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_RI_STACK: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_RI_NEXT: u32 = 0;
-
-#[inline(always)]
-fn kread(addr: u64) -> u64 {
-    if addr == 0 {
-        return 0;
-    }
-    // SAFETY: a fault-tolerant read of kernel memory; errors read as 0.
-    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
-}
-
-/// Fills the pending-uretprobe fields of a sample from the current task's
-/// return-instance chain.
-#[inline(always)]
-fn pending_returns(h: &mut SampleHeader) {
-    if config_u32(&RET_CHAIN) == 0 {
-        return;
-    }
-    // SAFETY: a plain helper call without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let utask = kread(task + config_u32(&OFF_TASK_UTASK) as u64);
-    let mut ri = kread(utask + config_u32(&OFF_UTASK_INSTANCES) as u64);
-    let (off_ret, off_stack, off_next) = (
-        config_u32(&OFF_RI_ORIG_RET) as u64,
-        config_u32(&OFF_RI_STACK) as u64,
-        config_u32(&OFF_RI_NEXT) as u64,
-    );
-    let mut n = 0u32;
-    for i in 0..MAX_PENDING {
-        if ri == 0 {
-            break;
-        }
-        h.pending_ret[i] = kread(ri + off_ret);
-        h.pending_slot[i] = kread(ri + off_stack);
-        ri = kread(ri + off_next);
-        n += 1;
-    }
-    h.n_pending = n;
-}
-
-#[inline(always)]
-fn config_u64(v: &u64) -> u64 {
-    // SAFETY: reading a global the loader patched; volatile so the compiler
-    // does not fold the default value.
-    unsafe { core::ptr::read_volatile(v) }
-}
-
-#[inline(always)]
-fn config_u32(v: &u32) -> u32 {
-    // SAFETY: as config_u64.
-    unsafe { core::ptr::read_volatile(v) }
-}
-
-/// Exponential quantiles (16.16) for sampling intervals, filled by userspace.
-#[map]
-static EXP_TABLE: Array<u32> = Array::with_max_entries(TABLE_LEN, 0);
-
-/// g(x) = x/(1-e^-x) (16.16) for unbiased weights, filled by userspace.
-#[map]
-static WEIGHT_TABLE: Array<u32> = Array::with_max_entries(TABLE_LEN, 0);
-
-/// Bytes left until the next sample, per thread.
-#[map]
-static SAMPLER: LruHashMap<u32, i64> = LruHashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
-
-/// Outstanding allocations: (tgid, ptr) → size, stack, time.
-#[map]
-static LIVE: HashMap<LiveKey, LiveAlloc> = HashMap::with_max_entries(defaults::LIVE_MAP_ENTRIES, 0);
-
-/// Per call site (stack, entry point) counters, per CPU.
-#[map]
-static SITES: PerCpuHashMap<SiteKey, SiteCounters> =
-    PerCpuHashMap::with_max_entries(defaults::SITE_MAP_ENTRIES, 0);
-
-/// Captured user stacks (frame-pointer walks), keyed by stack id.
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(defaults::STACK_MAP_ENTRIES, 0);
-
-/// Entry → return state per thread (pid_tgid). Bounded; stale entries of
-/// threads that died mid-call are pruned by userspace.
-#[map]
-static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
-
-/// Global counters, see `profiler_common::counter`.
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-/// Events for userspace, in order: mmap/munmap/mremap made by the program,
-/// DWARF stack samples, frees of sampled allocations.
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::RINGBUF_BYTES, 0);
-
-const MAP_FAILED: u64 = u64::MAX;
-
-#[inline(always)]
-fn bump(idx: u32, by: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
-        unsafe { *p += by };
-    }
-}
+use crate::maps::{
+    bump, config_u32, EVENTS, INFLIGHT, LIVE, MAP_FAILED, SITES, STACKS, STACK_MODE,
+};
+use crate::sample::{emit_sample, sample, sample_header};
 
 #[inline(always)]
 fn tgid_of(pid_tgid: u64) -> u32 {
@@ -250,55 +121,6 @@ fn stack_of(ctx: &RetProbeContext) -> i32 {
     }
 }
 
-/// The next sampling interval: exponentially distributed with mean `rate`.
-#[inline(always)]
-fn next_interval(rate: u64) -> i64 {
-    // SAFETY: a plain helper call without arguments.
-    let r = unsafe { bpf_get_prandom_u32() } % TABLE_LEN;
-    let q = EXP_TABLE.get(r).copied().unwrap_or(tables::ONE as u32) as u64;
-    ((rate * q) >> 16).max(1) as i64
-}
-
-/// Decides whether an allocation of `size` is sampled, and what it stands for:
-/// `Some((est_bytes, est_count))` when sampled.
-#[inline(always)]
-fn sample(size: u64) -> Option<(u64, u64)> {
-    let rate = config_u64(&SAMPLE_RATE);
-    if rate == 0 {
-        return Some((size, COUNT_SCALE));
-    }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let left = match SAMPLER.get_ptr_mut(tid) {
-        Some(p) => p,
-        None => {
-            let _ = SAMPLER.insert(tid, next_interval(rate), 0);
-            SAMPLER.get_ptr_mut(tid)?
-        }
-    };
-    // SAFETY: the entry belongs to this thread, which is here.
-    unsafe {
-        *left -= size as i64;
-        if *left > 0 {
-            return None;
-        }
-        *left = next_interval(rate);
-    }
-    if size == 0 {
-        return None;
-    }
-    // x = size/rate in steps of 1/X_STEPS; past the table the weight is 1.
-    let xq = (size << 6) / rate;
-    if xq >= TABLE_LEN as u64 {
-        return Some((size, COUNT_SCALE));
-    }
-    let g = WEIGHT_TABLE
-        .get(xq as u32)
-        .copied()
-        .unwrap_or(tables::ONE as u32) as u64;
-    let est_bytes = ((rate * g) >> 16).max(size);
-    Some((est_bytes, est_bytes * COUNT_SCALE / size))
-}
-
 #[inline(always)]
 fn record_free(tgid: u32, ptr: u64) {
     let key = LiveKey { tgid, _pad: 0, ptr };
@@ -333,96 +155,6 @@ fn record_free(tgid: u32, ptr: u64) {
             site_add(&site, 0, 0, a.est_bytes, a.est_count);
         }
     }
-}
-
-/// A ring-buffer record of a sample with an `N`-byte stack copy.
-#[repr(C)]
-struct Sample<const N: usize> {
-    header: SampleHeader,
-    stack: [u8; N],
-}
-
-/// Copies the header and up to `N` bytes of user stack into the ring buffer.
-/// A copy crossing the end of the stack mapping fails as a whole, so smaller
-/// copies are tried. Returns false when the ring buffer is full.
-#[inline(always)]
-fn emit_sample_n<const N: usize>(mut header: SampleHeader) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<Sample<N>>(0) else {
-        return false;
-    };
-    let rec = entry.as_mut_ptr();
-    let sp = header.sp;
-    let mut len = 0u32;
-    let mut n = N;
-    for _ in 0..4 {
-        // SAFETY: rec points to a reserved Sample<N>; the slice stays within
-        // its `stack` field (n <= N); the source is user memory read through
-        // the fault-tolerant helper.
-        let ok = unsafe {
-            let dst = core::slice::from_raw_parts_mut((*rec).stack.as_mut_ptr(), n);
-            bpf_probe_read_user_buf(sp as *const u8, dst).is_ok()
-        };
-        if ok {
-            len = n as u32;
-            break;
-        }
-        n /= 2;
-    }
-    if len == 0 {
-        bump(counter::STACK_COPY_FAILED, 1);
-    }
-    header.stack_len = len;
-    // SAFETY: writing the header field of the reserved record.
-    unsafe { core::ptr::write(&mut (*rec).header, header) };
-    entry.submit(0);
-    true
-}
-
-#[inline(always)]
-fn emit_sample(header: SampleHeader) -> bool {
-    let copy = config_u32(&STACK_COPY);
-    if copy <= 4096 {
-        emit_sample_n::<4096>(header)
-    } else if copy <= 8192 {
-        emit_sample_n::<8192>(header)
-    } else {
-        emit_sample_n::<16384>(header)
-    }
-}
-
-/// The header of a sample, with the registers at the allocator's return.
-#[inline(always)]
-fn sample_header(
-    ctx: &RetProbeContext,
-    tgid: u32,
-    kind: AllocKind,
-    ptr: u64,
-    size: u64,
-    est: (u64, u64),
-) -> SampleHeader {
-    // SAFETY: ctx.regs is the pt_regs the kernel passed to this program.
-    let (ip, sp, bp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
-    let mut h = SampleHeader {
-        kind: EVENT_SAMPLE,
-        tgid,
-        alloc_kind: kind as u32,
-        stack_len: 0,
-        ptr,
-        size,
-        est_bytes: est.0,
-        est_count: est.1,
-        // SAFETY: a plain helper call without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        ip,
-        sp,
-        bp,
-        pending_ret: [0; MAX_PENDING],
-        pending_slot: [0; MAX_PENDING],
-        n_pending: 0,
-        _pad: 0,
-    };
-    pending_returns(&mut h);
-    h
 }
 
 #[inline(always)]

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -28,29 +27,14 @@ fn record(mode: &str, test: &str) -> (PathBuf, String) {
     let mut cmd = Command::new(growth());
     cmd.arg(mode);
     let fx = start_command(cmd);
-    let a = attach(
-        fx.pid,
-        &[
-            "--exact",
-            "--stacks",
-            "fp",
-            "--record",
-            file.to_str().expect("utf8"),
-        ],
-    );
-    let Fixture {
-        mut child,
-        mut stdin,
-        lines,
-        ..
-    } = fx;
-    writeln!(stdin, "go").expect("signal fixture");
-    wait_for(&lines, "done", &mut Vec::new());
-    interrupt(&a.child);
-    let (code, report, stderr) = finish(a);
-    assert_eq!(code, 0, "{stderr}");
-    writeln!(stdin, "exit").expect("release fixture");
-    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+    let flags = [
+        "--exact",
+        "--stacks",
+        "fp",
+        "--record",
+        file.to_str().expect("utf8"),
+    ];
+    let report = run_attached(fx, &flags);
     (file, report)
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 
 use common::driver::*;
@@ -22,20 +21,7 @@ fn profile(fx: Fixture, flags: &[&str], test: &str) -> (String, String) {
     let mut args: Vec<&str> = flags.to_vec();
     let folded_arg = folded.to_str().expect("utf8").to_string();
     args.extend(["--folded", &folded_arg]);
-    let a = attach(fx.pid, &args);
-    let Fixture {
-        mut child,
-        mut stdin,
-        lines,
-        ..
-    } = fx;
-    writeln!(stdin, "go").expect("signal fixture");
-    wait_for(&lines, "done", &mut Vec::new());
-    interrupt(&a.child);
-    let (code, report, stderr) = finish(a);
-    assert_eq!(code, 0, "heapscope exit code; stderr:\n{stderr}");
-    writeln!(stdin, "exit").expect("release fixture");
-    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+    let report = run_attached(fx, &args);
     (
         std::fs::read_to_string(&folded).expect("folded written"),
         report,

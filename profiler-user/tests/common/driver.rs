@@ -122,3 +122,24 @@ pub fn interrupt(child: &Child) {
     // SAFETY: sending SIGINT to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
 }
+
+/// Runs the fixture's protocol with heapscope attached with `flags`: go,
+/// wait for "done", interrupt heapscope, let the fixture exit (asserting its
+/// exit code 3). Returns heapscope's report; fails on a non-zero exit.
+pub fn run_attached(fx: Fixture, flags: &[&str]) -> String {
+    let a = attach(fx.pid, flags);
+    let Fixture {
+        mut child,
+        mut stdin,
+        lines,
+        ..
+    } = fx;
+    writeln!(stdin, "go").expect("signal fixture");
+    wait_for(&lines, "done", &mut Vec::new());
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "heapscope exit code; stderr:\n{stderr}");
+    writeln!(stdin, "exit").expect("release fixture");
+    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+    report
+}

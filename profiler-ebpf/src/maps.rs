@@ -1,0 +1,87 @@
+//! The maps and load-time settings shared by the probe programs and userspace.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+};
+use profiler_common::{
+    counter, defaults, stack_mode, Inflight, LiveAlloc, LiveKey, SiteCounters, SiteKey, TABLE_LEN,
+};
+
+/// Mean bytes between sampled allocations; 0 samples every allocation.
+/// Set by userspace at load time.
+#[unsafe(no_mangle)]
+pub(crate) static SAMPLE_RATE: u64 = 0;
+
+/// A `stack_mode` value, set by userspace at load time.
+#[unsafe(no_mangle)]
+pub(crate) static STACK_MODE: u32 = stack_mode::FRAME_POINTER;
+
+/// Bytes of user stack copied per DWARF sample: one of `STACK_COPY_SIZES`.
+#[unsafe(no_mangle)]
+pub(crate) static STACK_COPY: u32 = 8192;
+
+#[inline(always)]
+pub(crate) fn config_u64(v: &u64) -> u64 {
+    // SAFETY: reading a global the loader patched; volatile so the compiler
+    // does not fold the default value.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+pub(crate) fn config_u32(v: &u32) -> u32 {
+    // SAFETY: as config_u64.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// Exponential quantiles (16.16) for sampling intervals, filled by userspace.
+#[map]
+pub(crate) static EXP_TABLE: Array<u32> = Array::with_max_entries(TABLE_LEN, 0);
+
+/// g(x) = x/(1-e^-x) (16.16) for unbiased weights, filled by userspace.
+#[map]
+pub(crate) static WEIGHT_TABLE: Array<u32> = Array::with_max_entries(TABLE_LEN, 0);
+
+/// Bytes left until the next sample, per thread.
+#[map]
+pub(crate) static SAMPLER: LruHashMap<u32, i64> =
+    LruHashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
+
+/// Outstanding allocations: (tgid, ptr) → size, stack, time.
+#[map]
+pub(crate) static LIVE: HashMap<LiveKey, LiveAlloc> =
+    HashMap::with_max_entries(defaults::LIVE_MAP_ENTRIES, 0);
+
+/// Per call site (stack, entry point) counters, per CPU.
+#[map]
+pub(crate) static SITES: PerCpuHashMap<SiteKey, SiteCounters> =
+    PerCpuHashMap::with_max_entries(defaults::SITE_MAP_ENTRIES, 0);
+
+/// Captured user stacks (frame-pointer walks), keyed by stack id.
+#[map]
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(defaults::STACK_MAP_ENTRIES, 0);
+
+/// Entry → return state per thread (pid_tgid). Bounded; stale entries of
+/// threads that died mid-call are pruned by userspace.
+#[map]
+pub(crate) static INFLIGHT: HashMap<u64, Inflight> =
+    HashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
+
+/// Global counters, see `profiler_common::counter`.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Events for userspace, in order: mmap/munmap/mremap made by the program,
+/// DWARF stack samples, frees of sampled allocations.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::RINGBUF_BYTES, 0);
+
+pub(crate) const MAP_FAILED: u64 = u64::MAX;
+
+#[inline(always)]
+pub(crate) fn bump(idx: u32, by: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *p += by };
+    }
+}

@@ -1,0 +1,210 @@
+//! Sampling by bytes, and stack samples for userspace DWARF unwinding.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user_buf,
+    },
+    programs::RetProbeContext,
+};
+use profiler_common::{
+    counter, tables, AllocKind, SampleHeader, COUNT_SCALE, EVENT_SAMPLE, MAX_PENDING, TABLE_LEN,
+};
+
+use crate::maps::{
+    bump, config_u32, config_u64, EVENTS, EXP_TABLE, SAMPLER, SAMPLE_RATE, STACK_COPY, WEIGHT_TABLE,
+};
+
+/// Byte offsets (from the kernel's BTF) of task_struct.utask,
+/// uprobe_task.return_instances and return_instance.{orig_ret_vaddr, stack,
+/// next}; RET_CHAIN = 0 when unknown. Used to record the real return
+/// addresses hidden behind pending uretprobes' trampolines.
+#[unsafe(no_mangle)]
+pub(crate) static RET_CHAIN: u32 = 0;
+#[unsafe(no_mangle)]
+pub(crate) static OFF_TASK_UTASK: u32 = 0;
+#[unsafe(no_mangle)]
+pub(crate) static OFF_UTASK_INSTANCES: u32 = 0;
+#[unsafe(no_mangle)]
+pub(crate) static OFF_RI_ORIG_RET: u32 = 0;
+#[unsafe(no_mangle)]
+pub(crate) static OFF_RI_STACK: u32 = 0;
+#[unsafe(no_mangle)]
+pub(crate) static OFF_RI_NEXT: u32 = 0;
+
+#[inline(always)]
+pub(crate) fn kread(addr: u64) -> u64 {
+    if addr == 0 {
+        return 0;
+    }
+    // SAFETY: a fault-tolerant read of kernel memory; errors read as 0.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+/// Fills the pending-uretprobe fields of a sample from the current task's
+/// return-instance chain.
+#[inline(always)]
+pub(crate) fn pending_returns(h: &mut SampleHeader) {
+    if config_u32(&RET_CHAIN) == 0 {
+        return;
+    }
+    // SAFETY: a plain helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let utask = kread(task + config_u32(&OFF_TASK_UTASK) as u64);
+    let mut ri = kread(utask + config_u32(&OFF_UTASK_INSTANCES) as u64);
+    let (off_ret, off_stack, off_next) = (
+        config_u32(&OFF_RI_ORIG_RET) as u64,
+        config_u32(&OFF_RI_STACK) as u64,
+        config_u32(&OFF_RI_NEXT) as u64,
+    );
+    let mut n = 0u32;
+    for i in 0..MAX_PENDING {
+        if ri == 0 {
+            break;
+        }
+        h.pending_ret[i] = kread(ri + off_ret);
+        h.pending_slot[i] = kread(ri + off_stack);
+        ri = kread(ri + off_next);
+        n += 1;
+    }
+    h.n_pending = n;
+}
+
+/// The next sampling interval: exponentially distributed with mean `rate`.
+#[inline(always)]
+pub(crate) fn next_interval(rate: u64) -> i64 {
+    // SAFETY: a plain helper call without arguments.
+    let r = unsafe { bpf_get_prandom_u32() } % TABLE_LEN;
+    let q = EXP_TABLE.get(r).copied().unwrap_or(tables::ONE as u32) as u64;
+    ((rate * q) >> 16).max(1) as i64
+}
+
+/// Decides whether an allocation of `size` is sampled, and what it stands for:
+/// `Some((est_bytes, est_count))` when sampled.
+#[inline(always)]
+pub(crate) fn sample(size: u64) -> Option<(u64, u64)> {
+    let rate = config_u64(&SAMPLE_RATE);
+    if rate == 0 {
+        return Some((size, COUNT_SCALE));
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let left = match SAMPLER.get_ptr_mut(tid) {
+        Some(p) => p,
+        None => {
+            let _ = SAMPLER.insert(tid, next_interval(rate), 0);
+            SAMPLER.get_ptr_mut(tid)?
+        }
+    };
+    // SAFETY: the entry belongs to this thread, which is here.
+    unsafe {
+        *left -= size as i64;
+        if *left > 0 {
+            return None;
+        }
+        *left = next_interval(rate);
+    }
+    if size == 0 {
+        return None;
+    }
+    // x = size/rate in steps of 1/X_STEPS; past the table the weight is 1.
+    let xq = (size << 6) / rate;
+    if xq >= TABLE_LEN as u64 {
+        return Some((size, COUNT_SCALE));
+    }
+    let g = WEIGHT_TABLE
+        .get(xq as u32)
+        .copied()
+        .unwrap_or(tables::ONE as u32) as u64;
+    let est_bytes = ((rate * g) >> 16).max(size);
+    Some((est_bytes, est_bytes * COUNT_SCALE / size))
+}
+
+/// A ring-buffer record of a sample with an `N`-byte stack copy.
+#[repr(C)]
+struct Sample<const N: usize> {
+    header: SampleHeader,
+    stack: [u8; N],
+}
+
+/// Copies the header and up to `N` bytes of user stack into the ring buffer.
+/// A copy crossing the end of the stack mapping fails as a whole, so smaller
+/// copies are tried. Returns false when the ring buffer is full.
+#[inline(always)]
+pub(crate) fn emit_sample_n<const N: usize>(mut header: SampleHeader) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<Sample<N>>(0) else {
+        return false;
+    };
+    let rec = entry.as_mut_ptr();
+    let sp = header.sp;
+    let mut len = 0u32;
+    let mut n = N;
+    for _ in 0..4 {
+        // SAFETY: rec points to a reserved Sample<N>; the slice stays within
+        // its `stack` field (n <= N); the source is user memory read through
+        // the fault-tolerant helper.
+        let ok = unsafe {
+            let dst = core::slice::from_raw_parts_mut((*rec).stack.as_mut_ptr(), n);
+            bpf_probe_read_user_buf(sp as *const u8, dst).is_ok()
+        };
+        if ok {
+            len = n as u32;
+            break;
+        }
+        n /= 2;
+    }
+    if len == 0 {
+        bump(counter::STACK_COPY_FAILED, 1);
+    }
+    header.stack_len = len;
+    // SAFETY: writing the header field of the reserved record.
+    unsafe { core::ptr::write(&mut (*rec).header, header) };
+    entry.submit(0);
+    true
+}
+
+#[inline(always)]
+pub(crate) fn emit_sample(header: SampleHeader) -> bool {
+    let copy = config_u32(&STACK_COPY);
+    if copy <= 4096 {
+        emit_sample_n::<4096>(header)
+    } else if copy <= 8192 {
+        emit_sample_n::<8192>(header)
+    } else {
+        emit_sample_n::<16384>(header)
+    }
+}
+
+/// The header of a sample, with the registers at the allocator's return.
+#[inline(always)]
+pub(crate) fn sample_header(
+    ctx: &RetProbeContext,
+    tgid: u32,
+    kind: AllocKind,
+    ptr: u64,
+    size: u64,
+    est: (u64, u64),
+) -> SampleHeader {
+    // SAFETY: ctx.regs is the pt_regs the kernel passed to this program.
+    let (ip, sp, bp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
+    let mut h = SampleHeader {
+        kind: EVENT_SAMPLE,
+        tgid,
+        alloc_kind: kind as u32,
+        stack_len: 0,
+        ptr,
+        size,
+        est_bytes: est.0,
+        est_count: est.1,
+        // SAFETY: a plain helper call without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ip,
+        sp,
+        bp,
+        pending_ret: [0; MAX_PENDING],
+        pending_slot: [0; MAX_PENDING],
+        n_pending: 0,
+        _pad: 0,
+    };
+    pending_returns(&mut h);
+    h
+}
