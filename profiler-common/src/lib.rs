@@ -141,6 +141,11 @@ pub struct Inflight {
     /// `bpf_ktime_get_ns()` at entry: state older than [`INFLIGHT_STALE_NS`] is
     /// from a call whose return was never seen, and is discarded.
     pub ts_ns: u64,
+    /// Stack pointer at entry (the return-address slot). A call at a deeper
+    /// stack is nested; one at the same slot is a tail call of this one; one
+    /// at a shallower stack means this call returned without its return
+    /// probe firing (the kernel skips some), so the state is stale.
+    pub entry_sp: u64,
 }
 
 /// Age after which a per-thread entry state is taken as stale (its return was lost).
@@ -263,7 +268,9 @@ pub mod counter {
     pub const REPLACED: u32 = 12;
     /// Return probes with no matching entry state (e.g. dropped at entry).
     pub const UNMATCHED_RETURN: u32 = 13;
-    /// Per-thread entry states discarded as stale (a return probe never fired).
+    /// Per-thread entry states discarded because their return probe never
+    /// fired (seen from the stack pointer, or older than INFLIGHT_STALE_NS):
+    /// that call's allocation is not recorded.
     pub const INFLIGHT_STALE: u32 = 14;
     /// Allocations sampled (their stack captured and attributed to a site).
     pub const SAMPLED: u32 = 15;
@@ -299,7 +306,7 @@ const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<Inflight>() == 40);
+const _: () = assert!(core::mem::size_of::<Inflight>() == 48);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
 
 /// The fixed-point tables the eBPF side uses instead of floating point.

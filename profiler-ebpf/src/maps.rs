@@ -85,3 +85,17 @@ pub(crate) fn bump(idx: u32, by: u64) {
         unsafe { *p += by };
     }
 }
+
+/// Start of the process's `[uprobes]` page (the uretprobe trampoline), set by
+/// userspace once the mapping appears; 0 until then.
+#[map]
+pub(crate) static XOL: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Executable ranges `[start, end)` of the allocator's modules, as pairs,
+/// set by userspace: a call whose return address is in one of them was made
+/// by the allocator itself. All zero until known.
+#[map]
+pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(ALLOC_TEXT_SLOTS, 0);
+
+/// Slots of ALLOC_TEXT (four ranges).
+pub(crate) const ALLOC_TEXT_SLOTS: u32 = 8;

@@ -14,7 +14,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    bump, config_u32, EVENTS, INFLIGHT, LIVE, MAP_FAILED, SITES, STACKS, STACK_MODE,
+    bump, config_u32, ALLOC_TEXT, ALLOC_TEXT_SLOTS, EVENTS, INFLIGHT, LIVE, MAP_FAILED, SITES,
+    STACKS, STACK_MODE, XOL,
 };
 use crate::sample::{emit_sample, sample, sample_header};
 
@@ -23,23 +24,104 @@ fn tgid_of(pid_tgid: u64) -> u32 {
     (pid_tgid >> 32) as u32
 }
 
+/// The stack pointer of the probed context.
+#[inline(always)]
+fn sp_of(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
+    // SAFETY: `regs` is the pt_regs the kernel passed to this program.
+    unsafe { (*regs).rsp }
+}
+
+/// How a call relates to the thread's recorded allocator call.
+enum Relation {
+    /// Deeper in the stack: the allocator calling itself.
+    Nested,
+    /// At the same return slot: a tail call from the recorded call.
+    Chained,
+    /// The recorded call is gone (returned unseen, or too old).
+    Stale,
+}
+
+/// Who made a call, from the return address in its slot at entry.
+enum Caller {
+    /// The uretprobe trampoline: a tail call of a call whose return is pending.
+    Trampoline,
+    /// Code of the allocator's modules: the allocator calling itself.
+    Allocator,
+    /// The program.
+    Program,
+    /// Not known (layout not set yet, or the slot unreadable).
+    Unknown,
+}
+
+#[inline(always)]
+fn caller(sp: u64) -> Caller {
+    // SAFETY: reads one word of the thread's stack; a fault is an error.
+    let Ok(ra) = (unsafe { bpf_probe_read_user(sp as *const u64) }) else {
+        return Caller::Unknown;
+    };
+    let xol = XOL.get(0).copied().unwrap_or(0);
+    if xol != 0 && ra >= xol && ra < xol + 4096 {
+        return Caller::Trampoline;
+    }
+    let mut known = false;
+    for i in 0..(ALLOC_TEXT_SLOTS / 2) {
+        let start = ALLOC_TEXT.get(2 * i).copied().unwrap_or(0);
+        let end = ALLOC_TEXT.get(2 * i + 1).copied().unwrap_or(0);
+        if start != 0 {
+            known = true;
+            if ra >= start && ra < end {
+                return Caller::Allocator;
+            }
+        }
+    }
+    if known && xol != 0 {
+        Caller::Program
+    } else {
+        Caller::Unknown
+    }
+}
+
+#[inline(always)]
+fn relation(st: &Inflight, sp: u64, now: u64) -> Relation {
+    if now.wrapping_sub(st.ts_ns) >= INFLIGHT_STALE_NS || sp > st.entry_sp {
+        return Relation::Stale;
+    }
+    match caller(sp) {
+        // The program only runs again once the recorded call has returned:
+        // its return probe was skipped.
+        Caller::Program => Relation::Stale,
+        Caller::Trampoline if sp == st.entry_sp => Relation::Chained,
+        Caller::Trampoline => Relation::Nested,
+        Caller::Allocator => Relation::Nested,
+        // Without the layout, judge by the stack alone.
+        Caller::Unknown if sp == st.entry_sp => Relation::Chained,
+        Caller::Unknown => Relation::Nested,
+    }
+}
+
 /// Records entry into an allocator function. Returns without saving when the
 /// thread is already inside one (the call is the allocator's own).
 #[inline(always)]
-fn enter(kind: AllocKind, arg0: u64, arg1: u64, arg2: u64) {
+fn enter(ctx: &ProbeContext, kind: AllocKind, arg0: u64, arg1: u64, arg2: u64) {
     let tid = bpf_get_current_pid_tgid();
+    let sp = sp_of(ctx.regs);
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(st) = INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: the entry is only touched by its own thread, which is here.
-        let started = unsafe { (*st).ts_ns };
-        if now.wrapping_sub(started) < INFLIGHT_STALE_NS {
-            // SAFETY: as above.
-            unsafe { (*st).depth += 1 };
-            bump(counter::NESTED, 1);
-            return;
+        match relation(unsafe { &*st }, sp, now) {
+            Relation::Nested => {
+                bump(counter::NESTED, 1);
+                return;
+            }
+            Relation::Chained => {
+                // SAFETY: as above.
+                unsafe { (*st).depth += 1 };
+                bump(counter::NESTED, 1);
+                return;
+            }
+            Relation::Stale => bump(counter::INFLIGHT_STALE, 1),
         }
-        bump(counter::INFLIGHT_STALE, 1);
     }
     let st = Inflight {
         kind: kind as u32,
@@ -48,22 +130,37 @@ fn enter(kind: AllocKind, arg0: u64, arg1: u64, arg2: u64) {
         arg1,
         arg2,
         ts_ns: now,
+        entry_sp: sp,
     };
     if INFLIGHT.insert(tid, st, 0).is_err() {
         bump(counter::INFLIGHT_FULL, 1);
     }
 }
 
-/// Leaves an allocator function: `Some(state)` only for the outermost call.
+/// Leaves an allocator function: `Some(state)` only for the return of the
+/// recorded call (stack pointer one slot above its entry), once per chain.
 #[inline(always)]
-fn leave() -> Option<Inflight> {
+fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
     let tid = bpf_get_current_pid_tgid();
     let Some(st) = INFLIGHT.get_ptr_mut(tid) else {
         bump(counter::UNMATCHED_RETURN, 1);
         return None;
     };
+    let sp = sp_of(ctx.regs);
     // SAFETY: the entry is only touched by its own thread, which is here.
     let st_val = unsafe { *st };
+    let ret_sp = st_val.entry_sp.wrapping_add(8);
+    if sp < ret_sp {
+        // The return of a nested call.
+        return None;
+    }
+    if sp > ret_sp {
+        // The recorded call returned unseen; this return is not ours to match.
+        let _ = INFLIGHT.remove(tid);
+        bump(counter::INFLIGHT_STALE, 1);
+        bump(counter::UNMATCHED_RETURN, 1);
+        return None;
+    }
     if st_val.depth > 1 {
         // SAFETY: as above.
         unsafe { (*st).depth -= 1 };
@@ -73,14 +170,24 @@ fn leave() -> Option<Inflight> {
     Some(st_val)
 }
 
-/// True while this thread is inside a probed allocator function.
+/// True while this thread is inside a probed allocator function (`free` or
+/// `munmap` called by the allocator itself). A stale state is dropped.
 #[inline(always)]
-fn nested() -> bool {
+fn nested(ctx: &ProbeContext) -> bool {
     let tid = bpf_get_current_pid_tgid();
-    match INFLIGHT.get_ptr(tid) {
-        // SAFETY: the entry is only touched by its own thread, which is here.
-        Some(st) => unsafe { bpf_ktime_get_ns().wrapping_sub((*st).ts_ns) < INFLIGHT_STALE_NS },
-        None => false,
+    let Some(st) = INFLIGHT.get_ptr(tid) else {
+        return false;
+    };
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the entry is only touched by its own thread, which is here.
+    match relation(unsafe { &*st }, sp_of(ctx.regs), now) {
+        Relation::Nested | Relation::Chained => true,
+        Relation::Stale => {
+            let _ = INFLIGHT.remove(tid);
+            bump(counter::INFLIGHT_STALE, 1);
+            false
+        }
     }
 }
 
@@ -231,25 +338,26 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(AllocKind::Malloc, arg(&ctx, 0), 0, 0);
+    enter(&ctx, AllocKind::Malloc, arg(&ctx, 0), 0, 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    enter(AllocKind::Calloc, arg(&ctx, 0), arg(&ctx, 1), 0);
+    enter(&ctx, AllocKind::Calloc, arg(&ctx, 0), arg(&ctx, 1), 0);
     0
 }
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(AllocKind::Realloc, arg(&ctx, 0), arg(&ctx, 1), 0);
+    enter(&ctx, AllocKind::Realloc, arg(&ctx, 0), arg(&ctx, 1), 0);
     0
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     enter(
+        &ctx,
         AllocKind::Reallocarray,
         arg(&ctx, 0),
         arg(&ctx, 1),
@@ -261,47 +369,59 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     // (memptr, alignment, size)
-    enter(AllocKind::PosixMemalign, arg(&ctx, 0), arg(&ctx, 2), 0);
+    enter(
+        &ctx,
+        AllocKind::PosixMemalign,
+        arg(&ctx, 0),
+        arg(&ctx, 2),
+        0,
+    );
     0
 }
 
 #[uprobe]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
     // (alignment, size)
-    enter(AllocKind::AlignedAlloc, arg(&ctx, 1), 0, 0);
+    enter(&ctx, AllocKind::AlignedAlloc, arg(&ctx, 1), 0, 0);
     0
 }
 
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
     // (alignment, size)
-    enter(AllocKind::Memalign, arg(&ctx, 1), 0, 0);
+    enter(&ctx, AllocKind::Memalign, arg(&ctx, 1), 0, 0);
     0
 }
 
 #[uprobe]
 pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    enter(AllocKind::Valloc, arg(&ctx, 0), 0, 0);
+    enter(&ctx, AllocKind::Valloc, arg(&ctx, 0), 0, 0);
     0
 }
 
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    enter(AllocKind::Pvalloc, arg(&ctx, 0), 0, 0);
+    enter(&ctx, AllocKind::Pvalloc, arg(&ctx, 0), 0, 0);
     0
 }
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     // (addr, length, prot, flags, fd, offset)
-    enter(AllocKind::Mmap, arg(&ctx, 1), arg(&ctx, 3), 0);
+    enter(&ctx, AllocKind::Mmap, arg(&ctx, 1), arg(&ctx, 3), 0);
     0
 }
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
     // (old_address, old_size, new_size, flags, ...)
-    enter(AllocKind::Mremap, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    enter(
+        &ctx,
+        AllocKind::Mremap,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+    );
     0
 }
 
@@ -309,7 +429,7 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let ptr = arg(&ctx, 0);
-    if ptr == 0 || nested() {
+    if ptr == 0 || nested(&ctx) {
         return 0;
     }
     record_free(tgid_of(bpf_get_current_pid_tgid()), ptr);
@@ -318,7 +438,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
-    if nested() {
+    if nested(&ctx) {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -342,7 +462,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 /// The common return path: the outermost call's saved state and its result.
 #[inline(always)]
 fn on_return(ctx: &RetProbeContext) -> u32 {
-    let Some(st) = leave() else { return 0 };
+    let Some(st) = leave(ctx) else { return 0 };
     let ret: u64 = ctx.ret();
     let tgid = tgid_of(bpf_get_current_pid_tgid());
     let Some(kind) = AllocKind::from_u32(st.kind) else {

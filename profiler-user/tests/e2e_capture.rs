@@ -213,3 +213,60 @@ fn missing_output_directory_fails_before_attaching() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("/nonexistent-dir"), "{stderr}");
 }
+
+#[test]
+fn detaching_from_a_busy_process_leaves_no_artifacts() {
+    if !root_or_skip("detaching_from_a_busy_process_leaves_no_artifacts") {
+        return;
+    }
+    // The demo server allocates ~10,000 times a second without pause. Probes
+    // detach one at a time; the last numbers must be read before, or calls
+    // made meanwhile show up as frees of unknown pointers and lost returns.
+    let bin = fixture(
+        "demo_server",
+        "fp",
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
+    );
+    let mut server = Command::new(&bin)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start demo server");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = Command::new(heapscope())
+        .args([
+            "attach",
+            "-p",
+            &server.id().to_string(),
+            "--duration",
+            "2s",
+            "--quiet",
+        ])
+        .args(FP_EXACT)
+        .output()
+        .expect("heapscope");
+    let _ = server.kill();
+    let _ = server.wait();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        counter(&report, "allocations seen").unwrap_or(0) > 1000,
+        "{report}"
+    );
+    // At most the two blocks of the request in flight at attach.
+    assert!(
+        counter(&report, "frees of pointers allocated before attach").unwrap_or(99) <= 2,
+        "{report}"
+    );
+    for lost in [
+        "per-thread state stale (return not seen)",
+        "replaced (free not seen)",
+        "unmatched returns",
+    ] {
+        assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
+    }
+}

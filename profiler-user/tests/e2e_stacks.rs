@@ -187,6 +187,7 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
             entry_offset: loc.file_offset,
         }],
         missing: vec![],
+        modules: vec![],
     };
     let other = Probes::attach(
         fx.pid,

@@ -174,7 +174,14 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub pid: u32,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// Paths of the probed modules, as the process sees them.
+    modules: Vec<String>,
+    /// The trampoline page and text ranges last written to the eBPF side.
+    layout: Vec<u64>,
 }
+
+/// Slots of the eBPF ALLOC_TEXT map: four [start, end) ranges.
+const ALLOC_TEXT_SLOTS: u32 = 8;
 
 fn entry_program(kind: AllocKind) -> &'static str {
     match kind {
@@ -296,7 +303,58 @@ impl Probes {
                 links.push((name, id));
             }
         }
-        Ok(Probes { ebpf, pid, links })
+        Ok(Probes {
+            ebpf,
+            pid,
+            links,
+            modules: target.modules.clone(),
+            layout: Vec::new(),
+        })
+    }
+
+    /// Tells the eBPF side where the uretprobe trampoline page is (the
+    /// `[uprobes]` mapping, created at the first probe hit) and where the
+    /// allocator's code is, so it can tell a tail call or the allocator calling
+    /// itself from a call the program made after a return it did not see.
+    pub fn note_layout(
+        &mut self,
+        maps: &crate::process::maps::MemoryMap,
+    ) -> Result<(), ProbeError> {
+        let xol = maps
+            .regions
+            .iter()
+            .find(|r| r.path.as_deref() == Some(crate::unwind::UPROBES_MAPPING))
+            .map_or(0, |r| r.start);
+        let mut layout = vec![xol];
+        for r in maps.regions.iter().filter(|r| {
+            r.perms.execute && r.path.as_ref().is_some_and(|p| self.modules.contains(p))
+        }) {
+            layout.extend([r.start, r.end]);
+        }
+        if layout == self.layout {
+            return Ok(());
+        }
+        let mut set = |name: &'static str, values: &[u64], slots: u32| -> Result<(), ProbeError> {
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?;
+            let mut arr: aya::maps::Array<&mut aya::maps::MapData, u64> =
+                aya::maps::Array::try_from(map)
+                    .map_err(|source| ProbeError::Map { name, source })?;
+            for i in 0..slots {
+                let v = values.get(i as usize).copied().unwrap_or(0);
+                arr.set(i, v, 0)
+                    .map_err(|source| ProbeError::Map { name, source })?;
+            }
+            Ok(())
+        };
+        // Text first: a trampoline address without the text ranges would make
+        // every program call look unknown rather than wrong.
+        set("ALLOC_TEXT", &layout[1..], ALLOC_TEXT_SLOTS)?;
+        set("XOL", &layout[..1], 1)?;
+        self.layout = layout;
+        Ok(())
     }
 
     /// Number of attached probes (entry + return).

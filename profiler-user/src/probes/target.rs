@@ -46,6 +46,9 @@ pub struct AllocatorTarget {
     pub points: Vec<AttachPoint>,
     /// Entry points the allocator does not define (e.g. jemalloc has no pvalloc).
     pub missing: Vec<AllocKind>,
+    /// Paths (as the process sees them) of the probed modules: calls made from
+    /// their code are the allocator's own.
+    pub modules: Vec<String>,
 }
 
 /// A path as seen from inside the process's mount namespace, opened from ours.
@@ -201,10 +204,15 @@ fn build_target(
             });
         }
     }
+    let mut modules = vec![allocator.to_string()];
+    if mapper != allocator {
+        modules.push(mapper.to_string());
+    }
     Ok(AllocatorTarget {
         allocator: allocator.to_string(),
         points,
         missing,
+        modules,
     })
 }
 

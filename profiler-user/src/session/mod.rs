@@ -79,6 +79,15 @@ impl SessionResult {
     }
 }
 
+fn note_layout(probes: &mut Probes, cap: &Capture, warnings: &mut Vec<String>) {
+    if let Err(e) = probes.note_layout(&cap.maps) {
+        let msg = format!("telling the probes the process layout: {e}");
+        if !warnings.contains(&msg) {
+            warnings.push(msg);
+        }
+    }
+}
+
 /// Symbolizes the sites of `snap` seen for the first time and records the tick.
 fn record_tick(
     rec: &mut Recorder,
@@ -169,6 +178,7 @@ pub async fn run(
             _ = tokio::time::sleep(until_deadline) => break StopReason::Duration,
             _ = early.tick(), if started.elapsed() < EARLY_PERIOD => {
                 cap.refresh();
+                note_layout(&mut probes, &cap, &mut warnings);
                 continue;
             }
             r = cap.events.readable() => {
@@ -182,6 +192,7 @@ pub async fn run(
             break StopReason::TargetExited;
         }
         cap.refresh();
+        note_layout(&mut probes, &cap, &mut warnings);
         if let Err(e) = crate::aggregate::prune_inflight(&mut probes.ebpf, pid) {
             warnings.push(format!("pruning per-thread state: {e}"));
         }
@@ -195,8 +206,10 @@ pub async fn run(
     if stop != StopReason::TargetExited {
         cap.refresh();
     }
-    warnings.extend(probes.detach());
-    // Everything written up to the detach, then the last tick.
+    // The last tick is read while every probe is still attached: detaching
+    // takes a while (one probe at a time), and calls made meanwhile would see
+    // some probes and not others (entries without returns, frees of
+    // allocations never seen). What happens during the detach is not counted.
     let snap = cap.snapshot(&probes)?;
     let end_ms = t_ms();
     record_tick(&mut rec, &mut symbolizer, &cap, &probes, end_ms, &snap)?;
@@ -205,6 +218,7 @@ pub async fn run(
         warnings.push(format!("reading allocation ages: {e}"));
         (Vec::new(), 0)
     });
+    warnings.extend(probes.detach());
     if let Some(e) = &rec.write_error {
         warnings.push(format!("the recording stopped at its last whole tick: {e}"));
     }
