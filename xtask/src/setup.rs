@@ -76,8 +76,10 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// Debian packages that provide files rather than commands, checked with
 /// `dpkg -s`: `libc6-dbg` puts libc's DWARF under `/usr/lib/debug/.build-id`,
-/// so the symbolizer names libc frames (`__libc_start_call_main`).
-const FILE_PACKAGES: &[&str] = &["libc6-dbg"];
+/// so the symbolizer names libc frames (`__libc_start_call_main`); `python3`
+/// is Debian's interpreter (built without frame pointers), which a test
+/// profiles — another python3 earlier on PATH does not count.
+const FILE_PACKAGES: &[&str] = &["libc6-dbg", "python3"];
 
 /// True when dpkg reports `pkg` as installed; false without dpkg.
 fn dpkg_installed(pkg: &str) -> bool {
