@@ -18,16 +18,11 @@ use crate::views;
 pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     let pid = args.pid;
     args.common.check_outputs()?;
-    let sizes = args.common.map_sizes()?;
+    // Bad sizes fail before the process is touched.
+    args.common.map_sizes()?;
     probes::preflight(pid)?;
     let target = target::discover(pid, !args.common.no_prologue_skip)?;
-    let probes = Probes::attach(
-        pid,
-        &target,
-        sizes,
-        args.common.capture()?,
-        args.common.probe_mode(),
-    )?;
+    let probes = attach_probes(pid, &target, &args.common)?;
     let mut opts = args.common.session_options()?;
     opts.announce = Some(announce(pid, &target, &probes));
     let result = session::run(probes, &opts, || session::process_alive(pid)).await?;
@@ -40,7 +35,8 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         bail!("no command given: use `heapscope run -- COMMAND [ARGS...]`");
     };
     args.common.check_outputs()?;
-    let sizes = args.common.map_sizes()?;
+    // Bad sizes fail before the process is touched.
+    args.common.map_sizes()?;
     let program = launch::resolve_program(cmd).with_context(|| {
         format!("cannot run {cmd}: not an executable file or not found on PATH")
     })?;
@@ -52,13 +48,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.pid;
     // On error the child is dropped at the gate: it exits without running.
-    let probes = Probes::attach(
-        pid,
-        &target,
-        sizes,
-        args.common.capture()?,
-        args.common.probe_mode(),
-    )?;
+    let probes = attach_probes(pid, &target, &args.common)?;
     // The command has not run yet: nothing to miss before the session starts.
     eprintln!("{}", announce(pid, &target, &probes));
     let opts = args.common.session_options()?;
@@ -86,6 +76,21 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Loads and attaches the probes with the options of `common`.
+fn attach_probes(
+    pid: u32,
+    target: &target::AllocatorTarget,
+    common: &CommonArgs,
+) -> Result<Probes> {
+    Ok(Probes::attach(
+        pid,
+        target,
+        common.map_sizes()?,
+        common.capture()?,
+        common.probe_mode(),
+    )?)
 }
 
 /// The "attached" line, printed by the session once it has read the target's map.
