@@ -220,8 +220,10 @@ fn detaching_from_a_busy_process_leaves_no_artifacts() {
         return;
     }
     // The demo server allocates ~10,000 times a second without pause. Probes
-    // detach one at a time; the last numbers must be read before, or calls
-    // made meanwhile show up as frees of unknown pointers and lost returns.
+    // attach and detach one at a time: free must be in before the allocators
+    // (or frees go unseen and addresses come back "replaced"), and the last
+    // numbers must be read before the detach (or calls made meanwhile show up
+    // as frees of unknown pointers and lost returns).
     let bin = fixture(
         "demo_server",
         "fp",
@@ -257,9 +259,10 @@ fn detaching_from_a_busy_process_leaves_no_artifacts() {
         counter(&report, "allocations seen").unwrap_or(0) > 1000,
         "{report}"
     );
-    // At most the two blocks of the request in flight at attach.
+    // Blocks allocated while the probes were going in are freed as pre-attach
+    // blocks (free is probed first), never left "live" to be replaced later.
     assert!(
-        counter(&report, "frees of pointers allocated before attach").unwrap_or(99) <= 2,
+        counter(&report, "frees of pointers allocated before attach").is_some(),
         "{report}"
     );
     for lost in [

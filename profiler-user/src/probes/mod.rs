@@ -208,6 +208,15 @@ fn has_return_probe(kind: AllocKind) -> bool {
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
+/// The order probes go in, one at a time, while the target runs: free and
+/// munmap first, so a block allocated before its allocator's probe was in is
+/// a pre-attach free, never a live block whose free went unseen.
+pub fn attach_order(points: &[AttachPoint]) -> Vec<&AttachPoint> {
+    let mut out: Vec<&AttachPoint> = points.iter().collect();
+    out.sort_by_key(|p| has_return_probe(p.kind));
+    out
+}
+
 impl Probes {
     /// Loads the eBPF object with the given map sizes and attaches every probe
     /// of `target` to `pid` (all its threads).
@@ -269,7 +278,7 @@ impl Probes {
             }
             Ok(())
         };
-        for point in &target.points {
+        for point in attach_order(&target.points) {
             // Return probe first: on a shared address, the entry probe must not
             // see a call whose return would be missed.
             let (ret, entry) = match mode {
@@ -379,5 +388,41 @@ impl Probes {
             }
         }
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(kind: AllocKind, offset: u64) -> AttachPoint {
+        AttachPoint {
+            kind,
+            file: PathBuf::from("/lib/libc.so.6"),
+            func_offset: offset,
+            entry_offset: offset,
+        }
+    }
+
+    #[test]
+    fn frees_are_probed_before_allocations() {
+        let points = vec![
+            point(AllocKind::Malloc, 1),
+            point(AllocKind::Calloc, 2),
+            point(AllocKind::Free, 3),
+            point(AllocKind::Mmap, 4),
+            point(AllocKind::Munmap, 5),
+        ];
+        let kinds: Vec<AllocKind> = attach_order(&points).iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                AllocKind::Free,
+                AllocKind::Munmap,
+                AllocKind::Malloc,
+                AllocKind::Calloc,
+                AllocKind::Mmap
+            ]
+        );
     }
 }
