@@ -45,6 +45,18 @@ fn assert_path(frames: &[String], path: &[&str]) {
     }
 }
 
+/// Every leaking site of leaks.c is reached from main through run_sites.
+fn assert_leak_stacks_complete(folded: &str, expected: &std::collections::BTreeMap<String, u64>) {
+    for (site, want) in expected {
+        if *want == 0 {
+            continue;
+        }
+        for (frames, _) in stacks_of(folded, site) {
+            assert_path(&frames, &[site, "run_sites", "main"]);
+        }
+    }
+}
+
 #[test]
 fn exact_dwarf_stacks_without_frame_pointers() {
     if !root_or_skip("exact_dwarf_stacks_without_frame_pointers") {
@@ -58,14 +70,7 @@ fn exact_dwarf_stacks_without_frame_pointers() {
         "dwarf-exact",
     );
     assert_sites_exact(&folded, &expected);
-    for (site, want) in &expected {
-        if *want == 0 {
-            continue;
-        }
-        for (frames, _) in stacks_of(&folded, site) {
-            assert_path(&frames, &[site, "run_sites", "main"]);
-        }
-    }
+    assert_leak_stacks_complete(&folded, &expected);
     assert_eq!(counter(&report, "ring buffer lost"), Some(0), "{report}");
     assert_eq!(
         counter(&report, "frees of pointers allocated before attach"),
@@ -200,13 +205,6 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
     let (folded, report) = profile(fx, &["--exact", "--ringbuf-size", "64MiB"], "trampoline");
     drop(other);
     assert_sites_exact(&folded, &expected);
-    for (site, want) in &expected {
-        if *want == 0 {
-            continue;
-        }
-        for (frames, _) in stacks_of(&folded, site) {
-            assert_path(&frames, &[site, "run_sites", "main"]);
-        }
-    }
+    assert_leak_stacks_complete(&folded, &expected);
     assert!(!folded.contains("[uprobes"), "{folded}\n{report}");
 }
