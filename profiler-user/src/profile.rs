@@ -100,6 +100,37 @@ pub struct Totals {
     pub untracked_unmaps: u64,
 }
 
+impl Totals {
+    /// Allocated − freed bytes over every allocation seen: the exact live
+    /// heap (since attach), never a sampled estimate.
+    pub fn live_bytes(&self) -> u64 {
+        self.alloc_bytes.saturating_sub(self.free_bytes)
+    }
+
+    /// Allocations − frees seen: the exact number of live blocks (since attach).
+    pub fn live_blocks(&self) -> u64 {
+        self.allocs.saturating_sub(self.frees)
+    }
+}
+
+/// The exact live heap at one moment: allocated − freed since attach, over
+/// every allocation (what the headline of every output shows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveHeap {
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+impl LiveHeap {
+    /// The live heap that cumulative totals (since attach) describe.
+    pub fn of(totals: &Totals) -> LiveHeap {
+        LiveHeap {
+            bytes: totals.live_bytes(),
+            blocks: totals.live_blocks(),
+        }
+    }
+}
+
 /// Which number a view weighs stacks by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Metric {
@@ -129,17 +160,29 @@ pub struct Profile {
     /// Seconds between attach and this snapshot.
     pub duration_secs: f64,
     pub sites: Vec<Site>,
+    /// Counters over the window (differences between its ends).
     pub totals: Totals,
+    /// The exact live heap at the window's end (cumulative since attach).
+    pub live_heap: LiveHeap,
+    /// Mean bytes between sampled allocations; 0 when every allocation was
+    /// captured. When sampled, per-site numbers are unbiased estimates.
+    pub sample_rate: u64,
 }
 
 impl Profile {
-    /// Sum of live bytes over all sites.
-    pub fn live_bytes(&self) -> u64 {
+    /// Sum of live bytes over all sites: an estimate when sampled (the
+    /// exact figure is [`Profile::live_heap`]).
+    pub fn sites_live_bytes(&self) -> u64 {
         self.sites.iter().map(|s| s.stats.live_bytes).sum()
     }
 
-    /// Sum of live blocks over all sites.
-    pub fn live_count(&self) -> u64 {
+    /// Sum of live blocks over all sites (an estimate when sampled).
+    pub fn sites_live_count(&self) -> u64 {
         self.sites.iter().map(|s| s.stats.live_count).sum()
+    }
+
+    /// True when per-site numbers are sampled estimates.
+    pub fn sampled(&self) -> bool {
+        self.sample_rate != 0
     }
 }

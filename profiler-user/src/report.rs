@@ -15,8 +15,6 @@ pub struct ReportOptions {
     pub window: Window,
     pub json: bool,
     pub labels: Labels,
-    /// Mean bytes between samples; 0 when every allocation was captured.
-    pub sample_rate: u64,
 }
 
 /// Writes the report of `window` of `timeline`.
@@ -33,7 +31,7 @@ pub fn write(
     }
     views::report::write_report_with(&profile, opts.top, opts.labels, out)?;
     writeln!(out)?;
-    write_sampling_note(opts.sample_rate, out)?;
+    write_sampling_note(profile.sample_rate, out)?;
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
     writeln!(out)?;
     views::findings::write_findings_text(&analysis.findings, out)?;
@@ -48,7 +46,8 @@ fn write_sampling_note(sample_rate: u64, out: &mut impl Write) -> std::io::Resul
         writeln!(
             out,
             "sampling: one sample per {} allocated on average; per-site bytes and blocks \
-             are unbiased estimates; process totals and counters are exact",
+             (and the age table) are unbiased estimates; the live heap, process totals and \
+             counters are exact",
             views::human_bytes(sample_rate)
         )?;
     }

@@ -273,3 +273,39 @@ fn detaching_from_a_busy_process_leaves_no_artifacts() {
         assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
     }
 }
+
+/// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
+fn headline_live_bytes(report: &str) -> Option<u64> {
+    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
+    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
+    inner.replace(',', "").parse().ok()
+}
+
+#[test]
+fn sampled_headline_is_the_exact_live_heap() {
+    if !root_or_skip("sampled_headline_is_the_exact_live_heap") {
+        return;
+    }
+    let bin = fixture("leaks", "nofp", &["-O2", "-g", "-fomit-frame-pointer"]);
+    let expected: u64 = expected_sites(&bin).values().sum();
+    let mut fx = start_fixture(&bin);
+    // The default mode: sampled, DWARF stacks.
+    let a = attach(fx.pid, &[]);
+    writeln!(fx.stdin, "go").expect("signal fixture");
+    wait_for(&fx.lines, "done", &mut Vec::new());
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    assert_eq!(fx.child.wait().expect("wait fixture").code(), Some(3));
+    assert_eq!(
+        headline_live_bytes(&report),
+        Some(expected),
+        "the headline is allocated - freed over every allocation\n{report}"
+    );
+    assert!(report.contains("(exact: allocated - freed since attach)"));
+    assert!(
+        report.contains("~LIVE BYTES"),
+        "sampled sites are marked\n{report}"
+    );
+}

@@ -1,6 +1,10 @@
 //! Age of outstanding allocations: a histogram per call site and an
 //! "older than" filter (as bcc memleak's `-o`). Fed from the kernel's live
 //! map, whose timestamps are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+//!
+//! Only sampled allocations have a call site; each one counts with the
+//! weight it has in the per-site numbers (bytes and allocations it stands
+//! for), so the table sums to the same estimates as the call sites.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,13 +23,20 @@ pub const BUCKET_LIMITS: [Duration; 5] = [
 /// Labels of the six buckets, youngest first.
 pub const BUCKET_LABELS: [&str; 6] = ["<1s", "<10s", "<1m", "<10m", "<1h", ">=1h"];
 
-/// One outstanding allocation.
+/// Fixed-point scale of [`OutstandingAlloc::est_count`].
+pub const COUNT_SCALE: u64 = profiler_common::COUNT_SCALE;
+
+/// One outstanding (sampled) allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutstandingAlloc {
     pub site: SiteId,
     /// When it was allocated, in the clock of `now_ns` (monotonic ns).
     pub ts_ns: u64,
     pub size: u64,
+    /// Bytes it stands for in the per-site estimates (`size` when exact).
+    pub est_bytes: u64,
+    /// Allocations it stands for, in units of 1/[`COUNT_SCALE`].
+    pub est_count: u64,
 }
 
 impl OutstandingAlloc {
@@ -43,10 +54,18 @@ pub struct AgeBuckets {
 }
 
 impl AgeBuckets {
-    fn add(&mut self, bucket: usize, size: u64) {
+    /// Adds a weight; counts stay in 1/COUNT_SCALE units until [`Self::round`].
+    fn add(&mut self, bucket: usize, a: &OutstandingAlloc) {
         if let (Some(c), Some(b)) = (self.counts.get_mut(bucket), self.bytes.get_mut(bucket)) {
-            *c += 1;
-            *b = b.saturating_add(size);
+            *c = c.saturating_add(a.est_count);
+            *b = b.saturating_add(a.est_bytes);
+        }
+    }
+
+    /// Scaled counts → whole allocations.
+    fn round(&mut self) {
+        for c in &mut self.counts {
+            *c = c.saturating_add(COUNT_SCALE / 2) / COUNT_SCALE;
         }
     }
 }
@@ -72,8 +91,12 @@ impl AgeHistogram {
         let mut h = AgeHistogram::default();
         for a in allocs {
             let b = bucket_of(a.age(now_ns));
-            h.total.add(b, a.size);
-            h.per_site.entry(a.site).or_default().add(b, a.size);
+            h.total.add(b, a);
+            h.per_site.entry(a.site).or_default().add(b, a);
+        }
+        h.total.round();
+        for b in h.per_site.values_mut() {
+            b.round();
         }
         h
     }
@@ -89,7 +112,8 @@ pub fn older_than(
 }
 
 /// Blocks and bytes per site of the allocations at least `min_age` old: the
-/// live numbers of a profile restricted by `--older-than`.
+/// live numbers of a profile restricted by `--older-than` (weighted like the
+/// per-site numbers).
 pub fn older_than_by_site(
     allocs: &[OutstandingAlloc],
     now_ns: u64,
@@ -98,8 +122,11 @@ pub fn older_than_by_site(
     let mut out: BTreeMap<SiteId, (u64, u64)> = BTreeMap::new();
     for a in older_than(allocs, now_ns, min_age) {
         let e = out.entry(a.site).or_default();
-        e.0 += 1;
-        e.1 = e.1.saturating_add(a.size);
+        e.0 = e.0.saturating_add(a.est_count);
+        e.1 = e.1.saturating_add(a.est_bytes);
+    }
+    for e in out.values_mut() {
+        e.0 = e.0.saturating_add(COUNT_SCALE / 2) / COUNT_SCALE;
     }
     out
 }
@@ -115,6 +142,8 @@ mod tests {
             site: SiteId(site),
             ts_ns,
             size,
+            est_bytes: size,
+            est_count: COUNT_SCALE,
         }
     }
 
@@ -151,5 +180,23 @@ mod tests {
         let by_site = older_than_by_site(&allocs, now, Duration::from_secs(5));
         assert_eq!(by_site.get(&SiteId(0)), Some(&(1, 20)));
         assert_eq!(by_site.get(&SiteId(1)), Some(&(2, 70)));
+    }
+
+    #[test]
+    fn sampled_allocations_weigh_what_they_stand_for() {
+        let now = 100 * S;
+        // A 1 KiB sample standing for 512.5 KiB in 512.5 blocks, and a 1 MiB one for itself.
+        let small = OutstandingAlloc {
+            est_bytes: 524_800,
+            est_count: 512 * COUNT_SCALE + COUNT_SCALE / 2,
+            ..alloc(0, now - 2 * S, 1024)
+        };
+        let big = alloc(1, now - 2 * S, 1 << 20);
+        let h = AgeHistogram::build(now, &[small, big]);
+        assert_eq!(h.total.bytes[1], 524_800 + (1 << 20));
+        assert_eq!(h.total.counts[1], 514, "512.5 + 1 rounds to 514");
+        assert_eq!(h.per_site[&SiteId(0)].counts[1], 513);
+        let by_site = older_than_by_site(&[small, big], now, Duration::from_secs(1));
+        assert_eq!(by_site.get(&SiteId(0)), Some(&(513, 524_800)));
     }
 }

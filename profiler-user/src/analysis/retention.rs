@@ -1,7 +1,7 @@
 //! Allocator retention: resident anonymous memory that grows while the live
 //! heap does not.
 //!
-//! The gap is `RssAnon − live heap` (the sum of all sites' live bytes). Its
+//! The gap is `RssAnon − live heap` (the exact allocated − freed bytes). Its
 //! level means little (memory allocated before attach, thread stacks and
 //! JIT code are in it); its growth does: when the program's live heap stays
 //! flat but RSS climbs, the allocator keeps memory that was freed (glibc
@@ -104,16 +104,10 @@ pub fn retention_finding_with(
     p: &RetentionParams,
 ) -> Option<RetentionFinding> {
     let range = timeline.range(window);
-    let mut live: i64 = 0;
     let mut samples: Vec<(u64, i64, MemSample)> = Vec::new();
-    timeline.replay(range.clone(), |v| {
-        if v.index == range.start {
-            live = v.state.values().map(|s| s.live_bytes as i64).sum();
-        } else {
-            for c in v.changes {
-                live += c.after.live_bytes as i64 - c.before.live_bytes as i64;
-            }
-        }
+    timeline.replay(range, |v| {
+        // The exact live heap, never the sampled per-site estimate.
+        let live = i64::try_from(v.totals.live_bytes()).unwrap_or(i64::MAX);
         if let Some(m) = v.mem {
             samples.push((v.t_ms, live, *m));
         }

@@ -124,7 +124,6 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         window: Window::ALL,
         json: false,
         labels,
-        sample_rate: common.capture()?.sample_rate,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

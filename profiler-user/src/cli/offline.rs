@@ -35,6 +35,7 @@ fn meta(rec: &Recording) -> ProfileMeta {
     ProfileMeta {
         pid: rec.header.pid,
         comm: rec.header.comm.clone(),
+        sample_rate: rec.header.sample_rate,
     }
 }
 
@@ -58,7 +59,6 @@ pub(super) fn report(args: ReportArgs) -> Result<i32> {
         window: window(&args.window, "--window")?,
         json: args.json,
         labels: Labels { lines: args.lines },
-        sample_rate: rec.header.sample_rate,
     };
     output(None, |out| {
         report::write(&rec.timeline, &meta(&rec), &opts, &mut &mut *out).map_err(Into::into)

@@ -52,6 +52,8 @@ pub fn outstanding(
                 site: id,
                 ts_ns: a.ts_ns,
                 size: a.size,
+                est_bytes: a.est_bytes,
+                est_count: a.est_count,
             });
         }
     }

@@ -253,6 +253,7 @@ pub async fn run(
         meta: ProfileMeta {
             pid,
             comm: cap.comm.clone(),
+            sample_rate: opts.sample_rate,
         },
         stop,
         outstanding,

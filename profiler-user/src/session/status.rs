@@ -40,7 +40,6 @@ impl StatusLine {
             }
         };
         self.last = Some((now, t.allocs, t.frees + t.frees_unknown));
-        let live_blocks: u64 = snap.sites.values().map(|s| s.live_count).sum();
         let lost = t.live_map_full
             + t.inflight_full
             + t.site_map_full
@@ -50,12 +49,46 @@ impl StatusLine {
         format!(
             "[{:>6.1}s] live {} in {} blocks | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
             now.duration_since(self.started).as_secs_f64(),
-            human_bytes(snap.live_bytes()),
-            live_blocks,
+            // Exact (allocated − freed), not the sum of sampled sites.
+            human_bytes(t.live_bytes()),
+            t.live_blocks(),
             allocs_s,
             frees_s,
             lost,
             t.stack_failed,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{SiteRef, StackRef};
+    use crate::profile::{SiteStats, Totals};
+
+    #[test]
+    fn live_is_the_exact_total_not_the_sampled_sites() {
+        let mut snap = RawSnapshot::default();
+        // One sample standing for 512 KiB, while 68 KB are really live.
+        snap.sites.insert(
+            SiteRef {
+                stack: StackRef::User(0),
+                kind: 0,
+            },
+            SiteStats {
+                live_bytes: 512 * 1024,
+                live_count: 500,
+                ..SiteStats::default()
+            },
+        );
+        snap.totals = Totals {
+            allocs: 30,
+            alloc_bytes: 100_000,
+            frees: 10,
+            free_bytes: 32_000,
+            ..Totals::default()
+        };
+        let line = StatusLine::new(Instant::now()).line(&snap);
+        assert!(line.contains("live 66.4 KiB in 20 blocks"), "{line}");
     }
 }

@@ -11,7 +11,7 @@ pub mod window;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::profile::{Frame, Profile, Site, SiteStats, Totals};
+use crate::profile::{Frame, LiveHeap, Profile, Site, SiteStats, Totals};
 
 pub use window::{Window, WindowError};
 
@@ -101,6 +101,8 @@ struct StoredTick {
 pub struct ProfileMeta {
     pub pid: u32,
     pub comm: String,
+    /// Mean bytes between samples (0: every allocation captured).
+    pub sample_rate: u64,
 }
 
 /// Call sites and ticks of a session.
@@ -417,6 +419,7 @@ impl Timeline {
         let mut profile = Profile {
             pid: meta.pid,
             comm: meta.comm.clone(),
+            sample_rate: meta.sample_rate,
             ..Profile::default()
         };
         let range = self.range(window);
@@ -444,6 +447,7 @@ impl Timeline {
         };
         let (base_t, base_state, base_totals) = base.unwrap_or_default();
         profile.duration_secs = end_t.saturating_sub(base_t) as f64 / 1000.0;
+        profile.live_heap = LiveHeap::of(&end_totals);
         let (e, b) = (totals_to_array(&end_totals), totals_to_array(&base_totals));
         let diff: Vec<u64> = e.iter().zip(b).map(|(e, b)| e.saturating_sub(b)).collect();
         profile.totals = totals_from_slice(&diff);

@@ -78,6 +78,8 @@ pub(crate) fn timeline_with_mem(
             totals: crate::profile::Totals {
                 allocs: i as u64 * 10,
                 alloc_bytes: live + 1000 * i as u64,
+                // So that allocated − freed is the sites' live total.
+                free_bytes: 1000 * i as u64,
                 ..Default::default()
             },
             mem: mem(i, live),

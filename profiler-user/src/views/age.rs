@@ -27,7 +27,7 @@ pub fn write_age(
 ) -> io::Result<()> {
     writeln!(
         out,
-        "age of outstanding (sampled) allocations, bytes and blocks per age:"
+        "age of outstanding allocations, bytes and blocks per age (weighted like the call sites):"
     )?;
     let header: Vec<String> = BUCKET_LABELS.iter().map(|l| format!("{l:>17}")).collect();
     writeln!(out, "{}", header.join(" "))?;

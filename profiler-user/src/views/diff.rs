@@ -79,7 +79,8 @@ pub fn write_diff_text(
     top: usize,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let (b, w) = (base.live_bytes(), window.live_bytes());
+    // The exact live heap at each window's end; call sites below may be estimates.
+    let (b, w) = (base.live_heap.bytes, window.live_heap.bytes);
     let d = i128::from(w) - i128::from(b);
     let sign = if d < 0 { "-" } else { "+" };
     let exact = group_digits(u64::try_from(d.unsigned_abs()).unwrap_or(u64::MAX));
@@ -202,6 +203,7 @@ mod tests {
                 alloc_count: 1,
             },
         });
+        p.live_heap.bytes = p.sites_live_bytes();
         p
     }
 

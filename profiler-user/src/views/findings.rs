@@ -269,8 +269,14 @@ pub fn findings_json(
             "end_ms": analysis.window.end_ms,
         },
         "duration_secs": profile.duration_secs,
-        "live_bytes": profile.live_bytes(),
-        "live_blocks": profile.live_count(),
+        // Exact: allocated − freed since attach, over every allocation.
+        "live_bytes": profile.live_heap.bytes,
+        "live_blocks": profile.live_heap.blocks,
+        // Per-site numbers are unbiased estimates when sample_rate > 0.
+        "sample_rate": profile.sample_rate,
+        "sites_estimated": profile.sampled(),
+        "sites_live_bytes": profile.sites_live_bytes(),
+        "sites_live_blocks": profile.sites_live_count(),
         "totals": {
             "allocs": profile.totals.allocs,
             "alloc_bytes": profile.totals.alloc_bytes,
@@ -328,6 +334,7 @@ mod tests {
         let meta = ProfileMeta {
             pid: 77,
             comm: "server".into(),
+            sample_rate: 0,
         };
         let profile = tl.profile_for(Window::ALL, &meta);
         let analysis = analyze(&tl, Window::ALL);

@@ -100,11 +100,13 @@ pub fn write_report_with(
         "heapscope: pid {} ({}), {:.1}s",
         profile.pid, profile.comm, profile.duration_secs
     )?;
+    // The headline is exact whatever the sampling: allocated − freed since
+    // attach, over every allocation.
     writeln!(
         out,
-        "live heap: {} in {} blocks",
-        bytes_both(profile.live_bytes()),
-        group_digits(profile.live_count())
+        "live heap: {} in {} blocks (exact: allocated - freed since attach)",
+        bytes_both(profile.live_heap.bytes),
+        group_digits(profile.live_heap.blocks)
     )?;
     writeln!(
         out,
@@ -113,12 +115,6 @@ pub fn write_report_with(
         group_digits(t.allocs),
         bytes_both(t.free_bytes),
         group_digits(t.frees)
-    )?;
-    // Per-site numbers may be sampled estimates; this one never is.
-    writeln!(
-        out,
-        "allocated - freed since attach (exact, every allocation): {}",
-        bytes_both(t.alloc_bytes.saturating_sub(t.free_bytes))
     )?;
     writeln!(out)?;
     write_top_sites(profile, top, labels, out)?;
@@ -157,19 +153,39 @@ fn write_top_sites(
     let total = sites.len();
     sites.truncate(top);
 
-    writeln!(out, "top call sites by live bytes:")?;
+    if profile.sampled() {
+        writeln!(
+            out,
+            "top call sites by live bytes (~: sampled estimates; all sites together ~{} in ~{} blocks):",
+            bytes_both(profile.sites_live_bytes()),
+            group_digits(profile.sites_live_count())
+        )?;
+    } else {
+        writeln!(out, "top call sites by live bytes:")?;
+    }
     if sites.is_empty() {
         writeln!(out, "(no live allocations)")?;
         return Ok(());
     }
-    let header = [
-        "LIVE BYTES",
-        "BLOCKS",
-        "ALLOC BYTES",
-        "ALLOCS",
-        "API",
-        "CALL SITE",
-    ];
+    let header = if profile.sampled() {
+        [
+            "~LIVE BYTES",
+            "~BLOCKS",
+            "~ALLOC BYTES",
+            "~ALLOCS",
+            "API",
+            "CALL SITE",
+        ]
+    } else {
+        [
+            "LIVE BYTES",
+            "BLOCKS",
+            "ALLOC BYTES",
+            "ALLOCS",
+            "API",
+            "CALL SITE",
+        ]
+    };
     let rows: Vec<[String; 6]> = sites
         .iter()
         .map(|s| {
@@ -277,11 +293,27 @@ mod tests {
         assert_eq!(value("stack capture failed"), 2);
         assert_eq!(value("unmatched returns"), 0);
         assert!(text.trim_end().ends_with(LOST_WARNING));
-        assert!(text.contains("live heap: 2.2 MiB (2,317,479 B) in 15 blocks"));
+        assert!(text.contains(
+            "live heap: 2.2 MiB (2,262,700 B) in 15 blocks (exact: allocated - freed since attach)"
+        ));
         assert!(
             !text.contains("transient"),
             "zero-live sites are not listed"
         );
+    }
+
+    #[test]
+    fn sampled_sites_are_marked_as_estimates() {
+        let mut p = sample_profile();
+        let exact = render(&p, 20);
+        assert!(!exact.contains('~'), "{exact}");
+        p.sample_rate = 512 * 1024;
+        let text = render(&p, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        // The headline stays the exact figure; the table is marked.
+        assert_eq!(lines[1], exact.lines().nth(1).unwrap_or_default());
+        assert!(text.contains("all sites together ~2.2 MiB (2,317,479 B) in ~15 blocks"));
+        assert!(text.contains("~LIVE BYTES  ~BLOCKS"), "{text}");
     }
 
     #[test]

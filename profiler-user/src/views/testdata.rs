@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::profile::{Frame, Profile, Site, SiteStats, Totals};
+use crate::profile::{Frame, LiveHeap, Profile, Site, SiteStats, Totals};
 
 fn f(name: &str) -> Frame {
     Frame::function(name, "app")
@@ -97,6 +97,11 @@ pub(crate) fn sample_profile() -> Profile {
             // Fields added later default to 0 here.
             ..Totals::default()
         },
+        live_heap: LiveHeap {
+            bytes: 2_262_700,
+            blocks: 15,
+        },
+        sample_rate: 0,
     }
 }
 
@@ -146,6 +151,11 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
             alloc_bytes: 47428,
             ..Totals::default()
         },
+        live_heap: LiveHeap {
+            bytes: 47428,
+            blocks: 15,
+        },
+        sample_rate: 0,
     }
 }
 
