@@ -1,5 +1,36 @@
 //! An immutable, symbolized snapshot of one profiling window: the only input to the views.
 
+use std::sync::Arc;
+
+/// Identity of a module (executable or shared library) as loaded: enough to
+/// find its symbols again later, on another machine or through debuginfod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModuleId {
+    /// The path as the process saw it (the maps column).
+    pub path: String,
+    /// The GNU build-id note; empty when the file has none (or was unreadable).
+    pub build_id: Vec<u8>,
+}
+
+impl ModuleId {
+    /// The build-id as lowercase hex (empty without one).
+    pub fn build_id_hex(&self) -> String {
+        self.build_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Where a frame's code is: the module and the file offset of the address
+/// (a return address: the call is the instruction before it). Frames
+/// inlined at one address share its `Pc`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pc {
+    pub module: Arc<ModuleId>,
+    pub offset: u64,
+    /// The runtime address when captured (0 when not known): with `offset`
+    /// it gives the module's load address.
+    pub address: u64,
+}
+
 /// One frame of a symbolized stack.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Frame {
@@ -16,10 +47,18 @@ pub enum Frame {
         /// The function was inlined into the frame below it (its caller):
         /// it has no stack frame of its own, DWARF says it is there.
         inlined: bool,
+        /// Module and file offset of the address (`None` in recordings
+        /// written before heapscope kept it).
+        pc: Option<Pc>,
     },
     /// An address that could not be resolved: module file name + file offset,
     /// rendered `[module+0xoff]`; `module` is `?` when no mapping covered it.
-    Unknown { module: String, offset: u64 },
+    Unknown {
+        module: String,
+        offset: u64,
+        /// Module identity, when known (see [`Frame::Function`]'s `pc`).
+        pc: Option<Pc>,
+    },
 }
 
 impl Frame {
@@ -31,14 +70,39 @@ impl Frame {
             file: None,
             line: None,
             inlined: false,
+            pc: None,
         }
+    }
+
+    /// An unresolved frame without module identity.
+    pub fn unknown(module: impl Into<String>, offset: u64) -> Frame {
+        Frame::Unknown {
+            module: module.into(),
+            offset,
+            pc: None,
+        }
+    }
+
+    /// Where this frame's code is, when known.
+    pub fn pc(&self) -> Option<&Pc> {
+        match self {
+            Frame::Function { pc, .. } | Frame::Unknown { pc, .. } => pc.as_ref(),
+        }
+    }
+
+    /// This frame with its code location set.
+    pub fn with_pc(mut self, new: Option<Pc>) -> Frame {
+        match &mut self {
+            Frame::Function { pc, .. } | Frame::Unknown { pc, .. } => *pc = new,
+        }
+        self
     }
 
     /// The text shown for this frame in stacks.
     pub fn label(&self) -> String {
         match self {
             Frame::Function { name, .. } => name.clone(),
-            Frame::Unknown { module, offset } => format!("[{module}+{offset:#x}]"),
+            Frame::Unknown { module, offset, .. } => format!("[{module}+{offset:#x}]"),
         }
     }
 

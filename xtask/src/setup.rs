@@ -78,8 +78,9 @@ const PACKAGES: &[(&str, &str)] = &[
 /// `dpkg -s`: `libc6-dbg` puts libc's DWARF under `/usr/lib/debug/.build-id`,
 /// so the symbolizer names libc frames (`__libc_start_call_main`); `python3`
 /// is Debian's interpreter (built without frame pointers), which a test
-/// profiles — another python3 earlier on PATH does not count.
-const FILE_PACKAGES: &[&str] = &["libc6-dbg", "python3"];
+/// profiles — another python3 earlier on PATH does not count; `golang-go`
+/// gives `go tool pprof`, which the pprof tests read heapscope's exports with.
+const FILE_PACKAGES: &[&str] = &["libc6-dbg", "python3", "golang-go"];
 
 /// True when dpkg reports `pkg` as installed; false without dpkg.
 fn dpkg_installed(pkg: &str) -> bool {

@@ -64,6 +64,9 @@ pub struct CommonArgs {
     /// Write an inferno flame graph SVG to this file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Write the whole session as gzipped pprof (profile.proto) to this file.
+    #[arg(long)]
+    pub pprof: Option<PathBuf>,
     /// Weight of the folded/SVG output.
     #[arg(long, value_enum, default_value = "live-bytes")]
     pub metric: MetricArg,
@@ -167,7 +170,13 @@ impl CommonArgs {
 
     /// Fails before attaching when an output file could not be written later.
     pub(super) fn check_outputs(&self) -> Result<()> {
-        for p in self.folded.iter().chain(&self.svg).chain(&self.record) {
+        for p in self
+            .folded
+            .iter()
+            .chain(&self.svg)
+            .chain(&self.record)
+            .chain(&self.pprof)
+        {
             let parent = p
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())

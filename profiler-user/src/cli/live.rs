@@ -139,6 +139,17 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
             views::folded::write_folded_with(&profile, metric, labels, f).map_err(Into::into)
         })?;
     }
+    if let Some(path) = &common.pprof {
+        let rate = common.capture()?.sample_rate;
+        let opts = super::pprof::options(
+            &result.timeline,
+            Window::ALL,
+            &profile,
+            result.start_unix_ms,
+            rate,
+        );
+        super::pprof::write(path, &opts, &profile)?;
+    }
     if let Some(path) = &common.svg {
         let title = format!("heapscope: pid {} ({})", profile.pid, profile.comm);
         write_file(path, |f| {

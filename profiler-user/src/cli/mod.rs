@@ -4,6 +4,7 @@
 mod args;
 mod live;
 mod offline;
+mod pprof;
 
 use std::path::PathBuf;
 
@@ -101,6 +102,8 @@ pub struct DiffArgs {
 pub enum ExportFormat {
     Folded,
     Svg,
+    /// Gzipped profile.proto, for `go tool pprof`, Pyroscope and Parca (needs -o).
+    Pprof,
 }
 
 #[derive(Args, Debug)]

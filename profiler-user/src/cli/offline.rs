@@ -98,6 +98,15 @@ pub(super) fn export(args: ExportArgs) -> Result<i32> {
     let m = meta(&rec);
     let w = window(&args.window, "--window")?;
     let profile = rec.timeline.profile_for(w, &m);
+    if let ExportFormat::Pprof = args.format {
+        let Some(path) = args.output.as_deref() else {
+            anyhow::bail!("--format pprof writes a binary file: give it with -o FILE.pb.gz");
+        };
+        let (start, rate) = (rec.header.start_unix_ms, rec.header.sample_rate);
+        let opts = super::pprof::options(&rec.timeline, w, &profile, start, rate);
+        super::pprof::write(path, &opts, &profile)?;
+        return Ok(0);
+    }
     let metric: Metric = args.metric.into();
     let labels = Labels { lines: args.lines };
     output(args.output.as_deref(), |out| {
@@ -113,6 +122,7 @@ pub(super) fn export(args: ExportArgs) -> Result<i32> {
                 );
                 views::svg::write_svg_with(&profile, metric, labels, &title, &mut out)?
             }
+            ExportFormat::Pprof => {}
         }
         Ok(())
     })?;

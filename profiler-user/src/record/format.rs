@@ -7,7 +7,9 @@
 
 use profiler_common::AllocKind;
 
-use crate::profile::{Frame, SiteStats};
+use std::sync::Arc;
+
+use crate::profile::{Frame, ModuleId, Pc, SiteStats};
 use crate::timeline::{totals_from_slice, totals_to_array, MemSample, SiteId, SiteInfo, Tick};
 
 /// First bytes of every recording.
@@ -39,6 +41,13 @@ const FIELD_FILE: u8 = 3;
 const FIELD_LINE: u8 = 4;
 const FIELD_INLINED: u8 = 5;
 const FIELD_OFFSET: u8 = 6;
+/// Module identity and file offset of the frame's address ([`Pc`]); added
+/// after version 1 shipped, so older readers skip them and files without
+/// them read as `pc: None`.
+const FIELD_PC_PATH: u8 = 7;
+const FIELD_PC_BUILD_ID: u8 = 8;
+const FIELD_PC_OFFSET: u8 = 9;
+const FIELD_PC_ADDRESS: u8 = 10;
 
 /// What the session was attached to; the first record of every file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,6 +133,7 @@ fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
             file,
             line,
             inlined,
+            pc: _,
         } => {
             fields.push((FIELD_NAME, name.as_bytes().to_vec()));
             fields.push((FIELD_MODULE, module.as_bytes().to_vec()));
@@ -138,12 +148,20 @@ fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
             }
             FRAME_FUNCTION
         }
-        Frame::Unknown { module, offset } => {
+        Frame::Unknown { module, offset, .. } => {
             fields.push((FIELD_MODULE, module.as_bytes().to_vec()));
             fields.push((FIELD_OFFSET, varint_bytes(*offset)));
             FRAME_UNKNOWN
         }
     };
+    if let Some(pc) = frame.pc() {
+        fields.push((FIELD_PC_PATH, pc.module.path.as_bytes().to_vec()));
+        if !pc.module.build_id.is_empty() {
+            fields.push((FIELD_PC_BUILD_ID, pc.module.build_id.clone()));
+        }
+        fields.push((FIELD_PC_OFFSET, varint_bytes(pc.offset)));
+        fields.push((FIELD_PC_ADDRESS, varint_bytes(pc.address)));
+    }
     out.push(kind);
     put_varint(out, fields.len() as u64);
     for (tag, value) in fields {
@@ -322,6 +340,7 @@ fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
     let n = c.count(2)?;
     let (mut name, mut module, mut file, mut line, mut inlined, mut offset) =
         (None, None, None, None, false, None);
+    let (mut pc_path, mut pc_build_id, mut pc_offset, mut pc_address) = (None, Vec::new(), None, 0);
     for _ in 0..n {
         let tag = c.u8()?;
         let len = c.count(1)?;
@@ -334,10 +353,25 @@ fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
             FIELD_LINE => line = Some(v.u32()?),
             FIELD_INLINED => inlined = v.u8()? != 0,
             FIELD_OFFSET => offset = Some(v.varint()?),
+            FIELD_PC_PATH => pc_path = Some(utf8(value)?),
+            FIELD_PC_BUILD_ID => pc_build_id = value.to_vec(),
+            FIELD_PC_OFFSET => pc_offset = Some(v.varint()?),
+            FIELD_PC_ADDRESS => pc_address = v.varint()?,
             // Fields of a newer writer: skipped, their length says how far.
             _ => {}
         }
     }
+    let pc = match (pc_path, pc_offset) {
+        (Some(path), Some(offset)) => Some(Pc {
+            module: Arc::new(ModuleId {
+                path,
+                build_id: pc_build_id,
+            }),
+            offset,
+            address: pc_address,
+        }),
+        _ => None,
+    };
     match kind {
         FRAME_FUNCTION => Ok(Frame::Function {
             name: name.ok_or("function frame without a name")?,
@@ -345,10 +379,12 @@ fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
             file,
             line,
             inlined,
+            pc,
         }),
         FRAME_UNKNOWN => Ok(Frame::Unknown {
             module: module.unwrap_or_else(|| "?".to_string()),
             offset: offset.ok_or("unknown frame without an offset")?,
+            pc,
         }),
         _ => Err("unknown frame kind"),
     }

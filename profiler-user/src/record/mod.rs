@@ -63,4 +63,6 @@ pub enum RecordError {
 }
 
 #[cfg(test)]
+mod pc_tests;
+#[cfg(test)]
 mod tests;

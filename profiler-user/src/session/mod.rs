@@ -68,6 +68,8 @@ pub struct SessionResult {
     /// their ages are measured at.
     pub outstanding: Vec<OutstandingAlloc>,
     pub now_ns: u64,
+    /// Attach time, milliseconds since the Unix epoch (as in the recording header).
+    pub start_unix_ms: u64,
     /// Non-fatal problems met on the way (detach errors, unreadable maps).
     pub warnings: Vec<String>,
 }
@@ -258,6 +260,7 @@ pub async fn run(
         stop,
         outstanding,
         now_ns,
+        start_unix_ms,
         warnings,
     })
 }

@@ -4,6 +4,7 @@
 //! each address looked up once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use aya::maps::{MapData, StackTraceMap};
 use aya::Ebpf;
@@ -12,7 +13,7 @@ use profiler_common::AllocKind;
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{RawSnapshot, StackRef};
 use crate::process::maps::{MemoryMap, RuntimeAddr};
-use crate::profile::{Frame, Site};
+use crate::profile::{Frame, ModuleId, Pc, Site};
 use crate::symbolize::{ModuleAddr, ModuleSource, Symbolized, Symbolizer, UnknownReason};
 
 /// The addresses of one module, symbolized in one call.
@@ -84,11 +85,27 @@ impl<'a> Resolver<'a> {
         }
         for batch in by_module.into_values() {
             let results = self.symbolizer.symbolize_many(&batch.source, &batch.addrs);
-            for (ip, result) in batch.ips.into_iter().zip(results) {
+            // Kept beside each frame so recordings can be re-symbolized and
+            // exported with real mappings (pprof) later.
+            let module = Arc::new(ModuleId {
+                path: batch.source.path.display().to_string(),
+                build_id: self.symbolizer.build_id(&batch.source),
+            });
+            for ((ip, addr), result) in batch.ips.into_iter().zip(batch.addrs).zip(results) {
                 if let Some(reason) = result.reason() {
                     *self.unknown.entry(reason).or_insert(0) += 1;
                 }
-                self.frames_by_ip.insert(ip, result.into_frames());
+                let pc = Pc {
+                    module: Arc::clone(&module),
+                    offset: addr.offset.0,
+                    address: ip,
+                };
+                let frames = result
+                    .into_frames()
+                    .into_iter()
+                    .map(|f| f.with_pc(Some(pc.clone())))
+                    .collect();
+                self.frames_by_ip.insert(ip, frames);
             }
         }
     }

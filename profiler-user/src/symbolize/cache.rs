@@ -51,6 +51,8 @@ pub(crate) struct LoadedModule {
     dwarf: Option<DwarfInfo>,
     /// The separate debug file DWARF or symbols came from.
     pub(crate) debug_file: Option<PathBuf>,
+    /// The module's GNU build-id (empty without one).
+    pub(crate) build_id: Vec<u8>,
 }
 
 /// Loads DWARF of `obj` (found at `path`), following a dwz supplement.
@@ -89,12 +91,14 @@ impl LoadedModule {
         refs: &DebugRefs,
     ) -> LoadedModule {
         let elf = ElfModule::from_object(obj);
+        let build_id = refs.build_id.clone().unwrap_or_default();
         if let Some(dwarf) = load_dwarf(opts, source, &source.open_path, obj) {
             return LoadedModule {
                 elf,
                 debug_elf: None,
                 dwarf: Some(dwarf),
                 debug_file: None,
+                build_id,
             };
         }
         let Some(debug_path) = debuginfo::find_debug_file(opts, source, refs) else {
@@ -103,6 +107,7 @@ impl LoadedModule {
                 debug_elf: None,
                 dwarf: None,
                 debug_file: None,
+                build_id,
             };
         };
         let parsed = File::open(&debug_path).map(ReadCache::new);
@@ -127,6 +132,7 @@ impl LoadedModule {
             debug_elf,
             dwarf,
             debug_file: Some(debug_path),
+            build_id,
         }
     }
 
@@ -184,6 +190,7 @@ impl LoadedModule {
                 file: f.file,
                 line: f.line,
                 inlined: i > 0,
+                pc: None,
             })
             .collect())
     }

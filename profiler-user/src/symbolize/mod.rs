@@ -221,7 +221,7 @@ impl Symbolized {
     pub fn into_frames(self) -> Vec<Frame> {
         match self {
             Symbolized::Frames(f) => f,
-            Symbolized::Unknown { module, offset, .. } => vec![Frame::Unknown { module, offset }],
+            Symbolized::Unknown { module, offset, .. } => vec![Frame::unknown(module, offset)],
         }
     }
 
@@ -313,6 +313,15 @@ impl Symbolizer {
     /// Number of modules currently cached (parsed or known-unparsable).
     pub fn cached_modules(&self) -> usize {
         self.cache.len()
+    }
+
+    /// The GNU build-id of `module` (empty without one, or when the file
+    /// cannot be read); parses the module when not cached yet.
+    pub fn build_id(&mut self, module: &ModuleSource) -> Vec<u8> {
+        self.cache
+            .get(module, &self.opts)
+            .map(|m| m.build_id.clone())
+            .unwrap_or_default()
     }
 
     /// The separate debug file used for `module`, if one was found (for

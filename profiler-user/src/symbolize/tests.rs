@@ -234,6 +234,7 @@ fn stripped_library_falls_back_to_dynsym() {
         Frame::Unknown {
             module: "libfixture-stripped.so".into(),
             offset: hidden.file_offset + 3,
+            pc: None,
         }
     );
 }
@@ -249,6 +250,7 @@ fn stripped_executable_is_unknown() {
         Frame::Unknown {
             module: "prog".into(),
             offset: loc.file_offset + 3,
+            pc: None,
         }
     );
     assert_eq!(frame.label(), format!("[prog+{:#x}]", loc.file_offset + 3));
@@ -262,6 +264,7 @@ fn unreadable_or_foreign_files_are_unknown() {
     let unknown = |module: &str, offset| Frame::Unknown {
         module: module.into(),
         offset,
+        pc: None,
     };
     assert_eq!(
         frame_at(&mut s, missing, "lib.so", 0x10, true),

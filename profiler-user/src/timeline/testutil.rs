@@ -18,6 +18,7 @@ pub(crate) fn frame_src(name: &str, file: &str, line: u32, inlined: bool) -> Fra
         file: Some(file.into()),
         line: Some(line),
         inlined,
+        pc: None,
     }
 }
 
@@ -26,6 +27,7 @@ pub(crate) fn frame_unknown(module: &str, offset: u64) -> Frame {
     Frame::Unknown {
         module: module.into(),
         offset,
+        pc: None,
     }
 }
 

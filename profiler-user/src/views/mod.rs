@@ -7,6 +7,7 @@ pub mod age;
 pub mod diff;
 pub mod findings;
 pub mod folded;
+pub mod pprof;
 pub mod report;
 pub mod svg;
 
@@ -250,6 +251,7 @@ mod tests {
             file: Some(file.into()),
             line: Some(line),
             inlined,
+            pc: None,
         }
     }
 
@@ -265,6 +267,7 @@ mod tests {
         let unknown = Frame::Unknown {
             module: "lib.so".into(),
             offset: 0x10,
+            pc: None,
         };
         assert_eq!(lines.label(&unknown), "[lib.so+0x10]");
         // The same function at two lines: one site without lines, two with.

@@ -15,6 +15,7 @@ fn at(name: &str, file: &str, line: u32, inlined: bool) -> Frame {
         file: Some(file.into()),
         line: Some(line),
         inlined,
+        pc: None,
     }
 }
 
@@ -63,6 +64,7 @@ pub(crate) fn sample_profile() -> Profile {
                 frames: with(&[Frame::Unknown {
                     module: "libplugin.so".into(),
                     offset: 0x1234,
+                    pc: None,
                 }]),
                 api: "calloc",
                 stats: stats(512, 2, 1024, 4),
@@ -139,6 +141,7 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
                     Frame::Unknown {
                         module: "libc.so.6".into(),
                         offset: 0x2724a,
+                        pc: None,
                     },
                     f("no_dwarf_here"),
                 ],

@@ -1,0 +1,48 @@
+//! pprof files from a timeline: the window's time range and the
+//! process identity go into the profile beside its sites.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::live::write_file;
+use crate::profile::Profile;
+use crate::timeline::{Timeline, Window};
+use crate::views::pprof::{write_pprof, PprofOptions};
+
+/// Options of the pprof file of `profile`, which is `timeline`'s `window`
+/// of a session that started at `start_unix_ms`.
+pub(super) fn options(
+    timeline: &Timeline,
+    window: Window,
+    profile: &Profile,
+    start_unix_ms: u64,
+    sample_rate: u64,
+) -> PprofOptions {
+    let range = timeline.range(window);
+    let end_ms = timeline
+        .tick_times()
+        .nth(range.end.saturating_sub(1))
+        .unwrap_or(0);
+    let duration_ms = (profile.duration_secs * 1000.0).round() as u64;
+    let start_ms = start_unix_ms.saturating_add(end_ms.saturating_sub(duration_ms));
+    let mode = if sample_rate == 0 {
+        "exact: every allocation".to_string()
+    } else {
+        format!("sampled every {sample_rate} bytes on average; unbiased estimates")
+    };
+    PprofOptions {
+        sample_rate,
+        time_nanos: i64::try_from(start_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        duration_nanos: i64::try_from(duration_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        comments: vec![
+            format!("heapscope: pid {} ({})", profile.pid, profile.comm),
+            mode,
+        ],
+    }
+}
+
+/// Writes `profile` to `path` as gzipped pprof.
+pub(super) fn write(path: &Path, opts: &PprofOptions, profile: &Profile) -> Result<()> {
+    write_file(path, |f| write_pprof(opts, profile, f).map_err(Into::into))
+}

@@ -1,0 +1,185 @@
+//! End-to-end tests of the pprof export: `go tool pprof` (Debian's
+//! golang-go, installed by `cargo xtask setup`) reads what heapscope wrote
+//! from a real capture, with the fixture's exact byte counts and
+//! `file:line`, and `-diff_base` on two windows shows the grown site.
+//! They need root; without it they say they were skipped.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::driver::*;
+use common::*;
+
+/// `go tool pprof ARGS`, offline and with its caches in `dir`.
+fn go_pprof(dir: &Path, args: &[&str]) -> String {
+    let home = dir.join("go-home");
+    std::fs::create_dir_all(&home).expect("go home");
+    // Every node, however small (pprof hides nodes under 0.5% by default).
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-nodefraction=0", "-nodecount=100000"])
+        .args(args)
+        .env("HOME", &home)
+        .env("GOCACHE", home.join("cache"))
+        .env("GOPATH", home.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("PPROF_TMPDIR", &home)
+        .output()
+        .expect("run `go tool pprof` (install golang-go: `cargo xtask setup`)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Rows of `-top` output (`-unit=byte`): function (with `file:line` under
+/// `-lines`) → flat bytes.
+fn top_rows(text: &str) -> BTreeMap<String, i64> {
+    let mut rows = BTreeMap::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("flat") {
+            in_table = true;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 6 {
+            continue;
+        }
+        let Ok(flat) = cols[0].trim_end_matches('B').parse::<i64>() else {
+            continue;
+        };
+        *rows.entry(cols[5..].join(" ")).or_insert(0) += flat;
+    }
+    rows
+}
+
+fn export(file: &Path, window: &str, out: &Path) {
+    let o = Command::new(heapscope())
+        .args(["export", "--format", "pprof", "--window", window, "-o"])
+        .arg(out)
+        .arg(file)
+        .output()
+        .expect("run heapscope export");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn record_leaks(dir: &Path) -> (PathBuf, PathBuf) {
+    let bin = fixture("leaks", "fp", &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let rec = dir.join("leaks.rec");
+    let fx = start_fixture(&bin);
+    run_attached(
+        fx,
+        &[
+            "--exact",
+            "--stacks",
+            "fp",
+            "--record",
+            rec.to_str().expect("utf8"),
+        ],
+    );
+    (bin, rec)
+}
+
+#[test]
+fn go_pprof_reads_the_exact_leaks() {
+    if !root_or_skip("go_pprof_reads_the_exact_leaks") {
+        return;
+    }
+    let dir = scratch("pprof-top");
+    let (bin, rec) = record_leaks(&dir);
+    let pb = dir.join("leaks.pb.gz");
+    export(&rec, "..", &pb);
+    let pb_s = pb.to_str().expect("utf8");
+    let top = go_pprof(
+        &dir,
+        &["-top", "-unit=byte", "-sample_index=inuse_space", pb_s],
+    );
+    assert!(top.contains("Type: inuse_space"), "{top}");
+    let rows = top_rows(&top);
+    for (site, want) in expected_sites(&bin) {
+        let got = rows.get(&site).copied().unwrap_or(0);
+        assert_eq!(got, want as i64, "inuse_space of {site}\n{top}");
+    }
+    // Every sample type is there, in Go's order.
+    let raw = go_pprof(&dir, &["-raw", pb_s]);
+    assert!(
+        raw.contains(
+            "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes[dflt]"
+        ),
+        "{raw}"
+    );
+    assert!(raw.contains("Period: 1"), "exact mode: {raw}");
+    // file:line from heapscope's DWARF symbolization.
+    let lines = go_pprof(
+        &dir,
+        &[
+            "-top",
+            "-lines",
+            "-unit=byte",
+            "-sample_index=inuse_space",
+            pb_s,
+        ],
+    );
+    let leak = top_rows(&lines)
+        .into_iter()
+        .find(|(k, _)| k.starts_with("leak_malloc "))
+        .unwrap_or_else(|| panic!("no leak_malloc row:\n{lines}"));
+    assert!(leak.0.contains("leaks.c:"), "{leak:?}");
+    assert_eq!(leak.1, expected_sites(&bin)["leak_malloc"] as i64);
+}
+
+#[test]
+fn go_pprof_diff_base_shows_the_growing_site() {
+    if !root_or_skip("go_pprof_diff_base_shows_the_growing_site") {
+        return;
+    }
+    let dir = scratch("pprof-diff");
+    let growth = fixture(
+        "growth",
+        "fp",
+        &["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"],
+    );
+    let rec = dir.join("growth.rec");
+    let mut cmd = Command::new(growth);
+    cmd.arg("leak");
+    let fx = start_command(cmd);
+    run_attached(
+        fx,
+        &[
+            "--exact",
+            "--stacks",
+            "fp",
+            "--record",
+            rec.to_str().expect("utf8"),
+        ],
+    );
+    let (base, win) = (dir.join("base.pb.gz"), dir.join("window.pb.gz"));
+    export(&rec, "0s..1s", &base);
+    export(&rec, "4s..", &win);
+    let diff = go_pprof(
+        &dir,
+        &[
+            "-top",
+            "-unit=byte",
+            "-sample_index=inuse_space",
+            "-diff_base",
+            base.to_str().expect("utf8"),
+            win.to_str().expect("utf8"),
+        ],
+    );
+    let rows = top_rows(&diff);
+    let grown = rows.get("leak_slowly").copied().unwrap_or(0);
+    assert!(grown > 0, "leak_slowly grew between the windows:\n{diff}");
+    assert_eq!(rows.get("churn").copied().unwrap_or(0), 0, "{diff}");
+}
