@@ -153,6 +153,18 @@ pub fn for_command(exe: &Path, skip_prologue: bool) -> Result<AllocatorTarget, P
     }
 }
 
+/// Where free's entry probe goes (free has no return probe, so its entry may
+/// move alone): the first emulated instruction with its pointer intact.
+fn free_entry_skip(kind: AllocKind, bytes: &[u8]) -> u64 {
+    if kind != AllocKind::Free {
+        return 0;
+    }
+    match prologue::place(bytes, false, &[0]) {
+        Ok(p) if p.args[0] == 0 => p.offset,
+        _ => 0,
+    }
+}
+
 fn has_function(file: &Path, name: &str) -> bool {
     matches!(find_function(file, name), Ok(Some(_)))
 }
@@ -192,7 +204,7 @@ fn build_target(
                 continue;
             }
             let skip = if skip_prologue {
-                prologue::entry_skip(kind, &loc.first_bytes)
+                free_entry_skip(kind, &loc.first_bytes)
             } else {
                 0
             };
