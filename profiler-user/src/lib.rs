@@ -10,6 +10,7 @@ pub mod launch;
 pub mod probes;
 pub mod process;
 pub mod profile;
+pub mod push;
 pub mod record;
 pub mod report;
 pub mod session;

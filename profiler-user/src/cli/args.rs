@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::probes::{CaptureConfig, MapSizes, ProbeMode};
 use crate::profile::Metric;
+use crate::push::{ingest::valid_label_name, Endpoint, PushOptions};
 use crate::session::SessionOptions;
 use crate::units::{parse_duration, parse_size};
 
@@ -67,6 +68,17 @@ pub struct CommonArgs {
     /// Write the whole session as gzipped pprof (profile.proto) to this file.
     #[arg(long)]
     pub pprof: Option<PathBuf>,
+    /// Push one pprof profile per interval to this Pyroscope-compatible
+    /// server (e.g. http://pyroscope:4040), from a thread of its own.
+    #[arg(long, value_name = "URL")]
+    pub push: Option<String>,
+    /// Interval of --push.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub push_interval: Duration,
+    /// A label of pushed profiles (repeatable); `service_name=NAME` names the
+    /// application (default: the target's command name).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Weight of the folded/SVG output.
     #[arg(long, value_enum, default_value = "live-bytes")]
     pub metric: MetricArg,
@@ -157,6 +169,32 @@ impl CommonArgs {
         }
     }
 
+    fn push_options(&self) -> Result<Option<PushOptions>> {
+        let Some(url) = &self.push else {
+            return Ok(None);
+        };
+        if self.push_interval < Duration::from_millis(100) {
+            bail!("--push-interval must be at least 100ms");
+        }
+        let service = self
+            .labels
+            .iter()
+            .find(|(k, _)| k == "service_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok(Some(PushOptions {
+            endpoint: Endpoint::parse(url)?,
+            interval: self.push_interval,
+            service,
+            labels: self
+                .labels
+                .iter()
+                .filter(|(k, _)| k != "service_name")
+                .cloned()
+                .collect(),
+        }))
+    }
+
     pub(super) fn session_options(&self) -> Result<SessionOptions> {
         Ok(SessionOptions {
             duration: self.duration,
@@ -164,12 +202,15 @@ impl CommonArgs {
             status: !self.quiet,
             record: self.record.clone(),
             sample_rate: self.capture()?.sample_rate,
+            push: self.push_options()?,
             announce: None,
         })
     }
 
     /// Fails before attaching when an output file could not be written later.
     pub(super) fn check_outputs(&self) -> Result<()> {
+        // A bad --push URL or label fails before the target is touched.
+        self.push_options()?;
         for p in self
             .folded
             .iter()
@@ -191,4 +232,17 @@ impl CommonArgs {
         }
         Ok(())
     }
+}
+
+/// Parses `--label KEY=VALUE`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{text}'"))?;
+    if !valid_label_name(k) {
+        return Err(format!(
+            "label name '{k}' must start with a letter or '_' and hold only letters, digits, '_' and '.'"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
 }

@@ -116,6 +116,9 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
     for w in &result.warnings {
         eprintln!("heapscope: warning: {w}");
     }
+    if let Some(p) = &result.push {
+        eprintln!("heapscope: {}", p.describe());
+    }
     let labels = views::Labels {
         lines: common.lines,
     };

@@ -25,21 +25,14 @@ pub(super) fn options(
         .nth(range.end.saturating_sub(1))
         .unwrap_or(0);
     let duration_ms = (profile.duration_secs * 1000.0).round() as u64;
-    let start_ms = start_unix_ms.saturating_add(end_ms.saturating_sub(duration_ms));
-    let mode = if sample_rate == 0 {
-        "exact: every allocation".to_string()
-    } else {
-        format!("sampled every {sample_rate} bytes on average; unbiased estimates")
-    };
-    PprofOptions {
+    PprofOptions::for_window(
+        start_unix_ms,
+        end_ms,
+        duration_ms,
         sample_rate,
-        time_nanos: i64::try_from(start_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
-        duration_nanos: i64::try_from(duration_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
-        comments: vec![
-            format!("heapscope: pid {} ({})", profile.pid, profile.comm),
-            mode,
-        ],
-    }
+        profile.pid,
+        &profile.comm,
+    )
 }
 
 /// Writes `profile` to `path` as gzipped pprof.

@@ -4,6 +4,7 @@
 
 pub mod ages;
 pub mod capture;
+pub mod publish;
 pub mod recorder;
 pub mod resolve;
 pub mod status;
@@ -34,6 +35,8 @@ pub struct SessionOptions {
     pub record: Option<PathBuf>,
     /// Mean bytes between samples (0: exact), stored in the recording.
     pub sample_rate: u64,
+    /// Push one pprof profile per interval to a Pyroscope-compatible backend.
+    pub push: Option<crate::push::PushOptions>,
     /// Printed on stderr once the session has read the target's memory map,
     /// so whoever waits for it knows allocations from then on resolve.
     pub announce: Option<String>,
@@ -70,6 +73,8 @@ pub struct SessionResult {
     pub now_ns: u64,
     /// Attach time, milliseconds since the Unix epoch (as in the recording header).
     pub start_unix_ms: u64,
+    /// What the push thread sent and dropped, with `push`.
+    pub push: Option<crate::push::PushSummary>,
     /// Non-fatal problems met on the way (detach errors, unreadable maps).
     pub warnings: Vec<String>,
 }
@@ -156,6 +161,20 @@ pub async fn run(
         sample_rate: opts.sample_rate,
     };
     let mut rec = Recorder::new(opts.record.as_deref(), &header)?;
+    let meta = ProfileMeta {
+        pid,
+        comm: cap.comm.clone(),
+        sample_rate: opts.sample_rate,
+    };
+    let mut push = match opts.push.clone() {
+        Some(p) => Some(publish::PushTicker::start(
+            p,
+            start_unix_ms,
+            opts.sample_rate,
+            meta.clone(),
+        )?),
+        None => None,
+    };
     let mut symbolizer = Symbolizer::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -199,9 +218,16 @@ pub async fn run(
             warnings.push(format!("pruning per-thread state: {e}"));
         }
         let snap = cap.snapshot(&probes)?;
-        record_tick(&mut rec, &mut symbolizer, &cap, &probes, t_ms(), &snap)?;
+        let now_ms = t_ms();
+        record_tick(&mut rec, &mut symbolizer, &cap, &probes, now_ms, &snap)?;
+        if let Some(p) = push.as_mut() {
+            p.tick(&rec.timeline, now_ms, false);
+        }
         if opts.status {
-            eprintln!("{}", status.line(&snap));
+            match &push {
+                Some(p) => eprintln!("{} | {}", status.line(&snap), p.summary().counts()),
+                None => eprintln!("{}", status.line(&snap)),
+            }
         }
     };
 
@@ -216,11 +242,16 @@ pub async fn run(
     let end_ms = t_ms();
     record_tick(&mut rec, &mut symbolizer, &cap, &probes, end_ms, &snap)?;
     rec.finish(end_ms);
+    if let Some(p) = push.as_mut() {
+        p.tick(&rec.timeline, end_ms, true);
+    }
     let (outstanding, now_ns) = ages::outstanding(&probes, &cap, &rec).unwrap_or_else(|e| {
         warnings.push(format!("reading allocation ages: {e}"));
         (Vec::new(), 0)
     });
     warnings.extend(probes.detach());
+    // After the detach: waiting for the backend never keeps probes in the target.
+    let push = push.map(publish::PushTicker::finish);
     if let Some(e) = &rec.write_error {
         warnings.push(format!("the recording stopped at its last whole tick: {e}"));
     }
@@ -252,15 +283,12 @@ pub async fn run(
     }
     Ok(SessionResult {
         timeline: rec.timeline,
-        meta: ProfileMeta {
-            pid,
-            comm: cap.comm.clone(),
-            sample_rate: opts.sample_rate,
-        },
+        meta,
         stop,
         outstanding,
         now_ns,
         start_unix_ms,
+        push,
         warnings,
     })
 }

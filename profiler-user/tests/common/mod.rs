@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod driver;
+pub mod gopprof;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

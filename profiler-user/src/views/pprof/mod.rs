@@ -52,6 +52,34 @@ pub struct PprofOptions {
     pub comments: Vec<String>,
 }
 
+impl PprofOptions {
+    /// Options of a window ending `end_ms` after attach and lasting
+    /// `duration_ms`, of a session that attached at `start_unix_ms` to `pid`
+    /// (`comm`), sampling every `sample_rate` bytes (0: exact).
+    pub fn for_window(
+        start_unix_ms: u64,
+        end_ms: u64,
+        duration_ms: u64,
+        sample_rate: u64,
+        pid: u32,
+        comm: &str,
+    ) -> PprofOptions {
+        let start_ms = start_unix_ms.saturating_add(end_ms.saturating_sub(duration_ms));
+        let mode = if sample_rate == 0 {
+            "exact: every allocation".to_string()
+        } else {
+            format!("sampled every {sample_rate} bytes on average; unbiased estimates")
+        };
+        let nanos = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        PprofOptions {
+            sample_rate,
+            time_nanos: nanos(start_ms),
+            duration_nanos: nanos(duration_ms),
+            comments: vec![format!("heapscope: pid {pid} ({comm})"), mode],
+        }
+    }
+}
+
 /// The string table: index 0 is the empty string, as pprof requires.
 struct Strings {
     index: HashMap<String, i64>,
