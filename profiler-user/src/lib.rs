@@ -4,6 +4,7 @@
 //! (read kernel maps) → `profile` (symbolized snapshot) → `views`.
 pub mod aggregate;
 pub mod analysis;
+pub mod api;
 pub mod cli;
 pub mod events;
 pub mod launch;
@@ -13,6 +14,7 @@ pub mod profile;
 pub mod push;
 pub mod record;
 pub mod report;
+pub mod server;
 pub mod session;
 pub mod symbolize;
 pub mod timeline;

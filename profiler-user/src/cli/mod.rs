@@ -5,6 +5,7 @@ mod args;
 mod live;
 mod offline;
 mod pprof;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{CommonArgs, MetricArg, StacksArg};
+pub use serve::{ServeArgs, ServeOpts};
 
 /// heapscope: an eBPF heap profiler for running processes.
 #[derive(Parser, Debug)]
@@ -33,6 +35,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Folded stacks or a flame graph of one window of a recording.
     Export(ExportArgs),
+    /// The web UI, JSON API and /metrics on a recording.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -133,5 +137,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Report(r) => offline::report(r),
         Command::Diff(d) => offline::diff(d),
         Command::Export(e) => offline::export(e),
+        Command::Serve(s) => serve::serve(s).await,
     }
 }

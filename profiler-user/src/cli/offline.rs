@@ -13,7 +13,7 @@ use crate::report::{self, ReportOptions};
 use crate::timeline::{ProfileMeta, Window};
 use crate::views::{self, Labels};
 
-fn open(path: &Path) -> Result<Recording> {
+pub(super) fn open(path: &Path) -> Result<Recording> {
     let rec = record::open(path)?;
     if rec.truncated {
         eprintln!(

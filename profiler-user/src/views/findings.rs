@@ -3,13 +3,13 @@
 
 use std::io::{self, Write};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::analysis::{Analysis, Finding, LeakFinding, RetentionFinding, Suspect, LEAK_CONFIDENCE};
 use crate::profile::{Frame, Profile};
 use crate::timeline::Timeline;
 
-use super::{frame_text, human_bytes, merge_sites, ViewError, UNKNOWN_STACK};
+use super::{frame_text, human_bytes, ViewError, UNKNOWN_STACK};
 
 /// How many leaf-most frames a call site shows (as the main report).
 const CALL_SITE_FRAMES: usize = 4;
@@ -173,120 +173,18 @@ pub fn write_findings_text(findings: &[Finding], out: &mut impl Write) -> io::Re
     Ok(())
 }
 
-/// Rounds to 3 decimals so the JSON is readable and stable.
-fn r3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-fn finding_json(f: &Finding) -> Value {
-    match f {
-        Finding::Leak(l) => json!({
-            "kind": f.kind(),
-            "frames": labels(&l.frames),
-            "api": l.api,
-            "site_id": l.site.0,
-            "slope_bytes_per_hour": l.slope_bytes_per_hour.round(),
-            "confidence": r3(l.confidence),
-            "grew_share": r3(l.grew_share),
-            "live_bytes_start": l.live_bytes_start,
-            "live_bytes_end": l.live_bytes_end,
-            "live_blocks_end": l.live_count_end,
-        }),
-        Finding::AllocatorRetention(r) => json!({
-            "kind": f.kind(),
-            "start_ms": r.start_ms,
-            "end_ms": r.end_ms,
-            "live_heap_start": r.live_heap_start,
-            "live_heap_end": r.live_heap_end,
-            "rss_anon_start": r.rss_anon_start,
-            "rss_anon_end": r.rss_anon_end,
-            "gap_start": r.gap_start,
-            "gap_end": r.gap_end,
-            "gap_growth_bytes": r.gap_growth_bytes,
-            "gap_growth_bytes_per_hour": r.gap_growth_bytes_per_hour.round(),
-            "live_growth_bytes_per_hour": r.live_growth_bytes_per_hour.round(),
-            "heap_mappings_start": r.heap_mappings_start,
-            "heap_mappings_end": r.heap_mappings_end,
-            "arena_heaps": r.arena_heaps,
-            "allocator_mapped": r.allocator_mapped,
-            "remedies": r.remedies,
-        }),
-    }
-}
-
-/// The JSON document of `report --json`: process, window, totals, the `top`
-/// sites by live bytes, the suspects, and `findings` (each with a `kind`).
-/// Keys are sorted, so the output is deterministic.
+/// The JSON document of `report --json` ([`crate::api::ReportDoc`], the
+/// same document as `/api/v1/findings`). Keys are sorted, so the output is
+/// deterministic.
 pub fn findings_json(
     profile: &Profile,
     analysis: &Analysis,
     timeline: &Timeline,
     top: usize,
 ) -> Value {
-    let mut sites = merge_sites(profile);
-    sites.retain(|s| s.stats.live_bytes > 0);
-    sites.sort_by_key(|s| std::cmp::Reverse(s.stats.live_bytes));
-    let top_sites: Vec<Value> = sites
-        .iter()
-        .take(top)
-        .map(|s| {
-            json!({
-                "frames": s.frames,
-                "api": s.api,
-                "live_bytes": s.stats.live_bytes,
-                "live_blocks": s.stats.live_count,
-                "alloc_bytes": s.stats.alloc_bytes,
-                "allocs": s.stats.alloc_count,
-            })
-        })
-        .collect();
-    let suspects: Vec<Value> = analysis
-        .suspects
-        .iter()
-        .take(top)
-        .map(|s| {
-            let (api, frames) = timeline
-                .site(s.site)
-                .map_or(("?", Vec::new()), |i| (i.api, labels(&i.frames)));
-            json!({
-                "frames": frames,
-                "api": api,
-                "site_id": s.site.0,
-                "slope_bytes_per_hour": s.slope_bytes_per_hour.round(),
-                "confidence": r3(s.confidence),
-                "grew_share": r3(s.grew_share),
-                "live_bytes_start": s.live_bytes_start,
-                "live_bytes_end": s.live_bytes_end,
-                "leak": s.is_leak(),
-            })
-        })
-        .collect();
-    json!({
-        "pid": profile.pid,
-        "comm": profile.comm,
-        "window": {
-            "start_ms": analysis.window.start_ms,
-            "end_ms": analysis.window.end_ms,
-        },
-        "duration_secs": profile.duration_secs,
-        // Exact: allocated − freed since attach, over every allocation.
-        "live_bytes": profile.live_heap.bytes,
-        "live_blocks": profile.live_heap.blocks,
-        // Per-site numbers are unbiased estimates when sample_rate > 0.
-        "sample_rate": profile.sample_rate,
-        "sites_estimated": profile.sampled(),
-        "sites_live_bytes": profile.sites_live_bytes(),
-        "sites_live_blocks": profile.sites_live_count(),
-        "totals": {
-            "allocs": profile.totals.allocs,
-            "alloc_bytes": profile.totals.alloc_bytes,
-            "frees": profile.totals.frees,
-            "free_bytes": profile.totals.free_bytes,
-        },
-        "top_sites": top_sites,
-        "suspects": suspects,
-        "findings": analysis.findings.iter().map(finding_json).collect::<Vec<_>>(),
-    })
+    // A struct of strings and numbers always converts; Null is unreachable.
+    serde_json::to_value(crate::api::report_doc(profile, analysis, timeline, top))
+        .unwrap_or(Value::Null)
 }
 
 /// Writes [`findings_json`] pretty-printed, with a final newline.
@@ -310,6 +208,7 @@ mod tests {
     use crate::timeline::testutil::timeline_with_mem;
     use crate::timeline::{MemSample, ProfileMeta, Window};
     use crate::views::testdata::check_golden;
+    use serde_json::json;
 
     const MIB: u64 = 1 << 20;
 

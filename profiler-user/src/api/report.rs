@@ -1,0 +1,223 @@
+//! The findings document: `heapscope report --json` and `/api/v1/findings`.
+
+use serde::Serialize;
+
+use crate::analysis::{Analysis, Finding, Suspect};
+use crate::profile::{Frame, Metric, Profile};
+use crate::timeline::Timeline;
+use crate::views::{frame_text, merge_sites};
+
+use super::{r3, WindowJson};
+
+/// Process totals of the window (exact counters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TotalsJson {
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    pub frees: u64,
+    pub free_bytes: u64,
+}
+
+/// One call site by live bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopSite {
+    /// Frame labels, root first.
+    pub frames: Vec<String>,
+    pub api: &'static str,
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    pub alloc_bytes: u64,
+    pub allocs: u64,
+}
+
+/// A ranked leak suspect.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SuspectJson {
+    pub frames: Vec<String>,
+    pub api: &'static str,
+    pub site_id: u32,
+    pub slope_bytes_per_hour: f64,
+    pub confidence: f64,
+    pub grew_share: f64,
+    pub live_bytes_start: u64,
+    pub live_bytes_end: u64,
+    /// Confidence at or above the leak threshold.
+    pub leak: bool,
+}
+
+/// One finding, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind")]
+pub enum FindingJson {
+    #[serde(rename = "leak")]
+    Leak {
+        frames: Vec<String>,
+        api: &'static str,
+        site_id: u32,
+        slope_bytes_per_hour: f64,
+        confidence: f64,
+        grew_share: f64,
+        live_bytes_start: u64,
+        live_bytes_end: u64,
+        live_blocks_end: u64,
+    },
+    #[serde(rename = "allocator-retention")]
+    AllocatorRetention {
+        start_ms: u64,
+        end_ms: u64,
+        live_heap_start: u64,
+        live_heap_end: u64,
+        rss_anon_start: u64,
+        rss_anon_end: u64,
+        gap_start: i64,
+        gap_end: i64,
+        gap_growth_bytes: i64,
+        gap_growth_bytes_per_hour: f64,
+        live_growth_bytes_per_hour: f64,
+        heap_mappings_start: u64,
+        heap_mappings_end: u64,
+        arena_heaps: u64,
+        allocator_mapped: u64,
+        remedies: Vec<&'static str>,
+    },
+}
+
+/// The whole document: process, window, totals, top sites, suspects, findings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReportDoc {
+    pub pid: u32,
+    pub comm: String,
+    pub window: WindowJson,
+    pub duration_secs: f64,
+    /// Exact: allocated − freed since attach, over every allocation.
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    /// Mean bytes between samples; 0 when every allocation was captured.
+    pub sample_rate: u64,
+    /// Per-site numbers are unbiased estimates (sampled).
+    pub sites_estimated: bool,
+    pub sites_live_bytes: u64,
+    pub sites_live_blocks: u64,
+    pub totals: TotalsJson,
+    pub top_sites: Vec<TopSite>,
+    pub suspects: Vec<SuspectJson>,
+    pub findings: Vec<FindingJson>,
+}
+
+fn labels(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(frame_text).collect()
+}
+
+/// The `top` call sites of `profile` with live bytes, largest first (ties in
+/// stack order).
+pub fn top_sites(profile: &Profile, top: usize) -> Vec<TopSite> {
+    top_sites_by(profile, Metric::LiveBytes, top)
+}
+
+/// The `top` call sites by `metric` (those with 0 of it left out), largest
+/// first, ties in stack order.
+pub fn top_sites_by(profile: &Profile, metric: Metric, top: usize) -> Vec<TopSite> {
+    let mut sites = merge_sites(profile);
+    sites.retain(|s| metric.of(&s.stats) > 0);
+    // merge_sites is sorted by stack and the sort is stable.
+    sites.sort_by_key(|s| std::cmp::Reverse(metric.of(&s.stats)));
+    sites
+        .into_iter()
+        .take(top)
+        .map(|s| TopSite {
+            frames: s.frames,
+            api: s.api,
+            live_bytes: s.stats.live_bytes,
+            live_blocks: s.stats.live_count,
+            alloc_bytes: s.stats.alloc_bytes,
+            allocs: s.stats.alloc_count,
+        })
+        .collect()
+}
+
+fn suspect_json(s: &Suspect, timeline: &Timeline) -> SuspectJson {
+    let (api, frames) = timeline
+        .site(s.site)
+        .map_or(("?", Vec::new()), |i| (i.api, labels(&i.frames)));
+    SuspectJson {
+        frames,
+        api,
+        site_id: s.site.0,
+        slope_bytes_per_hour: s.slope_bytes_per_hour.round(),
+        confidence: r3(s.confidence),
+        grew_share: r3(s.grew_share),
+        live_bytes_start: s.live_bytes_start,
+        live_bytes_end: s.live_bytes_end,
+        leak: s.is_leak(),
+    }
+}
+
+fn finding_json(f: &Finding) -> FindingJson {
+    match f {
+        Finding::Leak(l) => FindingJson::Leak {
+            frames: labels(&l.frames),
+            api: l.api,
+            site_id: l.site.0,
+            slope_bytes_per_hour: l.slope_bytes_per_hour.round(),
+            confidence: r3(l.confidence),
+            grew_share: r3(l.grew_share),
+            live_bytes_start: l.live_bytes_start,
+            live_bytes_end: l.live_bytes_end,
+            live_blocks_end: l.live_count_end,
+        },
+        Finding::AllocatorRetention(r) => FindingJson::AllocatorRetention {
+            start_ms: r.start_ms,
+            end_ms: r.end_ms,
+            live_heap_start: r.live_heap_start,
+            live_heap_end: r.live_heap_end,
+            rss_anon_start: r.rss_anon_start,
+            rss_anon_end: r.rss_anon_end,
+            gap_start: r.gap_start,
+            gap_end: r.gap_end,
+            gap_growth_bytes: r.gap_growth_bytes,
+            gap_growth_bytes_per_hour: r.gap_growth_bytes_per_hour.round(),
+            live_growth_bytes_per_hour: r.live_growth_bytes_per_hour.round(),
+            heap_mappings_start: r.heap_mappings_start,
+            heap_mappings_end: r.heap_mappings_end,
+            arena_heaps: r.arena_heaps,
+            allocator_mapped: r.allocator_mapped,
+            remedies: r.remedies.clone(),
+        },
+    }
+}
+
+/// The findings document of one window: `top` sites by live bytes, the
+/// `top` strongest suspects, and every finding.
+pub fn report_doc(
+    profile: &Profile,
+    analysis: &Analysis,
+    timeline: &Timeline,
+    top: usize,
+) -> ReportDoc {
+    ReportDoc {
+        pid: profile.pid,
+        comm: profile.comm.clone(),
+        window: analysis.window.into(),
+        duration_secs: profile.duration_secs,
+        live_bytes: profile.live_heap.bytes,
+        live_blocks: profile.live_heap.blocks,
+        sample_rate: profile.sample_rate,
+        sites_estimated: profile.sampled(),
+        sites_live_bytes: profile.sites_live_bytes(),
+        sites_live_blocks: profile.sites_live_count(),
+        totals: TotalsJson {
+            allocs: profile.totals.allocs,
+            alloc_bytes: profile.totals.alloc_bytes,
+            frees: profile.totals.frees,
+            free_bytes: profile.totals.free_bytes,
+        },
+        top_sites: top_sites(profile, top),
+        suspects: analysis
+            .suspects
+            .iter()
+            .take(top)
+            .map(|s| suspect_json(s, timeline))
+            .collect(),
+        findings: analysis.findings.iter().map(finding_json).collect(),
+    }
+}

@@ -1,0 +1,168 @@
+//! Session metadata and the per-tick series of the timeline chart.
+
+use serde::Serialize;
+
+use crate::profile::Totals;
+use crate::timeline::{MemSample, Timeline, TickView};
+
+use super::counters::{counters, lost_total, Counter};
+use super::API_VERSION;
+
+/// What the server knows about the session besides its timeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Attach time, ms since the Unix epoch (0 when unknown).
+    pub start_unix_ms: u64,
+    pub tick_ms: u64,
+    /// Mean bytes between samples; 0 when every allocation was captured.
+    pub sample_rate: u64,
+    /// The heapscope version that captured the session.
+    pub heapscope_version: String,
+    /// The session is running (a `--serve`), not a recording.
+    pub live: bool,
+    /// The recording ended with a partial record that was ignored.
+    pub truncated: bool,
+}
+
+/// `/api/v1/meta`: identity, span and counters at the newest tick.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    pub api_version: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub live: bool,
+    pub heapscope_version: String,
+    pub start_unix_ms: u64,
+    pub tick_ms: u64,
+    pub sample_rate: u64,
+    /// Every per-site number is exact (no sampling).
+    pub exact: bool,
+    pub truncated: bool,
+    /// Ticks held, and ticks thinned out to keep memory bounded.
+    pub ticks: usize,
+    pub dropped_ticks: u64,
+    pub first_ms: Option<u64>,
+    pub last_ms: Option<u64>,
+    /// Counters at the newest tick, counted ones then lost ones.
+    pub counters: Vec<Counter>,
+    /// Ticks the live server could not take in time (its queue was full).
+    pub server_dropped_ticks: u64,
+}
+
+/// Builds [`Meta`].
+pub fn meta(info: &SessionInfo, timeline: &Timeline, last: &Totals, server_dropped: u64) -> Meta {
+    let span = timeline.span_ms();
+    Meta {
+        api_version: API_VERSION,
+        pid: info.pid,
+        comm: info.comm.clone(),
+        live: info.live,
+        heapscope_version: info.heapscope_version.clone(),
+        start_unix_ms: info.start_unix_ms,
+        tick_ms: info.tick_ms,
+        sample_rate: info.sample_rate,
+        exact: info.sample_rate == 0,
+        truncated: info.truncated,
+        ticks: timeline.len(),
+        dropped_ticks: timeline.dropped_ticks(),
+        first_ms: span.map(|s| s.0),
+        last_ms: span.map(|s| s.1),
+        counters: counters(last),
+        server_dropped_ticks: server_dropped,
+    }
+}
+
+/// One point of the timeline chart (and one SSE `tick` event).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TimelinePoint {
+    pub t_ms: u64,
+    /// The live heap: allocated minus freed bytes since attach, exact
+    /// (every allocation).
+    pub live_heap: u64,
+    /// Allocations minus frees since attach, exact.
+    pub live_blocks: u64,
+    /// Sum of the sites' live bytes (estimates when sampled).
+    pub sites_live_bytes: u64,
+    pub sites_live_blocks: u64,
+    /// `null` when /proc could not be read at that tick.
+    pub rss_anon: Option<u64>,
+    pub rss_file: Option<u64>,
+    /// `[heap]` + glibc arena heaps + what the allocator mapped itself.
+    pub allocator_footprint: Option<u64>,
+    pub allocs_per_s: f64,
+    pub frees_per_s: f64,
+    /// Sum of the lost counters (cumulative).
+    pub lost: u64,
+}
+
+/// Turns ticks into points; keeps the previous tick for rates and a running
+/// sum of the sites' live bytes.
+#[derive(Default)]
+pub struct PointBuilder {
+    prev: Option<(u64, u64, u64)>,
+    live_sites: u64,
+    live_blocks: u64,
+}
+
+impl PointBuilder {
+    /// The point of one replayed tick (changes since the previous one applied).
+    pub fn point(&mut self, v: &TickView<'_>) -> TimelinePoint {
+        for c in v.changes {
+            self.live_sites = (self.live_sites + c.after.live_bytes).saturating_sub(c.before.live_bytes);
+            self.live_blocks = (self.live_blocks + c.after.live_count).saturating_sub(c.before.live_count);
+        }
+        self.point_of(v.t_ms, v.totals, v.mem)
+    }
+
+    /// A point from totals with the site sums given directly (live ticks).
+    pub fn point_with(
+        &mut self,
+        t_ms: u64,
+        totals: &Totals,
+        mem: Option<&MemSample>,
+        live_sites: u64,
+        live_blocks: u64,
+    ) -> TimelinePoint {
+        self.live_sites = live_sites;
+        self.live_blocks = live_blocks;
+        self.point_of(t_ms, totals, mem)
+    }
+
+    fn point_of(&mut self, t_ms: u64, t: &Totals, mem: Option<&MemSample>) -> TimelinePoint {
+        let frees = t.frees.saturating_add(t.frees_unknown);
+        let (allocs_per_s, frees_per_s) = match self.prev {
+            Some((pt, pa, pf)) if t_ms > pt => {
+                let dt = (t_ms - pt) as f64 / 1000.0;
+                (
+                    t.allocs.saturating_sub(pa) as f64 / dt,
+                    frees.saturating_sub(pf) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        };
+        self.prev = Some((t_ms, t.allocs, frees));
+        TimelinePoint {
+            t_ms,
+            live_heap: t.live_bytes(),
+            live_blocks: t.live_blocks(),
+            sites_live_bytes: self.live_sites,
+            sites_live_blocks: self.live_blocks,
+            rss_anon: mem.map(|m| m.rss_anon),
+            rss_file: mem.map(|m| m.rss_file),
+            allocator_footprint: mem.map(|m| m.heap_mappings.saturating_add(m.allocator_mapped)),
+            allocs_per_s: super::r3(allocs_per_s),
+            frees_per_s: super::r3(frees_per_s),
+            lost: lost_total(t),
+        }
+    }
+}
+
+/// Every stored tick as a point, oldest first.
+pub fn series(timeline: &Timeline) -> Vec<TimelinePoint> {
+    let mut b = PointBuilder::default();
+    let mut out = Vec::with_capacity(timeline.len());
+    timeline.replay(0..timeline.len(), |v| out.push(b.point(v)));
+    out
+}

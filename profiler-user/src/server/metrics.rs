@@ -1,0 +1,135 @@
+//! `/metrics`: the session in Prometheus text format (version 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::api::counters;
+use crate::views::merge_sites;
+
+use super::state::Shared;
+
+/// Longest label value; longer function names are cut (labels stay bounded).
+const MAX_LABEL: usize = 120;
+
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars().take(MAX_LABEL) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+}
+
+/// Renders every metric at the newest tick.
+pub(super) fn render(shared: &Shared) -> String {
+    let latest = shared.latest();
+    let d = shared.read();
+    let mut o = Out(String::new());
+    o.family("heapscope_info", "gauge", "The profiled process (value 1).");
+    let _ = writeln!(
+        o.0,
+        "heapscope_info{{pid=\"{}\",comm=\"{}\",version=\"{}\",live=\"{}\"}} 1",
+        d.info.pid,
+        escape(&d.info.comm),
+        escape(&d.info.heapscope_version),
+        d.info.live
+    );
+    o.one(
+        "heapscope_live_heap_bytes",
+        "gauge",
+        "Live heap: allocated minus freed bytes since attach, exact (every allocation).",
+        d.last.live_bytes(),
+    );
+    o.one(
+        "heapscope_live_blocks",
+        "gauge",
+        "Live blocks: allocations minus frees since attach, exact.",
+        d.last.live_blocks(),
+    );
+    o.one(
+        "heapscope_sites_live_bytes",
+        "gauge",
+        "Live bytes summed over call sites; unbiased estimates when sampled.",
+        latest.sites_live_bytes(),
+    );
+    if let Some(m) = d.last_mem {
+        o.one("heapscope_rss_anon_bytes", "gauge", "RssAnon of the process.", m.rss_anon);
+        o.one("heapscope_rss_file_bytes", "gauge", "RssFile of the process.", m.rss_file);
+        o.one(
+            "heapscope_allocator_footprint_bytes",
+            "gauge",
+            "[heap] + glibc arena heaps + what the allocator mapped itself.",
+            m.heap_mappings.saturating_add(m.allocator_mapped),
+        );
+    }
+    o.one(
+        "heapscope_sample_rate_bytes",
+        "gauge",
+        "Mean bytes between sampled allocations; 0 when every allocation is captured.",
+        d.info.sample_rate,
+    );
+    for c in counters(&d.last) {
+        let section = match c.section {
+            crate::api::Section::Counted => "",
+            crate::api::Section::Lost => " (lost: numbers are incomplete when non-zero)",
+        };
+        let help = format!("{}{section}", c.help.trim_end_matches('.'));
+        o.one(&format!("heapscope_{}_total", c.id), "counter", &help, c.value);
+    }
+    o.one(
+        "heapscope_server_dropped_ticks_total",
+        "counter",
+        "Live ticks the web server could not take in time (the session kept them).",
+        shared.dropped.load(Ordering::Relaxed),
+    );
+    drop(d);
+    // Top sites by live bytes, labelled by their two leaf-most frames and
+    // API; sites that share those labels are summed.
+    let mut by_label: BTreeMap<(String, String, &str), (u64, u64)> = BTreeMap::new();
+    for s in merge_sites(&latest) {
+        let leaf = s.frames.last().cloned().unwrap_or_default();
+        let caller = s.frames.iter().rev().nth(1).cloned().unwrap_or_default();
+        let e = by_label.entry((leaf, caller, s.api)).or_default();
+        e.0 = e.0.saturating_add(s.stats.live_bytes);
+        e.1 = e.1.saturating_add(s.stats.live_count);
+    }
+    let mut top: Vec<_> = by_label.into_iter().filter(|(_, v)| v.0 > 0).collect();
+    top.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(shared.metrics_top);
+    for (name, idx, help) in [
+        ("heapscope_site_live_bytes", 0, "Live bytes of the top call sites by live bytes."),
+        ("heapscope_site_live_blocks", 1, "Live blocks of the top call sites by live bytes."),
+    ] {
+        o.family(name, "gauge", help);
+        for ((function, caller, api), v) in &top {
+            let value = if idx == 0 { v.0 } else { v.1 };
+            let _ = writeln!(
+                o.0,
+                "{name}{{function=\"{}\",caller=\"{}\",api=\"{}\"}} {value}",
+                escape(function),
+                escape(caller),
+                escape(api)
+            );
+        }
+    }
+    o.0
+}

@@ -1,0 +1,206 @@
+//! What the server holds: the session's timeline (its own copy), the live
+//! feed that keeps it current, and the tick broadcast for event streams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::api::series::PointBuilder;
+use crate::api::SessionInfo;
+use crate::profile::{Profile, Totals};
+use crate::timeline::{MemSample, ProfileMeta, SiteInfo, Tick, Timeline, Window};
+
+use super::Source;
+
+/// Ticks queued between the session and the server before new ones are
+/// dropped (for the server only; the session and its recording keep them).
+const FEED_QUEUE: usize = 64;
+
+/// Tick events buffered per event-stream client; a client that falls
+/// further behind is told to reload (`lagged`).
+const BROADCAST_BUFFER: usize = 256;
+
+/// One tick from the session, with the call sites registered since the
+/// previous delivered update.
+pub(super) struct Update {
+    sites: Vec<SiteInfo>,
+    tick: Tick,
+}
+
+/// The session's data as the server sees it.
+pub(super) struct Data {
+    pub info: SessionInfo,
+    pub timeline: Timeline,
+    /// Totals and memory sample at the newest tick.
+    pub last: Totals,
+    pub last_mem: Option<MemSample>,
+    /// The whole-session profile at the newest tick, computed once per tick.
+    latest: Option<Arc<Profile>>,
+    points: PointBuilder,
+}
+
+impl Data {
+    pub fn meta(&self) -> ProfileMeta {
+        ProfileMeta {
+            pid: self.info.pid,
+            comm: self.info.comm.clone(),
+            sample_rate: self.info.sample_rate,
+        }
+    }
+
+    pub fn profile(&self, window: Window) -> Profile {
+        self.timeline.profile_for(window, &self.meta())
+    }
+}
+
+/// State shared by every request handler.
+pub(super) struct Shared {
+    data: RwLock<Data>,
+    pub token: String,
+    /// The cookie that carries the token (named by port: cookies ignore ports).
+    pub cookie: String,
+    pub metrics_top: usize,
+    pub ticks: broadcast::Sender<Arc<str>>,
+    /// Ticks the feed could not queue.
+    pub dropped: Arc<AtomicU64>,
+    feed_tx: Option<mpsc::Sender<Update>>,
+}
+
+impl Shared {
+    /// The state for `source`, and the receiving end of the live feed.
+    pub fn new(
+        source: Source,
+        token: String,
+        port: u16,
+        metrics_top: usize,
+    ) -> (Shared, Option<mpsc::Receiver<Update>>) {
+        let (info, timeline, feed) = match source {
+            Source::Recording { info, timeline } => (info, timeline, None),
+            Source::Live { info } => (info, Timeline::default(), Some(mpsc::channel(FEED_QUEUE))),
+        };
+        let (mut last, mut last_mem) = (Totals::default(), None);
+        let n = timeline.len();
+        timeline.replay(n.saturating_sub(1)..n, |v| {
+            last = v.totals.clone();
+            last_mem = v.mem.copied();
+        });
+        let (tx, _) = broadcast::channel(BROADCAST_BUFFER);
+        let (feed_tx, feed_rx) = match feed {
+            Some((t, r)) => (Some(t), Some(r)),
+            None => (None, None),
+        };
+        let shared = Shared {
+            data: RwLock::new(Data {
+                info,
+                timeline,
+                last,
+                last_mem,
+                latest: None,
+                points: PointBuilder::default(),
+            }),
+            token,
+            cookie: format!("heapscope_token_{port}"),
+            metrics_top,
+            ticks: tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            feed_tx,
+        };
+        (shared, feed_rx)
+    }
+
+    /// Reads the data; a poisoned lock (a handler panicked) still holds
+    /// consistent data: every write is a whole tick.
+    pub fn read(&self) -> RwLockReadGuard<'_, Data> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The whole-session profile at the newest tick, cached per tick.
+    pub fn latest(&self) -> Arc<Profile> {
+        if let Some(p) = self.read().latest.clone() {
+            return p;
+        }
+        let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = d.latest.clone() {
+            return p;
+        }
+        let p = Arc::new(d.profile(Window::ALL));
+        d.latest = Some(p.clone());
+        p
+    }
+
+    pub fn feed(&self) -> LiveFeed {
+        LiveFeed {
+            tx: self.feed_tx.clone(),
+            sent_sites: 0,
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+/// Applies the session's ticks to the server's timeline and broadcasts each
+/// as a timeline point, until the session drops its feed.
+pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Update>) {
+    while let Some(u) = rx.recv().await {
+        let live_bytes: u64 = u.tick.sites.iter().map(|(_, s)| s.live_bytes).sum();
+        let live_blocks: u64 = u.tick.sites.iter().map(|(_, s)| s.live_count).sum();
+        let point = {
+            let mut d = shared.data.write().unwrap_or_else(|e| e.into_inner());
+            for s in u.sites {
+                d.timeline.add_site(s);
+            }
+            let point = d.points.point_with(
+                u.tick.t_ms,
+                &u.tick.totals,
+                u.tick.mem.as_ref(),
+                live_bytes,
+                live_blocks,
+            );
+            d.last = u.tick.totals.clone();
+            d.last_mem = u.tick.mem;
+            d.timeline.push(u.tick);
+            d.latest = None;
+            point
+        };
+        if let Ok(json) = serde_json::to_string(&point) {
+            // No subscriber is not an error.
+            let _ = shared.ticks.send(json.into());
+        }
+    }
+}
+
+/// The session's end of the live server: [`LiveFeed::tick`] never blocks.
+pub struct LiveFeed {
+    tx: Option<mpsc::Sender<Update>>,
+    /// Sites of the session's timeline already handed over.
+    sent_sites: usize,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LiveFeed {
+    /// Hands one tick to the server. `sites` is every call site the session
+    /// has registered so far (ids are indices, as in [`Timeline::sites`]);
+    /// those not yet delivered travel with the tick. When the server's queue
+    /// is full the tick is dropped for the server and counted, and its new
+    /// sites go with the next tick that fits.
+    pub fn tick(&mut self, sites: &[SiteInfo], tick: &Tick) {
+        let Some(tx) = &self.tx else { return };
+        let new = sites.get(self.sent_sites..).unwrap_or_default().to_vec();
+        let update = Update {
+            sites: new,
+            tick: tick.clone(),
+        };
+        match tx.try_send(update) {
+            Ok(()) => self.sent_sites = sites.len(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
+        }
+    }
+
+    /// Ticks the server could not take.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
