@@ -132,7 +132,7 @@ impl Shared {
     pub fn feed(&self) -> LiveFeed {
         LiveFeed {
             tx: self.feed_tx.clone(),
-            sent_sites: 0,
+            pending: Vec::new(),
             dropped: self.dropped.clone(),
         }
     }
@@ -169,30 +169,30 @@ pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Up
     }
 }
 
-/// The session's end of the live server: [`LiveFeed::tick`] never blocks.
+/// The session's end of the live server: nothing here ever blocks.
 pub struct LiveFeed {
     tx: Option<mpsc::Sender<Update>>,
-    /// Sites of the session's timeline already handed over.
-    sent_sites: usize,
+    /// New call sites of ticks the server could not take yet: they travel
+    /// with the next tick that fits, so site ids stay aligned.
+    pending: Vec<SiteInfo>,
     dropped: Arc<AtomicU64>,
 }
 
 impl LiveFeed {
-    /// Hands one tick to the server. `sites` is every call site the session
-    /// has registered so far (ids are indices, as in [`Timeline::sites`]);
-    /// those not yet delivered travel with the tick. When the server's queue
-    /// is full the tick is dropped for the server and counted, and its new
-    /// sites go with the next tick that fits.
-    pub fn tick(&mut self, sites: &[SiteInfo], tick: &Tick) {
+    /// Hands one tick and the call sites first seen in it (in id order) to
+    /// the server. When the server's queue is full the tick is dropped for
+    /// the server only and counted.
+    pub fn tick(&mut self, new_sites: impl IntoIterator<Item = SiteInfo>, tick: &Tick) {
         let Some(tx) = &self.tx else { return };
-        let new = sites.get(self.sent_sites..).unwrap_or_default().to_vec();
+        self.pending.extend(new_sites);
         let update = Update {
-            sites: new,
+            sites: std::mem::take(&mut self.pending),
             tick: tick.clone(),
         };
         match tx.try_send(update) {
-            Ok(()) => self.sent_sites = sites.len(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(u)) => {
+                self.pending = u.sites;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,

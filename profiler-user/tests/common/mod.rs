@@ -4,6 +4,8 @@
 
 pub mod driver;
 pub mod gopprof;
+pub mod http;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
