@@ -219,7 +219,7 @@ function renderHeader(meta, last) {
   if (!last) return;
   // The final tick of a session may have no memory sample (the target exited).
   const withMem = chart.points.slice().reverse().find((p) => p.rss_anon != null) || last;
-  $("s-live").innerHTML = sizeSpan(last.live_heap_exact);
+  $("s-live").innerHTML = sizeSpan(last.live_heap);
   $("s-rss").innerHTML = sizeSpan(withMem.rss_anon);
   $("s-foot").innerHTML = sizeSpan(withMem.allocator_footprint);
   $("s-rate").textContent = Math.round(last.allocs_per_s).toLocaleString("en-US");
@@ -236,7 +236,7 @@ const chart = new TimelineChart($("timeline"), {
   },
   onHover: (pt, e) => {
     tip.innerHTML = `<div class="fn">${secs(pt.t_ms)}</div><table>` +
-      [["live heap (exact)", pt.live_heap_exact], ["RSS anon", pt.rss_anon], ["allocator footprint", pt.allocator_footprint]]
+      [["live heap (exact)", pt.live_heap], ["RSS anon", pt.rss_anon], ["allocator footprint", pt.allocator_footprint]]
         .map(([k, v]) => `<tr><td>${k}</td><td>${human(v)} (${exact(v)} B)</td></tr>`).join("") +
       `<tr><td>allocs/s</td><td>${exact(Math.round(pt.allocs_per_s))}</td></tr><tr><td>lost</td><td>${exact(pt.lost)}</td></tr></table>`;
     tip.classList.remove("hidden"); placeTip(e);

@@ -71,7 +71,7 @@ class TimelineChart {
     const svg = tlEl("svg", { width: g.w, height: g.h });
     const p = this.points;
     const series = [
-      ["live_heap_exact", "#0072b2", ""],
+      ["live_heap", "#0072b2", ""],
       ["rss_anon", "#d55e00", "5 3"],
       ["allocator_footprint", "#555", "1 3"],
     ];

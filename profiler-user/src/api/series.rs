@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::profile::Totals;
-use crate::timeline::{MemSample, Timeline, TickView};
+use crate::timeline::{MemSample, TickView, Timeline};
 
 use super::counters::{counters, lost_total, Counter};
 use super::API_VERSION;
@@ -110,8 +110,10 @@ impl PointBuilder {
     /// The point of one replayed tick (changes since the previous one applied).
     pub fn point(&mut self, v: &TickView<'_>) -> TimelinePoint {
         for c in v.changes {
-            self.live_sites = (self.live_sites + c.after.live_bytes).saturating_sub(c.before.live_bytes);
-            self.live_blocks = (self.live_blocks + c.after.live_count).saturating_sub(c.before.live_count);
+            self.live_sites =
+                (self.live_sites + c.after.live_bytes).saturating_sub(c.before.live_bytes);
+            self.live_blocks =
+                (self.live_blocks + c.after.live_count).saturating_sub(c.before.live_count);
         }
         self.point_of(v.t_ms, v.totals, v.mem)
     }

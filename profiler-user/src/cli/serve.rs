@@ -37,7 +37,11 @@ impl ServeOpts {
         let meta = std::fs::metadata(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;
         if meta.len() > 4096 {
-            bail!("token file {} is {} bytes: expected one short line", path.display(), meta.len());
+            bail!(
+                "token file {} is {} bytes: expected one short line",
+                path.display(),
+                meta.len()
+            );
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;

@@ -47,7 +47,11 @@ pub(super) fn check_token(t: &str) -> Result<String, ServerError> {
 
 /// Compares in time independent of where the strings differ.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn from_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -79,7 +83,9 @@ pub(super) async fn require_token(
     next: Next,
 ) -> Response {
     let query_token = req.uri().query().and_then(|q| param(q, "token"));
-    let in_query = query_token.as_deref().is_some_and(|t| same(t, &shared.token));
+    let in_query = query_token
+        .as_deref()
+        .is_some_and(|t| same(t, &shared.token));
     let ok = in_query
         || from_cookie(req.headers(), &shared.cookie).is_some_and(|t| same(t, &shared.token))
         || from_bearer(req.headers()).is_some_and(|t| same(t, &shared.token));
@@ -122,8 +128,14 @@ mod tests {
     #[test]
     fn cookie_and_bearer() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; heapscope_token_7878=xyz"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tok"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; heapscope_token_7878=xyz"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tok"),
+        );
         assert_eq!(from_cookie(&h, "heapscope_token_7878"), Some("xyz"));
         assert_eq!(from_cookie(&h, "heapscope_token_1"), None);
         assert_eq!(from_bearer(&h), Some("tok"));

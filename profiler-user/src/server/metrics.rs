@@ -72,8 +72,18 @@ pub(super) fn render(shared: &Shared) -> String {
         latest.sites_live_bytes(),
     );
     if let Some(m) = d.last_mem {
-        o.one("heapscope_rss_anon_bytes", "gauge", "RssAnon of the process.", m.rss_anon);
-        o.one("heapscope_rss_file_bytes", "gauge", "RssFile of the process.", m.rss_file);
+        o.one(
+            "heapscope_rss_anon_bytes",
+            "gauge",
+            "RssAnon of the process.",
+            m.rss_anon,
+        );
+        o.one(
+            "heapscope_rss_file_bytes",
+            "gauge",
+            "RssFile of the process.",
+            m.rss_file,
+        );
         o.one(
             "heapscope_allocator_footprint_bytes",
             "gauge",
@@ -93,7 +103,12 @@ pub(super) fn render(shared: &Shared) -> String {
             crate::api::Section::Lost => " (lost: numbers are incomplete when non-zero)",
         };
         let help = format!("{}{section}", c.help.trim_end_matches('.'));
-        o.one(&format!("heapscope_{}_total", c.id), "counter", &help, c.value);
+        o.one(
+            &format!("heapscope_{}_total", c.id),
+            "counter",
+            &help,
+            c.value,
+        );
     }
     o.one(
         "heapscope_server_dropped_ticks_total",
@@ -116,8 +131,16 @@ pub(super) fn render(shared: &Shared) -> String {
     top.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
     top.truncate(shared.metrics_top);
     for (name, idx, help) in [
-        ("heapscope_site_live_bytes", 0, "Live bytes of the top call sites by live bytes."),
-        ("heapscope_site_live_blocks", 1, "Live blocks of the top call sites by live bytes."),
+        (
+            "heapscope_site_live_bytes",
+            0,
+            "Live bytes of the top call sites by live bytes.",
+        ),
+        (
+            "heapscope_site_live_blocks",
+            1,
+            "Live blocks of the top call sites by live bytes.",
+        ),
     ] {
         o.family(name, "gauge", help);
         for ((function, caller, api), v) in &top {

@@ -134,7 +134,8 @@ pub fn start(
     })?;
     let addr = listener.local_addr().map_err(ServerError::Start)?;
     listener.set_nonblocking(true).map_err(ServerError::Start)?;
-    let (shared, feed_rx) = state::Shared::new(source, token.clone(), addr.port(), config.metrics_top);
+    let (shared, feed_rx) =
+        state::Shared::new(source, token.clone(), addr.port(), config.metrics_top);
     let shared = Arc::new(shared);
     let feed = feed_rx.as_ref().map(|_| shared.feed());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

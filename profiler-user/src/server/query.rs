@@ -31,13 +31,10 @@ fn decode(s: &str) -> Option<String> {
 
 /// The decoded value of `name` in `query` (the last one when repeated).
 pub(super) fn param(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k)? == name).then(|| decode(v)).flatten()
-        })
-        .last()
+    query.split('&').rev().find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (decode(k)? == name).then(|| decode(v)).flatten()
+    })
 }
 
 /// Parses `query`, allowing only `allowed` names (and `token`).
@@ -50,7 +47,10 @@ pub(super) fn parse(
         return Ok(out);
     };
     if q.len() > MAX_QUERY {
-        return Err(format!("query string too long ({} bytes, at most {MAX_QUERY})", q.len()));
+        return Err(format!(
+            "query string too long ({} bytes, at most {MAX_QUERY})",
+            q.len()
+        ));
     }
     for kv in q.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -63,11 +63,18 @@ pub(super) fn parse(
         if !allowed.contains(&k.as_str()) {
             return Err(format!(
                 "unknown query parameter '{k}' (this endpoint takes: {})",
-                if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
             ));
         }
         if v.len() > MAX_VALUE {
-            return Err(format!("query parameter '{k}' too long ({} bytes, at most {MAX_VALUE})", v.len()));
+            return Err(format!(
+                "query parameter '{k}' too long ({} bytes, at most {MAX_VALUE})",
+                v.len()
+            ));
         }
         out.insert(k, v);
     }
@@ -80,7 +87,11 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        let p = parse(Some("window=1s..2s&metric=allocs&token=x"), &["window", "metric"]).expect("ok");
+        let p = parse(
+            Some("window=1s..2s&metric=allocs&token=x"),
+            &["window", "metric"],
+        )
+        .expect("ok");
         assert_eq!(p["window"], "1s..2s");
         assert_eq!(p.len(), 2);
         assert_eq!(param("a=1&token=abc%2D", "token").as_deref(), Some("abc-"));

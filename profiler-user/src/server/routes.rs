@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::analysis;
 use crate::api::report::{top_sites_by, TopSite};
-use crate::api::tree::{parse_metric, metric_name};
+use crate::api::tree::{metric_name, parse_metric};
 use crate::api::{self, TimelinePoint, WindowJson};
 use crate::profile::Metric;
 use crate::timeline::Window;
@@ -76,8 +76,9 @@ where
     match tokio::task::spawn_blocking(move || f(&shared)).await {
         Ok(Ok(v)) => json(&v),
         Ok(Err(e)) => e.into_response(),
-        Err(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "request failed".into())
-            .into_response(),
+        Err(_) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "request failed".into()).into_response()
+        }
     }
 }
 
@@ -91,7 +92,11 @@ fn window(p: &Params, name: &str, default: Option<&str>) -> Result<Window, ApiEr
     let text = match (p.get(name), default) {
         (Some(t), _) => t.as_str(),
         (None, Some(d)) => d,
-        (None, None) => return Err(ApiError::bad(format!("missing parameter '{name}' (e.g. {name}=30s..90s)"))),
+        (None, None) => {
+            return Err(ApiError::bad(format!(
+                "missing parameter '{name}' (e.g. {name}=30s..90s)"
+            )))
+        }
     };
     Window::parse(text).map_err(|e| ApiError::bad(format!("parameter '{name}': {e}")))
 }
@@ -100,7 +105,9 @@ fn metric(p: &Params) -> Result<Metric, ApiError> {
     match p.get("metric") {
         None => Ok(Metric::LiveBytes),
         Some(m) => parse_metric(m).ok_or_else(|| {
-            ApiError::bad(format!("parameter 'metric': '{m}' is not live-bytes, alloc-bytes or allocs"))
+            ApiError::bad(format!(
+                "parameter 'metric': '{m}' is not live-bytes, alloc-bytes or allocs"
+            ))
         }),
     }
 }
@@ -112,7 +119,11 @@ fn rows(p: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_ROWS).contains(n))
-            .ok_or_else(|| ApiError::bad(format!("parameter '{name}': '{v}' is not a number from 1 to {MAX_ROWS}"))),
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "parameter '{name}': '{v}' is not a number from 1 to {MAX_ROWS}"
+                ))
+            }),
     }
 }
 
@@ -121,7 +132,10 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/", get(index))
         .route("/app.js", get(|| async { assets::js(assets::APP_JS) }))
         .route("/flame.js", get(|| async { assets::js(assets::FLAME_JS) }))
-        .route("/timeline.js", get(|| async { assets::js(assets::TIMELINE_JS) }))
+        .route(
+            "/timeline.js",
+            get(|| async { assets::js(assets::TIMELINE_JS) }),
+        )
         .route("/style.css", get(|| async { assets::css() }))
         .route("/api/v1/meta", get(meta))
         .route("/api/v1/timeline", get(timeline))
@@ -132,13 +146,19 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            auth::require_token,
+        ))
         .with_state(shared)
 }
 
 async fn not_found() -> Response {
-    ApiError(StatusCode::NOT_FOUND, "no such page or endpoint (see /api/v1/meta)".into())
-        .into_response()
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such page or endpoint (see /api/v1/meta)".into(),
+    )
+    .into_response()
 }
 
 async fn index(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
@@ -194,7 +214,13 @@ async fn diff(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
         let d = s.read();
         let windows = (WindowJson::from(b), WindowJson::from(w));
         let exact = d.info.sample_rate == 0;
-        Ok(api::diff_doc(&d.profile(b), &d.profile(w), windows, exact, top))
+        Ok(api::diff_doc(
+            &d.profile(b),
+            &d.profile(w),
+            windows,
+            exact,
+            top,
+        ))
     })
     .await
 }
@@ -265,11 +291,16 @@ async fn prometheus(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
     .await;
     match text {
         Ok(Ok(t)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             t,
         )
             .into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed".into()).into_response(),
+        Err(_) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed".into()).into_response()
+        }
     }
 }

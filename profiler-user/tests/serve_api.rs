@@ -1,0 +1,255 @@
+//! The web API on a recording of the growth fixture's leak (no root needed):
+//! status codes, JSON shapes, exact bytes of the leaking call site in the
+//! profile and the diff, windows, tokens, bad input, /metrics.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::http::{get, request};
+use common::serve::*;
+use common::*;
+use serde_json::Value;
+
+/// The first node named `name` in a call tree (depth first).
+fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| find(c, name))
+}
+
+fn last_frame(v: &Value) -> &str {
+    v["frames"]
+        .as_array()
+        .and_then(|f| f.last())
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+#[test]
+fn api_answers_with_the_leaking_site_exact_bytes() {
+    let s = serve(&leak_recording());
+    let meta = s.json("/api/v1/meta");
+    assert_eq!(meta["api_version"], 1);
+    assert_eq!(meta["comm"], "growth-fp");
+    assert_eq!(meta["live"], false);
+    assert_eq!(meta["exact"], true);
+    let ticks = meta["ticks"].as_u64().expect("ticks");
+    assert!(ticks >= 10, "{meta}");
+    let counters = meta["counters"].as_array().expect("counters");
+    assert!(counters
+        .iter()
+        .any(|c| c["id"] == "ringbuf_lost" && c["section"] == "lost"));
+
+    // The whole session: leak_slowly holds exactly what the fixture leaked.
+    let p = s.json("/api/v1/profile");
+    assert_eq!(p["metric"], "live-bytes");
+    let leak = find(&p["root"], "leak_slowly").expect("leak_slowly in the tree");
+    assert_eq!(leak["live_bytes"], LEAK_BYTES);
+    assert_eq!(leak["live_blocks"], 480);
+    assert_eq!(leak["allocs"], 480);
+    assert!(
+        leak["loc"].as_str().unwrap_or("").starts_with("growth.c:"),
+        "{leak}"
+    );
+    assert_eq!(
+        find(leak, "malloc").expect("API leaf")["live_bytes"],
+        LEAK_BYTES
+    );
+
+    // Allocations as the metric: churn() shows up (it frees everything).
+    let p = s.json("/api/v1/profile?metric=allocs");
+    assert_eq!(find(&p["root"], "churn").expect("churn")["allocs"], 3000);
+    assert_eq!(find(&p["root"], "churn").expect("churn")["live_bytes"], 0);
+
+    // A window in the middle holds part of the leak.
+    let p = s.json("/api/v1/profile?window=2s..3s");
+    assert_eq!(p["window"]["start_ms"], 2000);
+    let part = find(&p["root"], "leak_slowly").expect("leak_slowly")["live_bytes"]
+        .as_u64()
+        .expect("bytes");
+    assert!(part > 0 && part < LEAK_BYTES, "{part}");
+    assert_eq!(part % (16 * 4096), 0, "whole rounds of 16 blocks");
+
+    let top = s.json("/api/v1/top?limit=5");
+    assert_eq!(last_frame(&top["sites"][0]), "leak_slowly");
+    assert_eq!(top["sites"][0]["live_bytes"], LEAK_BYTES);
+
+    let tl = s.json("/api/v1/timeline");
+    let points = tl["points"].as_array().expect("points");
+    assert_eq!(points.len() as u64, ticks);
+    assert_eq!(points.last().expect("last")["live_heap"], LEAK_BYTES);
+    assert!(points
+        .iter()
+        .any(|p| p["rss_anon"].as_u64().unwrap_or(0) > 0));
+
+    // Baseline at the start, window at the end: the leak grew.
+    let d = s.json("/api/v1/diff?baseline=0s..1s&window=7s..&top=5");
+    let c = &d["changes"][0];
+    assert_eq!(last_frame(c), "leak_slowly");
+    assert_eq!(c["after"], LEAK_BYTES);
+    assert!(c["delta"].as_i64().expect("delta") > 0);
+    assert_eq!(c["new"], c["before"] == 0);
+    let node = find(&d["root"], "leak_slowly").expect("in the diff tree");
+    assert_eq!(node["after"], LEAK_BYTES);
+
+    let f = s.json("/api/v1/findings");
+    assert!(f["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .any(|x| x["kind"] == "leak" && last_frame(x) == "leak_slowly"));
+    assert_eq!(f["live_bytes"], LEAK_BYTES);
+}
+
+#[test]
+fn report_json_is_the_findings_endpoint() {
+    let file = leak_recording();
+    let s = serve(&file);
+    let out = Command::new(heapscope())
+        .args(["report", "--json", "--top", "20"])
+        .arg(&file)
+        .output()
+        .expect("report");
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report, s.json("/api/v1/findings?top=20"));
+}
+
+#[test]
+fn tokens_cookies_and_bad_requests() {
+    let s = serve(&leak_recording());
+    for path in [
+        "/",
+        "/api/v1/meta",
+        "/metrics",
+        "/nope",
+        "/api/v1/meta?token=wrong",
+    ] {
+        assert_eq!(get(&s.addr, path).status, 401, "{path}");
+    }
+    // The first visit sets a cookie that then suffices.
+    let r = s.get("/");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("<title>heapscope</title>"));
+    let cookie = r.header("set-cookie").expect("cookie set").to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains(&s.token),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().expect("name=value");
+    let r = request("GET", &s.addr, "/api/v1/meta", &[("Cookie", pair)], None);
+    assert_eq!(r.status, 200);
+    let bearer = format!("Bearer {}", s.token);
+    let r = request(
+        "GET",
+        &s.addr,
+        "/metrics",
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+
+    for path in ["/nope", "/api/v2/meta", "/api/v1/", "/api/v1/profile/extra"] {
+        let r = s.get(path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(r.json()["error"].is_string());
+    }
+    let huge = "9".repeat(5000);
+    let long_window = format!("/api/v1/profile?window={}s..", "1".repeat(300));
+    let bad = [
+        "/api/v1/profile?window=abc".to_string(),
+        "/api/v1/profile?window=9s..1s".into(),
+        "/api/v1/profile?metric=bogus".into(),
+        "/api/v1/profile?colour=red".into(),
+        "/api/v1/profile?window=%zz".into(),
+        format!("/api/v1/profile?window={huge}"),
+        long_window,
+        "/api/v1/diff?window=1s..2s".into(),
+        "/api/v1/diff?baseline=0s..1s&window=2s..3s&top=0".into(),
+        "/api/v1/diff?baseline=0s..1s&window=2s..3s&top=99999999999999999999".into(),
+        "/api/v1/top?limit=-1".into(),
+        "/api/v1/meta?x=1".into(),
+        format!("/api/v1/meta?{}", "a=1&".repeat(2000)),
+    ];
+    for path in &bad {
+        let r = s.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        let msg = r.json()["error"].as_str().unwrap_or("").to_string();
+        assert!(!msg.is_empty(), "{path}");
+    }
+    assert!(s
+        .get("/api/v1/profile?window=abc")
+        .text()
+        .contains("invalid window 'abc'"));
+}
+
+#[test]
+fn non_loopback_without_token_is_refused() {
+    let out = Command::new(heapscope())
+        .arg("serve")
+        .arg(leak_recording())
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve on 0.0.0.0:0 without a token"),
+        "{err}"
+    );
+    let out = Command::new(heapscope())
+        .arg("serve")
+        .arg(leak_recording())
+        .args(["--listen", "127.0.0.1:0", "--token", "short"])
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid token"));
+}
+
+fn serve_fails(file: &Path, want: &str) {
+    let out = Command::new(heapscope())
+        .arg("serve")
+        .arg(file)
+        .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
+        .output()
+        .expect("run serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "want {want:?} in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn corrupt_and_truncated_recordings() {
+    let dir = scratch("serve-bad");
+    let good = std::fs::read(leak_recording()).expect("read recording");
+    let garbage = dir.join("garbage.rec");
+    std::fs::write(&garbage, b"this is not a recording at all, just some text").expect("write");
+    serve_fails(&garbage, "not a heapscope recording");
+    let empty = dir.join("empty.rec");
+    std::fs::write(&empty, b"").expect("write");
+    serve_fails(&empty, "too short");
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 0xff;
+    let damaged = dir.join("damaged.rec");
+    std::fs::write(&damaged, &flipped).expect("write");
+    serve_fails(&damaged, "corrupt at byte");
+    serve_fails(&dir.join("missing.rec"), "cannot read recording");
+
+    // A cut recording is served up to its last whole tick, and says so.
+    let cut = dir.join("cut.rec");
+    std::fs::write(&cut, &good[..good.len() - 5]).expect("write");
+    let s = serve(&cut);
+    let meta = s.json("/api/v1/meta");
+    assert_eq!(meta["truncated"], true);
+    assert!(meta["ticks"].as_u64().unwrap_or(0) > 5);
+    assert_eq!(s.get("/api/v1/profile").status, 200);
+}
