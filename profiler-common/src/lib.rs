@@ -2,7 +2,13 @@
 //!
 //! Every type is `#[repr(C)]`, `Copy`, has explicit padding fields, and a
 //! compile-time size assert so that both sides agree on the layout.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod entry;
+pub mod nesting;
+pub mod sampling;
+
+pub use entry::{EntryModule, EntryPoint, EntrySpec, Outcome, ENTRY_POINTS};
 
 /// Which allocator entry point produced an allocation or an event.
 ///
@@ -157,7 +163,7 @@ pub const INFLIGHT_STALE_NS: u64 = 10_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapEvent {
-    /// [`AllocKind::Mmap`], [`AllocKind::Munmap`] or [`AllocKind::Mremap`].
+    /// [`EventKind::Mmap`], [`EventKind::Munmap`] or [`EventKind::Mremap`].
     pub kind: u32,
     pub tgid: u32,
     /// mmap: the new region; munmap/mremap: the old address.
@@ -174,20 +180,60 @@ pub struct MapEvent {
     pub _pad: u32,
 }
 
-/// Ring-buffer record kind of a [`SampleHeader`] (mmap-family records use their [`AllocKind`]).
-pub const EVENT_SAMPLE: u32 = 100;
-/// Ring-buffer record kind of a [`SampledFree`].
-pub const EVENT_SAMPLED_FREE: u32 = 101;
+/// The kind of a ring-buffer record: the leading `u32` of every record.
+/// The mapping kinds keep their [`AllocKind`] discriminants.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A [`MapEvent`] of an mmap.
+    Mmap = AllocKind::Mmap as u32,
+    /// A [`MapEvent`] of an mremap.
+    Mremap = AllocKind::Mremap as u32,
+    /// A [`MapEvent`] of an munmap.
+    Munmap = AllocKind::Munmap as u32,
+    /// A [`SampleHeader`] and its stack copy.
+    Sample = 100,
+    /// A [`SampledFree`].
+    SampledFree = 101,
+}
+
+impl EventKind {
+    /// Decodes the leading `u32` of a record; `None` for values this build does not know.
+    pub fn from_u32(v: u32) -> Option<EventKind> {
+        [
+            EventKind::Mmap,
+            EventKind::Mremap,
+            EventKind::Munmap,
+            EventKind::Sample,
+            EventKind::SampledFree,
+        ]
+        .into_iter()
+        .find(|k| *k as u32 == v)
+    }
+
+    /// The record kind of a mapping call; `None` for the malloc family.
+    pub fn of_map(kind: AllocKind) -> Option<EventKind> {
+        match kind {
+            AllocKind::Mmap => Some(EventKind::Mmap),
+            AllocKind::Mremap => Some(EventKind::Mremap),
+            AllocKind::Munmap => Some(EventKind::Munmap),
+            _ => None,
+        }
+    }
+}
 
 /// Stack-copy sizes the eBPF side supports; the flag rounds up to one of them.
 pub const STACK_COPY_SIZES: [u32; 3] = [4096, 8192, 16384];
 
-/// How stacks are captured.
-pub mod stack_mode {
+/// How stacks are captured (the eBPF global `STACK_MODE` holds its `u32`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StackMode {
     /// `bpf_get_stackid` frame-pointer walk in the kernel.
-    pub const FRAME_POINTER: u32 = 0;
+    FramePointer = 0,
     /// Registers + a copy of the user stack, unwound in userspace with CFI.
-    pub const DWARF: u32 = 1;
+    #[default]
+    Dwarf = 1,
 }
 
 /// A sampled allocation with registers and the top of the user stack
@@ -195,7 +241,7 @@ pub mod stack_mode {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleHeader {
-    /// [`EVENT_SAMPLE`].
+    /// [`EventKind::Sample`].
     pub kind: u32,
     pub tgid: u32,
     /// An [`AllocKind`] discriminant (Mmap for a program mmap).
@@ -228,7 +274,7 @@ pub const MAX_PENDING: usize = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampledFree {
-    /// [`EVENT_SAMPLED_FREE`].
+    /// [`EventKind::SampledFree`].
     pub kind: u32,
     pub tgid: u32,
     pub ptr: u64,
@@ -299,6 +345,13 @@ pub mod defaults {
 pub const MAP_ANONYMOUS: u64 = 0x20;
 /// `MAP_STACK` on Linux: thread stacks (glibc's pthread_create) are not heap.
 pub const MAP_STACK: u64 = 0x20000;
+/// `MAP_FAILED` as mmap/mremap return it.
+pub const MAP_FAILED: u64 = u64::MAX;
+
+/// Executable ranges of the allocator's modules the eBPF side can hold (the
+/// `ALLOC_TEXT` map has two slots per range). Userspace merges adjacent
+/// ranges and counts any that still do not fit.
+pub const ALLOC_TEXT_RANGES: u32 = 16;
 
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
@@ -312,7 +365,7 @@ const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
 /// The fixed-point tables the eBPF side uses instead of floating point.
 /// Userspace computes them with `f64` and fills the maps at load time.
 pub mod tables {
-    #[cfg(feature = "user")]
+    #[cfg(any(test, feature = "user"))]
     use super::TABLE_LEN;
 
     /// Fixed-point scale of table entries (16.16).
@@ -323,7 +376,7 @@ pub mod tables {
 
     /// Entry i of the exponential quantile table: -ln(1 - (i+0.5)/N), 16.16.
     /// An interval is `rate * EXP[random % N] >> 16`: mean `rate`.
-    #[cfg(feature = "user")]
+    #[cfg(any(test, feature = "user"))]
     pub fn exp_quantile(i: u32) -> u32 {
         let u = (i as f64 + 0.5) / TABLE_LEN as f64;
         ((-(1.0 - u).ln()) * ONE as f64).round() as u32
@@ -331,7 +384,7 @@ pub mod tables {
 
     /// Entry i of the weight table: g(x) = x / (1 - e^-x) at x = (i+0.5)/X_STEPS, 16.16.
     /// A sample of size s at rate R stands for R*g(s/R) = s/(1-e^(-s/R)) bytes.
-    #[cfg(feature = "user")]
+    #[cfg(any(test, feature = "user"))]
     pub fn weight(i: u32) -> u32 {
         let x = (i as f64 + 0.5) / X_STEPS as f64;
         ((x / (1.0 - (-x).exp())) * ONE as f64).round() as u32
@@ -370,5 +423,21 @@ mod tests {
             assert_eq!(AllocKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(AllocKind::from_u32(99), None);
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in [
+            EventKind::Mmap,
+            EventKind::Mremap,
+            EventKind::Munmap,
+            EventKind::Sample,
+            EventKind::SampledFree,
+        ] {
+            assert_eq!(EventKind::from_u32(k as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(AllocKind::Malloc as u32), None);
+        assert_eq!(EventKind::of_map(AllocKind::Mmap), Some(EventKind::Mmap));
+        assert_eq!(EventKind::of_map(AllocKind::Free), None);
     }
 }

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use profiler_common::{
-    counter, defaults, stack_mode, Inflight, LiveAlloc, LiveKey, SiteCounters, SiteKey, TABLE_LEN,
+    counter, defaults, Inflight, LiveAlloc, LiveKey, SiteCounters, SiteKey, StackMode,
+    ALLOC_TEXT_RANGES, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -13,13 +14,13 @@ use profiler_common::{
 #[unsafe(no_mangle)]
 pub(crate) static SAMPLE_RATE: u64 = 0;
 
-/// A `stack_mode` value, set by userspace at load time.
+/// A `StackMode` discriminant, set by userspace at load time.
 #[unsafe(no_mangle)]
-pub(crate) static STACK_MODE: u32 = stack_mode::FRAME_POINTER;
+pub(crate) static STACK_MODE: u32 = StackMode::FramePointer as u32;
 
 /// Bytes of user stack copied per DWARF sample: one of `STACK_COPY_SIZES`.
 #[unsafe(no_mangle)]
-pub(crate) static STACK_COPY: u32 = 8192;
+pub(crate) static STACK_COPY: u32 = defaults::STACK_COPY;
 
 #[inline(always)]
 pub(crate) fn config_u64(v: &u64) -> u64 {
@@ -76,8 +77,6 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::RINGBUF_BYTES, 0);
 
-pub(crate) const MAP_FAILED: u64 = u64::MAX;
-
 #[inline(always)]
 pub(crate) fn bump(idx: u32, by: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
@@ -85,6 +84,12 @@ pub(crate) fn bump(idx: u32, by: u64) {
         unsafe { *p += by };
     }
 }
+
+/// Slot 0 is set to 1 by userspace once every probe is attached. Before
+/// that, a return probe can fire for a call that entered before its entry
+/// probe went in: not a loss, so not counted as an unmatched return.
+#[map]
+pub(crate) static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Start of the process's `[uprobes]` page (the uretprobe trampoline), set by
 /// userspace once the mapping appears; 0 until then.
@@ -95,7 +100,4 @@ pub(crate) static XOL: Array<u64> = Array::with_max_entries(1, 0);
 /// set by userspace: a call whose return address is in one of them was made
 /// by the allocator itself. All zero until known.
 #[map]
-pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(ALLOC_TEXT_SLOTS, 0);
-
-/// Slots of ALLOC_TEXT (four ranges).
-pub(crate) const ALLOC_TEXT_SLOTS: u32 = 8;
+pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(2 * ALLOC_TEXT_RANGES, 0);

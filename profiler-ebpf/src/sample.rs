@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::RetProbeContext,
 };
 use profiler_common::{
-    counter, tables, AllocKind, SampleHeader, COUNT_SCALE, EVENT_SAMPLE, MAX_PENDING, TABLE_LEN,
+    counter, sampling, tables, AllocKind, EventKind, SampleHeader, COUNT_SCALE, MAX_PENDING,
+    TABLE_LEN,
 };
 
 use crate::maps::{
@@ -72,11 +73,11 @@ pub(crate) fn pending_returns(h: &mut SampleHeader) {
 
 /// The next sampling interval: exponentially distributed with mean `rate`.
 #[inline(always)]
-pub(crate) fn next_interval(rate: u64) -> i64 {
+fn next_interval(rate: u64) -> i64 {
     // SAFETY: a plain helper call without arguments.
     let r = unsafe { bpf_get_prandom_u32() } % TABLE_LEN;
-    let q = EXP_TABLE.get(r).copied().unwrap_or(tables::ONE as u32) as u64;
-    ((rate * q) >> 16).max(1) as i64
+    let q = EXP_TABLE.get(r).copied().unwrap_or(tables::ONE as u32);
+    sampling::interval(rate, u64::from(q))
 }
 
 /// Decides whether an allocation of `size` is sampled, and what it stands for:
@@ -97,26 +98,17 @@ pub(crate) fn sample(size: u64) -> Option<(u64, u64)> {
     };
     // SAFETY: the entry belongs to this thread, which is here.
     unsafe {
-        *left -= size as i64;
-        if *left > 0 {
-            return None;
+        match sampling::countdown(*left, size) {
+            Some(rest) => {
+                *left = rest;
+                return None;
+            }
+            None => *left = next_interval(rate),
         }
-        *left = next_interval(rate);
     }
-    if size == 0 {
-        return None;
-    }
-    // x = size/rate in steps of 1/X_STEPS; past the table the weight is 1.
-    let xq = (size << 6) / rate;
-    if xq >= TABLE_LEN as u64 {
-        return Some((size, COUNT_SCALE));
-    }
-    let g = WEIGHT_TABLE
-        .get(xq as u32)
-        .copied()
-        .unwrap_or(tables::ONE as u32) as u64;
-    let est_bytes = ((rate * g) >> 16).max(size);
-    Some((est_bytes, est_bytes * COUNT_SCALE / size))
+    sampling::estimate(size, rate, |i| {
+        u64::from(WEIGHT_TABLE.get(i).copied().unwrap_or(tables::ONE as u32))
+    })
 }
 
 /// A ring-buffer record of a sample with an `N`-byte stack copy.
@@ -187,7 +179,7 @@ pub(crate) fn sample_header(
     // SAFETY: ctx.regs is the pt_regs the kernel passed to this program.
     let (ip, sp, bp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
     let mut h = SampleHeader {
-        kind: EVENT_SAMPLE,
+        kind: EventKind::Sample as u32,
         tgid,
         alloc_kind: kind as u32,
         stack_len: 0,

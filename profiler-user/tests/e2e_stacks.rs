@@ -186,7 +186,8 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
     let other = AllocatorTarget {
         allocator: bin.display().to_string(),
         points: vec![AttachPoint {
-            kind: AllocKind::Malloc,
+            spec: profiler_common::EntrySpec::new(AllocKind::Malloc, [0, 0xff, 0xff]),
+            symbol: "run_sites".to_string(),
             file: bin.clone(),
             func_offset: loc.file_offset,
             entry_offset: loc.file_offset,

@@ -154,8 +154,8 @@ impl CommonArgs {
         Ok(CaptureConfig {
             sample_rate: if self.exact { 0 } else { self.sample_rate },
             stack_mode: match self.stacks {
-                StacksArg::Dwarf => profiler_common::stack_mode::DWARF,
-                StacksArg::Fp => profiler_common::stack_mode::FRAME_POINTER,
+                StacksArg::Dwarf => profiler_common::StackMode::Dwarf,
+                StacksArg::Fp => profiler_common::StackMode::FramePointer,
             },
             stack_copy,
         })

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
-use profiler_common::{
-    AllocKind, MapEvent, SampleHeader, SampledFree, EVENT_SAMPLE, EVENT_SAMPLED_FREE,
-};
+use profiler_common::{AllocKind, EventKind, MapEvent, SampleHeader, SampledFree};
 use tokio::io::unix::AsyncFd;
 
 use crate::aggregate::regions::RegionTracker;
@@ -37,22 +35,15 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
 /// Decodes one record by its leading kind; `None` if malformed.
 pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
     let kind: u32 = read_pod(bytes)?;
-    match kind {
-        EVENT_SAMPLE => {
+    match EventKind::from_u32(kind)? {
+        EventKind::Sample => {
             let h: SampleHeader = read_pod(bytes)?;
             let start = std::mem::size_of::<SampleHeader>();
             let stack = bytes.get(start..start.checked_add(h.stack_len as usize)?)?;
             Some(Event::Sample(h, stack))
         }
-        EVENT_SAMPLED_FREE => read_pod(bytes).map(Event::SampledFree),
-        k if matches!(
-            AllocKind::from_u32(k),
-            Some(AllocKind::Mmap | AllocKind::Munmap | AllocKind::Mremap)
-        ) =>
-        {
-            read_pod(bytes).map(Event::Map)
-        }
-        _ => None,
+        EventKind::SampledFree => read_pod(bytes).map(Event::SampledFree),
+        EventKind::Mmap | EventKind::Munmap | EventKind::Mremap => read_pod(bytes).map(Event::Map),
     }
 }
 
@@ -71,10 +62,10 @@ pub struct EventSink<'a> {
 
 /// Applies one mmap-family event (frame-pointer mode: the owner is a kernel stack id).
 pub fn apply_map(ev: &MapEvent, regions: &mut RegionTracker) -> bool {
-    match AllocKind::from_u32(ev.kind) {
-        Some(AllocKind::Mmap) => regions.mmap(ev.addr, ev.len, StackRef::Kernel(ev.stack_id)),
-        Some(AllocKind::Munmap) => regions.munmap(ev.addr, ev.len),
-        Some(AllocKind::Mremap) => regions.mremap(ev.addr, ev.len, ev.new_addr, ev.new_len),
+    match EventKind::from_u32(ev.kind) {
+        Some(EventKind::Mmap) => regions.mmap(ev.addr, ev.len, StackRef::Kernel(ev.stack_id)),
+        Some(EventKind::Munmap) => regions.munmap(ev.addr, ev.len),
+        Some(EventKind::Mremap) => regions.mremap(ev.addr, ev.len, ev.new_addr, ev.new_len),
         _ => return false,
     }
     true
@@ -221,7 +212,7 @@ mod tests {
     #[test]
     fn decodes_each_kind_and_rejects_short_records() {
         let ev = MapEvent {
-            kind: AllocKind::Mmap as u32,
+            kind: EventKind::Mmap as u32,
             tgid: 42,
             addr: 0x7000_0000,
             len: 8192,
@@ -239,7 +230,7 @@ mod tests {
         assert_eq!(t.stats()[&StackRef::Kernel(3)].live_bytes, 8192);
 
         let free = SampledFree {
-            kind: EVENT_SAMPLED_FREE,
+            kind: EventKind::SampledFree as u32,
             tgid: 1,
             ptr: 2,
             ts_ns: 3,
@@ -247,7 +238,7 @@ mod tests {
         assert_eq!(decode(&bytes_of(&free)), Some(Event::SampledFree(free)));
 
         let h = SampleHeader {
-            kind: EVENT_SAMPLE,
+            kind: EventKind::Sample as u32,
             tgid: 1,
             alloc_kind: AllocKind::Malloc as u32,
             stack_len: 16,

@@ -7,10 +7,10 @@ pub mod target;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::{defaults, AllocKind};
+use profiler_common::{defaults, StackMode, ALLOC_TEXT_RANGES};
 
 pub use target::{AllocatorTarget, AttachPoint};
 
@@ -54,7 +54,7 @@ pub enum ProbeError {
     },
     #[error("attaching to {symbol} in {path} (pid {pid}) failed")]
     Attach {
-        symbol: &'static str,
+        symbol: Box<str>,
         path: PathBuf,
         pid: u32,
         #[source]
@@ -78,8 +78,8 @@ pub enum ProbeMode {
 pub struct CaptureConfig {
     /// Mean bytes between sampled allocations; 0 captures every allocation.
     pub sample_rate: u64,
-    /// A `profiler_common::stack_mode` value.
-    pub stack_mode: u32,
+    /// How stacks are captured.
+    pub stack_mode: StackMode,
     /// Bytes of user stack copied per DWARF sample (one of `STACK_COPY_SIZES`).
     pub stack_copy: u32,
 }
@@ -88,7 +88,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             sample_rate: defaults::SAMPLE_RATE,
-            stack_mode: profiler_common::stack_mode::DWARF,
+            stack_mode: StackMode::Dwarf,
             stack_copy: defaults::STACK_COPY,
         }
     }
@@ -180,40 +180,45 @@ pub struct Probes {
     layout: Vec<u64>,
 }
 
-/// Slots of the eBPF ALLOC_TEXT map: four [start, end) ranges.
-const ALLOC_TEXT_SLOTS: u32 = 8;
-
-fn entry_program(kind: AllocKind) -> &'static str {
-    match kind {
-        AllocKind::Malloc => "malloc_enter",
-        AllocKind::Calloc => "calloc_enter",
-        AllocKind::Realloc => "realloc_enter",
-        AllocKind::Reallocarray => "reallocarray_enter",
-        AllocKind::PosixMemalign => "posix_memalign_enter",
-        AllocKind::AlignedAlloc => "aligned_alloc_enter",
-        AllocKind::Memalign => "memalign_enter",
-        AllocKind::Valloc => "valloc_enter",
-        AllocKind::Pvalloc => "pvalloc_enter",
-        AllocKind::Mmap => "mmap_enter",
-        AllocKind::Mremap => "mremap_enter",
-        AllocKind::Free => "free_enter",
-        AllocKind::Munmap => "munmap_enter",
-    }
-}
-
-/// free and munmap need no return probe (see profiler-ebpf).
-fn has_return_probe(kind: AllocKind) -> bool {
-    !matches!(kind, AllocKind::Free | AllocKind::Munmap)
-}
-
+/// The one entry program: the attach cookie tells it which row of the
+/// entry-point table it serves.
+const ENTRY_PROGRAM: &str = "alloc_enter";
+/// The one return program.
 const RETURN_PROGRAM: &str = "alloc_return";
+
+/// The allocator's executable ranges `[start, end)` for the eBPF `ALLOC_TEXT`
+/// map: adjacent ranges merged, sorted. Returns the ranges that fit and how
+/// many did not (calls from those would be judged the program's).
+pub fn text_ranges(
+    maps: &crate::process::maps::MemoryMap,
+    modules: &[String],
+) -> (Vec<(u64, u64)>, usize) {
+    let mut ranges: Vec<(u64, u64)> = maps
+        .regions
+        .iter()
+        .filter(|r| r.perms.execute && r.path.as_ref().is_some_and(|p| modules.contains(p)))
+        .map(|r| (r.start, r.end))
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let fit = ALLOC_TEXT_RANGES as usize;
+    let dropped = merged.len().saturating_sub(fit);
+    merged.truncate(fit);
+    (merged, dropped)
+}
 
 /// The order probes go in, one at a time, while the target runs: free and
 /// munmap first, so a block allocated before its allocator's probe was in is
 /// a pre-attach free, never a live block whose free went unseen.
 pub fn attach_order(points: &[AttachPoint]) -> Vec<&AttachPoint> {
     let mut out: Vec<&AttachPoint> = points.iter().collect();
-    out.sort_by_key(|p| has_return_probe(p.kind));
+    out.sort_by_key(|p| p.spec.has_return_probe());
     out
 }
 
@@ -247,7 +252,7 @@ impl Probes {
             .map_max_entries("SAMPLER", sizes.inflight)
             .map_max_entries("EVENTS", sizes.ringbuf_bytes)
             .override_global("SAMPLE_RATE", &capture.sample_rate, true)
-            .override_global("STACK_MODE", &capture.stack_mode, true)
+            .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
             .override_global("STACK_COPY", &capture.stack_copy, true)
             .override_global("RET_CHAIN", &ret_chain, true)
             .override_global("OFF_TASK_UTASK", &off.task_utask, true)
@@ -282,11 +287,11 @@ impl Probes {
             // Return probe first: on a shared address, the entry probe must not
             // see a call whose return would be missed.
             let (ret, entry) = match mode {
-                ProbeMode::Profile => (RETURN_PROGRAM, entry_program(point.kind)),
+                ProbeMode::Profile => (RETURN_PROGRAM, ENTRY_PROGRAM),
                 ProbeMode::Bare => ("noop_return", "noop_enter"),
             };
             let mut order: Vec<(&'static str, u64)> = Vec::new();
-            if has_return_probe(point.kind) {
+            if point.spec.has_return_probe() {
                 order.push((ret, point.func_offset));
             }
             order.push((entry, point.entry_offset));
@@ -297,20 +302,30 @@ impl Probes {
                     .ok_or(ProbeError::MissingProgram(name))?
                     .try_into()
                     .map_err(|source| ProbeError::Program { name, source })?;
+                let at = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: Some(point.spec.cookie()),
+                };
                 let id = prog
-                    .attach(
-                        UProbeAttachLocation::AbsoluteOffset(offset),
-                        &point.file,
-                        UProbeScope::OneProcess(scope_pid),
-                    )
+                    .attach(at, &point.file, UProbeScope::OneProcess(scope_pid))
                     .map_err(|source| ProbeError::Attach {
-                        symbol: point.kind.symbol(),
+                        symbol: point.symbol.as_str().into(),
                         path: point.file.clone(),
                         pid,
                         source,
                     })?;
                 links.push((name, id));
             }
+        }
+        // From now on a return without its entry state is a loss.
+        {
+            let name = "ARMED";
+            let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+            let mut arr: aya::maps::Array<&mut aya::maps::MapData, u32> =
+                aya::maps::Array::try_from(map)
+                    .map_err(|source| ProbeError::Map { name, source })?;
+            arr.set(0, 1, 0)
+                .map_err(|source| ProbeError::Map { name, source })?;
         }
         Ok(Probes {
             ebpf,
@@ -325,23 +340,21 @@ impl Probes {
     /// `[uprobes]` mapping, created at the first probe hit) and where the
     /// allocator's code is, so it can tell a tail call or the allocator calling
     /// itself from a call the program made after a return it did not see.
+    /// Returns how many of the allocator's code ranges did not fit.
     pub fn note_layout(
         &mut self,
         maps: &crate::process::maps::MemoryMap,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<usize, ProbeError> {
         let xol = maps
             .regions
             .iter()
             .find(|r| r.path.as_deref() == Some(crate::unwind::UPROBES_MAPPING))
             .map_or(0, |r| r.start);
+        let (ranges, dropped) = text_ranges(maps, &self.modules);
         let mut layout = vec![xol];
-        for r in maps.regions.iter().filter(|r| {
-            r.perms.execute && r.path.as_ref().is_some_and(|p| self.modules.contains(p))
-        }) {
-            layout.extend([r.start, r.end]);
-        }
+        layout.extend(ranges.iter().flat_map(|&(s, e)| [s, e]));
         if layout == self.layout {
-            return Ok(());
+            return Ok(dropped);
         }
         let mut set = |name: &'static str, values: &[u64], slots: u32| -> Result<(), ProbeError> {
             let map = self
@@ -360,10 +373,10 @@ impl Probes {
         };
         // Text first: a trampoline address without the text ranges would make
         // every program call look unknown rather than wrong.
-        set("ALLOC_TEXT", &layout[1..], ALLOC_TEXT_SLOTS)?;
+        set("ALLOC_TEXT", &layout[1..], 2 * ALLOC_TEXT_RANGES)?;
         set("XOL", &layout[..1], 1)?;
         self.layout = layout;
-        Ok(())
+        Ok(dropped)
     }
 
     /// Number of attached probes (entry + return).
@@ -395,9 +408,12 @@ impl Probes {
 mod tests {
     use super::*;
 
+    use profiler_common::{AllocKind, EntrySpec};
+
     fn point(kind: AllocKind, offset: u64) -> AttachPoint {
         AttachPoint {
-            kind,
+            spec: EntrySpec::new(kind, [0, 1, 2]),
+            symbol: kind.symbol().to_string(),
             file: PathBuf::from("/lib/libc.so.6"),
             func_offset: offset,
             entry_offset: offset,
@@ -413,7 +429,7 @@ mod tests {
             point(AllocKind::Mmap, 4),
             point(AllocKind::Munmap, 5),
         ];
-        let kinds: Vec<AllocKind> = attach_order(&points).iter().map(|p| p.kind).collect();
+        let kinds: Vec<AllocKind> = attach_order(&points).iter().map(|p| p.spec.kind).collect();
         assert_eq!(
             kinds,
             vec![
@@ -424,5 +440,53 @@ mod tests {
                 AllocKind::Mmap
             ]
         );
+    }
+
+    fn maps_with_text(ranges: &[(u64, u64, &str)]) -> crate::process::maps::MemoryMap {
+        let text: String = ranges
+            .iter()
+            .map(|(s, e, path)| format!("{s:x}-{e:x} r-xp 00000000 08:01 1234 {path}\n"))
+            .collect();
+        crate::process::maps::MemoryMap::parse(&text).expect("parse maps")
+    }
+
+    #[test]
+    fn every_allocator_code_range_is_kept() {
+        // Six separate executable ranges (two modules, split mappings): all
+        // must reach the eBPF side, not only the first four.
+        let libc = "/lib/libc.so.6";
+        let jem = "/lib/libjemalloc.so.2";
+        let maps = maps_with_text(&[
+            (0x1000, 0x2000, libc),
+            (0x3000, 0x4000, libc),
+            (0x5000, 0x6000, libc),
+            (0x7000, 0x8000, jem),
+            (0x9000, 0xa000, jem),
+            (0xb000, 0xc000, jem),
+            (0xd000, 0xe000, "/usr/bin/program"),
+        ]);
+        let modules = vec![libc.to_string(), jem.to_string()];
+        let (ranges, dropped) = text_ranges(&maps, &modules);
+        assert_eq!(ranges.len(), 6, "{ranges:x?}");
+        assert_eq!(dropped, 0);
+        assert!(
+            !ranges.contains(&(0xd000, 0xe000)),
+            "the program is not the allocator"
+        );
+    }
+
+    #[test]
+    fn adjacent_ranges_merge_and_overflow_is_counted() {
+        let libc = "/lib/libc.so.6";
+        let adjacent = maps_with_text(&[(0x1000, 0x2000, libc), (0x2000, 0x3000, libc)]);
+        let (ranges, dropped) = text_ranges(&adjacent, &[libc.to_string()]);
+        assert_eq!((ranges, dropped), (vec![(0x1000, 0x3000)], 0));
+        let n = ALLOC_TEXT_RANGES as u64 + 3;
+        let many: Vec<(u64, u64, &str)> = (0..n)
+            .map(|i| (0x10000 * (i + 1), 0x10000 * (i + 1) + 0x1000, libc))
+            .collect();
+        let (ranges, dropped) = text_ranges(&maps_with_text(&many), &[libc.to_string()]);
+        assert_eq!(ranges.len(), ALLOC_TEXT_RANGES as usize);
+        assert_eq!(dropped, 3, "what did not fit is counted");
     }
 }

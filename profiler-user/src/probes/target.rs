@@ -2,34 +2,20 @@
 
 use std::path::{Path, PathBuf};
 
-use profiler_common::AllocKind;
+use profiler_common::{AllocKind, EntryModule, EntrySpec, ENTRY_POINTS};
 
 use super::{prologue, ProbeError};
 use crate::process::maps::MemoryMap;
 use crate::symbolize::find_function;
 
-/// The malloc family, probed in the module that defines `malloc`.
-pub const HEAP_FUNCTIONS: [AllocKind; 10] = [
-    AllocKind::Malloc,
-    AllocKind::Calloc,
-    AllocKind::Realloc,
-    AllocKind::Reallocarray,
-    AllocKind::PosixMemalign,
-    // glibc's aligned_alloc is a weak alias of memalign: one probe, named memalign.
-    AllocKind::Memalign,
-    AllocKind::AlignedAlloc,
-    AllocKind::Valloc,
-    AllocKind::Pvalloc,
-    AllocKind::Free,
-];
-
-/// The mapping calls, probed in libc (or the static executable).
-pub const MAP_FUNCTIONS: [AllocKind; 3] = [AllocKind::Mmap, AllocKind::Munmap, AllocKind::Mremap];
-
 /// One place to attach: a function of a module, at a file offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachPoint {
-    pub kind: AllocKind,
+    /// What the function does and where its arguments are (a row of
+    /// `profiler_common::ENTRY_POINTS`), passed to the eBPF side as the attach cookie.
+    pub spec: EntrySpec,
+    /// The symbol probed, for messages.
+    pub symbol: String,
     /// The path to open (through `/proc/PID/root` for a running process).
     pub file: PathBuf,
     /// File offset of the function's first instruction (return probes go here).
@@ -181,40 +167,39 @@ fn build_target(
 ) -> Result<AllocatorTarget, ProbeError> {
     let mut points: Vec<AttachPoint> = Vec::new();
     let mut missing = Vec::new();
-    let groups = [
-        (allocator, &HEAP_FUNCTIONS[..]),
-        (mapper, &MAP_FUNCTIONS[..]),
-    ];
-    for (module, kinds) in groups {
-        let file = resolve(module);
-        for &kind in kinds {
-            let loc = find_function(&file, kind.symbol()).map_err(|e| ProbeError::Module {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
-            let Some(loc) = loc else {
-                missing.push(kind);
-                continue;
-            };
-            // Aliases (glibc's aligned_alloc is memalign) get one probe.
-            if points
-                .iter()
-                .any(|p| p.file == file && p.func_offset == loc.file_offset)
-            {
-                continue;
-            }
-            let skip = if skip_prologue {
-                free_entry_skip(kind, &loc.first_bytes)
-            } else {
-                0
-            };
-            points.push(AttachPoint {
-                kind,
-                file: file.clone(),
-                func_offset: loc.file_offset,
-                entry_offset: loc.file_offset + skip,
-            });
+    for row in ENTRY_POINTS {
+        let file = resolve(match row.module {
+            EntryModule::Allocator => allocator,
+            EntryModule::Mapper => mapper,
+        });
+        let kind = row.spec.kind;
+        let loc = find_function(&file, row.symbol).map_err(|e| ProbeError::Module {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let Some(loc) = loc else {
+            missing.push(kind);
+            continue;
+        };
+        // Aliases (glibc's aligned_alloc is memalign) get one probe.
+        if points
+            .iter()
+            .any(|p| p.file == file && p.func_offset == loc.file_offset)
+        {
+            continue;
         }
+        let skip = if skip_prologue {
+            free_entry_skip(kind, &loc.first_bytes)
+        } else {
+            0
+        };
+        points.push(AttachPoint {
+            spec: row.spec,
+            symbol: row.symbol.to_string(),
+            file,
+            func_offset: loc.file_offset,
+            entry_offset: loc.file_offset + skip,
+        });
     }
     let mut modules = vec![allocator.to_string()];
     if mapper != allocator {
@@ -258,9 +243,9 @@ mod tests {
             return;
         }
         let t = build_target(libc, libc, |p: &str| PathBuf::from(p), true).expect("libc target");
-        assert!(t.points.iter().any(|p| p.kind == AllocKind::Malloc));
-        assert!(t.points.iter().any(|p| p.kind == AllocKind::Free));
-        assert!(t.points.iter().any(|p| p.kind == AllocKind::Mmap));
+        assert!(t.points.iter().any(|p| p.spec.kind == AllocKind::Malloc));
+        assert!(t.points.iter().any(|p| p.spec.kind == AllocKind::Free));
+        assert!(t.points.iter().any(|p| p.spec.kind == AllocKind::Mmap));
         let mut offs: Vec<u64> = t.points.iter().map(|p| p.func_offset).collect();
         offs.sort_unstable();
         offs.dedup();

@@ -87,11 +87,16 @@ impl SessionResult {
 }
 
 fn note_layout(probes: &mut Probes, cap: &Capture, warnings: &mut Vec<String>) {
-    if let Err(e) = probes.note_layout(&cap.maps) {
-        let msg = format!("telling the probes the process layout: {e}");
-        if !warnings.contains(&msg) {
-            warnings.push(msg);
-        }
+    let msg = match probes.note_layout(&cap.maps) {
+        Ok(0) => return,
+        Ok(dropped) => format!(
+            "{dropped} of the allocator's code ranges did not fit the probes' table: \
+             allocator-internal calls from them may be counted as the program's"
+        ),
+        Err(e) => format!("telling the probes the process layout: {e}"),
+    };
+    if !warnings.contains(&msg) {
+        warnings.push(msg);
     }
 }
 

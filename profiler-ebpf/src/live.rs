@@ -1,0 +1,238 @@
+//! Live accounting: the live map, the call-site counters and the
+//! mapping events, updated from the outcome of one outermost allocator call.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    programs::{tracing::StackIdContext, RetProbeContext},
+};
+use profiler_common::{
+    counter, AllocKind, EventKind, LiveAlloc, LiveKey, MapEvent, Outcome, SampledFree,
+    SiteCounters, SiteKey, StackMode, COUNT_SCALE, STACK_NONE, STACK_UNSAMPLED, STACK_USER,
+};
+
+use crate::maps::{bump, config_u32, EVENTS, LIVE, SITES, STACKS, STACK_MODE};
+use crate::sample::{emit_sample, sample, sample_header};
+
+#[inline(always)]
+fn dwarf() -> bool {
+    config_u32(&STACK_MODE) == StackMode::Dwarf as u32
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a plain helper call without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn site_add(key: &SiteKey, alloc_bytes: u64, alloc_count: u64, free_bytes: u64, free_count: u64) {
+    let mut p = SITES.get_ptr_mut(key);
+    if p.is_none() {
+        if SITES
+            .insert(key, SiteCounters::default(), 1 /* BPF_NOEXIST */)
+            .is_err()
+        {
+            // Another CPU may have created it meanwhile; look again before counting a loss.
+        }
+        p = SITES.get_ptr_mut(key);
+    }
+    match p {
+        Some(c) => {
+            // SAFETY: a per-CPU value, only this CPU writes it while this program runs.
+            unsafe {
+                (*c).alloc_bytes += alloc_bytes;
+                (*c).alloc_count += alloc_count;
+                (*c).free_bytes += free_bytes;
+                (*c).free_count += free_count;
+            }
+        }
+        None => bump(counter::SITE_MAP_FULL, 1),
+    }
+}
+
+#[inline(always)]
+fn stack_of(ctx: &RetProbeContext) -> i32 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            bump(counter::STACK_FAILED, 1);
+            STACK_NONE
+        }
+    }
+}
+
+/// A block freed by the program: out of the live map, into the counters.
+#[inline(always)]
+pub(crate) fn record_free(tgid: u32, ptr: u64) {
+    let key = LiveKey { tgid, _pad: 0, ptr };
+    // SAFETY: the value is copied out at once; a concurrent remove of the same
+    // pointer would be a double free in the target.
+    let Some(a) = (unsafe { LIVE.get(&key) }).copied() else {
+        bump(counter::FREES_UNKNOWN, 1);
+        return;
+    };
+    let _ = LIVE.remove(&key);
+    bump(counter::FREES, 1);
+    bump(counter::FREE_BYTES, a.size);
+    match a.stack_id {
+        STACK_UNSAMPLED => {}
+        STACK_USER => {
+            let ev = SampledFree {
+                kind: EventKind::SampledFree as u32,
+                tgid,
+                ptr,
+                ts_ns: now(),
+            };
+            if EVENTS.output::<SampledFree>(&ev, 0).is_err() {
+                bump(counter::SAMPLED_FREE_LOST, 1);
+            }
+        }
+        stack_id => {
+            let site = SiteKey {
+                stack_id,
+                kind: a.kind,
+            };
+            site_add(&site, 0, 0, a.est_bytes, a.est_count);
+        }
+    }
+}
+
+/// A block allocated by the program: into the live map, sampled or not.
+#[inline(always)]
+fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: AllocKind) {
+    let key = LiveKey { tgid, _pad: 0, ptr };
+    // SAFETY: copied out at once, see record_free.
+    if unsafe { LIVE.get(&key) }.is_some() {
+        // Its free was never seen (e.g. the entry state did not fit); retire it.
+        bump(counter::REPLACED, 1);
+        record_free(tgid, ptr);
+    }
+    let est = sample(size);
+    let dwarf = dwarf();
+    let stack_id = match est {
+        None => STACK_UNSAMPLED,
+        Some(_) if dwarf => STACK_USER,
+        Some(_) => stack_of(ctx),
+    };
+    let (est_bytes, est_count) = est.unwrap_or((0, 0));
+    let val = LiveAlloc {
+        size,
+        ts_ns: now(),
+        stack_id,
+        kind: kind as u32,
+        est_bytes,
+        est_count,
+    };
+    if LIVE.insert(&key, &val, 0).is_err() {
+        bump(counter::LIVE_MAP_FULL, 1);
+        return;
+    }
+    bump(counter::ALLOCS, 1);
+    bump(counter::ALLOC_BYTES, size);
+    if est.is_none() {
+        return;
+    }
+    bump(counter::SAMPLED, 1);
+    let mut site_stack = stack_id;
+    if dwarf {
+        let h = sample_header(ctx, tgid, kind, ptr, size, (est_bytes, est_count));
+        if emit_sample(h) {
+            return;
+        }
+        bump(counter::RINGBUF_LOST, 1);
+        // Keep the estimate, unattributed, rather than lose it.
+        site_stack = STACK_NONE;
+        if let Some(e) = LIVE.get_ptr_mut(&key) {
+            // SAFETY: the entry was inserted above by this thread.
+            unsafe { (*e).stack_id = STACK_NONE };
+        }
+    }
+    let site = SiteKey {
+        stack_id: site_stack,
+        kind: kind as u32,
+    };
+    site_add(&site, est_bytes, est_count, 0, 0);
+}
+
+/// Sends a mapping event of the program to userspace, which tracks regions.
+#[inline(always)]
+pub(crate) fn emit_map_event(ev: MapEvent) {
+    if EVENTS.output::<MapEvent>(&ev, 0).is_err() {
+        bump(counter::RINGBUF_LOST, 1);
+    }
+}
+
+/// A mapping event with only an old range (munmap) or a new one (mmap).
+#[inline(always)]
+pub(crate) fn map_event(
+    kind: EventKind,
+    tgid: u32,
+    addr: u64,
+    len: u64,
+    stack_id: i32,
+) -> MapEvent {
+    MapEvent {
+        kind: kind as u32,
+        tgid,
+        addr,
+        len,
+        new_addr: 0,
+        new_len: 0,
+        ts_ns: now(),
+        stack_id,
+        _pad: 0,
+    }
+}
+
+/// Applies the outcome of the program's outermost allocator call of `kind`.
+#[inline(always)]
+pub(crate) fn account(ctx: &RetProbeContext, tgid: u32, kind: AllocKind, outcome: Outcome) {
+    match outcome {
+        Outcome::Alloc { ptr, size } => record_alloc(ctx, tgid, ptr, size, kind),
+        // SAFETY: reads one pointer from the target's memory; a fault is an error, not a crash.
+        Outcome::AllocAt { memptr, size } => {
+            match unsafe { bpf_probe_read_user(memptr as *const u64) } {
+                Ok(ptr) if ptr != 0 => record_alloc(ctx, tgid, ptr, size, kind),
+                _ => bump(counter::ALLOC_FAILED, 1),
+            }
+        }
+        Outcome::Realloc { old, new, size } => {
+            // realloc is free(old) + alloc(new) attributed to realloc's caller.
+            if old != 0 {
+                record_free(tgid, old);
+            }
+            record_alloc(ctx, tgid, new, size, kind);
+        }
+        Outcome::Free { ptr } => record_free(tgid, ptr),
+        Outcome::Map { addr, len } => {
+            if dwarf() {
+                // Mappings are few and large: always sampled, weight exact.
+                let h = sample_header(ctx, tgid, kind, addr, len, (len, COUNT_SCALE));
+                if !emit_sample(h) {
+                    bump(counter::RINGBUF_LOST, 1);
+                }
+                return;
+            }
+            emit_map_event(map_event(EventKind::Mmap, tgid, addr, len, stack_of(ctx)));
+        }
+        Outcome::Remap {
+            old,
+            old_len,
+            new,
+            new_len,
+        } => emit_map_event(MapEvent {
+            kind: EventKind::Mremap as u32,
+            tgid,
+            addr: old,
+            len: old_len,
+            new_addr: new,
+            new_len,
+            ts_ns: now(),
+            stack_id: STACK_NONE,
+            _pad: 0,
+        }),
+        Outcome::Failed => bump(counter::ALLOC_FAILED, 1),
+        Outcome::Ignore => {}
+    }
+}
