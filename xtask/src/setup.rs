@@ -72,6 +72,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
     ("setpriv", "util-linux"),
     ("strip", "binutils"),
+    ("g++", "g++"),
+    ("musl-gcc", "musl-tools"),
 ];
 
 /// Debian packages that provide files rather than commands, checked with
@@ -79,8 +81,17 @@ const PACKAGES: &[(&str, &str)] = &[
 /// so the symbolizer names libc frames (`__libc_start_call_main`); `python3`
 /// is Debian's interpreter (built without frame pointers), which a test
 /// profiles — another python3 earlier on PATH does not count; `golang-go`
-/// gives `go tool pprof`, which the pprof tests read heapscope's exports with.
-const FILE_PACKAGES: &[&str] = &["libc6-dbg", "python3", "golang-go"];
+/// gives `go tool pprof`, which the pprof tests read heapscope's exports with;
+/// jemalloc, tcmalloc and mimalloc are the allocators the end-to-end tests
+/// preload under the fixtures (and the benchmark times).
+const FILE_PACKAGES: &[&str] = &[
+    "libc6-dbg",
+    "python3",
+    "golang-go",
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+];
 
 /// True when dpkg reports `pkg` as installed; false without dpkg.
 fn dpkg_installed(pkg: &str) -> bool {

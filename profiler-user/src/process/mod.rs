@@ -1,5 +1,6 @@
 //! Facts about the target process read from /proc.
 
+pub mod arenas;
 pub mod maps;
 pub mod memory;
 pub mod modules;

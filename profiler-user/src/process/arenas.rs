@@ -1,0 +1,245 @@
+//! glibc's footprint split the way glibc holds it: the main arena's brk heap
+//! (`[heap]`), each non-main arena's heaps, and large chunks glibc mmapped
+//! on its own; reserved and resident bytes of each, from /proc/PID/smaps.
+//! And for one block, which of those holds it (from its chunk header).
+//!
+//! glibc (malloc/arena.c, malloc.c) lays these out so they can be read from
+//! outside:
+//! - a non-main arena heap starts at a 64 MiB boundary with a `heap_info`
+//!   whose first word is its arena (`ar_ptr`), so heaps group into arenas;
+//! - every chunk has its size word at `ptr - 8`, with `IS_MMAPPED` (0x2) and
+//!   `NON_MAIN_ARENA` (0x4); a non-main chunk's heap is `ptr & ~(64 MiB-1)`;
+//! - an mmapped chunk starts its own mapping: `prev_size` (the alignment
+//!   correction, usually 0) and `size | IS_MMAPPED` adding up to the mapping.
+//!
+//! Pure functions over text and a [`TargetMemory`] reader, so they are
+//! tested with synthetic maps and memory.
+
+use std::collections::BTreeMap;
+
+use super::memory::ARENA_HEAP_SIZE;
+
+/// `IS_MMAPPED` bit of a chunk's size word.
+pub const IS_MMAPPED: u64 = 0x2;
+/// `NON_MAIN_ARENA` bit of a chunk's size word.
+pub const NON_MAIN_ARENA: u64 = 0x4;
+const SIZE_BITS: u64 = 0x7;
+
+/// Reads the target's memory (process_vm_readv in a session, a map in tests).
+pub trait TargetMemory {
+    /// The 8-byte little-endian word at `addr`, `None` when unreadable.
+    fn word(&self, addr: u64) -> Option<u64>;
+}
+
+/// Reserved (mapped) and resident bytes of some mappings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub reserved: u64,
+    pub resident: u64,
+}
+
+impl Usage {
+    fn add(&mut self, reserved: u64, resident: u64) {
+        self.reserved = self.reserved.saturating_add(reserved);
+        self.resident = self.resident.saturating_add(resident);
+    }
+}
+
+/// One non-main arena: its heaps together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaFootprint {
+    /// The arena's address (`heap_info->ar_ptr`); 0 when it could not be read.
+    pub arena: u64,
+    pub heaps: u32,
+    /// Accessible bytes (`rw`); the `---p` rest of each 64 MiB reservation
+    /// is address space only and is not counted.
+    pub usage: Usage,
+}
+
+/// glibc's memory at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// `[heap]`: the main arena.
+    pub main_heap: Usage,
+    /// Non-main arenas, by address.
+    pub arenas: Vec<ArenaFootprint>,
+    /// Chunks glibc served with their own mmap (above `M_MMAP_THRESHOLD`).
+    pub mmapped: Usage,
+    pub mmapped_chunks: u64,
+}
+
+impl Footprint {
+    /// Everything glibc holds.
+    pub fn total(&self) -> Usage {
+        let mut u = self.main_heap;
+        for a in &self.arenas {
+            u.add(a.usage.reserved, a.usage.resident);
+        }
+        u.add(self.mmapped.reserved, self.mmapped.resident);
+        u
+    }
+}
+
+/// One mapping of a smaps file with its resident bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmapsEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub anonymous: bool,
+    pub path: String,
+    pub rss: u64,
+}
+
+/// Parses /proc/PID/smaps: each mapping header line and its `Rss:`.
+/// Unparsable lines are skipped (a measurement, not a validation).
+pub fn parse_smaps(text: &str) -> Vec<SmapsEntry> {
+    let mut out: Vec<SmapsEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Rss:") {
+            let kb = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok());
+            if let (Some(kb), Some(last)) = (kb, out.last_mut()) {
+                last.rss = kb.saturating_mul(1024);
+            }
+            continue;
+        }
+        let mut cols = line.splitn(6, ' ');
+        let (Some(range), Some(perms)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        if perms.len() != 4 || end < start {
+            continue;
+        }
+        let (_off, _dev, inode) = (cols.next(), cols.next(), cols.next().unwrap_or(""));
+        let path = cols.next().unwrap_or("").trim().to_string();
+        let anonymous = inode == "0" && (path.is_empty() || path.starts_with("[anon:"));
+        out.push(SmapsEntry {
+            start,
+            end,
+            perms: perms.to_string(),
+            anonymous,
+            path,
+            rss: 0,
+        });
+    }
+    out
+}
+
+/// Splits glibc's footprint out of a process's smaps, reading `heap_info`
+/// and mmapped chunk headers through `mem`.
+pub fn footprint(smaps: &[SmapsEntry], mem: &dyn TargetMemory) -> Footprint {
+    let mut fp = Footprint::default();
+    let mut arenas: BTreeMap<u64, ArenaFootprint> = BTreeMap::new();
+    for m in smaps {
+        let len = m.end - m.start;
+        if m.path == "[heap]" {
+            fp.main_heap.add(len, m.rss);
+            continue;
+        }
+        if !m.anonymous || m.perms != "rw-p" || len == 0 {
+            continue;
+        }
+        let named_arena = m.path.contains("malloc arena");
+        if m.start.is_multiple_of(ARENA_HEAP_SIZE) || named_arena {
+            // A heap_info: ar_ptr, prev, size (≤ 64 MiB, ≥ the mapping's rw part).
+            let ar_ptr = mem.word(m.start);
+            let size = mem.word(m.start + 16);
+            let plausible = matches!(size, Some(s) if s > 0 && s <= ARENA_HEAP_SIZE);
+            if named_arena || (plausible && ar_ptr.is_some_and(|a| a != 0)) {
+                let key = ar_ptr.unwrap_or(0);
+                let a = arenas.entry(key).or_insert(ArenaFootprint {
+                    arena: key,
+                    ..ArenaFootprint::default()
+                });
+                // A fully grown run of heaps may be one merged mapping.
+                let heaps = len.div_ceil(ARENA_HEAP_SIZE).max(1);
+                a.heaps = a
+                    .heaps
+                    .saturating_add(u32::try_from(heaps).unwrap_or(u32::MAX));
+                a.usage.add(len, m.rss);
+                continue;
+            }
+        }
+        // An mmapped chunk: prev_size + (size & ~7) covers the mapping.
+        if let (Some(prev), Some(size)) = (mem.word(m.start), mem.word(m.start + 8)) {
+            if size & IS_MMAPPED != 0 && prev.saturating_add(size & !SIZE_BITS) == len {
+                fp.mmapped.add(len, m.rss);
+                fp.mmapped_chunks += 1;
+            }
+        }
+    }
+    fp.arenas = arenas.into_values().collect();
+    fp
+}
+
+/// Where a block lives, from its chunk header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Home {
+    /// The main arena (`[heap]`).
+    Main,
+    /// A non-main arena, by address.
+    Arena(u64),
+    /// Its own mmap.
+    Mmapped,
+}
+
+/// The home of the glibc block at `ptr` (a pointer malloc returned), or
+/// `None` when its header cannot be read or makes no sense.
+pub fn home_of(ptr: u64, mem: &dyn TargetMemory) -> Option<Home> {
+    let size = mem.word(ptr.checked_sub(8)?)?;
+    if size & !SIZE_BITS == 0 {
+        return None;
+    }
+    if size & IS_MMAPPED != 0 {
+        return Some(Home::Mmapped);
+    }
+    if size & NON_MAIN_ARENA == 0 {
+        return Some(Home::Main);
+    }
+    let heap = ptr & !(ARENA_HEAP_SIZE - 1);
+    let ar_ptr = mem.word(heap)?;
+    (ar_ptr != 0).then_some(Home::Arena(ar_ptr))
+}
+
+/// Reads a live process's memory with `process_vm_readv`.
+pub struct ProcessMemory {
+    pub pid: u32,
+}
+
+impl TargetMemory for ProcessMemory {
+    fn word(&self, addr: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` points at our 8-byte buffer, which outlives the
+        // call; `remote` is only read by the kernel in the target's address
+        // space (a bad address is an error, not a fault here).
+        let n =
+            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        (n == 8).then(|| u64::from_le_bytes(buf))
+    }
+}
+
+/// Reads and splits the footprint of a live process.
+pub fn read_footprint(pid: u32) -> std::io::Result<Footprint> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(footprint(&parse_smaps(&text), &ProcessMemory { pid }))
+}
+
+#[cfg(test)]
+mod tests;

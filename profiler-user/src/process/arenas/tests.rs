@@ -1,0 +1,151 @@
+//! The footprint split on a synthetic smaps and memory, and on this process.
+
+use std::collections::HashMap;
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Words at addresses.
+struct FakeMemory(HashMap<u64, u64>);
+
+impl TargetMemory for FakeMemory {
+    fn word(&self, addr: u64) -> Option<u64> {
+        self.0.get(&addr).copied()
+    }
+}
+
+const ARENA_A: u64 = 0x7f2c_1c00_0020;
+const ARENA_B: u64 = 0x7f2c_2800_0020;
+
+/// `[heap]`, arena A with two heaps (one merged full 64 MiB mapping after
+/// a growing one), arena B with one heap, a 1 MiB mmapped chunk, a
+/// program mapping that looks like nothing, and a file mapping.
+const SMAPS: &str = "\
+5581d0a00000-5581d0a21000 r--p 00000000 08:01 1311 /usr/bin/app
+Rss:                 132 kB
+5581d1c6e000-5581d2c6e000 rw-p 00000000 00:00 0                          [heap]
+Size:              16384 kB
+Rss:               12288 kB
+7f2c1c000000-7f2c1c400000 rw-p 00000000 00:00 0 
+Rss:                4096 kB
+7f2c1c400000-7f2c20000000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+7f2c20000000-7f2c24000000 rw-p 00000000 00:00 0 
+Rss:               65536 kB
+7f2c28000000-7f2c28200000 rw-p 00000000 00:00 0 
+Rss:                1024 kB
+7f2c28200000-7f2c2c000000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+7f2c30000000-7f2c30100000 rw-p 00000000 00:00 0 
+Rss:                1024 kB
+7f2c30200000-7f2c30300000 rw-p 00000000 00:00 0 
+Rss:                 512 kB
+7f2c31000000-7f2c31100000 rw-p 00000000 08:01 99 /data/file
+Rss:                1024 kB
+";
+
+fn memory() -> FakeMemory {
+    let mut m = HashMap::new();
+    // heap_info of each arena heap: ar_ptr at +0, size at +16.
+    for (heap, ar, size) in [
+        (0x7f2c_1c00_0000u64, ARENA_A, 4 * MIB),
+        (0x7f2c_2000_0000, ARENA_A, 64 * MIB),
+        (0x7f2c_2800_0000, ARENA_B, 2 * MIB),
+    ] {
+        m.insert(heap, ar);
+        m.insert(heap + 16, size);
+    }
+    // An mmapped chunk: prev_size 0, size 1 MiB | IS_MMAPPED.
+    m.insert(0x7f2c_3000_0000, 0);
+    m.insert(0x7f2c_3000_0008, MIB | IS_MMAPPED);
+    // The program's own mapping: zeros.
+    m.insert(0x7f2c_3020_0000, 0);
+    m.insert(0x7f2c_3020_0008, 0);
+    FakeMemory(m)
+}
+
+#[test]
+fn smaps_entries_carry_rss() {
+    let e = parse_smaps(SMAPS);
+    assert_eq!(e.len(), 10);
+    assert_eq!(e[1].path, "[heap]");
+    assert_eq!(e[1].rss, 12288 * 1024);
+    assert!(e[2].anonymous && !e[0].anonymous);
+    assert!(parse_smaps("garbage\nRss: 12 kB\n").is_empty());
+}
+
+#[test]
+fn footprint_splits_main_heap_arenas_and_mmapped_chunks() {
+    let fp = footprint(&parse_smaps(SMAPS), &memory());
+    assert_eq!(
+        fp.main_heap,
+        Usage {
+            reserved: 16 * MIB,
+            resident: 12 * MIB
+        }
+    );
+    assert_eq!(fp.arenas.len(), 2);
+    let a = fp
+        .arenas
+        .iter()
+        .find(|a| a.arena == ARENA_A)
+        .expect("arena A");
+    assert_eq!(a.heaps, 2);
+    assert_eq!(
+        a.usage,
+        Usage {
+            reserved: 68 * MIB,
+            resident: 68 * MIB
+        }
+    );
+    let b = fp
+        .arenas
+        .iter()
+        .find(|a| a.arena == ARENA_B)
+        .expect("arena B");
+    assert_eq!(
+        (b.heaps, b.usage.reserved, b.usage.resident),
+        (1, 2 * MIB, MIB)
+    );
+    assert_eq!(fp.mmapped_chunks, 1);
+    assert_eq!(
+        fp.mmapped,
+        Usage {
+            reserved: MIB,
+            resident: MIB
+        }
+    );
+    assert_eq!(fp.total().resident, 12 * MIB + 69 * MIB + MIB);
+}
+
+#[test]
+fn blocks_find_their_arena_from_the_chunk_header() {
+    let mut m = memory().0;
+    let main = 0x5581_d1c7_0010u64;
+    m.insert(main - 8, 0x41 | 0x1); // PREV_INUSE
+    let in_a = 0x7f2c_2000_1010u64;
+    m.insert(in_a - 8, 0x101 | NON_MAIN_ARENA);
+    let big = 0x7f2c_3000_0010u64;
+    m.insert(big - 8, MIB | IS_MMAPPED);
+    let mem = FakeMemory(m);
+    assert_eq!(home_of(main, &mem), Some(Home::Main));
+    assert_eq!(home_of(in_a, &mem), Some(Home::Arena(ARENA_A)));
+    assert_eq!(home_of(big, &mem), Some(Home::Mmapped));
+    assert_eq!(home_of(0x1234_5678, &mem), None, "unreadable");
+    assert_eq!(home_of(4, &mem), None);
+}
+
+#[test]
+fn reads_this_process() {
+    // Our own memory and smaps: no privileges needed. A block we allocate
+    // with the system allocator is in the main heap or mmapped.
+    let v: Vec<u8> = vec![7; 100];
+    let mem = ProcessMemory {
+        pid: std::process::id(),
+    };
+    let home = home_of(v.as_ptr() as u64, &mem);
+    assert!(home.is_some(), "chunk header readable");
+    let fp = read_footprint(std::process::id()).expect("read own smaps");
+    assert!(fp.total().reserved > 0);
+}
