@@ -1,6 +1,6 @@
 //! Options shared by `attach` and `run`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -10,7 +10,28 @@ use crate::probes::{CaptureConfig, MapSizes, ProbeMode};
 use crate::profile::Metric;
 use crate::push::{ingest::valid_label_name, Endpoint, PushOptions};
 use crate::session::SessionOptions;
-use crate::units::{parse_duration, parse_size};
+use crate::units::{duration_in, parse_duration, size_in};
+
+/// The longest `--duration`: a year (tokio's timers and `Instant` stay far from overflow).
+pub const MAX_SESSION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `--tick` bounds: below 10 ms the map reads would cost more than the target;
+/// above an hour there would be no status at all.
+pub const MIN_TICK: Duration = Duration::from_millis(10);
+pub const MAX_TICK: Duration = Duration::from_secs(3600);
+/// The largest `--sample-rate`: keeps the in-kernel `rate * quantile` products
+/// within 64 bits.
+pub const MAX_SAMPLE_RATE: u64 = 1 << 30;
+/// Map capacities: beyond these the kernel refuses the map or it would pin
+/// gigabytes of kernel memory.
+const MAX_LIVE: i64 = 1 << 24;
+const MAX_SITES: i64 = 1 << 22;
+const MAX_STACKS: i64 = 1 << 20;
+const MAX_INFLIGHT: i64 = 1 << 20;
+
+/// `--top`: at least one row; a million is more than any report holds.
+pub fn top_range() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000)
+}
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum MetricArg {
@@ -45,19 +66,19 @@ pub struct CommonArgs {
     pub stacks: StacksArg,
     /// Mean bytes allocated between two sampled allocations (e.g. 512KiB, 4KiB);
     /// estimates are unbiased. Exact process totals are kept alongside.
-    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "512KiB", value_parser = size_in(1, MAX_SAMPLE_RATE))]
     pub sample_rate: u64,
     /// Capture every allocation (no sampling): exact per-site numbers, higher cost.
     #[arg(long)]
     pub exact: bool,
     /// Bytes of user stack copied per sample for DWARF unwinding (4KiB, 8KiB or 16KiB).
-    #[arg(long, default_value = "8KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "8KiB", value_parser = size_in(1, 16 << 10))]
     pub stack_size: u64,
     /// Stop after this long (e.g. 500ms, 30s, 5m); default: until Ctrl-C or the target exits.
-    #[arg(short, long, value_parser = parse_duration)]
+    #[arg(short, long, value_parser = duration_in(Duration::from_millis(1), MAX_SESSION))]
     pub duration: Option<Duration>,
     /// Interval of status lines and snapshots.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration_in(MIN_TICK, MAX_TICK))]
     pub tick: Duration,
     /// Write folded stacks (`root;...;leaf WEIGHT`) to this file.
     #[arg(long)]
@@ -83,7 +104,7 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value = "live-bytes")]
     pub metric: MetricArg,
     /// Number of call sites in the report.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = top_range())]
     pub top: usize,
     /// Add file:line (from DWARF) to each function frame, and mark inlined ones.
     #[arg(long)]
@@ -92,16 +113,20 @@ pub struct CommonArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Capacity of the live-allocation map (allocations beyond it are counted as lost).
-    #[arg(long, default_value_t = profiler_common::defaults::LIVE_MAP_ENTRIES)]
+    #[arg(long, default_value_t = profiler_common::defaults::LIVE_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_LIVE))]
     pub live_map_entries: u32,
     /// Capacity of the call-site map.
-    #[arg(long, default_value_t = profiler_common::defaults::SITE_MAP_ENTRIES)]
+    #[arg(long, default_value_t = profiler_common::defaults::SITE_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SITES))]
     pub site_map_entries: u32,
     /// Capacity of the stack-trace map.
-    #[arg(long, default_value_t = profiler_common::defaults::STACK_MAP_ENTRIES)]
+    #[arg(long, default_value_t = profiler_common::defaults::STACK_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_STACKS))]
     pub stack_map_entries: u32,
     /// Capacity of the per-thread entry-state map.
-    #[arg(long, default_value_t = profiler_common::defaults::INFLIGHT_ENTRIES)]
+    #[arg(long, default_value_t = profiler_common::defaults::INFLIGHT_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_INFLIGHT))]
     pub inflight_entries: u32,
     /// Write a recording (every tick, flushed as it comes) for `report`, `diff`, `export`.
     #[arg(long)]
@@ -117,21 +142,21 @@ pub struct CommonArgs {
     pub no_prologue_skip: bool,
     /// Size of the event ring buffer (a power of two, e.g. 8MiB); records that do
     /// not fit are counted as lost.
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "8MiB", value_parser = size_in(4 << 10, 1 << 31))]
     pub ringbuf_size: u64,
 }
 
 impl CommonArgs {
     pub(super) fn map_sizes(&self) -> Result<MapSizes> {
         let ring = self.ringbuf_size;
-        if !ring.is_power_of_two() || ring < 4096 || ring > u32::MAX as u64 {
+        if !ring.is_power_of_two() {
             bail!("--ringbuf-size {ring} must be a power of two between 4KiB and 2GiB");
         }
         Ok(MapSizes {
-            live: self.live_map_entries.max(1),
-            sites: self.site_map_entries.max(1),
-            stacks: self.stack_map_entries.max(1),
-            inflight: self.inflight_entries.max(1),
+            live: self.live_map_entries,
+            sites: self.site_map_entries,
+            stacks: self.stack_map_entries,
+            inflight: self.inflight_entries,
             ringbuf_bytes: ring as u32,
         })
     }
@@ -198,7 +223,7 @@ impl CommonArgs {
     pub(super) fn session_options(&self) -> Result<SessionOptions> {
         Ok(SessionOptions {
             duration: self.duration,
-            tick: self.tick.max(Duration::from_millis(10)),
+            tick: self.tick,
             status: !self.quiet,
             record: self.record.clone(),
             sample_rate: self.capture()?.sample_rate,
@@ -211,23 +236,15 @@ impl CommonArgs {
     pub(super) fn check_outputs(&self) -> Result<()> {
         // A bad --push URL or label fails before the target is touched.
         self.push_options()?;
-        for p in self
-            .folded
-            .iter()
-            .chain(&self.svg)
-            .chain(&self.record)
-            .chain(&self.pprof)
-        {
-            let parent = p
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if !parent.is_dir() {
-                bail!(
-                    "cannot write {}: directory {} does not exist",
-                    p.display(),
-                    parent.display()
-                );
+        let outputs = [
+            ("--record", &self.record),
+            ("--folded", &self.folded),
+            ("--svg", &self.svg),
+            ("--pprof", &self.pprof),
+        ];
+        for (flag, path) in outputs {
+            if let Some(p) = path {
+                super::outputs::check_writable(p, flag)?;
             }
         }
         Ok(())

@@ -1,10 +1,12 @@
 //! `attach` and `run`: a live session, then its report and files.
 
-use std::path::Path;
+use std::io::Write as _;
 
 use anyhow::{bail, Context as _, Result};
 
 use super::args::CommonArgs;
+use super::note;
+use super::outputs::{write_file, Outputs};
 use super::{AttachArgs, RunArgs};
 use crate::analysis::age::older_than_by_site;
 use crate::launch;
@@ -50,7 +52,10 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     // On error the child is dropped at the gate: it exits without running.
     let probes = attach_probes(pid, &target, &args.common)?;
     // The command has not run yet: nothing to miss before the session starts.
-    eprintln!("{}", announce(pid, &target, &probes));
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{}", announce(pid, &target, &probes));
+    }
     let opts = args.common.session_options()?;
     child
         .release()
@@ -65,14 +70,14 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     finish(&args.common, &result)?;
     match exit_code {
         Some(code) => {
-            eprintln!("heapscope: {} exited with code {code}", program.display());
+            note(&format!("{} exited with code {code}", program.display()));
             Ok(code.max(0))
         }
         None => {
-            eprintln!(
-                "heapscope: detached; {} (pid {pid}) runs on",
+            note(&format!(
+                "detached; {} (pid {pid}) runs on",
                 program.display()
-            );
+            ));
             Ok(0)
         }
     }
@@ -108,16 +113,16 @@ fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> Stri
     )
 }
 
-/// Prints the report first (so nothing recorded is lost if a file cannot be
-/// written), then writes the requested files. The report is the one
-/// `heapscope report` gives on the recording.
+/// Writes the report on stdout (the one `heapscope report` gives on the
+/// recording), then the requested files, each independently: a closed pipe
+/// or a full disk for one output costs none of the others.
 fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
-    eprintln!("heapscope: stopped: {}", result.stop.describe());
+    note(&format!("stopped: {}", result.stop.describe()));
     for w in &result.warnings {
-        eprintln!("heapscope: warning: {w}");
+        note(&format!("warning: {w}"));
     }
     if let Some(p) = &result.push {
-        eprintln!("heapscope: {}", p.describe());
+        note(&p.describe());
     }
     let labels = views::Labels {
         lines: common.lines,
@@ -128,19 +133,26 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         json: false,
         labels,
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    report::write(&result.timeline, &result.meta, &opts, &mut out).context("writing the report")?;
-    write_ages(common, result, &mut out).context("writing the report")?;
+    let mut outputs = Outputs::default();
+    outputs.write("the report on stdout", || {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        report::write(&result.timeline, &result.meta, &opts, &mut out)?;
+        write_ages(common, result, &mut out)?;
+        out.flush()?;
+        Ok(())
+    });
     if let Some(path) = &common.record {
-        eprintln!("heapscope: recorded {}", path.display());
+        note(&format!("recorded {}", path.display()));
     }
     let profile = result.timeline.profile_for(Window::ALL, &result.meta);
     let metric: Metric = common.metric.into();
     if let Some(path) = &common.folded {
-        write_file(path, |f| {
-            views::folded::write_folded_with(&profile, metric, labels, f).map_err(Into::into)
-        })?;
+        outputs.write("--folded", || {
+            write_file(path, |f| {
+                views::folded::write_folded_with(&profile, metric, labels, f).map_err(Into::into)
+            })
+        });
     }
     if let Some(path) = &common.pprof {
         let rate = common.capture()?.sample_rate;
@@ -151,15 +163,17 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
             result.start_unix_ms,
             rate,
         );
-        super::pprof::write(path, &opts, &profile)?;
+        outputs.write("--pprof", || super::pprof::write(path, &opts, &profile));
     }
     if let Some(path) = &common.svg {
         let title = format!("heapscope: pid {} ({})", profile.pid, profile.comm);
-        write_file(path, |f| {
-            views::svg::write_svg_with(&profile, metric, labels, &title, f).map_err(Into::into)
-        })?;
+        outputs.write("--svg", || {
+            write_file(path, |f| {
+                views::svg::write_svg_with(&profile, metric, labels, &title, f).map_err(Into::into)
+            })
+        });
     }
-    Ok(())
+    outputs.finish()
 }
 
 /// The age histogram of outstanding allocations, and with `--older-than`
@@ -178,20 +192,5 @@ fn write_ages(
         let by_site = older_than_by_site(&result.outstanding, result.now_ns, min);
         views::age::write_older_than(&by_site, &result.timeline, min, common.top, out)?;
     }
-    Ok(())
-}
-
-/// Creates `path` and writes it with `f`, naming the file in any error.
-pub(super) fn write_file(
-    path: &Path,
-    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    f(&mut w)
-        .and_then(|_| std::io::Write::flush(&mut w).map_err(Into::into))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("heapscope: wrote {}", path.display());
     Ok(())
 }

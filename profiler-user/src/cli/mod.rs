@@ -4,16 +4,22 @@
 mod args;
 mod live;
 mod offline;
+mod outputs;
 mod pprof;
 mod serve;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
+
+use crate::timeline::Window;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{CommonArgs, MetricArg, StacksArg};
 pub use serve::{ServeArgs, ServeOpts};
+
+/// The kernel's largest possible pid (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: i64 = 1 << 22;
 
 /// heapscope: an eBPF heap profiler for running processes.
 #[derive(Parser, Debug)]
@@ -42,7 +48,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     /// The process to profile.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=PID_MAX_LIMIT))]
     pub pid: u32,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -62,11 +68,11 @@ pub struct ReportArgs {
     /// A recording written by `--record`.
     pub file: PathBuf,
     /// Number of call sites and suspects shown.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = args::top_range())]
     pub top: usize,
     /// The part of the recording to report on, e.g. `30s..90s`, `5m..`, `..2m`.
-    #[arg(long, default_value = "..")]
-    pub window: String,
+    #[arg(long, default_value = "..", value_parser = Window::parse)]
+    pub window: Window,
     /// A JSON document with `findings`, `suspects`, `top_sites`, `totals`.
     #[arg(long)]
     pub json: bool,
@@ -87,15 +93,15 @@ pub struct DiffArgs {
     /// A recording written by `--record`.
     pub file: PathBuf,
     /// The reference window, e.g. `0s..60s`.
-    #[arg(long)]
-    pub baseline: String,
+    #[arg(long, value_parser = Window::parse)]
+    pub baseline: Window,
     /// The window compared with it, e.g. `5m..6m`.
-    #[arg(long)]
-    pub window: String,
+    #[arg(long, value_parser = Window::parse)]
+    pub window: Window,
     #[arg(long, value_enum, default_value = "text")]
     pub format: DiffFormat,
     /// Rows of the text format.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = args::top_range())]
     pub top: usize,
     /// Write here instead of stdout.
     #[arg(short, long)]
@@ -119,14 +125,21 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "live-bytes")]
     pub metric: MetricArg,
     /// The part of the recording, e.g. `30s..90s`.
-    #[arg(long, default_value = "..")]
-    pub window: String,
+    #[arg(long, default_value = "..", value_parser = Window::parse)]
+    pub window: Window,
     /// Add file:line to every frame.
     #[arg(long)]
     pub lines: bool,
     /// Write here instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+}
+
+/// Prints `heapscope: MSG` on stderr. A closed terminal (after SIGHUP) or
+/// pipe makes `eprintln!` panic; here it only loses the line.
+pub(crate) fn note(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "heapscope: {msg}");
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -140,3 +153,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Serve(s) => serve::serve(s).await,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use super::live::write_file;
+use super::note;
+use super::outputs::{write_file, Outputs};
 use super::{DiffArgs, DiffFormat, ExportArgs, ExportFormat, ReportArgs};
 use crate::profile::Metric;
 use crate::record::{self, Recording};
@@ -16,10 +17,10 @@ use crate::views::{self, Labels};
 pub(super) fn open(path: &Path) -> Result<Recording> {
     let rec = record::open(path)?;
     if rec.truncated {
-        eprintln!(
-            "heapscope: note: {} ends with a partial record (the profiler was stopped mid-write); read up to its last whole tick",
+        note(&format!(
+            "note: {} ends with a partial record (the profiler was stopped mid-write); read up to its last whole tick",
             path.display()
-        );
+        ));
     }
     if rec.timeline.is_empty() {
         anyhow::bail!("{} holds no tick yet: nothing to report", path.display());
@@ -27,8 +28,11 @@ pub(super) fn open(path: &Path) -> Result<Recording> {
     Ok(rec)
 }
 
-fn window(text: &str, flag: &str) -> Result<Window> {
-    Window::parse(text).with_context(|| format!("invalid {flag} '{text}'"))
+/// Checks that `w` holds a tick of `rec`: a window outside the recording is
+/// an error naming the recording's span, not an empty report.
+fn window(rec: &Recording, w: Window, flag: &str) -> Result<Window> {
+    rec.timeline.check_window(w).context(flag.to_string())?;
+    Ok(w)
 }
 
 fn meta(rec: &Recording) -> ProfileMeta {
@@ -39,24 +43,26 @@ fn meta(rec: &Recording) -> ProfileMeta {
     }
 }
 
-/// Writes to `path`, or to stdout.
+/// Writes to `path`, or to stdout (a reader closing the pipe is not a failure).
 fn output(path: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let mut outputs = Outputs::default();
     match path {
-        Some(p) => write_file(p, |w| f(w)),
-        None => {
+        Some(p) => outputs.write("-o", || write_file(p, |w| f(w))),
+        None => outputs.write("stdout", || {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             f(&mut out)?;
             out.flush().context("writing to stdout")
-        }
+        }),
     }
+    outputs.finish()
 }
 
 pub(super) fn report(args: ReportArgs) -> Result<i32> {
     let rec = open(&args.file)?;
     let opts = ReportOptions {
         top: args.top,
-        window: window(&args.window, "--window")?,
+        window: window(&rec, args.window, "--window")?,
         json: args.json,
         labels: Labels { lines: args.lines },
     };
@@ -71,10 +77,10 @@ pub(super) fn diff(args: DiffArgs) -> Result<i32> {
     let m = meta(&rec);
     let base = rec
         .timeline
-        .profile_for(window(&args.baseline, "--baseline")?, &m);
+        .profile_for(window(&rec, args.baseline, "--baseline")?, &m);
     let win = rec
         .timeline
-        .profile_for(window(&args.window, "--window")?, &m);
+        .profile_for(window(&rec, args.window, "--window")?, &m);
     output(args.output.as_deref(), |out| {
         let mut out = out;
         match args.format {
@@ -96,7 +102,7 @@ pub(super) fn diff(args: DiffArgs) -> Result<i32> {
 pub(super) fn export(args: ExportArgs) -> Result<i32> {
     let rec = open(&args.file)?;
     let m = meta(&rec);
-    let w = window(&args.window, "--window")?;
+    let w = window(&rec, args.window, "--window")?;
     let profile = rec.timeline.profile_for(w, &m);
     if let ExportFormat::Pprof = args.format {
         let Some(path) = args.output.as_deref() else {

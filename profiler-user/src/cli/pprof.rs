@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::live::write_file;
+use super::outputs::write_file;
 use crate::profile::Profile;
 use crate::timeline::{Timeline, Window};
 use crate::views::pprof::{write_pprof, PprofOptions};

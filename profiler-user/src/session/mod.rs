@@ -48,6 +48,8 @@ pub enum StopReason {
     Duration,
     Interrupted,
     Terminated,
+    /// SIGHUP: the terminal was closed; the session ends like on SIGTERM.
+    HangUp,
     TargetExited,
 }
 
@@ -57,6 +59,7 @@ impl StopReason {
             StopReason::Duration => "duration elapsed",
             StopReason::Interrupted => "interrupted (SIGINT)",
             StopReason::Terminated => "terminated (SIGTERM)",
+            StopReason::HangUp => "hung up (SIGHUP: terminal closed)",
             StopReason::TargetExited => "target exited",
         }
     }
@@ -120,6 +123,13 @@ fn record_tick(
     Ok(())
 }
 
+/// A line on stderr. After SIGHUP the terminal is gone and `eprintln!`
+/// would panic; the line is lost instead.
+fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{args}");
+}
+
 const EARLY_REFRESH: Duration = Duration::from_millis(20);
 const EARLY_PERIOD: Duration = Duration::from_secs(2);
 
@@ -150,7 +160,7 @@ pub async fn run(
     let pid = probes.pid;
     let mut cap = Capture::new(&mut probes)?;
     if let Some(line) = &opts.announce {
-        eprintln!("{line}");
+        say(format_args!("{line}"));
     }
     let mut warnings = Vec::new();
     let start_unix_ms = SystemTime::now()
@@ -183,6 +193,7 @@ pub async fn run(
     let mut symbolizer = Symbolizer::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let started = Instant::now();
     let t_ms = || started.elapsed().as_millis() as u64;
     let deadline = opts.duration.map(|d| started + d);
@@ -201,6 +212,7 @@ pub async fn run(
         tokio::select! {
             _ = sigint.recv() => break StopReason::Interrupted,
             _ = sigterm.recv() => break StopReason::Terminated,
+            _ = sighup.recv() => break StopReason::HangUp,
             _ = tokio::time::sleep(until_deadline) => break StopReason::Duration,
             _ = early.tick(), if started.elapsed() < EARLY_PERIOD => {
                 cap.refresh();
@@ -230,8 +242,12 @@ pub async fn run(
         }
         if opts.status {
             match &push {
-                Some(p) => eprintln!("{} | {}", status.line(&snap), p.summary().counts()),
-                None => eprintln!("{}", status.line(&snap)),
+                Some(p) => say(format_args!(
+                    "{} | {}",
+                    status.line(&snap),
+                    p.summary().counts()
+                )),
+                None => say(format_args!("{}", status.line(&snap))),
             }
         }
     };
@@ -274,12 +290,12 @@ pub async fn run(
         ));
     }
     if ev.samples > 0 {
-        eprintln!(
+        say(format_args!(
             "heapscope: {} stacks unwound, {:.1} µs each; stop reasons: {:?}",
             ev.samples,
             ev.unwind_time.as_secs_f64() * 1e6 / ev.samples as f64,
             cap.unwinder.stops
-        );
+        ));
     }
     if !cap.have_maps {
         warnings.push(format!(

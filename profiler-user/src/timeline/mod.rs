@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use crate::profile::{Frame, LiveHeap, Profile, Site, SiteStats, Totals};
 
-pub use window::{Window, WindowError};
+pub use window::{EmptyWindow, Window, WindowError};
 
 /// Ticks kept by default: one hour at the default 1 s tick.
 pub const DEFAULT_MAX_TICKS: usize = 3600;
@@ -356,6 +356,19 @@ impl Timeline {
             self.ticks.partition_point(|t| t.t_ms <= e)
         });
         start..end.max(start)
+    }
+
+    /// Fails when `window` holds no stored tick, naming the timeline's span
+    /// (an empty timeline holds every window's nothing: the caller says so).
+    pub fn check_window(&self, window: Window) -> Result<(), EmptyWindow> {
+        match self.span_ms() {
+            Some((first_ms, last_ms)) if self.range(window).is_empty() => Err(EmptyWindow {
+                window,
+                first_ms,
+                last_ms,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Rebuilds the state from the first tick and calls `f` for every tick in

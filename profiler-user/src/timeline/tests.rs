@@ -145,3 +145,30 @@ fn downsampling_bounds_memory_and_keeps_values_exact() {
     assert_eq!(last_gap, 1000);
     assert!(first_gap > 1000);
 }
+
+#[test]
+fn windows_outside_the_timeline_name_its_span() {
+    let mut tl = Timeline::default();
+    for t in [1000u64, 2000, 10_200] {
+        tl.push(Tick {
+            t_ms: t,
+            sites: Vec::new(),
+            totals: Default::default(),
+            mem: None,
+        });
+    }
+    assert!(tl.check_window(Window::ALL).is_ok());
+    assert!(tl.check_window(Window::parse("2s..3s").unwrap()).is_ok());
+    let e = tl
+        .check_window(Window::parse("1h..").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "window 3600s.. holds no tick of the recording, which spans 1s..10.2s"
+    );
+    assert!(tl.check_window(Window::parse("..0.5s").unwrap()).is_err());
+    assert!(tl.check_window(Window::parse("3s..4s").unwrap()).is_err());
+    let huge = Window::parse("3000000000..").unwrap();
+    assert!(tl.check_window(huge).is_err());
+}

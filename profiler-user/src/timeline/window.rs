@@ -22,6 +22,16 @@ pub struct WindowError {
     pub reason: String,
 }
 
+/// A window that holds no tick of a timeline: outside the recording, or
+/// between two ticks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("window {window} holds no tick of the recording, which spans {}", Window { start_ms: Some(*first_ms), end_ms: Some(*last_ms) })]
+pub struct EmptyWindow {
+    pub window: Window,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
 impl Window {
     /// The whole session.
     pub const ALL: Window = Window {
