@@ -18,9 +18,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use args::{CommonArgs, MetricArg, StacksArg};
 pub use serve::{ServeArgs, ServeOpts};
 
-/// The kernel's largest possible pid (`PID_MAX_LIMIT` on 64-bit).
-const PID_MAX_LIMIT: i64 = 1 << 22;
-
 /// heapscope: an eBPF heap profiler for running processes.
 #[derive(Parser, Debug)]
 #[command(name = "heapscope", version, about, long_about = None)]
@@ -48,7 +45,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     /// The process to profile.
-    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=PID_MAX_LIMIT))]
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: u32,
     #[command(flatten)]
     pub common: CommonArgs,

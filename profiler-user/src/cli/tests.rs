@@ -161,7 +161,7 @@ fn the_reported_panics_are_clear_errors() {
     let e = parse(&["heapscope", "attach", "-p", "0"])
         .map(|_| ())
         .unwrap_err();
-    assert!(e.contains("not in 1..=4194304"), "{e}");
+    assert!(e.contains("not in 1.."), "{e}");
 }
 
 #[test]
