@@ -54,6 +54,7 @@ class TimelineChart {
   move(e) { if (!this.drag) return; this.drag.x1 = this.localX(e); this.draw(); }
   end() {
     if (!this.drag) return;
+    this.opts.onLeave();
     const { x0, x1 } = this.drag;
     this.drag = null;
     let a = this.tOf(Math.min(x0, x1)), b = this.tOf(Math.max(x0, x1));

@@ -253,3 +253,131 @@ fn corrupt_and_truncated_recordings() {
     assert!(meta["ticks"].as_u64().unwrap_or(0) > 5);
     assert_eq!(s.get("/api/v1/profile").status, 200);
 }
+
+/// The `B` number of the report's `live heap:` line.
+fn report_live_heap(file: &Path) -> u64 {
+    let out = Command::new(heapscope())
+        .arg("report")
+        .arg(file)
+        .output()
+        .expect("report");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("live heap:"))
+        .unwrap_or_else(|| panic!("no live heap line in\n{text}"));
+    let inner = line.split_once('(').expect("(N B)").1;
+    inner
+        .split(" B)")
+        .next()
+        .expect("N B")
+        .replace(',', "")
+        .parse()
+        .expect("a number")
+}
+
+/// A tool the test needs: skipped without it, a failure under CI.
+fn have_or_skip(tool: &str, test: &str) -> bool {
+    let have = Command::new(tool).arg("--version").output().is_ok();
+    if !have {
+        if std::env::var("HEAPSCOPE_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("{test}: needs {tool} (cargo xtask setup installs Debian's prometheus)");
+        }
+        eprintln!("SKIPPED {test}: needs {tool} (`cargo xtask setup`)");
+    }
+    have
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_the_report_numbers() {
+    let test = "metrics_pass_promtool_and_a_real_prometheus_scrapes_the_report_numbers";
+    if !have_or_skip("promtool", test) || !have_or_skip("prometheus", test) {
+        return;
+    }
+    let file = leak_recording();
+    let want = report_live_heap(&file);
+    assert_eq!(want, LEAK_BYTES);
+    let s = serve(&file);
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text();
+    assert!(text.contains(&format!("heapscope_live_heap_bytes {want}\n")), "{text}");
+    assert!(text.contains(&format!(
+        "heapscope_site_live_bytes{{function=\"leak_slowly\",caller=\"run_leak\",api=\"malloc\"}} {LEAK_BYTES}\n"
+    )));
+    for name in ["heapscope_ringbuf_lost_total", "heapscope_allocations_total 3480", "heapscope_rss_anon_bytes"] {
+        assert!(text.contains(name), "{name} in\n{text}");
+    }
+    // Prometheus' own parser (with its lint rules).
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus scraping the server with its token.
+    let dir = scratch("prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: heapscope\n    \
+             params:\n      token: ['{}']\n    static_configs:\n      - targets: ['{}']\n",
+            s.token, s.addr
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let paddr = format!("127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    let value = loop {
+        assert!(start.elapsed() < driver::HANG_GUARD, "prometheus never scraped");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if std::net::TcpStream::connect(&paddr).is_err() {
+            continue;
+        }
+        let r = get(&paddr, "/api/v1/query?query=heapscope_live_heap_bytes");
+        if r.status != 200 {
+            continue;
+        }
+        let v = r.json();
+        if let Some(x) = v["data"]["result"][0]["value"][1].as_str() {
+            break x.to_string();
+        }
+    };
+    let up = get(&paddr, "/api/v1/query?query=up").json();
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert_eq!(value, want.to_string());
+    assert_eq!(up["data"]["result"][0]["value"][1], "1");
+}

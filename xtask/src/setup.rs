@@ -74,6 +74,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("g++", "g++"),
     ("musl-gcc", "musl-tools"),
+    // The web UI tests: headless chromium driven over WebDriver.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
+    // The /metrics test: Prometheus' parser (promtool) and a real scrape.
+    ("promtool", "prometheus"),
 ];
 
 /// Debian packages that provide files rather than commands, checked with
@@ -105,6 +110,7 @@ fn debian_packages() -> Result<()> {
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.dedup();
     if have("dpkg-query") {
         missing.extend(FILE_PACKAGES.iter().filter(|p| !dpkg_installed(p)));
     }

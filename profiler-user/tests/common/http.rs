@@ -91,6 +91,14 @@ pub fn request(
             r.read_exact(&mut chunk).expect("chunk");
             body.extend_from_slice(&chunk[..n]);
         }
+    } else if let Some(len) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        // Some servers keep the connection open despite `Connection: close`.
+        body.resize(len, 0);
+        r.read_exact(&mut body).expect("body");
     } else {
         r.read_to_end(&mut body).expect("body");
     }

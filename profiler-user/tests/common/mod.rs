@@ -6,6 +6,7 @@ pub mod driver;
 pub mod gopprof;
 pub mod http;
 pub mod serve;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
