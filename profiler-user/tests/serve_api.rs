@@ -312,11 +312,18 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_the_report_numbers() {
         .unwrap_or("")
         .starts_with("text/plain; version=0.0.4"));
     let text = r.text();
-    assert!(text.contains(&format!("heapscope_live_heap_bytes {want}\n")), "{text}");
+    assert!(
+        text.contains(&format!("heapscope_live_heap_bytes {want}\n")),
+        "{text}"
+    );
     assert!(text.contains(&format!(
         "heapscope_site_live_bytes{{function=\"leak_slowly\",caller=\"run_leak\",api=\"malloc\"}} {LEAK_BYTES}\n"
     )));
-    for name in ["heapscope_ringbuf_lost_total", "heapscope_allocations_total 3480", "heapscope_rss_anon_bytes"] {
+    for name in [
+        "heapscope_ringbuf_lost_total",
+        "heapscope_allocations_total 3480",
+        "heapscope_rss_anon_bytes",
+    ] {
         assert!(text.contains(name), "{name} in\n{text}");
     }
     // Prometheus' own parser (with its lint rules).
@@ -352,7 +359,10 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_the_report_numbers() {
     let port = free_port();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -361,7 +371,10 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_the_report_numbers() {
     let paddr = format!("127.0.0.1:{port}");
     let start = std::time::Instant::now();
     let value = loop {
-        assert!(start.elapsed() < driver::HANG_GUARD, "prometheus never scraped");
+        assert!(
+            start.elapsed() < driver::HANG_GUARD,
+            "prometheus never scraped"
+        );
         std::thread::sleep(std::time::Duration::from_millis(300));
         if std::net::TcpStream::connect(&paddr).is_err() {
             continue;

@@ -21,8 +21,14 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     let shots = screenshot_dir();
     let b = Browser::start(&scratch("ui-profile").join("chromium"));
     b.goto(&s.url);
-    b.wait("document.body.dataset.flameReady === '1'", "the flame graph");
-    b.wait(&format!("document.querySelector('{LEAK_RECT}')"), "leak_slowly in the flame graph");
+    b.wait(
+        "document.body.dataset.flameReady === '1'",
+        "the flame graph",
+    );
+    b.wait(
+        &format!("document.querySelector('{LEAK_RECT}')"),
+        "leak_slowly in the flame graph",
+    );
 
     // Hover: the tooltip names the function, its source line and exact bytes.
     let (x, y) = b.centre(LEAK_RECT);
@@ -41,8 +47,15 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
 
     // Search: the frame is highlighted, the others dimmed, the share shown.
     b.type_into("#search", "leak_slow");
-    b.wait(&format!("document.querySelector('{LEAK_RECT}').classList.contains('match')"), "the match");
-    assert!(b.js("return document.querySelectorAll('#flame rect.dim').length").as_u64() > Some(0));
+    b.wait(
+        &format!("document.querySelector('{LEAK_RECT}').classList.contains('match')"),
+        "the match",
+    );
+    assert!(
+        b.js("return document.querySelectorAll('#flame rect.dim').length")
+            .as_u64()
+            > Some(0)
+    );
     let share = b.wait("document.getElementById('match-share') && document.getElementById('match-share').textContent", "the matched share");
     assert_eq!(share, "100.0%");
     b.screenshot(&shots.join("flame-search.png"));
@@ -50,7 +63,10 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     // A click on the table row zooms the flame graph to that call site.
     let (x, y) = b.centre("#table tr[data-fn=\"leak_slowly\"] td");
     b.click(x, y);
-    b.wait("document.getElementById('crumbs').textContent.includes('leak_slowly')", "the zoom");
+    b.wait(
+        "document.getElementById('crumbs').textContent.includes('leak_slowly')",
+        "the zoom",
+    );
 
     // Baseline: the first sixth of the timeline; window: the last sixth.
     let r = b.js("const r = document.querySelector('#timeline svg').getBoundingClientRect(); return [r.left, r.width, r.top + r.height / 2];");
@@ -61,7 +77,10 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     );
     let (l, w) = (left + 62.0, width - 70.0); // the plot area inside the axes
     b.drag(l + 2.0, l + w / 6.0, mid);
-    b.wait("document.getElementById('band-baseline')", "the baseline band");
+    b.wait(
+        "document.getElementById('band-baseline')",
+        "the baseline band",
+    );
     b.drag(l + w * 5.0 / 6.0, l + w - 1.0, mid);
     b.wait("document.body.dataset.diffReady === '1'", "the diff");
     let grown = b.wait(
@@ -69,7 +88,9 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
         "leak_slowly as grown in the table of changes",
     );
     assert!(grown.as_str().unwrap_or("").contains('+'), "{grown}");
-    let delta = b.js(&format!("return Number(document.querySelector('{LEAK_RECT}').dataset.delta)"));
+    let delta = b.js(&format!(
+        "return Number(document.querySelector('{LEAK_RECT}').dataset.delta)"
+    ));
     assert!(delta.as_f64() > Some(0.0), "delta {delta}");
     b.screenshot(&shots.join("diff.png"));
 
@@ -81,5 +102,8 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     );
     assert_eq!(visible, true);
     let finding = b.js("return document.getElementById('findings').innerText");
-    assert!(finding.as_str().unwrap_or("").contains("leak_slowly"), "{finding}");
+    assert!(
+        finding.as_str().unwrap_or("").contains("leak_slowly"),
+        "{finding}"
+    );
 }

@@ -84,7 +84,13 @@ impl Browser {
 
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let body = body.map(|b| b.to_string());
-        let r = request(method, &self.addr, path, &[], body.as_deref().map(str::as_bytes));
+        let r = request(
+            method,
+            &self.addr,
+            path,
+            &[],
+            body.as_deref().map(str::as_bytes),
+        );
         let v = r.json();
         assert_eq!(r.status, 200, "webdriver {method} {path}: {v}");
         v["value"].clone()
