@@ -152,6 +152,10 @@ pub struct Inflight {
     /// at a shallower stack means this call returned without its return
     /// probe firing (the kernel skips some), so the state is stale.
     pub entry_sp: u64,
+    /// 1 when the call is the allocator's own (see `nesting::Entry::Allocator`):
+    /// its result is footprint, not a program allocation.
+    pub internal: u32,
+    pub _pad: u32,
 }
 
 /// Age after which a per-thread entry state is taken as stale (its return was lost).
@@ -324,8 +328,18 @@ pub mod counter {
     pub const SAMPLED_FREE_LOST: u32 = 16;
     /// Stack copies that could not be read at all (stack_len 0).
     pub const STACK_COPY_FAILED: u32 = 17;
+    /// Allocator calls made by the allocator's own code while no program
+    /// call was in flight (arenas created in free, trims, thread exit).
+    pub const ALLOCATOR_CALLS: u32 = 18;
+    /// Frees by the allocator's own code of blocks the program never had
+    /// (its thread caches): not frees of pre-attach blocks.
+    pub const ALLOCATOR_FREES: u32 = 19;
+    /// Bytes the allocator mapped outside any program call (arena heaps).
+    pub const ALLOCATOR_MAPPED: u32 = 20;
+    /// Bytes the allocator unmapped outside any program call.
+    pub const ALLOCATOR_UNMAPPED: u32 = 21;
     /// Number of counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 22;
 }
 
 /// Default sizes of the bounded kernel maps (overridable by flags).
@@ -353,13 +367,17 @@ pub const MAP_FAILED: u64 = u64::MAX;
 /// ranges and counts any that still do not fit.
 pub const ALLOC_TEXT_RANGES: u32 = 16;
 
+/// Ranges of the allocator's own implementation (its malloc code, not the
+/// rest of libc) the eBPF side can hold (`ALLOC_INTERNAL`, two slots each).
+pub const ALLOC_INTERNAL_RANGES: u32 = 4;
+
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<Inflight>() == 48);
+const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
 
 /// The fixed-point tables the eBPF side uses instead of floating point.

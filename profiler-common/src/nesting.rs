@@ -87,6 +87,67 @@ pub enum Relation {
     Stale(Stale),
 }
 
+/// Whether `ra` lies in one of `n` ranges `range(i)` = `[start, end)`
+/// (`start == 0`: an unused slot).
+#[inline(always)]
+pub fn in_ranges(ra: u64, n: u32, range: impl Fn(u32) -> (u64, u64)) -> bool {
+    let mut i = 0;
+    while i < n {
+        let (start, end) = range(i);
+        if start != 0 && ra >= start && ra < end {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// What an entry into an allocator function is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The program's own call: record it as the thread's outermost call
+    /// (replacing a stale state, if there was one).
+    Program { stale: Option<Stale> },
+    /// Inside the thread's recorded call: the allocator calling itself.
+    Nested,
+    /// A tail call of the recorded call.
+    Chained,
+    /// Made by the allocator's own code while no call of the program is in
+    /// flight: an arena created inside `free`, a heap trimmed in `free`,
+    /// `malloc_trim`, a thread's cache released at its exit. Its mappings
+    /// are the allocator's footprint and its frees are not the program's.
+    Allocator { stale: Option<Stale> },
+}
+
+/// Judges an entry at stack pointer `sp`, time `now`. `recorded` is the
+/// thread's recorded call as `(entry_sp, entry_ts)`, if any; `caller`
+/// classifies the return address against the allocator's modules (see
+/// [`classify_caller`]); `internal` says whether it lies in the allocator's
+/// own implementation (its malloc code, not the rest of libc: `strdup`
+/// calling malloc is the program's allocation). Each is asked at most once.
+#[inline(always)]
+pub fn judge_entry(
+    recorded: Option<(u64, u64)>,
+    sp: u64,
+    now: u64,
+    caller: impl FnOnce() -> Caller,
+    internal: impl FnOnce() -> bool,
+) -> Entry {
+    let stale = match recorded {
+        None => None,
+        Some((entry_sp, entry_ts)) => match relation(entry_sp, entry_ts, sp, now, caller) {
+            Relation::Nested => return Entry::Nested,
+            Relation::Chained => return Entry::Chained,
+            Relation::Stale(s) => Some(s),
+        },
+    };
+    if internal() {
+        Entry::Allocator { stale }
+    } else {
+        Entry::Program { stale }
+    }
+}
+
 /// Relates a new call (at `sp`, time `now`) to the recorded call that entered
 /// at `entry_sp` at time `entry_ts`. `caller` is only asked when the stack and
 /// the age leave the answer open (it reads user memory).
@@ -314,6 +375,98 @@ mod tests {
         assert_eq!(asked(SP + 8, T0), 0, "stack pointer decides");
         assert_eq!(asked(SP - 8, T0 + INFLIGHT_STALE_NS), 0, "age decides");
         assert_eq!(asked(SP - 8, T0), 1);
+    }
+
+    fn judge(recorded: Option<(u64, u64)>, sp: u64, now: u64, c: Caller, internal: bool) -> Entry {
+        judge_entry(recorded, sp, now, || c, || internal)
+    }
+
+    #[test]
+    fn allocator_internal_without_an_outer_call() {
+        // free → tcache_init → arena_get2 → _int_new_arena → alloc_new_heap → mmap:
+        // free has no return probe, so no call is recorded when mmap enters.
+        assert_eq!(
+            judge(None, SP, T0, Caller::Allocator, true),
+            Entry::Allocator { stale: None }
+        );
+        // strdup → malloc: libc's code, but not the allocator's implementation.
+        assert_eq!(
+            judge(None, SP, T0, Caller::Allocator, false),
+            Entry::Program { stale: None }
+        );
+        assert_eq!(
+            judge(None, SP, T0, Caller::Program, false),
+            Entry::Program { stale: None }
+        );
+        assert_eq!(
+            judge(None, SP, T0, Caller::Unknown, false),
+            Entry::Program { stale: None }
+        );
+    }
+
+    #[test]
+    fn a_recorded_call_decides_first() {
+        let rec = Some((SP, T0));
+        assert_eq!(
+            judge(rec, SP - 0x40, T0 + 1, Caller::Allocator, true),
+            Entry::Nested
+        );
+        assert_eq!(
+            judge(rec, SP, T0 + 1, Caller::Trampoline, false),
+            Entry::Chained
+        );
+        // Internal after a stale state: the state goes, the call is still the allocator's.
+        assert_eq!(
+            judge(rec, SP + 0x40, T0 + 1, Caller::Allocator, true),
+            Entry::Allocator {
+                stale: Some(Stale::StackPointer)
+            }
+        );
+        assert_eq!(
+            judge(
+                rec,
+                SP - 0x40,
+                T0 + INFLIGHT_STALE_NS,
+                Caller::Program,
+                false
+            ),
+            Entry::Program {
+                stale: Some(Stale::Age)
+            }
+        );
+        assert_eq!(
+            judge(rec, SP - 0x40, T0 + 1, Caller::Program, false),
+            Entry::Program {
+                stale: Some(Stale::ProgramCaller)
+            }
+        );
+    }
+
+    #[test]
+    fn internal_is_not_asked_inside_a_recorded_call() {
+        let mut asked = false;
+        let e = judge_entry(
+            Some((SP, T0)),
+            SP - 8,
+            T0 + 1,
+            || Caller::Allocator,
+            || {
+                asked = true;
+                true
+            },
+        );
+        assert_eq!(e, Entry::Nested);
+        assert!(!asked);
+    }
+
+    #[test]
+    fn in_ranges_bounds() {
+        let r = |i: u32| [(0x1000, 0x2000), (0, 0), (0x5000, 0x6000)][i as usize];
+        assert!(in_ranges(0x1000, 3, r));
+        assert!(!in_ranges(0x2000, 3, r));
+        assert!(in_ranges(0x5fff, 3, r));
+        assert!(!in_ranges(0x5fff, 2, r));
+        assert!(!in_ranges(0, 3, r), "unused slots match nothing");
     }
 
     #[test]

@@ -65,11 +65,25 @@ fn stack_of(ctx: &RetProbeContext) -> i32 {
 /// A block freed by the program: out of the live map, into the counters.
 #[inline(always)]
 pub(crate) fn record_free(tgid: u32, ptr: u64) {
+    free_counted_as(tgid, ptr, counter::FREES_UNKNOWN)
+}
+
+/// A free made by the allocator's own code (its thread cache at thread
+/// exit): a block of the program's is still freed; anything else was never
+/// the program's, so it is not a pre-attach free.
+#[inline(always)]
+pub(crate) fn record_allocator_free(tgid: u32, ptr: u64) {
+    free_counted_as(tgid, ptr, counter::ALLOCATOR_FREES)
+}
+
+/// Frees `ptr`; a pointer not in the live map bumps `unknown`.
+#[inline(always)]
+fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
     let key = LiveKey { tgid, _pad: 0, ptr };
     // SAFETY: the value is copied out at once; a concurrent remove of the same
     // pointer would be a double free in the target.
     let Some(a) = (unsafe { LIVE.get(&key) }).copied() else {
-        bump(counter::FREES_UNKNOWN, 1);
+        bump(unknown, 1);
         return;
     };
     let _ = LIVE.remove(&key);
@@ -234,5 +248,26 @@ pub(crate) fn account(ctx: &RetProbeContext, tgid: u32, kind: AllocKind, outcome
         }),
         Outcome::Failed => bump(counter::ALLOC_FAILED, 1),
         Outcome::Ignore => {}
+    }
+}
+
+/// Applies the outcome of an allocator call the allocator made on its own:
+/// its mappings are footprint, never program allocations.
+#[inline(always)]
+pub(crate) fn account_allocator(outcome: Outcome) {
+    match outcome {
+        Outcome::Map { len, .. } => bump(counter::ALLOCATOR_MAPPED, len),
+        Outcome::Remap {
+            old_len, new_len, ..
+        } => {
+            if new_len >= old_len {
+                bump(counter::ALLOCATOR_MAPPED, new_len - old_len);
+            } else {
+                bump(counter::ALLOCATOR_UNMAPPED, old_len - new_len);
+            }
+        }
+        // A block it allocated for itself through its own entry point: its
+        // footprint is seen in its mappings.
+        _ => {}
     }
 }

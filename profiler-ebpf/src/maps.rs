@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter, defaults, Inflight, LiveAlloc, LiveKey, SiteCounters, SiteKey, StackMode,
-    ALLOC_TEXT_RANGES, TABLE_LEN,
+    ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -101,3 +101,9 @@ pub(crate) static XOL: Array<u64> = Array::with_max_entries(1, 0);
 /// by the allocator itself. All zero until known.
 #[map]
 pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(2 * ALLOC_TEXT_RANGES, 0);
+
+/// Ranges `[start, end)` of the allocator's own implementation (glibc's
+/// malloc code, a whole allocator library), as pairs, set by userspace: a
+/// call from them with no program call in flight is the allocator's own.
+#[map]
+pub(crate) static ALLOC_INTERNAL: Array<u64> = Array::with_max_entries(2 * ALLOC_INTERNAL_RANGES, 0);

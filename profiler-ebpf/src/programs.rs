@@ -11,10 +11,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use profiler_common::{AllocKind, EntrySpec, EventKind, STACK_NONE};
+use profiler_common::{counter, AllocKind, EntrySpec, EventKind, STACK_NONE};
 
-use crate::live::{account, emit_map_event, map_event, record_free};
-use crate::thread::{enter, leave, nested};
+use crate::live::{
+    account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
+};
+use crate::maps::bump;
+use crate::thread::{enter, judge_entry_only, leave, EntryOnly};
 
 #[inline(always)]
 fn tgid() -> u32 {
@@ -101,7 +104,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let outcome = profiler_common::entry::outcome(kind, [st.arg0, st.arg1, st.arg2], ctx.ret());
-    account(&ctx, tgid(), kind, outcome);
+    if st.internal != 0 {
+        account_allocator(outcome);
+    } else {
+        account(&ctx, tgid(), kind, outcome);
+    }
     0
 }
 

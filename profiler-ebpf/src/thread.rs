@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter,
-    nesting::{self, Caller, Relation, Return},
-    AllocKind, Inflight, ALLOC_TEXT_RANGES,
+    nesting::{self, Caller, Entry, Return},
+    AllocKind, Inflight, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES,
 };
 
-use crate::maps::{bump, ALLOC_TEXT, ARMED, INFLIGHT, XOL};
+use crate::maps::{bump, ALLOC_INTERNAL, ALLOC_TEXT, ARMED, INFLIGHT, XOL};
 
 /// The stack pointer of the probed context.
 #[inline(always)]
@@ -21,11 +21,16 @@ pub(crate) fn sp_of(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
-/// Who made the call whose return address is at `sp`.
+/// The return address of a call that just entered (its stack slot at `sp`).
 #[inline(always)]
-fn caller(sp: u64) -> Caller {
+fn return_address(sp: u64) -> Option<u64> {
     // SAFETY: reads one word of the thread's stack; a fault is an error.
-    let ra = unsafe { bpf_probe_read_user(sp as *const u64) }.ok();
+    unsafe { bpf_probe_read_user(sp as *const u64) }.ok()
+}
+
+/// Who made the call whose return address is `ra`.
+#[inline(always)]
+fn caller(ra: Option<u64>) -> Caller {
     let xol = XOL.get(0).copied().unwrap_or(0);
     nesting::classify_caller(ra, xol, ALLOC_TEXT_RANGES, |i| {
         (
@@ -35,35 +40,62 @@ fn caller(sp: u64) -> Caller {
     })
 }
 
+/// Whether `ra` is in the allocator's own implementation.
 #[inline(always)]
-fn relation(st: &Inflight, sp: u64, now: u64) -> Relation {
-    nesting::relation(st.entry_sp, st.ts_ns, sp, now, || caller(sp))
+fn internal(ra: Option<u64>) -> bool {
+    let Some(ra) = ra else { return false };
+    nesting::in_ranges(ra, ALLOC_INTERNAL_RANGES, |i| {
+        (
+            ALLOC_INTERNAL.get(2 * i).copied().unwrap_or(0),
+            ALLOC_INTERNAL.get(2 * i + 1).copied().unwrap_or(0),
+        )
+    })
 }
 
-/// Records entry into an allocator function. Returns without saving when the
-/// thread is already inside one (the call is the allocator's own).
+/// Judges an entry against the thread's recorded call (see
+/// `nesting::judge_entry`). A stale state is counted and dropped here.
+#[inline(always)]
+fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
+    let sp = sp_of(ctx.regs);
+    let recorded = INFLIGHT.get_ptr(tid).map(|st| {
+        // SAFETY: the entry is only touched by its own thread, which is here.
+        let st = unsafe { &*st };
+        (st.entry_sp, st.ts_ns)
+    });
+    let ra = return_address(sp);
+    let e = nesting::judge_entry(recorded, sp, now, || caller(ra), || internal(ra));
+    if let Entry::Program { stale: Some(_) } | Entry::Allocator { stale: Some(_) } = e {
+        let _ = INFLIGHT.remove(tid);
+        bump(counter::INFLIGHT_STALE, 1);
+    }
+    match e {
+        Entry::Nested | Entry::Chained => bump(counter::NESTED, 1),
+        Entry::Allocator { .. } => bump(counter::ALLOCATOR_CALLS, 1),
+        Entry::Program { .. } => {}
+    }
+    e
+}
+
+/// Records entry into an allocator function with a return probe. A call
+/// nested in the thread's recorded one is not recorded (the allocator's
+/// own); a tail call deepens the chain.
 #[inline(always)]
 pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
     let tid = bpf_get_current_pid_tgid();
-    let sp = sp_of(ctx.regs);
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(st) = INFLIGHT.get_ptr_mut(tid) {
-        // SAFETY: the entry is only touched by its own thread, which is here.
-        match relation(unsafe { &*st }, sp, now) {
-            Relation::Nested => {
-                bump(counter::NESTED, 1);
-                return;
-            }
-            Relation::Chained => {
-                // SAFETY: as above.
+    let internal = match judge(ctx, tid, now) {
+        Entry::Nested => return,
+        Entry::Chained => {
+            if let Some(st) = INFLIGHT.get_ptr_mut(tid) {
+                // SAFETY: the entry is only touched by its own thread, which is here.
                 unsafe { (*st).depth += 1 };
-                bump(counter::NESTED, 1);
-                return;
             }
-            Relation::Stale(_) => bump(counter::INFLIGHT_STALE, 1),
+            return;
         }
-    }
+        Entry::Program { .. } => 0,
+        Entry::Allocator { .. } => 1,
+    };
     let st = Inflight {
         kind: kind as u32,
         depth: 1,
@@ -71,13 +103,37 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
         arg1: args[1],
         arg2: args[2],
         ts_ns: now,
-        entry_sp: sp,
+        entry_sp: sp_of(ctx.regs),
+        internal,
+        _pad: 0,
     };
     if INFLIGHT.insert(tid, st, 0).is_err() {
         bump(counter::INFLIGHT_FULL, 1);
     }
 }
 
+/// Who made a call judged at its entry only (`free`, `munmap`).
+pub(crate) enum EntryOnly {
+    /// The program.
+    Program,
+    /// The allocator, inside a program call (ignored: that call is counted).
+    Nested,
+    /// The allocator on its own (its caches, its heaps).
+    Allocator,
+}
+
+/// Judges a call that has no return probe.
+#[inline(always)]
+pub(crate) fn judge_entry_only(ctx: &ProbeContext) -> EntryOnly {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match judge(ctx, tid, now) {
+        Entry::Nested | Entry::Chained => EntryOnly::Nested,
+        Entry::Program { .. } => EntryOnly::Program,
+        Entry::Allocator { .. } => EntryOnly::Allocator,
+    }
+}
 /// Leaves an allocator function: `Some(state)` only for the return of the
 /// recorded call (stack pointer one slot above its entry), once per chain.
 #[inline(always)]
@@ -111,23 +167,3 @@ pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
     }
 }
 
-/// True while this thread is inside a probed allocator function (`free` or
-/// `munmap` called by the allocator itself). A stale state is dropped.
-#[inline(always)]
-pub(crate) fn nested(ctx: &ProbeContext) -> bool {
-    let tid = bpf_get_current_pid_tgid();
-    let Some(st) = INFLIGHT.get_ptr(tid) else {
-        return false;
-    };
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the entry is only touched by its own thread, which is here.
-    match relation(unsafe { &*st }, sp_of(ctx.regs), now) {
-        Relation::Nested | Relation::Chained => true,
-        Relation::Stale(_) => {
-            let _ = INFLIGHT.remove(tid);
-            bump(counter::INFLIGHT_STALE, 1);
-            false
-        }
-    }
-}

@@ -194,6 +194,7 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
         }],
         missing: vec![],
         modules: vec![],
+        internal: vec![],
     };
     let other = Probes::attach(
         fx.pid,

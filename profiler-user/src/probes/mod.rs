@@ -1,6 +1,7 @@
 //! Loading the embedded eBPF object and attaching it to one process's allocator.
 
 pub mod btf;
+pub mod internals;
 pub mod prologue;
 pub mod target;
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::{defaults, StackMode, ALLOC_TEXT_RANGES};
+use profiler_common::{defaults, StackMode, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES};
 
 pub use target::{AllocatorTarget, AttachPoint};
 
@@ -176,6 +177,8 @@ pub struct Probes {
     links: Vec<(&'static str, UProbeLinkId)>,
     /// Paths of the probed modules, as the process sees them.
     modules: Vec<String>,
+    /// The allocator's own implementation.
+    internal: Vec<internals::InternalCode>,
     /// The trampoline page and text ranges last written to the eBPF side.
     layout: Vec<u64>,
 }
@@ -332,6 +335,7 @@ impl Probes {
             pid,
             links,
             modules: target.modules.clone(),
+            internal: target.internal.clone(),
             layout: Vec::new(),
         })
     }
@@ -350,9 +354,16 @@ impl Probes {
             .iter()
             .find(|r| r.path.as_deref() == Some(crate::unwind::UPROBES_MAPPING))
             .map_or(0, |r| r.start);
-        let (ranges, dropped) = text_ranges(maps, &self.modules);
+        let (ranges, mut dropped) = text_ranges(maps, &self.modules);
+        let mut internal = internals::runtime_ranges(&self.internal, maps);
+        dropped += internal
+            .len()
+            .saturating_sub(ALLOC_INTERNAL_RANGES as usize);
+        internal.truncate(ALLOC_INTERNAL_RANGES as usize);
+        let internal: Vec<u64> = internal.iter().flat_map(|&(s, e)| [s, e]).collect();
         let mut layout = vec![xol];
         layout.extend(ranges.iter().flat_map(|&(s, e)| [s, e]));
+        layout.extend(&internal);
         if layout == self.layout {
             return Ok(dropped);
         }
@@ -373,7 +384,8 @@ impl Probes {
         };
         // Text first: a trampoline address without the text ranges would make
         // every program call look unknown rather than wrong.
-        set("ALLOC_TEXT", &layout[1..], 2 * ALLOC_TEXT_RANGES)?;
+        set("ALLOC_INTERNAL", &internal, 2 * ALLOC_INTERNAL_RANGES)?;
+        set("ALLOC_TEXT", &layout[1..1 + 2 * ranges.len()], 2 * ALLOC_TEXT_RANGES)?;
         set("XOL", &layout[..1], 1)?;
         self.layout = layout;
         Ok(dropped)

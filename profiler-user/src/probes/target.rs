@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use profiler_common::{AllocKind, EntryModule, EntrySpec, ENTRY_POINTS};
 
+use super::internals::{self, InternalCode};
 use super::{prologue, ProbeError};
 use crate::process::maps::MemoryMap;
 use crate::symbolize::find_function;
@@ -33,8 +34,11 @@ pub struct AllocatorTarget {
     /// Entry points the allocator does not define (e.g. jemalloc has no pvalloc).
     pub missing: Vec<AllocKind>,
     /// Paths (as the process sees them) of the probed modules: calls made from
-    /// their code are the allocator's own.
+    /// their code while a program call is in flight are the allocator's own.
     pub modules: Vec<String>,
+    /// The allocator's own implementation: calls made from it are the
+    /// allocator's even when no program call is in flight.
+    pub internal: Vec<InternalCode>,
 }
 
 /// A path as seen from inside the process's mount namespace, opened from ours.
@@ -205,11 +209,26 @@ fn build_target(
     if mapper != allocator {
         modules.push(mapper.to_string());
     }
+    let internal = if internals::is_allocator_library(allocator) {
+        vec![InternalCode::WholeModule(allocator.to_string())]
+    } else {
+        // Without symbols to tell malloc's code apart, no call is judged
+        // internal outside a program call (the behaviour before this existed).
+        match internals::implementation_file_range(&resolve(allocator)) {
+            Ok(Some((start, end))) => vec![InternalCode::FileRange {
+                path: allocator.to_string(),
+                start,
+                end,
+            }],
+            _ => Vec::new(),
+        }
+    };
     Ok(AllocatorTarget {
         allocator: allocator.to_string(),
         points,
         missing,
         modules,
+        internal,
     })
 }
 
