@@ -106,4 +106,5 @@ pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(2 * ALLOC_TEX
 /// malloc code, a whole allocator library), as pairs, set by userspace: a
 /// call from them with no program call in flight is the allocator's own.
 #[map]
-pub(crate) static ALLOC_INTERNAL: Array<u64> = Array::with_max_entries(2 * ALLOC_INTERNAL_RANGES, 0);
+pub(crate) static ALLOC_INTERNAL: Array<u64> =
+    Array::with_max_entries(2 * ALLOC_INTERNAL_RANGES, 0);

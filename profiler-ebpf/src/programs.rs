@@ -75,21 +75,26 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         // free has no return probe: it returns nothing, and skipping the
         // return trap halves its cost.
         AllocKind::Free => {
-            if args[0] != 0 && !nested(&ctx) {
-                record_free(tgid(), args[0]);
+            if args[0] == 0 {
+                return 0;
+            }
+            match judge_entry_only(&ctx) {
+                EntryOnly::Program => record_free(tgid(), args[0]),
+                EntryOnly::Allocator => record_allocator_free(tgid(), args[0]),
+                EntryOnly::Nested => {}
             }
         }
-        AllocKind::Munmap => {
-            if !nested(&ctx) {
-                emit_map_event(map_event(
-                    EventKind::Munmap,
-                    tgid(),
-                    args[0],
-                    args[1],
-                    STACK_NONE,
-                ));
-            }
-        }
+        AllocKind::Munmap => match judge_entry_only(&ctx) {
+            EntryOnly::Program => emit_map_event(map_event(
+                EventKind::Munmap,
+                tgid(),
+                args[0],
+                args[1],
+                STACK_NONE,
+            )),
+            EntryOnly::Allocator => bump(counter::ALLOCATOR_UNMAPPED, args[1]),
+            EntryOnly::Nested => {}
+        },
         kind => enter(&ctx, kind, args),
     }
     0

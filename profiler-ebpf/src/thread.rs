@@ -166,4 +166,3 @@ pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
         }
     }
 }
-

@@ -162,6 +162,17 @@ pub struct Totals {
     pub inflight_stale: u64,
     /// munmap/mremap of ranges heapscope was not tracking (allocator-internal or pre-attach).
     pub untracked_unmaps: u64,
+    /// Allocator calls made by the allocator's own code outside any program
+    /// call (arenas created in free, trims, thread exit).
+    pub allocator_calls: u64,
+    /// Frees by the allocator's own code of blocks the program never had
+    /// (its caches): not pre-attach frees.
+    pub allocator_frees: u64,
+    /// Bytes the allocator mapped outside program calls (arena heaps): its
+    /// footprint, never program allocations.
+    pub allocator_mapped: u64,
+    /// Bytes the allocator unmapped outside program calls.
+    pub allocator_unmapped: u64,
 }
 
 impl Totals {

@@ -152,6 +152,10 @@ pub fn merge(
         unmatched_return: c(counter::UNMATCHED_RETURN),
         inflight_stale: c(counter::INFLIGHT_STALE),
         untracked_unmaps: regions.untracked,
+        allocator_calls: c(counter::ALLOCATOR_CALLS),
+        allocator_frees: c(counter::ALLOCATOR_FREES),
+        allocator_mapped: c(counter::ALLOCATOR_MAPPED),
+        allocator_unmapped: c(counter::ALLOCATOR_UNMAPPED),
     };
     RawSnapshot { sites: out, totals }
 }

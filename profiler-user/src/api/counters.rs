@@ -42,9 +42,13 @@ pub fn counters(t: &Totals) -> Vec<Counter> {
         unmatched_return,
         inflight_stale,
         untracked_unmaps,
+        allocator_calls,
+        allocator_frees,
+        allocator_mapped,
+        allocator_unmapped,
     } = *t;
     use Section::{Counted, Lost};
-    let rows: [(&'static str, &'static str, Section, u64); 16] = [
+    let rows: [(&'static str, &'static str, Section, u64); 20] = [
         ("allocations", "Allocations seen.", Counted, allocs),
         ("allocated_bytes", "Bytes allocated.", Counted, alloc_bytes),
         (
@@ -77,6 +81,30 @@ pub fn counters(t: &Totals) -> Vec<Counter> {
             "munmap/mremap of ranges not tracked.",
             Counted,
             untracked_unmaps,
+        ),
+        (
+            "allocator_calls",
+            "Allocator calls made by the allocator itself outside program calls.",
+            Counted,
+            allocator_calls,
+        ),
+        (
+            "allocator_frees",
+            "Frees by the allocator itself of blocks the program never had.",
+            Counted,
+            allocator_frees,
+        ),
+        (
+            "allocator_mapped_bytes",
+            "Bytes mapped by the allocator itself (arena heaps): footprint, not program allocations.",
+            Counted,
+            allocator_mapped,
+        ),
+        (
+            "allocator_unmapped_bytes",
+            "Bytes unmapped by the allocator itself.",
+            Counted,
+            allocator_unmapped,
         ),
         (
             "live_map_full",

@@ -40,7 +40,7 @@ pub fn is_allocator_api(name: &str) -> bool {
     let n = name.trim_start_matches('_');
     let n = n.strip_prefix("libc_").unwrap_or(n);
     [
-        "alloc", "free", "mallopt", "mallinfo", "morecore", "arena", "tcache",
+        "alloc", "memalign", "free", "mallopt", "mallinfo", "morecore", "arena", "tcache",
     ]
     .iter()
     .any(|k| n.contains(k))
@@ -154,7 +154,10 @@ pub fn is_allocator_library(path: &str) -> bool {
 }
 
 /// Runtime ranges of `code` in a process's memory map.
-pub fn runtime_ranges(code: &[InternalCode], maps: &crate::process::maps::MemoryMap) -> Vec<(u64, u64)> {
+pub fn runtime_ranges(
+    code: &[InternalCode],
+    maps: &crate::process::maps::MemoryMap,
+) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for c in code {
         for r in maps.regions.iter().filter(|r| r.perms.execute) {
@@ -235,12 +238,23 @@ mod tests {
             assert!(start <= addr && addr < end, "{name}");
         }
         let strdup = 0x9e990;
-        assert!(!(start <= strdup && strdup < end), "strdup is the program's");
+        assert!(
+            !(start <= strdup && strdup < end),
+            "strdup is the program's"
+        );
     }
 
     #[test]
     fn api_names() {
-        for n in ["malloc", "__libc_free", "cfree", "malloc_trim", "mallopt", "__default_morecore", "aligned_alloc"] {
+        for n in [
+            "malloc",
+            "__libc_free",
+            "cfree",
+            "malloc_trim",
+            "mallopt",
+            "__default_morecore",
+            "aligned_alloc",
+        ] {
             assert!(is_allocator_api(n), "{n}");
         }
         for n in ["strdup", "mcheck_check_all", "timer_settime", "fopen"] {
@@ -251,12 +265,17 @@ mod tests {
     #[test]
     fn no_malloc_no_range() {
         assert_eq!(implementation_range(&[sym("strdup", 0x10, 4)]), None);
-        assert_eq!(implementation_range(&[sym("malloc", 0x10, 4)]), Some((0x10, 0x14)));
+        assert_eq!(
+            implementation_range(&[sym("malloc", 0x10, 4)]),
+            Some((0x10, 0x14))
+        );
     }
 
     #[test]
     fn allocator_libraries() {
-        assert!(is_allocator_library("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"));
+        assert!(is_allocator_library(
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+        ));
         assert!(is_allocator_library("/usr/lib/libtcmalloc_minimal.so.4"));
         assert!(!is_allocator_library("/lib/x86_64-linux-gnu/libc.so.6"));
         assert!(!is_allocator_library("/usr/bin/server"));
@@ -304,7 +323,10 @@ mod tests {
         };
         for n in ["malloc", "free", "calloc", "realloc", "malloc_trim"] {
             let at = func(n);
-            assert!(start <= at && at < end, "{n} at {at:#x} in {start:#x}..{end:#x}");
+            assert!(
+                start <= at && at < end,
+                "{n} at {at:#x} in {start:#x}..{end:#x}"
+            );
         }
         for n in ["strdup", "fopen", "qsort"] {
             let at = func(n);

@@ -385,7 +385,11 @@ impl Probes {
         // Text first: a trampoline address without the text ranges would make
         // every program call look unknown rather than wrong.
         set("ALLOC_INTERNAL", &internal, 2 * ALLOC_INTERNAL_RANGES)?;
-        set("ALLOC_TEXT", &layout[1..1 + 2 * ranges.len()], 2 * ALLOC_TEXT_RANGES)?;
+        set(
+            "ALLOC_TEXT",
+            &layout[1..1 + 2 * ranges.len()],
+            2 * ALLOC_TEXT_RANGES,
+        )?;
         set("XOL", &layout[..1], 1)?;
         self.layout = layout;
         Ok(dropped)

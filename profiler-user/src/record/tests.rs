@@ -114,6 +114,19 @@ fn record_ends(b: &[u8]) -> Vec<(u8, usize)> {
     out
 }
 
+/// A recording written before the allocator-footprint totals existed
+/// (16 totals per tick) reads as today's, the new totals 0.
+#[test]
+fn recordings_with_fewer_totals_still_read() {
+    let old = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/recording_v1_16_totals.bin"),
+    )
+    .expect("old golden");
+    let old = read_bytes(&old).expect("old recording reads");
+    let new = read_bytes(&recording_bytes(true)).expect("new recording reads");
+    assert_eq!(format!("{old:?}"), format!("{new:?}"));
+}
+
 #[test]
 fn round_trip_golden() {
     let bytes = recording_bytes(true);

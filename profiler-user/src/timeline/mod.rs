@@ -136,7 +136,7 @@ fn is_zero(s: &SiteStats) -> bool {
 
 /// `Totals` as a flat list, in a fixed order (also the recording's order).
 /// Destructuring makes a new field a compile error here until it is stored.
-pub(crate) fn totals_to_array(t: &Totals) -> [u64; 16] {
+pub(crate) fn totals_to_array(t: &Totals) -> [u64; 20] {
     let Totals {
         allocs,
         alloc_bytes,
@@ -154,6 +154,10 @@ pub(crate) fn totals_to_array(t: &Totals) -> [u64; 16] {
         unmatched_return,
         inflight_stale,
         untracked_unmaps,
+        allocator_calls,
+        allocator_frees,
+        allocator_mapped,
+        allocator_unmapped,
     } = *t;
     [
         allocs,
@@ -172,6 +176,10 @@ pub(crate) fn totals_to_array(t: &Totals) -> [u64; 16] {
         unmatched_return,
         inflight_stale,
         untracked_unmaps,
+        allocator_calls,
+        allocator_frees,
+        allocator_mapped,
+        allocator_unmapped,
     ]
 }
 
@@ -196,6 +204,10 @@ pub(crate) fn totals_from_slice(v: &[u64]) -> Totals {
         unmatched_return: g(13),
         inflight_stale: g(14),
         untracked_unmaps: g(15),
+        allocator_calls: g(16),
+        allocator_frees: g(17),
+        allocator_mapped: g(18),
+        allocator_unmapped: g(19),
     }
 }
 

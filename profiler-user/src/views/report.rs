@@ -58,6 +58,10 @@ fn counter_sections(t: &Totals) -> (Section, Section) {
         unmatched_return,
         inflight_stale,
         untracked_unmaps,
+        allocator_calls,
+        allocator_frees,
+        allocator_mapped,
+        allocator_unmapped,
     } = *t;
     let counters = vec![
         ("allocations seen", allocs),
@@ -68,6 +72,13 @@ fn counter_sections(t: &Totals) -> (Section, Section) {
         ("nested allocator calls (counted once)", nested),
         ("failed allocations", alloc_failed),
         ("untracked munmap/mremap", untracked_unmaps),
+        (
+            "allocator's own calls (outside program calls)",
+            allocator_calls,
+        ),
+        ("allocator's own frees (its caches)", allocator_frees),
+        ("bytes mapped by the allocator itself", allocator_mapped),
+        ("bytes unmapped by the allocator itself", allocator_unmapped),
     ];
     let lost = vec![
         ("live map full", live_map_full),
