@@ -121,6 +121,24 @@ impl Frame {
     }
 }
 
+/// Splits root-first frames into physical frames: a frame inlined into its
+/// caller joins the caller's group.
+pub fn physical_frames(frames: &[Frame]) -> Vec<&[Frame]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for (i, f) in frames.iter().enumerate() {
+        let inlined = matches!(f, Frame::Function { inlined: true, .. });
+        if i > start && !inlined {
+            groups.push(&frames[start..i]);
+            start = i;
+        }
+    }
+    if start < frames.len() {
+        groups.push(&frames[start..]);
+    }
+    groups
+}
+
 /// Numbers of one call site: a unique (stack, allocator entry point) pair.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SiteStats {

@@ -79,6 +79,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromedriver", "chromium-driver"),
     // The /metrics test: Prometheus' parser (promtool) and a real scrape.
     ("promtool", "prometheus"),
+    // Serves a fixture's split debug file in the debuginfod test.
+    ("debuginfod", "debuginfod"),
 ];
 
 /// Debian packages that provide files rather than commands, checked with

@@ -27,7 +27,8 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     let probes = attach_probes(pid, &target, &args.common)?;
     let mut opts = args.common.session_options()?;
     opts.announce = Some(announce(pid, &target, &probes));
-    let result = session::run(probes, &opts, || session::process_alive(pid)).await?;
+    let mut result = session::run(probes, &opts, || session::process_alive(pid)).await?;
+    super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
     Ok(0)
 }
@@ -61,12 +62,13 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
     let mut exit_code = None;
-    let result = session::run(probes, &opts, || {
+    let mut result = session::run(probes, &opts, || {
         exit_code = exit_code.or_else(|| launch::try_wait(pid));
         exit_code.is_none()
     })
     .await?;
     let exit_code = exit_code.or_else(|| launch::try_wait(pid));
+    super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
     match exit_code {
         Some(code) => {
@@ -127,6 +129,7 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
     let labels = views::Labels {
         lines: common.lines,
     };
+
     let opts = ReportOptions {
         top: common.top,
         window: Window::ALL,
@@ -145,6 +148,7 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
     if let Some(path) = &common.record {
         note(&format!("recorded {}", path.display()));
     }
+    super::hints::missing_symbols(result.timeline.sites(), common.record.as_deref());
     let profile = result.timeline.profile_for(Window::ALL, &result.meta);
     let metric: Metric = common.metric.into();
     if let Some(path) = &common.folded {

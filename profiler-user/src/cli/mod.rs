@@ -2,6 +2,7 @@
 //! session (`live`) or a recording (`offline`).
 
 mod args;
+mod hints;
 mod live;
 mod offline;
 mod outputs;
@@ -76,6 +77,11 @@ pub struct ReportArgs {
     /// Add file:line to every frame.
     #[arg(long)]
     pub lines: bool,
+    /// Symbolize the recorded frames again from their modules (same
+    /// build-id on this machine), /usr/lib/debug and debuginfod
+    /// (DEBUGINFOD_URLS): for debug info installed after recording.
+    #[arg(long)]
+    pub resymbolize: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]

@@ -59,7 +59,10 @@ fn output(path: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
 }
 
 pub(super) fn report(args: ReportArgs) -> Result<i32> {
-    let rec = open(&args.file)?;
+    let mut rec = open(&args.file)?;
+    if args.resymbolize {
+        super::hints::resymbolize(&mut rec.timeline);
+    }
     let opts = ReportOptions {
         top: args.top,
         window: window(&rec, args.window, "--window")?,
@@ -69,6 +72,7 @@ pub(super) fn report(args: ReportArgs) -> Result<i32> {
     output(None, |out| {
         report::write(&rec.timeline, &meta(&rec), &opts, &mut &mut *out).map_err(Into::into)
     })?;
+    super::hints::missing_symbols(rec.timeline.sites(), Some(&args.file));
     Ok(0)
 }
 

@@ -9,7 +9,6 @@
 //! [`QUEUE`] profiles waiting plus the one being sent, so a backend that is
 //! down costs neither memory nor capture time.
 
-pub mod http;
 pub mod ingest;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::profile::Profile;
 use crate::views::pprof::{write_pprof, PprofOptions};
 
-pub use http::Endpoint;
+pub use crate::http::{Endpoint, HttpError};
 
 /// Profiles waiting to be sent; more are dropped (and counted).
 pub const QUEUE: usize = 4;
@@ -33,27 +32,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the end of a session waits for queued profiles to go out.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
-
-/// Errors of pushing; each names the URL.
-#[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    #[error("invalid push URL {url}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("cannot push to {url}")]
-    Io {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{url} answered with something that is not HTTP")]
-    BadResponse { url: String },
-    #[error("{url} refused the profile: HTTP {status} {detail}")]
-    Status {
-        url: String,
-        status: u16,
-        detail: String,
-    },
-}
 
 /// What to push where.
 #[derive(Clone, Debug)]
@@ -276,7 +254,7 @@ impl Worker {
             if self.stop.load(Ordering::Relaxed) {
                 return false;
             }
-            let r = http::post(
+            let r = crate::http::post(
                 &self.endpoint,
                 &req.path_and_query,
                 &req.content_type,

@@ -17,7 +17,7 @@ use crate::analysis::age::{AgeHistogram, OutstandingAlloc};
 use crate::probes::Probes;
 use crate::process::memory;
 use crate::record::Header;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{Symbolizer, SymbolizerOptions};
 use crate::timeline::{ProfileMeta, Timeline};
 use capture::Capture;
 use recorder::Recorder;
@@ -190,7 +190,12 @@ pub async fn run(
         )?),
         None => None,
     };
-    let mut symbolizer = Symbolizer::default();
+    // Debug files fetched by debuginfod clients (heapscope's or elfutils'
+    // `debuginfod-find`) are read from their cache; nothing is fetched here.
+    let mut symbolizer = Symbolizer::with_options(SymbolizerOptions {
+        debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
+        ..SymbolizerOptions::default()
+    });
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;

@@ -105,6 +105,11 @@ fn candidates(
             }
         }
     }
+    if let Some(id) = refs.build_id.as_deref().filter(|id| !id.is_empty()) {
+        for dir in &opts.debuginfod_caches {
+            push(dir.join(hex(id)).join("debuginfo"), Via::BuildId);
+        }
+    }
     if let Some((name, crc)) = &refs.debuglink {
         let via = Via::DebugLink { crc: *crc };
         let module_dir = source.path.parent().unwrap_or(Path::new("/"));
@@ -221,6 +226,7 @@ mod tests {
     fn candidate_order_and_roots() {
         let opts = SymbolizerOptions {
             debug_dirs: vec![PathBuf::from("/dbg")],
+            debuginfod_caches: Vec::new(),
         };
         let mut source = ModuleSource::from_path("/usr/lib/libx.so");
         source.root = Some(PathBuf::from("/proc/7/root"));

@@ -258,12 +258,14 @@ fn built() -> &'static Built {
 fn symbolizer_for(v: &Variant) -> Symbolizer {
     Symbolizer::with_options(SymbolizerOptions {
         debug_dirs: v.debug_dirs.clone(),
+        debuginfod_caches: Vec::new(),
     })
 }
 
 fn symbolizer() -> Symbolizer {
     Symbolizer::with_options(SymbolizerOptions {
         debug_dirs: vec![built().debug_root.clone()],
+        debuginfod_caches: Vec::new(),
     })
 }
 

@@ -241,12 +241,17 @@ pub struct SymbolizerOptions {
     /// `<dir>/.build-id/xx/rest.debug` and `<dir>/<module dir>/<debuglink>`.
     /// Default: [`DEFAULT_DEBUG_DIR`].
     pub debug_dirs: Vec<PathBuf>,
+    /// Directories laid out as debuginfod client caches
+    /// (`<dir>/<build-id hex>/debuginfo`), searched after `debug_dirs`; see
+    /// [`crate::debuginfod`], which fills them.
+    pub debuginfod_caches: Vec<PathBuf>,
 }
 
 impl Default for SymbolizerOptions {
     fn default() -> Self {
         SymbolizerOptions {
             debug_dirs: vec![PathBuf::from(DEFAULT_DEBUG_DIR)],
+            debuginfod_caches: Vec::new(),
         }
     }
 }

@@ -241,6 +241,12 @@ impl Timeline {
         id
     }
 
+    /// Every registered site, mutable: re-symbolization replaces frames
+    /// (ids and numbers stay).
+    pub fn sites_mut(&mut self) -> &mut [SiteInfo] {
+        &mut self.sites
+    }
+
     /// Every registered site, indexed by [`SiteId`].
     pub fn sites(&self) -> &[SiteInfo] {
         &self.sites

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::profile::{Frame, ModuleId, Profile};
+use crate::profile::{physical_frames, Frame, ModuleId, Profile};
 
 use super::ViewError;
 use proto::Message;
@@ -130,24 +130,6 @@ struct Builder {
     /// A physical frame (its frames, root-most first) → location id.
     locations: HashMap<Vec<Frame>, u64>,
     location_frames: Vec<Vec<Frame>>,
-}
-
-/// Splits root-first frames into physical frames: a frame inlined into its
-/// caller joins the caller's group.
-fn physical_frames(frames: &[Frame]) -> Vec<&[Frame]> {
-    let mut groups = Vec::new();
-    let mut start = 0;
-    for (i, f) in frames.iter().enumerate() {
-        let inlined = matches!(f, Frame::Function { inlined: true, .. });
-        if i > start && !inlined {
-            groups.push(&frames[start..i]);
-            start = i;
-        }
-    }
-    if start < frames.len() {
-        groups.push(&frames[start..]);
-    }
-    groups
 }
 
 impl Builder {

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use super::*;
-use crate::profile::{Pc, Site, SiteStats};
+use crate::profile::{physical_frames, Pc, Site, SiteStats};
 use crate::views::testdata::{check_golden, sample_profile};
 
 /// A decoded field: varint or length-delimited bytes.
