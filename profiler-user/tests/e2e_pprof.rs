@@ -113,9 +113,40 @@ fn go_pprof_diff_base_shows_the_growing_site() {
             rec.to_str().expect("utf8"),
         ],
     );
-    let (base, win) = (dir.join("base.pb.gz"), dir.join("window.pb.gz"));
-    export(&rec, "0s..1s", &base);
-    export(&rec, "4s..", &win);
+    // `diff --format pprof` writes the difference and the two windows.
+    let out = dir.join("diff.pb.gz");
+    let o = Command::new(heapscope())
+        .args([
+            "diff",
+            "--baseline",
+            "0s..1s",
+            "--window",
+            "4s..",
+            "--format",
+            "pprof",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&rec)
+        .output()
+        .expect("run heapscope diff");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (base, win) = (dir.join("diff.base.pb.gz"), dir.join("diff.window.pb.gz"));
+    // The two windows, as exported one by one, are what diff wrote.
+    let exported = dir.join("window-export.pb.gz");
+    export(&rec, "4s..", &exported);
+    let top_of = |p: &Path| {
+        go_pprof(
+            &dir,
+            &[
+                "-top",
+                "-unit=byte",
+                "-sample_index=inuse_space",
+                p.to_str().expect("utf8"),
+            ],
+        )
+    };
+    assert_eq!(top_rows(&top_of(&win)), top_rows(&top_of(&exported)));
     let diff = go_pprof(
         &dir,
         &[
@@ -126,6 +157,13 @@ fn go_pprof_diff_base_shows_the_growing_site() {
             base.to_str().expect("utf8"),
             win.to_str().expect("utf8"),
         ],
+    );
+    // The single-file difference says the same per function.
+    let single = top_rows(&top_of(&out));
+    assert_eq!(
+        single.get("leak_slowly"),
+        top_rows(&diff).get("leak_slowly"),
+        "{diff}"
     );
     let rows = top_rows(&diff);
     let grown = rows.get("leak_slowly").copied().unwrap_or(0);

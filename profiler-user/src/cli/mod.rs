@@ -89,6 +89,10 @@ pub enum DiffFormat {
     Text,
     Folded,
     Svg,
+    /// Gzipped pprof of the window minus the baseline (negative values), to
+    /// -o OUT.pb.gz, plus OUT.base.pb.gz and OUT.window.pb.gz for
+    /// `go tool pprof -diff_base`.
+    Pprof,
 }
 
 #[derive(Args, Debug)]

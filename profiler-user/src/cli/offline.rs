@@ -82,9 +82,27 @@ pub(super) fn diff(args: DiffArgs) -> Result<i32> {
     let base = rec
         .timeline
         .profile_for(window(&rec, args.baseline, "--baseline")?, &m);
-    let win = rec
-        .timeline
-        .profile_for(window(&rec, args.window, "--window")?, &m);
+    let win_window = window(&rec, args.window, "--window")?;
+    let win = rec.timeline.profile_for(win_window, &m);
+    if let DiffFormat::Pprof = args.format {
+        let Some(path) = args.output.as_deref() else {
+            anyhow::bail!("--format pprof writes binary files: give them with -o FILE.pb.gz");
+        };
+        let (start, rate) = (rec.header.start_unix_ms, rec.header.sample_rate);
+        let opts = super::pprof::options(&rec.timeline, win_window, &win, start, rate);
+        let base_window = window(&rec, args.baseline, "--baseline")?;
+        let base_opts = super::pprof::options(&rec.timeline, base_window, &base, start, rate);
+        super::pprof::write_diff(path, &opts, &base, &win)?;
+        let (b, w) = super::pprof::diff_base_paths(path);
+        super::pprof::write(&b, &base_opts, &base)?;
+        super::pprof::write(&w, &opts, &win)?;
+        eprintln!(
+            "heapscope: for `go tool pprof -diff_base {} {}`",
+            b.display(),
+            w.display()
+        );
+        return Ok(0);
+    }
     output(args.output.as_deref(), |out| {
         let mut out = out;
         match args.format {
@@ -97,6 +115,7 @@ pub(super) fn diff(args: DiffArgs) -> Result<i32> {
                 );
                 views::diff::write_diff_svg(&base, &win, &title, &mut out)?
             }
+            DiffFormat::Pprof => {}
         }
         Ok(())
     })?;

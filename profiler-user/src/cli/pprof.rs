@@ -1,14 +1,14 @@
 //! pprof files from a timeline: the window's time range and the
 //! process identity go into the profile beside its sites.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use super::outputs::write_file;
 use crate::profile::Profile;
 use crate::timeline::{Timeline, Window};
-use crate::views::pprof::{write_pprof, PprofOptions};
+use crate::views::pprof::{write_pprof, write_pprof_diff, PprofOptions};
 
 /// Options of the pprof file of `profile`, which is `timeline`'s `window`
 /// of a session that started at `start_unix_ms`.
@@ -38,4 +38,26 @@ pub(super) fn options(
 /// Writes `profile` to `path` as gzipped pprof.
 pub(super) fn write(path: &Path, opts: &PprofOptions, profile: &Profile) -> Result<()> {
     write_file(path, |f| write_pprof(opts, profile, f).map_err(Into::into))
+}
+
+/// Writes `window` minus `baseline` to `path` as gzipped pprof.
+pub(super) fn write_diff(
+    path: &Path,
+    opts: &PprofOptions,
+    baseline: &Profile,
+    window: &Profile,
+) -> Result<()> {
+    write_file(path, |f| {
+        write_pprof_diff(opts, baseline, window, f).map_err(Into::into)
+    })
+}
+
+/// `OUT.base.pb.gz` and `OUT.window.pb.gz` beside `OUT.pb.gz` (or `OUT`).
+pub(super) fn diff_base_paths(path: &Path) -> (PathBuf, PathBuf) {
+    let text = path.to_string_lossy();
+    let stem = text.strip_suffix(".pb.gz").unwrap_or(&text);
+    (
+        PathBuf::from(format!("{stem}.base.pb.gz")),
+        PathBuf::from(format!("{stem}.window.pb.gz")),
+    )
 }

@@ -299,6 +299,18 @@ impl Builder {
 
 /// Encodes `profile` as an uncompressed `profile.proto` message.
 pub fn encode(opts: &PprofOptions, profile: &Profile) -> Vec<u8> {
+    encode_parts(opts, &[(profile, 1)])
+}
+
+/// Encodes `window` minus `baseline`: the baseline's samples with negated
+/// values beside the window's, which pprof tools sum per stack (what
+/// `go tool pprof -diff_base` computes from two files).
+pub fn encode_diff(opts: &PprofOptions, baseline: &Profile, window: &Profile) -> Vec<u8> {
+    encode_parts(opts, &[(window, 1), (baseline, -1)])
+}
+
+/// Encodes the sites of each profile with its values multiplied by its sign.
+fn encode_parts(opts: &PprofOptions, parts: &[(&Profile, i64)]) -> Vec<u8> {
     let mut b = Builder::new();
     let mut top = Message::new();
     for (ty, unit) in SAMPLE_TYPES {
@@ -306,31 +318,35 @@ pub fn encode(opts: &PprofOptions, profile: &Profile) -> Vec<u8> {
         vt.int(1, b.strings.id(ty)).int(2, b.strings.id(unit));
         top.message(1, &vt);
     }
-    for site in &profile.sites {
-        let s = &site.stats;
-        let values = [s.alloc_count, s.alloc_bytes, s.live_count, s.live_bytes];
-        if values.iter().all(|v| *v == 0) {
-            continue;
+    for (profile, sign) in parts {
+        for site in &profile.sites {
+            let s = &site.stats;
+            let values = [s.alloc_count, s.alloc_bytes, s.live_count, s.live_bytes];
+            if values.iter().all(|v| *v == 0) {
+                continue;
+            }
+            let mut ids: Vec<u64> = physical_frames(&site.frames)
+                .into_iter()
+                .map(|g| b.location(g))
+                .collect();
+            ids.reverse();
+            let mut sample = Message::new();
+            sample.packed(1, ids);
+            // Negative values (a subtracted baseline) are two's complement,
+            // as protobuf encodes int64.
+            sample.packed(
+                2,
+                values
+                    .iter()
+                    .map(|v| i64::try_from(*v).unwrap_or(i64::MAX).saturating_mul(*sign) as u64),
+            );
+            let mut label = Message::new();
+            label
+                .int(1, b.strings.id(ALLOCATOR_LABEL))
+                .int(2, b.strings.id(site.api));
+            sample.message(3, &label);
+            top.message(2, &sample);
         }
-        let mut ids: Vec<u64> = physical_frames(&site.frames)
-            .into_iter()
-            .map(|g| b.location(g))
-            .collect();
-        ids.reverse();
-        let mut sample = Message::new();
-        sample.packed(1, ids);
-        sample.packed(
-            2,
-            values
-                .iter()
-                .map(|v| i64::try_from(*v).unwrap_or(i64::MAX) as u64),
-        );
-        let mut label = Message::new();
-        label
-            .int(1, b.strings.id(ALLOCATOR_LABEL))
-            .int(2, b.strings.id(site.api));
-        sample.message(3, &label);
-        top.message(2, &sample);
     }
     b.main_mapping_first();
     for i in 0..b.mappings.len() {
@@ -376,8 +392,22 @@ pub fn write_pprof(
     profile: &Profile,
     out: &mut dyn Write,
 ) -> Result<(), ViewError> {
+    gzip(&encode(opts, profile), out)
+}
+
+/// Writes `window` minus `baseline` as gzipped pprof (see [`encode_diff`]).
+pub fn write_pprof_diff(
+    opts: &PprofOptions,
+    baseline: &Profile,
+    window: &Profile,
+    out: &mut dyn Write,
+) -> Result<(), ViewError> {
+    gzip(&encode_diff(opts, baseline, window), out)
+}
+
+fn gzip(raw: &[u8], out: &mut dyn Write) -> Result<(), ViewError> {
     let mut gz = GzEncoder::new(out, Compression::default());
-    gz.write_all(&encode(opts, profile))?;
+    gz.write_all(raw)?;
     gz.finish()?;
     Ok(())
 }

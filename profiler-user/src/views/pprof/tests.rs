@@ -248,3 +248,14 @@ fn exact_profiles_have_period_one() {
         "{text}"
     );
 }
+
+#[test]
+fn diff_negates_the_baseline() {
+    let p = profile_with_pcs();
+    let text = dump(&encode_diff(&opts(), &p, &p));
+    // Every window sample has its negated twin from the baseline.
+    let samples: Vec<&str> = text.lines().filter(|l| l.starts_with("sample {")).collect();
+    assert_eq!(samples.len() % 2, 0);
+    assert!(text.contains("2=[-6, -6000, -6, -6000]"), "{text}");
+    assert!(text.contains("2=[6, 6000, 6, 6000]"), "{text}");
+}
