@@ -65,6 +65,9 @@ pub struct RunArgs {
 pub struct ReportArgs {
     /// A recording written by `--record`.
     pub file: PathBuf,
+    /// Read a recording damaged in the middle (skipped stretches are listed).
+    #[arg(long)]
+    pub allow_damaged: bool,
     /// Number of call sites and suspects shown.
     #[arg(long, default_value_t = 20, value_parser = args::top_range())]
     pub top: usize,
@@ -99,6 +102,9 @@ pub enum DiffFormat {
 pub struct DiffArgs {
     /// A recording written by `--record`.
     pub file: PathBuf,
+    /// Read a recording damaged in the middle (skipped stretches are listed).
+    #[arg(long)]
+    pub allow_damaged: bool,
     /// The reference window, e.g. `0s..60s`.
     #[arg(long, value_parser = Window::parse)]
     pub baseline: Window,
@@ -127,6 +133,9 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     /// A recording written by `--record`.
     pub file: PathBuf,
+    /// Read a recording damaged in the middle (skipped stretches are listed).
+    #[arg(long)]
+    pub allow_damaged: bool,
     #[arg(long, value_enum)]
     pub format: ExportFormat,
     #[arg(long, value_enum, default_value = "live-bytes")]

@@ -14,12 +14,42 @@ use crate::report::{self, ReportOptions};
 use crate::timeline::{ProfileMeta, Window};
 use crate::views::{self, Labels};
 
-pub(super) fn open(path: &Path) -> Result<Recording> {
+/// Reads a recording and says what is wrong with it: damage in the middle
+/// is an error unless `allow_damaged`; a missing end record is a note.
+pub(super) fn open(path: &Path, allow_damaged: bool) -> Result<Recording> {
     let rec = record::open(path)?;
+    let shown = path.display();
+    if let Some(summary) = rec.damage_summary() {
+        if !allow_damaged {
+            anyhow::bail!(
+                "{shown} is {summary}; numbers after a damaged stretch may be wrong \
+                 (a lost tick's changes, a lost call site's frames): read what remains with --allow-damaged"
+            );
+        }
+        note(&format!("warning: {shown} is {summary}"));
+        for d in &rec.damage {
+            note(&format!(
+                "warning: damaged at byte {} ({} bytes skipped): {}",
+                d.offset, d.bytes, d.reason
+            ));
+        }
+        if rec.orphan_changes > 0 {
+            note(&format!(
+                "warning: {} tick entries of lost call sites dropped",
+                rec.orphan_changes
+            ));
+        }
+    }
+    let last = rec.timeline.span_ms().map_or(0, |(_, l)| l);
     if rec.truncated {
         note(&format!(
-            "note: {} ends with a partial record (the profiler was stopped mid-write); read up to its last whole tick",
-            path.display()
+            "note: {shown} ends with a partial record and no end record: the profiler was killed mid-write; read up to its last whole tick ({})",
+            Window { start_ms: Some(last), end_ms: None }.to_string().trim_end_matches('.')
+        ));
+    } else if rec.end_ms.is_none() {
+        note(&format!(
+            "note: {shown} has no end record: the profiler was killed (or is still recording); read up to its last tick ({})",
+            Window { start_ms: Some(last), end_ms: None }.to_string().trim_end_matches('.')
         ));
     }
     if rec.timeline.is_empty() {
@@ -59,7 +89,7 @@ fn output(path: Option<&Path>, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
 }
 
 pub(super) fn report(args: ReportArgs) -> Result<i32> {
-    let mut rec = open(&args.file)?;
+    let mut rec = open(&args.file, args.allow_damaged)?;
     if args.resymbolize {
         super::hints::resymbolize(&mut rec.timeline);
     }
@@ -77,7 +107,7 @@ pub(super) fn report(args: ReportArgs) -> Result<i32> {
 }
 
 pub(super) fn diff(args: DiffArgs) -> Result<i32> {
-    let rec = open(&args.file)?;
+    let rec = open(&args.file, args.allow_damaged)?;
     let m = meta(&rec);
     let base = rec
         .timeline
@@ -123,7 +153,7 @@ pub(super) fn diff(args: DiffArgs) -> Result<i32> {
 }
 
 pub(super) fn export(args: ExportArgs) -> Result<i32> {
-    let rec = open(&args.file)?;
+    let rec = open(&args.file, args.allow_damaged)?;
     let m = meta(&rec);
     let w = window(&rec, args.window, "--window")?;
     let profile = rec.timeline.profile_for(w, &m);

@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// Address to listen on; a non-loopback address needs --token or --token-file.
     #[arg(long, default_value = server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Read a recording damaged in the middle (skipped stretches are listed).
+    #[arg(long)]
+    pub allow_damaged: bool,
     #[command(flatten)]
     pub opts: ServeOpts,
 }
@@ -83,7 +86,7 @@ pub struct ServeArgs {
 pub(super) async fn serve(args: ServeArgs) -> Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    let rec = open(&args.file)?;
+    let rec = open(&args.file, args.allow_damaged)?;
     let info = SessionInfo {
         pid: rec.header.pid,
         comm: rec.header.comm.clone(),

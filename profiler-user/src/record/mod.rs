@@ -8,12 +8,13 @@
 
 pub mod format;
 pub mod reader;
+mod scan;
 pub mod writer;
 
 use std::path::PathBuf;
 
 pub use format::Header;
-pub use reader::{open, open_with, read, Recording};
+pub use reader::{open, open_with, read, Damage, Recording};
 pub use writer::Writer;
 
 /// Errors of reading or writing a recording; each names the file.
@@ -62,6 +63,8 @@ pub enum RecordError {
     InvalidInput { path: PathBuf, reason: String },
 }
 
+#[cfg(test)]
+mod damage_tests;
 #[cfg(test)]
 mod pc_tests;
 #[cfg(test)]

@@ -1,18 +1,47 @@
 //! Reading a recording back into a [`Timeline`].
 //!
-//! A record that runs past the end of the file, or the file's last record
-//! failing its CRC, is the tail of a profiler that was killed (or of a torn
-//! write): it is dropped and the recording is marked `truncated`. Damage
-//! followed by more data is an error naming the byte offset.
+//! A record cut off by the end of the file, or a last record failing its CRC,
+//! is the tail of a profiler that was killed (or of a torn write): it is
+//! dropped and the recording is marked `truncated`. Damage followed by more
+//! data (a bad length or CRC, an undecodable or out-of-order record) is
+//! skipped: reading resumes at the next valid record and the damage is listed
+//! in [`Recording::damage`]. Memory stays within a small multiple of the file
+//! size whatever the bytes: call sites beyond [`SITE_MEMORY_FACTOR`] times the
+//! bytes read are refused.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::timeline::{Timeline, DEFAULT_MAX_TICKS};
+use crate::profile::Frame;
+use crate::timeline::{SiteId, SiteInfo, Timeline, DEFAULT_MAX_TICKS};
 
 use super::format::{self, Header};
+use super::scan::{At, Scanner};
 use super::RecordError;
+
+/// Call sites may take this many bytes of memory per byte of file read
+/// (plus [`SITE_MEMORY_BASE`]); real recordings stay far below (names and
+/// paths dominate), crafted ones of tiny frames would not.
+pub const SITE_MEMORY_FACTOR: u64 = 16;
+pub const SITE_MEMORY_BASE: u64 = 32 << 20;
+/// Damaged stretches listed one by one; beyond, only counted.
+const MAX_DAMAGE_LISTED: usize = 32;
+/// Record types a resynchronisation may land on (never a second header).
+const RESYNC_KINDS: [u8; 3] = [format::TYPE_SITE, format::TYPE_TICK, format::TYPE_END];
+
+/// A stretch of a recording that could not be read and was skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// File offset of the first damaged byte.
+    pub offset: u64,
+    /// Bytes skipped.
+    pub bytes: u64,
+    /// Records lost (at least one; more when several records lie in the stretch
+    /// their count cannot be known and it counts as one).
+    pub records: u64,
+    pub reason: String,
+}
 
 /// A recording as read from disk.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +54,37 @@ pub struct Recording {
     pub end_ms: Option<u64>,
     /// Records of types this build does not know (from a newer writer).
     pub skipped_records: u64,
+    /// Damaged stretches skipped, in file order (the first
+    /// [`MAX_DAMAGE_LISTED`]; `damaged_records` counts them all).
+    pub damage: Vec<Damage>,
+    /// Records lost to damage, all stretches included.
+    pub damaged_records: u64,
+    /// Tick entries dropped because they named a call site that was lost.
+    pub orphan_changes: u64,
+}
+
+impl Recording {
+    /// True when something in the middle of the file was skipped.
+    pub fn is_damaged(&self) -> bool {
+        self.damaged_records > 0
+    }
+
+    /// `damaged at byte N, K records skipped` for the user.
+    pub fn damage_summary(&self) -> Option<String> {
+        let first = self.damage.first()?;
+        let regions = if self.damage.len() > 1 {
+            format!(" ({} damaged stretches)", self.damage.len())
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "damaged at byte {}: {}; {} record{} skipped{regions}",
+            first.offset,
+            first.reason,
+            self.damaged_records,
+            if self.damaged_records == 1 { "" } else { "s" }
+        ))
+    }
 }
 
 /// Opens and reads `path`, keeping up to [`DEFAULT_MAX_TICKS`] ticks.
@@ -42,107 +102,183 @@ pub fn open_with(path: &Path, max_ticks: usize) -> Result<Recording, RecordError
     read(BufReader::new(file), path, max_ticks)
 }
 
+/// Bytes of memory a decoded call site holds (allocations rounded up as an
+/// allocator does): what the site budget counts.
+fn site_memory(info: &SiteInfo) -> u64 {
+    fn heap(len: usize) -> u64 {
+        if len == 0 {
+            0
+        } else {
+            (len as u64 + 16).max(32)
+        }
+    }
+    let mut n = std::mem::size_of::<SiteInfo>() as u64
+        + heap(info.frames.len() * std::mem::size_of::<Frame>());
+    for f in &info.frames {
+        match f {
+            Frame::Function {
+                name, module, file, ..
+            } => {
+                n += heap(name.len()) + heap(module.len());
+                n += file.as_ref().map_or(0, |s| heap(s.len()));
+            }
+            Frame::Unknown { module, .. } => n += heap(module.len()),
+        }
+        if let Some(pc) = f.pc() {
+            n += heap(std::mem::size_of::<crate::profile::ModuleId>() + 16)
+                + heap(pc.module.path.len())
+                + heap(pc.module.build_id.len());
+        }
+    }
+    n
+}
+
 /// Reads as much of `buf` as is available, stopping early only at EOF.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
     Ok(got)
 }
 
-/// What one attempt to read a record gave.
-enum Next {
-    Record {
-        kind: u8,
-        payload: Vec<u8>,
-    },
-    /// Clean end of file between records.
-    Eof,
-    /// The file ends inside this record, or its last record is damaged.
-    Partial,
-}
-
-struct Input<R> {
-    r: R,
+/// The state of a read in progress.
+struct State {
     path: PathBuf,
-    offset: u64,
+    header: Option<Header>,
+    timeline: Timeline,
+    last_t: u64,
+    end_ms: Option<u64>,
+    skipped: u64,
+    damage: Vec<Damage>,
+    damaged_records: u64,
+    /// Bytes skipped as damage: lost call sites may leave gaps in the site
+    /// ids, each at least a minimal site record long.
+    damaged_bytes: u64,
+    orphan_changes: u64,
+    site_memory: u64,
 }
 
-impl<R: BufRead> Input<R> {
-    fn io(&self, source: std::io::Error) -> RecordError {
-        RecordError::Read {
-            path: self.path.clone(),
-            source,
+/// The smallest site record: framing, id, empty api, no frames.
+const MIN_SITE_RECORD: u64 = (format::RECORD_PREFIX_LEN + format::RECORD_SUFFIX_LEN) as u64 + 3;
+
+impl State {
+    fn damaged(&mut self, offset: u64, bytes: u64, reason: impl Into<String>) {
+        self.damaged_records += 1;
+        self.damaged_bytes += bytes;
+        if self.damage.len() < MAX_DAMAGE_LISTED {
+            self.damage.push(Damage {
+                offset,
+                bytes,
+                records: 1,
+                reason: reason.into(),
+            });
         }
     }
 
-    fn corrupt(&self, offset: u64, reason: impl Into<String>) -> RecordError {
-        RecordError::Corrupt {
-            path: self.path.clone(),
-            offset,
-            reason: reason.into(),
+    /// Placeholders for call sites lost to damage, up to `id` excluded; false
+    /// when the gap is larger than the damaged bytes could have held.
+    fn fill_site_gap(&mut self, id: SiteId) -> bool {
+        let have = self.timeline.sites().len() as u64;
+        let gap = u64::from(id.0).saturating_sub(have);
+        if gap == 0 {
+            return true;
         }
+        if gap > self.damaged_bytes / MIN_SITE_RECORD {
+            return false;
+        }
+        for _ in 0..gap {
+            self.timeline.add_site(SiteInfo {
+                frames: vec![Frame::Unknown {
+                    module: "[lost: recording damaged]".to_string(),
+                    offset: 0,
+                    pc: None,
+                }],
+                api: "?",
+            });
+        }
+        true
     }
 
-    fn at_eof(&mut self) -> Result<bool, RecordError> {
-        match self.r.fill_buf() {
-            Ok(b) => Ok(b.is_empty()),
-            Err(e) => Err(self.io(e)),
+    /// Applies one framed record; `Err` is a reason to count it as damage.
+    fn apply(&mut self, kind: u8, payload: &[u8], bytes_read: u64) -> Result<(), String> {
+        if self.end_ms.is_some() {
+            return Err("record after the end record".into());
         }
-    }
-
-    fn next(&mut self) -> Result<Next, RecordError> {
-        let start = self.offset;
-        let mut prefix = [0u8; format::RECORD_PREFIX_LEN];
-        let got = read_full(&mut self.r, &mut prefix).map_err(|e| self.io(e))?;
-        match got {
-            0 => return Ok(Next::Eof),
-            n if n < prefix.len() => return Ok(Next::Partial),
-            _ => {}
-        }
-        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-        let kind = prefix[4];
-        if len > format::MAX_PAYLOAD {
-            return Err(self.corrupt(start, format!("record length {len} exceeds 64 MiB")));
-        }
-        // `take` + `read_to_end` grows with the data actually there, so a
-        // corrupt length does not allocate 64 MiB up front.
-        let mut payload = Vec::new();
-        let got = (&mut self.r)
-            .take(u64::from(len))
-            .read_to_end(&mut payload)
-            .map_err(|e| self.io(e))?;
-        let mut crc = [0u8; format::RECORD_SUFFIX_LEN];
-        if got < len as usize || read_full(&mut self.r, &mut crc).map_err(|e| self.io(e))? < 4 {
-            return Ok(Next::Partial);
-        }
-        if u32::from_le_bytes(crc) != format::record_crc(kind, &payload) {
-            if self.at_eof()? {
-                return Ok(Next::Partial);
+        match (kind, self.header.is_some()) {
+            (format::TYPE_HEADER, false) => self.header = Some(format::decode_header(payload)?),
+            (format::TYPE_HEADER, true) => return Err("second header record".into()),
+            (_, false) => return Err("the first record is not the header".into()),
+            (format::TYPE_SITE, true) => {
+                let (id, info) = format::decode_site(payload)?;
+                if (id.0 as usize) < self.timeline.sites().len() {
+                    return Err(format!("site {} out of order", id.0));
+                }
+                if !self.fill_site_gap(id) {
+                    return Err(format!("site {} out of order", id.0));
+                }
+                self.site_memory += site_memory(&info);
+                let budget = SITE_MEMORY_FACTOR
+                    .saturating_mul(bytes_read)
+                    .saturating_add(SITE_MEMORY_BASE);
+                if self.site_memory > budget {
+                    return Err(format!(
+                        "call sites would take {} MiB of memory",
+                        self.site_memory >> 20
+                    ));
+                }
+                self.timeline.add_site(info);
             }
-            return Err(self.corrupt(start, "record checksum mismatch"));
+            (format::TYPE_TICK, true) => {
+                let mut t = format::decode_tick(payload)?;
+                if t.t_ms < self.last_t {
+                    return Err("tick goes back in time".into());
+                }
+                self.last_t = t.t_ms;
+                if self.damaged_records > 0 {
+                    // Sites lost to damage get placeholders (as far as the
+                    // damaged bytes could have held them); beyond, entries
+                    // cannot be shown.
+                    if let Some(max) = t.changes.iter().map(|(id, _)| id.0).max() {
+                        let _ = self.fill_site_gap(SiteId(max.saturating_add(1)));
+                    }
+                    let known = self.timeline.sites().len();
+                    let before = t.changes.len();
+                    t.changes.retain(|(id, _)| (id.0 as usize) < known);
+                    self.orphan_changes += (before - t.changes.len()) as u64;
+                } else if let Some((id, _)) = t
+                    .changes
+                    .iter()
+                    .find(|(id, _)| id.0 as usize >= self.timeline.sites().len())
+                {
+                    return Err(format!("tick names unknown site {}", id.0));
+                }
+                self.timeline
+                    .push_changes(t.t_ms, t.changes, t.totals, t.mem);
+            }
+            (format::TYPE_END, true) => self.end_ms = Some(format::decode_end(payload)?),
+            // A record type from a newer writer of this version: skip it.
+            _ => self.skipped += 1,
         }
-        self.offset =
-            start + (format::RECORD_PREFIX_LEN + format::RECORD_SUFFIX_LEN) as u64 + u64::from(len);
-        Ok(Next::Record { kind, payload })
+        Ok(())
     }
 }
 
-/// Reads a recording from `r`; `path` names it in errors. Never panics,
-/// whatever the bytes.
+/// Reads a recording from `r`; `path` names it in errors. Never panics and
+/// stays within a small multiple of the input's size, whatever the bytes.
 pub fn read(mut r: impl BufRead, path: &Path, max_ticks: usize) -> Result<Recording, RecordError> {
     let path_buf = path.to_path_buf();
-    let mut head = [0u8; format::FILE_HEADER_LEN];
-    let got = read_full(&mut r, &mut head).map_err(|source| RecordError::Read {
-        path: path_buf.clone(),
+    let io = |source| RecordError::Read {
+        path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut head = [0u8; format::FILE_HEADER_LEN];
+    let got = read_full(&mut r, &mut head).map_err(io)?;
     let magic_len = got.min(format::MAGIC.len());
     if head[..magic_len] != format::MAGIC[..magic_len] {
         return Err(RecordError::BadMagic { path: path_buf });
@@ -161,68 +297,89 @@ pub fn read(mut r: impl BufRead, path: &Path, max_ticks: usize) -> Result<Record
             supported: format::VERSION,
         });
     }
-    let mut input = Input {
-        r,
-        path: path_buf.clone(),
-        offset: format::FILE_HEADER_LEN as u64,
+    let mut scan = Scanner::new(r, format::FILE_HEADER_LEN as u64);
+    let mut st = State {
+        path: path_buf,
+        header: None,
+        timeline: Timeline::new(max_ticks),
+        last_t: 0,
+        end_ms: None,
+        skipped: 0,
+        damage: Vec::new(),
+        damaged_records: 0,
+        damaged_bytes: 0,
+        orphan_changes: 0,
+        site_memory: 0,
     };
-    let mut header: Option<Header> = None;
-    let mut timeline = Timeline::new(max_ticks);
-    let mut last_t: u64 = 0;
-    let (mut truncated, mut end_ms, mut skipped) = (false, None, 0u64);
+    let mut truncated = false;
     loop {
-        let at = input.offset;
-        let (kind, payload) = match input.next()? {
-            Next::Record { kind, payload } => (kind, payload),
-            Next::Eof => break,
-            Next::Partial => {
+        let at = scan.offset;
+        match scan.at().map_err(io)? {
+            At::Eof => break,
+            At::Record { kind, len } => {
+                let read_so_far = scan.bytes_read();
+                let result = st.apply(kind, scan.payload(len), read_so_far);
+                scan.consume(format::RECORD_PREFIX_LEN + len + format::RECORD_SUFFIX_LEN);
+                if let Err(reason) = result {
+                    if st.header.is_none() {
+                        return Err(RecordError::Corrupt {
+                            path: st.path,
+                            offset: at,
+                            reason,
+                        });
+                    }
+                    if reason.starts_with("call sites would take") {
+                        return Err(RecordError::Corrupt {
+                            path: st.path,
+                            offset: at,
+                            reason: format!(
+                                "{reason} for {} bytes read: not a recording heapscope writes",
+                                scan.bytes_read()
+                            ),
+                        });
+                    }
+                    st.damaged(at, scan.offset - at, reason);
+                }
+            }
+            At::BadTail => {
                 truncated = true;
                 break;
             }
-        };
-        let bad = |reason: &str| input.corrupt(at, reason);
-        if end_ms.is_some() {
-            return Err(bad("record after the end record"));
-        }
-        match (kind, header.is_some()) {
-            (format::TYPE_HEADER, false) => {
-                header = Some(format::decode_header(&payload).map_err(bad)?);
-            }
-            (format::TYPE_HEADER, true) => return Err(bad("second header record")),
-            (_, false) => return Err(bad("the first record is not the header")),
-            (format::TYPE_SITE, true) => {
-                let (id, info) = format::decode_site(&payload).map_err(bad)?;
-                if id.0 as usize != timeline.sites().len() {
-                    return Err(bad(&format!("site {} out of order", id.0)));
+            bad @ (At::Partial | At::Bad { .. }) => {
+                // A length flipped upwards looks like a cut-off tail: only
+                // the absence of any valid record after it says it is one.
+                let found = scan.resync(&RESYNC_KINDS).map_err(io)?;
+                if !found && matches!(bad, At::Partial) {
+                    truncated = true;
+                    break;
                 }
-                timeline.add_site(info);
-            }
-            (format::TYPE_TICK, true) => {
-                let t = format::decode_tick(&payload).map_err(bad)?;
-                if t.t_ms < last_t {
-                    return Err(bad("tick goes back in time"));
+                let reason = match bad {
+                    At::Bad { reason } => reason.to_string(),
+                    _ => "record length runs past the next records".to_string(),
+                };
+                let reason = if found {
+                    reason
+                } else {
+                    format!("{reason}; no valid record follows")
+                };
+                st.damaged(at, scan.offset - at, reason);
+                if !found {
+                    break;
                 }
-                last_t = t.t_ms;
-                if let Some((id, _)) = t
-                    .changes
-                    .iter()
-                    .find(|(id, _)| id.0 as usize >= timeline.sites().len())
-                {
-                    return Err(bad(&format!("tick names unknown site {}", id.0)));
-                }
-                timeline.push_changes(t.t_ms, t.changes, t.totals, t.mem);
             }
-            (format::TYPE_END, true) => end_ms = Some(format::decode_end(&payload).map_err(bad)?),
-            // A record type from a newer writer of this version: skip it.
-            _ => skipped += 1,
         }
     }
-    let header = header.ok_or(RecordError::MissingHeader { path: path_buf })?;
+    let header = st.header.ok_or(RecordError::MissingHeader {
+        path: path.to_path_buf(),
+    })?;
     Ok(Recording {
         header,
-        timeline,
+        timeline: st.timeline,
         truncated,
-        end_ms,
-        skipped_records: skipped,
+        end_ms: st.end_ms,
+        skipped_records: st.skipped,
+        damage: st.damage,
+        damaged_records: st.damaged_records,
+        orphan_changes: st.orphan_changes,
     })
 }

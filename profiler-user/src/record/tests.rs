@@ -8,9 +8,9 @@ use crate::profile::{SiteStats, Totals};
 use crate::timeline::testutil::{frame, frame_src, frame_unknown, stats, Rng};
 use crate::timeline::{MemSample, SiteId, SiteInfo, Tick, DEFAULT_MAX_TICKS};
 
-const NAME: &str = "test.heapscope";
+pub(super) const NAME: &str = "test.heapscope";
 
-fn header() -> Header {
+pub(super) fn header() -> Header {
     Header {
         pid: 4242,
         comm: "leaky".into(),
@@ -21,7 +21,7 @@ fn header() -> Header {
     }
 }
 
-fn sites() -> Vec<SiteInfo> {
+pub(super) fn sites() -> Vec<SiteInfo> {
     vec![
         SiteInfo {
             frames: vec![frame("main"), frame("leak_malloc")],
@@ -42,7 +42,7 @@ fn sites() -> Vec<SiteInfo> {
     ]
 }
 
-fn ticks() -> Vec<Tick> {
+pub(super) fn ticks() -> Vec<Tick> {
     let mem = |i: u64| MemSample {
         rss_anon: 10 << 20 | i,
         rss_file: 3 << 20,
@@ -81,7 +81,7 @@ fn ticks() -> Vec<Tick> {
 }
 
 /// The bytes of the sample recording, with or without the end record.
-fn recording_bytes(finish: bool) -> Vec<u8> {
+pub(super) fn recording_bytes(finish: bool) -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), Path::new(NAME), &header()).expect("writer");
     for s in sites() {
         w.site(&s).expect("site");
@@ -96,12 +96,12 @@ fn recording_bytes(finish: bool) -> Vec<u8> {
     }
 }
 
-fn read_bytes(b: &[u8]) -> Result<Recording, RecordError> {
+pub(super) fn read_bytes(b: &[u8]) -> Result<Recording, RecordError> {
     read(b, Path::new(NAME), DEFAULT_MAX_TICKS)
 }
 
 /// End offsets of the records of a valid file: (type, end offset).
-fn record_ends(b: &[u8]) -> Vec<(u8, usize)> {
+pub(super) fn record_ends(b: &[u8]) -> Vec<(u8, usize)> {
     let mut out = Vec::new();
     let mut at = format::FILE_HEADER_LEN;
     while at + 5 <= b.len() {
@@ -232,6 +232,10 @@ fn random_mutations_never_panic() {
             Ok(rec) => {
                 ok += 1;
                 assert!(rec.timeline.len() <= ticks().len());
+                assert!(rec.timeline.sites().len() <= sites().len());
+                for d in &rec.damage {
+                    assert!(d.offset + d.bytes <= b.len() as u64, "{d:?}");
+                }
             }
             Err(e) => {
                 err += 1;
@@ -239,8 +243,8 @@ fn random_mutations_never_panic() {
             }
         }
     }
-    // Both outcomes occur: the test exercises the error paths and the
-    // tolerated-tail paths.
+    // Both outcomes occur: the test exercises the error paths (a damaged
+    // header) and the tolerated paths (a damaged tail, skipped damage).
     assert!(ok > 100 && err > 100, "ok {ok}, err {err}");
     // Pure garbage too.
     for len in [0usize, 1, 11, 12, 13, 100, 4096] {
@@ -269,7 +273,7 @@ fn clear_errors_for_bad_files() {
     let e = read_bytes(&b).expect_err("version");
     assert!(e.to_string().contains("version 9"), "{e}");
 
-    // A damaged byte inside the third tick: an error at that record's offset.
+    // A damaged byte inside the third tick: skipped, named by its offset.
     let ends = record_ends(&bytes);
     let tick_starts: Vec<usize> = ends
         .windows(2)
@@ -279,11 +283,13 @@ fn clear_errors_for_bad_files() {
     let at = tick_starts[2];
     let mut b = bytes.clone();
     b[at + 6] ^= 0xff;
-    let e = read_bytes(&b).expect_err("bad crc");
+    let rec = read_bytes(&b).expect("damage is skipped");
     assert_eq!(
-        e.to_string(),
-        format!("{NAME} is corrupt at byte {at}: record checksum mismatch")
+        rec.damage_summary().as_deref(),
+        Some(format!("damaged at byte {at}: record checksum mismatch; 1 record skipped").as_str())
     );
+    assert_eq!(rec.timeline.len(), ticks().len() - 1);
+    assert_eq!(rec.end_ms, Some(5500));
 
     // The same damage in the last record is a cut-off tail.
     let last = ends[ends.len() - 2].1;
