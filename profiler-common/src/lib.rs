@@ -4,6 +4,7 @@
 //! compile-time size assert so that both sides agree on the layout.
 #![cfg_attr(not(test), no_std)]
 
+pub mod counters;
 pub mod entry;
 pub mod nesting;
 pub mod sampling;

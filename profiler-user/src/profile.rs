@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use profiler_common::counters::{CounterDef, CounterId, Section as CounterSection, COUNTERS};
+
 /// Identity of a module (executable or shared library) as loaded: enough to
 /// find its symbols again later, on another machine or through debuginfod.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -194,6 +196,74 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The value of one counter of `profiler_common::counters::COUNTERS`.
+    /// This match and [`Totals::set`] are the only places where a field
+    /// meets its row of the table.
+    pub fn get(&self, id: CounterId) -> u64 {
+        match id {
+            CounterId::Allocs => self.allocs,
+            CounterId::AllocBytes => self.alloc_bytes,
+            CounterId::Frees => self.frees,
+            CounterId::FreeBytes => self.free_bytes,
+            CounterId::FreesUnknown => self.frees_unknown,
+            CounterId::LiveMapFull => self.live_map_full,
+            CounterId::StackFailed => self.stack_failed,
+            CounterId::InflightFull => self.inflight_full,
+            CounterId::SiteMapFull => self.site_map_full,
+            CounterId::RingbufLost => self.ringbuf_lost,
+            CounterId::Nested => self.nested,
+            CounterId::AllocFailed => self.alloc_failed,
+            CounterId::Replaced => self.replaced,
+            CounterId::UnmatchedReturn => self.unmatched_return,
+            CounterId::InflightStale => self.inflight_stale,
+            CounterId::UntrackedUnmaps => self.untracked_unmaps,
+            CounterId::AllocatorCalls => self.allocator_calls,
+            CounterId::AllocatorFrees => self.allocator_frees,
+            CounterId::AllocatorMapped => self.allocator_mapped,
+            CounterId::AllocatorUnmapped => self.allocator_unmapped,
+        }
+    }
+
+    /// Sets one counter (see [`Totals::get`]).
+    pub fn set(&mut self, id: CounterId, v: u64) {
+        let field = match id {
+            CounterId::Allocs => &mut self.allocs,
+            CounterId::AllocBytes => &mut self.alloc_bytes,
+            CounterId::Frees => &mut self.frees,
+            CounterId::FreeBytes => &mut self.free_bytes,
+            CounterId::FreesUnknown => &mut self.frees_unknown,
+            CounterId::LiveMapFull => &mut self.live_map_full,
+            CounterId::StackFailed => &mut self.stack_failed,
+            CounterId::InflightFull => &mut self.inflight_full,
+            CounterId::SiteMapFull => &mut self.site_map_full,
+            CounterId::RingbufLost => &mut self.ringbuf_lost,
+            CounterId::Nested => &mut self.nested,
+            CounterId::AllocFailed => &mut self.alloc_failed,
+            CounterId::Replaced => &mut self.replaced,
+            CounterId::UnmatchedReturn => &mut self.unmatched_return,
+            CounterId::InflightStale => &mut self.inflight_stale,
+            CounterId::UntrackedUnmaps => &mut self.untracked_unmaps,
+            CounterId::AllocatorCalls => &mut self.allocator_calls,
+            CounterId::AllocatorFrees => &mut self.allocator_frees,
+            CounterId::AllocatorMapped => &mut self.allocator_mapped,
+            CounterId::AllocatorUnmapped => &mut self.allocator_unmapped,
+        };
+        *field = v;
+    }
+
+    /// Every counter with its value, in the table's order (counted, then
+    /// lost): what the report, the JSON API and `/metrics` list.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static CounterDef, u64)> + '_ {
+        COUNTERS.iter().map(move |d| (d, self.get(d.id)))
+    }
+
+    /// Sum of the counters of one section.
+    pub fn section_total(&self, section: CounterSection) -> u64 {
+        self.entries()
+            .filter(|(d, _)| d.section == section)
+            .fold(0u64, |a, (_, v)| a.saturating_add(v))
+    }
+
     /// Allocated − freed bytes over every allocation seen: the exact live
     /// heap (since attach), never a sampled estimate.
     pub fn live_bytes(&self) -> u64 {
@@ -277,5 +347,79 @@ impl Profile {
     /// True when per-site numbers are sampled estimates.
     pub fn sampled(&self) -> bool {
         self.sample_rate != 0
+    }
+}
+
+#[cfg(test)]
+mod counter_table_tests {
+    use super::*;
+
+    /// Every `Totals` field is a row of the counter table: destructuring
+    /// makes a new field a compile error here until it is mapped.
+    #[test]
+    fn every_field_is_a_counter_of_the_table() {
+        let mut t = Totals::default();
+        for (i, d) in COUNTERS.iter().enumerate() {
+            t.set(d.id, i as u64 + 1);
+        }
+        let Totals {
+            allocs,
+            alloc_bytes,
+            frees,
+            free_bytes,
+            frees_unknown,
+            live_map_full,
+            stack_failed,
+            inflight_full,
+            site_map_full,
+            ringbuf_lost,
+            nested,
+            alloc_failed,
+            replaced,
+            unmatched_return,
+            inflight_stale,
+            untracked_unmaps,
+            allocator_calls,
+            allocator_frees,
+            allocator_mapped,
+            allocator_unmapped,
+        } = t;
+        let mut fields = vec![
+            allocs,
+            alloc_bytes,
+            frees,
+            free_bytes,
+            frees_unknown,
+            live_map_full,
+            stack_failed,
+            inflight_full,
+            site_map_full,
+            ringbuf_lost,
+            nested,
+            alloc_failed,
+            replaced,
+            unmatched_return,
+            inflight_stale,
+            untracked_unmaps,
+            allocator_calls,
+            allocator_frees,
+            allocator_mapped,
+            allocator_unmapped,
+        ];
+        fields.sort_unstable();
+        let expected: Vec<u64> = (1..=COUNTERS.len() as u64).collect();
+        assert_eq!(fields, expected, "each field set once, by its own row");
+        for (d, v) in t.entries() {
+            assert_eq!(t.get(d.id), v);
+        }
+        assert_eq!(
+            t.section_total(CounterSection::Lost),
+            COUNTERS
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.section == CounterSection::Lost)
+                .map(|(i, _)| i as u64 + 1)
+                .sum::<u64>()
+        );
     }
 }

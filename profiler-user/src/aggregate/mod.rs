@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
+use profiler_common::counters::{CounterId, COUNTERS};
 use profiler_common::{counter, AllocKind, Inflight, SiteCounters, SiteKey, COUNT_SCALE};
 
 use crate::profile::{SiteStats, Totals};
@@ -135,28 +136,20 @@ pub fn merge(
         .values()
         .map(|r| r.alloc_count.saturating_sub(r.live_count))
         .sum();
-    let totals = Totals {
-        allocs: c(counter::ALLOCS) + region_allocs,
-        alloc_bytes: c(counter::ALLOC_BYTES) + region_bytes,
-        frees: c(counter::FREES) + region_frees,
-        free_bytes: c(counter::FREE_BYTES) + region_freed,
-        frees_unknown: c(counter::FREES_UNKNOWN),
-        live_map_full: c(counter::LIVE_MAP_FULL),
-        stack_failed: c(counter::STACK_FAILED) + c(counter::STACK_COPY_FAILED),
-        inflight_full: c(counter::INFLIGHT_FULL),
-        site_map_full: c(counter::SITE_MAP_FULL),
-        ringbuf_lost: c(counter::RINGBUF_LOST) + c(counter::SAMPLED_FREE_LOST),
-        nested: c(counter::NESTED),
-        alloc_failed: c(counter::ALLOC_FAILED),
-        replaced: c(counter::REPLACED),
-        unmatched_return: c(counter::UNMATCHED_RETURN),
-        inflight_stale: c(counter::INFLIGHT_STALE),
-        untracked_unmaps: regions.untracked,
-        allocator_calls: c(counter::ALLOCATOR_CALLS),
-        allocator_frees: c(counter::ALLOCATOR_FREES),
-        allocator_mapped: c(counter::ALLOCATOR_MAPPED),
-        allocator_unmapped: c(counter::ALLOCATOR_UNMAPPED),
-    };
+    // Kernel counters by the table; mapped regions are tracked in userspace.
+    let mut totals = Totals::default();
+    for d in COUNTERS.iter() {
+        totals.set(d.id, d.kernel.iter().map(|&k| c(k)).sum());
+    }
+    for (id, add) in [
+        (CounterId::Allocs, region_allocs),
+        (CounterId::AllocBytes, region_bytes),
+        (CounterId::Frees, region_frees),
+        (CounterId::FreeBytes, region_freed),
+        (CounterId::UntrackedUnmaps, regions.untracked),
+    ] {
+        totals.set(id, totals.get(id) + add);
+    }
     RawSnapshot { sites: out, totals }
 }
 

@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use profiler_common::counters::Section as CounterSection;
+
 use crate::aggregate::RawSnapshot;
 use crate::views::human_bytes;
 
@@ -40,12 +42,11 @@ impl StatusLine {
             }
         };
         self.last = Some((now, t.allocs, t.frees + t.frees_unknown));
-        let lost = t.live_map_full
-            + t.inflight_full
-            + t.site_map_full
-            + t.ringbuf_lost
-            + t.replaced
-            + t.inflight_stale;
+        // Every lost counter of the table; failed stacks are shown apart
+        // (the allocation itself is counted).
+        let lost = t
+            .section_total(CounterSection::Lost)
+            .saturating_sub(t.stack_failed);
         format!(
             "[{:>6.1}s] live {} in {} blocks | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
             now.duration_since(self.started).as_secs_f64(),

@@ -9,6 +9,8 @@
 pub mod window;
 
 use std::collections::BTreeMap;
+
+use profiler_common::counters::{COUNTERS, COUNTER_COUNT};
 use std::ops::Range;
 
 use crate::profile::{Frame, LiveHeap, Profile, Site, SiteStats, Totals};
@@ -134,81 +136,24 @@ fn is_zero(s: &SiteStats) -> bool {
     *s == SiteStats::default()
 }
 
-/// `Totals` as a flat list, in a fixed order (also the recording's order).
-/// Destructuring makes a new field a compile error here until it is stored.
-pub(crate) fn totals_to_array(t: &Totals) -> [u64; 20] {
-    let Totals {
-        allocs,
-        alloc_bytes,
-        frees,
-        free_bytes,
-        frees_unknown,
-        live_map_full,
-        stack_failed,
-        inflight_full,
-        site_map_full,
-        ringbuf_lost,
-        nested,
-        alloc_failed,
-        replaced,
-        unmatched_return,
-        inflight_stale,
-        untracked_unmaps,
-        allocator_calls,
-        allocator_frees,
-        allocator_mapped,
-        allocator_unmapped,
-    } = *t;
-    [
-        allocs,
-        alloc_bytes,
-        frees,
-        free_bytes,
-        frees_unknown,
-        live_map_full,
-        stack_failed,
-        inflight_full,
-        site_map_full,
-        ringbuf_lost,
-        nested,
-        alloc_failed,
-        replaced,
-        unmatched_return,
-        inflight_stale,
-        untracked_unmaps,
-        allocator_calls,
-        allocator_frees,
-        allocator_mapped,
-        allocator_unmapped,
-    ]
+/// `Totals` as a flat list in the recording's order: each counter at its
+/// stable id (`profiler_common::counters::CounterId::slot`).
+pub(crate) fn totals_to_array(t: &Totals) -> [u64; COUNTER_COUNT] {
+    let mut out = [0u64; COUNTER_COUNT];
+    for d in COUNTERS.iter() {
+        out[d.id.slot()] = t.get(d.id);
+    }
+    out
 }
 
 /// The inverse of [`totals_to_array`]; missing values are 0, extra ones ignored
 /// (recordings from other builds).
 pub(crate) fn totals_from_slice(v: &[u64]) -> Totals {
-    let g = |i: usize| v.get(i).copied().unwrap_or(0);
-    Totals {
-        allocs: g(0),
-        alloc_bytes: g(1),
-        frees: g(2),
-        free_bytes: g(3),
-        frees_unknown: g(4),
-        live_map_full: g(5),
-        stack_failed: g(6),
-        inflight_full: g(7),
-        site_map_full: g(8),
-        ringbuf_lost: g(9),
-        nested: g(10),
-        alloc_failed: g(11),
-        replaced: g(12),
-        unmatched_return: g(13),
-        inflight_stale: g(14),
-        untracked_unmaps: g(15),
-        allocator_calls: g(16),
-        allocator_frees: g(17),
-        allocator_mapped: g(18),
-        allocator_unmapped: g(19),
+    let mut t = Totals::default();
+    for d in COUNTERS.iter() {
+        t.set(d.id, v.get(d.id.slot()).copied().unwrap_or(0));
     }
+    t
 }
 
 /// Merges two sorted change lists; `newer` wins for a site in both.

@@ -5,6 +5,8 @@
 
 use std::io::{self, Write};
 
+use profiler_common::counters::Section as CounterSection;
+
 use crate::profile::{Profile, Totals};
 
 use super::{group_digits, human_bytes, merge_sites_with, Labels, MergedSite};
@@ -35,62 +37,18 @@ fn call_site(site: &MergedSite) -> String {
     parts.join(" <- ")
 }
 
-/// `name: value` lines of one report section.
+/// `label: value` lines of one report section.
 type Section = Vec<(&'static str, u64)>;
 
-/// Counter lines as (name, value); destructuring makes a new `Totals` field a
-/// compile error here until it is reported.
+/// Counter lines as (label, value), counted and lost, from the counter table.
 fn counter_sections(t: &Totals) -> (Section, Section) {
-    let Totals {
-        allocs,
-        alloc_bytes,
-        frees,
-        free_bytes,
-        frees_unknown,
-        live_map_full,
-        stack_failed,
-        inflight_full,
-        site_map_full,
-        ringbuf_lost,
-        nested,
-        alloc_failed,
-        replaced,
-        unmatched_return,
-        inflight_stale,
-        untracked_unmaps,
-        allocator_calls,
-        allocator_frees,
-        allocator_mapped,
-        allocator_unmapped,
-    } = *t;
-    let counters = vec![
-        ("allocations seen", allocs),
-        ("allocated bytes", alloc_bytes),
-        ("frees seen", frees),
-        ("freed bytes", free_bytes),
-        ("frees of pointers allocated before attach", frees_unknown),
-        ("nested allocator calls (counted once)", nested),
-        ("failed allocations", alloc_failed),
-        ("untracked munmap/mremap", untracked_unmaps),
-        (
-            "allocator's own calls (outside program calls)",
-            allocator_calls,
-        ),
-        ("allocator's own frees (its caches)", allocator_frees),
-        ("bytes mapped by the allocator itself", allocator_mapped),
-        ("bytes unmapped by the allocator itself", allocator_unmapped),
-    ];
-    let lost = vec![
-        ("live map full", live_map_full),
-        ("stack capture failed", stack_failed),
-        ("per-thread state full", inflight_full),
-        ("site map full", site_map_full),
-        ("ring buffer lost", ringbuf_lost),
-        ("replaced (free not seen)", replaced),
-        ("unmatched returns", unmatched_return),
-        ("per-thread state stale (return not seen)", inflight_stale),
-    ];
-    (counters, lost)
+    let of = |section: CounterSection| -> Section {
+        t.entries()
+            .filter(|(d, _)| d.section == section)
+            .map(|(d, v)| (d.label, v))
+            .collect()
+    };
+    (of(CounterSection::Counted), of(CounterSection::Lost))
 }
 
 /// Writes the text report, listing at most `top` call sites by live bytes.
