@@ -155,8 +155,10 @@ impl Pusher {
         let job = Job {
             profile,
             opts,
+            // Whole seconds, both truncated, so consecutive windows meet
+            // instead of overlapping by a rounded-up second.
             from_s: from_unix_ms / 1000,
-            until_s: until_unix_ms.div_ceil(1000),
+            until_s: until_unix_ms / 1000,
         };
         let full = match &self.tx {
             Some(tx) => matches!(

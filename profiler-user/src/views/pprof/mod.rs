@@ -251,8 +251,9 @@ impl Builder {
     }
 
     /// pprof takes the first mapping for the main binary (its `File:`
-    /// line): move the module defining `main` there, when one does.
-    fn main_mapping_first(&mut self) {
+    /// line): move the module defining `main` there, or else the one named
+    /// like the process (`comm`, at most 15 characters of the file name).
+    fn main_mapping_first(&mut self, comm: &str) {
         let main = self.location_frames.iter().find_map(|g| {
             let defines_main = g
                 .iter()
@@ -262,7 +263,16 @@ impl Builder {
                 .flatten()
                 .map(|pc| Arc::clone(&pc.module))
         });
-        let Some(idx) = main.and_then(|m| self.mapping_ids.get(&m).copied()) else {
+        let named_like_comm = || {
+            self.mappings.iter().find_map(|m| {
+                let name = std::path::Path::new(&m.module.path).file_name()?.to_str()?;
+                (!comm.is_empty() && name.starts_with(comm)).then(|| Arc::clone(&m.module))
+            })
+        };
+        let Some(idx) = main
+            .or_else(named_like_comm)
+            .and_then(|m| self.mapping_ids.get(&m).copied())
+        else {
             return;
         };
         let m = self.mappings.remove(idx);
@@ -348,7 +358,8 @@ fn encode_parts(opts: &PprofOptions, parts: &[(&Profile, i64)]) -> Vec<u8> {
             top.message(2, &sample);
         }
     }
-    b.main_mapping_first();
+    let comm = parts.first().map_or("", |(p, _)| p.comm.as_str());
+    b.main_mapping_first(comm);
     for i in 0..b.mappings.len() {
         let m = b.mapping_msg(i);
         top.message(3, &m);

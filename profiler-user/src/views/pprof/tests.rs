@@ -259,3 +259,46 @@ fn diff_negates_the_baseline() {
     assert!(text.contains("2=[-6, -6000, -6, -6000]"), "{text}");
     assert!(text.contains("2=[6, 6000, 6, 6000]"), "{text}");
 }
+
+#[test]
+fn the_process_binary_is_the_first_mapping() {
+    // No `main` resolved (a stripped server): the module named like comm leads.
+    let lib = Arc::new(ModuleId {
+        path: "/usr/lib/libc.so.6".into(),
+        build_id: vec![1],
+    });
+    let exe = Arc::new(ModuleId {
+        path: "/usr/bin/memcached".into(),
+        build_id: vec![2],
+    });
+    let at = |m: &Arc<ModuleId>, off: u64| {
+        Frame::unknown("x", off).with_pc(Some(Pc {
+            module: Arc::clone(m),
+            offset: off,
+            address: 0,
+        }))
+    };
+    let p = Profile {
+        comm: "memcached".into(),
+        sites: vec![Site {
+            frames: vec![at(&lib, 0x10), at(&exe, 0x20)],
+            api: "malloc",
+            stats: SiteStats {
+                live_bytes: 1,
+                live_count: 1,
+                alloc_bytes: 1,
+                alloc_count: 1,
+            },
+        }],
+        ..Profile::default()
+    };
+    let text = dump(&encode(&opts(), &p));
+    let first = text
+        .lines()
+        .find(|l| l.starts_with("mapping"))
+        .expect("mapping");
+    assert!(
+        first.contains("1=1 ") && first.contains("/usr/bin/memcached"),
+        "{text}"
+    );
+}
