@@ -70,12 +70,24 @@ impl EntrySpec {
     }
 }
 
-/// Which module of the process an entry point is looked up in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which module of the process an entry point is looked up in (its family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EntryModule {
-    /// The module that defines `malloc` (libc, a preloaded allocator, a static executable).
-    Allocator,
-    /// The module whose `mmap` the allocator uses (libc, or the static executable).
+    /// The C standard names: the first module in symbol-lookup order that
+    /// defines each (the executable, preloaded and linked libraries, libc),
+    /// which is the one the program's calls reach.
+    Standard,
+    /// C++ `operator new`/`delete`, where the allocator itself defines them
+    /// (jemalloc, tcmalloc, mimalloc, a static executable). libstdc++'s
+    /// operators call malloc, so there each allocation counts once as malloc.
+    Cxx,
+    /// jemalloc's own API, unprefixed or `je_`/`_rjem_`-prefixed.
+    Jemalloc,
+    /// gperftools tcmalloc's `tc_*` API.
+    Tcmalloc,
+    /// mimalloc's `mi_*` API.
+    Mimalloc,
+    /// The mapping calls: the first module in lookup order that defines each.
     Mapper,
 }
 
@@ -103,35 +115,131 @@ const fn row(
 }
 
 /// Every entry point heapscope probes, in the order they are looked up.
+/// Where two names are one function (aliases), the first row wins, so the
+/// standard names come before their `tc_`/`mi_` twins and frees first.
 ///
 /// Slot meanings per kind (see [`outcome`]): size-only allocators save the
 /// size in slot 0; calloc/reallocarray save their factors; realloc the old
 /// pointer then the size; posix_memalign the out-pointer then the size; mmap
 /// the length then the flags; mremap the old address, old and new length;
 /// free the pointer; munmap the address and length.
-pub const ENTRY_POINTS: [EntryPoint; 13] = {
+pub const ENTRY_POINTS: &[EntryPoint] = {
     use AllocKind as K;
-    use EntryModule::{Allocator as A, Mapper as M};
-    [
-        row("malloc", A, K::Malloc, [0, N, N]),
-        row("calloc", A, K::Calloc, [0, 1, N]),
-        row("realloc", A, K::Realloc, [0, 1, N]),
-        row("reallocarray", A, K::Reallocarray, [0, 1, 2]),
-        // (memptr, alignment, size)
-        row("posix_memalign", A, K::PosixMemalign, [0, 2, N]),
+    use EntryModule::{
+        Cxx as X, Jemalloc as J, Mapper as M, Mimalloc as I, Standard as S, Tcmalloc as T,
+    };
+    const SIZE: [u8; 3] = [0, N, N];
+    const PTR: [u8; 3] = [0, N, N];
+    const N_SIZE: [u8; 3] = [0, 1, N];
+    const PTR_SIZE: [u8; 3] = [0, 1, N];
+    // (alignment, size)
+    const ALIGN_SIZE: [u8; 3] = [1, N, N];
+    // (memptr, alignment, size)
+    const MEMPTR_SIZE: [u8; 3] = [0, 2, N];
+    &[
+        row("free", S, K::Free, PTR),
+        row("malloc", S, K::Malloc, SIZE),
+        row("calloc", S, K::Calloc, N_SIZE),
+        row("realloc", S, K::Realloc, PTR_SIZE),
+        row("reallocarray", S, K::Reallocarray, [0, 1, 2]),
+        row("posix_memalign", S, K::PosixMemalign, MEMPTR_SIZE),
         // glibc's aligned_alloc is a weak alias of memalign: probed once, as memalign.
-        row("memalign", A, K::Memalign, [1, N, N]),
-        row("aligned_alloc", A, K::AlignedAlloc, [1, N, N]),
-        row("valloc", A, K::Valloc, [0, N, N]),
-        row("pvalloc", A, K::Pvalloc, [0, N, N]),
-        row("free", A, K::Free, [0, N, N]),
+        row("memalign", S, K::Memalign, ALIGN_SIZE),
+        row("aligned_alloc", S, K::AlignedAlloc, ALIGN_SIZE),
+        row("valloc", S, K::Valloc, SIZE),
+        row("pvalloc", S, K::Pvalloc, SIZE),
+        // C++ delete: plain, sized, aligned, nothrow; scalar and array.
+        row("_ZdlPv", X, K::Free, PTR),
+        row("_ZdaPv", X, K::Free, PTR),
+        row("_ZdlPvm", X, K::Free, PTR),
+        row("_ZdaPvm", X, K::Free, PTR),
+        row("_ZdlPvSt11align_val_t", X, K::Free, PTR),
+        row("_ZdaPvSt11align_val_t", X, K::Free, PTR),
+        row("_ZdlPvmSt11align_val_t", X, K::Free, PTR),
+        row("_ZdaPvmSt11align_val_t", X, K::Free, PTR),
+        row("_ZdlPvRKSt9nothrow_t", X, K::Free, PTR),
+        row("_ZdaPvRKSt9nothrow_t", X, K::Free, PTR),
+        row("_ZdlPvSt11align_val_tRKSt9nothrow_t", X, K::Free, PTR),
+        row("_ZdaPvSt11align_val_tRKSt9nothrow_t", X, K::Free, PTR),
+        // C++ new: plain, nothrow, aligned, aligned nothrow.
+        row("_Znwm", X, K::New, SIZE),
+        row("_Znam", X, K::NewArray, SIZE),
+        row("_ZnwmRKSt9nothrow_t", X, K::New, SIZE),
+        row("_ZnamRKSt9nothrow_t", X, K::NewArray, SIZE),
+        row("_ZnwmSt11align_val_t", X, K::New, SIZE),
+        row("_ZnamSt11align_val_t", X, K::NewArray, SIZE),
+        row("_ZnwmSt11align_val_tRKSt9nothrow_t", X, K::New, SIZE),
+        row("_ZnamSt11align_val_tRKSt9nothrow_t", X, K::NewArray, SIZE),
+        // jemalloc's non-standard API (prefixed builds add je_ / _rjem_ to
+        // every jemalloc name, the standard ones included).
+        row("sdallocx", J, K::Free, PTR),
+        row("dallocx", J, K::Free, PTR),
+        row("mallocx", J, K::Mallocx, SIZE),
+        row("rallocx", J, K::Rallocx, PTR_SIZE),
+        // tcmalloc.
+        row("tc_free", T, K::Free, PTR),
+        row("tc_cfree", T, K::Free, PTR),
+        row("tc_free_sized", T, K::Free, PTR),
+        row("tc_delete", T, K::Free, PTR),
+        row("tc_deletearray", T, K::Free, PTR),
+        row("tc_delete_sized", T, K::Free, PTR),
+        row("tc_deletearray_sized", T, K::Free, PTR),
+        row("tc_delete_nothrow", T, K::Free, PTR),
+        row("tc_deletearray_nothrow", T, K::Free, PTR),
+        row("tc_delete_aligned", T, K::Free, PTR),
+        row("tc_deletearray_aligned", T, K::Free, PTR),
+        row("tc_malloc", T, K::Malloc, SIZE),
+        row("tc_malloc_skip_new_handler", T, K::Malloc, SIZE),
+        row("tc_calloc", T, K::Calloc, N_SIZE),
+        row("tc_realloc", T, K::Realloc, PTR_SIZE),
+        row("tc_memalign", T, K::Memalign, ALIGN_SIZE),
+        row("tc_posix_memalign", T, K::PosixMemalign, MEMPTR_SIZE),
+        row("tc_valloc", T, K::Valloc, SIZE),
+        row("tc_pvalloc", T, K::Pvalloc, SIZE),
+        row("tc_new", T, K::New, SIZE),
+        row("tc_newarray", T, K::NewArray, SIZE),
+        row("tc_new_nothrow", T, K::New, SIZE),
+        row("tc_newarray_nothrow", T, K::NewArray, SIZE),
+        // mimalloc.
+        row("mi_free", I, K::Free, PTR),
+        row("mi_cfree", I, K::Free, PTR),
+        row("mi_free_size", I, K::Free, PTR),
+        row("mi_free_aligned", I, K::Free, PTR),
+        row("mi_free_size_aligned", I, K::Free, PTR),
+        row("mi_malloc", I, K::Malloc, SIZE),
+        row("mi_zalloc", I, K::Malloc, SIZE),
+        row("mi_malloc_small", I, K::Malloc, SIZE),
+        row("mi_zalloc_small", I, K::Malloc, SIZE),
+        row("mi_malloc_aligned", I, K::Malloc, SIZE),
+        row("mi_zalloc_aligned", I, K::Malloc, SIZE),
+        row("mi_calloc", I, K::Calloc, N_SIZE),
+        row("mi_mallocn", I, K::Calloc, N_SIZE),
+        row("mi_calloc_aligned", I, K::Calloc, N_SIZE),
+        row("mi_realloc", I, K::Realloc, PTR_SIZE),
+        row("mi_reallocf", I, K::Realloc, PTR_SIZE),
+        row("mi_rezalloc", I, K::Realloc, PTR_SIZE),
+        row("mi_realloc_aligned", I, K::Realloc, PTR_SIZE),
+        row("mi_reallocn", I, K::Reallocarray, [0, 1, 2]),
+        row("mi_new", I, K::New, SIZE),
+        row("mi_new_nothrow", I, K::New, SIZE),
+        row("mi_new_aligned", I, K::New, SIZE),
+        row("mi_new_aligned_nothrow", I, K::New, SIZE),
+        row("mi_new_n", I, K::Calloc, N_SIZE),
+        row("mi_heap_malloc", I, K::Malloc, [1, N, N]),
+        row("mi_heap_zalloc", I, K::Malloc, [1, N, N]),
+        row("mi_heap_calloc", I, K::Calloc, [1, 2, N]),
+        row("mi_heap_realloc", I, K::Realloc, [1, 2, N]),
         // (addr, length, prot, flags, fd, offset)
-        row("mmap", M, K::Mmap, [1, 3, N]),
         row("munmap", M, K::Munmap, [0, 1, N]),
+        row("mmap", M, K::Mmap, [1, 3, N]),
         // (old_address, old_size, new_size, flags, ...)
         row("mremap", M, K::Mremap, [0, 1, 2]),
     ]
 };
+
+/// Prefixes jemalloc builds can put on every one of its names
+/// (`je_malloc`, Rust's tikv-jemallocator `_rjem_mallocx`).
+pub const JEMALLOC_PREFIXES: [&str; 2] = ["je_", "_rjem_"];
 
 /// What the return of an allocator call means for the accounting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,13 +273,24 @@ pub enum Outcome {
 pub fn outcome(kind: AllocKind, args: [u64; 3], ret: u64) -> Outcome {
     let [a0, a1, a2] = args;
     match kind {
-        AllocKind::Malloc | AllocKind::AlignedAlloc | AllocKind::Memalign | AllocKind::Valloc => {
-            alloc(ret, a0)
-        }
+        AllocKind::Malloc
+        | AllocKind::AlignedAlloc
+        | AllocKind::Memalign
+        | AllocKind::Valloc
+        | AllocKind::New
+        | AllocKind::NewArray
+        | AllocKind::Mallocx => alloc(ret, a0),
         // pvalloc rounds the request up to whole pages.
         AllocKind::Pvalloc => alloc(ret, a0.wrapping_add(4095) & !4095u64),
         AllocKind::Calloc => alloc(ret, a0.wrapping_mul(a1)),
         AllocKind::Realloc => realloc(ret, a0, a1),
+        // rallocx never frees: a NULL return is a failure that keeps the block.
+        AllocKind::Rallocx if ret == 0 => Outcome::Failed,
+        AllocKind::Rallocx => Outcome::Realloc {
+            old: a0,
+            new: ret,
+            size: a1,
+        },
         AllocKind::Reallocarray => realloc(ret, a0, a1.wrapping_mul(a2)),
         // Returns 0 on success and stores the block through memptr.
         AllocKind::PosixMemalign if ret as u32 != 0 => Outcome::Failed,
@@ -229,11 +348,42 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_has_exactly_one_row() {
+    fn every_kind_has_a_row_and_every_symbol_one() {
         for k in AllocKind::ALL {
             let n = ENTRY_POINTS.iter().filter(|e| e.spec.kind == k).count();
-            assert_eq!(n, 1, "{k:?}");
+            assert!(n >= 1, "{k:?}");
         }
+        for (i, a) in ENTRY_POINTS.iter().enumerate() {
+            for b in &ENTRY_POINTS[i + 1..] {
+                assert_ne!(a.symbol, b.symbol, "a symbol appears twice");
+            }
+        }
+        // Frees first, so that within a module aliases resolve to free.
+        assert_eq!(ENTRY_POINTS[0].spec.kind, AllocKind::Free);
+    }
+
+    #[test]
+    fn new_and_jemalloc_kinds() {
+        use AllocKind as K;
+        for k in [K::New, K::NewArray, K::Mallocx] {
+            assert_eq!(
+                outcome(k, [48, 0, 0], 0x1000),
+                Outcome::Alloc {
+                    ptr: 0x1000,
+                    size: 48
+                }
+            );
+            assert_eq!(outcome(k, [48, 0, 0], 0), Outcome::Failed);
+        }
+        assert_eq!(
+            outcome(K::Rallocx, [0x10, 64, 0], 0x20),
+            Outcome::Realloc {
+                old: 0x10,
+                new: 0x20,
+                size: 64
+            }
+        );
+        assert_eq!(outcome(K::Rallocx, [0x10, 0, 0], 0), Outcome::Failed);
     }
 
     #[test]

@@ -30,11 +30,19 @@ pub enum AllocKind {
     Mremap = 10,
     Free = 11,
     Munmap = 12,
+    /// C++ `operator new` (plain, nothrow, aligned): a size, like malloc.
+    New = 13,
+    /// C++ `operator new[]`.
+    NewArray = 14,
+    /// jemalloc's `mallocx(size, flags)`.
+    Mallocx = 15,
+    /// jemalloc's `rallocx(ptr, size, flags)`: realloc without realloc(p, 0).
+    Rallocx = 16,
 }
 
 impl AllocKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [AllocKind; 13] = [
+    pub const ALL: [AllocKind; 17] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -48,6 +56,10 @@ impl AllocKind {
         AllocKind::Mremap,
         AllocKind::Free,
         AllocKind::Munmap,
+        AllocKind::New,
+        AllocKind::NewArray,
+        AllocKind::Mallocx,
+        AllocKind::Rallocx,
     ];
 
     /// Decodes a kind stored in a map; `None` for values this build does not know.
@@ -71,6 +83,10 @@ impl AllocKind {
             AllocKind::Mremap => "mremap",
             AllocKind::Free => "free",
             AllocKind::Munmap => "munmap",
+            AllocKind::New => "operator new",
+            AllocKind::NewArray => "operator new[]",
+            AllocKind::Mallocx => "mallocx",
+            AllocKind::Rallocx => "rallocx",
         }
     }
 }

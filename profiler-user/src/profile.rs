@@ -330,6 +330,10 @@ pub struct Profile {
     /// Mean bytes between sampled allocations; 0 when every allocation was
     /// captured. When sampled, per-site numbers are unbiased estimates.
     pub sample_rate: u64,
+    /// `allocator: jemalloc 5.3.0, preloaded; 26 entry points` (empty when unknown).
+    pub allocator: String,
+    /// What heapscope could not see in this process, and probe costs.
+    pub allocator_notes: Vec<String>,
 }
 
 impl Profile {

@@ -191,10 +191,13 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
             file: bin.clone(),
             func_offset: loc.file_offset,
             entry_offset: loc.file_offset,
+            stepped: None,
         }],
+        found: vec![],
         missing: vec![],
         modules: vec![],
         internal: vec![],
+        unseen: vec![],
     };
     let other = Probes::attach(
         fx.pid,

@@ -229,6 +229,8 @@ impl CommonArgs {
             sample_rate: self.capture()?.sample_rate,
             push: self.push_options()?,
             announce: None,
+            allocator: String::new(),
+            allocator_notes: Vec::new(),
         })
     }
 

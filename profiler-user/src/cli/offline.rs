@@ -70,6 +70,8 @@ fn meta(rec: &Recording) -> ProfileMeta {
         pid: rec.header.pid,
         comm: rec.header.comm.clone(),
         sample_rate: rec.header.sample_rate,
+        allocator: rec.header.allocator.clone(),
+        allocator_notes: rec.header.allocator_notes.clone(),
     }
 }
 

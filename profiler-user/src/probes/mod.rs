@@ -1,6 +1,7 @@
 //! Loading the embedded eBPF object and attaching it to one process's allocator.
 
 pub mod btf;
+pub mod identify;
 pub mod internals;
 pub mod prologue;
 pub mod target;
@@ -433,6 +434,7 @@ mod tests {
             file: PathBuf::from("/lib/libc.so.6"),
             func_offset: offset,
             entry_offset: offset,
+            stepped: None,
         }
     }
 

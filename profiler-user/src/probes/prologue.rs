@@ -346,6 +346,38 @@ pub fn place(bytes: &[u8], whole: bool, needed: &[usize]) -> Result<Placement, S
     })
 }
 
+/// Targets of the direct jumps and calls in `bytes` (a function at `vaddr`),
+/// decoded linearly.
+pub fn branch_targets(bytes: &[u8], vaddr: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, bytes, vaddr, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let ins = decoder.decode();
+        if is_direct_branch(&ins) && matches!(ins.mnemonic(), Mnemonic::Jmp | Mnemonic::Call) {
+            out.push(ins.near_branch_target());
+        }
+    }
+    out
+}
+
+/// The target of the function's first instruction when it is a direct
+/// unconditional `jmp` (a function that only forwards), given the
+/// function's address.
+pub fn first_jump(bytes: &[u8], vaddr: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, bytes, vaddr, DecoderOptions::NONE);
+    if !decoder.can_decode() {
+        return None;
+    }
+    let ins = decoder.decode();
+    // Skip an endbr64 landing pad.
+    let ins = if ins.mnemonic() == Mnemonic::Endbr64 && decoder.can_decode() {
+        decoder.decode()
+    } else {
+        ins
+    };
+    (ins.mnemonic() == Mnemonic::Jmp && is_direct_branch(&ins)).then(|| ins.near_branch_target())
+}
+
 /// The placement for a function, falling back to +0 (single-stepped) with
 /// the reason when no emulated instruction qualifies.
 pub fn place_or_entry(bytes: &[u8], whole: bool, needed: &[usize]) -> (Placement, Option<Stepped>) {

@@ -1,28 +1,99 @@
-//! Finding the allocator a process uses and the file offsets to probe.
+//! Finding the allocator a process uses, every entry point it offers the
+//! program, and where to probe each.
+//!
+//! Modules are searched in symbol-lookup order (the executable, preloaded and
+//! linked libraries, libc last). Each row of `profiler_common::ENTRY_POINTS`
+//! is looked up by its family: a C standard name in the first module that
+//! defines it (the one the program's calls reach); C++ `operator new`/
+//! `delete` where the allocator defines them; jemalloc's, tcmalloc's and
+//! mimalloc's own APIs (jemalloc's also `je_`/`_rjem_`-prefixed) wherever
+//! they are defined. Each function's probes go where [`prologue::place`]
+//! says; a free-like function that only jumps on to another entry point is
+//! left to that one, so a call counts once.
 
 use std::path::{Path, PathBuf};
 
+use profiler_common::entry::{ARG_NONE, JEMALLOC_PREFIXES};
 use profiler_common::{AllocKind, EntryModule, EntrySpec, ENTRY_POINTS};
 
+use super::identify::{identify, Implementation};
 use super::internals::{self, InternalCode};
 use super::{prologue, ProbeError};
 use crate::process::maps::MemoryMap;
-use crate::symbolize::find_function;
+use crate::symbolize::Functions;
 
 /// One place to attach: a function of a module, at a file offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachPoint {
     /// What the function does and where its arguments are (a row of
-    /// `profiler_common::ENTRY_POINTS`), passed to the eBPF side as the attach cookie.
+    /// `profiler_common::ENTRY_POINTS`, with argument positions as they are
+    /// at the probed instruction), passed to the eBPF side as the attach cookie.
     pub spec: EntrySpec,
     /// The symbol probed, for messages.
     pub symbol: String,
     /// The path to open (through `/proc/PID/root` for a running process).
     pub file: PathBuf,
-    /// File offset of the function's first instruction (return probes go here).
+    /// File offset of the return probe: the function's start, or the first
+    /// emulated instruction before the stack moves (`[rsp]` is still the
+    /// return address there).
     pub func_offset: u64,
-    /// File offset for the entry probe (may skip a no-op guard, see `prologue`).
+    /// File offset for the entry probe (the same place, see `prologue`).
     pub entry_offset: u64,
+    /// Why the probe is on an instruction the kernel single-steps (~10× the
+    /// cost of an emulated one), when it is.
+    pub stepped: Option<String>,
+}
+
+/// How the allocator got into the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linkage {
+    /// Linked into the executable (static binaries, Rust global allocators).
+    Executable,
+    /// Named in `LD_PRELOAD`.
+    Preloaded,
+    /// A shared library the program links.
+    Linked,
+    /// The C library itself.
+    Libc,
+}
+
+impl Linkage {
+    fn describe(self) -> &'static str {
+        match self {
+            Linkage::Executable => "in the executable",
+            Linkage::Preloaded => "preloaded",
+            Linkage::Linked => "linked",
+            Linkage::Libc => "the C library's",
+        }
+    }
+}
+
+/// One allocator found in the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundAllocator {
+    pub implementation: Implementation,
+    pub version: Option<String>,
+    pub linkage: Linkage,
+    /// The module, as the process sees its path.
+    pub module: String,
+    /// jemalloc's symbol prefix (`je_`, `_rjem_`), empty otherwise.
+    pub prefix: &'static str,
+}
+
+impl FoundAllocator {
+    /// `jemalloc 5.3.0, preloaded`.
+    pub fn describe(&self) -> String {
+        let name = match &self.version {
+            Some(v) => format!("{} {v}", self.implementation.name()),
+            None => self.implementation.name().to_string(),
+        };
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(" ({}-prefixed)", self.prefix)
+        };
+        format!("{name}{prefix}, {}", self.linkage.describe())
+    }
 }
 
 /// What heapscope will probe in one process.
@@ -30,8 +101,10 @@ pub struct AttachPoint {
 pub struct AllocatorTarget {
     /// The module that defines malloc, as the process sees the path.
     pub allocator: String,
+    /// The allocators found: the one serving malloc first.
+    pub found: Vec<FoundAllocator>,
     pub points: Vec<AttachPoint>,
-    /// Entry points the allocator does not define (e.g. jemalloc has no pvalloc).
+    /// Standard entry points no module defines.
     pub missing: Vec<AllocKind>,
     /// Paths (as the process sees them) of the probed modules: calls made from
     /// their code while a program call is in flight are the allocator's own.
@@ -39,6 +112,33 @@ pub struct AllocatorTarget {
     /// The allocator's own implementation: calls made from it are the
     /// allocator's even when no program call is in flight.
     pub internal: Vec<InternalCode>,
+    /// What heapscope cannot see: an allocator it does not know, entry points
+    /// it will not count. Said on the first lines and in the report.
+    pub unseen: Vec<String>,
+}
+
+impl AllocatorTarget {
+    /// `allocator: jemalloc 5.3.0, preloaded; 26 entry points`.
+    pub fn headline(&self) -> String {
+        let names: Vec<String> = self.found.iter().map(FoundAllocator::describe).collect();
+        format!(
+            "allocator: {}; {} entry points",
+            if names.is_empty() {
+                "none found".to_string()
+            } else {
+                names.join(" + ")
+            },
+            self.points.len()
+        )
+    }
+
+    /// One line per probe the kernel must single-step, with why.
+    pub fn stepped(&self) -> Vec<String> {
+        self.points
+            .iter()
+            .filter_map(|p| Some(format!("{} ({})", p.symbol, p.stepped.as_ref()?)))
+            .collect()
+    }
 }
 
 /// A path as seen from inside the process's mount namespace, opened from ours.
@@ -53,7 +153,11 @@ pub fn in_root(pid: u32, path: &str) -> PathBuf {
 
 fn is_libc(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with("libc.so") || name.starts_with("libc-")
+    name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Orders candidate modules the way symbol lookup finds malloc: the executable
@@ -80,7 +184,37 @@ fn candidate_order(exe: Option<&str>, files: &[String]) -> Vec<String> {
     out
 }
 
-/// Finds the allocator of a running process from its memory map.
+/// A module to search: its path as the process sees it, where we open it,
+/// and how it got there.
+struct Candidate {
+    path: String,
+    open: PathBuf,
+    linkage: Linkage,
+}
+
+/// `libtcmalloc_minimal.so.4.5.10` → `libtcmalloc_minimal.so`: a preload
+/// names the soname link, the memory map the file it points to.
+fn so_stem(path: &str) -> &str {
+    let name = file_name(path);
+    name.find(".so").map_or(name, |i| &name[..i + 3])
+}
+
+fn linkage(path: &str, exe: Option<&str>, preload: &str) -> Linkage {
+    if Some(path) == exe {
+        Linkage::Executable
+    } else if is_libc(path) {
+        Linkage::Libc
+    } else if preload
+        .split([' ', ':'])
+        .any(|p| !p.is_empty() && (p == path || so_stem(p) == so_stem(path)))
+    {
+        Linkage::Preloaded
+    } else {
+        Linkage::Linked
+    }
+}
+
+/// Finds the allocators of a running process from its memory map.
 pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
     let maps = MemoryMap::read(pid).map_err(|e| ProbeError::Maps {
         pid,
@@ -98,176 +232,346 @@ pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeE
         .into_iter()
         .map(String::from)
         .collect();
-    let order = candidate_order(exe.as_deref(), &files);
-    let resolve = |p: &str| in_root(pid, p);
-    let Some(allocator) = order.iter().find(|f| defines_malloc(&resolve(f))) else {
-        return Err(ProbeError::NoAllocator {
-            pid,
-            searched: order.len(),
-        });
-    };
-    let libc = order.iter().find(|f| is_libc(f)).unwrap_or(allocator);
-    build_target(allocator, libc, resolve, skip_prologue)
+    let preload = std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|env| {
+            env.split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"LD_PRELOAD="))
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        })
+        .unwrap_or_default();
+    let candidates: Vec<Candidate> = candidate_order(exe.as_deref(), &files)
+        .into_iter()
+        .map(|path| Candidate {
+            open: in_root(pid, &path),
+            linkage: linkage(&path, exe.as_deref(), &preload),
+            path,
+        })
+        .collect();
+    plan(pid, &candidates, skip_prologue)
 }
 
-/// Finds the allocator a command will use once it runs: the executable when it
-/// defines malloc (static or custom allocator), else the libc this system loads.
+/// Finds the allocators a command will use once it runs: the executable,
+/// what `LD_PRELOAD` names, and the libc this system loads. (Libraries the
+/// command links are only seen by `attach`.)
 pub fn for_command(exe: &Path, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
-    let exe_str = exe.to_string_lossy().to_string();
-    let own = MemoryMap::read(std::process::id()).map_err(|e| ProbeError::Maps {
-        pid: std::process::id(),
+    let me = std::process::id();
+    let own = MemoryMap::read(me).map_err(|e| ProbeError::Maps {
+        pid: me,
         reason: e.to_string(),
     })?;
-    let libc = own
-        .executable_files()
-        .into_iter()
-        .find(|f| is_libc(f))
-        .map(String::from);
-    let resolve = |p: &str| PathBuf::from(p);
-    if defines_malloc(exe) {
-        let mapper = libc.clone().unwrap_or_else(|| exe_str.clone());
-        // A static executable has its own mmap; a dynamic one uses libc's.
-        let mapper = if has_function(exe, "mmap") {
-            exe_str.clone()
-        } else {
-            mapper
-        };
-        return build_target(&exe_str, &mapper, resolve, skip_prologue);
+    let exe_str = exe.to_string_lossy().to_string();
+    let mut candidates = vec![Candidate {
+        path: exe_str.clone(),
+        open: exe.to_path_buf(),
+        linkage: Linkage::Executable,
+    }];
+    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
+    for p in preload.split([' ', ':']).filter(|p| !p.is_empty()) {
+        candidates.push(Candidate {
+            path: p.to_string(),
+            open: PathBuf::from(p),
+            linkage: Linkage::Preloaded,
+        });
     }
-    match libc {
-        Some(l) => build_target(&l, &l, resolve, skip_prologue),
-        None => Err(ProbeError::NoAllocator {
-            pid: std::process::id(),
-            searched: 1,
-        }),
+    if let Some(libc) = own.executable_files().into_iter().find(|f| is_libc(f)) {
+        candidates.push(Candidate {
+            path: libc.to_string(),
+            open: PathBuf::from(libc),
+            linkage: Linkage::Libc,
+        });
     }
+    plan(me, &candidates, skip_prologue)
 }
 
-/// Where free's entry probe goes (free has no return probe, so its entry may
-/// move alone): the first emulated instruction with its pointer intact.
-fn free_entry_skip(kind: AllocKind, bytes: &[u8]) -> u64 {
-    if kind != AllocKind::Free {
-        return 0;
-    }
-    match prologue::place(bytes, false, &[0]) {
-        Ok(p) if p.args[0] == 0 => p.offset,
-        _ => 0,
-    }
+/// A candidate module with its symbols parsed.
+struct Module<'a> {
+    c: &'a Candidate,
+    functions: Functions,
 }
 
-fn has_function(file: &Path, name: &str) -> bool {
-    matches!(find_function(file, name), Ok(Some(_)))
-}
-
-fn defines_malloc(file: &Path) -> bool {
-    has_function(file, "malloc")
-}
-
-fn build_target(
-    allocator: &str,
-    mapper: &str,
-    resolve: impl Fn(&str) -> PathBuf,
+/// Chooses what to probe among `candidates` (in lookup order).
+fn plan(
+    pid: u32,
+    candidates: &[Candidate],
     skip_prologue: bool,
 ) -> Result<AllocatorTarget, ProbeError> {
-    let mut points: Vec<AttachPoint> = Vec::new();
-    let mut missing = Vec::new();
-    for row in ENTRY_POINTS {
-        let file = resolve(match row.module {
-            EntryModule::Allocator => allocator,
-            EntryModule::Mapper => mapper,
+    let modules: Vec<Module<'_>> = candidates
+        .iter()
+        .filter_map(|c| {
+            Functions::open(&c.open)
+                .ok()
+                .map(|functions| Module { c, functions })
+        })
+        .collect();
+    let Some(provider) = modules.iter().position(|m| m.functions.has("malloc")) else {
+        return Err(ProbeError::NoAllocator {
+            pid,
+            searched: candidates.len(),
         });
-        let kind = row.spec.kind;
-        let loc = find_function(&file, row.symbol).map_err(|e| ProbeError::Module {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
-        let Some(loc) = loc else {
-            missing.push(kind);
-            continue;
-        };
-        // Aliases (glibc's aligned_alloc is memalign) get one probe.
-        if points
-            .iter()
-            .any(|p| p.file == file && p.func_offset == loc.file_offset)
-        {
-            continue;
-        }
-        let skip = if skip_prologue {
-            free_entry_skip(kind, &loc.first_bytes)
-        } else {
-            0
-        };
-        points.push(AttachPoint {
-            spec: row.spec,
-            symbol: row.symbol.to_string(),
-            file,
-            func_offset: loc.file_offset,
-            entry_offset: loc.file_offset + skip,
-        });
-    }
-    let mut modules = vec![allocator.to_string()];
-    if mapper != allocator {
-        modules.push(mapper.to_string());
-    }
-    let internal = if internals::is_allocator_library(allocator) {
-        vec![InternalCode::WholeModule(allocator.to_string())]
-    } else {
-        // Without symbols to tell malloc's code apart, no call is judged
-        // internal outside a program call (the behaviour before this existed).
-        match internals::implementation_file_range(&resolve(allocator)) {
-            Ok(Some((start, end))) => vec![InternalCode::FileRange {
-                path: allocator.to_string(),
-                start,
-                end,
-            }],
-            _ => Vec::new(),
-        }
     };
+    let mut b = Builder {
+        skip_prologue,
+        points: Vec::new(),
+        starts: Vec::new(),
+        modules: Vec::new(),
+        unseen: Vec::new(),
+    };
+    let mut found: Vec<FoundAllocator> = Vec::new();
+    let mut missing = Vec::new();
+
+    // The allocator serving malloc, then other modules with an allocator API
+    // of their own (a program calling mi_malloc, a Rust global jemalloc).
+    let (imp, version) = identify(&modules[provider].functions, &modules[provider].c.open);
+    found.push(FoundAllocator {
+        implementation: imp.clone(),
+        version,
+        linkage: modules[provider].c.linkage,
+        module: modules[provider].c.path.clone(),
+        prefix: "",
+    });
+    if imp == Implementation::Unknown {
+        b.unseen.push(format!(
+            "{} defines malloc but is no allocator heapscope knows: its standard entry points \
+             are probed, calls to any entry point of its own are not seen",
+            modules[provider].c.path
+        ));
+    }
+
+    for row in ENTRY_POINTS {
+        match row.module {
+            EntryModule::Standard | EntryModule::Mapper => {
+                match modules.iter().find(|m| m.functions.has(row.symbol)) {
+                    Some(m) => b.add(m, row.symbol, row.spec)?,
+                    None if row.module == EntryModule::Standard => missing.push(row.spec.kind),
+                    None => {}
+                }
+            }
+            EntryModule::Cxx => {
+                // Where the allocator defines them: a known allocator library
+                // or the executable that defines malloc, not libstdc++.
+                for m in &modules {
+                    let own = m.c.linkage == Linkage::Executable && m.functions.has("malloc");
+                    let allocator = SIG_OF_FAMILIES.iter().any(|s| m.functions.has(s));
+                    if (own || allocator) && m.functions.has(row.symbol) {
+                        b.add(m, row.symbol, row.spec)?;
+                        break;
+                    }
+                }
+            }
+            EntryModule::Jemalloc | EntryModule::Tcmalloc | EntryModule::Mimalloc => {
+                for m in &modules {
+                    if m.functions.has(row.symbol) {
+                        b.add(m, row.symbol, row.spec)?;
+                    }
+                }
+            }
+        }
+    }
+    // Prefixed jemalloc builds: every jemalloc name, standard ones included.
+    for m in &modules {
+        for prefix in JEMALLOC_PREFIXES {
+            if !m.functions.has(&format!("{prefix}mallocx")) {
+                continue;
+            }
+            let (_, version) = identify(&m.functions, &m.c.open);
+            found.push(FoundAllocator {
+                implementation: Implementation::Jemalloc,
+                version,
+                linkage: m.c.linkage,
+                module: m.c.path.clone(),
+                prefix,
+            });
+            for row in ENTRY_POINTS
+                .iter()
+                .filter(|r| matches!(r.module, EntryModule::Standard | EntryModule::Jemalloc))
+            {
+                let name = format!("{prefix}{}", row.symbol);
+                if m.functions.has(&name) {
+                    b.add(m, &name, row.spec)?;
+                }
+            }
+        }
+    }
+    // Other modules with an allocator API of their own (not the provider).
+    for (i, m) in modules.iter().enumerate() {
+        if i == provider {
+            continue;
+        }
+        let own_api = ["mallocx", "tc_malloc", "mi_malloc"]
+            .iter()
+            .any(|s| m.functions.has(s));
+        if own_api && b.modules.contains(&m.c.path) {
+            let (imp, version) = identify(&m.functions, &m.c.open);
+            found.push(FoundAllocator {
+                implementation: imp,
+                version,
+                linkage: m.c.linkage,
+                module: m.c.path.clone(),
+                prefix: "",
+            });
+        }
+    }
+    let internal = internal_code(&modules, &found);
     Ok(AllocatorTarget {
-        allocator: allocator.to_string(),
-        points,
+        allocator: modules[provider].c.path.clone(),
+        found,
+        points: b.points,
         missing,
-        modules,
+        modules: b.modules,
         internal,
+        unseen: b.unseen,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The allocators' own code: a separate allocator library whole; in libc or
+/// an executable only the malloc implementation (`strdup` calling malloc
+/// makes a program allocation), when symbols tell where it is.
+fn internal_code(modules: &[Module<'_>], found: &[FoundAllocator]) -> Vec<InternalCode> {
+    let mut out = Vec::new();
+    for f in found {
+        let Some(m) = modules.iter().find(|m| m.c.path == f.module) else {
+            continue;
+        };
+        let code = if internals::is_allocator_library(&f.module) {
+            Some(InternalCode::WholeModule(f.module.clone()))
+        } else {
+            // Without symbols to tell malloc's code apart, no call is judged
+            // internal outside a program call.
+            match internals::implementation_file_range(&m.c.open) {
+                Ok(Some((start, end))) => Some(InternalCode::FileRange {
+                    path: f.module.clone(),
+                    start,
+                    end,
+                }),
+                _ => None,
+            }
+        };
+        if let Some(c) = code {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
 
-    #[test]
-    fn executable_first_libc_last() {
-        let files = vec![
-            "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
-            "/usr/lib/libjemalloc.so.2".to_string(),
-            "/usr/bin/server".to_string(),
-        ];
-        let order = candidate_order(Some("/usr/bin/server"), &files);
-        assert_eq!(
-            order,
-            vec![
-                "/usr/bin/server".to_string(),
-                "/usr/lib/libjemalloc.so.2".to_string(),
-                "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
-            ]
-        );
+/// Symbols only a known allocator library defines (its own API).
+const SIG_OF_FAMILIES: [&str; 5] = [
+    "mallocx",
+    "je_mallocx",
+    "_rjem_mallocx",
+    "tc_malloc",
+    "mi_malloc",
+];
+
+struct Builder {
+    skip_prologue: bool,
+    points: Vec<AttachPoint>,
+    /// (file, function start) of every probed function: aliases are probed once.
+    starts: Vec<(PathBuf, u64)>,
+    modules: Vec<String>,
+    unseen: Vec<String>,
+}
+
+impl Builder {
+    fn add(&mut self, m: &Module<'_>, symbol: &str, spec: EntrySpec) -> Result<(), ProbeError> {
+        let Some((vaddr, loc)) = m.functions.find(symbol) else {
+            return Ok(());
+        };
+        if self
+            .starts
+            .iter()
+            .any(|(f, s)| *f == m.c.open && *s == loc.file_offset)
+        {
+            return Ok(());
+        }
+        let (code, whole) = m.functions.code(&loc).map_err(|e| ProbeError::Module {
+            path: m.c.open.clone(),
+            reason: e.to_string(),
+        })?;
+        if spec.kind == AllocKind::Free && forwards(&code, vaddr, &m.functions) {
+            // `jmp free@plt`, `call sdallocx@plt`: counted where it lands.
+            return Ok(());
+        }
+        self.starts.push((m.c.open.clone(), loc.file_offset));
+        let needed: Vec<usize> = spec
+            .args
+            .iter()
+            .filter(|a| **a != ARG_NONE)
+            .map(|a| usize::from(*a))
+            .collect();
+        let (offset, spec, stepped) = self.place(&code, whole, &needed, spec);
+        self.points.push(AttachPoint {
+            spec,
+            symbol: symbol.to_string(),
+            file: m.c.open.clone(),
+            func_offset: loc.file_offset + offset,
+            entry_offset: loc.file_offset + offset,
+            stepped,
+        });
+        if !self.modules.contains(&m.c.path) {
+            self.modules.push(m.c.path.clone());
+        }
+        Ok(())
     }
 
-    #[test]
-    fn system_libc_target_has_every_function_once() {
-        let libc = "/lib/x86_64-linux-gnu/libc.so.6";
-        if !Path::new(libc).exists() {
-            eprintln!("skipped: {libc} not present");
-            return;
+    /// The placement's offset and the spec with its argument positions as
+    /// they are there.
+    fn place(
+        &self,
+        code: &[u8],
+        whole: bool,
+        needed: &[usize],
+        spec: EntrySpec,
+    ) -> (u64, EntrySpec, Option<String>) {
+        if !self.skip_prologue {
+            return (0, spec, None);
         }
-        let t = build_target(libc, libc, |p: &str| PathBuf::from(p), true).expect("libc target");
-        assert!(t.points.iter().any(|p| p.spec.kind == AllocKind::Malloc));
-        assert!(t.points.iter().any(|p| p.spec.kind == AllocKind::Free));
-        assert!(t.points.iter().any(|p| p.spec.kind == AllocKind::Mmap));
-        let mut offs: Vec<u64> = t.points.iter().map(|p| p.func_offset).collect();
-        offs.sort_unstable();
-        offs.dedup();
-        assert_eq!(offs.len(), t.points.len(), "aliases must be probed once");
+        match prologue::place(code, whole, needed) {
+            Ok(p) => {
+                let mut moved = spec;
+                for (slot, a) in spec.args.iter().enumerate() {
+                    if *a != ARG_NONE {
+                        moved.args[slot] = p.args[usize::from(*a)];
+                    }
+                }
+                (p.offset, moved, None)
+            }
+            Err(why) => (0, spec, Some(why.to_string())),
+        }
     }
 }
+
+/// True when a free-like function hands its block on to another free-like
+/// entry point (a jump or call through the PLT to `free`, `sdallocx`, ...,
+/// or straight to one defined in the module): that one is probed, and a
+/// free has no return probe to tell the two calls apart, so only the inner
+/// one is probed. A first `jmp` to code no symbol covers is a PLT forward too.
+fn forwards(code: &[u8], vaddr: u64, functions: &Functions) -> bool {
+    if prologue::first_jump(code, vaddr).is_some_and(|t| !functions.covers(t)) {
+        return true;
+    }
+    let is_free_name = |name: &str| {
+        let bare = JEMALLOC_PREFIXES
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .unwrap_or(name);
+        ENTRY_POINTS
+            .iter()
+            .any(|r| r.spec.kind == AllocKind::Free && r.symbol == bare)
+    };
+    prologue::branch_targets(code, vaddr)
+        .into_iter()
+        .filter(|t| *t != vaddr)
+        .any(|t| match functions.plt_target(t) {
+            Some(name) => is_free_name(name),
+            None => ENTRY_POINTS.iter().any(|r| {
+                r.spec.kind == AllocKind::Free
+                    && functions.find(r.symbol).is_some_and(|(v, _)| v == t)
+            }),
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -64,6 +64,12 @@ pub struct Header {
     /// Mean bytes between sampled allocations; 0 when every allocation was
     /// captured. A trailing field: files without it read as 0.
     pub sample_rate: u64,
+    /// The allocator line (`allocator: jemalloc 5.3.0, preloaded; 26 entry
+    /// points`); trailing, empty in older files.
+    pub allocator: String,
+    /// What heapscope could not see or what its probes cost (the warnings of
+    /// the first lines); trailing, empty in older files.
+    pub allocator_notes: Vec<String>,
 }
 
 /// CRC-32 (IEEE) of a record's type byte and payload.
@@ -118,6 +124,11 @@ pub fn encode_header(h: &Header) -> Vec<u8> {
     put_varint(&mut out, h.tick_ms);
     put_str(&mut out, &h.heapscope_version);
     put_varint(&mut out, h.sample_rate);
+    put_str(&mut out, &h.allocator);
+    put_varint(&mut out, h.allocator_notes.len() as u64);
+    for n in &h.allocator_notes {
+        put_str(&mut out, n);
+    }
     out
 }
 
@@ -322,8 +333,10 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, &'static str> {
         tick_ms: c.varint()?,
         heapscope_version: c.string()?,
         sample_rate: 0,
+        allocator: String::new(),
+        allocator_notes: Vec::new(),
     };
-    let h = if c.remaining() > 0 {
+    let mut h = if c.remaining() > 0 {
         Header {
             sample_rate: c.varint()?,
             ..h
@@ -331,6 +344,11 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, &'static str> {
     } else {
         h
     };
+    if c.remaining() > 0 {
+        h.allocator = c.string()?;
+        let n = c.count(1)?;
+        h.allocator_notes = (0..n).map(|_| c.string()).collect::<Result<_, _>>()?;
+    }
     c.done()?;
     Ok(h)
 }
@@ -488,7 +506,9 @@ mod tests {
     fn api_names_map_back_to_static_symbols() {
         assert_eq!(api_symbol("calloc"), "calloc");
         assert_eq!(api_symbol("mmap"), "mmap");
-        assert_eq!(api_symbol("operator new"), "?");
+        assert_eq!(api_symbol("operator new"), "operator new");
+        assert_eq!(api_symbol("operator new[]"), "operator new[]");
+        assert_eq!(api_symbol("no such api"), "?");
     }
 
     #[test]

@@ -46,6 +46,7 @@ impl Data {
             pid: self.info.pid,
             comm: self.info.comm.clone(),
             sample_rate: self.info.sample_rate,
+            ..ProfileMeta::default()
         }
     }
 

@@ -40,6 +40,9 @@ pub struct SessionOptions {
     /// Printed on stderr once the session has read the target's memory map,
     /// so whoever waits for it knows allocations from then on resolve.
     pub announce: Option<String>,
+    /// The allocator line and its warnings, kept in the recording and the report.
+    pub allocator: String,
+    pub allocator_notes: Vec<String>,
 }
 
 /// Why the session ended.
@@ -158,6 +161,11 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
 
     let pid = probes.pid;
+    // Signals are caught before the announcement: whoever waits for it may
+    // interrupt the session right away.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut cap = Capture::new(&mut probes)?;
     if let Some(line) = &opts.announce {
         say(format_args!("{line}"));
@@ -174,12 +182,16 @@ pub async fn run(
         tick_ms: opts.tick.as_millis() as u64,
         heapscope_version: env!("CARGO_PKG_VERSION").to_string(),
         sample_rate: opts.sample_rate,
+        allocator: opts.allocator.clone(),
+        allocator_notes: opts.allocator_notes.clone(),
     };
     let mut rec = Recorder::new(opts.record.as_deref(), &header)?;
     let meta = ProfileMeta {
         pid,
         comm: cap.comm.clone(),
         sample_rate: opts.sample_rate,
+        allocator: opts.allocator.clone(),
+        allocator_notes: opts.allocator_notes.clone(),
     };
     let mut push = match opts.push.clone() {
         Some(p) => Some(publish::PushTicker::start(
@@ -196,9 +208,6 @@ pub async fn run(
         debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
         ..SymbolizerOptions::default()
     });
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let started = Instant::now();
     let t_ms = || started.elapsed().as_millis() as u64;
     let deadline = opts.duration.map(|d| started + d);

@@ -115,7 +115,7 @@ mod tests {
         let meta = ProfileMeta {
             pid: 42,
             comm: "memcached".into(),
-            sample_rate: 0,
+            ..ProfileMeta::default()
         };
         let o = with_process_labels(opts, &meta);
         assert_eq!(o.service, "memcached");

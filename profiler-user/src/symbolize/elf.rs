@@ -9,7 +9,9 @@ use std::fs::File;
 use std::path::Path;
 
 use object::read::ReadCache;
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
+use object::{
+    Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable, SectionKind, SymbolKind,
+};
 
 use super::SymbolizeError;
 
@@ -228,6 +230,39 @@ where
             })
         })
         .collect()
+}
+
+/// The jump-slot relocations of a dynamic module: GOT slot address → the
+/// symbol it is bound to (what each PLT stub calls).
+pub(crate) fn jump_slots(
+    path: &Path,
+) -> Result<std::collections::HashMap<u64, String>, SymbolizeError> {
+    let file = File::open(path).map_err(|source| SymbolizeError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|source| SymbolizeError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = std::collections::HashMap::new();
+    let (Some(relocs), Some(dynsyms)) = (obj.dynamic_relocations(), obj.dynamic_symbol_table())
+    else {
+        return Ok(out);
+    };
+    for (slot, r) in relocs {
+        if let object::RelocationTarget::Symbol(idx) = r.target() {
+            if let Some(name) = dynsyms
+                .symbol_by_index(idx)
+                .ok()
+                .and_then(|s| s.name().ok())
+            {
+                out.insert(slot, strip_version(name).to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads up to `len` bytes at `offset` of `path`, stopping at end of file.

@@ -66,6 +66,90 @@ pub struct FunctionLocation {
     pub first_bytes: Vec<u8>,
 }
 
+/// How much of a function [`Functions::code`] reads: enough for a probe
+/// placement to check the whole of an allocator's fast path.
+pub const MAX_CODE_BYTES: usize = 4096;
+
+/// The defined functions of one module, parsed once for many lookups.
+pub struct Functions {
+    path: PathBuf,
+    module: ElfModule,
+    /// GOT slot address → the symbol its jump-slot relocation binds
+    /// (how a PLT stub's target is named).
+    got: std::collections::HashMap<u64, String>,
+}
+
+impl Functions {
+    /// Parses the symbol tables of `path`.
+    pub fn open(path: &Path) -> Result<Functions, SymbolizeError> {
+        Ok(Functions {
+            path: path.to_path_buf(),
+            module: ElfModule::open(path)?,
+            got: elf::jump_slots(path).unwrap_or_default(),
+        })
+    }
+
+    /// The symbol a PLT stub at `vaddr` jumps to (`free` for `free@plt`):
+    /// the stub is `[endbr64;] [bnd] jmp *GOT(%rip)`, and the GOT slot's
+    /// relocation names the symbol.
+    pub fn plt_target(&self, vaddr: u64) -> Option<&str> {
+        let offset = self.module.vaddr_to_offset(vaddr)?;
+        let stub = elf::read_bytes(&self.path, offset, 16).ok()?;
+        let mut at = 0usize;
+        if stub.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) {
+            at += 4;
+        }
+        if stub.get(at) == Some(&0xf2) {
+            at += 1; // bnd
+        }
+        if stub.get(at..at + 2) != Some(&[0xff, 0x25]) {
+            return None;
+        }
+        let disp = i32::from_le_bytes(stub.get(at + 2..at + 6)?.try_into().ok()?);
+        let next = vaddr + at as u64 + 6;
+        let slot = next.wrapping_add_signed(i64::from(disp));
+        self.got.get(&slot).map(String::as_str)
+    }
+
+    /// True when the module defines a function named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.module.find_function(name).is_some()
+    }
+
+    /// The ELF virtual address and file offset of the function `name`.
+    pub fn find(&self, name: &str) -> Option<(u64, FunctionLocation)> {
+        let sym = self.module.find_function(name)?;
+        let file_offset = self.module.vaddr_to_offset(sym.addr)?;
+        Some((
+            sym.addr,
+            FunctionLocation {
+                file_offset,
+                size: sym.size,
+                first_bytes: Vec::new(),
+            },
+        ))
+    }
+
+    /// The function's code from its start: all of it up to
+    /// [`MAX_CODE_BYTES`] (`true`), or [`MAX_CODE_BYTES`] when the symbol
+    /// has no size or is longer (`false`).
+    pub fn code(&self, loc: &FunctionLocation) -> Result<(Vec<u8>, bool), SymbolizeError> {
+        let whole = loc.size > 0 && loc.size <= MAX_CODE_BYTES as u64;
+        let len = if whole {
+            loc.size as usize
+        } else {
+            MAX_CODE_BYTES
+        };
+        Ok((elf::read_bytes(&self.path, loc.file_offset, len)?, whole))
+    }
+
+    /// True when a function symbol covers `vaddr` (PLT stubs have none).
+    pub fn covers(&self, vaddr: u64) -> bool {
+        self.module.symtab_function_at(vaddr).is_some()
+            || self.module.dynsym_function_at(vaddr).is_some()
+    }
+}
+
 /// Finds a *defined* function symbol named `name` (searching `.symtab`, then
 /// `.dynsym`) and returns its file offset and first bytes. Symbol versions
 /// (`malloc@@GLIBC_2.2.5`) are ignored when comparing names.

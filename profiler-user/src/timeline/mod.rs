@@ -105,6 +105,9 @@ pub struct ProfileMeta {
     pub comm: String,
     /// Mean bytes between samples (0: every allocation captured).
     pub sample_rate: u64,
+    /// The allocator line and its warnings (see `record::Header`).
+    pub allocator: String,
+    pub allocator_notes: Vec<String>,
 }
 
 /// Call sites and ticks of a session.
@@ -396,6 +399,8 @@ impl Timeline {
             pid: meta.pid,
             comm: meta.comm.clone(),
             sample_rate: meta.sample_rate,
+            allocator: meta.allocator.clone(),
+            allocator_notes: meta.allocator_notes.clone(),
             ..Profile::default()
         };
         let range = self.range(window);

@@ -56,7 +56,7 @@ fn profile_of_window_diffs_allocations_and_takes_live_at_end() {
     let meta = ProfileMeta {
         pid: 7,
         comm: "x".into(),
-        sample_rate: 0,
+        ..ProfileMeta::default()
     };
     let all = tl.profile_for(Window::ALL, &meta);
     assert_eq!((all.pid, all.comm.as_str()), (7, "x"));

@@ -233,7 +233,7 @@ mod tests {
         let meta = ProfileMeta {
             pid: 77,
             comm: "server".into(),
-            sample_rate: 0,
+            ..ProfileMeta::default()
         };
         let profile = tl.profile_for(Window::ALL, &meta);
         let analysis = analyze(&tl, Window::ALL);

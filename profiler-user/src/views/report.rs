@@ -69,6 +69,12 @@ pub fn write_report_with(
         "heapscope: pid {} ({}), {:.1}s",
         profile.pid, profile.comm, profile.duration_secs
     )?;
+    if !profile.allocator.is_empty() {
+        writeln!(out, "{}", profile.allocator)?;
+    }
+    for note in &profile.allocator_notes {
+        writeln!(out, "WARNING: {note}")?;
+    }
     // The headline is exact whatever the sampling: allocated − freed since
     // attach, over every allocation.
     writeln!(
@@ -283,6 +289,24 @@ mod tests {
         assert_eq!(lines[1], exact.lines().nth(1).unwrap_or_default());
         assert!(text.contains("all sites together ~2.2 MiB (2,317,479 B) in ~15 blocks"));
         assert!(text.contains("~LIVE BYTES  ~BLOCKS"), "{text}");
+    }
+
+    #[test]
+    fn allocator_line_and_what_is_unseen_come_first() {
+        let mut p = sample_profile();
+        p.allocator_notes =
+            vec!["libbump.so defines malloc but is no allocator heapscope knows".into()];
+        let text = render(&p, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "allocator: glibc 2.36, the C library's; 22 entry points"
+        );
+        assert_eq!(
+            lines[2],
+            "WARNING: libbump.so defines malloc but is no allocator heapscope knows"
+        );
+        assert!(lines[3].starts_with("live heap: "));
     }
 
     #[test]

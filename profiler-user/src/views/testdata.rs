@@ -104,6 +104,8 @@ pub(crate) fn sample_profile() -> Profile {
             blocks: 15,
         },
         sample_rate: 0,
+        allocator: "allocator: glibc 2.36, the C library's; 22 entry points".into(),
+        allocator_notes: Vec::new(),
     }
 }
 
@@ -159,6 +161,8 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
             blocks: 15,
         },
         sample_rate: 0,
+        allocator: String::new(),
+        allocator_notes: Vec::new(),
     }
 }
 

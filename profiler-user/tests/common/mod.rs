@@ -51,20 +51,27 @@ fn build_dir() -> PathBuf {
 
 /// Compiles `tests/fixtures/<name>.c` with the given flags once per test binary.
 pub fn fixture(name: &str, variant: &str, flags: &[&str]) -> PathBuf {
+    fixture_with("cc", &format!("{name}.c"), variant, flags)
+}
+
+/// Compiles `tests/fixtures/<source>` with `compiler` (`c++`, `musl-gcc`)
+/// into `<stem>-<variant>`.
+pub fn fixture_with(compiler: &str, source: &str, variant: &str, flags: &[&str]) -> PathBuf {
     static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
     let _g = LOCK
         .get_or_init(|| std::sync::Mutex::new(()))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let src = fixtures_src().join(format!("{name}.c"));
-    let out = build_dir().join(format!("{name}-{variant}"));
-    let status = Command::new("cc")
+    let src = fixtures_src().join(source);
+    let stem = source.split('.').next().unwrap_or(source);
+    let out = build_dir().join(format!("{stem}-{variant}"));
+    let status = Command::new(compiler)
         .args(flags)
         .arg("-o")
         .arg(&out)
         .arg(&src)
         .status()
-        .expect("run cc (install gcc: `cargo xtask setup`)");
+        .unwrap_or_else(|e| panic!("run {compiler} (install it: `cargo xtask setup`): {e}"));
     assert!(status.success(), "compiling {} failed", src.display());
     out
 }

@@ -1,0 +1,218 @@
+//! End-to-end tests of allocator discovery: the every-API fixture and a C++
+//! fixture under Debian's jemalloc, tcmalloc and mimalloc (LD_PRELOAD), static
+//! glibc and musl builds, and a program whose allocator heapscope does not
+//! know. Exact live bytes per call site with `--exact`. They need root.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::driver::*;
+use common::*;
+
+const LIBS: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// (name, library, what the first lines call it)
+const PRELOADS: [(&str, &str, &str); 3] = [
+    (
+        "jemalloc",
+        "libjemalloc.so.2",
+        "allocator: jemalloc 5.3.0, preloaded",
+    ),
+    (
+        "tcmalloc",
+        "libtcmalloc_minimal.so.4",
+        "allocator: tcmalloc 2.10, preloaded",
+    ),
+    (
+        "mimalloc",
+        "libmimalloc.so.2",
+        "allocator: mimalloc 2.0.9, preloaded",
+    ),
+];
+
+const EXACT_FP: [&str; 3] = ["--exact", "--stacks", "fp"];
+
+/// The allocator library, or a failure naming the setup step (a missing
+/// library is a broken machine, not a skip).
+fn library(file: &str) -> PathBuf {
+    let p = Path::new(LIBS).join(file);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup` (Debian libjemalloc2, libtcmalloc-minimal4, libmimalloc2.0)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `bin` (optionally with `preload`) under `attach --exact --stacks fp`
+/// through the fixture protocol; returns (folded, report, stderr).
+fn profile(bin: &Path, preload: Option<&Path>, test: &str) -> (String, String, String) {
+    profile_with(bin, preload, test, &EXACT_FP)
+}
+
+/// [`profile`] with other capture flags.
+fn profile_with(
+    bin: &Path,
+    preload: Option<&Path>,
+    test: &str,
+    flags: &[&str],
+) -> (String, String, String) {
+    let dir = scratch(test);
+    let folded = dir.join("out.folded");
+    let mut cmd = Command::new(bin);
+    if let Some(p) = preload {
+        cmd.env("LD_PRELOAD", p);
+    }
+    let mut fx = start_command(cmd);
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["--folded", folded.to_str().expect("utf8")]);
+    let a = attach(fx.pid, &args);
+    writeln!(fx.stdin, "go").expect("signal fixture");
+    wait_for(&fx.lines, "done", &mut Vec::new());
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "heapscope exit code; stderr:\n{stderr}");
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    assert_eq!(fx.child.wait().expect("wait fixture").code(), Some(3));
+    let folded = std::fs::read_to_string(&folded).expect("folded written");
+    (folded, report, stderr)
+}
+
+type Expected = std::collections::BTreeMap<String, u64>;
+
+fn assert_exact(folded: &str, report: &str, expected: &Expected) {
+    assert_sites_exact(folded, expected);
+    assert_pre_attach_and_no_losses(report);
+}
+
+fn assert_pre_attach_and_no_losses(report: &str) {
+    assert_eq!(
+        counter(report, "frees of pointers allocated before attach"),
+        Some(10),
+        "{report}"
+    );
+    for lost in ["live map full", "per-thread state full", "ring buffer lost"] {
+        assert_eq!(counter(report, lost), Some(0), "{lost}\n{report}");
+    }
+}
+
+/// Live bytes per expected site: each stack counts for the innermost of its
+/// frames that is a site name (libstdc++'s `operator new` sits between the
+/// site and malloc under glibc).
+fn by_named_frame(folded: &str, expected: &Expected) -> Expected {
+    let mut out: Expected = expected.keys().map(|k| (k.clone(), 0)).collect();
+    for (frames, w) in parse_folded(folded) {
+        if let Some(site) = frames.iter().rev().find(|f| expected.contains_key(*f)) {
+            *out.entry(site.clone()).or_insert(0) += w;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_api_under_preloaded_allocators_is_exact() {
+    if !root_or_skip("every_api_under_preloaded_allocators_is_exact") {
+        return;
+    }
+    let bin = fixture("leaks", "fp", &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let expected = expected_sites(&bin);
+    for (name, lib, headline) in PRELOADS {
+        let lib = library(lib);
+        let (folded, report, stderr) = profile(&bin, Some(&lib), &format!("c-{name}"));
+        assert!(stderr.contains(headline), "{name}: first lines\n{stderr}");
+        assert!(report.contains(headline), "{name}: report\n{report}");
+        assert_exact(&folded, &report, &expected);
+    }
+}
+
+#[test]
+fn cxx_new_and_delete_under_every_allocator_are_exact() {
+    if !root_or_skip("cxx_new_and_delete_under_every_allocator_are_exact") {
+        return;
+    }
+    let bin = fixture_with(
+        "c++",
+        "leaks_cpp.cpp",
+        "fp",
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
+    );
+    let expected = expected_sites(&bin);
+    assert_eq!(expected.len(), 6, "fixture states its sites");
+    // DWARF stacks: Debian's libstdc++ has no frame pointers.
+    let flags = ["--exact", "--ringbuf-size", "64MiB"];
+    // glibc: libstdc++'s operator new calls malloc, counted once as malloc.
+    let (folded, report, _) = profile_with(&bin, None, "cpp-glibc", &flags);
+    assert_eq!(by_named_frame(&folded, &expected), expected, "{folded}");
+    assert_pre_attach_and_no_losses(&report);
+    for (name, lib, headline) in PRELOADS {
+        let lib = library(lib);
+        let (folded, report, stderr) =
+            profile_with(&bin, Some(&lib), &format!("cpp-{name}"), &flags);
+        assert!(stderr.contains(headline), "{name}\n{stderr}");
+        assert_eq!(
+            by_named_frame(&folded, &expected),
+            expected,
+            "{name}: {folded}"
+        );
+        assert_pre_attach_and_no_losses(&report);
+        // The allocator's own operator new, never through malloc.
+        assert!(
+            folded.contains(";leak_new;operator new "),
+            "{name}: {folded}"
+        );
+        assert!(!folded.contains(";leak_new;malloc "), "{name}: {folded}");
+    }
+}
+
+#[test]
+fn static_glibc_and_musl_are_exact() {
+    if !root_or_skip("static_glibc_and_musl_are_exact") {
+        return;
+    }
+    let flags = ["-static", "-O2", "-g", "-fno-omit-frame-pointer"];
+    for (compiler, variant, headline) in [
+        ("cc", "static", "allocator: glibc, in the executable"),
+        ("musl-gcc", "musl", "allocator: musl, in the executable"),
+    ] {
+        let bin = fixture_with(compiler, "leaks.c", variant, &flags);
+        let expected = expected_sites(&bin);
+        let (folded, report, stderr) = profile(&bin, None, variant);
+        assert!(stderr.contains(headline), "{variant}\n{stderr}");
+        assert_exact(&folded, &report, &expected);
+    }
+}
+
+#[test]
+fn an_allocator_heapscope_does_not_know_is_named() {
+    if !root_or_skip("an_allocator_heapscope_does_not_know_is_named") {
+        return;
+    }
+    let bin = fixture(
+        "custom_malloc",
+        "fp",
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
+    );
+    let (folded, report, stderr) = profile(&bin, None, "unknown");
+    let warning = "defines malloc but is no allocator heapscope knows";
+    let first: Vec<&str> = stderr.lines().take(3).collect();
+    assert!(
+        first.iter().any(|l| l.contains(warning)),
+        "in the first lines:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("allocator: an allocator heapscope does not know, in the executable"),
+        "{stderr}"
+    );
+    assert!(
+        report
+            .lines()
+            .take(4)
+            .any(|l| l.starts_with("WARNING:") && l.contains(warning)),
+        "{report}"
+    );
+    // Its standard malloc is still probed and exact.
+    assert_sites_exact(&folded, &expected_sites(&bin));
+}
