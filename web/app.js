@@ -158,6 +158,7 @@ async function loadProfile() {
   flame.setTree(p.root, true);
   crumbs(); updateMatch(); renderTopTable();
   $("view-note").textContent = `window ${state.sel.window ? secs(state.sel.window.start_ms) + "–" + secs(state.sel.window.end_ms) : "whole session"} · ${p.sites} call sites · ${p.exact ? "exact" : "sampled estimates"}`;
+  if (!document.body.dataset.flameReady) document.body.dataset.flameMs = String(Math.round(performance.now()));
   document.body.dataset.flameReady = "1";
 }
 
@@ -277,14 +278,18 @@ function listen() {
 
 async function main() {
   try {
-    const [meta, tl, findings] = await Promise.all([api("api/v1/meta"), api("api/v1/timeline"), api("api/v1/findings?top=10")]);
+    // Findings take longest on long sessions: they do not hold up the rest.
+    const findings = api("api/v1/findings?top=10");
+    const [meta, tl] = await Promise.all([api("api/v1/meta"), api("api/v1/timeline")]);
     state.meta = meta;
     chart.setPoints(tl.points);
     renderHeader(meta, tl.points[tl.points.length - 1]);
-    renderFindings(findings, meta);
+    renderCounters(meta);
     selText();
     if (meta.live) { $("live-ind").classList.remove("hidden"); listen(); }
-    await loadProfile();
+    const profile = loadProfile();
+    renderFindings(await findings, meta);
+    await profile;
   } catch (e) {
     showError(e);
   }

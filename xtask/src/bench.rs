@@ -204,12 +204,31 @@ fn bench_symbols() -> Result<()> {
     .context("running the symbolization benchmark")
 }
 
+/// The web server on a generated one-hour, 5,000-site session: endpoint
+/// times and the page load to the first flame graph (needs no root).
+fn bench_server() -> Result<()> {
+    let root = workspace_root()?;
+    run(Command::new(cargo()).current_dir(&root).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "profiler-user",
+        "--example",
+        "server_bench",
+    ]))
+    .context("running the web server benchmark")
+}
+
 /// Runs every mode and prints ns per pair and the ratio to the baseline,
 /// then the symbolization benchmark (`--symbols` runs only that one; it
 /// needs no root).
 pub fn bench(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--symbols") {
         return bench_symbols();
+    }
+    if args.iter().any(|a| a == "--server") {
+        return bench_server();
     }
     let pairs: u64 = args
         .iter()
@@ -250,5 +269,6 @@ pub fn bench(args: &[String]) -> Result<()> {
             m.ns_per_pair / base
         );
     }
-    bench_symbols()
+    bench_symbols()?;
+    bench_server()
 }

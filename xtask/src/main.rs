@@ -14,7 +14,8 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench> [args]
   setup   install rust-src (nightly), bpf-linker 0.10.3 and the Debian packages the tests need
   demo    set up, build, start the bundled demo server, attach heapscope by PID, print the report
   test    set up, build, run every test (the end-to-end tests need root)
-  bench   malloc/free pair cost: no profiler vs bare probes vs heapscope";
+  bench   malloc/free pair cost: no profiler vs bare probes vs heapscope
+          (--symbols: symbolization only; --server: web server and page load only)";
 
 fn main() {
     if let Err(e) = run() {

@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::profile::Totals;
-use crate::timeline::{MemSample, TickView, Timeline};
+use crate::profile::{SiteStats, Totals};
+use crate::timeline::{MemSample, SiteId, Timeline};
 
 use super::counters::{counters, lost_total, Counter};
 use super::API_VERSION;
@@ -104,18 +104,36 @@ pub struct PointBuilder {
     prev: Option<(u64, u64, u64)>,
     live_sites: u64,
     live_blocks: u64,
+    /// Live bytes and blocks per site id, to apply stored changes.
+    per_site: Vec<(u64, u64)>,
 }
 
 impl PointBuilder {
-    /// The point of one replayed tick (changes since the previous one applied).
-    pub fn point(&mut self, v: &TickView<'_>) -> TimelinePoint {
-        for c in v.changes {
-            self.live_sites =
-                (self.live_sites + c.after.live_bytes).saturating_sub(c.before.live_bytes);
-            self.live_blocks =
-                (self.live_blocks + c.after.live_count).saturating_sub(c.before.live_count);
+    /// The point of one stored tick, given the sites that changed since the
+    /// previous one (absolute values, as [`Timeline::stored_ticks`] gives them).
+    pub fn point(
+        &mut self,
+        t_ms: u64,
+        changes: &[(SiteId, SiteStats)],
+        totals: &Totals,
+        mem: Option<&MemSample>,
+    ) -> TimelinePoint {
+        for (id, s) in changes {
+            let i = id.0 as usize;
+            if i >= self.per_site.len() {
+                self.per_site.resize(i + 1, (0, 0));
+            }
+            let (b, n) = std::mem::replace(&mut self.per_site[i], (s.live_bytes, s.live_count));
+            self.live_sites = self
+                .live_sites
+                .saturating_add(s.live_bytes)
+                .saturating_sub(b);
+            self.live_blocks = self
+                .live_blocks
+                .saturating_add(s.live_count)
+                .saturating_sub(n);
         }
-        self.point_of(v.t_ms, v.totals, v.mem)
+        self.point_of(t_ms, totals, mem)
     }
 
     /// A point from totals with the site sums given directly (live ticks).
@@ -164,7 +182,8 @@ impl PointBuilder {
 /// Every stored tick as a point, oldest first.
 pub fn series(timeline: &Timeline) -> Vec<TimelinePoint> {
     let mut b = PointBuilder::default();
-    let mut out = Vec::with_capacity(timeline.len());
-    timeline.replay(0..timeline.len(), |v| out.push(b.point(v)));
-    out
+    timeline
+        .stored_ticks()
+        .map(|(t, changes, totals, mem)| b.point(t, changes, totals, mem))
+        .collect()
 }

@@ -388,6 +388,40 @@ impl Timeline {
         out
     }
 
+    /// The state of every site (indexed by id; all-zero = absent) after the
+    /// stored tick `end`, and after `base` when given (empty otherwise), in
+    /// one pass over the ticks: a dense vector, much cheaper than
+    /// [`Timeline::replay`] for long sessions.
+    fn dense_states(&self, base: Option<usize>, end: usize) -> (Vec<SiteStats>, Vec<SiteStats>) {
+        let mut state = vec![SiteStats::default(); self.sites.len()];
+        let mut base_state = Vec::new();
+        for (i, tick) in self.ticks.iter().enumerate().take(end.saturating_add(1)) {
+            for (id, s) in &tick.changes {
+                let idx = id.0 as usize;
+                if idx >= state.len() {
+                    state.resize(idx + 1, SiteStats::default());
+                }
+                state[idx] = s.clone();
+            }
+            if Some(i) == base {
+                base_state = state.clone();
+            }
+        }
+        (base_state, state)
+    }
+
+    /// Every stored tick as stored: its time, the sites that changed since
+    /// the previous stored tick (absolute values; all-zero: gone), totals and
+    /// memory. Cheaper than [`Timeline::replay`] when the full state is not
+    /// needed.
+    pub fn stored_ticks(
+        &self,
+    ) -> impl Iterator<Item = (u64, &[(SiteId, SiteStats)], &Totals, Option<&MemSample>)> + '_ {
+        self.ticks
+            .iter()
+            .map(|t| (t.t_ms, t.changes.as_slice(), &t.totals, t.mem.as_ref()))
+    }
+
     /// A profile of `window`: live bytes and blocks at the window's last
     /// tick; allocated bytes and calls (and every total) as the difference
     /// between that tick and the last tick before the window's start (from
@@ -411,33 +445,25 @@ impl Timeline {
             Some(_) if range.start > 0 => Some(range.start - 1),
             _ => None,
         };
-        let mut base: Option<(u64, BTreeMap<SiteId, SiteStats>, Totals)> = None;
-        let mut end: Option<(u64, BTreeMap<SiteId, SiteStats>, Totals)> = None;
-        let first = base_index.unwrap_or(range.start);
-        self.replay(first..range.end, |v| {
-            let snap = || (v.t_ms, v.state.clone(), v.totals.clone());
-            if Some(v.index) == base_index {
-                base = Some(snap());
-            }
-            if v.index + 1 == range.end {
-                end = Some(snap());
-            }
-        });
-        let Some((end_t, end_state, end_totals)) = end else {
-            return profile;
+        let end_index = range.end - 1;
+        let (base_state, end_state) = self.dense_states(base_index, end_index);
+        let tick_of = |i: usize| self.ticks.get(i);
+        let (end_t, end_totals) = match tick_of(end_index) {
+            Some(t) => (t.t_ms, t.totals.clone()),
+            None => return profile,
         };
-        let (base_t, base_state, base_totals) = base.unwrap_or_default();
+        let (base_t, base_totals) = base_index
+            .and_then(tick_of)
+            .map_or((0, Totals::default()), |t| (t.t_ms, t.totals.clone()));
         profile.duration_secs = end_t.saturating_sub(base_t) as f64 / 1000.0;
         profile.live_heap = LiveHeap::of(&end_totals);
         let (e, b) = (totals_to_array(&end_totals), totals_to_array(&base_totals));
         let diff: Vec<u64> = e.iter().zip(b).map(|(e, b)| e.saturating_sub(b)).collect();
         profile.totals = totals_from_slice(&diff);
-        let ids: std::collections::BTreeSet<SiteId> =
-            end_state.keys().chain(base_state.keys()).copied().collect();
-        for id in ids {
-            let zero = SiteStats::default();
-            let e = end_state.get(&id).unwrap_or(&zero);
-            let b = base_state.get(&id).unwrap_or(&zero);
+        let zero = SiteStats::default();
+        for i in 0..end_state.len().max(base_state.len()) {
+            let e = end_state.get(i).unwrap_or(&zero);
+            let b = base_state.get(i).unwrap_or(&zero);
             let stats = SiteStats {
                 live_bytes: e.live_bytes,
                 live_count: e.live_count,
@@ -447,6 +473,7 @@ impl Timeline {
             if is_zero(&stats) {
                 continue;
             }
+            let id = SiteId(u32::try_from(i).unwrap_or(u32::MAX));
             let (frames, api) = self
                 .site(id)
                 .map_or((Vec::new(), "?"), |s| (s.frames.clone(), s.api));
