@@ -282,6 +282,7 @@ async function main() {
     const findings = api("api/v1/findings?top=10");
     const [meta, tl] = await Promise.all([api("api/v1/meta"), api("api/v1/timeline")]);
     state.meta = meta;
+    if (meta.damage) showError(new Error(`warning: this recording ${meta.damage}; numbers after a damaged stretch may be wrong`));
     chart.setPoints(tl.points);
     renderHeader(meta, tl.points[tl.points.length - 1]);
     renderCounters(meta);

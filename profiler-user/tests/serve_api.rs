@@ -241,8 +241,28 @@ fn corrupt_and_truncated_recordings() {
     flipped[mid] ^= 0xff;
     let damaged = dir.join("damaged.rec");
     std::fs::write(&damaged, &flipped).expect("write");
-    serve_fails(&damaged, "corrupt at byte");
+    serve_fails(&damaged, "is damaged at byte");
     serve_fails(&dir.join("missing.rec"), "cannot read recording");
+
+    // With --allow-damaged it is served, and says what was skipped.
+    let mut cmd = Command::new(heapscope());
+    cmd.arg("serve").arg(&damaged).args([
+        "--allow-damaged",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+    ]);
+    let s = start_serving(cmd);
+    let meta = s.json("/api/v1/meta");
+    assert!(
+        meta["damage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("damaged at byte"),
+        "{meta}"
+    );
+    drop(s);
 
     // A cut recording is served up to its last whole tick, and says so.
     let cut = dir.join("cut.rec");

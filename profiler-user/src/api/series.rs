@@ -24,6 +24,9 @@ pub struct SessionInfo {
     pub live: bool,
     /// The recording ended with a partial record that was ignored.
     pub truncated: bool,
+    /// What was skipped of a recording damaged in the middle (served with
+    /// `--allow-damaged`).
+    pub damage: Option<String>,
 }
 
 /// `/api/v1/meta`: identity, span and counters at the newest tick.
@@ -40,6 +43,8 @@ pub struct Meta {
     /// Every per-site number is exact (no sampling).
     pub exact: bool,
     pub truncated: bool,
+    /// What was skipped of a damaged recording; `null` when whole.
+    pub damage: Option<String>,
     /// Ticks held, and ticks thinned out to keep memory bounded.
     pub ticks: usize,
     pub dropped_ticks: u64,
@@ -65,6 +70,7 @@ pub fn meta(info: &SessionInfo, timeline: &Timeline, last: &Totals, server_dropp
         sample_rate: info.sample_rate,
         exact: info.sample_rate == 0,
         truncated: info.truncated,
+        damage: info.damage.clone(),
         ticks: timeline.len(),
         dropped_ticks: timeline.dropped_ticks(),
         first_ms: span.map(|s| s.0),

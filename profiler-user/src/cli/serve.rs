@@ -96,6 +96,7 @@ pub(super) async fn serve(args: ServeArgs) -> Result<i32> {
         heapscope_version: rec.header.heapscope_version.clone(),
         live: false,
         truncated: rec.truncated,
+        damage: rec.damage_summary(),
     };
     let (pid, comm) = (info.pid, info.comm.clone());
     let source = Source::Recording {
