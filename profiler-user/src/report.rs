@@ -31,25 +31,40 @@ pub fn write(
     }
     views::report::write_report_with(&profile, opts.top, opts.labels, out)?;
     writeln!(out)?;
-    write_sampling_note(profile.sample_rate, out)?;
+    write_sampling_note(
+        profile.sample_rate,
+        views::report::lost_total(&profile.totals),
+        out,
+    )?;
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
     writeln!(out)?;
     views::findings::write_findings_text(&analysis.findings, out)?;
     Ok(())
 }
 
-/// Says which numbers are estimates.
-fn write_sampling_note(sample_rate: u64, out: &mut impl Write) -> std::io::Result<()> {
-    if sample_rate == 0 {
-        writeln!(out, "sampling: none (--exact); every number is exact")?;
-    } else {
-        writeln!(
+/// Says which numbers are estimates, and that nothing is exact once events
+/// were lost.
+fn write_sampling_note(sample_rate: u64, lost: u64, out: &mut impl Write) -> std::io::Result<()> {
+    match (sample_rate, lost) {
+        (0, 0) => writeln!(out, "sampling: none (--exact); every number is exact")?,
+        (0, n) => writeln!(
+            out,
+            "sampling: none (--exact); numbers miss {n} lost events (see lost:), otherwise exact"
+        )?,
+        (rate, 0) => writeln!(
             out,
             "sampling: one sample per {} allocated on average; per-site bytes and blocks \
              (and the age table) are unbiased estimates; the live heap, process totals and \
              counters are exact",
-            views::human_bytes(sample_rate)
-        )?;
+            views::human_bytes(rate)
+        )?,
+        (rate, n) => writeln!(
+            out,
+            "sampling: one sample per {} allocated on average; per-site bytes and blocks \
+             (and the age table) are unbiased estimates; the live heap, process totals and \
+             counters miss {n} lost events (see lost:)",
+            views::human_bytes(rate)
+        )?,
     }
     writeln!(out)
 }

@@ -51,6 +51,25 @@ fn counter_sections(t: &Totals) -> (Section, Section) {
     (of(CounterSection::Counted), of(CounterSection::Lost))
 }
 
+/// Events lost that make allocated − freed inexact: allocations or frees
+/// that were never counted, or whose sizes are unknown (a failed stack
+/// capture only loses attribution, not bytes).
+pub fn lost_for_totals(t: &Totals) -> u64 {
+    let (_, lost) = counter_sections(t);
+    lost.iter()
+        .filter(|(name, _)| *name != "stack capture failed")
+        .map(|(_, v)| *v)
+        .fold(0u64, |a, v| a.saturating_add(v))
+}
+
+/// Every lost event, attribution included.
+pub fn lost_total(t: &Totals) -> u64 {
+    let (_, lost) = counter_sections(t);
+    lost.iter()
+        .map(|(_, v)| *v)
+        .fold(0u64, |a, v| a.saturating_add(v))
+}
+
 /// Writes the text report, listing at most `top` call sites by live bytes.
 pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
     write_report_with(profile, top, Labels::default(), out)
@@ -76,10 +95,19 @@ pub fn write_report_with(
         writeln!(out, "WARNING: {note}")?;
     }
     // The headline is exact whatever the sampling: allocated − freed since
-    // attach, over every allocation.
+    // attach, over every allocation — unless events were lost.
+    let lost_events = lost_for_totals(t);
+    let how = if lost_events == 0 {
+        "exact: allocated - freed since attach".to_string()
+    } else {
+        format!(
+            "allocated - freed since attach; not exact: {} events lost, see lost:",
+            group_digits(lost_events)
+        )
+    };
     writeln!(
         out,
-        "live heap: {} in {} blocks (exact: allocated - freed since attach)",
+        "live heap: {} in {} blocks ({how})",
         bytes_both(profile.live_heap.bytes),
         group_digits(profile.live_heap.blocks)
     )?;
@@ -275,6 +303,22 @@ mod tests {
             !text.contains("transient"),
             "zero-live sites are not listed"
         );
+    }
+
+    #[test]
+    fn the_headline_is_exact_only_when_nothing_was_lost() {
+        let mut p = sample_profile();
+        p.totals.live_map_full = 5;
+        p.totals.ringbuf_lost = 2;
+        let text = render(&p, 20);
+        assert!(
+            text.contains(
+                "in 15 blocks (allocated - freed since attach; not exact: 7 events lost, see lost:)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("(exact"), "{text}");
+        assert_eq!(lost_total(&p.totals), 9);
     }
 
     #[test]
