@@ -61,8 +61,15 @@ pub struct Suspect {
     pub site: SiteId,
     /// Slope of the robust fit of live bytes over time.
     pub slope_bytes_per_hour: f64,
-    /// Share of tick-to-tick steps in which live bytes grew, in [0, 1].
+    /// Share of the site's changes of live bytes that were rises, in [0, 1]
+    /// (`rises / changes`). Not a share of ticks: a steady leak slower than
+    /// the tick, or one seen through sampling, changes in few ticks, and
+    /// rises at every one of its changes.
     pub grew_share: f64,
+    /// Ticks in which the site's live bytes rose.
+    pub rises: u64,
+    /// Ticks in which the site's live bytes changed at all.
+    pub changes: u64,
     /// In [0, 1]; see the module doc.
     pub confidence: f64,
     /// Live bytes at the window's first and last tick.
@@ -87,6 +94,12 @@ struct Track {
     /// (window tick index, live bytes, live blocks) after each change.
     steps: Vec<(usize, u64, u64)>,
     grew: u64,
+}
+
+impl Track {
+    fn changes(&self) -> u64 {
+        self.steps.len() as u64
+    }
 }
 
 /// [`rank_suspects_with`] with the default thresholds.
@@ -142,7 +155,9 @@ pub fn rank_suspects_with(timeline: &Timeline, window: Window, p: &GrowthParams)
                 .last()
                 .map_or((track.initial, 0), |s| (s.1, s.2));
             s.site = site;
-            s.grew_share = track.grew as f64 / (n - 1) as f64;
+            s.rises = track.grew;
+            s.changes = track.changes();
+            s.grew_share = track.grew as f64 / track.changes().max(1) as f64;
             s.live_bytes_start = track.initial;
             (s.live_bytes_end, s.live_count_end) = last;
             Some(s)
@@ -218,6 +233,8 @@ fn score(points: &[(f64, f64)], span_s: f64, p: &GrowthParams) -> Option<Suspect
         site: SiteId(0),
         slope_bytes_per_hour: line.slope * 3600.0,
         grew_share: 0.0,
+        rises: 0,
+        changes: 0,
         confidence,
         live_bytes_start: 0,
         live_bytes_end: 0,

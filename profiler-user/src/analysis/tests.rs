@@ -98,6 +98,20 @@ fn leak_that_stops_ranks_below_the_same_leak_continuing() {
     assert!(e.is_leak(), "{e:?}");
 }
 
+/// A leak slower than the tick (one 64 KiB block every 10 ticks): it rises
+/// at every one of its changes, in a tenth of the ticks. "Grew in 10% of
+/// ticks" would read as an unsteady site; the share is over its changes.
+#[test]
+fn a_leak_slower_than_the_tick_rose_at_every_change() {
+    let slow = |i: usize| 65_536 * (i / 10) as u64;
+    let tl = timeline_of(N, &[("slow", &slow)]);
+    let s = rank_suspects(&tl, Window::ALL);
+    let (_, top) = find(&tl, &s, "slow").expect("suspect");
+    assert!(top.is_leak(), "{top:?}");
+    assert_eq!(top.changes, (N as u64 - 1) / 10);
+    assert_eq!((top.rises, top.grew_share), (top.changes, 1.0));
+}
+
 #[test]
 fn short_or_tiny_growth_is_not_a_suspect() {
     let leak = |i: usize| 100_000 * i as u64;

@@ -248,6 +248,7 @@ pub async fn run(
         if let Err(e) = crate::aggregate::prune_inflight(&mut probes.ebpf, pid) {
             warnings.push(format!("pruning per-thread state: {e}"));
         }
+        let snap_at = Instant::now();
         let snap = cap.snapshot(&probes)?;
         let now_ms = t_ms();
         record_tick(&mut rec, &mut symbolizer, &cap, &probes, now_ms, &snap)?;
@@ -258,10 +259,10 @@ pub async fn run(
             match &push {
                 Some(p) => say(format_args!(
                     "{} | {}",
-                    status.line(&snap),
+                    status.line(&snap, snap_at),
                     p.summary().counts()
                 )),
-                None => say(format_args!("{}", status.line(&snap))),
+                None => say(format_args!("{}", status.line(&snap, snap_at))),
             }
         }
     };

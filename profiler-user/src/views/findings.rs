@@ -51,10 +51,6 @@ fn signed_bytes(v: i64) -> String {
     format!("{sign}{}", human_bytes(v.unsigned_abs()))
 }
 
-fn percent(share: f64) -> String {
-    format!("{:.0}%", share * 100.0)
-}
-
 /// The ranked leak suspects, `top` of them, as a table.
 pub fn write_suspects(
     suspects: &[Suspect],
@@ -88,7 +84,7 @@ pub fn write_suspects(
     writeln!(
         out,
         "{:>12}  {:>10}  {:>5}  {:>12}  {:<api_width$}  CALL SITE",
-        "GROWTH", "CONFIDENCE", "GREW", "LIVE AT END", "API"
+        "GROWTH", "CONFIDENCE", "ROSE", "LIVE AT END", "API"
     )?;
     for s in suspects.iter().take(top) {
         let (api, frames) = site(s);
@@ -97,7 +93,7 @@ pub fn write_suspects(
             "{:>12}  {:>10.2}  {:>5}  {:>12}  {:<api_width$}  {}",
             rate(s.slope_bytes_per_hour),
             s.confidence,
-            percent(s.grew_share),
+            format!("{}/{}", s.rises, s.changes),
             human_bytes(s.live_bytes_end),
             api,
             call_site_text(&frames)
@@ -111,13 +107,14 @@ pub fn write_suspects(
 
 fn leak_text(l: &LeakFinding) -> String {
     format!(
-        "leak: {} ({}) holds {} more every hour (confidence {:.2}, grew in {} of ticks); \
+        "leak: {} ({}) holds {} more every hour (confidence {:.2}, rose at {} of its {} changes); \
 live {} -> {} in the window",
         call_site_text(&labels(&l.frames)),
         l.api,
         human_bytes(l.slope_bytes_per_hour.max(0.0).round() as u64),
         l.confidence,
-        percent(l.grew_share),
+        l.rises,
+        l.changes,
         human_bytes(l.live_bytes_start),
         human_bytes(l.live_bytes_end),
     )
