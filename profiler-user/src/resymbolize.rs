@@ -66,7 +66,8 @@ pub fn modules_without_symbols(sites: &[SiteInfo]) -> Vec<MissingSymbols> {
     out
 }
 
-fn file_build_id(path: &Path) -> Option<Vec<u8>> {
+/// The GNU build-id of the ELF file at `path`.
+pub fn file_build_id(path: &Path) -> Option<Vec<u8>> {
     let cache = object::read::ReadCache::new(std::fs::File::open(path).ok()?);
     let obj = object::File::parse(&cache).ok()?;
     object::Object::build_id(&obj)

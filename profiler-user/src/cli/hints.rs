@@ -67,21 +67,32 @@ fn owning_package(path: &str) -> Option<String> {
     (!pkg.is_empty()).then_some(pkg)
 }
 
-/// Debug packages of `pkg` the package manager knows (`python3.11-dbg` for
-/// `python3.11-minimal`, `memcached-dbgsym` from the debian-debug archive).
-fn debug_packages(pkg: &str) -> Vec<String> {
+/// Debug package names to look for, for package `pkg` (`python3.11-dbg`
+/// for `python3.11-minimal`, `memcached-dbgsym` from the debian-debug archive).
+fn debug_candidates(pkg: &str) -> Vec<String> {
     let mut names = vec![format!("{pkg}-dbg"), format!("{pkg}-dbgsym")];
     if let Some(base) = pkg.strip_suffix("-minimal") {
         names.insert(0, format!("{base}-dbg"));
     }
     names
-        .into_iter()
-        .filter(|n| {
-            Command::new("apt-cache")
-                .args(["show", "--no-all-versions", n])
-                .output()
-                .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
-        })
+}
+
+/// Which of `names` the package manager knows: one `apt-cache` call.
+fn known_packages(names: &[String]) -> std::collections::HashSet<String> {
+    if names.is_empty() {
+        return Default::default();
+    }
+    let Ok(out) = Command::new("apt-cache")
+        .args(["show", "--no-all-versions"])
+        .args(names)
+        .output()
+    else {
+        return Default::default();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("Package: "))
+        .map(|p| p.trim().to_string())
         .collect()
 }
 
@@ -96,13 +107,40 @@ pub(super) fn missing_symbols(sites: &[SiteInfo], recording: Option<&Path>) {
         None => String::new(),
     };
     let cache = debuginfod::default_cache_dir();
-    for m in missing.iter().take(MAX_LISTED) {
-        let pkg = m
-            .module
-            .starts_with('/')
-            .then(|| owning_package(&m.module))
-            .flatten();
-        let install = match pkg.as_deref().map(|p| (p, debug_packages(p))) {
+    let listed = &missing[..missing.len().min(MAX_LISTED)];
+    let pkgs: Vec<Option<String>> = listed
+        .iter()
+        .map(|m| {
+            m.module
+                .starts_with('/')
+                .then(|| owning_package(&m.module))
+                .flatten()
+        })
+        .collect();
+    let all: Vec<String> = pkgs
+        .iter()
+        .flatten()
+        .flat_map(|p| debug_candidates(p))
+        .collect();
+    let known = known_packages(&all);
+    for (m, pkg) in listed.iter().zip(pkgs) {
+        let dbg = |p: &str| -> Vec<String> {
+            debug_candidates(p)
+                .into_iter()
+                .filter(|c| known.contains(c))
+                .collect()
+        };
+        // The file there now is another build (upgraded since recording?):
+        // installed debug packages match it, not the recording.
+        let rebuilt = !m.build_id.is_empty()
+            && resymbolize::file_build_id(Path::new(&m.module)).is_some_and(|id| {
+                id.iter().map(|b| format!("{b:02x}")).collect::<String>() != m.build_id
+            });
+        let install = match pkg.as_deref().map(|p| (p, dbg(p))) {
+            _ if rebuilt => format!(
+                "{} on this machine is another build than the recorded one (build-id {}), so its installed debug packages do not fit",
+                m.module, m.build_id
+            ),
             Some((_, dbg)) if !dbg.is_empty() => format!("install {}", dbg.join(" or ")),
             Some((p, _)) => format!(
                 "install the debug symbols of package {p} ({p}-dbgsym, from the debian-debug archive)"
@@ -113,8 +151,13 @@ pub(super) fn missing_symbols(sites: &[SiteInfo], recording: Option<&Path>) {
             String::new()
         } else {
             format!(
-                ", or fetch it by build-id: DEBUGINFOD_URLS=http://... (heapscope) or \
+                "{} by build-id: DEBUGINFOD_URLS=http://... (heapscope) or \
                  `debuginfod-find debuginfo {}` (fills {})",
+                if rebuilt {
+                    "; fetch the recorded build's"
+                } else {
+                    ", or fetch it"
+                },
                 m.build_id,
                 cache.display()
             )
