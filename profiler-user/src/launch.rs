@@ -13,7 +13,9 @@ pub struct Suspended {
     gate: libc::c_int,
 }
 
-/// Finds `cmd` on `PATH` (or as given when it contains a `/`).
+/// Finds `cmd` on `PATH` (or as given when it contains a `/`). Symlinks are
+/// kept: a busybox-style program tells its applets apart by the name it was
+/// started under.
 pub fn resolve_program(cmd: &str) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
@@ -25,7 +27,7 @@ pub fn resolve_program(cmd: &str) -> Option<PathBuf> {
     };
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
-        return is_exec(&p).then(|| std::fs::canonicalize(&p).unwrap_or(p));
+        return is_exec(&p).then_some(p);
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -38,12 +40,13 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
 }
 
-/// Forks a child that will exec `program` with `args` once released.
-pub fn spawn_suspended(program: &Path, args: &[String]) -> io::Result<Suspended> {
+/// Forks a child that will exec `program` with `arg0` (the command as the
+/// user typed it, as a shell passes it) and `args` once released.
+pub fn spawn_suspended(program: &Path, arg0: &str, args: &[String]) -> io::Result<Suspended> {
     // Everything the child needs is prepared before fork: after fork only
     // async-signal-safe calls (read, execv, _exit) are allowed.
     let path = cstring(program.as_os_str().as_bytes())?;
-    let mut argv_owned = vec![path.clone()];
+    let mut argv_owned = vec![cstring(arg0.as_bytes())?];
     for a in args {
         argv_owned.push(cstring(a.as_bytes())?);
     }
@@ -151,12 +154,40 @@ mod tests {
         assert!(resolve_program("/etc/passwd").is_none());
     }
 
+    /// busybox-style programs dispatch on argv[0]: it stays the name the
+    /// command was given as, and a symlink is not resolved to its target.
+    #[test]
+    fn argv0_and_symlinks_are_kept() {
+        let dir = std::env::temp_dir().join(format!("heapscope-argv0-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let link = dir.join("applet");
+        std::os::unix::fs::symlink("/bin/sh", &link).expect("symlink");
+        let cmd = link.to_str().expect("utf8");
+        assert_eq!(resolve_program(cmd), Some(link.clone()));
+        let script =
+            format!("tr '\\0' ' ' < /proc/$$/cmdline | grep -q '^{cmd} -c ' && exit 5; exit 6");
+        let child = spawn_suspended(&link, cmd, &["-c".into(), script]).expect("spawn");
+        let pid = child.pid;
+        child.release().expect("release");
+        let mut code = None;
+        for _ in 0..500 {
+            code = try_wait(pid);
+            if code.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(code, Some(5), "argv[0] seen by the child");
+    }
+
     #[test]
     fn gate_releases_and_exit_code_is_reported() {
         let Some(sh) = resolve_program("sh") else {
             return;
         };
-        let child = spawn_suspended(&sh, &["-c".into(), "exit 7".into()]).expect("spawn");
+        let child = spawn_suspended(&sh, "sh", &["-c".into(), "exit 7".into()]).expect("spawn");
         let pid = child.pid;
         assert_eq!(try_wait(pid), None, "the child must wait at the gate");
         child.release().expect("release");

@@ -49,7 +49,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         return Err(probes::ProbeError::NotPrivileged.into());
     }
     let target = target::for_command(&program, !args.common.no_prologue_skip)?;
-    let child = launch::spawn_suspended(&program, rest)
+    let child = launch::spawn_suspended(&program, cmd, rest)
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.pid;
     // On error the child is dropped at the gate: it exits without running.

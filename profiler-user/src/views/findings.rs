@@ -11,24 +11,10 @@ use crate::timeline::Timeline;
 
 use super::{frame_text, human_bytes, ViewError, UNKNOWN_STACK};
 
-/// How many leaf-most frames a call site shows (as the main report).
-const CALL_SITE_FRAMES: usize = 4;
-
-/// Leaf first, at most four frames: `leaf <- caller <- caller <- ...`.
+/// Leaf first, at most four frames outside allocation wrappers:
+/// `leaf <- caller <- caller <- ... [via g_malloc]` (see [`super::callsite`]).
 pub(crate) fn call_site_text(frames: &[String]) -> String {
-    if frames.is_empty() {
-        return UNKNOWN_STACK.to_string();
-    }
-    let mut parts: Vec<&str> = frames
-        .iter()
-        .rev()
-        .take(CALL_SITE_FRAMES)
-        .map(String::as_str)
-        .collect();
-    if frames.len() > CALL_SITE_FRAMES {
-        parts.push("...");
-    }
-    parts.join(" <- ")
+    super::callsite::call_site_label(frames, UNKNOWN_STACK)
 }
 
 fn labels(frames: &[Frame]) -> Vec<String> {

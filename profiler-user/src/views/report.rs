@@ -11,9 +11,6 @@ use crate::profile::{Profile, Totals};
 
 use super::{group_digits, human_bytes, merge_sites_with, Labels, MergedSite};
 
-/// How many leaf-most frames the CALL SITE column shows.
-const CALL_SITE_FRAMES: usize = 4;
-
 const LOST_WARNING: &str =
     "WARNING: some events were lost; numbers above are incomplete (see lost:)";
 
@@ -22,19 +19,9 @@ fn bytes_both(bytes: u64) -> String {
     format!("{} ({} B)", human_bytes(bytes), group_digits(bytes))
 }
 
-/// The leaf-most frames, leaf first: `leaf <- caller <- caller`.
+/// The leaf-most frames outside allocation wrappers, leaf first.
 fn call_site(site: &MergedSite) -> String {
-    let mut parts: Vec<&str> = site
-        .frames
-        .iter()
-        .rev()
-        .take(CALL_SITE_FRAMES)
-        .map(String::as_str)
-        .collect();
-    if site.frames.len() > CALL_SITE_FRAMES {
-        parts.push("...");
-    }
-    parts.join(" <- ")
+    super::callsite::call_site_label(&site.frames, super::UNKNOWN_STACK)
 }
 
 /// `label: value` lines of one report section.
