@@ -41,6 +41,9 @@ pub struct Debuginfod {
     max_size: u64,
     /// Build-ids asked for in this run and not found (or failed).
     asked: HashMap<String, Lookup>,
+    /// Why each server that could not be reached (or was too slow) failed:
+    /// it is not asked again this run, so many modules cost one wait.
+    down: HashMap<String, String>,
 }
 
 /// The cache directory elfutils' client uses: `$DEBUGINFOD_CACHE_PATH`,
@@ -78,6 +81,7 @@ impl Debuginfod {
             timeout,
             max_size,
             asked: HashMap::new(),
+            down: HashMap::new(),
         }
     }
 
@@ -139,7 +143,7 @@ impl Debuginfod {
         result
     }
 
-    fn download(&self, h: &str) -> Lookup {
+    fn download(&mut self, h: &str) -> Lookup {
         if self.servers.is_empty() {
             return Lookup::Failed(format!(
                 "no usable server in DEBUGINFOD_URLS (only http:// is supported; skipped: {})",
@@ -154,6 +158,10 @@ impl Debuginfod {
         let tmp = dir.join(format!(".debuginfo.{}.tmp", std::process::id()));
         let mut errors = Vec::new();
         for server in &self.servers {
+            if let Some(why) = self.down.get(&server.url) {
+                errors.push(format!("{why} (not asked again)"));
+                continue;
+            }
             let path = format!("/buildid/{h}/debuginfo");
             match http::get_to_file(server, &path, &tmp, deadline, self.max_size) {
                 Ok(true) => {
@@ -164,7 +172,16 @@ impl Debuginfod {
                     };
                 }
                 Ok(false) => {}
-                Err(e) => errors.push(error_chain(&e)),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    if matches!(
+                        e,
+                        http::HttpError::Io { .. } | http::HttpError::Deadline { .. }
+                    ) {
+                        self.down.insert(server.url.clone(), why.clone());
+                    }
+                    errors.push(why);
+                }
             }
         }
         let _ = std::fs::remove_file(&tmp);
@@ -260,6 +277,8 @@ mod tests {
         );
         assert_eq!(d.skipped, ["https://secure"]);
         assert!(matches!(d.debuginfo(&[3, 4]), Lookup::Failed(e) if e.contains("127.0.0.1")));
+        // An unreachable server is not asked again for the next module.
+        assert!(matches!(d.debuginfo(&[5, 6]), Lookup::Failed(e) if e.contains("not asked again")));
         let _ = std::fs::remove_dir_all(&cache);
     }
 }
