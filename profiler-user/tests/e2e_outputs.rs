@@ -237,3 +237,36 @@ fn bad_values_are_errors_not_panics() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn fp_stacks_through_code_without_frame_pointers_warn() {
+    if !root_or_skip("fp_stacks_through_code_without_frame_pointers_warn") {
+        return;
+    }
+    let bin = fixture("leaks", "nofp", &["-O2", "-g", "-fomit-frame-pointer"]);
+    let dir = scratch("fp-nofp");
+    let folded = dir.join("x.folded");
+    let mut fx = start_fixture(&bin);
+    let mut args: Vec<&str> = FP_EXACT.to_vec();
+    args.extend(["--quiet", "--folded", utf8(&folded)]);
+    let a = attach(fx.pid, &args);
+    writeln!(fx.stdin, "go").expect("signal fixture");
+    wait_for(&fx.lines, "done", &mut Vec::new());
+    interrupt(&a.child);
+    let (code, _, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("--stacks fp:")
+            && stderr.contains(&format!(
+                "a frame in {}, which has no frame pointers",
+                bin.display()
+            )),
+        "{stderr}"
+    );
+    // No frame made of data the walk read as a return address.
+    let text = std::fs::read_to_string(&folded).expect("folded written");
+    for bogus in ["[heap]", "[stack]", "[?+", "[anon"] {
+        assert!(!text.contains(bogus), "{bogus} in\n{text}");
+    }
+    release(fx);
+}

@@ -119,6 +119,9 @@ fn record_tick(
     if !new.sites.is_empty() {
         let mut resolver = resolve::Resolver::new(cap.pid, &cap.maps, symbolizer);
         let sites = resolver.sites(&new, &probes.ebpf, &cap.samples)?;
+        for (module, n) in std::mem::take(&mut resolver.fp_cut) {
+            *rec.fp_cut.entry(module).or_insert(0) += n;
+        }
         rec.add_sites(new.sites.keys().copied(), sites);
     }
     let mem = memory::sample(cap.pid).ok();
@@ -310,6 +313,12 @@ pub async fn run(
             ev.samples,
             ev.unwind_time.as_secs_f64() * 1e6 / ev.samples as f64,
             cap.unwinder.stops
+        ));
+    }
+    for (module, n) in &rec.fp_cut {
+        warnings.push(format!(
+            "--stacks fp: {n} stacks left the code after a frame in {module}, which has no \
+             frame pointers; their outer frames are dropped (--stacks dwarf unwinds it)"
         ));
     }
     if !cap.have_maps {

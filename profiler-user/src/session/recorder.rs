@@ -22,6 +22,9 @@ pub struct Recorder {
     /// Set when writing the recording failed: the session goes on, the file
     /// stays readable up to its last whole tick, and the user is told.
     pub write_error: Option<String>,
+    /// Frame-pointer stacks cut where the walk left executable code, by the
+    /// module it broke in (see `resolve::Resolver::fp_cut`).
+    pub fp_cut: std::collections::BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -33,6 +36,7 @@ impl Recorder {
             ids: HashMap::new(),
             writer,
             write_error: None,
+            fp_cut: Default::default(),
         })
     }
 

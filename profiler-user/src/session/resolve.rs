@@ -36,6 +36,9 @@ pub struct Resolver<'a> {
     pub missing_stacks: u64,
     /// Unique addresses left unresolved, by reason.
     pub unknown: BTreeMap<UnknownReason, u64>,
+    /// Frame-pointer stacks cut where the walk left executable code, by the
+    /// module of the last frame before the cut (it lacks frame pointers).
+    pub fp_cut: BTreeMap<String, u64>,
 }
 
 impl<'a> Resolver<'a> {
@@ -47,7 +50,33 @@ impl<'a> Resolver<'a> {
             frames_by_ip: HashMap::new(),
             missing_stacks: 0,
             unknown: BTreeMap::new(),
+            fp_cut: BTreeMap::new(),
         }
+    }
+
+    /// A frame-pointer walk through code built without frame pointers reads
+    /// arbitrary data as return addresses: the first one outside executable
+    /// code (`[heap]`, a stack, unmapped) ends the real stack. Cuts
+    /// `leaf_first` there and counts the module the walk broke in.
+    fn cut_fp_walk(&mut self, leaf_first: &mut Vec<u64>) {
+        let exec = |ip: u64| {
+            self.maps
+                .lookup(RuntimeAddr(ip))
+                .is_some_and(|(r, _)| r.perms.execute)
+        };
+        let Some(bad) = leaf_first.iter().position(|&ip| !exec(ip)) else {
+            return;
+        };
+        let module = match bad.checked_sub(1).and_then(|i| leaf_first.get(i)) {
+            Some(&ip) => self
+                .maps
+                .lookup(RuntimeAddr(ip))
+                .and_then(|(r, _)| r.path.clone())
+                .unwrap_or_else(|| "?".into()),
+            None => "the allocator's caller".into(),
+        };
+        *self.fp_cut.entry(module).or_insert(0) += 1;
+        leaf_first.truncate(bad);
     }
 
     /// Symbolizes every address of `ips` not resolved yet. All of them are
@@ -154,7 +183,11 @@ impl<'a> Resolver<'a> {
             let ips = match key.stack {
                 StackRef::Kernel(id) if id < 0 => Vec::new(),
                 StackRef::Kernel(id) => match stacks.get(&(id as u32), 0) {
-                    Ok(trace) => trace.frames().iter().map(|fr| fr.ip).collect(),
+                    Ok(trace) => {
+                        let mut ips: Vec<u64> = trace.frames().iter().map(|fr| fr.ip).collect();
+                        self.cut_fp_walk(&mut ips);
+                        ips
+                    }
                     Err(_) => {
                         self.missing_stacks += 1;
                         Vec::new()
