@@ -28,8 +28,8 @@ pub enum HttpError {
     },
     #[error("{url} sent more than {limit} bytes")]
     TooLarge { url: String, limit: u64 },
-    #[error("{url} did not answer within {secs} s")]
-    Deadline { url: String, secs: u64 },
+    #[error("{url} did not answer within the {millis} ms allowed")]
+    Deadline { url: String, millis: u128 },
 }
 
 /// Longest response kept (status line, headers and the start of the body,
@@ -195,16 +195,17 @@ pub fn post(
 struct DeadlineReader<'a> {
     stream: &'a mut TcpStream,
     deadline: Instant,
+    /// The whole time allowed, for the message.
+    allowed: Duration,
     url: &'a str,
 }
 
 impl DeadlineReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, HttpError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let secs = left.as_secs();
         let late = || HttpError::Deadline {
             url: self.url.to_string(),
-            secs,
+            millis: self.allowed.as_millis(),
         };
         if left.is_zero() {
             return Err(late());
@@ -254,7 +255,7 @@ pub fn get_to_file(
     if left.is_zero() {
         return Err(HttpError::Deadline {
             url: ep.url.clone(),
-            secs: 0,
+            millis: 0,
         });
     }
     let mut stream = connect(ep, left)?;
@@ -269,6 +270,7 @@ pub fn get_to_file(
     let mut r = DeadlineReader {
         stream: &mut stream,
         deadline,
+        allowed: left,
         url: &ep.url,
     };
     // Headers, up to the blank line (bounded).
