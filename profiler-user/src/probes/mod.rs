@@ -34,6 +34,16 @@ pub enum ProbeError {
     Maps { pid: u32, reason: String },
     #[error("no allocator found in pid {pid}: none of its {searched} mapped executable files defines malloc (a stripped static binary has no symbols to probe)")]
     NoAllocator { pid: u32, searched: usize },
+    #[error("pid {pid} is a zombie: it has exited and waits for its parent (pid {ppid}) to reap it; there is nothing left to profile")]
+    Zombie { pid: u32, ppid: u32 },
+    #[error("pid {pid} ({comm}) is a kernel thread: it has no user-space heap to profile")]
+    KernelThread { pid: u32, comm: String },
+    #[error("pid {pid}'s main thread has exited (pthread_exit) while {threads} of its threads run on: pid-scoped uprobes are opened on the main thread, so heapscope cannot profile this process (its allocations would go unseen)")]
+    MainThreadExited { pid: u32, threads: usize },
+    #[error("cannot read /proc/{pid}/maps: permission denied (a hardened /proc, `hidepid`, or a process in another user namespace); run heapscope as root in the process's PID namespace")]
+    MapsUnreadable { pid: u32 },
+    #[error("pid {pid} ({path}) is a Go program: the Go runtime manages its heap without malloc, so there is nothing for heapscope to probe; use Go's own heap profile (net/http/pprof, /debug/pprof/heap)")]
+    GoProgram { pid: u32, path: String },
     #[error("cannot read {path}: {reason}")]
     Module { path: PathBuf, reason: String },
     #[error("loading the eBPF programs failed (is the kernel 5.8+ with BPF enabled?)")]
@@ -142,6 +152,7 @@ pub fn preflight(pid: u32) -> Result<(), ProbeError> {
     if !Path::new(&format!("/proc/{pid}")).exists() || pid == 0 {
         return Err(ProbeError::NoSuchProcess(pid));
     }
+    check_process_kind(pid)?;
     if !has_bpf_privileges() {
         return Err(ProbeError::NotPrivileged);
     }
@@ -150,6 +161,34 @@ pub fn preflight(pid: u32) -> Result<(), ProbeError> {
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(ProbeError::NoBtf);
+    }
+    Ok(())
+}
+
+/// Zombies, kernel threads and processes whose main thread has exited
+/// cannot be profiled: each is said as what it is.
+pub fn check_process_kind(pid: u32) -> Result<(), ProbeError> {
+    use crate::process::procfs;
+    let Some(stat) = procfs::stat(pid) else {
+        return Err(ProbeError::NoSuchProcess(pid));
+    };
+    if stat.is_kernel_thread() {
+        return Err(ProbeError::KernelThread {
+            pid,
+            comm: stat.comm,
+        });
+    }
+    if stat.is_dead() {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count().saturating_sub(1))
+            .unwrap_or(0);
+        return Err(match procfs::live_thread(pid) {
+            Some(_) => ProbeError::MainThreadExited { pid, threads },
+            None => ProbeError::Zombie {
+                pid,
+                ppid: stat.ppid,
+            },
+        });
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use super::identify::{identify, Implementation};
 use super::internals::{self, InternalCode};
 use super::{prologue, ProbeError};
 use crate::process::maps::MemoryMap;
+use crate::process::procfs;
 use crate::symbolize::Functions;
 
 /// One place to attach: a function of a module, at a file offset.
@@ -143,12 +144,32 @@ impl AllocatorTarget {
 
 /// A path as seen from inside the process's mount namespace, opened from ours.
 pub fn in_root(pid: u32, path: &str) -> PathBuf {
-    let rooted = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let rooted = PathBuf::from(format!("{}/root{path}", procfs::dir(pid).display()));
     if rooted.exists() {
         rooted
     } else {
         PathBuf::from(path)
     }
+}
+
+/// A path through which `path`, mapped by `pid`, opens from here: inside
+/// the process's root; else the mapped file itself through
+/// `/proc/PID/map_files` (a process chroot'ed inside a private mount
+/// namespace maps files that neither the host's paths nor its root reach);
+/// else the path as given.
+fn openable(pid: u32, maps: &MemoryMap, path: &str) -> PathBuf {
+    let dir = procfs::dir(pid);
+    let rooted = PathBuf::from(format!("{}/root{path}", dir.display()));
+    if rooted.exists() {
+        return rooted;
+    }
+    let mapped = maps
+        .regions
+        .iter()
+        .filter(|r| r.path.as_deref() == Some(path))
+        .map(|r| dir.join(format!("map_files/{:x}-{:x}", r.start, r.end)))
+        .find(|p| std::fs::metadata(p).is_ok());
+    mapped.unwrap_or_else(|| PathBuf::from(path))
 }
 
 fn is_libc(path: &str) -> bool {
@@ -216,11 +237,18 @@ fn linkage(path: &str, exe: Option<&str>, preload: &str) -> Linkage {
 
 /// Finds the allocators of a running process from its memory map.
 pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
-    let maps = MemoryMap::read(pid).map_err(|e| ProbeError::Maps {
-        pid,
-        reason: e.to_string(),
+    let maps = MemoryMap::read(pid).map_err(|e| match e {
+        crate::process::maps::MapsError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            ProbeError::MapsUnreadable { pid }
+        }
+        e => ProbeError::Maps {
+            pid,
+            reason: e.to_string(),
+        },
     })?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+    let exe = std::fs::read_link(procfs::dir(pid).join("exe"))
         .ok()
         .map(|p| {
             p.to_string_lossy()
@@ -232,7 +260,7 @@ pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeE
         .into_iter()
         .map(String::from)
         .collect();
-    let preload = std::fs::read(format!("/proc/{pid}/environ"))
+    let preload = std::fs::read(procfs::dir(pid).join("environ"))
         .ok()
         .and_then(|env| {
             env.split(|b| *b == 0)
@@ -243,7 +271,7 @@ pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeE
     let candidates: Vec<Candidate> = candidate_order(exe.as_deref(), &files)
         .into_iter()
         .map(|path| Candidate {
-            open: in_root(pid, &path),
+            open: openable(pid, &maps, &path),
             linkage: linkage(&path, exe.as_deref(), &preload),
             path,
         })
@@ -284,6 +312,25 @@ pub fn for_command(exe: &Path, skip_prologue: bool) -> Result<AllocatorTarget, P
     plan(me, &candidates, skip_prologue)
 }
 
+/// True for an executable the Go toolchain built (its build-info or
+/// line-table section is there even when it is stripped).
+fn is_go_program(path: &Path) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
+    let found = file.sections().any(|s| {
+        matches!(
+            s.name(),
+            Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
+        )
+    });
+    found
+}
+
 /// A candidate module with its symbols parsed.
 struct Module<'a> {
     c: &'a Candidate,
@@ -305,6 +352,15 @@ fn plan(
         })
         .collect();
     let Some(provider) = modules.iter().position(|m| m.functions.has("malloc")) else {
+        if let Some(go) = candidates
+            .iter()
+            .find(|c| c.linkage == Linkage::Executable && is_go_program(&c.open))
+        {
+            return Err(ProbeError::GoProgram {
+                pid,
+                path: go.path.clone(),
+            });
+        }
         return Err(ProbeError::NoAllocator {
             pid,
             searched: candidates.len(),

@@ -237,7 +237,7 @@ impl TargetMemory for ProcessMemory {
 
 /// Reads and splits the footprint of a live process.
 pub fn read_footprint(pid: u32) -> std::io::Result<Footprint> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let text = std::fs::read_to_string(super::procfs::dir(pid).join("smaps"))?;
     Ok(footprint(&parse_smaps(&text), &ProcessMemory { pid }))
 }
 

@@ -204,7 +204,7 @@ impl MemoryMap {
 
     /// Reads and parses `/proc/PID/maps` without opening any module file.
     pub fn read_regions(pid: u32) -> Result<MemoryMap, MapsError> {
-        let path = PathBuf::from(format!("/proc/{pid}/maps"));
+        let path = super::procfs::dir(pid).join("maps");
         let bytes = std::fs::read(&path).map_err(|source| MapsError::Read {
             path: path.clone(),
             source,

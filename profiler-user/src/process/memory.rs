@@ -185,9 +185,9 @@ pub fn heap_mappings(maps_text: &str) -> HeapMappings {
 /// Reads /proc/PID/status and /proc/PID/maps into a [`MemSample`].
 /// `allocator_mapped` is 0: only the probes see the allocator's own mmaps.
 pub fn sample(pid: u32) -> io::Result<MemSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(super::procfs::dir(pid).join("status"))?;
     let rss = parse_status(&status, &pid.to_string())?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let maps = std::fs::read_to_string(super::procfs::dir(pid).join("maps"))?;
     let heaps = heap_mappings(&maps);
     Ok(MemSample {
         rss_anon: rss.anon,

@@ -4,3 +4,4 @@ pub mod arenas;
 pub mod maps;
 pub mod memory;
 pub mod modules;
+pub mod procfs;

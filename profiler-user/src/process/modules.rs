@@ -38,7 +38,7 @@ pub struct ModuleFiles {
 /// After the process exits `/proc/PID/root` is gone and the plain path is
 /// the best guess left.
 pub fn rooted(pid: u32, path: &str) -> PathBuf {
-    let rooted = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let rooted = PathBuf::from(format!("{}/root{path}", super::procfs::dir(pid).display()));
     if rooted.exists() {
         rooted
     } else {
@@ -115,14 +115,19 @@ impl ModuleFiles {
 /// profiler loading eBPF has), else the path inside the process's root when
 /// it still names the mapped inode.
 fn open_region(pid: u32, region: &Region, path: &str) -> Option<File> {
-    let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", region.start, region.end);
+    let map_file = format!(
+        "{}/map_files/{:x}-{:x}",
+        super::procfs::dir(pid).display(),
+        region.start,
+        region.end
+    );
     if let Ok(f) = File::open(&map_file) {
         return Some(f);
     }
     if region.deleted {
         return None;
     }
-    let f = File::open(format!("/proc/{pid}/root{path}")).ok()?;
+    let f = File::open(format!("{}/root{path}", super::procfs::dir(pid).display())).ok()?;
     // A file replaced by rename since it was mapped is another inode: reading
     // it would symbolize against the wrong code.
     let meta = f.metadata().ok()?;
@@ -140,7 +145,7 @@ impl MemoryMap {
         }
         let path = region.path.as_deref()?;
         let name = region.file_name().unwrap_or(path).to_string();
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let root = super::procfs::dir(pid).join("root");
         let root = root.is_dir().then_some(root);
         let source = match self.files.find(region) {
             Some(c) => ModuleSource {

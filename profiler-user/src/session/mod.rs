@@ -139,18 +139,10 @@ fn say(args: std::fmt::Arguments<'_>) {
 const EARLY_REFRESH: Duration = Duration::from_millis(20);
 const EARLY_PERIOD: Duration = Duration::from_secs(2);
 
-/// True while `/proc/PID` exists and is not a zombie.
+/// True while the process has a thread that has not exited (its main
+/// thread may have: `pthread_exit` leaves a zombie leader).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesised command name, which may contain spaces.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
+    crate::process::procfs::alive(pid)
 }
 
 /// Runs an attached session until it is stopped, then detaches and returns
