@@ -190,7 +190,7 @@ function renderFindings(f, meta) {
   for (const x of f.findings) {
     if (x.kind === "leak") {
       out.push(`<div class="finding leak"><b>leak</b>: ${siteName(x.frames)} (${esc(x.api)}) grows <b>${human(x.slope_bytes_per_hour)}/h</b>, ` +
-        `confidence ${x.confidence.toFixed(2)}, grew in ${(x.grew_share * 100).toFixed(0)}% of ticks; live ${sizeSpan(x.live_bytes_start)} → ${sizeSpan(x.live_bytes_end)}</div>`);
+        `confidence ${x.confidence.toFixed(2)}, rose at ${(x.grew_share * 100).toFixed(0)}% of its changes; live ${sizeSpan(x.live_bytes_start)} → ${sizeSpan(x.live_bytes_end)}</div>`);
     } else {
       out.push(`<div class="finding retention"><b>allocator retention, not a leak</b>: RSS anon ${sizeSpan(x.rss_anon_start)} → ${sizeSpan(x.rss_anon_end)} ` +
         `while the live heap went ${sizeSpan(x.live_heap_start)} → ${sizeSpan(x.live_heap_end)} (gap ${human(x.gap_growth_bytes_per_hour)}/h; ${x.arena_heaps} arena heaps).` +

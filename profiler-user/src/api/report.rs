@@ -38,6 +38,8 @@ pub struct SuspectJson {
     pub site_id: u32,
     pub slope_bytes_per_hour: f64,
     pub confidence: f64,
+    /// Share of the site's changes of live bytes that were rises (not a
+    /// share of ticks: a leak slower than the tick changes in few of them).
     pub grew_share: f64,
     pub live_bytes_start: u64,
     pub live_bytes_end: u64,
