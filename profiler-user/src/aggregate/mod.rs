@@ -10,6 +10,7 @@ use aya::Ebpf;
 use profiler_common::counters::{CounterId, COUNTERS};
 use profiler_common::{counter, AllocKind, Inflight, SiteCounters, SiteKey, COUNT_SCALE};
 
+use crate::probes::ProbeError;
 use crate::profile::{SiteStats, Totals};
 use regions::RegionTracker;
 use samples::SampleTable;
@@ -45,27 +46,28 @@ impl RawSnapshot {
 }
 
 /// Sums the global per-CPU counters.
-pub fn read_counters(ebpf: &Ebpf) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-    let map = ebpf
-        .map("COUNTERS")
-        .ok_or_else(|| anyhow::anyhow!("map COUNTERS missing from the eBPF object"))?;
-    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+pub fn read_counters(ebpf: &Ebpf) -> Result<[u64; counter::COUNT as usize], ProbeError> {
+    let name = "COUNTERS";
+    let err = |source| ProbeError::Map { name, source };
+    let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
     let mut out = [0u64; counter::COUNT as usize];
     for (i, slot) in out.iter_mut().enumerate() {
-        *slot = arr.get(&(i as u32), 0)?.iter().sum();
+        *slot = arr.get(&(i as u32), 0).map_err(err)?.iter().sum();
     }
     Ok(out)
 }
 
 /// Sums the per-CPU call-site counters.
-pub fn read_sites(ebpf: &Ebpf) -> anyhow::Result<BTreeMap<SiteKey, SiteCounters>> {
-    let map = ebpf
-        .map("SITES")
-        .ok_or_else(|| anyhow::anyhow!("map SITES missing from the eBPF object"))?;
-    let sites: PerCpuHashMap<&MapData, SiteKey, SiteCounters> = PerCpuHashMap::try_from(map)?;
+pub fn read_sites(ebpf: &Ebpf) -> Result<BTreeMap<SiteKey, SiteCounters>, ProbeError> {
+    let name = "SITES";
+    let err = |source| ProbeError::Map { name, source };
+    let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+    let sites: PerCpuHashMap<&MapData, SiteKey, SiteCounters> =
+        PerCpuHashMap::try_from(map).map_err(err)?;
     let mut out = BTreeMap::new();
     for entry in sites.iter() {
-        let (key, per_cpu) = entry?;
+        let (key, per_cpu) = entry.map_err(err)?;
         let mut sum = SiteCounters::default();
         for c in per_cpu.iter() {
             sum.alloc_bytes += c.alloc_bytes;
@@ -156,11 +158,11 @@ pub fn merge(
 /// Removes per-thread entry states of threads that no longer exist (they died
 /// inside an allocator call), so the bounded map never fills with them.
 /// Returns how many were removed.
-pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<usize> {
-    let map = ebpf
-        .map_mut("INFLIGHT")
-        .ok_or_else(|| anyhow::anyhow!("map INFLIGHT missing from the eBPF object"))?;
-    let mut inflight: BpfHashMap<&mut MapData, u64, Inflight> = BpfHashMap::try_from(map)?;
+pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> Result<usize, ProbeError> {
+    let name = "INFLIGHT";
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut inflight: BpfHashMap<&mut MapData, u64, Inflight> =
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
     let dead: Vec<u64> = inflight
         .keys()
         .filter_map(Result::ok)

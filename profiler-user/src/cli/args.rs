@@ -194,7 +194,7 @@ impl CommonArgs {
         }
     }
 
-    fn push_options(&self) -> Result<Option<PushOptions>> {
+    pub(super) fn push_options(&self) -> Result<Option<PushOptions>> {
         let Some(url) = &self.push else {
             return Ok(None);
         };
@@ -224,11 +224,8 @@ impl CommonArgs {
         Ok(SessionOptions {
             duration: self.duration,
             tick: self.tick,
-            status: !self.quiet,
             record: self.record.clone(),
             sample_rate: self.capture()?.sample_rate,
-            push: self.push_options()?,
-            announce: None,
             allocator: String::new(),
             allocator_notes: Vec::new(),
         })

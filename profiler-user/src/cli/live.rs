@@ -7,12 +7,15 @@ use anyhow::{bail, Context as _, Result};
 use super::args::CommonArgs;
 use super::note;
 use super::outputs::{write_file, Outputs};
+use super::terminal::Terminal;
 use super::{AttachArgs, RunArgs};
 use crate::analysis::age::older_than_by_site;
 use crate::launch;
 use crate::probes::{self, target, Probes};
 use crate::profile::Metric;
 use crate::report::{self, ReportOptions};
+use crate::session::output::Outputs as SessionOutputs;
+use crate::session::publish::PushOutput;
 use crate::session::{self, SessionResult};
 use crate::timeline::Window;
 use crate::views;
@@ -26,10 +29,10 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     let target = target::discover(pid, !args.common.no_prologue_skip)?;
     let probes = attach_probes(pid, &target, &args.common)?;
     let mut opts = args.common.session_options()?;
-    opts.announce = Some(announce(pid, &target, &probes));
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
-    let mut result = session::run(probes, &opts, || session::process_alive(pid)).await?;
+    let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)))?;
+    let mut result = session::run(probes, &opts, || session::process_alive(pid), outputs).await?;
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
     Ok(0)
@@ -66,10 +69,16 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
     let mut exit_code = None;
-    let mut result = session::run(probes, &opts, || {
-        exit_code = exit_code.or_else(|| launch::try_wait(pid));
-        exit_code.is_none()
-    })
+    let outputs = outputs(&args.common, None)?;
+    let mut result = session::run(
+        probes,
+        &opts,
+        || {
+            exit_code = exit_code.or_else(|| launch::try_wait(pid));
+            exit_code.is_none()
+        },
+        outputs,
+    )
     .await?;
     let exit_code = exit_code.or_else(|| launch::try_wait(pid));
     super::hints::after_session(&mut result.timeline);
@@ -89,6 +98,20 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     }
 }
 
+/// What the session reports to: the push (with `--push`), then the terminal
+/// (which shows the push counters, so it comes after it).
+fn outputs(common: &CommonArgs, announce: Option<String>) -> Result<SessionOutputs> {
+    let mut outputs = SessionOutputs::default();
+    let mut terminal = Terminal::new(announce, !common.quiet);
+    if let Some(opts) = common.push_options()? {
+        let (push, status) = PushOutput::new(opts);
+        outputs.push(push);
+        terminal.push = Some(status);
+    }
+    outputs.push(terminal);
+    Ok(outputs)
+}
+
 /// Loads and attaches the probes with the options of `common`.
 fn attach_probes(
     pid: u32,
@@ -104,7 +127,7 @@ fn attach_probes(
     )?)
 }
 
-/// The "attached" line, printed by the session once it has read the target's map.
+/// The "attached" line, printed once the session has read the target's map.
 fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> String {
     let mut lines = vec![
         format!(
@@ -140,15 +163,9 @@ fn allocator_notes(target: &target::AllocatorTarget) -> Vec<String> {
 
 /// Writes the report on stdout (the one `heapscope report` gives on the
 /// recording), then the requested files, each independently: a closed pipe
-/// or a full disk for one output costs none of the others.
+/// or a full disk for one output costs none of the others. The session's
+/// terminal output has printed the stop reason and the warnings already.
 fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
-    note(&format!("stopped: {}", result.stop.describe()));
-    for w in &result.warnings {
-        note(&format!("warning: {w}"));
-    }
-    if let Some(p) = &result.push {
-        note(&p.describe());
-    }
     let labels = views::Labels {
         lines: common.lines,
     };

@@ -8,6 +8,7 @@ mod offline;
 mod outputs;
 mod pprof;
 mod serve;
+mod terminal;
 
 use std::path::PathBuf;
 

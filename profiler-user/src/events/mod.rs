@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
 use profiler_common::{AllocKind, EventKind, MapEvent, SampleHeader, SampledFree};
-use tokio::io::unix::AsyncFd;
 
 use crate::aggregate::regions::RegionTracker;
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
+use crate::probes::ProbeError;
 use crate::process::maps::MemoryMap;
 use crate::unwind::{ModuleFiles, PendingReturn, Regs, StopReason, Unwinder};
 
@@ -136,63 +136,169 @@ pub struct EventStats {
     /// Stack samples unwound, and the time spent unwinding them.
     pub samples: u64,
     pub unwind_time: Duration,
+    /// Records still in the ring when the session stopped: never applied,
+    /// so their allocations and frees are missing from per-site numbers.
+    pub unread_at_stop: u64,
 }
 
-/// Reads records from the `EVENTS` ring buffer, woken by epoll when data arrives.
-pub struct EventReader {
-    ring: AsyncFd<RingBuf<MapData>>,
+/// Where records are read from: the kernel's ring buffer, or a queue in tests.
+pub trait RecordSource {
+    /// Appends the next record's bytes to `buf` and returns true; false when
+    /// there is none.
+    fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool;
+}
+
+impl RecordSource for RingBuf<MapData> {
+    fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
+        match self.next() {
+            Some(item) => {
+                buf.extend_from_slice(&item);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How much one drain step copies out of the ring at most. Bounded so that a
+/// flooded ring never grows heapscope's memory and ticks, signals and the
+/// duration are served between steps; what does not fit in the ring
+/// meanwhile is counted by the kernel (`ring buffer lost`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainLimits {
+    /// Most records per batch.
+    pub max_records: usize,
+    /// Bytes per batch after which no further record is copied.
+    pub max_bytes: usize,
+}
+
+impl Default for DrainLimits {
+    fn default() -> Self {
+        // 256 DWARF samples of 8 KiB: about 2 MiB and, at ~15 µs of
+        // unwinding each, a few milliseconds of work per batch.
+        DrainLimits {
+            max_records: 256,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Records copied out of the ring, applied after: the kernel gets its ring
+/// space back before the (slower) unwinding starts. Reused between batches,
+/// so its memory stays at about `max_bytes`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    data: Vec<u8>,
+    /// End offset of each record in `data`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    /// Empties the batch and copies records from `source` until it is empty
+    /// or a limit is reached. Returns true when a limit stopped it (more
+    /// records may be waiting).
+    pub fn fill(&mut self, source: &mut impl RecordSource, limits: DrainLimits) -> bool {
+        self.data.clear();
+        self.ends.clear();
+        while self.ends.len() < limits.max_records.max(1) && self.data.len() < limits.max_bytes {
+            if !source.pop_into(&mut self.data) {
+                return false;
+            }
+            self.ends.push(self.data.len());
+        }
+        true
+    }
+
+    /// The records, in ring order.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.data[s..e])
+    }
+
+    /// Number of records in the batch.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// Takes the `EVENTS` ring buffer out of the loaded object.
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, ProbeError> {
+    let name = "EVENTS";
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    RingBuf::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Reads records in bounded batches and applies them in order.
+pub struct EventReader<S = RingBuf<MapData>> {
+    source: S,
+    batch: Batch,
+    limits: DrainLimits,
     pub stats: EventStats,
 }
 
-impl EventReader {
-    /// Takes the ring buffer out of the loaded object.
-    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<EventReader> {
-        let map = ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow::anyhow!("ring buffer EVENTS missing from the eBPF object"))?;
-        let ring = RingBuf::try_from(map)?;
-        // SAFETY: the ring buffer owns its map fd, which stays open and the
-        // same for as long as the RingBuf lives, i.e. inside this AsyncFd.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("cannot poll the event ring buffer: {e}"))?;
-        Ok(EventReader {
-            ring,
+impl<S: RecordSource> EventReader<S> {
+    /// A reader of `source` copying at most `limits` per batch.
+    pub fn new(source: S, limits: DrainLimits) -> Self {
+        EventReader {
+            source,
+            batch: Batch::default(),
+            limits,
             stats: EventStats::default(),
-        })
+        }
     }
 
-    /// Waits until the ring buffer has data.
-    pub async fn readable(&mut self) -> std::io::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
-        Ok(())
+    /// The record source (the ring buffer, to poll its descriptor).
+    pub fn source(&self) -> &S {
+        &self.source
     }
 
-    /// Applies every pending record, in order. Records are copied out first
-    /// and applied after, so the kernel gets its ring space back before the
-    /// (slower) unwinding starts.
-    pub fn drain(&mut self, sink: &mut EventSink<'_>) {
-        let ring: &mut RingBuf<MapData> = self.ring.get_mut();
-        let mut pending: Vec<Vec<u8>> = Vec::new();
-        loop {
-            while let Some(item) = ring.next() {
-                pending.push(item.to_vec());
-            }
-            if pending.is_empty() {
-                return;
-            }
-            for rec in pending.drain(..) {
-                let applied = match decode(&rec) {
-                    Some(ev) => sink.apply(ev, &mut self.stats),
-                    None => false,
-                };
-                if applied {
-                    self.stats.applied += 1;
-                } else {
-                    self.stats.malformed += 1;
-                }
+    /// Copies one bounded batch and applies it. Returns true when more
+    /// records may be waiting.
+    pub fn drain_batch(&mut self, sink: &mut EventSink<'_>) -> bool {
+        let more = self.batch.fill(&mut self.source, self.limits);
+        for rec in self.batch.records() {
+            let applied = match decode(rec) {
+                Some(ev) => sink.apply(ev, &mut self.stats),
+                None => false,
+            };
+            if applied {
+                self.stats.applied += 1;
+            } else {
+                self.stats.malformed += 1;
             }
         }
+        more
+    }
+
+    /// Applies at most `max_batches` batches; true when records may remain.
+    pub fn drain(&mut self, sink: &mut EventSink<'_>, max_batches: usize) -> bool {
+        for _ in 0..max_batches {
+            if !self.drain_batch(sink) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Discards the records still waiting (at most `max`: the probes may
+    /// still be writing), counting them in [`EventStats::unread_at_stop`];
+    /// the number discarded is returned.
+    pub fn discard_rest(&mut self, max: u64) -> u64 {
+        let mut n = 0;
+        let mut scratch = Vec::new();
+        while n < max && self.source.pop_into(&mut scratch) {
+            scratch.clear();
+            n += 1;
+        }
+        self.stats.unread_at_stop += n;
+        n
     }
 }
 
@@ -271,5 +377,120 @@ mod tests {
         };
         assert_eq!(decode(&bytes_of(&bad)), None);
         assert_eq!(decode(&99u32.to_le_bytes()), None);
+    }
+
+    /// A ring stand-in: a queue of records.
+    struct Queue(std::collections::VecDeque<Vec<u8>>);
+
+    impl RecordSource for Queue {
+        fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
+            match self.0.pop_front() {
+                Some(r) => {
+                    buf.extend_from_slice(&r);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    fn mmap_record(i: u64) -> Vec<u8> {
+        bytes_of(&MapEvent {
+            kind: EventKind::Mmap as u32,
+            tgid: 1,
+            addr: 0x1000_0000 + i * 0x10_0000,
+            len: 4096,
+            new_addr: 0,
+            new_len: 0,
+            ts_ns: i,
+            stack_id: (i % 7) as i32,
+            _pad: 0,
+        })
+    }
+
+    #[test]
+    fn drain_is_bounded_per_batch_and_applies_everything_in_order() {
+        let n = 10_000u64;
+        let mut queue: std::collections::VecDeque<Vec<u8>> = (0..n).map(mmap_record).collect();
+        queue.push_back(vec![1, 2, 3]); // malformed: counted, not applied
+        let limits = DrainLimits {
+            max_records: 64,
+            max_bytes: 1 << 20,
+        };
+        let mut reader = EventReader::new(Queue(queue), limits);
+        let mut regions = RegionTracker::default();
+        let mut samples = SampleTable::default();
+        let mut unwinder = Unwinder::default();
+        let mut maps = MemoryMap::default();
+        struct NoFiles;
+        impl ModuleFiles for NoFiles {
+            fn open_path(&self, _: &str) -> Option<std::path::PathBuf> {
+                None
+            }
+        }
+        let mut refresh = || None;
+        let mut sink = EventSink {
+            regions: &mut regions,
+            samples: &mut samples,
+            unwinder: &mut unwinder,
+            maps: &mut maps,
+            files: &NoFiles,
+            refresh: &mut refresh,
+            refreshed: false,
+        };
+        let mut batches = 0;
+        let mut applied_before = 0;
+        while reader.drain_batch(&mut sink) {
+            batches += 1;
+            // Never more than one batch of records is copied or applied at once.
+            assert!(reader.batch.len() <= limits.max_records);
+            assert_eq!(
+                reader.stats.applied - applied_before,
+                limits.max_records as u64
+            );
+            applied_before = reader.stats.applied;
+        }
+        // 10,001 records in batches of 64: 156 full batches, then a last one.
+        assert_eq!(batches, 156);
+        assert!(!reader.drain(&mut sink, 3), "the source is empty");
+        assert_eq!(reader.stats.applied, n);
+        assert_eq!(reader.stats.malformed, 1);
+        assert_eq!(
+            regions.stats().values().map(|r| r.alloc_count).sum::<u64>(),
+            n
+        );
+    }
+
+    #[test]
+    fn batch_stops_at_the_byte_limit_and_keeps_its_memory() {
+        let big = vec![0u8; 10_000];
+        let mut q = Queue((0..100).map(|_| big.clone()).collect());
+        let limits = DrainLimits {
+            max_records: 1000,
+            max_bytes: 25_000,
+        };
+        let mut batch = Batch::default();
+        assert!(batch.fill(&mut q, limits));
+        assert_eq!(batch.len(), 3, "stops once 25,000 bytes are reached");
+        assert!(batch.records().all(|r| r.len() == 10_000));
+        let mut fills = 1;
+        while batch.fill(&mut q, limits) {
+            fills += 1;
+            assert!(
+                batch.data.capacity() <= 64 * 1024,
+                "memory is reused, not grown"
+            );
+        }
+        assert_eq!(fills, 33);
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn records_left_at_stop_are_counted() {
+        let q = Queue((0..10).map(mmap_record).collect());
+        let mut reader = EventReader::new(q, DrainLimits::default());
+        assert_eq!(reader.discard_rest(4), 4);
+        assert_eq!(reader.discard_rest(100), 6);
+        assert_eq!(reader.stats.unread_at_stop, 10);
     }
 }

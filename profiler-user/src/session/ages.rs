@@ -5,10 +5,10 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use profiler_common::{LiveAlloc, LiveKey, STACK_USER};
 
 use super::capture::Capture;
-use super::recorder::Recorder;
+use super::sites::SiteIds;
 use crate::aggregate::{SiteRef, StackRef};
 use crate::analysis::age::OutstandingAlloc;
-use crate::probes::Probes;
+use crate::probes::{ProbeError, Probes};
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
@@ -26,13 +26,12 @@ fn monotonic_ns() -> u64 {
 pub fn outstanding(
     probes: &Probes,
     cap: &Capture,
-    rec: &Recorder,
-) -> anyhow::Result<(Vec<OutstandingAlloc>, u64)> {
-    let map = probes
-        .ebpf
-        .map("LIVE")
-        .ok_or_else(|| anyhow::anyhow!("map LIVE missing from the eBPF object"))?;
-    let live: BpfHashMap<&MapData, LiveKey, LiveAlloc> = BpfHashMap::try_from(map)?;
+    ids: &SiteIds,
+) -> Result<(Vec<OutstandingAlloc>, u64), ProbeError> {
+    let name = "LIVE";
+    let map = probes.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+    let live: BpfHashMap<&MapData, LiveKey, LiveAlloc> =
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
     let now_ns = monotonic_ns();
     let mut out = Vec::new();
     for entry in live.iter() {
@@ -47,7 +46,7 @@ pub fn outstanding(
         } else {
             None
         };
-        if let Some(id) = site.and_then(|s| rec.id(&s)) {
+        if let Some(id) = site.and_then(|s| ids.id(&s)) {
             out.push(OutstandingAlloc {
                 site: id,
                 ts_ns: a.ts_ns,

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use crate::aggregate::{self, regions::RegionTracker, samples::SampleTable, RawSnapshot};
-use crate::events::{EventReader, EventSink};
+use aya::maps::{MapData, RingBuf};
+
+use crate::events::{DrainLimits, EventReader, EventSink};
 use crate::probes::target::in_root;
-use crate::probes::Probes;
+use crate::probes::{ProbeError, Probes};
 use crate::process::maps::MemoryMap;
 use crate::unwind::{ModuleFiles, Unwinder};
 
@@ -21,10 +23,15 @@ impl ModuleFiles for RootedFiles {
     }
 }
 
+/// Most batches drained before a snapshot is taken: with the default limits
+/// several times what an 8 MiB ring holds, so the ring is normally empty at
+/// a tick, while a ring refilled as fast as it is read still lets the tick go.
+pub const TICK_DRAIN_BATCHES: usize = 16;
+
 /// The state of an attached session.
 pub struct Capture {
     pub pid: u32,
-    pub events: EventReader,
+    pub events: EventReader<RingBuf<MapData>>,
     pub regions: RegionTracker,
     pub samples: SampleTable,
     pub unwinder: Unwinder,
@@ -45,19 +52,19 @@ fn read_maps(pid: u32) -> Option<MemoryMap> {
 }
 
 impl Capture {
-    pub fn new(probes: &mut Probes) -> anyhow::Result<Capture> {
-        let pid = probes.pid;
+    /// The state of a session on `pid`, reading events from `ring`.
+    pub fn new(pid: u32, ring: RingBuf<MapData>) -> Capture {
         let maps = read_maps(pid);
-        Ok(Capture {
+        Capture {
             pid,
-            events: EventReader::new(&mut probes.ebpf)?,
+            events: EventReader::new(ring, DrainLimits::default()),
             regions: RegionTracker::default(),
             samples: SampleTable::default(),
             unwinder: Unwinder::default(),
             have_maps: maps.is_some(),
             maps: maps.unwrap_or_default(),
             comm: read_comm(pid).unwrap_or_default(),
-        })
+        }
     }
 
     /// Keeps the newest memory map and name while the target lives: after it
@@ -72,8 +79,9 @@ impl Capture {
         }
     }
 
-    /// Applies every pending event.
-    pub fn drain(&mut self) {
+    /// Applies at most `max_batches` bounded batches of pending events;
+    /// returns true when more may be waiting.
+    pub fn drain(&mut self, max_batches: usize) -> bool {
         let pid = self.pid;
         let files = RootedFiles { pid };
         let mut refresh = || read_maps(pid);
@@ -86,12 +94,14 @@ impl Capture {
             refresh: &mut refresh,
             refreshed: false,
         };
-        self.events.drain(&mut sink);
+        self.events.drain(&mut sink, max_batches)
     }
 
-    /// Drains events and reads the kernel's counters into one raw snapshot.
-    pub fn snapshot(&mut self, probes: &Probes) -> anyhow::Result<RawSnapshot> {
-        self.drain();
+    /// Drains pending events (at most [`TICK_DRAIN_BATCHES`] batches: a
+    /// flooded ring must not hold the tick back) and reads the kernel's
+    /// counters into one raw snapshot.
+    pub fn snapshot(&mut self, probes: &Probes) -> Result<RawSnapshot, ProbeError> {
+        self.drain(TICK_DRAIN_BATCHES);
         let counters = aggregate::read_counters(&probes.ebpf)?;
         let sites = aggregate::read_sites(&probes.ebpf)?;
         Ok(aggregate::merge(

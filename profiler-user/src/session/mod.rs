@@ -1,45 +1,45 @@
-//! One profiling session: tick, print status, stop on signal / duration /
-//! target exit, detach; every tick goes into the timeline (and the
-//! recording), which the final report is computed from.
+//! One profiling session: tick, stop on signal / duration / target exit,
+//! detach; every tick goes into the timeline, which the final report is
+//! computed from, and to the session's outputs ([`output`]).
+//!
+//! Two threads: the async side ([`run`]) waits for signals, the duration and
+//! the tick timer and only sets request flags ([`control`]); the capture
+//! thread ([`worker`]) owns the probes and does everything else (bounded
+//! ring-buffer drains, unwinding, snapshots, symbolization, outputs, detach).
 
 pub mod ages;
 pub mod capture;
+pub mod control;
+pub mod output;
 pub mod publish;
-pub mod recorder;
+pub mod recording;
 pub mod resolve;
-pub mod status;
+pub mod sites;
+mod worker;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::aggregate::RawSnapshot;
 use crate::analysis::age::{AgeHistogram, OutstandingAlloc};
-use crate::probes::Probes;
-use crate::process::memory;
-use crate::record::Header;
-use crate::symbolize::{Symbolizer, SymbolizerOptions};
+use crate::events;
+use crate::probes::{ProbeError, Probes};
+use crate::record::RecordError;
 use crate::timeline::{ProfileMeta, Timeline};
-use capture::Capture;
-use recorder::Recorder;
+use control::Control;
+use output::SessionOutput;
 
 /// How a session is run.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     /// Stop after this long; `None` runs until a signal or the target exits.
     pub duration: Option<Duration>,
-    /// Interval between snapshots and status lines.
+    /// Interval between snapshots.
     pub tick: Duration,
-    /// Print a status line on stderr every tick.
-    pub status: bool,
     /// Write the timeline to this recording as it goes.
     pub record: Option<PathBuf>,
     /// Mean bytes between samples (0: exact), stored in the recording.
     pub sample_rate: u64,
-    /// Push one pprof profile per interval to a Pyroscope-compatible backend.
-    pub push: Option<crate::push::PushOptions>,
-    /// Printed on stderr once the session has read the target's memory map,
-    /// so whoever waits for it knows allocations from then on resolve.
-    pub announce: Option<String>,
     /// The allocator line and its warnings, kept in the recording and the report.
     pub allocator: String,
     pub allocator_notes: Vec<String>,
@@ -57,6 +57,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// How the reason reads in messages ("duration elapsed").
     pub fn describe(self) -> &'static str {
         match self {
             StopReason::Duration => "duration elapsed",
@@ -66,6 +67,31 @@ impl StopReason {
             StopReason::TargetExited => "target exited",
         }
     }
+}
+
+/// Errors that end a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("cannot watch for SIGINT/SIGTERM/SIGHUP")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot start the capture thread for pid {pid}")]
+    Thread {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot wait for events of pid {pid}")]
+    Poll {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the capture thread for pid {pid} panicked; the probes were detached when it unwound")]
+    Panicked { pid: u32 },
 }
 
 /// The result of a session.
@@ -79,8 +105,6 @@ pub struct SessionResult {
     pub now_ns: u64,
     /// Attach time, milliseconds since the Unix epoch (as in the recording header).
     pub start_unix_ms: u64,
-    /// What the push thread sent and dropped, with `push`.
-    pub push: Option<crate::push::PushSummary>,
     /// Non-fatal problems met on the way (detach errors, unreadable maps).
     pub warnings: Vec<String>,
 }
@@ -90,50 +114,6 @@ impl SessionResult {
     pub fn ages(&self) -> AgeHistogram {
         AgeHistogram::build(self.now_ns, &self.outstanding)
     }
-}
-
-fn note_layout(probes: &mut Probes, cap: &Capture, warnings: &mut Vec<String>) {
-    let msg = match probes.note_layout(&cap.maps) {
-        Ok(0) => return,
-        Ok(dropped) => format!(
-            "{dropped} of the allocator's code ranges did not fit the probes' table: \
-             allocator-internal calls from them may be counted as the program's"
-        ),
-        Err(e) => format!("telling the probes the process layout: {e}"),
-    };
-    if !warnings.contains(&msg) {
-        warnings.push(msg);
-    }
-}
-
-/// Symbolizes the sites of `snap` seen for the first time and records the tick.
-fn record_tick(
-    rec: &mut Recorder,
-    symbolizer: &mut Symbolizer,
-    cap: &Capture,
-    probes: &Probes,
-    t_ms: u64,
-    snap: &RawSnapshot,
-) -> anyhow::Result<()> {
-    let new = rec.new_sites(snap);
-    if !new.sites.is_empty() {
-        let mut resolver = resolve::Resolver::new(cap.pid, &cap.maps, symbolizer);
-        let sites = resolver.sites(&new, &probes.ebpf, &cap.samples)?;
-        for (module, n) in std::mem::take(&mut resolver.fp_cut) {
-            *rec.fp_cut.entry(module).or_insert(0) += n;
-        }
-        rec.add_sites(new.sites.keys().copied(), sites);
-    }
-    let mem = memory::sample(cap.pid).ok();
-    rec.tick(t_ms, snap, mem);
-    Ok(())
-}
-
-/// A line on stderr. After SIGHUP the terminal is gone and `eprintln!`
-/// would panic; the line is lost instead.
-fn say(args: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{args}");
 }
 
 const EARLY_REFRESH: Duration = Duration::from_millis(20);
@@ -147,69 +127,46 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Runs an attached session until it is stopped, then detaches and returns
 /// its timeline. `alive` tells whether the target still runs (for a child,
-/// it also reaps it).
+/// it also reaps it); it is called on the caller's thread at every tick.
+/// `output` receives every tick and event (see [`output`]), on the capture
+/// thread; the recording of `opts.record` is written by the session itself.
 pub async fn run(
     mut probes: Probes,
     opts: &SessionOptions,
     mut alive: impl FnMut() -> bool,
-) -> anyhow::Result<SessionResult> {
+    output: impl SessionOutput + 'static,
+) -> Result<SessionResult, SessionError> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let pid = probes.pid;
-    // Signals are caught before the announcement: whoever waits for it may
-    // interrupt the session right away.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut cap = Capture::new(&mut probes)?;
-    if let Some(line) = &opts.announce {
-        say(format_args!("{line}"));
+    let ring = events::take_ring(&mut probes.ebpf)?;
+    let control = Arc::new(Control::new().map_err(|source| SessionError::Poll { pid, source })?);
+    let mut sigint = signal(SignalKind::interrupt()).map_err(SessionError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(SessionError::Signals)?;
+    let (done_tx, mut done) = tokio::sync::oneshot::channel();
+    {
+        let control = Arc::clone(&control);
+        let opts = opts.clone();
+        let output: Box<dyn SessionOutput> = Box::new(output);
+        std::thread::Builder::new()
+            .name("heapscope-capture".into())
+            .spawn(move || {
+                let result = worker::run(probes, ring, &opts, output, &control);
+                // The receiver is gone only when the session future was dropped.
+                let _ = done_tx.send(result);
+            })
+            .map_err(|source| SessionError::Thread { pid, source })?;
     }
-    let mut warnings = Vec::new();
-    let start_unix_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let header = Header {
-        pid,
-        comm: cap.comm.clone(),
-        start_unix_ms,
-        tick_ms: opts.tick.as_millis() as u64,
-        heapscope_version: env!("CARGO_PKG_VERSION").to_string(),
-        sample_rate: opts.sample_rate,
-        allocator: opts.allocator.clone(),
-        allocator_notes: opts.allocator_notes.clone(),
+    let finished = |r: Result<Result<SessionResult, SessionError>, _>| match r {
+        Ok(result) => result,
+        Err(_) => Err(SessionError::Panicked { pid }),
     };
-    let mut rec = Recorder::new(opts.record.as_deref(), &header)?;
-    let meta = ProfileMeta {
-        pid,
-        comm: cap.comm.clone(),
-        sample_rate: opts.sample_rate,
-        allocator: opts.allocator.clone(),
-        allocator_notes: opts.allocator_notes.clone(),
-    };
-    let mut push = match opts.push.clone() {
-        Some(p) => Some(publish::PushTicker::start(
-            p,
-            start_unix_ms,
-            opts.sample_rate,
-            meta.clone(),
-        )?),
-        None => None,
-    };
-    // Debug files fetched by debuginfod clients (heapscope's or elfutils'
-    // `debuginfod-find`) are read from their cache; nothing is fetched here.
-    let mut symbolizer = Symbolizer::with_options(SymbolizerOptions {
-        debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
-        ..SymbolizerOptions::default()
-    });
     let started = Instant::now();
-    let t_ms = || started.elapsed().as_millis() as u64;
     let deadline = opts.duration.map(|d| started + d);
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let mut status = status::StatusLine::new(started);
     // A freshly started command maps its libraries within milliseconds and may
     // exit before the first tick: refresh the memory map often at first.
     let mut early = tokio::time::interval(EARLY_REFRESH);
@@ -219,18 +176,14 @@ pub async fn run(
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600 * 24 * 365));
         tokio::select! {
+            // The capture thread ended on its own: an error (or a panic).
+            r = &mut done => return finished(r),
             _ = sigint.recv() => break StopReason::Interrupted,
             _ = sigterm.recv() => break StopReason::Terminated,
             _ = sighup.recv() => break StopReason::HangUp,
             _ = tokio::time::sleep(until_deadline) => break StopReason::Duration,
             _ = early.tick(), if started.elapsed() < EARLY_PERIOD => {
-                cap.refresh();
-                note_layout(&mut probes, &cap, &mut warnings);
-                continue;
-            }
-            r = cap.events.readable() => {
-                r?;
-                cap.drain();
+                control.request_refresh();
                 continue;
             }
             _ = ticker.tick() => {}
@@ -238,94 +191,8 @@ pub async fn run(
         if !alive() {
             break StopReason::TargetExited;
         }
-        cap.refresh();
-        note_layout(&mut probes, &cap, &mut warnings);
-        if let Err(e) = crate::aggregate::prune_inflight(&mut probes.ebpf, pid) {
-            warnings.push(format!("pruning per-thread state: {e}"));
-        }
-        let snap_at = Instant::now();
-        let snap = cap.snapshot(&probes)?;
-        let now_ms = t_ms();
-        record_tick(&mut rec, &mut symbolizer, &cap, &probes, now_ms, &snap)?;
-        if let Some(p) = push.as_mut() {
-            p.tick(&rec.timeline, now_ms, false);
-        }
-        if opts.status {
-            match &push {
-                Some(p) => say(format_args!(
-                    "{} | {}",
-                    status.line(&snap, snap_at),
-                    p.summary().counts()
-                )),
-                None => say(format_args!("{}", status.line(&snap, snap_at))),
-            }
-        }
+        control.request_tick();
     };
-
-    if stop != StopReason::TargetExited {
-        cap.refresh();
-    }
-    // The last tick is read while every probe is still attached: detaching
-    // takes a while (one probe at a time), and calls made meanwhile would see
-    // some probes and not others (entries without returns, frees of
-    // allocations never seen). What happens during the detach is not counted.
-    let snap = cap.snapshot(&probes)?;
-    let end_ms = t_ms();
-    record_tick(&mut rec, &mut symbolizer, &cap, &probes, end_ms, &snap)?;
-    rec.finish(end_ms);
-    if let Some(p) = push.as_mut() {
-        p.tick(&rec.timeline, end_ms, true);
-    }
-    let (outstanding, now_ns) = ages::outstanding(&probes, &cap, &rec).unwrap_or_else(|e| {
-        warnings.push(format!("reading allocation ages: {e}"));
-        (Vec::new(), 0)
-    });
-    warnings.extend(probes.detach());
-    // After the detach: waiting for the backend never keeps probes in the target.
-    let push = push.map(publish::PushTicker::finish);
-    if let Some(e) = &rec.write_error {
-        warnings.push(format!("the recording stopped at its last whole tick: {e}"));
-    }
-    let ev = &cap.events.stats;
-    if ev.malformed > 0 {
-        warnings.push(format!(
-            "{} malformed ring-buffer records ignored",
-            ev.malformed
-        ));
-    }
-    if cap.samples.unmatched_frees > 0 || cap.samples.stacks_dropped > 0 {
-        warnings.push(format!(
-            "{} sampled frees had no sample, {} samples exceeded the stack table",
-            cap.samples.unmatched_frees, cap.samples.stacks_dropped
-        ));
-    }
-    if ev.samples > 0 {
-        say(format_args!(
-            "heapscope: {} stacks unwound, {:.1} µs each; stop reasons: {:?}",
-            ev.samples,
-            ev.unwind_time.as_secs_f64() * 1e6 / ev.samples as f64,
-            cap.unwinder.stops
-        ));
-    }
-    for (module, n) in &rec.fp_cut {
-        warnings.push(format!(
-            "--stacks fp: {n} stacks left the code after a frame in {module}, which has no \
-             frame pointers; their outer frames are dropped (--stacks dwarf unwinds it)"
-        ));
-    }
-    if !cap.have_maps {
-        warnings.push(format!(
-            "no memory map of pid {pid} could be read; frames are unresolved"
-        ));
-    }
-    Ok(SessionResult {
-        timeline: rec.timeline,
-        meta,
-        stop,
-        outstanding,
-        now_ns,
-        start_unix_ms,
-        push,
-        warnings,
-    })
+    control.request_stop(stop);
+    finished(done.await)
 }

@@ -1,9 +1,86 @@
 //! Hands the push thread one profile per push interval: the window since
-//! the previous push (allocations during it, in-use at its end).
+//! the previous push (allocations during it, in-use at its end). A session
+//! output ([`PushOutput`]).
 
+use std::sync::{Arc, Mutex};
+
+use super::output::{SessionEvent, SessionOutput, TickUpdate};
 use crate::push::{PushOptions, PushSummary, Pusher};
 use crate::timeline::{ProfileMeta, Timeline, Window};
 use crate::views::pprof::PprofOptions;
+
+/// The push counters as last seen by [`PushOutput`], for whoever shows them
+/// (the status line); the final ones once the session stopped.
+pub type PushStatus = Arc<Mutex<Option<PushSummary>>>;
+
+/// Pushes a profile per interval while a session runs: the push thread
+/// starts when the session is attached and is flushed (bounded) when it has
+/// stopped, after the probes are detached, so waiting for the backend never
+/// keeps probes in the target.
+pub struct PushOutput {
+    opts: Option<PushOptions>,
+    ticker: Option<PushTicker>,
+    status: PushStatus,
+    error: Option<String>,
+}
+
+impl PushOutput {
+    /// An output pushing with `opts`, and the handle its counters are read from.
+    pub fn new(opts: PushOptions) -> (PushOutput, PushStatus) {
+        let status = PushStatus::default();
+        let out = PushOutput {
+            opts: Some(opts),
+            ticker: None,
+            status: Arc::clone(&status),
+            error: None,
+        };
+        (out, status)
+    }
+
+    fn set_status(&self, summary: PushSummary) {
+        // A poisoned lock only means a reader panicked; the value is whole.
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
+    }
+}
+
+impl SessionOutput for PushOutput {
+    fn event(&mut self, event: &SessionEvent) {
+        match event {
+            SessionEvent::Attached { header } => {
+                let Some(opts) = self.opts.take() else { return };
+                let meta = ProfileMeta {
+                    pid: header.pid,
+                    comm: header.comm.clone(),
+                    sample_rate: header.sample_rate,
+                    allocator: header.allocator.clone(),
+                    allocator_notes: header.allocator_notes.clone(),
+                };
+                match PushTicker::start(opts, header.start_unix_ms, header.sample_rate, meta) {
+                    Ok(t) => self.ticker = Some(t),
+                    Err(e) => self.error = Some(format!("cannot start the push thread: {e}")),
+                }
+            }
+            SessionEvent::Stopped { .. } => {
+                if let Some(t) = self.ticker.take() {
+                    self.set_status(t.finish());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, update: &TickUpdate<'_>) {
+        if let Some(t) = self.ticker.as_mut() {
+            t.tick(update.timeline, update.tick.t_ms, update.last);
+            let summary = t.summary();
+            self.set_status(summary);
+        }
+    }
+
+    fn finish(&mut self, _end_ms: u64) -> Option<String> {
+        self.error.take()
+    }
+}
 
 /// The session's push schedule around a [`Pusher`].
 pub struct PushTicker {

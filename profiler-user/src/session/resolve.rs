@@ -12,6 +12,7 @@ use profiler_common::AllocKind;
 
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{RawSnapshot, StackRef};
+use crate::probes::ProbeError;
 use crate::process::maps::{MemoryMap, RuntimeAddr};
 use crate::profile::{Frame, ModuleId, Pc, Site};
 use crate::symbolize::{ModuleAddr, ModuleSource, Symbolized, Symbolizer, UnknownReason};
@@ -169,11 +170,11 @@ impl<'a> Resolver<'a> {
         snap: &RawSnapshot,
         ebpf: &Ebpf,
         samples: &SampleTable,
-    ) -> anyhow::Result<Vec<Site>> {
-        let map = ebpf
-            .map("STACKS")
-            .ok_or_else(|| anyhow::anyhow!("map STACKS missing from the eBPF object"))?;
-        let stacks: StackTraceMap<&MapData> = StackTraceMap::try_from(map)?;
+    ) -> Result<Vec<Site>, ProbeError> {
+        let name = "STACKS";
+        let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let stacks: StackTraceMap<&MapData> =
+            StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
         // Read every stack first, then symbolize all their addresses in one batch.
         let mut ips_by_ref: HashMap<StackRef, Vec<u64>> = HashMap::new();
         for key in snap.sites.keys() {

@@ -1,0 +1,194 @@
+//! How a live session shows on the terminal: the "attached" line, one status
+//! line per tick, the unwinder's statistics, and the stop reason followed by
+//! the warnings, all on stderr.
+
+use profiler_common::counters::Section as CounterSection;
+
+use super::note;
+use crate::session::output::{SessionEvent, SessionOutput, TickUpdate};
+use crate::session::publish::PushStatus;
+use crate::timeline::Tick;
+use crate::views::human_bytes;
+
+/// A line on stderr. After SIGHUP the terminal is gone and `eprintln!`
+/// would panic; the line is lost instead.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Turns counters into rates between status lines.
+#[derive(Default)]
+pub struct StatusLine {
+    /// Time, allocations and frees at the previous line.
+    last: Option<(u64, u64, u64)>,
+}
+
+impl StatusLine {
+    /// Formats the line for this tick. Rates divide by the time between two
+    /// snapshot reads (`t_ms`), not between two lines: symbolizing new sites
+    /// between a read and its line can take seconds, after which the next
+    /// (late) tick comes at once.
+    pub fn line(&mut self, tick: &Tick) -> String {
+        let t = &tick.totals;
+        let frees = t.frees + t.frees_unknown;
+        let (t0, a0, f0) = self.last.unwrap_or((0, 0, 0));
+        let dt = (tick.t_ms.saturating_sub(t0) as f64 / 1000.0).max(1e-3);
+        let allocs_s = t.allocs.saturating_sub(a0) as f64 / dt;
+        let frees_s = frees.saturating_sub(f0) as f64 / dt;
+        self.last = Some((tick.t_ms, t.allocs, frees));
+        // Every lost counter of the table; failed stacks are shown apart
+        // (the allocation itself is counted).
+        let lost = t
+            .section_total(CounterSection::Lost)
+            .saturating_sub(t.stack_failed);
+        format!(
+            "[{:>6.1}s] live {} in {} blocks | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
+            tick.t_ms as f64 / 1000.0,
+            // Exact (allocated − freed), not the sum of sampled sites.
+            human_bytes(t.live_bytes()),
+            t.live_blocks(),
+            allocs_s,
+            frees_s,
+            lost,
+            t.stack_failed,
+        )
+    }
+}
+
+/// Prints a session's events on stderr. Warnings are held back and printed
+/// after the "stopped" line, with the end-of-session summary.
+pub struct Terminal {
+    /// Printed when the session has read the target's map (`attach`); `None`
+    /// when it was printed before the session (`run`).
+    pub announce: Option<String>,
+    /// Print a status line every tick.
+    pub status: bool,
+    /// With `--push`: its counters, shown on the status line and at the end.
+    pub push: Option<PushStatus>,
+    line: StatusLine,
+    warnings: Vec<String>,
+}
+
+impl Terminal {
+    /// A terminal output printing `announce` once attached.
+    pub fn new(announce: Option<String>, status: bool) -> Terminal {
+        Terminal {
+            announce,
+            status,
+            push: None,
+            line: StatusLine::default(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Terminal {
+    fn push_summary(&self) -> Option<crate::push::PushSummary> {
+        let status = self.push.as_ref()?;
+        status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl SessionOutput for Terminal {
+    fn tick(&mut self, update: &TickUpdate<'_>) {
+        if self.status && !update.last {
+            let line = self.line.line(update.tick);
+            match self.push_summary() {
+                Some(p) => say(&format!("{line} | {}", p.counts())),
+                None => say(&line),
+            }
+        }
+    }
+
+    fn event(&mut self, event: &SessionEvent) {
+        match event {
+            SessionEvent::Attached { .. } => {
+                if let Some(line) = self.announce.take() {
+                    say(&line);
+                }
+            }
+            SessionEvent::Warning(w) => self.warnings.push(w.clone()),
+            SessionEvent::UnwindStats {
+                stacks,
+                time,
+                stops,
+            } => note(&format!(
+                "{stacks} stacks unwound, {:.1} µs each; stop reasons: {stops:?}",
+                time.as_secs_f64() * 1e6 / (*stacks).max(1) as f64,
+            )),
+            SessionEvent::Stopped { reason } => {
+                note(&format!("stopped: {}", reason.describe()));
+                for w in self.warnings.drain(..) {
+                    note(&format!("warning: {w}"));
+                }
+                if let Some(p) = self.push_summary() {
+                    note(&p.describe());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{SiteStats, Totals};
+    use crate::timeline::SiteId;
+
+    #[test]
+    fn status_line_rates_losses_and_exact_live_heap() {
+        let mut s = StatusLine::default();
+        let tick = |t_ms, allocs, frees| Tick {
+            t_ms,
+            sites: vec![(
+                SiteId(0),
+                // A sampled site standing for more than is really live: the
+                // line shows the exact allocated − freed instead.
+                SiteStats {
+                    live_bytes: 5 << 20,
+                    live_count: 12,
+                    alloc_bytes: 0,
+                    alloc_count: 0,
+                },
+            )],
+            totals: Totals {
+                allocs,
+                alloc_bytes: 3 << 20,
+                frees,
+                frees_unknown: 5,
+                ringbuf_lost: 2,
+                live_map_full: 1,
+                stack_failed: 4,
+                ..Totals::default()
+            },
+            mem: None,
+        };
+        assert_eq!(
+            s.line(&tick(2000, 1000, 495)),
+            "[   2.0s] live 3.0 MiB in 505 blocks | 500 allocs/s 250 frees/s | lost 3 (stack failed 4)"
+        );
+        assert_eq!(
+            s.line(&tick(2500, 2000, 995)),
+            "[   2.5s] live 3.0 MiB in 1005 blocks | 2000 allocs/s 1000 frees/s | lost 3 (stack failed 4)"
+        );
+    }
+
+    #[test]
+    fn rates_divide_by_the_time_between_snapshot_reads() {
+        let mut status = StatusLine::default();
+        let mut tick = Tick {
+            t_ms: 500,
+            ..Tick::default()
+        };
+        tick.totals.allocs = 1000;
+        let _ = status.line(&tick);
+        // 14,000 allocations in the 1.5 s between two reads, whenever the
+        // lines themselves are printed.
+        tick.t_ms = 2000;
+        tick.totals.allocs = 15_000;
+        tick.totals.frees = 7000;
+        let line = status.line(&tick);
+        assert!(line.contains("| 9333 allocs/s 4667 frees/s |"), "{line}");
+    }
+}

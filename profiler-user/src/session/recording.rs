@@ -1,0 +1,73 @@
+//! The recording file as a session output: every new site and every tick is
+//! appended as it comes (see [`crate::record`]).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use crate::record::format::Header;
+use crate::record::writer::Writer;
+use crate::record::RecordError;
+
+use super::output::{SessionOutput, TickUpdate};
+
+/// Writes a session to a recording file.
+pub struct RecordingOutput {
+    writer: Option<Writer<BufWriter<File>>>,
+    /// Set when writing failed: the session goes on, the file stays readable
+    /// up to its last whole tick, and the user is told at the end.
+    error: Option<RecordError>,
+}
+
+impl RecordingOutput {
+    /// Creates (or truncates) `path` and writes its header.
+    pub fn create(path: &Path, header: &Header) -> Result<RecordingOutput, RecordError> {
+        Ok(RecordingOutput {
+            writer: Some(Writer::create(path, header)?),
+            error: None,
+        })
+    }
+
+    fn fail(&mut self, e: RecordError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+        // Stop writing: a partial record would only be discarded by readers.
+        self.writer = None;
+    }
+}
+
+impl SessionOutput for RecordingOutput {
+    fn tick(&mut self, update: &TickUpdate<'_>) {
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        let mut result = Ok(());
+        for (_, info) in update.new_sites {
+            result = w.site(info).map(|_| ());
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result.and_then(|()| w.tick(update.tick)) {
+            self.fail(e);
+        }
+    }
+
+    fn finish(&mut self, end_ms: u64) -> Option<String> {
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.finish(end_ms) {
+                self.fail(e);
+            }
+        }
+        self.error.as_ref().map(|e| {
+            let mut msg = format!("the recording stopped at its last whole tick: {e}");
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            msg
+        })
+    }
+}

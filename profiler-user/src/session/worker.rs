@@ -1,0 +1,259 @@
+//! The capture thread: drains the ring buffer in bounded batches, unwinds,
+//! takes a snapshot and symbolizes new sites on each tick, feeds the outputs,
+//! and on stop reads the last tick and detaches. Nothing here runs on the
+//! async runtime's thread, so a slow unwind or a cold symbolization (hundreds
+//! of milliseconds for a large module) never delays signals, timers or a server.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::time::{Instant, SystemTime};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::aggregate::RawSnapshot;
+use crate::probes::Probes;
+use crate::process::memory;
+use crate::record::Header;
+use crate::symbolize::{Symbolizer, SymbolizerOptions};
+use crate::timeline::{ProfileMeta, Tick, Timeline};
+
+use super::capture::Capture;
+use super::control::Control;
+use super::output::{Outputs, SessionEvent, SessionOutput, TickUpdate};
+use super::recording::RecordingOutput;
+use super::sites::SiteIds;
+use super::{ages, resolve, SessionError, SessionOptions, SessionResult, StopReason};
+
+/// Most records counted (and discarded) after the last tick: the probes are
+/// still attached then and may keep writing.
+const MAX_UNREAD_COUNT: u64 = 1 << 22;
+
+/// What the capture thread keeps besides the capture itself.
+struct Worker {
+    probes: Probes,
+    cap: Capture,
+    outputs: Outputs,
+    timeline: Timeline,
+    ids: SiteIds,
+    symbolizer: Symbolizer,
+    /// Every warning sent, in order (also returned in the result).
+    warnings: Vec<String>,
+    /// Frame-pointer stacks cut where the walk left executable code, by the
+    /// module it broke in (see `resolve::Resolver::fp_cut`).
+    fp_cut: BTreeMap<String, u64>,
+}
+
+impl Worker {
+    /// Sends a warning once, however often it happens.
+    fn warn(&mut self, msg: String) {
+        if !self.warnings.contains(&msg) {
+            self.outputs.event(&SessionEvent::Warning(msg.clone()));
+            self.warnings.push(msg);
+        }
+    }
+
+    fn note_layout(&mut self) {
+        let msg = match self.probes.note_layout(&self.cap.maps) {
+            Ok(0) => return,
+            Ok(dropped) => format!(
+                "{dropped} of the allocator's code ranges did not fit the probes' table: \
+                 allocator-internal calls from them may be counted as the program's"
+            ),
+            Err(e) => format!("telling the probes the process layout: {e}"),
+        };
+        self.warn(msg);
+    }
+
+    /// Symbolizes the sites of `snap` seen for the first time and sends the tick.
+    fn tick(&mut self, t_ms: u64, snap: &RawSnapshot, last: bool) -> Result<(), SessionError> {
+        let new = self.ids.new_sites(snap);
+        let new_sites = if new.sites.is_empty() {
+            Vec::new()
+        } else {
+            let mut resolver =
+                resolve::Resolver::new(self.cap.pid, &self.cap.maps, &mut self.symbolizer);
+            let sites = resolver.sites(&new, &self.probes.ebpf, &self.cap.samples)?;
+            for (module, n) in std::mem::take(&mut resolver.fp_cut) {
+                *self.fp_cut.entry(module).or_insert(0) += n;
+            }
+            self.ids.add(new.sites.keys().copied(), sites)
+        };
+        let tick = Tick {
+            t_ms,
+            sites: self.ids.stats(snap),
+            totals: snap.totals.clone(),
+            mem: memory::sample(self.cap.pid).ok(),
+        };
+        for (_, info) in &new_sites {
+            self.timeline.add_site(info.clone());
+        }
+        self.timeline.push(tick.clone());
+        self.outputs.tick(&TickUpdate {
+            new_sites: &new_sites,
+            tick: &tick,
+            timeline: &self.timeline,
+            last,
+        });
+        Ok(())
+    }
+}
+
+/// Runs the capture until `control` says stop, then detaches.
+pub(super) fn run(
+    probes: Probes,
+    ring: RingBuf<MapData>,
+    opts: &SessionOptions,
+    output: Box<dyn SessionOutput>,
+    control: &Control,
+) -> Result<SessionResult, SessionError> {
+    let pid = probes.pid;
+    let cap = Capture::new(pid, ring);
+    let start_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let header = Header {
+        pid,
+        comm: cap.comm.clone(),
+        start_unix_ms,
+        tick_ms: opts.tick.as_millis() as u64,
+        heapscope_version: env!("CARGO_PKG_VERSION").to_string(),
+        sample_rate: opts.sample_rate,
+        allocator: opts.allocator.clone(),
+        allocator_notes: opts.allocator_notes.clone(),
+    };
+    let mut outputs = Outputs::default();
+    if let Some(path) = &opts.record {
+        outputs.push(RecordingOutput::create(path, &header)?);
+    }
+    outputs.0.push(output);
+    let mut w = Worker {
+        probes,
+        cap,
+        outputs,
+        timeline: Timeline::default(),
+        ids: SiteIds::default(),
+        // Debug files fetched by debuginfod clients (heapscope's or elfutils'
+        // `debuginfod-find`) are read from their cache; nothing is fetched here.
+        symbolizer: Symbolizer::with_options(SymbolizerOptions {
+            debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
+            ..SymbolizerOptions::default()
+        }),
+        warnings: Vec::new(),
+        fp_cut: BTreeMap::new(),
+    };
+    w.outputs.event(&SessionEvent::Attached { header });
+    let started = Instant::now();
+    let t_ms = || started.elapsed().as_millis() as u64;
+
+    // True while the last batch stopped at its limit: drain on without
+    // waiting, but still look at the requests between batches.
+    let mut more = false;
+    let stop = loop {
+        let ring_ready = more
+            || control
+                .wait(w.cap.events.source().as_fd())
+                .map_err(|source| SessionError::Poll { pid, source })?
+                .ring;
+        if let Some(stop) = control.stop() {
+            break stop;
+        }
+        if control.take_refresh() {
+            w.cap.refresh();
+            w.note_layout();
+        }
+        if control.take_tick() {
+            w.cap.refresh();
+            w.note_layout();
+            if let Err(e) = crate::aggregate::prune_inflight(&mut w.probes.ebpf, pid) {
+                w.warn(format!("pruning per-thread state: {e}"));
+            }
+            let snap = w.cap.snapshot(&w.probes)?;
+            w.tick(t_ms(), &snap, false)?;
+            more = true;
+            continue;
+        }
+        more = ring_ready && w.cap.drain(1);
+    };
+
+    if stop != StopReason::TargetExited {
+        w.cap.refresh();
+    }
+    // The last tick is read while every probe is still attached: detaching
+    // takes a while (one probe at a time), and calls made meanwhile would see
+    // some probes and not others (entries without returns, frees of
+    // allocations never seen). What happens during the detach is not counted.
+    let snap = w.cap.snapshot(&w.probes)?;
+    let end_ms = t_ms();
+    w.tick(end_ms, &snap, true)?;
+    let unread = w.cap.events.discard_rest(MAX_UNREAD_COUNT);
+    if let Some(problem) = w.outputs.finish(end_ms) {
+        w.warn(problem);
+    }
+    let (outstanding, now_ns) = match ages::outstanding(&w.probes, &w.cap, &w.ids) {
+        Ok(found) => found,
+        Err(e) => {
+            w.warn(format!("reading allocation ages: {e}"));
+            (Vec::new(), 0)
+        }
+    };
+    for e in w.probes.detach() {
+        w.warn(e);
+    }
+    if unread > 0 {
+        w.warn(format!(
+            "{unread} ring-buffer records were still unread when the session stopped; \
+             their allocations and frees are missing from the per-site numbers"
+        ));
+    }
+    let ev = w.cap.events.stats.clone();
+    if ev.malformed > 0 {
+        w.warn(format!(
+            "{} malformed ring-buffer records ignored",
+            ev.malformed
+        ));
+    }
+    let samples = &w.cap.samples;
+    if samples.unmatched_frees > 0 || samples.stacks_dropped > 0 {
+        let msg = format!(
+            "{} sampled frees had no sample, {} samples exceeded the stack table",
+            samples.unmatched_frees, samples.stacks_dropped
+        );
+        w.warn(msg);
+    }
+    if ev.samples > 0 {
+        let stops: BTreeMap<_, _> = w.cap.unwinder.stops.iter().map(|(k, v)| (*k, *v)).collect();
+        w.outputs.event(&SessionEvent::UnwindStats {
+            stacks: ev.samples,
+            time: ev.unwind_time,
+            stops,
+        });
+    }
+    for (module, n) in std::mem::take(&mut w.fp_cut) {
+        w.warn(format!(
+            "--stacks fp: {n} stacks left the code after a frame in {module}, which has no \
+             frame pointers; their outer frames are dropped (--stacks dwarf unwinds it)"
+        ));
+    }
+    if !w.cap.have_maps {
+        w.warn(format!(
+            "no memory map of pid {pid} could be read; frames are unresolved"
+        ));
+    }
+    w.outputs.event(&SessionEvent::Stopped { reason: stop });
+    Ok(SessionResult {
+        timeline: w.timeline,
+        meta: ProfileMeta {
+            pid,
+            comm: w.cap.comm.clone(),
+            sample_rate: opts.sample_rate,
+            allocator: opts.allocator.clone(),
+            allocator_notes: opts.allocator_notes.clone(),
+        },
+        stop,
+        outstanding,
+        now_ns,
+        start_unix_ms,
+        warnings: w.warnings,
+    })
+}
