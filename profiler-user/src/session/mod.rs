@@ -72,8 +72,9 @@ impl StopReason {
 /// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Boxed: a probe error is large and sessions fail rarely.
     #[error(transparent)]
-    Probe(#[from] ProbeError),
+    Probe(Box<ProbeError>),
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error("cannot watch for SIGINT/SIGTERM/SIGHUP")]
@@ -92,6 +93,12 @@ pub enum SessionError {
     },
     #[error("the capture thread for pid {pid} panicked; the probes were detached when it unwound")]
     Panicked { pid: u32 },
+}
+
+impl From<ProbeError> for SessionError {
+    fn from(e: ProbeError) -> Self {
+        SessionError::Probe(Box::new(e))
+    }
 }
 
 /// The result of a session.

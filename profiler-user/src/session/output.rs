@@ -88,6 +88,18 @@ pub struct OwnedTickUpdate {
     pub last: bool,
 }
 
+impl OwnedTickUpdate {
+    /// Borrows it back as a [`TickUpdate`] of `timeline`.
+    pub fn as_update<'a>(&'a self, timeline: &'a Timeline) -> TickUpdate<'a> {
+        TickUpdate {
+            new_sites: &self.new_sites,
+            tick: &self.tick,
+            timeline,
+            last: self.last,
+        }
+    }
+}
+
 impl TickUpdate<'_> {
     /// Copies the update (cost: the tick's sites plus the new sites' frames).
     pub fn to_owned(&self) -> OwnedTickUpdate {
@@ -249,7 +261,7 @@ mod tests {
             alloc_bytes: b,
             alloc_count: 1,
         };
-        let new = vec![(SiteId(0), site("a")), (SiteId(1), site("b"))];
+        let new = [(SiteId(0), site("a")), (SiteId(1), site("b"))];
         let t1 = Tick {
             t_ms: 1000,
             sites: vec![(SiteId(0), stats(10)), (SiteId(1), stats(20))],
@@ -291,17 +303,5 @@ mod tests {
         );
         assert_eq!(expected.sites().len(), 2);
         assert_eq!(expected.len(), 2);
-    }
-}
-
-impl OwnedTickUpdate {
-    /// Borrows it back as a [`TickUpdate`] of `timeline`.
-    pub fn as_update<'a>(&'a self, timeline: &'a Timeline) -> TickUpdate<'a> {
-        TickUpdate {
-            new_sites: &self.new_sites,
-            tick: &self.tick,
-            timeline,
-            last: self.last,
-        }
     }
 }
