@@ -142,10 +142,8 @@ pub(super) fn run(
         warnings: Vec::new(),
         fp_cut: BTreeMap::new(),
     };
-    // The probes learn where the allocator's code is before anyone is told
-    // the session started, so calls made from then on are judged right.
-    w.note_layout();
     w.outputs.event(&SessionEvent::Attached { header });
+    w.note_layout();
     let started = Instant::now();
     let t_ms = || started.elapsed().as_millis() as u64;
 
