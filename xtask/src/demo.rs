@@ -7,8 +7,10 @@ use anyhow::{Context as _, Result};
 
 use crate::util::{build_c, build_heapscope, run, workspace_root};
 
-/// Starts the demo server, attaches heapscope for a few seconds, prints the
-/// report and writes a flame graph, then stops the server.
+/// Starts the demo server, attaches heapscope for a few seconds with the
+/// live web UI (its URL printed first), prints the report, writes a flame
+/// graph and a recording, then stops the server and says how to open the
+/// web UI on the recording; with `--serve` it keeps serving it until Ctrl-C.
 pub fn demo(args: &[String]) -> Result<()> {
     let duration = args
         .iter()
@@ -22,6 +24,15 @@ pub fn demo(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let svg = out_dir.join("demo.svg");
     let folded = out_dir.join("demo.folded");
+    let recording = out_dir.join("demo.rec");
+    // The live web UI while attached: 7878 when free, else any free port
+    // (heapscope prints the URL either way).
+    let listen = if std::net::TcpListener::bind("127.0.0.1:7878").is_ok() {
+        "127.0.0.1:7878"
+    } else {
+        "127.0.0.1:0"
+    };
+    let keep_serving = args.iter().any(|a| a == "--serve");
 
     let mut child = Command::new(&server)
         .stdout(Stdio::null())
@@ -44,7 +55,9 @@ pub fn demo(args: &[String]) -> Result<()> {
     .arg("--svg")
     .arg(&svg)
     .arg("--folded")
-    .arg(&folded);
+    .arg(&folded)
+    .args(["--serve", listen, "--record"])
+    .arg(&recording);
     if !is_root() {
         eprintln!("xtask demo: heapscope needs root to load eBPF; running it with sudo");
         let mut sudo = Command::new("sudo");
@@ -60,7 +73,16 @@ pub fn demo(args: &[String]) -> Result<()> {
         svg.display(),
         folded.display()
     );
-    Ok(())
+    let serve = format!("{} serve {}", heapscope.display(), recording.display());
+    if !keep_serving {
+        eprintln!(
+            "xtask demo: the web UI on the recording: `{serve}` (prints the URL to open; Ctrl-C stops it), \
+             or `cargo xtask demo --serve`"
+        );
+        return Ok(());
+    }
+    eprintln!("xtask demo: serving the recording until Ctrl-C");
+    run(Command::new(&heapscope).arg("serve").arg(&recording))
 }
 
 fn is_root() -> bool {

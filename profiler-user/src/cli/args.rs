@@ -101,6 +101,13 @@ pub struct CommonArgs {
     /// application (default: the target's command name).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Serve the web UI, JSON API and /metrics while attached, on ADDR
+    /// (default 127.0.0.1:7878; a non-loopback address needs --token).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = crate::server::DEFAULT_LISTEN)]
+    pub serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub serve_opts: super::serve::ServeOpts,
     /// Weight of the folded/SVG output.
     #[arg(long, value_enum, default_value = "live-bytes")]
     pub metric: MetricArg,

@@ -26,12 +26,14 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     // Bad sizes fail before the process is touched.
     args.common.map_sizes()?;
     probes::preflight(pid)?;
+    // Serves until this function returns (after the report).
+    let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
     let target = target::discover(pid, !args.common.no_prologue_skip)?;
     let probes = attach_probes(pid, &target, &args.common)?;
     let mut opts = args.common.session_options()?;
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
-    let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)))?;
+    let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)), feed)?;
     let mut result = session::run(probes, &opts, || session::process_alive(pid), outputs).await?;
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
@@ -52,6 +54,8 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         return Err(probes::ProbeError::NotPrivileged.into());
     }
     let target = target::for_command(&program, !args.common.no_prologue_skip)?;
+    // Serves until this function returns (after the report).
+    let (_server, feed) = super::serve::start_live(&args.common, None)?;
     let child = launch::spawn_suspended(&program, cmd, rest)
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.pid;
@@ -69,7 +73,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
     let mut exit_code = None;
-    let outputs = outputs(&args.common, None)?;
+    let outputs = outputs(&args.common, None, feed)?;
     let mut result = session::run(
         probes,
         &opts,
@@ -100,8 +104,15 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
 
 /// What the session reports to: the push (with `--push`), then the terminal
 /// (which shows the push counters, so it comes after it).
-fn outputs(common: &CommonArgs, announce: Option<String>) -> Result<SessionOutputs> {
+fn outputs(
+    common: &CommonArgs,
+    announce: Option<String>,
+    live: Option<crate::server::LiveFeed>,
+) -> Result<SessionOutputs> {
     let mut outputs = SessionOutputs::default();
+    if let Some(feed) = live {
+        outputs.push(feed);
+    }
     let mut terminal = Terminal::new(announce, !common.quiet);
     if let Some(opts) = common.push_options()? {
         let (push, status) = PushOutput::new(opts);

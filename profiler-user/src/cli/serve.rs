@@ -120,3 +120,26 @@ pub(super) async fn serve(args: ServeArgs) -> Result<i32> {
     eprintln!("heapscope: stopped serving");
     Ok(0)
 }
+
+/// With `--serve`: starts the live server before anything is attached (a
+/// bad address or token fails first) and prints the URL to open.
+pub(super) fn start_live(
+    common: &super::CommonArgs,
+    pid: Option<u32>,
+) -> Result<(Option<Server>, Option<server::LiveFeed>)> {
+    let Some(listen) = common.serve else {
+        return Ok((None, None));
+    };
+    let info = SessionInfo {
+        pid: pid.unwrap_or(0),
+        live: true,
+        heapscope_version: env!("CARGO_PKG_VERSION").to_string(),
+        ..SessionInfo::default()
+    };
+    let (server, feed) = common.serve_opts.start(listen, Source::Live { info })?;
+    super::note(&format!(
+        "web UI (live) at {} ; /metrics and /api/v1 need the same token",
+        server.url()
+    ));
+    Ok((Some(server), feed))
+}

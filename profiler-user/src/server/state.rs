@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::api::series::PointBuilder;
 use crate::api::SessionInfo;
 use crate::profile::{Profile, Totals};
+use crate::session::output::{SessionEvent, SessionOutput, TickUpdate};
 use crate::timeline::{MemSample, ProfileMeta, SiteInfo, Tick, Timeline, Window};
 
 use super::Source;
@@ -21,11 +22,13 @@ const FEED_QUEUE: usize = 64;
 /// further behind is told to reload (`lagged`).
 const BROADCAST_BUFFER: usize = 256;
 
-/// One tick from the session, with the call sites registered since the
-/// previous delivered update.
-pub(super) struct Update {
-    sites: Vec<SiteInfo>,
-    tick: Tick,
+/// What the session sends the server.
+pub(super) enum Update {
+    /// The session's identity, known once it has attached.
+    Info(SessionInfo),
+    /// One tick, with the call sites registered since the previous
+    /// delivered tick.
+    Tick { sites: Vec<SiteInfo>, tick: Tick },
 }
 
 /// The session's data as the server sees it.
@@ -143,23 +146,27 @@ impl Shared {
 /// as a timeline point, until the session drops its feed.
 pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Update>) {
     while let Some(u) = rx.recv().await {
-        let live_bytes: u64 = u.tick.sites.iter().map(|(_, s)| s.live_bytes).sum();
-        let live_blocks: u64 = u.tick.sites.iter().map(|(_, s)| s.live_count).sum();
+        let (sites, tick) = match u {
+            Update::Info(info) => {
+                let mut d = shared.data.write().unwrap_or_else(|e| e.into_inner());
+                d.info = info;
+                continue;
+            }
+            Update::Tick { sites, tick } => (sites, tick),
+        };
+        let live_bytes: u64 = tick.sites.iter().map(|(_, s)| s.live_bytes).sum();
+        let live_blocks: u64 = tick.sites.iter().map(|(_, s)| s.live_count).sum();
         let point = {
             let mut d = shared.data.write().unwrap_or_else(|e| e.into_inner());
-            for s in u.sites {
+            for s in sites {
                 d.timeline.add_site(s);
             }
-            let point = d.points.point_with(
-                u.tick.t_ms,
-                &u.tick.totals,
-                u.tick.mem.as_ref(),
-                live_bytes,
-                live_blocks,
-            );
-            d.last = u.tick.totals.clone();
-            d.last_mem = u.tick.mem;
-            d.timeline.push(u.tick);
+            let point =
+                d.points
+                    .point_with(tick.t_ms, &tick.totals, tick.mem.as_ref(), live_bytes, live_blocks);
+            d.last = tick.totals.clone();
+            d.last_mem = tick.mem;
+            d.timeline.push(tick);
             d.latest = None;
             point
         };
@@ -186,22 +193,56 @@ impl LiveFeed {
     pub fn tick(&mut self, new_sites: impl IntoIterator<Item = SiteInfo>, tick: &Tick) {
         let Some(tx) = &self.tx else { return };
         self.pending.extend(new_sites);
-        let update = Update {
+        let update = Update::Tick {
             sites: std::mem::take(&mut self.pending),
             tick: tick.clone(),
         };
         match tx.try_send(update) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(u)) => {
-                self.pending = u.sites;
+            Err(mpsc::error::TrySendError::Full(Update::Tick { sites, .. })) => {
+                self.pending = sites;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+            Err(mpsc::error::TrySendError::Full(Update::Info(_))) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
+        }
+    }
+
+    /// Tells the server who is profiled (sent when the session attached).
+    pub fn info(&mut self, info: SessionInfo) {
+        if let Some(tx) = &self.tx {
+            // Sent first, into an empty queue: it cannot be full.
+            let _ = tx.try_send(Update::Info(info));
         }
     }
 
     /// Ticks the server could not take.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl SessionOutput for LiveFeed {
+    fn tick(&mut self, update: &TickUpdate<'_>) {
+        LiveFeed::tick(
+            self,
+            update.new_sites.iter().map(|(_, info)| info.clone()),
+            update.tick,
+        );
+    }
+
+    fn event(&mut self, event: &SessionEvent) {
+        if let SessionEvent::Attached { header } = event {
+            self.info(SessionInfo {
+                pid: header.pid,
+                comm: header.comm.clone(),
+                start_unix_ms: header.start_unix_ms,
+                tick_ms: header.tick_ms,
+                sample_rate: header.sample_rate,
+                heapscope_version: header.heapscope_version.clone(),
+                live: true,
+                ..SessionInfo::default()
+            });
+        }
     }
 }
