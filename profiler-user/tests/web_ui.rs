@@ -60,6 +60,8 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     assert_eq!(share, "100.0%");
     b.screenshot(&shots.join("flame-search.png"));
 
+    b.js("const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input'));");
+
     // A click on the table row zooms the flame graph to that call site.
     let (x, y) = b.centre("#table tr[data-fn=\"leak_slowly\"] td");
     b.click(x, y);
@@ -93,6 +95,10 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     ));
     assert!(delta.as_f64() > Some(0.0), "delta {delta}");
     b.screenshot(&shots.join("diff.png"));
+    if std::env::var("HEAPSCOPE_BLESS").as_deref() == Ok("1") {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/web-ui.png");
+        std::fs::copy(shots.join("diff.png"), docs).expect("copy the README screenshot");
+    }
 
     // Findings and loss counters are on screen without scrolling.
     let visible = b.js(
