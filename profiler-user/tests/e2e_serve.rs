@@ -10,7 +10,6 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
 
 use common::driver::*;
 use common::serve::*;
@@ -24,7 +23,11 @@ const CLIENTS: usize = 100;
 fn sse_client(addr: String, token: String, ready: mpsc::Sender<()>) -> Vec<u64> {
     let mut s = TcpStream::connect(&addr).expect("connect");
     s.set_read_timeout(Some(HANG_GUARD)).expect("timeout");
-    write!(s, "GET /api/v1/events?token={token} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET /api/v1/events?token={token} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    )
+    .expect("send");
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).expect("status");
@@ -66,11 +69,26 @@ fn live_page_gets_ticks_and_100_clients_lose_none() {
     cmd.arg("leak");
     let fx = start_command(cmd);
     let mut hs = Command::new(heapscope());
-    hs.args(["attach", "-p", &fx.pid.to_string(), "--tick", "200ms", "--quiet"])
-        .args(["--exact", "--stacks", "fp", "--serve", "127.0.0.1:0", "--token", TOKEN])
-        .arg("--record")
-        .arg(&rec)
-        .stdout(Stdio::piped());
+    hs.args([
+        "attach",
+        "-p",
+        &fx.pid.to_string(),
+        "--tick",
+        "200ms",
+        "--quiet",
+    ])
+    .args([
+        "--exact",
+        "--stacks",
+        "fp",
+        "--serve",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+    ])
+    .arg("--record")
+    .arg(&rec)
+    .stdout(Stdio::piped());
     let mut served = start_serving(hs);
     wait_for(&served.stderr, "attached", &mut served.seen);
 
@@ -90,8 +108,14 @@ fn live_page_gets_ticks_and_100_clients_lose_none() {
         .then(|| Browser::start(&dir.join("chromium")));
     if let Some(b) = &browser {
         b.goto(&served.url);
-        b.wait("document.body.dataset.flameReady === '1'", "the live flame graph");
-        let first = b.wait("Number(document.getElementById('ticks-received').textContent)", "a tick");
+        b.wait(
+            "document.body.dataset.flameReady === '1'",
+            "the live flame graph",
+        );
+        let first = b.wait(
+            "Number(document.getElementById('ticks-received').textContent)",
+            "a tick",
+        );
         b.wait(
             &format!("Number(document.getElementById('ticks-received').textContent) > {first}"),
             "a new tick",
@@ -106,7 +130,10 @@ fn live_page_gets_ticks_and_100_clients_lose_none() {
     writeln!(stdin, "go").expect("go");
     wait_for(&lines, "done", &mut Vec::new());
     if let Some(b) = &browser {
-        b.wait("document.getElementById('table').innerText.includes('leak_slowly')", "the leak live");
+        b.wait(
+            "document.getElementById('table').innerText.includes('leak_slowly')",
+            "the leak live",
+        );
         b.screenshot(&screenshot_dir().join("live.png"));
     }
     drop(browser);

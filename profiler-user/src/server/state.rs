@@ -161,9 +161,13 @@ pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Up
             for s in sites {
                 d.timeline.add_site(s);
             }
-            let point =
-                d.points
-                    .point_with(tick.t_ms, &tick.totals, tick.mem.as_ref(), live_bytes, live_blocks);
+            let point = d.points.point_with(
+                tick.t_ms,
+                &tick.totals,
+                tick.mem.as_ref(),
+                live_bytes,
+                live_blocks,
+            );
             d.last = tick.totals.clone();
             d.last_mem = tick.mem;
             d.timeline.push(tick);
