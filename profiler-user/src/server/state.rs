@@ -250,3 +250,63 @@ impl SessionOutput for LiveFeed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Frame, SiteStats};
+    use crate::timeline::SiteId;
+
+    fn site(name: &str) -> SiteInfo {
+        SiteInfo {
+            frames: vec![Frame::function(name, "a.out")],
+            api: "malloc",
+        }
+    }
+
+    fn tick(t_ms: u64, n: u32) -> Tick {
+        let stats = SiteStats {
+            live_bytes: 8,
+            live_count: 1,
+            alloc_bytes: 8,
+            alloc_count: 1,
+        };
+        Tick {
+            t_ms,
+            sites: (0..n).map(|i| (SiteId(i), stats.clone())).collect(),
+            ..Tick::default()
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_ticks_counts_them_and_keeps_their_sites() {
+        let info = SessionInfo::default();
+        let (shared, rx) = Shared::new(Source::Live { info }, "t".into(), 1, 10);
+        let mut rx = rx.expect("a live source has a feed");
+        let mut feed = shared.feed();
+        feed.tick([site("a")], &tick(0, 1));
+        for t in 1..FEED_QUEUE as u64 {
+            feed.tick([], &tick(t, 1));
+        }
+        assert_eq!(feed.dropped(), 0);
+        // The queue is full: this tick and its new site wait.
+        feed.tick([site("b")], &tick(100, 2));
+        assert_eq!(feed.dropped(), 1);
+        let mut sites = Vec::new();
+        while let Ok(u) = rx.try_recv() {
+            if let Update::Tick { sites: s, .. } = u {
+                sites.extend(s);
+            }
+        }
+        assert_eq!(sites, vec![site("a")]);
+        feed.tick([site("c")], &tick(101, 3));
+        match rx.try_recv() {
+            Ok(Update::Tick { sites, tick }) => {
+                assert_eq!(sites, vec![site("b"), site("c")], "ids stay aligned");
+                assert_eq!(tick.t_ms, 101);
+            }
+            _ => panic!("the next tick goes through"),
+        }
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+    }
+}
