@@ -265,3 +265,104 @@ pub fn diff_doc(
         root: root.finish("all".to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Frame, Site};
+
+    fn at(name: &str, line: u32) -> Frame {
+        Frame::Function {
+            name: name.into(),
+            module: "m".into(),
+            file: Some("/src/a.c".into()),
+            line: Some(line),
+            inlined: false,
+            pc: None,
+        }
+    }
+
+    fn site(frames: Vec<Frame>, live: u64, allocs: u64) -> Site {
+        Site {
+            frames,
+            api: "malloc",
+            stats: SiteStats {
+                live_bytes: live,
+                live_count: live / 8,
+                alloc_bytes: live,
+                alloc_count: allocs,
+            },
+        }
+    }
+
+    const ALL: WindowJson = WindowJson {
+        start_ms: None,
+        end_ms: None,
+    };
+
+    #[test]
+    fn tree_sums_sites_and_keeps_agreeing_locations() {
+        let p = Profile {
+            sites: vec![
+                site(vec![at("main", 1), at("leak", 10)], 800, 100),
+                site(vec![at("main", 2), at("leak", 10)], 80, 10),
+                site(vec![at("main", 2), at("churn", 20)], 0, 5),
+            ],
+            ..Profile::default()
+        };
+        let doc = profile_doc(&p, Metric::LiveBytes, ALL, true);
+        assert_eq!(doc.sites, 2, "churn has no live bytes");
+        assert_eq!(doc.root.live_bytes, 880);
+        let main = &doc.root.children[0];
+        assert_eq!((main.name.as_str(), main.loc.as_deref()), ("main", None));
+        let leak = &main.children[0];
+        assert_eq!(leak.loc.as_deref(), Some("a.c:10"));
+        assert_eq!(leak.children[0].name, "malloc");
+        assert_eq!(leak.children[0].live_bytes, 880);
+        let doc = profile_doc(&p, Metric::Allocs, ALL, true);
+        assert_eq!(doc.root.allocs, 115);
+        assert_eq!(doc.root.children[0].children.len(), 2);
+    }
+
+    #[test]
+    fn diff_marks_new_and_gone_and_ranks_changes() {
+        let base = Profile {
+            sites: vec![
+                site(vec![at("main", 1), at("old", 1)], 500, 1),
+                site(vec![at("main", 1), at("grow", 1)], 100, 1),
+            ],
+            ..Profile::default()
+        };
+        let win = Profile {
+            sites: vec![
+                site(vec![at("main", 1), at("grow", 1)], 1000, 1),
+                site(vec![at("main", 1), at("fresh", 1)], 50, 1),
+            ],
+            ..Profile::default()
+        };
+        let d = diff_doc(&base, &win, (ALL, ALL), true, 10);
+        assert_eq!((d.before_total, d.after_total), (600, 1050));
+        let names: Vec<(&str, i64, bool, bool)> = d
+            .changes
+            .iter()
+            .map(|c| (c.frames[1].as_str(), c.delta, c.new, c.gone))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("grow", 900, false, false),
+                ("old", -500, false, true),
+                ("fresh", 50, true, false)
+            ]
+        );
+        let main = &d.root.children[0];
+        let fresh = main
+            .children
+            .iter()
+            .find(|c| c.name == "fresh")
+            .expect("fresh");
+        assert!(fresh.new && !fresh.gone);
+        let old = main.children.iter().find(|c| c.name == "old").expect("old");
+        assert!(old.gone && old.after == 0);
+    }
+}
