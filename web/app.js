@@ -273,6 +273,9 @@ function listen() {
     // At most one refresh of the profile per second.
     if (!state.refreshTimer) state.refreshTimer = setTimeout(() => refreshLive().catch(showError), 1000);
   });
+  // The session ended (or the server stopped): say so; the browser retries.
+  es.onerror = () => { $("mode").textContent = "live · disconnected (session ended?)"; };
+  es.onopen = () => renderHeader(state.meta, null);
   es.addEventListener("lagged", () => api("api/v1/timeline").then((t) => chart.setPoints(t.points)).catch(showError));
 }
 
