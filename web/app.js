@@ -208,7 +208,9 @@ function renderCounters(meta) {
   $("s-lost").textContent = exact(totalLost);
   $("lost").classList.toggle("bad", totalLost > 0);
   $("lost").title = lost.map((c) => `${c.id}: ${c.value}`).join("\n");
-  $("counters").innerHTML = '<div class="counters">' + meta.counters.map((c) =>
+  // Lost counters first: they say whether the other numbers are complete.
+  const ordered = lost.concat(meta.counters.filter((c) => c.section !== "lost"));
+  $("counters").innerHTML = '<div class="counters">' + ordered.map((c) =>
     `<span class="${c.section === "lost" ? "lostrow" : ""}" title="${esc(c.help)}">${c.section === "lost" ? "lost: " : ""}${esc(c.id.replace(/_/g, " "))}</span>` +
     `<span class="${c.value ? "nz" : ""}" id="counter-${c.id}">${exact(c.value)}</span>`).join("") +
     (meta.server_dropped_ticks ? `<span class="lostrow">lost: ticks the server dropped</span><span class="nz">${meta.server_dropped_ticks}</span>` : "") + "</div>";

@@ -103,7 +103,7 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
     // Findings and loss counters are on screen without scrolling.
     let visible = b.js(
         "const f = document.getElementById('findings').getBoundingClientRect(); \
-         const b = document.getElementById('findings-box').getBoundingClientRect(); \
+         const b = document.getElementById('counters-box').getBoundingClientRect(); \
          const c = document.getElementById('counter-ringbuf_lost').getBoundingClientRect(); \
          return f.bottom <= innerHeight && c.bottom <= b.bottom && c.top >= b.top && b.bottom <= innerHeight;",
     );
