@@ -51,10 +51,12 @@ pub enum CounterId {
     AllocatorFrees = 17,
     AllocatorMapped = 18,
     AllocatorUnmapped = 19,
+    ExecReleased = 20,
+    ExecReleasedBytes = 21,
 }
 
 /// Number of counters (and of recording slots).
-pub const COUNTER_COUNT: usize = 20;
+pub const COUNTER_COUNT: usize = 22;
 
 impl CounterId {
     /// The slot in a recording's totals (the stable id).
@@ -157,6 +159,22 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
             "Bytes unmapped by the allocator itself.",
             C,
             &[counter::ALLOCATOR_UNMAPPED],
+        ),
+        row(
+            I::ExecReleased,
+            "exec_released",
+            "released by exec (old image's live blocks, in frees)",
+            "Live blocks and mappings of a program image that exec replaced, counted as freed.",
+            C,
+            &[],
+        ),
+        row(
+            I::ExecReleasedBytes,
+            "exec_released_bytes",
+            "bytes released by exec (in freed bytes)",
+            "Bytes of a program image that exec replaced, counted as freed.",
+            C,
+            &[],
         ),
         row(I::LiveMapFull, "live_map_full", "live map full", "Allocations not tracked: live map full.", L, &[counter::LIVE_MAP_FULL]),
         row(
@@ -266,6 +284,8 @@ mod tests {
             "allocator_frees",
             "allocator_mapped_bytes",
             "allocator_unmapped_bytes",
+            "exec_released",
+            "exec_released_bytes",
         ];
         for d in COUNTERS {
             assert_eq!(names[d.id.slot()], d.name);

@@ -216,6 +216,8 @@ pub enum EventKind {
     Sample = 100,
     /// A [`SampledFree`].
     SampledFree = 101,
+    /// A [`ProcEvent`]: a profiled process exec'd a new program.
+    Exec = 102,
 }
 
 impl EventKind {
@@ -227,6 +229,7 @@ impl EventKind {
             EventKind::Munmap,
             EventKind::Sample,
             EventKind::SampledFree,
+            EventKind::Exec,
         ]
         .into_iter()
         .find(|k| *k as u32 == v)
@@ -301,6 +304,21 @@ pub struct SampledFree {
     pub ptr: u64,
     pub ts_ns: u64,
 }
+
+/// A profiled process changed: it exec'd ([`EventKind::Exec`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub kind: u32,
+    /// The process (its pid after the exec).
+    pub tgid: u32,
+    /// When it happened (`bpf_ktime_get_ns`, as `LiveAlloc::ts_ns`): live
+    /// blocks older than this belong to the old image.
+    pub ts_ns: u64,
+}
+
+/// Processes profiled at once (the `PROFILED` map).
+pub const MAX_PROFILED: u32 = 4096;
 
 /// Size of the lookup tables shared with userspace (see `tables`).
 pub const TABLE_LEN: u32 = 1024;
@@ -392,6 +410,7 @@ const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
@@ -468,6 +487,7 @@ mod tests {
             EventKind::Munmap,
             EventKind::Sample,
             EventKind::SampledFree,
+            EventKind::Exec,
         ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }

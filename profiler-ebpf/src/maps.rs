@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter, defaults, Inflight, LiveAlloc, LiveKey, SiteCounters, SiteKey, StackMode,
-    ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, TABLE_LEN,
+    ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, MAX_PROFILED, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -108,3 +108,8 @@ pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(2 * ALLOC_TEX
 #[map]
 pub(crate) static ALLOC_INTERNAL: Array<u64> =
     Array::with_max_entries(2 * ALLOC_INTERNAL_RANGES, 0);
+
+/// The processes being profiled (tgid → 1), set by userspace: process
+/// tracepoints only report these.
+#[map]
+pub(crate) static PROFILED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROFILED, 0);

@@ -193,6 +193,10 @@ pub struct Totals {
     pub allocator_mapped: u64,
     /// Bytes the allocator unmapped outside program calls.
     pub allocator_unmapped: u64,
+    /// Live blocks (and mappings) of an image that exec replaced; included in `frees`.
+    pub exec_released: u64,
+    /// Their bytes; included in `free_bytes`.
+    pub exec_released_bytes: u64,
 }
 
 impl Totals {
@@ -221,6 +225,8 @@ impl Totals {
             CounterId::AllocatorFrees => self.allocator_frees,
             CounterId::AllocatorMapped => self.allocator_mapped,
             CounterId::AllocatorUnmapped => self.allocator_unmapped,
+            CounterId::ExecReleased => self.exec_released,
+            CounterId::ExecReleasedBytes => self.exec_released_bytes,
         }
     }
 
@@ -247,6 +253,8 @@ impl Totals {
             CounterId::AllocatorFrees => &mut self.allocator_frees,
             CounterId::AllocatorMapped => &mut self.allocator_mapped,
             CounterId::AllocatorUnmapped => &mut self.allocator_unmapped,
+            CounterId::ExecReleased => &mut self.exec_released,
+            CounterId::ExecReleasedBytes => &mut self.exec_released_bytes,
         };
         *field = v;
     }
@@ -387,6 +395,8 @@ mod counter_table_tests {
             allocator_frees,
             allocator_mapped,
             allocator_unmapped,
+            exec_released,
+            exec_released_bytes,
         } = t;
         let mut fields = vec![
             allocs,
@@ -409,6 +419,8 @@ mod counter_table_tests {
             allocator_frees,
             allocator_mapped,
             allocator_unmapped,
+            exec_released,
+            exec_released_bytes,
         ];
         fields.sort_unstable();
         let expected: Vec<u64> = (1..=COUNTERS.len() as u64).collect();

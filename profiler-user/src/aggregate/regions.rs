@@ -78,6 +78,17 @@ impl RegionTracker {
         }
     }
 
+    /// The process exec'd: its old address space is gone with every region.
+    /// Returns the regions and bytes released.
+    pub fn release_all(&mut self) -> (u64, u64) {
+        let starts: Vec<(u64, u64)> = self.regions.iter().map(|(s, r)| (*s, r.end - s)).collect();
+        let mut bytes = 0;
+        for (start, len) in &starts {
+            bytes += self.remove_range(*start, *len);
+        }
+        (starts.len() as u64, bytes)
+    }
+
     /// Totals per owning stack id.
     pub fn stats(&self) -> &HashMap<StackRef, RegionStats> {
         &self.stats
@@ -144,6 +155,20 @@ impl RegionTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_all_frees_every_region() {
+        let mut t = RegionTracker::default();
+        t.mmap(0x10000, 5000, StackRef::Kernel(1));
+        t.mmap(0x40000, 4096, StackRef::Kernel(2));
+        assert_eq!(t.release_all(), (2, 8192 + 4096));
+        assert!(t
+            .stats()
+            .values()
+            .all(|s| s.live_bytes == 0 && s.live_count == 0));
+        assert_eq!(t.stats()[&StackRef::Kernel(1)].alloc_bytes, 8192);
+        assert_eq!(t.untracked, 0);
+    }
 
     fn live(t: &RegionTracker, id: i32) -> (u64, u64) {
         t.stats()

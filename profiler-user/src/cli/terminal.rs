@@ -117,6 +117,7 @@ impl SessionOutput for Terminal {
                 "{stacks} stacks unwound, {:.1} µs each; stop reasons: {stops:?}",
                 time.as_secs_f64() * 1e6 / (*stacks).max(1) as f64,
             )),
+            SessionEvent::Exec(x) => note(&x.describe()),
             SessionEvent::Stopped { reason } => {
                 note(&format!("stopped: {}", reason.describe()));
                 for w in self.warnings.drain(..) {

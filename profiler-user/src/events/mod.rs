@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
-use profiler_common::{AllocKind, EventKind, MapEvent, SampleHeader, SampledFree};
+use profiler_common::{AllocKind, EventKind, MapEvent, ProcEvent, SampleHeader, SampledFree};
 
 use crate::aggregate::regions::RegionTracker;
 use crate::aggregate::samples::SampleTable;
@@ -20,6 +20,7 @@ pub enum Event<'a> {
     Map(MapEvent),
     Sample(SampleHeader, &'a [u8]),
     SampledFree(SampledFree),
+    Exec(ProcEvent),
 }
 
 fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -43,6 +44,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
             Some(Event::Sample(h, stack))
         }
         EventKind::SampledFree => read_pod(bytes).map(Event::SampledFree),
+        EventKind::Exec => read_pod(bytes).map(Event::Exec),
         EventKind::Mmap | EventKind::Munmap | EventKind::Mremap => read_pod(bytes).map(Event::Map),
     }
 }
@@ -58,6 +60,18 @@ pub struct EventSink<'a> {
     /// (a library loaded, or the command just exec'd); once per drain.
     pub refresh: &'a mut dyn FnMut() -> Option<MemoryMap>,
     pub refreshed: bool,
+    /// Execs of profiled processes, handled by the session after the drain
+    /// (it needs the live map).
+    pub execs: &'a mut Vec<ExecSeen>,
+}
+
+/// An exec seen in the event stream, with the mapped regions of the old
+/// image released at that point of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecSeen {
+    pub ev: ProcEvent,
+    pub regions: u64,
+    pub region_bytes: u64,
 }
 
 /// Applies one mmap-family event (frame-pointer mode: the owner is a kernel stack id).
@@ -78,6 +92,16 @@ impl EventSink<'_> {
             Event::Map(m) => apply_map(&m, self.regions),
             Event::SampledFree(f) => {
                 self.samples.free(f.tgid, f.ptr);
+                true
+            }
+            Event::Exec(ev) => {
+                // Regions mapped after this point belong to the new image.
+                let (regions, region_bytes) = self.regions.release_all();
+                self.execs.push(ExecSeen {
+                    ev,
+                    regions,
+                    region_bytes,
+                });
                 true
             }
             Event::Sample(h, stack) => {
@@ -429,6 +453,7 @@ mod tests {
             }
         }
         let mut refresh = || None;
+        let mut execs = Vec::new();
         let mut sink = EventSink {
             regions: &mut regions,
             samples: &mut samples,
@@ -437,6 +462,7 @@ mod tests {
             files: &NoFiles,
             refresh: &mut refresh,
             refreshed: false,
+            execs: &mut execs,
         };
         let mut batches = 0;
         let mut applied_before = 0;

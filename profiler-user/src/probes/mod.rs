@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod identify;
 pub mod internals;
+pub mod procs;
 pub mod prologue;
 pub mod target;
 
@@ -72,6 +73,17 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+}
+
+/// The causes below an error, for a one-line message.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
 }
 
 /// What the attached programs do.
@@ -221,6 +233,9 @@ pub struct Probes {
     internal: Vec<internals::InternalCode>,
     /// The trampoline page and text ranges last written to the eBPF side.
     layout: Vec<u64>,
+    /// The exec tracepoint, or why it could not be attached (then an exec
+    /// of the target goes unnoticed, and the session says so).
+    exec_watch: Result<aya::programs::raw_trace_point::RawTracePointLinkId, String>,
 }
 
 /// The one entry program: the attach cookie tells it which row of the
@@ -313,6 +328,11 @@ impl Probes {
                 _ => ProbeError::Load(e),
             })?;
         fill_tables(&mut ebpf)?;
+        // The exec watch goes in before the probes: an exec while they go in
+        // still releases the old image's blocks.
+        let exec_watch = procs::profile_pid(&mut ebpf, pid)
+            .and_then(|()| procs::watch_exec(&mut ebpf))
+            .map_err(|e| format!("{e}: {}", source_chain(&e)));
         let mut links = Vec::new();
         let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), ProbeError> {
             let prog: &mut UProbe = ebpf
@@ -377,6 +397,7 @@ impl Probes {
             modules: target.modules.clone(),
             internal: target.internal.clone(),
             layout: Vec::new(),
+            exec_watch,
         })
     }
 
@@ -435,6 +456,11 @@ impl Probes {
         Ok(dropped)
     }
 
+    /// Why exec of the target cannot be noticed, if it cannot.
+    pub fn exec_watch_error(&self) -> Option<&str> {
+        self.exec_watch.as_ref().err().map(String::as_str)
+    }
+
     /// Number of attached probes (entry + return).
     pub fn probe_count(&self) -> usize {
         self.links.len()
@@ -454,6 +480,12 @@ impl Probes {
                     }
                 }
                 None => errors.push(format!("detaching {name}: program missing")),
+            }
+        }
+        let watch = std::mem::replace(&mut self.exec_watch, Err("detached".into()));
+        if let Ok(id) = watch {
+            if let Err(e) = procs::unwatch_exec(&mut self.ebpf, id) {
+                errors.push(e);
             }
         }
         errors

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::aggregate::{self, regions::RegionTracker, samples::SampleTable, RawSnapshot};
 use aya::maps::{MapData, RingBuf};
 
-use crate::events::{DrainLimits, EventReader, EventSink};
+use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::target::in_root;
 use crate::probes::{ProbeError, Probes};
 use crate::process::maps::MemoryMap;
@@ -39,6 +39,13 @@ pub struct Capture {
     /// False until a non-empty memory map of the target was read.
     pub have_maps: bool,
     pub comm: String,
+    /// The name before the last change `refresh` saw: an exec is read from
+    /// the ring after the new name may already be in /proc.
+    prev_comm: Option<String>,
+    /// Execs seen in the event stream and not yet applied to the live map.
+    pending_execs: Vec<ExecSeen>,
+    /// What execs released so far.
+    pub execs: super::exec::ExecReleases,
 }
 
 fn read_comm(pid: u32) -> Option<String> {
@@ -64,6 +71,9 @@ impl Capture {
             have_maps: maps.is_some(),
             maps: maps.unwrap_or_default(),
             comm: read_comm(pid).unwrap_or_default(),
+            prev_comm: None,
+            pending_execs: Vec::new(),
+            execs: super::exec::ExecReleases::default(),
         }
     }
 
@@ -75,7 +85,9 @@ impl Capture {
             self.have_maps = true;
         }
         if let Some(c) = read_comm(self.pid) {
-            self.comm = c;
+            if c != self.comm {
+                self.prev_comm = Some(std::mem::replace(&mut self.comm, c));
+            }
         }
     }
 
@@ -93,22 +105,65 @@ impl Capture {
             files: &files,
             refresh: &mut refresh,
             refreshed: false,
+            execs: &mut self.pending_execs,
         };
         self.events.drain(&mut sink, max_batches)
+    }
+
+    /// Applies the execs seen by the last drains: the old image's live
+    /// blocks leave the live map as "released by exec", and the new
+    /// program's map and name are read. Returns what happened, one note per
+    /// exec; `t_ms` is the session's clock.
+    pub fn apply_execs(
+        &mut self,
+        probes: &mut Probes,
+        t_ms: u64,
+    ) -> Result<Vec<super::exec::ExecNote>, ProbeError> {
+        let mut notes = Vec::new();
+        for seen in std::mem::take(&mut self.pending_execs) {
+            let (blocks, bytes) =
+                super::exec::release(&mut probes.ebpf, &seen, &mut self.samples, &mut self.execs)?;
+            // The old map would resolve the new program's addresses wrongly.
+            self.refresh();
+            let old_comm = self.prev_comm.take().unwrap_or_else(|| self.comm.clone());
+            let note = super::exec::ExecNote {
+                pid: seen.ev.tgid,
+                t_ms,
+                old_comm,
+                new_comm: self.comm.clone(),
+                blocks,
+                bytes,
+            };
+            self.execs.notes.push(note.clone());
+            notes.push(note);
+        }
+        Ok(notes)
     }
 
     /// Drains pending events (at most [`TICK_DRAIN_BATCHES`] batches: a
     /// flooded ring must not hold the tick back) and reads the kernel's
     /// counters into one raw snapshot.
-    pub fn snapshot(&mut self, probes: &Probes) -> Result<RawSnapshot, ProbeError> {
+    /// Execs among them are applied first (see [`Capture::apply_execs`]),
+    /// their notes returned; what they released counts as freed.
+    pub fn snapshot(
+        &mut self,
+        probes: &mut Probes,
+        t_ms: u64,
+    ) -> Result<(RawSnapshot, Vec<super::exec::ExecNote>), ProbeError> {
         self.drain(TICK_DRAIN_BATCHES);
+        let notes = self.apply_execs(probes, t_ms)?;
         let counters = aggregate::read_counters(&probes.ebpf)?;
-        let sites = aggregate::read_sites(&probes.ebpf)?;
-        Ok(aggregate::merge(
-            &sites,
-            &self.samples,
-            &counters,
-            &self.regions,
-        ))
+        let mut sites = aggregate::read_sites(&probes.ebpf)?;
+        self.execs.apply_to_sites(&mut sites);
+        let mut snap = aggregate::merge(&sites, &self.samples, &counters, &self.regions);
+        // Released live-map blocks are frees; released regions are already
+        // frees of the region tracker.
+        let t = &mut snap.totals;
+        let x = &self.execs;
+        t.frees += x.blocks;
+        t.free_bytes += x.bytes;
+        t.exec_released = x.blocks + x.regions;
+        t.exec_released_bytes = x.bytes + x.region_bytes;
+        Ok((snap, notes))
     }
 }

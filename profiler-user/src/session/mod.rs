@@ -10,6 +10,7 @@
 pub mod ages;
 pub mod capture;
 pub mod control;
+pub mod exec;
 pub mod output;
 pub mod publish;
 pub mod recording;

@@ -132,6 +132,9 @@ pub enum SessionEvent {
         /// Stacks per reason the unwind stopped.
         stops: BTreeMap<UnwindStop, u64>,
     },
+    /// A profiled process exec'd another program: the old image's live
+    /// blocks were released (sent when the session applies it).
+    Exec(super::exec::ExecNote),
     /// The session ended (sent last, after the probes were detached).
     Stopped { reason: StopReason },
 }

@@ -52,6 +52,20 @@ impl Worker {
         }
     }
 
+    /// Sends the execs applied.
+    fn execs(&mut self, notes: Vec<super::exec::ExecNote>) {
+        for n in notes {
+            self.outputs.event(&SessionEvent::Exec(n));
+        }
+    }
+
+    /// Drains, applies execs and reads one raw snapshot.
+    fn snapshot(&mut self, t_ms: u64) -> Result<RawSnapshot, SessionError> {
+        let (snap, notes) = self.cap.snapshot(&mut self.probes, t_ms)?;
+        self.execs(notes);
+        Ok(snap)
+    }
+
     fn note_layout(&mut self) {
         let msg = match self.probes.note_layout(&self.cap.maps) {
             Ok(0) => return,
@@ -169,12 +183,17 @@ pub(super) fn run(
             if let Err(e) = crate::aggregate::prune_inflight(&mut w.probes.ebpf, pid) {
                 w.warn(format!("pruning per-thread state: {e}"));
             }
-            let snap = w.cap.snapshot(&w.probes)?;
-            w.tick(t_ms(), &snap, false)?;
+            let now = t_ms();
+            let snap = w.snapshot(now)?;
+            w.tick(now, &snap, false)?;
             more = true;
             continue;
         }
         more = ring_ready && w.cap.drain(1);
+        match w.cap.apply_execs(&mut w.probes, t_ms()) {
+            Ok(notes) => w.execs(notes),
+            Err(e) => w.warn(format!("releasing the blocks of an exec'd image: {e}")),
+        }
     };
 
     if stop != StopReason::TargetExited {
@@ -184,8 +203,8 @@ pub(super) fn run(
     // takes a while (one probe at a time), and calls made meanwhile would see
     // some probes and not others (entries without returns, frees of
     // allocations never seen). What happens during the detach is not counted.
-    let snap = w.cap.snapshot(&w.probes)?;
     let end_ms = t_ms();
+    let snap = w.snapshot(end_ms)?;
     w.tick(end_ms, &snap, true)?;
     let unread = w.cap.events.discard_rest(MAX_UNREAD_COUNT);
     if let Some(problem) = w.outputs.finish(end_ms) {
@@ -198,6 +217,13 @@ pub(super) fn run(
             (Vec::new(), 0)
         }
     };
+    if let Some(e) = w.probes.exec_watch_error() {
+        let msg = format!(
+            "an exec of pid {pid} cannot be noticed (the sched_process_exec tracepoint \
+             did not attach: {e}); after an exec the old program's blocks would stay live"
+        );
+        w.warn(msg);
+    }
     for e in w.probes.detach() {
         w.warn(e);
     }
@@ -246,7 +272,7 @@ pub(super) fn run(
         timeline: w.timeline,
         meta: ProfileMeta {
             pid,
-            comm: w.cap.comm.clone(),
+            comm: w.cap.execs.program_names(&w.cap.comm),
             sample_rate: opts.sample_rate,
             allocator: opts.allocator.clone(),
             allocator_notes: opts.allocator_notes.clone(),

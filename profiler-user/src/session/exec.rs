@@ -1,0 +1,203 @@
+//! Exec of a profiled process: the old image's live blocks are gone with its
+//! address space. They are taken out of the live map and counted as
+//! "released by exec" (as frees, so allocated − freed stays the live heap),
+//! and the change of program is kept for the report.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Ebpf;
+use profiler_common::{LiveAlloc, LiveKey, SiteCounters, SiteKey, STACK_UNSAMPLED, STACK_USER};
+
+use crate::aggregate::samples::SampleTable;
+use crate::events::ExecSeen;
+use crate::probes::ProbeError;
+
+/// One exec of a profiled process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecNote {
+    pub pid: u32,
+    /// Milliseconds since attach when the session noticed it.
+    pub t_ms: u64,
+    pub old_comm: String,
+    pub new_comm: String,
+    /// Live blocks (and mapped regions) of the old image released.
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl ExecNote {
+    /// One line for the report and the status output.
+    pub fn describe(&self) -> String {
+        format!(
+            "pid {} exec'd at {:.1}s: {} → {}; {} live blocks ({} B) of the old image released by exec",
+            self.pid,
+            self.t_ms as f64 / 1000.0,
+            self.old_comm,
+            self.new_comm,
+            self.blocks,
+            self.bytes
+        )
+    }
+}
+
+/// Everything released by execs so far.
+#[derive(Clone, Debug, Default)]
+pub struct ExecReleases {
+    /// Per kernel call site: the released blocks as frees (estimates, as the
+    /// site counters hold them).
+    pub sites: BTreeMap<SiteKey, SiteCounters>,
+    /// Live-map blocks released (not counting regions: those are unmapped
+    /// in the region tracker, which counts them as frees itself).
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Regions released.
+    pub regions: u64,
+    pub region_bytes: u64,
+    pub notes: Vec<ExecNote>,
+}
+
+impl ExecReleases {
+    /// The program names in order ("old → new") when the process exec'd,
+    /// else `current`.
+    pub fn program_names(&self, current: &str) -> String {
+        match self.notes.first() {
+            None => current.to_string(),
+            Some(first) => {
+                let mut names = vec![first.old_comm.as_str()];
+                names.extend(self.notes.iter().map(|n| n.new_comm.as_str()));
+                names.join(" → ")
+            }
+        }
+    }
+
+    /// Adds the released blocks to the kernel site counters as frees.
+    pub fn apply_to_sites(&self, sites: &mut BTreeMap<SiteKey, SiteCounters>) {
+        for (key, r) in &self.sites {
+            let c = sites.entry(*key).or_default();
+            c.free_bytes += r.free_bytes;
+            c.free_count += r.free_count;
+        }
+    }
+}
+
+/// The live blocks of `pid` allocated before `before_ns` (the old image's):
+/// pure selection, so it is testable without a kernel.
+pub fn old_image_blocks<'a>(
+    entries: impl Iterator<Item = (LiveKey, LiveAlloc)> + 'a,
+    pid: u32,
+    before_ns: u64,
+) -> impl Iterator<Item = (LiveKey, LiveAlloc)> + 'a {
+    entries.filter(move |(k, a)| k.tgid == pid && a.ts_ns < before_ns)
+}
+
+/// Releases the old image's live blocks of one exec from the kernel's live
+/// map into `out`. Returns the blocks and bytes released.
+pub fn release(
+    ebpf: &mut Ebpf,
+    seen: &ExecSeen,
+    samples: &mut SampleTable,
+    out: &mut ExecReleases,
+) -> Result<(u64, u64), ProbeError> {
+    let name = "LIVE";
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut live: BpfHashMap<&mut MapData, LiveKey, LiveAlloc> =
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    let old: Vec<(LiveKey, LiveAlloc)> = old_image_blocks(
+        live.iter().filter_map(Result::ok),
+        seen.ev.tgid,
+        seen.ev.ts_ns,
+    )
+    .collect();
+    let (mut blocks, mut bytes) = (0, 0);
+    for (key, a) in old {
+        // Gone already: the new image freed a block at the same address,
+        // and the free was counted then.
+        if live.remove(&key).is_err() {
+            continue;
+        }
+        blocks += 1;
+        bytes += a.size;
+        match a.stack_id {
+            STACK_UNSAMPLED => {}
+            STACK_USER => samples.free(key.tgid, key.ptr),
+            stack_id => {
+                let c = out.sites.entry(SiteKey {
+                    stack_id,
+                    kind: a.kind,
+                });
+                let c = c.or_default();
+                c.free_bytes += a.est_bytes;
+                c.free_count += a.est_count;
+            }
+        }
+    }
+    out.blocks += blocks;
+    out.bytes += bytes;
+    out.regions += seen.regions;
+    out.region_bytes += seen.region_bytes;
+    Ok((blocks + seen.regions, bytes + seen.region_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tgid: u32, ptr: u64, ts_ns: u64) -> (LiveKey, LiveAlloc) {
+        (
+            LiveKey { tgid, _pad: 0, ptr },
+            LiveAlloc {
+                size: 100,
+                ts_ns,
+                stack_id: 1,
+                kind: 0,
+                est_bytes: 100,
+                est_count: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn only_the_exec_processes_older_blocks_are_the_old_image() {
+        let all = vec![
+            entry(7, 0x10, 100),
+            entry(7, 0x20, 200),
+            entry(8, 0x30, 100),
+            entry(7, 0x40, 300),
+        ];
+        let old: Vec<u64> = old_image_blocks(all.into_iter(), 7, 250)
+            .map(|(k, _)| k.ptr)
+            .collect();
+        assert_eq!(old, vec![0x10, 0x20]);
+    }
+
+    #[test]
+    fn released_blocks_count_as_site_frees() {
+        let mut r = ExecReleases::default();
+        let key = SiteKey {
+            stack_id: 3,
+            kind: 0,
+        };
+        r.sites.insert(
+            key,
+            SiteCounters {
+                free_bytes: 500,
+                free_count: 5,
+                ..SiteCounters::default()
+            },
+        );
+        let mut sites = BTreeMap::new();
+        sites.insert(
+            key,
+            SiteCounters {
+                alloc_bytes: 800,
+                alloc_count: 8,
+                free_bytes: 100,
+                free_count: 1,
+            },
+        );
+        r.apply_to_sites(&mut sites);
+        assert_eq!(sites[&key].free_bytes, 600);
+        assert_eq!(sites[&key].free_count, 6);
+    }
+}

@@ -1,0 +1,107 @@
+//! End-to-end: process changes under heapscope. A target that execs from
+//! its main thread: the old image's blocks are released by the exec (never
+//! "live" under the new program), the new program's are profiled, and both
+//! names are reported.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+
+use common::driver::{attach, finish, interrupt, start_command, wait_for, Fixture};
+use common::{by_site, counter, fixture, parse_folded, root_or_skip, scratch};
+
+/// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
+fn headline_live_bytes(report: &str) -> Option<u64> {
+    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
+    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
+    inner.replace(',', "").parse().ok()
+}
+
+#[test]
+fn exec_from_the_main_thread_releases_the_old_image_fp() {
+    if !root_or_skip("exec_from_the_main_thread_releases_the_old_image_fp") {
+        return;
+    }
+    exec_main(&["--exact", "--stacks", "fp"]);
+}
+
+#[test]
+fn exec_from_the_main_thread_releases_the_old_image_dwarf() {
+    if !root_or_skip("exec_from_the_main_thread_releases_the_old_image_dwarf") {
+        return;
+    }
+    exec_main(&["--exact", "--stacks", "dwarf"]);
+}
+
+fn exec_main(flags: &[&str]) {
+    let bin = fixture("exec_leak", "fp", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    let dir = scratch(&format!("exec_main_{}", flags.join("_")));
+    // The new program is this one under another name: its own comm.
+    let link = dir.join("after_exec");
+    std::os::unix::fs::symlink(&bin, &link).expect("link the new program");
+    let folded = dir.join("live.folded");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&link);
+    let fx = start_command(cmd);
+    let mut args = flags.to_vec();
+    args.extend(["--folded", folded.to_str().expect("utf8")]);
+    let a = attach(fx.pid, &args);
+    let Fixture {
+        mut child,
+        mut stdin,
+        lines,
+        ..
+    } = fx;
+    writeln!(stdin, "go").expect("signal fixture");
+    let done = wait_for(&lines, "done", &mut Vec::new());
+    let num = |key: &str| -> u64 {
+        done.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .expect("fixture prints old=N new=N")
+    };
+    let (old, new) = (num("old="), num("new="));
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(stdin, "exit").expect("release fixture");
+    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+
+    // Every block of the old image was released by the exec, none by a free.
+    assert_eq!(
+        counter(&report, "bytes released by exec (in freed bytes)"),
+        Some(old),
+        "{report}\n{stderr}"
+    );
+    assert_eq!(
+        counter(
+            &report,
+            "released by exec (old image's live blocks, in frees)"
+        ),
+        Some(34),
+        "{report}"
+    );
+    let sites = by_site(&parse_folded(
+        &std::fs::read_to_string(&folded).expect("folded written"),
+    ));
+    assert_eq!(sites.get("new_image_leak").copied(), Some(new), "{sites:?}");
+    assert_eq!(
+        sites.get("old_image_leak").copied().unwrap_or(0),
+        0,
+        "{sites:?}"
+    );
+    // The live heap is the new program's: its leak and whatever its loader
+    // allocated after the exec, never the old image's 34 blocks.
+    let live = headline_live_bytes(&report).expect("headline");
+    assert!(
+        live >= new && live < new + old,
+        "live heap {live}\n{report}"
+    );
+    // Both programs are named.
+    assert!(
+        stderr.contains("exec_leak-fp → after_exec"),
+        "exec not reported:\n{stderr}"
+    );
+    assert!(report.contains("after_exec"), "{report}");
+}
