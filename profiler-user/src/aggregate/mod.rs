@@ -91,6 +91,17 @@ fn stats_of(c: &SiteCounters) -> SiteStats {
     }
 }
 
+/// Adds `stats` to the numbers of `site`: one site can come from several
+/// sources (the "no stack" site from the kernel's counters and from samples
+/// whose stack did not fit the table), and none may hide another.
+fn add(out: &mut BTreeMap<SiteRef, SiteStats>, site: SiteRef, stats: SiteStats) {
+    let e = out.entry(site).or_default();
+    e.live_bytes += stats.live_bytes;
+    e.live_count += stats.live_count;
+    e.alloc_bytes += stats.alloc_bytes;
+    e.alloc_count += stats.alloc_count;
+}
+
 /// Combines kernel site counters, userspace samples, global counters and mapped regions.
 pub fn merge(
     kernel_sites: &BTreeMap<SiteKey, SiteCounters>,
@@ -104,17 +115,18 @@ pub fn merge(
             stack: StackRef::Kernel(key.stack_id),
             kind: key.kind,
         };
-        out.insert(site, stats_of(c));
+        add(&mut out, site, stats_of(c));
     }
     for (site, c) in samples.sites() {
-        out.insert(*site, stats_of(c));
+        add(&mut out, *site, stats_of(c));
     }
     for (stack, r) in regions.stats() {
         let key = SiteRef {
             stack: *stack,
             kind: AllocKind::Mmap as u32,
         };
-        out.insert(
+        add(
+            &mut out,
             key,
             SiteStats {
                 live_bytes: r.live_bytes,
@@ -226,5 +238,35 @@ mod tests {
         assert_eq!(snap.totals.allocs, 11);
         assert_eq!(snap.totals.frees_unknown, 4);
         assert_eq!(snap.live_bytes(), 700 + 8192 + 5000);
+    }
+
+    #[test]
+    fn a_site_from_the_kernel_and_from_samples_adds_up() {
+        // The "no stack" site: 1000 bytes counted by the kernel, 500 by a
+        // sample whose stack did not fit the table (interned as no stack).
+        let none = profiler_common::STACK_NONE;
+        let mut sites = BTreeMap::new();
+        sites.insert(
+            SiteKey {
+                stack_id: none,
+                kind: AllocKind::Malloc as u32,
+            },
+            SiteCounters {
+                alloc_bytes: 1000,
+                alloc_count: COUNT_SCALE,
+                free_bytes: 0,
+                free_count: 0,
+            },
+        );
+        let mut samples = SampleTable::default();
+        let site = SiteRef {
+            stack: StackRef::Kernel(none),
+            kind: AllocKind::Malloc as u32,
+        };
+        samples.alloc(1, 0x50, site, 500, COUNT_SCALE);
+        let counters = [0u64; counter::COUNT as usize];
+        let snap = merge(&sites, &samples, &counters, &RegionTracker::default());
+        assert_eq!(snap.sites[&site].live_bytes, 1500);
+        assert_eq!(snap.sites[&site].alloc_count, 2);
     }
 }

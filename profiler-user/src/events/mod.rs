@@ -120,17 +120,18 @@ impl EventSink<'_> {
                     .collect();
                 let (mut frames, mut stop) = self
                     .unwinder
-                    .unwind(regs, stack, &pending, self.maps, self.files);
+                    .walk(regs, stack, &pending, self.maps, self.files);
                 if stop == StopReason::NoModule && frames.len() == 1 && !self.refreshed {
                     self.refreshed = true;
                     if let Some(m) = (self.refresh)() {
                         *self.maps = m;
                         (frames, stop) = self
                             .unwinder
-                            .unwind(regs, stack, &pending, self.maps, self.files);
+                            .walk(regs, stack, &pending, self.maps, self.files);
                     }
                 }
-                let _ = stop;
+                // Once per stack, whatever the number of attempts.
+                self.unwinder.count_stop(stop);
                 stats.unwind_time += started.elapsed();
                 stats.samples += 1;
                 let stack = self.samples.intern(frames);
@@ -518,5 +519,63 @@ mod tests {
         assert_eq!(reader.discard_rest(4), 4);
         assert_eq!(reader.discard_rest(100), 6);
         assert_eq!(reader.stats.unread_at_stop, 10);
+    }
+
+    #[test]
+    fn a_stack_unwound_again_after_a_refresh_counts_one_stop() {
+        struct NoFiles;
+        impl ModuleFiles for NoFiles {
+            fn open_path(&self, _: &str) -> Option<std::path::PathBuf> {
+                None
+            }
+        }
+        let mut regions = RegionTracker::default();
+        let mut samples = SampleTable::default();
+        let mut unwinder = Unwinder::default();
+        let mut maps = MemoryMap::default();
+        let mut refreshes = 0;
+        // An ip in no known mapping: the sink re-reads the map and unwinds again.
+        let mut refresh = || {
+            refreshes += 1;
+            Some(MemoryMap::default())
+        };
+        let mut sink = EventSink {
+            regions: &mut regions,
+            samples: &mut samples,
+            unwinder: &mut unwinder,
+            maps: &mut maps,
+            files: &NoFiles,
+            refresh: &mut refresh,
+            refreshed: false,
+        };
+        let h = SampleHeader {
+            kind: EventKind::Sample as u32,
+            tgid: 1,
+            alloc_kind: AllocKind::Malloc as u32,
+            stack_len: 0,
+            ptr: 0x10,
+            size: 8,
+            est_bytes: 8,
+            est_count: 1024,
+            ts_ns: 0,
+            ip: 0x1234,
+            sp: 0x7000,
+            bp: 0,
+            pending_ret: [0; profiler_common::MAX_PENDING],
+            pending_slot: [0; profiler_common::MAX_PENDING],
+            n_pending: 0,
+            _pad: 0,
+        };
+        let mut stats = EventStats::default();
+        assert!(sink.apply(Event::Sample(h, &[]), &mut stats));
+        drop(sink);
+        assert_eq!(refreshes, 1, "the map was re-read once");
+        assert_eq!(stats.samples, 1);
+        assert_eq!(
+            unwinder.stops.values().sum::<u64>(),
+            1,
+            "one stack, one stop reason: {:?}",
+            unwinder.stops
+        );
     }
 }

@@ -131,11 +131,20 @@ impl Unwinder {
         files: &dyn ModuleFiles,
     ) -> (Vec<u64>, StopReason) {
         let (frames, stop) = self.walk(regs, stack, pending, maps, files);
-        *self.stops.entry(stop).or_insert(0) += 1;
+        self.count_stop(stop);
         (frames, stop)
     }
 
-    fn walk(
+    /// Counts one stack's stop reason in [`Unwinder::stops`] (for callers of
+    /// [`Unwinder::walk`], which counts nothing).
+    pub fn count_stop(&mut self, stop: StopReason) {
+        *self.stops.entry(stop).or_insert(0) += 1;
+    }
+
+    /// [`Unwinder::unwind`] without counting the stop reason: for a caller
+    /// that may unwind the same stack again (after re-reading the map) and
+    /// counts once with [`Unwinder::count_stop`].
+    pub fn walk(
         &mut self,
         regs: Regs,
         stack: &[u8],
