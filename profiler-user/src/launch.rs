@@ -120,26 +120,26 @@ impl Drop for Suspended {
     }
 }
 
-/// Non-blocking check of a child: `Some(exit code)` once it has ended
-/// (128 + signal number when killed), `None` while it runs.
-pub fn try_wait(pid: u32) -> Option<i32> {
+/// Non-blocking check of a child: `Ok(Some(exit code))` once it has ended
+/// (128 + signal number when killed), `Ok(None)` while it runs. An error
+/// (the pid is not our child, or was reaped elsewhere) means its exit status
+/// is unknown: the caller must say so, never invent one.
+pub fn try_wait(pid: u32) -> io::Result<Option<i32>> {
     let mut status = 0;
     // SAFETY: waitpid on our own child with a valid out-pointer.
     let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
     if r == pid as libc::pid_t {
         if libc::WIFEXITED(status) {
-            Some(libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            Some(128 + libc::WTERMSIG(status))
-        } else {
-            None
+            return Ok(Some(libc::WEXITSTATUS(status)));
         }
-    } else if r < 0 {
-        // Not our child any more (already reaped): treat as ended.
-        Some(-1)
-    } else {
-        None
+        if libc::WIFSIGNALED(status) {
+            return Ok(Some(128 + libc::WTERMSIG(status)));
+        }
     }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -172,7 +172,7 @@ mod tests {
         child.release().expect("release");
         let mut code = None;
         for _ in 0..500 {
-            code = try_wait(pid);
+            code = try_wait(pid).unwrap();
             if code.is_some() {
                 break;
             }
@@ -189,16 +189,28 @@ mod tests {
         };
         let child = spawn_suspended(&sh, "sh", &["-c".into(), "exit 7".into()]).expect("spawn");
         let pid = child.pid;
-        assert_eq!(try_wait(pid), None, "the child must wait at the gate");
+        assert_eq!(
+            try_wait(pid).unwrap(),
+            None,
+            "the child must wait at the gate"
+        );
         child.release().expect("release");
         let mut code = None;
         for _ in 0..500 {
-            code = try_wait(pid);
+            code = try_wait(pid).unwrap();
             if code.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(code, Some(7));
+    }
+
+    #[test]
+    fn an_unknown_exit_status_is_an_error_not_a_code() {
+        // pid 1 is not our child: waitpid fails (ECHILD). Before, this read
+        // as "exited with -1" and `run` exited 0.
+        let e = try_wait(1).expect_err("not our child");
+        assert_eq!(e.raw_os_error(), Some(libc::ECHILD));
     }
 }

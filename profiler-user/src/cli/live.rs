@@ -72,26 +72,36 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     child
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
-    let mut exit_code = None;
+    // Once known, the child's end: its exit code, or why it is unknown.
+    let mut ended: Option<std::io::Result<i32>> = None;
     let outputs = outputs(&args.common, None, feed)?;
     let mut result = session::run(
         probes,
         &opts,
         || {
-            exit_code = exit_code.or_else(|| launch::try_wait(pid));
-            exit_code.is_none()
+            if ended.is_none() {
+                ended = launch::try_wait(pid).transpose();
+            }
+            ended.is_none()
         },
         outputs,
     )
     .await?;
-    let exit_code = exit_code.or_else(|| launch::try_wait(pid));
+    if ended.is_none() {
+        ended = launch::try_wait(pid).transpose();
+    }
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
-    match exit_code {
-        Some(code) => {
+    match ended {
+        Some(Ok(code)) => {
             note(&format!("{} exited with code {code}", program.display()));
-            Ok(code.max(0))
+            Ok(code)
         }
+        // The command's exit status is never hidden behind a 0.
+        Some(Err(e)) => Err(anyhow::Error::new(e).context(format!(
+            "cannot tell how {} (pid {pid}) ended",
+            program.display()
+        ))),
         None => {
             note(&format!(
                 "detached; {} (pid {pid}) runs on",

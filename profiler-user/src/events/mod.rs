@@ -568,7 +568,6 @@ mod tests {
         };
         let mut stats = EventStats::default();
         assert!(sink.apply(Event::Sample(h, &[]), &mut stats));
-        drop(sink);
         assert_eq!(refreshes, 1, "the map was re-read once");
         assert_eq!(stats.samples, 1);
         assert_eq!(
