@@ -202,25 +202,83 @@ pub(crate) fn find_sup_file<'data, O: Object<'data>>(
         build_id: Some(build_id.to_vec()),
         debuglink: None,
     };
+    sup_candidates(opts, source, debug_path, path, build_id)
+        .into_iter()
+        .find(|p| p.is_file() && matches(p, Via::BuildId, &refs))
+}
+
+/// Where a supplement named `alt` may be, in order. A relative name is
+/// relative to the directory of the file that names it: when that is the
+/// module itself, opened through a captured handle (`/proc/self/fd/N`), the
+/// directory is the module's own, as the process sees it (inside its root).
+fn sup_candidates(
+    opts: &SymbolizerOptions,
+    source: &ModuleSource,
+    debug_path: &Path,
+    alt: &Path,
+    build_id: &[u8],
+) -> Vec<PathBuf> {
+    let root = source.root.as_deref();
     let mut tries: Vec<PathBuf> = Vec::new();
-    if path.is_absolute() {
-        tries.extend(in_roots(source.root.as_deref(), path));
+    if alt.is_absolute() {
+        tries.extend(in_roots(root, alt));
+    } else if debug_path == source.open_path {
+        if let Some(dir) = source.path.parent() {
+            tries.extend(in_roots(root, &dir.join(alt)));
+        }
     } else if let Some(dir) = debug_path.parent() {
-        tries.push(dir.join(path));
+        tries.push(dir.join(alt));
     }
     for dir in &opts.debug_dirs {
         if let Some(p) = build_id_path(dir, build_id) {
-            tries.extend(in_roots(source.root.as_deref(), &p));
+            tries.extend(in_roots(root, &p));
         }
     }
     tries
-        .into_iter()
-        .find(|p| p.is_file() && matches(p, Via::BuildId, &refs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_supplement_of_a_captured_module_is_beside_the_module() {
+        let opts = SymbolizerOptions {
+            debug_dirs: vec![PathBuf::from("/dbg")],
+            debuginfod_caches: Vec::new(),
+        };
+        let mut source = ModuleSource::from_path("/usr/lib/libx.so");
+        source.open_path = PathBuf::from("/proc/self/fd/7");
+        source.root = Some(PathBuf::from("/proc/7/root"));
+        let alt = Path::new("../.dwz/x.debug");
+        let tries = sup_candidates(
+            &opts,
+            &source,
+            &source.open_path.clone(),
+            alt,
+            &[0xab, 0xcd],
+        );
+        // Before: /proc/self/fd/../.dwz/x.debug.
+        assert_eq!(
+            tries,
+            [
+                "/proc/7/root/usr/lib/../.dwz/x.debug",
+                "/usr/lib/../.dwz/x.debug",
+                "/proc/7/root/dbg/.build-id/ab/cd.debug",
+                "/dbg/.build-id/ab/cd.debug",
+            ]
+            .map(PathBuf::from)
+        );
+        // A separate debug file names it relative to its own directory.
+        let tries = sup_candidates(
+            &opts,
+            &source,
+            Path::new("/usr/lib/debug/libx.so.debug"),
+            alt,
+            &[0xab, 0xcd],
+        );
+        assert_eq!(tries[0], PathBuf::from("/usr/lib/debug/../.dwz/x.debug"));
+    }
 
     #[test]
     fn candidate_order_and_roots() {
