@@ -3,6 +3,7 @@ use clap::Parser;
 
 fn main() {
     let cli = heapscope::cli::Cli::parse();
+    heapscope::cli::init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

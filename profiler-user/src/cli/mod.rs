@@ -26,6 +26,35 @@ pub use serve::{ServeArgs, ServeOpts};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More detail on stderr: -v for heapscope's debug messages (why an
+    /// address stayed unresolved, which debug files were tried), -vv for its
+    /// libraries' too.
+    /// RUST_LOG overrides it (e.g. RUST_LOG=heapscope=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// The log level of `-v` repeated `verbose` times: warnings only by default.
+pub fn log_level(verbose: u8) -> log::LevelFilter {
+    match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
+}
+
+/// Sends the library's `log` messages to stderr at the level of `-v`, or
+/// as RUST_LOG says when it is set. Called once, by the binary.
+pub fn init_logging(verbose: u8) {
+    let mut b = env_logger::Builder::new();
+    // -v is about heapscope; its libraries (aya's loader is chatty) need -vv.
+    b.filter_level(log_level(verbose.saturating_sub(1)));
+    b.filter_module("heapscope", log_level(verbose));
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    // Already initialised (tests): the first logger stays.
+    let _ = b.try_init();
 }
 
 #[derive(Subcommand, Debug)]

@@ -175,3 +175,25 @@ fn ring_buffer_sizes_must_be_powers_of_two() {
     let e = a.common.map_sizes().unwrap_err().to_string();
     assert!(e.contains("power of two"), "{e}");
 }
+
+#[test]
+fn the_command_line_definition_is_consistent() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn verbose_sets_the_log_level_anywhere_on_the_line() {
+    // Before, -v did not exist and the library's log messages went nowhere.
+    for args in [
+        &["heapscope", "-v", "report", "x.rec"][..],
+        &["heapscope", "report", "x.rec", "-v"][..],
+    ] {
+        let cli = parse(args).expect("parses");
+        assert_eq!(log_level(cli.verbose), log::LevelFilter::Debug, "{args:?}");
+    }
+    let cli = parse(&["heapscope", "report", "-vv", "x.rec"]).expect("parses");
+    assert_eq!(log_level(cli.verbose), log::LevelFilter::Trace);
+    let cli = parse(&["heapscope", "report", "x.rec"]).expect("parses");
+    assert_eq!(log_level(cli.verbose), log::LevelFilter::Warn);
+}
