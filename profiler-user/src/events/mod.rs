@@ -539,6 +539,7 @@ mod tests {
             refreshes += 1;
             Some(MemoryMap::default())
         };
+        let mut execs = Vec::new();
         let mut sink = EventSink {
             regions: &mut regions,
             samples: &mut samples,
@@ -547,6 +548,7 @@ mod tests {
             files: &NoFiles,
             refresh: &mut refresh,
             refreshed: false,
+            execs: &mut execs,
         };
         let h = SampleHeader {
             kind: EventKind::Sample as u32,
