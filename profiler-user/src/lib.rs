@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod debuginfod;
 pub mod events;
+pub mod exactness;
 pub mod http;
 pub mod launch;
 pub mod probes;

@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use crate::analysis;
+use crate::exactness::Exactness;
 use crate::timeline::{ProfileMeta, Timeline, Window};
 use crate::views::{self, Labels, ViewError};
 
@@ -31,11 +32,7 @@ pub fn write(
     }
     views::report::write_report_with(&profile, opts.top, opts.labels, out)?;
     writeln!(out)?;
-    write_sampling_note(
-        profile.sample_rate,
-        views::report::lost_total(&profile.totals),
-        out,
-    )?;
+    write_sampling_note(Exactness::of(&profile), out)?;
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
     writeln!(out)?;
     views::findings::write_findings_text(&analysis.findings, out)?;
@@ -44,8 +41,15 @@ pub fn write(
 
 /// Says which numbers are estimates, and that nothing is exact once events
 /// were lost.
-fn write_sampling_note(sample_rate: u64, lost: u64, out: &mut impl Write) -> std::io::Result<()> {
-    match (sample_rate, lost) {
+fn write_sampling_note(e: Exactness, out: &mut impl Write) -> std::io::Result<()> {
+    // Per-site numbers also miss stacks that could not be read; the totals
+    // only miss what changes allocated − freed.
+    let lost = if e.sample_rate == 0 {
+        e.lost
+    } else {
+        e.lost_for_totals
+    };
+    match (e.sample_rate, lost) {
         (0, 0) => writeln!(out, "sampling: none (--exact); every number is exact")?,
         (0, n) => writeln!(
             out,

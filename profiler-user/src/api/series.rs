@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::exactness::Exactness;
 use crate::profile::{SiteStats, Totals};
 use crate::timeline::{MemSample, SiteId, Timeline};
 
@@ -40,7 +41,7 @@ pub struct Meta {
     pub start_unix_ms: u64,
     pub tick_ms: u64,
     pub sample_rate: u64,
-    /// Every per-site number is exact (no sampling).
+    /// Every per-site number is exact (no sampling, nothing lost).
     pub exact: bool,
     pub truncated: bool,
     /// What was skipped of a damaged recording; `null` when whole.
@@ -68,7 +69,7 @@ pub fn meta(info: &SessionInfo, timeline: &Timeline, last: &Totals, server_dropp
         start_unix_ms: info.start_unix_ms,
         tick_ms: info.tick_ms,
         sample_rate: info.sample_rate,
-        exact: info.sample_rate == 0,
+        exact: Exactness::new(info.sample_rate, last).sites_exact(),
         truncated: info.truncated,
         damage: info.damage.clone(),
         ticks: timeline.len(),

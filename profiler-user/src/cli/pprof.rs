@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::outputs::write_file;
+use crate::exactness::Exactness;
 use crate::profile::Profile;
 use crate::timeline::{Timeline, Window};
 use crate::views::pprof::{write_pprof, write_pprof_diff, PprofOptions};
@@ -29,7 +30,7 @@ pub(super) fn options(
         start_unix_ms,
         end_ms,
         duration_ms,
-        sample_rate,
+        Exactness::new(sample_rate, &profile.totals),
         profile.pid,
         &profile.comm,
     )

@@ -20,6 +20,7 @@ use crate::analysis;
 use crate::api::report::{top_sites_by, TopSite};
 use crate::api::tree::{metric_name, parse_metric};
 use crate::api::{self, TimelinePoint, WindowJson};
+use crate::exactness::Exactness;
 use crate::profile::Metric;
 use crate::timeline::Window;
 
@@ -200,8 +201,9 @@ async fn profile(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
         let p = params(&q, &["window", "metric"])?;
         let (w, m) = (window(&p, "window", Some(".."))?, metric(&p)?);
         let d = s.read();
-        let exact = d.info.sample_rate == 0;
-        Ok(api::profile_doc(&d.profile(w), m, w.into(), exact))
+        let profile = d.profile(w);
+        let exact = Exactness::of(&profile).sites_exact();
+        Ok(api::profile_doc(&profile, m, w.into(), exact))
     })
     .await
 }
@@ -213,14 +215,9 @@ async fn diff(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
         let top = rows(&p, "top", 20)?;
         let d = s.read();
         let windows = (WindowJson::from(b), WindowJson::from(w));
-        let exact = d.info.sample_rate == 0;
-        Ok(api::diff_doc(
-            &d.profile(b),
-            &d.profile(w),
-            windows,
-            exact,
-            top,
-        ))
+        let (base, win) = (d.profile(b), d.profile(w));
+        let exact = Exactness::of(&base).sites_exact() && Exactness::of(&win).sites_exact();
+        Ok(api::diff_doc(&base, &win, windows, exact, top))
     })
     .await
 }
@@ -250,10 +247,11 @@ async fn top(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
         let (w, m) = (window(&p, "window", Some(".."))?, metric(&p)?);
         let limit = rows(&p, "limit", 50)?;
         let d = s.read();
+        let profile = d.profile(w);
         Ok(TopDoc {
             metric: metric_name(m),
-            exact: d.info.sample_rate == 0,
-            sites: top_sites_by(&d.profile(w), m, limit),
+            exact: Exactness::of(&profile).sites_exact(),
+            sites: top_sites_by(&profile, m, limit),
         })
     })
     .await

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::output::{SessionEvent, SessionOutput, TickUpdate};
+use crate::exactness::Exactness;
 use crate::push::{PushOptions, PushSummary, Pusher};
 use crate::timeline::{ProfileMeta, Timeline, Window};
 use crate::views::pprof::PprofOptions;
@@ -55,7 +56,7 @@ impl SessionOutput for PushOutput {
                     allocator: header.allocator.clone(),
                     allocator_notes: header.allocator_notes.clone(),
                 };
-                match PushTicker::start(opts, header.start_unix_ms, header.sample_rate, meta) {
+                match PushTicker::start(opts, header.start_unix_ms, meta) {
                     Ok(t) => self.ticker = Some(t),
                     Err(e) => self.error = Some(format!("cannot start the push thread: {e}")),
                 }
@@ -89,7 +90,6 @@ pub struct PushTicker {
     /// the session from attach).
     last_ms: Option<u64>,
     start_unix_ms: u64,
-    sample_rate: u64,
     meta: ProfileMeta,
 }
 
@@ -98,14 +98,12 @@ impl PushTicker {
     pub fn start(
         opts: PushOptions,
         start_unix_ms: u64,
-        sample_rate: u64,
         meta: ProfileMeta,
     ) -> std::io::Result<PushTicker> {
         Ok(PushTicker {
             pusher: Pusher::start(with_process_labels(opts, &meta))?,
             last_ms: None,
             start_unix_ms,
-            sample_rate,
             meta,
         })
     }
@@ -128,7 +126,7 @@ impl PushTicker {
             self.start_unix_ms,
             t_ms,
             t_ms - from_ms,
-            self.sample_rate,
+            Exactness::of(&profile),
             self.meta.pid,
             &self.meta.comm,
         );

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 
 use profiler_common::counters::Section as CounterSection;
 
+use crate::exactness::Exactness;
 use crate::profile::{Profile, Totals};
 
 use super::{group_digits, human_bytes, merge_sites_with, Labels, MergedSite};
@@ -38,25 +39,6 @@ fn counter_sections(t: &Totals) -> (Section, Section) {
     (of(CounterSection::Counted), of(CounterSection::Lost))
 }
 
-/// Events lost that make allocated − freed inexact: allocations or frees
-/// that were never counted, or whose sizes are unknown (a failed stack
-/// capture only loses attribution, not bytes).
-pub fn lost_for_totals(t: &Totals) -> u64 {
-    let (_, lost) = counter_sections(t);
-    lost.iter()
-        .filter(|(name, _)| *name != "stack capture failed")
-        .map(|(_, v)| *v)
-        .fold(0u64, |a, v| a.saturating_add(v))
-}
-
-/// Every lost event, attribution included.
-pub fn lost_total(t: &Totals) -> u64 {
-    let (_, lost) = counter_sections(t);
-    lost.iter()
-        .map(|(_, v)| *v)
-        .fold(0u64, |a, v| a.saturating_add(v))
-}
-
 /// Writes the text report, listing at most `top` call sites by live bytes.
 pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
     write_report_with(profile, top, Labels::default(), out)
@@ -83,7 +65,7 @@ pub fn write_report_with(
     }
     // The headline is exact whatever the sampling: allocated − freed since
     // attach, over every allocation — unless events were lost.
-    let lost_events = lost_for_totals(t);
+    let lost_events = Exactness::of(profile).lost_for_totals;
     let how = if lost_events == 0 {
         "exact: allocated - freed since attach".to_string()
     } else {
@@ -305,7 +287,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("(exact"), "{text}");
-        assert_eq!(lost_total(&p.totals), 9);
+        assert_eq!(Exactness::of(&p).lost, 9);
     }
 
     #[test]

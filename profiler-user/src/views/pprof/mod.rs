@@ -18,6 +18,7 @@ use std::sync::Arc;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use crate::exactness::Exactness;
 use crate::profile::{physical_frames, Frame, ModuleId, Profile};
 
 use super::ViewError;
@@ -55,21 +56,18 @@ pub struct PprofOptions {
 impl PprofOptions {
     /// Options of a window ending `end_ms` after attach and lasting
     /// `duration_ms`, of a session that attached at `start_unix_ms` to `pid`
-    /// (`comm`), sampling every `sample_rate` bytes (0: exact).
+    /// (`comm`), with the window's sampling and losses in `exactness`.
     pub fn for_window(
         start_unix_ms: u64,
         end_ms: u64,
         duration_ms: u64,
-        sample_rate: u64,
+        exactness: Exactness,
         pid: u32,
         comm: &str,
     ) -> PprofOptions {
         let start_ms = start_unix_ms.saturating_add(end_ms.saturating_sub(duration_ms));
-        let mode = if sample_rate == 0 {
-            "exact: every allocation".to_string()
-        } else {
-            format!("sampled every {sample_rate} bytes on average; unbiased estimates")
-        };
+        let sample_rate = exactness.sample_rate;
+        let mode = exactness.sites_note();
         let nanos = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         PprofOptions {
             sample_rate,

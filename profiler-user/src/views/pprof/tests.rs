@@ -302,3 +302,21 @@ fn the_process_binary_is_the_first_mapping() {
         "{text}"
     );
 }
+
+#[test]
+fn the_comment_says_exact_only_when_nothing_was_lost() {
+    let mut p = sample_profile();
+    p.sample_rate = 0;
+    // A stack that could not be read loses attribution: not exact per site.
+    assert!(!Exactness::of(&p).sites_exact());
+    p.totals.stack_failed = 0;
+    let comment = |p: &Profile| {
+        PprofOptions::for_window(0, 2000, 1000, Exactness::of(p), 7, "x").comments[1].clone()
+    };
+    assert_eq!(comment(&p), "exact: every allocation");
+    p.totals.ringbuf_lost = 3;
+    assert_eq!(
+        comment(&p),
+        "every allocation recorded, but not exact: 3 events lost"
+    );
+}
