@@ -162,11 +162,10 @@ async fn not_found() -> Response {
     .into_response()
 }
 
-async fn index(State(shared): Sh, RawQuery(q): RawQuery) -> Response {
+async fn index(RawQuery(q): RawQuery) -> Response {
     if let Err(e) = params(&q, &[]) {
         return e.into_response();
     }
-    let _ = shared;
     assets::index()
 }
 
