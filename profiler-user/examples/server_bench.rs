@@ -6,6 +6,7 @@
 //!
 //! `cargo run --release -p profiler-user --example server_bench` (run by
 //! `cargo xtask bench --server`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 #[path = "../tests/common/http.rs"]
 #[allow(dead_code)]

@@ -6,6 +6,7 @@
 //! (run by `cargo xtask bench`). The addresses are the middle of every
 //! function in FILE's `.symtab` (up to MAX, default 50,000), as return
 //! addresses, like the stacks heapscope symbolizes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 use std::path::PathBuf;
 use std::time::Instant;

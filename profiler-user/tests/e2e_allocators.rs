@@ -2,6 +2,7 @@
 //! fixture under Debian's jemalloc, tcmalloc and mimalloc (LD_PRELOAD), static
 //! glibc and musl builds, and a program whose allocator heapscope does not
 //! know. Exact live bytes per call site with `--exact`. They need root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

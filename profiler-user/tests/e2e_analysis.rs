@@ -2,6 +2,7 @@
 //! gives a `leak` finding naming its function; glibc arena retention gives an
 //! `allocator-retention` finding and no leak; `report` on the recording says
 //! what `attach` said. They need root; without it they say they were skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

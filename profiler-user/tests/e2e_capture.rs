@@ -1,6 +1,7 @@
 //! End-to-end tests of the capture core: real probes on real fixture
 //! processes, exact byte counts per call site. They need root; without it
 //! they say they were skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! through the server; with the server down, or one that never answers,
 //! frames stay `[module+0xoff]` after a bounded wait, and a live capture is
 //! not held up. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! End-to-end: the allocator's own activity outside any program call (arenas
 //! created inside free, thread-exit cache release) is footprint, never
 //! program allocations or pre-attach frees.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! namespace is profiled exactly (its files reached through
 //! /proc/PID/map_files); a process whose main thread exited, a zombie and a
 //! kernel thread each get their own accurate message.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

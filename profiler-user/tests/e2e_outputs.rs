@@ -1,6 +1,7 @@
 //! End-to-end tests of outputs under adverse conditions: unwritable files
 //! refused before anything is attached, a reader that closes stdout, a
 //! terminal that goes away (SIGHUP). Exact numbers against the fixture.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! from a real capture, with the fixture's exact byte counts and
 //! `file:line`, and `-diff_base` on two windows shows the grown site.
 //! They need root; without it they say they were skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! its main thread: the old image's blocks are released by the exec (never
 //! "live" under the new program), the new program's are profiled, and both
 //! names are reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

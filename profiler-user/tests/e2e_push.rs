@@ -2,6 +2,7 @@
 //! receives one Pyroscope ingest request per interval from heapscope
 //! attached to the leaks fixture; then the sink is stopped and the capture
 //! goes on, counting the profiles it could not deliver. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! within a small multiple of the file size (peak RSS of `heapscope report`),
 //! damage in the middle is reported with a non-zero exit unless
 //! `--allow-damaged`, and a file without an end record says so. No root needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! ticks, and 100 event-stream clients each receive every tick the session
 //! recorded while they were connected, none lost, the capture losing
 //! nothing either. Without root it says it was skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of full stacks without frame pointers (DWARF unwinding of
 //! copied stacks) and of byte-based sampling. They need root; without it
 //! they say they were skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! frames by name from `libc6-dbg`, and a binary deleted after it started,
 //! symbolized after the process exited. They need root; without it they say
 //! they were skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The web API on a recording of the growth fixture's leak (no root needed):
 //! status codes, JSON shapes, exact bytes of the leaking call site in the
 //! profile and the diff, windows, tokens, bad input, /metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! in the tooltip, search highlights it, a baseline and a window dragged on
 //! the timeline give a diff that marks it as grown. Screenshots go to
 //! target/heapscope-ui/.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 

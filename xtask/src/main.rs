@@ -1,19 +1,21 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | lint | test | bench`.
 //!
 //! `setup` is idempotent and installs what a fresh machine lacks; `demo` and
 //! `test` run it first, so the README's two commands work on a fresh clone.
 
 mod bench;
 mod demo;
+mod lint;
 mod setup;
 mod util;
 
 use anyhow::{bail, Result};
 
-const USAGE: &str = "usage: cargo xtask <setup|demo|test|bench> [args]
-  setup   install rust-src (nightly), bpf-linker 0.10.3 and the Debian packages the tests need
+const USAGE: &str = "usage: cargo xtask <setup|demo|lint|test|bench> [args]
+  setup   install rust-src (nightly), rustfmt, clippy, bpf-linker 0.10.3 and the Debian packages the tests need
   demo    set up, build, start the bundled demo server, attach heapscope by PID, print the report
-  test    set up, build, run every test (the end-to-end tests need root)
+  lint    cargo fmt --check, then clippy on every target with -D warnings
+  test    set up, lint, build, run every test (the end-to-end tests need root)
   bench   malloc/free pair cost: no profiler vs bare probes vs heapscope
           (--symbols: symbolization only; --server: web server and page load only)";
 
@@ -35,8 +37,12 @@ fn run() -> Result<()> {
             setup::setup()?;
             demo::demo(rest)
         }
+        "lint" => lint::lint(),
         "test" => {
             setup::setup()?;
+            // What CI runs: the lints first, so a style problem fails fast
+            // and says so, before half an hour of end-to-end tests.
+            lint::lint()?;
             test(rest)
         }
         "bench" => {

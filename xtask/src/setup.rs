@@ -11,6 +11,7 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Installs rust-src for nightly, bpf-linker, and Debian packages, when missing.
 pub fn setup() -> Result<()> {
     nightly_rust_src()?;
+    lint_components()?;
     bpf_linker()?;
     debian_packages()?;
     Ok(())
@@ -49,6 +50,19 @@ fn nightly_rust_src() -> Result<()> {
             ]))
         }
     }
+}
+
+/// rustfmt and clippy for the toolchain that builds the workspace (`xtask lint`).
+fn lint_components() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    for c in ["rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(c)) {
+            eprintln!("xtask setup: installing {c}");
+            run(Command::new("rustup").args(["component", "add", c]))?;
+        }
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> Result<()> {
