@@ -21,6 +21,8 @@ pub mod resymbolize;
 pub mod server;
 pub mod session;
 pub mod symbolize;
+#[cfg(test)]
+mod testing;
 pub mod timeline;
 pub mod units;
 pub mod unwind;

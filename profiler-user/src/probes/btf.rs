@@ -198,7 +198,7 @@ mod tests {
                 let o = ReturnChainOffsets::from_btf(&data).expect("uprobe structs in vmlinux BTF");
                 assert_ne!(o.ri_orig_ret, o.ri_next);
             }
-            Err(_) => eprintln!("skipped: no /sys/kernel/btf/vmlinux"),
+            Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
         }
     }
 }

@@ -309,7 +309,7 @@ mod tests {
     fn system_libc_has_an_implementation_range() {
         let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
         if !libc.exists() {
-            eprintln!("skipped: {} not present", libc.display());
+            crate::testing::skip(&format!("{} not present", libc.display()));
             return;
         }
         let (start, end) = implementation_file_range(libc)

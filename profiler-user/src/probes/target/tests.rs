@@ -11,7 +11,7 @@ const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 fn present(paths: &[&str]) -> bool {
     let missing: Vec<&&str> = paths.iter().filter(|p| !Path::new(p).exists()).collect();
     if !missing.is_empty() {
-        eprintln!("skipped: {missing:?} not installed (cargo xtask setup)");
+        crate::testing::skip(&format!("{missing:?} not installed"));
     }
     missing.is_empty()
 }
