@@ -213,7 +213,28 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        kill_browsers_using(&self.profile);
         let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Kills the chromium processes started with `profile` as their user data
+/// directory (left behind when the session could not be ended cleanly):
+/// only ours, found by the unique directory in their command line.
+fn kill_browsers_using(profile: &Path) {
+    let needle = format!("--user-data-dir={}", profile.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
+            // SAFETY: kill(2) on a pid read from /proc; at worst it has exited.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 
