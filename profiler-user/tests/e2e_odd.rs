@@ -1,7 +1,8 @@
 //! Containers and odd processes: a process chroot'ed inside a private mount
 //! namespace is profiled exactly (its files reached through
 //! /proc/PID/map_files); a process whose main thread exited, a zombie and a
-//! kernel thread each get their own accurate message.
+//! kernel thread each get their own accurate message; so does a Go program
+//! (no malloc).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
@@ -104,4 +105,76 @@ fn zombies_and_kernel_threads_are_said_so() {
         "{stderr}"
     );
     let _ = child.wait();
+}
+
+/// A process killed and reaped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Builds a pure Go program (no cgo, so no libc and no malloc) offline with
+/// Debian's golang-go, its caches in the scratch directory.
+fn go_fixture(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("main.go");
+    std::fs::write(
+        &src,
+        "package main\n\nimport \"time\"\n\nvar keep [][]byte\n\n\
+         func main() {\n\tfor {\n\t\tkeep = append(keep, make([]byte, 4096))\n\
+         \t\tif len(keep) > 256 {\n\t\t\tkeep = keep[:0]\n\t\t}\n\
+         \t\ttime.Sleep(10 * time.Millisecond)\n\t}\n}\n",
+    )
+    .expect("write main.go");
+    let home = dir.join("go-home");
+    let bin = dir.join("gofixture");
+    let out = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .current_dir(dir)
+        .env("HOME", &home)
+        .env("GOCACHE", home.join("cache"))
+        .env("GOPATH", home.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("run `go build` (install golang-go: `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+#[test]
+fn a_go_program_is_said_to_have_no_malloc() {
+    if !root_or_skip("a_go_program_is_said_to_have_no_malloc") {
+        return;
+    }
+    let dir = scratch("gofixture");
+    let bin = go_fixture(&dir);
+    let child = Child(
+        Command::new(&bin)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the Go fixture"),
+    );
+    let pid = child.0.id();
+    let stderr = attach_error(pid);
+    assert!(
+        stderr.contains(&format!(
+            "pid {pid} ({}) is a Go program: the Go runtime manages its heap without malloc",
+            bin.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("stripped"), "{stderr}");
 }
