@@ -23,11 +23,11 @@ const MODES: &[Mode] = &[
         heapscope: None,
     },
     Mode {
-        name: "bare probes (free after NULL guard)",
+        name: "bare probes (on emulated instructions)",
         heapscope: Some(&["--bare-probes"]),
     },
     Mode {
-        name: "bare probes (free at +0)",
+        name: "bare probes (every probe at +0)",
         heapscope: Some(&["--bare-probes", "--no-prologue-skip"]),
     },
     Mode {
@@ -35,7 +35,7 @@ const MODES: &[Mode] = &[
         heapscope: Some(&["--stacks", "fp", "--exact"]),
     },
     Mode {
-        name: "heapscope --stacks fp --exact, free at +0",
+        name: "heapscope --stacks fp --exact, all at +0",
         heapscope: Some(&["--stacks", "fp", "--exact", "--no-prologue-skip"]),
     },
     Mode {
@@ -111,8 +111,94 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> Result<String> {
     }
 }
 
+/// The allocators of the per-allocator rows: name and the Debian library
+/// preloaded under the benchmark (none: glibc's own).
+const ALLOCATORS: [(&str, Option<&str>); 4] = [
+    ("glibc", None),
+    (
+        "jemalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    ),
+    (
+        "tcmalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+    ),
+    (
+        "mimalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+    ),
+];
+
+/// The columns of the per-allocator rows.
+const ALLOCATOR_MODES: [Mode; 3] = [
+    Mode {
+        name: "no profiler",
+        heapscope: None,
+    },
+    Mode {
+        name: "bare probes",
+        heapscope: Some(&["--bare-probes"]),
+    },
+    Mode {
+        name: "default",
+        heapscope: Some(&[]),
+    },
+];
+
+/// One row per allocator: ns per pair with no profiler, bare probes and the
+/// default mode, and the default mode's cost against glibc's.
+fn bench_allocators(bin: &Path, heapscope: &Path, pairs: u64) -> Result<()> {
+    println!();
+    println!(
+        "per allocator (LD_PRELOAD of Debian's library), ns per malloc(64)/free pair; \
+         the last column: default mode's cost per pair against glibc's"
+    );
+    println!(
+        "  {:<10} {:>12} {:>12} {:>12} {:>8}",
+        "allocator", "no profiler", "bare probes", "default", "vs glibc"
+    );
+    let mut glibc_cost = None;
+    for (name, lib) in ALLOCATORS {
+        if let Some(l) = lib {
+            if !Path::new(l).exists() {
+                println!("  {name:<10} {l} not installed (cargo xtask setup)");
+                continue;
+            }
+        }
+        let mut row = Vec::new();
+        for mode in &ALLOCATOR_MODES {
+            row.push(measure_with(bin, heapscope, mode, pairs, lib)?.ns_per_pair);
+        }
+        // What heapscope adds to a pair, beyond the allocator's own cost.
+        let cost = row[2] - row[0];
+        let base = *glibc_cost.get_or_insert(cost);
+        println!(
+            "  {name:<10} {:>9.1} ns {:>9.1} ns {:>9.1} ns {:>7.2}x",
+            row[0],
+            row[1],
+            row[2],
+            cost / base
+        );
+    }
+    Ok(())
+}
+
 fn measure(bin: &Path, heapscope: &Path, mode: &Mode, pairs: u64) -> Result<Measurement> {
-    let mut target = Command::new(bin)
+    measure_with(bin, heapscope, mode, pairs, None)
+}
+
+fn measure_with(
+    bin: &Path,
+    heapscope: &Path,
+    mode: &Mode,
+    pairs: u64,
+    preload: Option<&str>,
+) -> Result<Measurement> {
+    let mut cmd = Command::new(bin);
+    if let Some(p) = preload {
+        cmd.env("LD_PRELOAD", p);
+    }
+    let mut target = cmd
         .arg(pairs.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -230,6 +316,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--server") {
         return bench_server();
     }
+    let allocators_only = args.iter().any(|a| a == "--allocators");
     let pairs: u64 = args
         .iter()
         .position(|a| a == "--pairs")
@@ -245,6 +332,9 @@ pub fn bench(args: &[String]) -> Result<()> {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
     {
         bail!("the benchmark attaches eBPF probes: run it as root");
+    }
+    if allocators_only {
+        return bench_allocators(&bin, &heapscope, pairs);
     }
     println!("malloc(64)/free pairs: {pairs} per mode, ns per pair (ratio to no profiler);");
     println!("for heapscope: ring-buffer records lost, stacks unwound, heapscope CPU per stack");
@@ -269,6 +359,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             m.ns_per_pair / base
         );
     }
+    bench_allocators(&bin, &heapscope, pairs)?;
     bench_symbols()?;
     bench_server()
 }

@@ -55,7 +55,11 @@ pub fn build_heapscope() -> Result<PathBuf> {
         "--bin",
         "heapscope",
     ]))?;
-    Ok(root.join("target/release/heapscope"))
+    // Cargo puts it under CARGO_TARGET_DIR when that is set.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/heapscope"))
 }
 
 /// Compiles a C program from tests/fixtures into target/xtask/.
