@@ -30,6 +30,8 @@ pub const COUNT_SCALE: u64 = profiler_common::COUNT_SCALE;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutstandingAlloc {
     pub site: SiteId,
+    /// Its address in the target.
+    pub ptr: u64,
     /// When it was allocated, in the clock of `now_ns` (monotonic ns).
     pub ts_ns: u64,
     pub size: u64,
@@ -140,6 +142,7 @@ mod tests {
     fn alloc(site: u32, ts_ns: u64, size: u64) -> OutstandingAlloc {
         OutstandingAlloc {
             site: SiteId(site),
+            ptr: 0,
             ts_ns,
             size,
             est_bytes: size,

@@ -6,10 +6,12 @@
 pub mod age;
 pub(crate) mod fit;
 pub mod growth;
+pub mod peak;
 pub mod retention;
 
 pub use age::{older_than, AgeBuckets, AgeHistogram, OutstandingAlloc};
 pub use growth::{rank_suspects, GrowthParams, Suspect, LEAK_CONFIDENCE};
+pub use peak::{peak_finding, PeakFinding, PeakParams};
 pub use retention::{retention_finding, RetentionFinding, RetentionParams};
 
 use crate::profile::Frame;
@@ -38,14 +40,18 @@ pub struct LeakFinding {
 pub enum Finding {
     Leak(LeakFinding),
     AllocatorRetention(RetentionFinding),
+    /// The live heap fell after a peak, RSS did not.
+    RetainedAfterPeak(PeakFinding),
 }
 
 impl Finding {
-    /// The `kind` of the JSON rendering: `leak` or `allocator-retention`.
+    /// The `kind` of the JSON rendering: `leak`, `allocator-retention` or
+    /// `retained-after-peak`.
     pub fn kind(&self) -> &'static str {
         match self {
             Finding::Leak(_) => "leak",
             Finding::AllocatorRetention(_) => "allocator-retention",
+            Finding::RetainedAfterPeak(_) => "retained-after-peak",
         }
     }
 }
@@ -57,7 +63,8 @@ pub struct Analysis {
     /// Ranked, strongest first (see [`growth`]).
     pub suspects: Vec<Suspect>,
     pub retention: Option<RetentionFinding>,
-    /// Leaks in suspect order, then the retention finding.
+    /// Leaks in suspect order, then the retention finding, then memory kept
+    /// after a peak.
     pub findings: Vec<Finding>,
 }
 
@@ -66,7 +73,8 @@ pub struct Analysis {
 pub fn analyze(timeline: &Timeline, window: Window) -> Analysis {
     let suspects = rank_suspects(timeline, window);
     let retention = retention_finding(timeline, window);
-    let findings = findings(timeline, &suspects, retention.as_ref());
+    let mut findings = findings(timeline, &suspects, retention.as_ref());
+    findings.extend(peak_finding(timeline, window).map(Finding::RetainedAfterPeak));
     Analysis {
         window,
         suspects,

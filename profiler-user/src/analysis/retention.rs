@@ -86,6 +86,8 @@ pub struct RetentionFinding {
     pub arena_heaps: u64,
     /// What the allocator mapped itself at the end (0 if unknown).
     pub allocator_mapped: u64,
+    /// The memory sample at the end (glibc's footprint split when read).
+    pub mem_end: MemSample,
     pub remedies: Vec<&'static str>,
 }
 
@@ -168,6 +170,7 @@ pub fn retention_finding_with(
         heap_mappings_end: last.2.heap_mappings,
         arena_heaps: last.2.arena_heaps,
         allocator_mapped: last.2.allocator_mapped,
+        mem_end: last.2,
         remedies,
     })
 }

@@ -141,7 +141,7 @@ fn mem(rss_anon: u64, heap: u64, arenas: u64) -> Option<MemSample> {
         rss_shmem: 0,
         heap_mappings: heap,
         arena_heaps: arenas,
-        allocator_mapped: 0,
+        ..MemSample::default()
     })
 }
 

@@ -81,6 +81,26 @@ pub enum FindingJson {
         arena_heaps: u64,
         allocator_mapped: u64,
         remedies: Vec<&'static str>,
+        /// glibc's footprint split at the end (0 when not read).
+        main_heap_resident: u64,
+        arenas: u64,
+        arena_resident: u64,
+        mmapped_resident: u64,
+    },
+    #[serde(rename = "retained-after-peak")]
+    RetainedAfterPeak {
+        peak_ms: u64,
+        end_ms: u64,
+        live_peak: u64,
+        live_end: u64,
+        rss_anon_peak: u64,
+        rss_anon_end: u64,
+        retained: u64,
+        main_heap_resident: u64,
+        arenas: u64,
+        arena_resident: u64,
+        mmapped_resident: u64,
+        remedies: Vec<&'static str>,
     },
 }
 
@@ -184,6 +204,24 @@ fn finding_json(f: &Finding) -> FindingJson {
             arena_heaps: r.arena_heaps,
             allocator_mapped: r.allocator_mapped,
             remedies: r.remedies.clone(),
+            main_heap_resident: r.mem_end.main_heap_resident,
+            arenas: r.mem_end.arenas,
+            arena_resident: r.mem_end.arena_resident,
+            mmapped_resident: r.mem_end.mmapped_resident,
+        },
+        Finding::RetainedAfterPeak(p) => FindingJson::RetainedAfterPeak {
+            peak_ms: p.peak_ms,
+            end_ms: p.end_ms,
+            live_peak: p.live_peak,
+            live_end: p.live_end,
+            rss_anon_peak: p.rss_anon_peak,
+            rss_anon_end: p.rss_anon_end,
+            retained: p.retained(),
+            main_heap_resident: p.mem_end.main_heap_resident,
+            arenas: p.mem_end.arenas,
+            arena_resident: p.mem_end.arena_resident,
+            mmapped_resident: p.mem_end.mmapped_resident,
+            remedies: p.remedies.clone(),
         },
     }
 }

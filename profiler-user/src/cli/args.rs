@@ -236,6 +236,7 @@ impl CommonArgs {
             sample_rate: self.capture()?.sample_rate,
             allocator: String::new(),
             allocator_notes: Vec::new(),
+            glibc_footprint: false,
         })
     }
 

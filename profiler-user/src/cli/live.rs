@@ -33,6 +33,7 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     let mut opts = args.common.session_options()?;
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
+    opts.glibc_footprint = target.is_glibc();
     let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)), feed)?;
     let mut result = session::run(probes, &opts, || session::process_alive(pid), outputs).await?;
     super::hints::after_session(&mut result.timeline);
@@ -69,6 +70,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     let mut opts = args.common.session_options()?;
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
+    opts.glibc_footprint = target.is_glibc();
     child
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;
@@ -160,7 +162,7 @@ fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> Stri
     lines.extend(
         allocator_notes(target)
             .iter()
-            .map(|n| format!("heapscope: warning: {n}")),
+            .map(|n| format!("heapscope: {n}")),
     );
     lines.join("\n")
 }
@@ -168,11 +170,15 @@ fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> Stri
 /// What the first lines and the report say beyond the allocator line: what
 /// heapscope cannot see, and what its single-stepped probes cost.
 fn allocator_notes(target: &target::AllocatorTarget) -> Vec<String> {
-    let mut notes = target.unseen.clone();
+    let mut notes: Vec<String> = target
+        .unseen
+        .iter()
+        .map(|u| format!("WARNING: {u}"))
+        .collect();
     let stepped = target.stepped();
     if !stepped.is_empty() {
         notes.push(format!(
-            "{} entry points have no probe placement the kernel can emulate: each of their \
+            "note: {} entry points have no probe placement the kernel can emulate: each of their \
              calls costs the target ~10 µs instead of ~1 µs (single-stepped): {}; if one of \
              them is hot, keep the session short (--duration)",
             stepped.len(),
@@ -248,6 +254,10 @@ fn write_ages(
     result: &SessionResult,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
+    if let Some(arenas) = &result.arenas {
+        writeln!(out)?;
+        views::arenas::write_arenas(arenas, &result.timeline, result.meta.sample_rate != 0, out)?;
+    }
     if result.outstanding.is_empty() {
         return Ok(());
     }

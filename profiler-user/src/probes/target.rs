@@ -133,6 +133,13 @@ impl AllocatorTarget {
         )
     }
 
+    /// True when glibc serves malloc (its arenas can be read).
+    pub fn is_glibc(&self) -> bool {
+        self.found
+            .first()
+            .is_some_and(|f| f.implementation == Implementation::Glibc)
+    }
+
     /// One line per probe the kernel must single-step, with why.
     pub fn stepped(&self) -> Vec<String> {
         self.points

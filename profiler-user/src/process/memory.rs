@@ -182,6 +182,32 @@ pub fn heap_mappings(maps_text: &str) -> HeapMappings {
     out
 }
 
+/// [`sample`], plus glibc's footprint split from /proc/PID/smaps when the
+/// allocator is glibc (`glibc`): reading smaps walks every page table of
+/// the process, so it is skipped for other allocators.
+pub fn sample_with_footprint(pid: u32, glibc: bool) -> io::Result<MemSample> {
+    let mut m = sample(pid)?;
+    if glibc {
+        let fp = super::arenas::read_footprint(pid)?;
+        let arenas = fp
+            .arenas
+            .iter()
+            .fold(super::arenas::Usage::default(), |mut u, a| {
+                u.reserved = u.reserved.saturating_add(a.usage.reserved);
+                u.resident = u.resident.saturating_add(a.usage.resident);
+                u
+            });
+        m.main_heap_resident = fp.main_heap.resident;
+        m.arenas = fp.arenas.len() as u64;
+        m.arena_reserved = arenas.reserved;
+        m.arena_resident = arenas.resident;
+        m.mmapped_chunks = fp.mmapped_chunks;
+        m.mmapped_bytes = fp.mmapped.reserved;
+        m.mmapped_resident = fp.mmapped.resident;
+    }
+    Ok(m)
+}
+
 /// Reads /proc/PID/status and /proc/PID/maps into a [`MemSample`].
 /// `allocator_mapped` is 0: only the probes see the allocator's own mmaps.
 pub fn sample(pid: u32) -> io::Result<MemSample> {
@@ -195,7 +221,7 @@ pub fn sample(pid: u32) -> io::Result<MemSample> {
         rss_shmem: rss.shmem,
         heap_mappings: heaps.total(),
         arena_heaps: heaps.arena_heaps,
-        allocator_mapped: 0,
+        ..MemSample::default()
     })
 }
 

@@ -192,14 +192,38 @@ pub fn encode_site(id: SiteId, info: &SiteInfo) -> Vec<u8> {
     out
 }
 
-fn mem_to_array(m: &MemSample) -> [u64; 6] {
+/// A tick's memory sample in a fixed order; values added later go at the
+/// end (older files read them as 0).
+fn mem_to_array(m: &MemSample) -> [u64; 13] {
+    let MemSample {
+        rss_anon,
+        rss_file,
+        rss_shmem,
+        heap_mappings,
+        arena_heaps,
+        allocator_mapped,
+        main_heap_resident,
+        arenas,
+        arena_reserved,
+        arena_resident,
+        mmapped_chunks,
+        mmapped_bytes,
+        mmapped_resident,
+    } = *m;
     [
-        m.rss_anon,
-        m.rss_file,
-        m.rss_shmem,
-        m.heap_mappings,
-        m.arena_heaps,
-        m.allocator_mapped,
+        rss_anon,
+        rss_file,
+        rss_shmem,
+        heap_mappings,
+        arena_heaps,
+        allocator_mapped,
+        main_heap_resident,
+        arenas,
+        arena_reserved,
+        arena_resident,
+        mmapped_chunks,
+        mmapped_bytes,
+        mmapped_resident,
     ]
 }
 
@@ -450,6 +474,13 @@ pub fn decode_tick(buf: &[u8]) -> Result<TickRecord, &'static str> {
                 heap_mappings: g(3),
                 arena_heaps: g(4),
                 allocator_mapped: g(5),
+                main_heap_resident: g(6),
+                arenas: g(7),
+                arena_reserved: g(8),
+                arena_resident: g(9),
+                mmapped_chunks: g(10),
+                mmapped_bytes: g(11),
+                mmapped_resident: g(12),
             })
         }
         _ => return Err("bad memory-sample flag"),

@@ -49,6 +49,7 @@ pub fn outstanding(
         if let Some(id) = site.and_then(|s| ids.id(&s)) {
             out.push(OutstandingAlloc {
                 site: id,
+                ptr: key.ptr,
                 ts_ns: a.ts_ns,
                 size: a.size,
                 est_bytes: a.est_bytes,

@@ -8,6 +8,7 @@
 //! ring-buffer drains, unwinding, snapshots, symbolization, outputs, detach).
 
 pub mod ages;
+pub mod arenas;
 pub mod capture;
 pub mod control;
 pub mod exec;
@@ -44,6 +45,8 @@ pub struct SessionOptions {
     /// The allocator line and its warnings, kept in the recording and the report.
     pub allocator: String,
     pub allocator_notes: Vec<String>,
+    /// The allocator is glibc: read its footprint split (smaps) every tick.
+    pub glibc_footprint: bool,
 }
 
 /// Why the session ended.
@@ -115,6 +118,8 @@ pub struct SessionResult {
     pub start_unix_ms: u64,
     /// Non-fatal problems met on the way (detach errors, unreadable maps).
     pub warnings: Vec<String>,
+    /// glibc's arenas with the sampled live blocks they hold, read at the end.
+    pub arenas: Option<arenas::ArenaReport>,
 }
 
 impl SessionResult {

@@ -41,6 +41,8 @@ struct Worker {
     /// Frame-pointer stacks cut where the walk left executable code, by the
     /// module it broke in (see `resolve::Resolver::fp_cut`).
     fp_cut: BTreeMap<String, u64>,
+    /// Read glibc's footprint split every tick.
+    glibc: bool,
 }
 
 impl Worker {
@@ -96,7 +98,7 @@ impl Worker {
             t_ms,
             sites: self.ids.stats(snap),
             totals: snap.totals.clone(),
-            mem: memory::sample(self.cap.pid).ok(),
+            mem: memory::sample_with_footprint(self.cap.pid, self.glibc).ok(),
         };
         for (_, info) in &new_sites {
             self.timeline.add_site(info.clone());
@@ -155,6 +157,7 @@ pub(super) fn run(
         }),
         warnings: Vec::new(),
         fp_cut: BTreeMap::new(),
+        glibc: opts.glibc_footprint,
     };
     w.outputs.event(&SessionEvent::Attached { header });
     w.note_layout();
@@ -224,6 +227,18 @@ pub(super) fn run(
         );
         w.warn(msg);
     }
+    // While the target still runs: its chunk headers and smaps.
+    let arena_report = if opts.glibc_footprint && stop != StopReason::TargetExited {
+        match super::arenas::arena_report(pid, &outstanding, &w.cap.maps) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                w.warn(format!("reading glibc's arenas of pid {pid}: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     for e in w.probes.detach() {
         w.warn(e);
     }
@@ -282,5 +297,6 @@ pub(super) fn run(
         now_ns,
         start_unix_ms,
         warnings: w.warnings,
+        arenas: arena_report,
     })
 }

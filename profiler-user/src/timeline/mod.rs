@@ -52,6 +52,28 @@ pub struct MemSample {
     pub arena_heaps: u64,
     /// Bytes the allocator itself obtained with mmap/brk; 0 when unknown.
     pub allocator_mapped: u64,
+    /// glibc's footprint split (from /proc/PID/smaps, 0 for other
+    /// allocators): resident bytes of `[heap]` (the main arena)...
+    pub main_heap_resident: u64,
+    /// ...the number of non-main arenas (each one or more heaps)...
+    pub arenas: u64,
+    /// ...reserved (`rw`) and resident bytes of their heaps together...
+    pub arena_reserved: u64,
+    pub arena_resident: u64,
+    /// ...and the chunks glibc mmapped on its own: count, bytes, resident.
+    pub mmapped_chunks: u64,
+    pub mmapped_bytes: u64,
+    pub mmapped_resident: u64,
+}
+
+impl MemSample {
+    /// glibc's resident footprint: main heap, arenas, mmapped chunks (0 when
+    /// the split was not read).
+    pub fn footprint_resident(&self) -> u64 {
+        self.main_heap_resident
+            .saturating_add(self.arena_resident)
+            .saturating_add(self.mmapped_resident)
+    }
 }
 
 /// One snapshot as the session produces it.

@@ -131,7 +131,38 @@ the program freed (retention or fragmentation).",
         } else {
             String::new()
         },
+    ) + &footprint_text(&r.mem_end, r.live_heap_end)
+}
+
+/// ` glibc holds ...: main heap X resident, N arenas Y, mmapped chunks Z;
+/// gap to the live heap W.` (empty when the split was not read).
+fn footprint_text(m: &crate::timeline::MemSample, live: u64) -> String {
+    let fp = m.footprint_resident();
+    if fp == 0 {
+        return String::new();
+    }
+    format!(
+        " glibc's resident footprint at the end: {} (main heap {}, {} arenas {}, {} mmapped chunks {}), {} more than the live heap.",
+        human_bytes(fp),
+        human_bytes(m.main_heap_resident),
+        m.arenas,
+        human_bytes(m.arena_resident),
+        m.mmapped_chunks,
+        human_bytes(m.mmapped_resident),
+        signed_bytes(i64::try_from(fp).unwrap_or(i64::MAX) - i64::try_from(live).unwrap_or(i64::MAX)),
     )
+}
+
+fn peak_text(p: &crate::analysis::PeakFinding) -> String {
+    format!(
+        "memory not returned after a peak: the live heap fell from {} (at {:.1}s) to {} while RSS (anon) stayed at {} (peak {}); the allocator keeps {} the program freed.",
+        human_bytes(p.live_peak),
+        p.peak_ms as f64 / 1000.0,
+        human_bytes(p.live_end),
+        human_bytes(p.rss_anon_end),
+        human_bytes(p.rss_anon_peak),
+        human_bytes(p.retained()),
+    ) + &footprint_text(&p.mem_end, p.live_end)
 }
 
 /// The findings as `- ...` paragraphs, with remedies for retention.
@@ -148,6 +179,13 @@ pub fn write_findings_text(findings: &[Finding], out: &mut impl Write) -> io::Re
                 writeln!(out, "- {}", retention_text(r))?;
                 writeln!(out, "  remedies:")?;
                 for remedy in &r.remedies {
+                    writeln!(out, "  - {remedy}")?;
+                }
+            }
+            Finding::RetainedAfterPeak(p) => {
+                writeln!(out, "- {}", peak_text(p))?;
+                writeln!(out, "  remedies:")?;
+                for remedy in &p.remedies {
                     writeln!(out, "  - {remedy}")?;
                 }
             }
@@ -209,7 +247,7 @@ mod tests {
                     rss_shmem: 0,
                     heap_mappings: 30 * MIB + i as u64 * MIB,
                     arena_heaps: 4,
-                    allocator_mapped: 0,
+                    ..MemSample::default()
                 })
             },
         );

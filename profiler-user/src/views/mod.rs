@@ -4,6 +4,7 @@
 //! flame graph and the text report agree on what a "call site" is.
 
 pub mod age;
+pub mod arenas;
 pub mod callsite;
 pub mod diff;
 pub mod findings;

@@ -61,7 +61,7 @@ pub fn write_report_with(
         writeln!(out, "{}", profile.allocator)?;
     }
     for note in &profile.allocator_notes {
-        writeln!(out, "WARNING: {note}")?;
+        writeln!(out, "{note}")?;
     }
     // The headline is exact whatever the sampling: allocated − freed since
     // attach, over every allocation — unless events were lost.
@@ -308,7 +308,7 @@ mod tests {
     fn allocator_line_and_what_is_unseen_come_first() {
         let mut p = sample_profile();
         p.allocator_notes =
-            vec!["libbump.so defines malloc but is no allocator heapscope knows".into()];
+            vec!["WARNING: libbump.so defines malloc but is no allocator heapscope knows".into()];
         let text = render(&p, 20);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
