@@ -28,7 +28,11 @@ pub(super) enum Update {
     Info(SessionInfo),
     /// One tick, with the call sites registered since the previous
     /// delivered tick.
-    Tick { sites: Vec<SiteInfo>, tick: Tick },
+    /// Boxed: a tick (with its memory sample) is far larger than the other variant.
+    Tick {
+        sites: Vec<SiteInfo>,
+        tick: Box<Tick>,
+    },
 }
 
 /// The session's data as the server sees it.
@@ -152,7 +156,7 @@ pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Up
                 d.info = info;
                 continue;
             }
-            Update::Tick { sites, tick } => (sites, tick),
+            Update::Tick { sites, tick } => (sites, *tick),
         };
         let live_bytes: u64 = tick.sites.iter().map(|(_, s)| s.live_bytes).sum();
         let live_blocks: u64 = tick.sites.iter().map(|(_, s)| s.live_count).sum();
@@ -199,7 +203,7 @@ impl LiveFeed {
         self.pending.extend(new_sites);
         let update = Update::Tick {
             sites: std::mem::take(&mut self.pending),
-            tick: tick.clone(),
+            tick: Box::new(tick.clone()),
         };
         match tx.try_send(update) {
             Ok(()) => {}
