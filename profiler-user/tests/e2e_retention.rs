@@ -2,6 +2,8 @@
 //! arena split, and the call site of the live block pinning the top of
 //! `[heap]`. Needs root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
+
 mod common;
 
 use std::io::Write;
