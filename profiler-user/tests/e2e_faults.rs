@@ -1,0 +1,195 @@
+//! Fault test: heapscope killed with SIGKILL at points of attach, run and
+//! detach leaves no breakpoint in the target. The target's executable text
+//! (libc, its allocator, included) read through /proc/PID/mem must equal the
+//! files' bytes, and the target, which calls every probed entry point in a
+//! loop, must still run (a stray int3 would kill it with SIGTRAP).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::driver::*;
+use common::*;
+
+/// A file-backed executable mapping: runtime range, file offset, path.
+struct Text {
+    start: u64,
+    end: u64,
+    offset: u64,
+    path: String,
+}
+
+fn texts(pid: u32) -> Vec<Text> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    maps.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 6 || !f[1].contains('x') || !f[5].starts_with('/') {
+                return None;
+            }
+            let (s, e) = f[0].split_once('-')?;
+            Some(Text {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                offset: u64::from_str_radix(f[2], 16).ok()?,
+                path: f[5].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Every byte of the target's executable text that differs from its file,
+/// as (path, file offset, byte in memory, byte in the file).
+fn text_differences(pid: u32) -> Vec<(String, u64, u8, u8)> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open /proc/PID/mem");
+    let mut diffs = Vec::new();
+    for t in texts(pid) {
+        let len = (t.end - t.start) as usize;
+        let mut in_mem = vec![0u8; len];
+        mem.read_exact_at(&mut in_mem, t.start)
+            .expect("read the target's text");
+        let file = std::fs::File::open(format!("/proc/{pid}/root{}", t.path)).expect("open module");
+        let size = file.metadata().expect("module size").len();
+        let mut on_disk = vec![0u8; len.min(size.saturating_sub(t.offset) as usize)];
+        file.read_exact_at(&mut on_disk, t.offset)
+            .expect("read module");
+        for (i, (m, f)) in in_mem.iter().zip(&on_disk).enumerate() {
+            if m != f {
+                diffs.push((t.path.clone(), t.offset + i as u64, *m, *f));
+            }
+        }
+    }
+    diffs
+}
+
+/// Waits (bounded, no timing asserted) until the text is clean again; the
+/// kernel removes a killed process's uprobes when its file descriptors close.
+fn assert_clean(pid: u32, what: &str) {
+    let mut diffs = text_differences(pid);
+    for _ in 0..300 {
+        if diffs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        diffs = text_differences(pid);
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} bytes of text differ from the files, first {:x?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(8)]
+    );
+}
+
+fn assert_running(fx: &mut Fixture, what: &str) {
+    let status = fx.child.try_wait().expect("poll the target");
+    assert!(status.is_none(), "{what}: the target died: {status:?}");
+}
+
+fn start_heapscope(pid: u32) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(heapscope())
+        .args([
+            "attach",
+            "-p",
+            &pid.to_string(),
+            "--exact",
+            "--tick",
+            "50ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start heapscope");
+    let stderr = line_reader(child.stderr.take().expect("heapscope stderr"));
+    (child, stderr)
+}
+
+fn kill(child: &mut Child, signal: i32) {
+    // SAFETY: signalling our own child process, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+}
+
+/// Deterministic delays in `0..max_us` (a fixed-seed LCG).
+fn delays(seed: u64, n: usize, max_us: u64) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % max_us
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_at_any_point_leaves_no_breakpoint() {
+    if !root_or_skip("sigkill_at_any_point_leaves_no_breakpoint") {
+        return;
+    }
+    let bin = fixture("churn", "o2", &["-O2", "-g"]);
+    let mut fx = start_fixture(&bin);
+    let pid = fx.pid;
+    assert_clean(pid, "before any attach");
+
+    // The check sees probes: while attached, the entry points hold int3.
+    let started = std::time::Instant::now();
+    let (mut hs, stderr) = start_heapscope(pid);
+    wait_for(&stderr, "attached", &mut Vec::new());
+    // Only used to spread the kill points over the attach (never asserted).
+    let attach_us = (started.elapsed().as_micros() as u64).max(1000);
+    let probed = text_differences(pid);
+    eprintln!(
+        "attached in {attach_us} µs; {} text bytes hold int3 while attached",
+        probed.len()
+    );
+    assert!(
+        !probed.is_empty() && probed.iter().all(|d| d.2 == 0xcc),
+        "attached: expected int3 bytes, got {:x?}",
+        &probed[..probed.len().min(8)]
+    );
+    kill(&mut hs, libc::SIGKILL);
+    hs.wait().expect("reap heapscope");
+    assert_clean(pid, "killed while running");
+    assert_running(&mut fx, "killed while running");
+
+    // During attach: killed some time after start, before or while the
+    // probes go in (delays spread over the time the first attach took).
+    for (i, us) in delays(12, 6, attach_us).into_iter().enumerate() {
+        let (mut hs, _stderr) = start_heapscope(pid);
+        std::thread::sleep(Duration::from_micros(us));
+        kill(&mut hs, libc::SIGKILL);
+        hs.wait().expect("reap heapscope");
+        let what = format!("attach #{i}, killed after {us} µs");
+        assert_clean(pid, &what);
+        assert_running(&mut fx, &what);
+    }
+    // While running: killed some time after the attach line.
+    for (i, us) in delays(34, 3, 300_000).into_iter().enumerate() {
+        let (mut hs, stderr) = start_heapscope(pid);
+        wait_for(&stderr, "attached", &mut Vec::new());
+        std::thread::sleep(Duration::from_micros(us));
+        kill(&mut hs, libc::SIGKILL);
+        hs.wait().expect("reap heapscope");
+        let what = format!("run #{i}, killed {us} µs after attaching");
+        assert_clean(pid, &what);
+        assert_running(&mut fx, &what);
+    }
+    // During detach: SIGTERM starts the orderly stop, SIGKILL cuts it.
+    for (i, us) in delays(56, 4, 50_000).into_iter().enumerate() {
+        let (mut hs, stderr) = start_heapscope(pid);
+        wait_for(&stderr, "attached", &mut Vec::new());
+        kill(&mut hs, libc::SIGTERM);
+        std::thread::sleep(Duration::from_micros(us));
+        kill(&mut hs, libc::SIGKILL);
+        hs.wait().expect("reap heapscope");
+        let what = format!("detach #{i}, killed {us} µs after SIGTERM");
+        assert_clean(pid, &what);
+        assert_running(&mut fx, &what);
+    }
+    let _ = fx.child.kill();
+    let _ = fx.child.wait();
+}
