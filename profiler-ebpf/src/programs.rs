@@ -16,7 +16,7 @@ use profiler_common::{counter, AllocKind, EntrySpec, EventKind, STACK_NONE};
 use crate::live::{
     account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
 };
-use crate::maps::bump;
+use crate::maps::{armed, bump};
 use crate::thread::{enter, judge_entry_only, leave, EntryOnly};
 
 #[inline(always)]
@@ -75,7 +75,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         // free has no return probe: it returns nothing, and skipping the
         // return trap halves its cost.
         AllocKind::Free => {
-            if args[0] == 0 {
+            if args[0] == 0 || !armed() {
                 return 0;
             }
             match judge_entry_only(&ctx) {
@@ -84,6 +84,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
                 EntryOnly::Nested => {}
             }
         }
+        AllocKind::Munmap if !armed() => {}
         AllocKind::Munmap => match judge_entry_only(&ctx) {
             EntryOnly::Program => emit_map_event(map_event(
                 EventKind::Munmap,
@@ -105,6 +106,9 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(st) = leave(&ctx) else { return 0 };
+    if !armed() {
+        return 0;
+    }
     let Some(kind) = AllocKind::from_u32(st.kind) else {
         return 0;
     };

@@ -12,7 +12,7 @@ use profiler_common::{
     AllocKind, Inflight, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES,
 };
 
-use crate::maps::{bump, ALLOC_INTERNAL, ALLOC_TEXT, ARMED, INFLIGHT, XOL};
+use crate::maps::{armed, bump, ALLOC_INTERNAL, ALLOC_TEXT, INFLIGHT, XOL};
 
 /// The stack pointer of the probed context.
 #[inline(always)]
@@ -140,7 +140,7 @@ pub(crate) fn judge_entry_only(ctx: &ProbeContext) -> EntryOnly {
 pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
     let tid = bpf_get_current_pid_tgid();
     let Some(st) = INFLIGHT.get_ptr_mut(tid) else {
-        if ARMED.get(0).copied().unwrap_or(0) != 0 {
+        if armed() {
             bump(counter::UNMATCHED_RETURN, 1);
         }
         return None;

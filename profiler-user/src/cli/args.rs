@@ -120,6 +120,10 @@ pub struct CommonArgs {
     /// Do not print the per-tick status line.
     #[arg(long)]
     pub quiet: bool,
+    /// Attach and detach at nice -20 (root): for a target whose threads
+    /// saturate the CPUs, which would otherwise starve heapscope for seconds.
+    #[arg(long)]
+    pub attach_priority: bool,
     /// Capacity of the live-allocation map (allocations beyond it are counted as lost).
     #[arg(long, default_value_t = profiler_common::defaults::LIVE_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(1..=MAX_LIVE))]
@@ -237,6 +241,7 @@ impl CommonArgs {
             allocator: String::new(),
             allocator_notes: Vec::new(),
             glibc_footprint: false,
+            raise_priority: self.attach_priority,
         })
     }
 

@@ -28,8 +28,10 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     probes::preflight(pid)?;
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
+    let raised = raise_priority(&args.common);
     let target = target::discover(pid, !args.common.no_prologue_skip)?;
     let probes = attach_probes(pid, &target, &args.common)?;
+    drop(raised);
     let mut opts = args.common.session_options()?;
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
@@ -60,9 +62,14 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     let child = launch::spawn_suspended(&program, cmd, rest)
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.pid;
+    // After the fork: the command keeps its own priority.
+    let raised = raise_priority(&args.common);
     // On error the child is dropped at the gate: it exits without running.
-    let probes = attach_probes(pid, &target, &args.common)?;
-    // The command has not run yet: nothing to miss before the session starts.
+    let mut probes = attach_probes(pid, &target, &args.common)?;
+    // The command has not run yet: nothing to miss before the session starts,
+    // so count from its first instruction.
+    probes.arm()?;
+    drop(raised);
     {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "{}", announce(pid, &target, &probes));
@@ -135,6 +142,26 @@ fn outputs(
     Ok(outputs)
 }
 
+/// With `--attach-priority`, keeps heapscope's attach ahead of a target that
+/// saturates the CPUs (see `process::priority`) until the guard is dropped;
+/// without the privilege it runs on at its priority.
+fn raise_priority(common: &CommonArgs) -> Option<crate::process::priority::Raised> {
+    if !common.attach_priority {
+        return None;
+    }
+    match crate::process::priority::raise() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            note(&format!(
+                "note: cannot raise heapscope's priority to nice {} while attaching ({e}): \
+                 under a target that saturates the CPUs, attaching may take long",
+                crate::process::priority::NICE
+            ));
+            None
+        }
+    }
+}
+
 /// Loads and attaches the probes with the options of `common`.
 fn attach_probes(
     pid: u32,
@@ -152,10 +179,15 @@ fn attach_probes(
 
 /// The "attached" line, printed once the session has read the target's map.
 fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> String {
+    let how = match &probes.method {
+        probes::AttachMethod::Multi { links } => format!("{links} uprobe_multi links"),
+        probes::AttachMethod::Single { why } => format!("one at a time: {why}"),
+    };
     let mut lines = vec![
         format!(
-            "heapscope: attached {} probes to pid {pid}; Ctrl-C to stop",
-            probes.probe_count()
+            "heapscope: attached {} probes ({how}, {:.0} ms) to pid {pid}; Ctrl-C to stop",
+            probes.probe_count(),
+            probes.attach_time.as_secs_f64() * 1e3
         ),
         format!("heapscope: {}", target.headline()),
     ];

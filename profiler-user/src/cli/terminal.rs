@@ -118,8 +118,15 @@ impl SessionOutput for Terminal {
                 time.as_secs_f64() * 1e6 / (*stacks).max(1) as f64,
             )),
             SessionEvent::Exec(x) => note(&x.describe()),
-            SessionEvent::Stopped { reason } => {
-                note(&format!("stopped: {}", reason.describe()));
+            SessionEvent::Stopped {
+                reason,
+                detached_in,
+            } => {
+                note(&format!(
+                    "stopped: {}; probes detached in {:.0} ms",
+                    reason.describe(),
+                    detached_in.as_secs_f64() * 1e3
+                ));
                 for w in self.warnings.drain(..) {
                     note(&format!("warning: {w}"));
                 }

@@ -4,14 +4,14 @@ pub mod btf;
 pub mod identify;
 pub mod internals;
 pub mod procs;
+pub mod multi;
 pub mod prologue;
+mod single;
 pub mod target;
 
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::UProbe;
+use aya::programs::uprobe::UProbeLinkId;
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::{defaults, StackMode, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES};
 
@@ -222,11 +222,32 @@ pub fn has_bpf_privileges() -> bool {
     caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0)
 }
 
+/// How the probes went in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachMethod {
+    /// `uprobe_multi` links: all entry points of a file in one call each.
+    Multi { links: usize },
+    /// One perf-event uprobe per probe; `why` says why links were not used.
+    Single { why: String },
+}
+
+enum Links {
+    Multi(multi::MultiLinks),
+    Single(Vec<(&'static str, UProbeLinkId)>),
+    Detached,
+}
+
 /// The loaded programs and maps, attached to one process. Dropping it detaches.
 pub struct Probes {
     pub ebpf: Ebpf,
     pub pid: u32,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Links,
+    /// Probes attached (entry + return).
+    count: usize,
+    /// How they were attached.
+    pub method: AttachMethod,
+    /// Loading the programs and attaching them took this long.
+    pub attach_time: std::time::Duration,
     /// Paths of the probed modules, as the process sees them.
     modules: Vec<String>,
     /// The allocator's own implementation.
@@ -280,9 +301,63 @@ pub fn attach_order(points: &[AttachPoint]) -> Vec<&AttachPoint> {
     out
 }
 
+/// Loads the eBPF object: maps sized, globals set, tables filled; no
+/// program is loaded into the kernel yet.
+fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
+    // Without these offsets samples carry no pending-uretprobe addresses,
+    // and an unwind stops at a trampoline instead of looking past it.
+    let chain = btf::ReturnChainOffsets::from_kernel();
+    let ret_chain = u32::from(chain.is_some());
+    let off = chain.unwrap_or(btf::ReturnChainOffsets {
+        task_utask: 0,
+        utask_instances: 0,
+        ri_orig_ret: 0,
+        ri_stack: 0,
+        ri_next: 0,
+    });
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("LIVE", sizes.live)
+        .map_max_entries("SITES", sizes.sites)
+        // DWARF mode never walks frame pointers in the kernel: one entry
+        // instead of preallocating 16 MiB of stack slots.
+        .map_max_entries(
+            "STACKS",
+            if capture.stack_mode == StackMode::Dwarf {
+                1
+            } else {
+                sizes.stacks
+            },
+        )
+        .map_max_entries("INFLIGHT", sizes.inflight)
+        .map_max_entries("SAMPLER", sizes.inflight)
+        .map_max_entries("EVENTS", sizes.ringbuf_bytes)
+        .override_global("SAMPLE_RATE", &capture.sample_rate, true)
+        .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
+        .override_global("STACK_COPY", &capture.stack_copy, true)
+        .override_global("RET_CHAIN", &ret_chain, true)
+        .override_global("OFF_TASK_UTASK", &off.task_utask, true)
+        .override_global("OFF_UTASK_INSTANCES", &off.utask_instances, true)
+        .override_global("OFF_RI_ORIG_RET", &off.ri_orig_ret, true)
+        .override_global("OFF_RI_STACK", &off.ri_stack, true)
+        .override_global("OFF_RI_NEXT", &off.ri_next, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| match &e {
+            aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)
+                if !has_bpf_privileges() =>
+            {
+                ProbeError::NotPrivileged
+            }
+            _ => ProbeError::Load(e),
+        })?;
+    fill_tables(&mut ebpf)?;
+    Ok(ebpf)
+}
+
 impl Probes {
     /// Loads the eBPF object with the given map sizes and attaches every probe
-    /// of `target` to `pid` (all its threads).
+    /// of `target` to `pid` (all its threads): with `uprobe_multi` links where
+    /// the kernel has them, else one probe at a time. Nothing is counted until
+    /// [`Probes::arm`].
     pub fn attach(
         pid: u32,
         target: &AllocatorTarget,
@@ -290,115 +365,64 @@ impl Probes {
         capture: CaptureConfig,
         mode: ProbeMode,
     ) -> Result<Probes, ProbeError> {
-        let scope_pid = NonZeroU32::new(pid).ok_or(ProbeError::NoSuchProcess(pid))?;
-        // Without these offsets samples carry no pending-uretprobe addresses,
-        // and an unwind stops at a trampoline instead of looking past it.
-        let chain = btf::ReturnChainOffsets::from_kernel();
-        let ret_chain = u32::from(chain.is_some());
-        let off = chain.unwrap_or(btf::ReturnChainOffsets {
-            task_utask: 0,
-            utask_instances: 0,
-            ri_orig_ret: 0,
-            ri_stack: 0,
-            ri_next: 0,
-        });
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("LIVE", sizes.live)
-            .map_max_entries("SITES", sizes.sites)
-            .map_max_entries("STACKS", sizes.stacks)
-            .map_max_entries("INFLIGHT", sizes.inflight)
-            .map_max_entries("SAMPLER", sizes.inflight)
-            .map_max_entries("EVENTS", sizes.ringbuf_bytes)
-            .override_global("SAMPLE_RATE", &capture.sample_rate, true)
-            .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
-            .override_global("STACK_COPY", &capture.stack_copy, true)
-            .override_global("RET_CHAIN", &ret_chain, true)
-            .override_global("OFF_TASK_UTASK", &off.task_utask, true)
-            .override_global("OFF_UTASK_INSTANCES", &off.utask_instances, true)
-            .override_global("OFF_RI_ORIG_RET", &off.ri_orig_ret, true)
-            .override_global("OFF_RI_STACK", &off.ri_stack, true)
-            .override_global("OFF_RI_NEXT", &off.ri_next, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| match &e {
-                aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)
-                    if !has_bpf_privileges() =>
-                {
-                    ProbeError::NotPrivileged
-                }
-                _ => ProbeError::Load(e),
-            })?;
-        fill_tables(&mut ebpf)?;
+        if pid == 0 {
+            return Err(ProbeError::NoSuchProcess(pid));
+        }
+        let t0 = std::time::Instant::now();
+        let mut ebpf = load(sizes, capture)?;
         // The exec watch goes in before the probes: an exec while they go in
         // still releases the old image's blocks.
         let exec_watch = procs::profile_pid(&mut ebpf, pid)
             .and_then(|()| procs::watch_exec(&mut ebpf))
             .map_err(|e| format!("{e}: {}", source_chain(&e)));
-        let mut links = Vec::new();
-        let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), ProbeError> {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|source| ProbeError::Program { name, source })?;
-            }
-            Ok(())
+        let (entry, ret) = match mode {
+            ProbeMode::Profile => (ENTRY_PROGRAM, RETURN_PROGRAM),
+            ProbeMode::Bare => ("noop_enter", "noop_return"),
         };
-        for point in attach_order(&target.points) {
-            // Return probe first: on a shared address, the entry probe must not
-            // see a call whose return would be missed.
-            let (ret, entry) = match mode {
-                ProbeMode::Profile => (RETURN_PROGRAM, ENTRY_PROGRAM),
-                ProbeMode::Bare => ("noop_return", "noop_enter"),
-            };
-            let mut order: Vec<(&'static str, u64)> = Vec::new();
-            if point.spec.has_return_probe() {
-                order.push((ret, point.func_offset));
+        let multi = if std::env::var_os("HEAPSCOPE_NO_UPROBE_MULTI").is_some() {
+            Err("HEAPSCOPE_NO_UPROBE_MULTI is set".to_string())
+        } else {
+            multi::load(EBPF_OBJECT, &ebpf, entry, ret)
+                .and_then(|progs| multi::attach(progs, pid, target))
+                .map_err(|e| e.to_string())
+        };
+        let (links, count, method) = match multi {
+            Ok(m) => {
+                let (count, n) = (m.probes, m.links());
+                (Links::Multi(m), count, AttachMethod::Multi { links: n })
             }
-            order.push((entry, point.entry_offset));
-            for (name, offset) in order {
-                load(&mut ebpf, name)?;
-                let prog: &mut UProbe = ebpf
-                    .program_mut(name)
-                    .ok_or(ProbeError::MissingProgram(name))?
-                    .try_into()
-                    .map_err(|source| ProbeError::Program { name, source })?;
-                let at = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: Some(point.spec.cookie()),
-                };
-                let id = prog
-                    .attach(at, &point.file, UProbeScope::OneProcess(scope_pid))
-                    .map_err(|source| ProbeError::Attach {
-                        symbol: point.symbol.as_str().into(),
-                        path: point.file.clone(),
-                        pid,
-                        source,
-                    })?;
-                links.push((name, id));
+            Err(why) => {
+                let l = single::attach(&mut ebpf, pid, target, entry, ret)?;
+                let count = l.len();
+                (Links::Single(l), count, AttachMethod::Single { why })
             }
-        }
-        // From now on a return without its entry state is a loss.
-        {
-            let name = "ARMED";
-            let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
-            let mut arr: aya::maps::Array<&mut aya::maps::MapData, u32> =
-                aya::maps::Array::try_from(map)
-                    .map_err(|source| ProbeError::Map { name, source })?;
-            arr.set(0, 1, 0)
-                .map_err(|source| ProbeError::Map { name, source })?;
-        }
+        };
         Ok(Probes {
             ebpf,
             pid,
             links,
+            count,
+            method,
+            attach_time: t0.elapsed(),
             modules: target.modules.clone(),
             internal: target.internal.clone(),
             layout: Vec::new(),
             exec_watch,
         })
+    }
+
+    /// Starts counting: the session calls this once it has taken its starting
+    /// point, so nothing the probes saw before is reported as after it.
+    pub fn arm(&mut self) -> Result<(), ProbeError> {
+        let name = "ARMED";
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        let mut arr: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        arr.set(0, 1, 0)
+            .map_err(|source| ProbeError::Map { name, source })
     }
 
     /// Tells the eBPF side where the uretprobe trampoline page is (the
@@ -463,25 +487,20 @@ impl Probes {
 
     /// Number of attached probes (entry + return).
     pub fn probe_count(&self) -> usize {
-        self.links.len()
+        self.count
     }
 
     /// Detaches every probe; the target runs on untouched. Errors are
     /// reported but not fatal: dropping the object detaches too.
     pub fn detach(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
-        for (name, id) in self.links.drain(..) {
-            let prog: Option<&mut UProbe> =
-                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
-            match prog {
-                Some(p) => {
-                    if let Err(e) = p.detach(id) {
-                        errors.push(format!("detaching {name}: {e}"));
-                    }
-                }
-                None => errors.push(format!("detaching {name}: program missing")),
+        let mut errors = match std::mem::replace(&mut self.links, Links::Detached) {
+            Links::Multi(m) => {
+                m.detach();
+                Vec::new()
             }
-        }
+            Links::Single(mut l) => single::detach(&mut self.ebpf, &mut l),
+            Links::Detached => Vec::new(),
+        };
         let watch = std::mem::replace(&mut self.exec_watch, Err("detached".into()));
         if let Ok(id) = watch {
             if let Err(e) = procs::unwatch_exec(&mut self.ebpf, id) {

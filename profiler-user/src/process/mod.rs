@@ -4,4 +4,5 @@ pub mod arenas;
 pub mod maps;
 pub mod memory;
 pub mod modules;
+pub mod priority;
 pub mod procfs;

@@ -47,6 +47,8 @@ pub struct SessionOptions {
     pub allocator_notes: Vec<String>,
     /// The allocator is glibc: read its footprint split (smaps) every tick.
     pub glibc_footprint: bool,
+    /// Detach at a raised priority (see `process::priority`).
+    pub raise_priority: bool,
 }
 
 /// Why the session ended.
@@ -120,6 +122,8 @@ pub struct SessionResult {
     pub warnings: Vec<String>,
     /// glibc's arenas with the sampled live blocks they hold, read at the end.
     pub arenas: Option<arenas::ArenaReport>,
+    /// How long detaching every probe took.
+    pub detach_time: Duration,
 }
 
 impl SessionResult {

@@ -136,7 +136,11 @@ pub enum SessionEvent {
     /// blocks were released (sent when the session applies it).
     Exec(super::exec::ExecNote),
     /// The session ended (sent last, after the probes were detached).
-    Stopped { reason: StopReason },
+    Stopped {
+        reason: StopReason,
+        /// How long detaching every probe took.
+        detached_in: Duration,
+    },
 }
 
 /// Receives every tick and event of a session. All methods have empty

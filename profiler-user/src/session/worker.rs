@@ -116,7 +116,7 @@ impl Worker {
 
 /// Runs the capture until `control` says stop, then detaches.
 pub(super) fn run(
-    probes: Probes,
+    mut probes: Probes,
     ring: RingBuf<MapData>,
     opts: &SessionOptions,
     output: Box<dyn SessionOutput>,
@@ -124,6 +124,9 @@ pub(super) fn run(
 ) -> Result<SessionResult, SessionError> {
     let pid = probes.pid;
     let cap = Capture::new(pid, ring);
+    // The starting point: counting begins here, with the target's map read,
+    // not when the probes went in.
+    probes.arm()?;
     let start_unix_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -239,7 +242,16 @@ pub(super) fn run(
     } else {
         None
     };
-    for e in w.probes.detach() {
+    let detaching = Instant::now();
+    // With --attach-priority, detaching runs ahead of a saturating target too.
+    let raised = opts
+        .raise_priority
+        .then(|| crate::process::priority::raise().ok())
+        .flatten();
+    let errors = w.probes.detach();
+    drop(raised);
+    let detach_time = detaching.elapsed();
+    for e in errors {
         w.warn(e);
     }
     if unread > 0 {
@@ -282,7 +294,10 @@ pub(super) fn run(
             "no memory map of pid {pid} could be read; frames are unresolved"
         ));
     }
-    w.outputs.event(&SessionEvent::Stopped { reason: stop });
+    w.outputs.event(&SessionEvent::Stopped {
+        reason: stop,
+        detached_in: detach_time,
+    });
     Ok(SessionResult {
         timeline: w.timeline,
         meta: ProfileMeta {
@@ -298,5 +313,6 @@ pub(super) fn run(
         start_unix_ms,
         warnings: w.warnings,
         arenas: arena_report,
+        detach_time,
     })
 }

@@ -1,0 +1,112 @@
+//! End-to-end tests of capture under load: attaching to a process whose
+//! threads saturate the CPUs. They need root; without it they say they were
+//! skipped. No test asserts on elapsed time (`cargo xtask bench` measures it).
+
+mod common;
+
+use std::io::Write;
+
+use common::driver::*;
+use common::*;
+
+/// Threads of the saturating fixture: more than the CPUs, each looping on
+/// malloc(64)/free with at most one block outstanding.
+const SPIN_THREADS: u64 = 32;
+
+#[test]
+fn attach_to_a_saturated_process_counts_only_after_the_attach_line() {
+    if !root_or_skip("attach_to_a_saturated_process_counts_only_after_the_attach_line") {
+        return;
+    }
+    let bin = fixture("bench_pairs", "fp", &["-O2", "-pthread"]);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["spin", &SPIN_THREADS.to_string()]);
+    let mut fx = start_command(cmd);
+    let a = attach(
+        fx.pid,
+        &["--exact", "--stacks", "fp", "--quiet", "--attach-priority"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    let _ = fx.child.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        counter(&report, "allocations seen").unwrap_or(0) > 1000,
+        "{report}\n{stderr}"
+    );
+    // Counting starts when the session has started: the only blocks freed
+    // without their allocation having been seen are those each thread held at
+    // that moment (one at most), not the millions of pairs made while the
+    // probes went in.
+    let pre = counter(&report, "frees of pointers allocated before attach").unwrap_or(u64::MAX);
+    assert!(pre <= SPIN_THREADS, "{pre} pre-attach frees\n{report}");
+    assert_eq!(
+        counter(&report, "replaced (free not seen)"),
+        Some(0),
+        "{report}"
+    );
+    // A thread preempted inside malloc while the entry probes went in returns
+    // without its entry state: at most one such call per thread.
+    for lost in [
+        "unmatched returns",
+        "per-thread state stale (return not seen)",
+    ] {
+        let n = counter(&report, lost).unwrap_or(u64::MAX);
+        assert!(n <= SPIN_THREADS, "{lost}: {n}\n{report}");
+    }
+}
+
+#[test]
+fn single_probe_fallback_attaches_and_counts() {
+    if !root_or_skip("single_probe_fallback_attaches_and_counts") {
+        return;
+    }
+    // Kernels before 6.6 have no uprobe_multi links: the fallback attaches
+    // one probe at a time and must count the same way.
+    let bin = fixture("bench_pairs", "fp", &["-O2", "-pthread"]);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["spin", "2"]);
+    let mut fx = start_command(cmd);
+    let mut child = std::process::Command::new(heapscope())
+        .args([
+            "attach",
+            "-p",
+            &fx.pid.to_string(),
+            "--exact",
+            "--stacks",
+            "fp",
+        ])
+        .arg("--quiet")
+        .env("HEAPSCOPE_NO_UPROBE_MULTI", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start heapscope");
+    let stderr = line_reader(child.stderr.take().expect("heapscope stderr"));
+    let mut seen = Vec::new();
+    wait_for(&stderr, "attached", &mut seen);
+    let a = Attached {
+        child,
+        stderr,
+        seen,
+    };
+    assert!(
+        a.seen.iter().any(|l| l.contains("one at a time")),
+        "{:?}",
+        a.seen
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    let _ = fx.child.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        counter(&report, "allocations seen").unwrap_or(0) > 1000,
+        "{report}"
+    );
+    let pre = counter(&report, "frees of pointers allocated before attach").unwrap_or(u64::MAX);
+    assert!(pre <= 2, "{pre} pre-attach frees\n{report}");
+}
