@@ -3,8 +3,8 @@
 pub mod btf;
 pub mod identify;
 pub mod internals;
-pub mod procs;
 pub mod multi;
+pub mod procs;
 pub mod prologue;
 mod single;
 pub mod target;
