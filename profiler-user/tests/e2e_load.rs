@@ -1,6 +1,7 @@
 //! End-to-end tests of capture under load: attaching to a process whose
 //! threads saturate the CPUs. They need root; without it they say they were
 //! skipped. No test asserts on elapsed time (`cargo xtask bench` measures it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
 
