@@ -175,6 +175,18 @@ pub struct Inflight {
     pub _pad: u32,
 }
 
+/// The per-thread stack of pending allocator calls (value of the `INFLIGHT`
+/// map): the outermost call and those of signal handlers that interrupted
+/// it, the top at `n - 1` (see `nesting`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingCalls {
+    /// Pending calls, at most [`nesting::MAX_PENDING_CALLS`].
+    pub n: u32,
+    pub _pad: u32,
+    pub calls: [Inflight; nesting::MAX_PENDING_CALLS],
+}
+
 /// Age after which a per-thread entry state is taken as stale (its return was lost).
 pub const INFLIGHT_STALE_NS: u64 = 10_000_000_000;
 
@@ -414,6 +426,7 @@ const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
+const _: () = assert!(core::mem::size_of::<PendingCalls>() == 120);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
 
 /// The fixed-point tables the eBPF side uses instead of floating point.
@@ -459,6 +472,8 @@ mod pod {
     unsafe impl aya::Pod for SiteCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Inflight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PendingCalls {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MapEvent {}
     // SAFETY: as above.

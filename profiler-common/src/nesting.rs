@@ -2,8 +2,10 @@
 //!
 //! glibc calls itself (`realloc(NULL, n)` → malloc, large chunks → mmap,
 //! `realloc(p, 0)` → free), tail-calls between entry points, and the kernel
-//! sometimes skips a return probe. Each thread keeps one entry state (its
-//! outermost allocator call, see [`crate::Inflight`]); these pure functions
+//! sometimes skips a return probe, and a signal handler may allocate while
+//! the thread is inside an allocator call. Each thread keeps a small stack of
+//! pending calls (its outermost allocator call and those of signal handlers
+//! that interrupted it, see [`crate::PendingCalls`]); these pure functions
 //! decide, from the stack pointer, the state's age and who made the call,
 //! how a new call or a return relates to it. The eBPF programs only read
 //! registers and maps and act on the answer.
@@ -70,8 +72,8 @@ pub enum Stale {
     Age,
     /// The new call is at a shallower stack: the recorded call has returned.
     StackPointer,
-    /// The program made the new call: it only runs again once the recorded
-    /// call has returned.
+    /// The program made the new call at the recorded call's own return slot:
+    /// it only runs there again once the recorded call has returned.
     ProgramCaller,
 }
 
@@ -85,6 +87,9 @@ pub enum Relation {
     Chained,
     /// The recorded call is gone; this call is a new outermost one.
     Stale(Stale),
+    /// The program made the call on a deeper stack: a signal handler
+    /// interrupted the recorded call, which is still pending underneath.
+    Interrupted,
 }
 
 /// Whether `ra` lies in one of `n` ranges `range(i)` = `[start, end)`
@@ -102,50 +107,86 @@ pub fn in_ranges(ra: u64, n: u32, range: impl Fn(u32) -> (u64, u64)) -> bool {
     false
 }
 
+/// Pending calls a thread can hold: its outermost allocator call and the
+/// call of a signal handler that interrupted it. A handler is not
+/// re-entered by its own signal, so deeper stacks need two different
+/// allocating handlers interrupting each other; their calls are counted as
+/// "per-thread state full". (Verification time grows steeply with this
+/// bound: 2 loads in 0.2 s here, 3 and 4 took over 100 s.)
+pub const MAX_PENDING_CALLS: usize = 2;
+
 /// What an entry into an allocator function is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// The program's own call: record it as the thread's outermost call
-    /// (replacing a stale state, if there was one).
-    Program { stale: Option<Stale> },
-    /// Inside the thread's recorded call: the allocator calling itself.
+    /// The program's own call: push it as a new pending call.
+    Program,
+    /// Inside the thread's top pending call: the allocator calling itself.
     Nested,
-    /// A tail call of the recorded call.
+    /// A tail call of the top pending call.
     Chained,
     /// Made by the allocator's own code while no call of the program is in
     /// flight: an arena created inside `free`, a heap trimmed in `free`,
-    /// `malloc_trim`, a thread's cache released at its exit. Its mappings
-    /// are the allocator's footprint and its frees are not the program's.
-    Allocator { stale: Option<Stale> },
+    /// `malloc_trim`, a thread's cache released at its exit. Pushed too (its
+    /// return must be matched), but its mappings are the allocator's
+    /// footprint and its frees are not the program's.
+    Allocator,
 }
 
-/// Judges an entry at stack pointer `sp`, time `now`. `recorded` is the
-/// thread's recorded call as `(entry_sp, entry_ts)`, if any; `caller`
-/// classifies the return address against the allocator's modules (see
-/// [`classify_caller`]); `internal` says whether it lies in the allocator's
-/// own implementation (its malloc code, not the rest of libc: `strdup`
-/// calling malloc is the program's allocation). Each is asked at most once.
+/// An entry's judgement, and how many of the top pending calls were found
+/// stale (returned unseen) on the way and must be dropped first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryJudgement {
+    pub entry: Entry,
+    pub stale: u32,
+}
+
+/// Judges an entry at stack pointer `sp`, time `now`, against the thread's
+/// `n` pending calls, `pending(i)` = `(entry_sp, entry_ts)` with the top at
+/// `n - 1`. `caller` classifies the return address against the allocator's
+/// modules (see [`classify_caller`]); `internal` says whether it lies in the
+/// allocator's own implementation (its malloc code, not the rest of libc:
+/// `strdup` calling malloc is the program's allocation).
 #[inline(always)]
 pub fn judge_entry(
-    recorded: Option<(u64, u64)>,
+    n: u32,
+    pending: impl Fn(u32) -> (u64, u64),
     sp: u64,
     now: u64,
-    caller: impl FnOnce() -> Caller,
+    mut caller: impl FnMut() -> Caller,
     internal: impl FnOnce() -> bool,
-) -> Entry {
-    let stale = match recorded {
-        None => None,
-        Some((entry_sp, entry_ts)) => match relation(entry_sp, entry_ts, sp, now, caller) {
-            Relation::Nested => return Entry::Nested,
-            Relation::Chained => return Entry::Chained,
-            Relation::Stale(s) => Some(s),
-        },
-    };
-    if internal() {
-        Entry::Allocator { stale }
-    } else {
-        Entry::Program { stale }
+) -> EntryJudgement {
+    let mut cached: Option<Caller> = None;
+    let mut stale = 0;
+    let mut i = n;
+    while i > 0 {
+        let (entry_sp, entry_ts) = pending(i - 1);
+        let who = || *cached.get_or_insert_with(&mut caller);
+        match relation(entry_sp, entry_ts, sp, now, who) {
+            Relation::Nested => {
+                return EntryJudgement {
+                    entry: Entry::Nested,
+                    stale,
+                }
+            }
+            Relation::Chained => {
+                return EntryJudgement {
+                    entry: Entry::Chained,
+                    stale,
+                }
+            }
+            Relation::Interrupted => break,
+            Relation::Stale(_) => {
+                stale += 1;
+                i -= 1;
+            }
+        }
     }
+    let entry = if internal() {
+        Entry::Allocator
+    } else {
+        Entry::Program
+    };
+    EntryJudgement { entry, stale }
 }
 
 /// Relates a new call (at `sp`, time `now`) to the recorded call that entered
@@ -166,6 +207,7 @@ pub fn relation(
         return Relation::Stale(Stale::StackPointer);
     }
     match caller() {
+        Caller::Program if sp < entry_sp => Relation::Interrupted,
         Caller::Program => Relation::Stale(Stale::ProgramCaller),
         Caller::Trampoline | Caller::Unknown if sp == entry_sp => Relation::Chained,
         // Without the layout, judge by the stack alone.
@@ -173,34 +215,54 @@ pub fn relation(
     }
 }
 
-/// How a return (stack pointer `sp` after the return) relates to the
-/// recorded call that entered at `entry_sp` with chain depth `depth`.
+/// How a return relates to the thread's pending calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Return {
-    /// The return of a call nested inside the recorded one: ignore it.
+    /// The return of a call nested inside the top pending call: ignore it.
     Nested,
-    /// The recorded call returned unseen earlier; this return is another
-    /// call's: drop the state, match nothing.
-    Stale,
-    /// One link of a tail-call chain returned: decrement the depth.
+    /// One link of a tail-call chain returned: decrement the top's depth.
     Chained,
-    /// The recorded call itself returned: its result is the allocation.
+    /// The top pending call itself returned: pop it; its result is the allocation.
     Outermost,
+    /// No pending call is this return's: it matches nothing.
+    Unmatched,
 }
 
-/// Relates a return to the recorded call. A call's return pops its return
-/// address: the stack pointer is one slot above its entry's.
+/// A return's judgement, and how many top pending calls were found stale
+/// (returned unseen) and must be dropped first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReturnJudgement {
+    pub ret: Return,
+    pub stale: u32,
+}
+
+/// Relates a return (stack pointer `sp` after it) to the thread's `n` pending
+/// calls, `pending(i)` = `(entry_sp, depth)`, top at `n - 1`. A call's
+/// return pops its return address: the stack pointer is one slot above its
+/// entry's. A pending call whose return slot lies below `sp` returned unseen.
 #[inline(always)]
-pub fn on_return(entry_sp: u64, depth: u32, sp: u64) -> Return {
-    let ret_sp = entry_sp.wrapping_add(8);
-    if sp < ret_sp {
-        Return::Nested
-    } else if sp > ret_sp {
-        Return::Stale
-    } else if depth > 1 {
-        Return::Chained
-    } else {
-        Return::Outermost
+pub fn on_return(n: u32, pending: impl Fn(u32) -> (u64, u32), sp: u64) -> ReturnJudgement {
+    let mut stale = 0;
+    let mut i = n;
+    while i > 0 {
+        let (entry_sp, depth) = pending(i - 1);
+        let ret_sp = entry_sp.wrapping_add(8);
+        let ret = if sp < ret_sp {
+            Return::Nested
+        } else if sp > ret_sp {
+            stale += 1;
+            i -= 1;
+            continue;
+        } else if depth > 1 {
+            Return::Chained
+        } else {
+            Return::Outermost
+        };
+        return ReturnJudgement { ret, stale };
+    }
+    ReturnJudgement {
+        ret: Return::Unmatched,
+        stale,
     }
 }
 
@@ -349,16 +411,17 @@ mod tests {
     }
 
     #[test]
-    fn stale_when_the_program_calls_again() {
-        // A deeper call made by the program means the recorded call's return
-        // probe was skipped (the program runs only after it returned).
-        assert_eq!(
-            rel(SP - 0x40, T0 + 10, Caller::Program),
-            Relation::Stale(Stale::ProgramCaller)
-        );
+    fn program_calls_at_the_same_slot_or_deeper() {
+        // At the recorded call's own return slot, a program call means that
+        // call returned unseen (the program runs there only after it returned).
         assert_eq!(
             rel(SP, T0 + 10, Caller::Program),
             Relation::Stale(Stale::ProgramCaller)
+        );
+        // Deeper: a signal handler interrupted the recorded call.
+        assert_eq!(
+            rel(SP - 0x400, T0 + 10, Caller::Program),
+            Relation::Interrupted
         );
     }
 
@@ -377,76 +440,141 @@ mod tests {
         assert_eq!(asked(SP - 8, T0), 1);
     }
 
-    fn judge(recorded: Option<(u64, u64)>, sp: u64, now: u64, c: Caller, internal: bool) -> Entry {
-        judge_entry(recorded, sp, now, || c, || internal)
+    /// Judges against `pending` = [(entry_sp, entry_ts)], top last.
+    fn judge(
+        pending: &[(u64, u64)],
+        sp: u64,
+        now: u64,
+        c: Caller,
+        internal: bool,
+    ) -> EntryJudgement {
+        judge_entry(
+            pending.len() as u32,
+            |i| pending[i as usize],
+            sp,
+            now,
+            || c,
+            || internal,
+        )
+    }
+
+    fn ej(entry: Entry, stale: u32) -> EntryJudgement {
+        EntryJudgement { entry, stale }
     }
 
     #[test]
     fn allocator_internal_without_an_outer_call() {
         // free → tcache_init → arena_get2 → _int_new_arena → alloc_new_heap → mmap:
-        // free has no return probe, so no call is recorded when mmap enters.
+        // free has no return probe, so no call is pending when mmap enters.
         assert_eq!(
-            judge(None, SP, T0, Caller::Allocator, true),
-            Entry::Allocator { stale: None }
+            judge(&[], SP, T0, Caller::Allocator, true),
+            ej(Entry::Allocator, 0)
         );
         // strdup → malloc: libc's code, but not the allocator's implementation.
         assert_eq!(
-            judge(None, SP, T0, Caller::Allocator, false),
-            Entry::Program { stale: None }
+            judge(&[], SP, T0, Caller::Allocator, false),
+            ej(Entry::Program, 0)
         );
         assert_eq!(
-            judge(None, SP, T0, Caller::Program, false),
-            Entry::Program { stale: None }
+            judge(&[], SP, T0, Caller::Program, false),
+            ej(Entry::Program, 0)
         );
         assert_eq!(
-            judge(None, SP, T0, Caller::Unknown, false),
-            Entry::Program { stale: None }
+            judge(&[], SP, T0, Caller::Unknown, false),
+            ej(Entry::Program, 0)
         );
     }
 
     #[test]
-    fn a_recorded_call_decides_first() {
-        let rec = Some((SP, T0));
+    fn the_top_pending_call_decides_first() {
+        let rec = [(SP, T0)];
         assert_eq!(
-            judge(rec, SP - 0x40, T0 + 1, Caller::Allocator, true),
-            Entry::Nested
+            judge(&rec, SP - 0x40, T0 + 1, Caller::Allocator, true),
+            ej(Entry::Nested, 0)
         );
         assert_eq!(
-            judge(rec, SP, T0 + 1, Caller::Trampoline, false),
-            Entry::Chained
+            judge(&rec, SP, T0 + 1, Caller::Trampoline, false),
+            ej(Entry::Chained, 0)
         );
         // Internal after a stale state: the state goes, the call is still the allocator's.
         assert_eq!(
-            judge(rec, SP + 0x40, T0 + 1, Caller::Allocator, true),
-            Entry::Allocator {
-                stale: Some(Stale::StackPointer)
-            }
+            judge(&rec, SP + 0x40, T0 + 1, Caller::Allocator, true),
+            ej(Entry::Allocator, 1)
         );
         assert_eq!(
             judge(
-                rec,
+                &rec,
                 SP - 0x40,
                 T0 + INFLIGHT_STALE_NS,
                 Caller::Program,
                 false
             ),
-            Entry::Program {
-                stale: Some(Stale::Age)
-            }
+            ej(Entry::Program, 1)
         );
         assert_eq!(
-            judge(rec, SP - 0x40, T0 + 1, Caller::Program, false),
-            Entry::Program {
-                stale: Some(Stale::ProgramCaller)
-            }
+            judge(&rec, SP, T0 + 1, Caller::Program, false),
+            ej(Entry::Program, 1)
+        );
+    }
+
+    const HANDLER_SP: u64 = SP - 0x1000;
+
+    #[test]
+    fn a_signal_handler_call_is_pushed_over_the_interrupted_one() {
+        // malloc pending at SP; a SIGALRM handler (program code, deeper) calls malloc.
+        assert_eq!(
+            judge(&[(SP, T0)], HANDLER_SP, T0 + 1, Caller::Program, false),
+            ej(Entry::Program, 0)
+        );
+        // While both are pending, the handler's malloc calling mmap is nested in it.
+        let both = [(SP, T0), (HANDLER_SP, T0 + 1)];
+        assert_eq!(
+            judge(&both, HANDLER_SP - 0x80, T0 + 2, Caller::Allocator, false),
+            ej(Entry::Nested, 0)
+        );
+        // A nested handler (another signal inside the handler's malloc) stacks again.
+        assert_eq!(
+            judge(&both, HANDLER_SP - 0x1000, T0 + 2, Caller::Program, false),
+            ej(Entry::Program, 0)
+        );
+        // The handler's call returned unseen and the handler calls again at its
+        // slot: that one is stale, the interrupted call stays.
+        assert_eq!(
+            judge(&both, HANDLER_SP, T0 + 2, Caller::Program, false),
+            ej(Entry::Program, 1)
+        );
+        // Back in the interrupted code above both: both are stale.
+        assert_eq!(
+            judge(&both, SP + 0x100, T0 + 2, Caller::Program, false),
+            ej(Entry::Program, 2)
         );
     }
 
     #[test]
-    fn internal_is_not_asked_inside_a_recorded_call() {
+    fn the_caller_is_read_once() {
+        let mut asked = 0;
+        let both = [(SP, T0), (HANDLER_SP, T0)];
+        let j = judge_entry(
+            2,
+            |i| both[i as usize],
+            HANDLER_SP,
+            T0 + 1,
+            || {
+                asked += 1;
+                Caller::Program
+            },
+            || false,
+        );
+        assert_eq!(j, ej(Entry::Program, 1));
+        assert_eq!(asked, 1);
+    }
+
+    #[test]
+    fn internal_is_not_asked_inside_a_pending_call() {
         let mut asked = false;
         let e = judge_entry(
-            Some((SP, T0)),
+            1,
+            |_| (SP, T0),
             SP - 8,
             T0 + 1,
             || Caller::Allocator,
@@ -455,7 +583,7 @@ mod tests {
                 true
             },
         );
-        assert_eq!(e, Entry::Nested);
+        assert_eq!(e.entry, Entry::Nested);
         assert!(!asked);
     }
 
@@ -469,17 +597,38 @@ mod tests {
         assert!(!in_ranges(0, 3, r), "unused slots match nothing");
     }
 
+    fn ret(pending: &[(u64, u32)], sp: u64) -> ReturnJudgement {
+        on_return(pending.len() as u32, |i| pending[i as usize], sp)
+    }
+
+    fn rj(ret: Return, stale: u32) -> ReturnJudgement {
+        ReturnJudgement { ret, stale }
+    }
+
     #[test]
     fn returns() {
-        assert_eq!(on_return(SP, 1, SP + 8), Return::Outermost);
-        assert_eq!(on_return(SP, 2, SP + 8), Return::Chained);
-        assert_eq!(on_return(SP, 1, SP - 0x38), Return::Nested);
+        assert_eq!(ret(&[(SP, 1)], SP + 8), rj(Return::Outermost, 0));
+        assert_eq!(ret(&[(SP, 2)], SP + 8), rj(Return::Chained, 0));
+        assert_eq!(ret(&[(SP, 1)], SP - 0x38), rj(Return::Nested, 0));
         assert_eq!(
-            on_return(SP, 1, SP),
-            Return::Nested,
+            ret(&[(SP, 1)], SP),
+            rj(Return::Nested, 0),
             "a nested call at the same slot"
         );
-        assert_eq!(on_return(SP, 1, SP + 16), Return::Stale);
-        assert_eq!(on_return(SP, 3, SP + 0x100), Return::Stale);
+        assert_eq!(ret(&[(SP, 1)], SP + 16), rj(Return::Unmatched, 1));
+        assert_eq!(ret(&[(SP, 3)], SP + 0x100), rj(Return::Unmatched, 1));
+        assert_eq!(ret(&[], SP + 8), rj(Return::Unmatched, 0));
+    }
+
+    #[test]
+    fn returns_with_a_signal_handler_call_pending() {
+        let both = [(SP, 1), (HANDLER_SP, 1)];
+        // The handler's malloc returns first, then the interrupted one.
+        assert_eq!(ret(&both, HANDLER_SP + 8), rj(Return::Outermost, 0));
+        assert_eq!(ret(&both[..1], SP + 8), rj(Return::Outermost, 0));
+        // The handler's return was never seen: the interrupted call still matches.
+        assert_eq!(ret(&both, SP + 8), rj(Return::Outermost, 1));
+        // A nested return inside the handler's call.
+        assert_eq!(ret(&both, HANDLER_SP - 0x40), rj(Return::Nested, 0));
     }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use profiler_common::{
-    counter, defaults, Inflight, LiveAlloc, LiveKey, SiteCounters, SiteKey, StackMode,
+    counter, defaults, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackMode,
     ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, MAX_PROFILED, TABLE_LEN,
 };
 
@@ -67,11 +67,16 @@ pub(crate) static SITES: PerCpuHashMap<SiteKey, SiteCounters> =
 #[map]
 pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(defaults::STACK_MAP_ENTRIES, 0);
 
-/// Entry → return state per thread (pid_tgid). Bounded; stale entries of
-/// threads that died mid-call are pruned by userspace.
+/// Pending calls per thread (pid_tgid): entry → return state. Bounded;
+/// entries of threads that died are pruned by userspace.
 #[map]
-pub(crate) static INFLIGHT: HashMap<u64, Inflight> =
+pub(crate) static INFLIGHT: HashMap<u64, PendingCalls> =
     HashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, NO_PREALLOC);
+
+/// One all-zero `PendingCalls`, never written: the initial value of a
+/// thread's `INFLIGHT` entry (too large to build on the eBPF stack).
+#[map]
+pub(crate) static EMPTY_CALLS: Array<PendingCalls> = Array::with_max_entries(1, 0);
 
 /// Global counters, see `profiler_common::counter`.
 #[map]

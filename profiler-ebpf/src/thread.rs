@@ -1,5 +1,5 @@
-//! Per-thread entry state: which allocator call of a thread is its outermost
-//! one. The decisions are `profiler_common::nesting`'s; this module reads the
+//! Per-thread entry state: a small stack of a thread's pending allocator
+//! calls (its outermost one, and those of signal handlers that interrupted it). The decisions are `profiler_common::nesting`'s; this module reads the
 //! registers, the stack slot and the maps they need.
 
 use aya_ebpf::{
@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter,
-    nesting::{self, Caller, Entry, Return},
-    AllocKind, Inflight, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES,
+    nesting::{self, Caller, Entry, Return, MAX_PENDING_CALLS},
+    AllocKind, Inflight, PendingCalls, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES,
 };
 
-use crate::maps::{armed, bump, ALLOC_INTERNAL, ALLOC_TEXT, INFLIGHT, XOL};
+use crate::maps::{armed, bump, ALLOC_INTERNAL, ALLOC_TEXT, EMPTY_CALLS, INFLIGHT, XOL};
 
 /// The stack pointer of the probed context.
 #[inline(always)]
@@ -52,33 +52,104 @@ fn internal(ra: Option<u64>) -> bool {
     })
 }
 
-/// Judges an entry against the thread's recorded call (see
-/// `nesting::judge_entry`). A stale state is counted and dropped here.
+/// A slot index the verifier can bound: read back through a volatile load,
+/// LLVM cannot prove it in range and drop the bounds check of the `get` that
+/// follows, which the verifier needs to see (it loses the range of a
+/// spilled loop counter).
+#[inline(always)]
+fn slot(i: u32) -> usize {
+    // SAFETY: a volatile read of a local.
+    unsafe { core::ptr::read_volatile(&i) as usize }
+}
+
+/// The thread's pending calls, `n` bounded for the verifier.
+#[inline(always)]
+fn pending_n(p: &PendingCalls) -> u32 {
+    p.n.min(MAX_PENDING_CALLS as u32)
+}
+
+/// Judges an entry against the thread's pending calls (see
+/// `nesting::judge_entry`). Stale pending calls are counted and dropped here.
 #[inline(always)]
 fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
     let sp = sp_of(ctx.regs);
-    let recorded = INFLIGHT.get_ptr(tid).map(|st| {
-        // SAFETY: the entry is only touched by its own thread, which is here.
-        let st = unsafe { &*st };
-        (st.entry_sp, st.ts_ns)
-    });
     let ra = return_address(sp);
-    let e = nesting::judge_entry(recorded, sp, now, || caller(ra), || internal(ra));
-    if let Entry::Program { stale: Some(_) } | Entry::Allocator { stale: Some(_) } = e {
-        let _ = INFLIGHT.remove(tid);
-        bump(counter::INFLIGHT_STALE, 1);
+    let p = INFLIGHT.get_ptr_mut(tid);
+    let j = match p {
+        None => nesting::judge_entry(0, |_| (0, 0), sp, now, || Caller::Unknown, || internal(ra)),
+        Some(p) => {
+            // SAFETY: the entry is only touched by its own thread, which is here.
+            let s = unsafe { &*p };
+            let n = pending_n(s);
+            // Classified once, before the loop over pending calls: asked
+            // lazily inside it, the verifier walks the range loop once per
+            // pending call and path, and verification explodes.
+            let who = if n > 0 { caller(ra) } else { Caller::Unknown };
+            nesting::judge_entry(
+                n,
+                |i| {
+                    s.calls
+                        .get(slot(i))
+                        .map_or((0, 0), |c| (c.entry_sp, c.ts_ns))
+                },
+                sp,
+                now,
+                || who,
+                || internal(ra),
+            )
+        }
+    };
+    if j.stale > 0 {
+        if let Some(p) = p {
+            // SAFETY: as above.
+            unsafe { (*p).n = pending_n(&*p).saturating_sub(j.stale) };
+        }
+        bump(counter::INFLIGHT_STALE, u64::from(j.stale));
     }
-    match e {
+    match j.entry {
         Entry::Nested | Entry::Chained => bump(counter::NESTED, 1),
-        Entry::Allocator { .. } => bump(counter::ALLOCATOR_CALLS, 1),
-        Entry::Program { .. } => {}
+        Entry::Allocator => bump(counter::ALLOCATOR_CALLS, 1),
+        Entry::Program => {}
     }
-    e
+    j.entry
+}
+
+/// Pushes a pending call on the thread's stack (creating it on first use).
+#[inline(always)]
+fn push(tid: u64, call: &Inflight) {
+    let p = match INFLIGHT.get_ptr_mut(tid) {
+        Some(p) => p,
+        None => {
+            let Some(empty) = EMPTY_CALLS.get(0) else {
+                return;
+            };
+            if INFLIGHT.insert(tid, empty, 0).is_err() {
+                bump(counter::INFLIGHT_FULL, 1);
+                return;
+            }
+            match INFLIGHT.get_ptr_mut(tid) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: the entry is only touched by its own thread, which is here.
+    let s = unsafe { &mut *p };
+    let n = pending_n(s);
+    match s.calls.get_mut(slot(n)) {
+        Some(slot) => {
+            *slot = *call;
+            s.n = n + 1;
+        }
+        // Signal handlers nested deeper than the stack holds.
+        None => bump(counter::INFLIGHT_FULL, 1),
+    }
 }
 
 /// Records entry into an allocator function with a return probe. A call
-/// nested in the thread's recorded one is not recorded (the allocator's
-/// own); a tail call deepens the chain.
+/// nested in the thread's top pending one is not recorded (the allocator's
+/// own); a tail call deepens the chain; a signal handler's call is pushed
+/// over the call it interrupted.
 #[inline(always)]
 pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
     let tid = bpf_get_current_pid_tgid();
@@ -87,16 +158,22 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
     let internal = match judge(ctx, tid, now) {
         Entry::Nested => return,
         Entry::Chained => {
-            if let Some(st) = INFLIGHT.get_ptr_mut(tid) {
+            if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
                 // SAFETY: the entry is only touched by its own thread, which is here.
-                unsafe { (*st).depth += 1 };
+                let s = unsafe { &mut *p };
+                if let Some(top) = pending_n(s)
+                    .checked_sub(1)
+                    .and_then(|i| s.calls.get_mut(slot(i)))
+                {
+                    top.depth += 1;
+                }
             }
             return;
         }
-        Entry::Program { .. } => 0,
-        Entry::Allocator { .. } => 1,
+        Entry::Program => 0,
+        Entry::Allocator => 1,
     };
-    let st = Inflight {
+    let call = Inflight {
         kind: kind as u32,
         depth: 1,
         arg0: args[0],
@@ -107,9 +184,7 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
         internal,
         _pad: 0,
     };
-    if INFLIGHT.insert(tid, st, 0).is_err() {
-        bump(counter::INFLIGHT_FULL, 1);
-    }
+    push(tid, &call);
 }
 
 /// Who made a call judged at its entry only (`free`, `munmap`).
@@ -130,39 +205,57 @@ pub(crate) fn judge_entry_only(ctx: &ProbeContext) -> EntryOnly {
     let now = unsafe { bpf_ktime_get_ns() };
     match judge(ctx, tid, now) {
         Entry::Nested | Entry::Chained => EntryOnly::Nested,
-        Entry::Program { .. } => EntryOnly::Program,
-        Entry::Allocator { .. } => EntryOnly::Allocator,
+        Entry::Program => EntryOnly::Program,
+        Entry::Allocator => EntryOnly::Allocator,
     }
 }
-/// Leaves an allocator function: `Some(state)` only for the return of the
-/// recorded call (stack pointer one slot above its entry), once per chain.
+
+/// Leaves an allocator function: `Some(call)` only for the return of the
+/// top pending call (stack pointer one slot above its entry), once per chain.
 #[inline(always)]
 pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
     let tid = bpf_get_current_pid_tgid();
-    let Some(st) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(p) = INFLIGHT.get_ptr_mut(tid) else {
         if armed() {
             bump(counter::UNMATCHED_RETURN, 1);
         }
         return None;
     };
     // SAFETY: the entry is only touched by its own thread, which is here.
-    let st_val = unsafe { *st };
-    match nesting::on_return(st_val.entry_sp, st_val.depth, sp_of(ctx.regs)) {
+    let s = unsafe { &mut *p };
+    let j = nesting::on_return(
+        pending_n(s),
+        |i| {
+            s.calls
+                .get(slot(i))
+                .map_or((0, 0), |c| (c.entry_sp, c.depth))
+        },
+        sp_of(ctx.regs),
+    );
+    let n = pending_n(s).saturating_sub(j.stale);
+    s.n = n;
+    if j.stale > 0 {
+        bump(counter::INFLIGHT_STALE, u64::from(j.stale));
+    }
+    let top = n.checked_sub(1).map(slot);
+    match j.ret {
         Return::Nested => None,
-        Return::Stale => {
-            let _ = INFLIGHT.remove(tid);
-            bump(counter::INFLIGHT_STALE, 1);
-            bump(counter::UNMATCHED_RETURN, 1);
-            None
-        }
         Return::Chained => {
-            // SAFETY: as above.
-            unsafe { (*st).depth -= 1 };
+            if let Some(c) = top.and_then(|i| s.calls.get_mut(i)) {
+                c.depth -= 1;
+            }
             None
         }
         Return::Outermost => {
-            let _ = INFLIGHT.remove(tid);
-            Some(st_val)
+            let call = top.and_then(|i| s.calls.get(i)).copied();
+            s.n = n.saturating_sub(1);
+            call
+        }
+        Return::Unmatched => {
+            if j.stale > 0 || armed() {
+                bump(counter::UNMATCHED_RETURN, 1);
+            }
+            None
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
 use profiler_common::counters::{CounterId, COUNTERS};
-use profiler_common::{counter, AllocKind, Inflight, SiteCounters, SiteKey, COUNT_SCALE};
+use profiler_common::{counter, AllocKind, PendingCalls, SiteCounters, SiteKey, COUNT_SCALE};
 
 use crate::probes::ProbeError;
 use crate::profile::{SiteStats, Totals};
@@ -173,7 +173,7 @@ pub fn merge(
 pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> Result<usize, ProbeError> {
     let name = "INFLIGHT";
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
-    let mut inflight: BpfHashMap<&mut MapData, u64, Inflight> =
+    let mut inflight: BpfHashMap<&mut MapData, u64, PendingCalls> =
         BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
     let dead: Vec<u64> = inflight
         .keys()

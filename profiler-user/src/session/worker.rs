@@ -162,8 +162,11 @@ pub(super) fn run(
         fp_cut: BTreeMap::new(),
         glibc: opts.glibc_footprint,
     };
-    w.outputs.event(&SessionEvent::Attached { header });
+    // The allocator's code ranges go in before "attached" is announced: a
+    // call the allocator makes on its own right after (an arena created in a
+    // new thread's first free) must already be recognised.
     w.note_layout();
+    w.outputs.event(&SessionEvent::Attached { header });
     let started = Instant::now();
     let t_ms = || started.elapsed().as_millis() as u64;
 
