@@ -4,7 +4,9 @@
 //! heaps trimmed, caches released at thread exit).
 //!
 //! A separate allocator library (jemalloc, tcmalloc, mimalloc) is all
-//! allocator. In libc (or a static executable) only the malloc code is:
+//! allocator. In glibc (libc.so or a static executable) only the malloc code
+//! is (an executable with an allocator of its own gets no range: its
+//! function names are the program's, `leak_malloc` beside `malloc`):
 //! `strdup` or `fopen` calling malloc make the program's allocations. glibc
 //! builds its malloc as one object file (malloc.c includes arena.c), whose
 //! functions are contiguous; its exported functions are allocator API

@@ -487,9 +487,9 @@ fn plan(
     })
 }
 
-/// The allocators' own code: a separate allocator library whole; in libc or
-/// an executable only the malloc implementation (`strdup` calling malloc
-/// makes a program allocation), when symbols tell where it is.
+/// The allocators' own code: a separate allocator library whole; in glibc
+/// (libc.so or a static executable) only the malloc implementation (`strdup`
+/// calling malloc makes a program allocation), when symbols tell where it is.
 fn internal_code(modules: &[Module<'_>], found: &[FoundAllocator]) -> Vec<InternalCode> {
     let mut out = Vec::new();
     for f in found {
@@ -498,6 +498,12 @@ fn internal_code(modules: &[Module<'_>], found: &[FoundAllocator]) -> Vec<Intern
         };
         let code = if internals::is_allocator_library(&f.module) {
             Some(InternalCode::WholeModule(f.module.clone()))
+        } else if f.implementation != Implementation::Glibc {
+            // An executable with its own allocator (or musl's): its function
+            // names say nothing reliable about what is the allocator (a
+            // program's `leak_malloc` beside its `malloc`), so no call is
+            // judged the allocator's outside a program call.
+            None
         } else {
             // Without symbols to tell malloc's code apart, no call is judged
             // internal outside a program call.
