@@ -1,8 +1,8 @@
 //! Containers and odd processes: a process chroot'ed inside a private mount
 //! namespace is profiled exactly (its files reached through
-//! /proc/PID/map_files); a process whose main thread exited, a zombie and a
-//! kernel thread each get their own accurate message; so does a Go program
-//! (no malloc).
+//! /proc/PID/map_files); so is a process whose main thread exited (through
+//! a live thread); a zombie and a kernel thread each get their own accurate
+//! message; so does a Go program (no malloc).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
@@ -58,19 +58,32 @@ fn a_chroot_in_a_private_mount_namespace_is_profiled_exactly() {
 }
 
 #[test]
-fn a_process_whose_main_thread_exited_is_said_so() {
-    let bin = fixture("main_exit", "fp", &["-O2", "-g", "-pthread"]);
-    let fx = start_fixture(&bin);
-    let stderr = attach_error(fx.pid);
-    assert!(
-        stderr.contains(&format!(
-            "pid {}'s main thread has exited (pthread_exit) while 1 of its threads run on",
-            fx.pid
-        )),
-        "{stderr}"
+fn a_process_whose_main_thread_exited_is_profiled_exactly() {
+    if !root_or_skip("a_process_whose_main_thread_exited_is_profiled_exactly") {
+        return;
+    }
+    let bin = fixture(
+        "main_exit",
+        "fp",
+        &["-O2", "-g", "-pthread", "-fno-omit-frame-pointer"],
     );
-    assert!(!stderr.contains("stripped"), "{stderr}");
-    fx.run_to_exit();
+    let expected = expected_sites(&bin);
+    let fx = start_fixture(&bin);
+    let dir = scratch("main_exit");
+    let folded = dir.join("main_exit.folded");
+    let report = run_attached(
+        fx,
+        &[
+            "--exact",
+            "--stacks",
+            "fp",
+            "--folded",
+            folded.to_str().expect("utf8"),
+        ],
+    );
+    assert!(report.contains("live heap"), "{report}");
+    let text = std::fs::read_to_string(&folded).expect("folded written");
+    assert_sites_exact(&text, &expected);
 }
 
 #[test]

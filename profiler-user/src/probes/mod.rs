@@ -39,8 +39,6 @@ pub enum ProbeError {
     Zombie { pid: u32, ppid: u32 },
     #[error("pid {pid} ({comm}) is a kernel thread: it has no user-space heap to profile")]
     KernelThread { pid: u32, comm: String },
-    #[error("pid {pid}'s main thread has exited (pthread_exit) while {threads} of its threads run on: pid-scoped uprobes are opened on the main thread, so heapscope cannot profile this process (its allocations would go unseen)")]
-    MainThreadExited { pid: u32, threads: usize },
     #[error("cannot read /proc/{pid}/maps: permission denied (a hardened /proc, `hidepid`, or a process in another user namespace); run heapscope as root in the process's PID namespace")]
     MapsUnreadable { pid: u32 },
     #[error("pid {pid} ({path}) is a Go program: the Go runtime manages its heap without malloc, so there is nothing for heapscope to probe; use Go's own heap profile (net/http/pprof, /debug/pprof/heap)")]
@@ -177,8 +175,8 @@ pub fn preflight(pid: u32) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Zombies, kernel threads and processes whose main thread has exited
-/// cannot be profiled: each is said as what it is.
+/// Zombies and kernel threads cannot be profiled: each is said as what it
+/// is. A process whose main thread exited is profiled through a live thread.
 pub fn check_process_kind(pid: u32) -> Result<(), ProbeError> {
     use crate::process::procfs;
     let Some(stat) = procfs::stat(pid) else {
@@ -190,16 +188,12 @@ pub fn check_process_kind(pid: u32) -> Result<(), ProbeError> {
             comm: stat.comm,
         });
     }
-    if stat.is_dead() {
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.count().saturating_sub(1))
-            .unwrap_or(0);
-        return Err(match procfs::live_thread(pid) {
-            Some(_) => ProbeError::MainThreadExited { pid, threads },
-            None => ProbeError::Zombie {
-                pid,
-                ppid: stat.ppid,
-            },
+    // A dead leader with live threads (pthread_exit) is profiled through a
+    // live thread (see `Probes::attach`); without one it is a zombie.
+    if stat.is_dead() && procfs::live_thread(pid).is_none() {
+        return Err(ProbeError::Zombie {
+            pid,
+            ppid: stat.ppid,
         });
     }
     Ok(())
@@ -379,7 +373,19 @@ impl Probes {
             ProbeMode::Profile => (ENTRY_PROGRAM, RETURN_PROGRAM),
             ProbeMode::Bare => ("noop_enter", "noop_return"),
         };
-        let multi = if std::env::var_os("HEAPSCOPE_NO_UPROBE_MULTI").is_some() {
+        // The kernel's uprobe filters compare the probed mm with the mm of
+        // the task the probes were opened for: a leader that exited
+        // (pthread_exit) has none, so its probes would never fire. Per-thread
+        // perf events opened on a live thread (sharing the process's mm) do;
+        // uprobe_multi links take only the thread-group id.
+        let live_thread = crate::process::procfs::stat(pid)
+            .filter(|s| s.is_dead())
+            .and_then(|_| crate::process::procfs::live_thread(pid));
+        let multi = if let Some(tid) = live_thread {
+            Err(format!(
+                "the main thread has exited: probes opened on thread {tid}"
+            ))
+        } else if std::env::var_os("HEAPSCOPE_NO_UPROBE_MULTI").is_some() {
             Err("HEAPSCOPE_NO_UPROBE_MULTI is set".to_string())
         } else {
             multi::load(EBPF_OBJECT, &ebpf, entry, ret)
@@ -392,7 +398,8 @@ impl Probes {
                 (Links::Multi(m), count, AttachMethod::Multi { links: n })
             }
             Err(why) => {
-                let l = single::attach(&mut ebpf, pid, target, entry, ret)?;
+                let scope = live_thread.unwrap_or(pid);
+                let l = single::attach(&mut ebpf, scope, target, entry, ret)?;
                 let count = l.len();
                 (Links::Single(l), count, AttachMethod::Single { why })
             }
