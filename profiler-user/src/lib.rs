@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: `probes` (load + attach) → `events` / `aggregate`
 //! (read kernel maps) → `profile` (symbolized snapshot) → `views`.
+pub mod addr;
 pub mod aggregate;
 pub mod analysis;
 pub mod api;

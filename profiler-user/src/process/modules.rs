@@ -14,7 +14,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::maps::{MemoryMap, Region};
-use crate::symbolize::ModuleSource;
+
+/// How to read the module behind one mapping: what the symbolizer needs,
+/// in the normalizer's own terms (the session builds the symbolizer's
+/// `ModuleSource` from it, so `process` does not depend on `symbolize`).
+#[derive(Clone, Debug)]
+pub struct MappedModule {
+    /// The file name (`libc.so.6`).
+    pub name: String,
+    /// Where heapscope opens the file: `/proc/self/fd/N` of a captured
+    /// handle, `/proc/PID/root/<path>`, or a plain path.
+    pub open_path: PathBuf,
+    /// The path as the process sees it (the maps column).
+    pub path: PathBuf,
+    /// The process's root directory (`/proc/PID/root`) when readable.
+    pub root: Option<PathBuf>,
+    /// Keeps a captured file open (and `open_path` valid) while this lives.
+    pub handle: Option<Arc<File>>,
+}
 
 /// One captured module file.
 #[derive(Debug)]
@@ -139,7 +156,7 @@ impl MemoryMap {
     /// handle captured with this snapshot when there is one, else by path
     /// (inside the process's root while it runs). `None` for anonymous and
     /// pseudo mappings (`[heap]`, `[vdso]`).
-    pub fn module_source(&self, pid: u32, region: &Region) -> Option<ModuleSource> {
+    pub fn mapped_module(&self, pid: u32, region: &Region) -> Option<MappedModule> {
         if !region.is_file() {
             return None;
         }
@@ -148,14 +165,14 @@ impl MemoryMap {
         let root = super::procfs::dir(pid).join("root");
         let root = root.is_dir().then_some(root);
         let source = match self.files.find(region) {
-            Some(c) => ModuleSource {
+            Some(c) => MappedModule {
                 name,
                 open_path: PathBuf::from(format!("/proc/self/fd/{}", c.file.as_raw_fd())),
                 path: PathBuf::from(path),
                 root,
                 handle: Some(Arc::clone(&c.file)),
             },
-            None => ModuleSource {
+            None => MappedModule {
                 name,
                 open_path: rooted(pid, path),
                 path: PathBuf::from(path),
@@ -184,7 +201,7 @@ mod tests {
         let here = RuntimeAddr(captures_own_modules_and_reads_through_fd as *const () as u64);
         let (region, _) = map.lookup(here).expect("own code mapped");
         let source = map
-            .module_source(std::process::id(), region)
+            .mapped_module(std::process::id(), region)
             .expect("file backed");
         assert!(source.handle.is_some(), "own executable captured");
         assert!(source.open_path.starts_with("/proc/self/fd/"));
@@ -203,7 +220,7 @@ mod tests {
         .expect("parse");
         assert_eq!(map.captured_files(), 0);
         let source = map
-            .module_source(u32::MAX, &map.regions[0])
+            .mapped_module(u32::MAX, &map.regions[0])
             .expect("file backed");
         assert!(source.handle.is_none());
         assert_eq!(
@@ -211,6 +228,6 @@ mod tests {
             PathBuf::from("/nonexistent/heapscope/lib.so")
         );
         assert_eq!(source.name, "lib.so");
-        assert!(map.module_source(u32::MAX, &map.regions[1]).is_none());
+        assert!(map.mapped_module(u32::MAX, &map.regions[1]).is_none());
     }
 }

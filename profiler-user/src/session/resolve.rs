@@ -14,8 +14,20 @@ use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{RawSnapshot, StackRef};
 use crate::probes::ProbeError;
 use crate::process::maps::{MemoryMap, RuntimeAddr};
+use crate::process::modules::MappedModule;
 use crate::profile::{Frame, ModuleId, Pc, Site};
 use crate::symbolize::{ModuleAddr, ModuleSource, Symbolized, Symbolizer, UnknownReason};
+
+/// What the symbolizer reads for a module the normalizer found mapped.
+fn module_source(m: MappedModule) -> ModuleSource {
+    ModuleSource {
+        name: m.name,
+        open_path: m.open_path,
+        path: m.path,
+        root: m.root,
+        handle: m.handle,
+    }
+}
 
 /// The addresses of one module, symbolized in one call.
 struct ModuleBatch {
@@ -97,7 +109,7 @@ impl<'a> Resolver<'a> {
                     continue;
                 }
             };
-            let Some(source) = self.maps.module_source(self.pid, region) else {
+            let Some(source) = self.maps.mapped_module(self.pid, region).map(module_source) else {
                 let name = region.path.clone().unwrap_or_else(|| "anon".into());
                 self.set(ip, name, ip - region.start, UnknownReason::NotFileBacked);
                 continue;

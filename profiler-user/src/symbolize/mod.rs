@@ -26,7 +26,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::process::maps::FileOffset;
+use crate::addr::FileOffset;
 use crate::profile::Frame;
 
 use cache::ModuleCache;
