@@ -93,9 +93,9 @@ pub struct CommonArgs {
     /// server (e.g. http://pyroscope:4040), from a thread of its own.
     #[arg(long, value_name = "URL")]
     pub push: Option<String>,
-    /// Interval of --push (1s to 1d).
+    /// Interval of --push (100ms to 1d).
     #[arg(long, default_value = "15s",
-          value_parser = duration_in(Duration::from_secs(1), Duration::from_secs(86_400)))]
+          value_parser = duration_in(Duration::from_millis(100), Duration::from_secs(86_400)))]
     pub push_interval: Duration,
     /// A label of pushed profiles (repeatable); `service_name=NAME` names the
     /// application (default: the target's command name).
@@ -210,9 +210,6 @@ impl CommonArgs {
         let Some(url) = &self.push else {
             return Ok(None);
         };
-        if self.push_interval < Duration::from_millis(100) {
-            bail!("--push-interval must be at least 100ms");
-        }
         let service = self
             .labels
             .iter()

@@ -139,7 +139,10 @@ fn the_reported_panics_are_clear_errors() {
         (&["--live-map-entries", "4294967295"], "not in 1..=16777216"),
         (&["--top", "0"], "not in 1..=1000000"),
         (&["--older-than", "99999999999999999999"], "too long"),
-        (&["--push-interval", "0"], "out of range: between 1s and 1d"),
+        (
+            &["--push-interval", "0"],
+            "out of range: between 100ms and 1d",
+        ),
     ];
     for (extra, want) in cases {
         let mut args = vec!["heapscope", "attach", "-p", "1"];
