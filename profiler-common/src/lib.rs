@@ -230,6 +230,8 @@ pub enum EventKind {
     SampledFree = 101,
     /// A [`ProcEvent`]: a profiled process exec'd a new program.
     Exec = 102,
+    /// A [`ProcEvent`]: a profiled process forked a child (now profiled too).
+    Fork = 103,
 }
 
 impl EventKind {
@@ -242,6 +244,7 @@ impl EventKind {
             EventKind::Sample,
             EventKind::SampledFree,
             EventKind::Exec,
+            EventKind::Fork,
         ]
         .into_iter()
         .find(|k| *k as u32 == v)
@@ -317,13 +320,17 @@ pub struct SampledFree {
     pub ts_ns: u64,
 }
 
-/// A profiled process changed: it exec'd ([`EventKind::Exec`]).
+/// A profiled process changed: it exec'd ([`EventKind::Exec`]) or forked
+/// ([`EventKind::Fork`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
     pub kind: u32,
-    /// The process (its pid after the exec).
+    /// The process (its pid after an exec; the child of a fork).
     pub tgid: u32,
+    /// The forking process (0 for an exec).
+    pub parent: u32,
+    pub _pad: u32,
     /// When it happened (`bpf_ktime_get_ns`, as `LiveAlloc::ts_ns`): live
     /// blocks older than this belong to the old image.
     pub ts_ns: u64,
@@ -422,7 +429,7 @@ const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<Inflight>() == 56);

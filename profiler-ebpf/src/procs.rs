@@ -1,5 +1,7 @@
 //! Process tracepoints: a profiled process that execs is reported, so
-//! userspace can release the old image's live blocks and probe the new one.
+//! userspace can release the old image's live blocks; a child it forks is
+//! profiled from then on (its execs and forks reported) and reported, so
+//! userspace attaches the child's own probes.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -8,7 +10,58 @@ use aya_ebpf::{
 };
 use profiler_common::{EventKind, ProcEvent};
 
-use crate::maps::{bump, EVENTS, PROFILED};
+use crate::maps::{bump, config_u32, EVENTS, PROFILED};
+use crate::sample::kread;
+
+/// 1 to follow forks of profiled processes, set by userspace.
+#[unsafe(no_mangle)]
+pub(crate) static FOLLOW: u32 = 0;
+
+/// Byte offset of task_struct.tgid (from the kernel's BTF); 0 when unknown
+/// (then forks are not followed).
+#[unsafe(no_mangle)]
+pub(crate) static OFF_TASK_TGID: u32 = 0;
+
+#[inline(always)]
+fn emit(kind: EventKind, tgid: u32, parent: u32) {
+    let ev = ProcEvent {
+        kind: kind as u32,
+        tgid,
+        parent,
+        _pad: 0,
+        // SAFETY: a plain helper call without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+        bump(profiler_common::counter::RINGBUF_LOST, 1);
+    }
+}
+
+/// `sched_process_fork(parent, child)`, in the forking task: a new process
+/// (not a thread: those share the tgid) of a profiled one is profiled too.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn on_fork(ctx: RawTracePointContext) -> i32 {
+    let off = config_u32(&OFF_TASK_TGID);
+    if config_u32(&FOLLOW) == 0 || off == 0 {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: only tested for presence.
+    if unsafe { PROFILED.get(&parent) }.is_none() {
+        return 0;
+    }
+    let child_task: u64 = ctx.arg(1);
+    // tgid is a 32-bit pid_t: the low half of the word read.
+    let child = kread(child_task + off as u64) as u32;
+    if child == 0 || child == parent {
+        return 0;
+    }
+    // Full: the child's own forks and execs go unreported; userspace still
+    // attaches its probes from the event and says the set is full.
+    let _ = PROFILED.insert(&child, &1, 0);
+    emit(EventKind::Fork, child, parent);
+    0
+}
 
 /// `sched_process_exec` (a raw tracepoint: no tracefs needed): runs in the
 /// task that exec'd, after the new image is in place; other processes
@@ -20,14 +73,6 @@ pub fn on_exec(_ctx: RawTracePointContext) -> i32 {
     if unsafe { PROFILED.get(&tgid) }.is_none() {
         return 0;
     }
-    let ev = ProcEvent {
-        kind: EventKind::Exec as u32,
-        tgid,
-        // SAFETY: a plain helper call without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    if EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
-        bump(profiler_common::counter::RINGBUF_LOST, 1);
-    }
+    emit(EventKind::Exec, tgid, 0);
     0
 }

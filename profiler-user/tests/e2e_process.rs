@@ -106,3 +106,81 @@ fn exec_main(flags: &[&str]) {
     );
     assert!(report.contains("after_exec"), "{report}");
 }
+
+/// The `live heap per process` rows of the report: pid → (comm, bytes, blocks).
+fn process_rows(report: &str) -> std::collections::BTreeMap<u32, (String, u64, u64)> {
+    let mut rows = std::collections::BTreeMap::new();
+    let Some(at) = report.find("live heap per process") else {
+        return rows;
+    };
+    for l in report[at..].lines().skip(2) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() != 4 {
+            break;
+        }
+        if let (Ok(pid), Ok(bytes), Ok(blocks)) = (f[0].parse(), f[2].parse(), f[3].parse()) {
+            rows.insert(pid, (f[1].to_string(), bytes, blocks));
+        }
+    }
+    rows
+}
+
+#[test]
+fn children_before_and_during_attach_are_followed_exactly() {
+    if !root_or_skip("children_before_and_during_attach_are_followed_exactly") {
+        return;
+    }
+    let bin = fixture("prefork", "fp", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    let fx = start_command(Command::new(&bin));
+    let parent = fx.pid;
+    let mut a = attach(parent, &["--exact", "--stacks", "fp"]);
+    let Fixture {
+        mut child,
+        mut stdin,
+        lines,
+        ..
+    } = fx;
+    let mut seen = Vec::new();
+    writeln!(stdin, "fork").expect("ask for a fork");
+    let forked: u32 = wait_for(&lines, "forked", &mut seen)
+        .split_once("pid=")
+        .and_then(|(_, p)| p.trim().parse().ok())
+        .expect("fixture prints forked pid=P");
+    // The child forked under heapscope is leaked into only once it is followed.
+    wait_for(&a.stderr, &format!("following pid {forked}"), &mut a.seen);
+    writeln!(stdin, "leak").expect("ask for leaks");
+    let mut leaked = std::collections::BTreeMap::new();
+    while leaked.len() < 4 {
+        let l = wait_for(&lines, "leaked", &mut seen);
+        let field = |k: &str| -> u64 {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .expect("leaked pid=P bytes=N")
+        };
+        leaked.insert(field("pid=") as u32, field("bytes="));
+    }
+    wait_for(&lines, "done", &mut seen);
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(stdin, "exit").expect("release fixture");
+    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+
+    let rows = process_rows(&report);
+    assert_eq!(rows.len(), 4, "one row per process\n{report}\n{stderr}");
+    for (pid, bytes) in &leaked {
+        let row = rows
+            .get(pid)
+            .unwrap_or_else(|| panic!("no row for pid {pid}\n{report}"));
+        assert_eq!(row.1, *bytes, "pid {pid}'s live bytes\n{report}");
+    }
+    assert_eq!(leaked[&parent], 7000);
+    let total: u64 = leaked.values().sum();
+    assert_eq!(headline_live_bytes(&report), Some(total), "{report}");
+    assert!(
+        stderr.contains(&format!("forked by pid {parent}")),
+        "the fork under heapscope is said\n{stderr}"
+    );
+    assert!(stderr.contains("an existing child"), "{stderr}");
+}

@@ -71,6 +71,10 @@ pub struct CommonArgs {
     /// Capture every allocation (no sampling): exact per-site numbers, higher cost.
     #[arg(long)]
     pub exact: bool,
+    /// Profile only the given processes, not their children (by default
+    /// children, existing and forked later, are profiled too).
+    #[arg(long)]
+    pub no_follow: bool,
     /// Bytes of user stack copied per sample for DWARF unwinding (4KiB, 8KiB or 16KiB).
     #[arg(long, default_value = "8KiB", value_parser = size_in(1, 16 << 10))]
     pub stack_size: u64,
@@ -195,6 +199,7 @@ impl CommonArgs {
                 StacksArg::Fp => profiler_common::StackMode::FramePointer,
             },
             stack_copy,
+            follow: !self.no_follow,
         })
     }
 

@@ -21,23 +21,35 @@ use crate::timeline::Window;
 use crate::views;
 
 pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
-    let pid = args.pid;
+    let pids = args.pid.clone();
+    let Some(&pid) = pids.first() else {
+        bail!("no process given: use `heapscope attach -p PID[,PID...]`");
+    };
     args.common.check_outputs()?;
     // Bad sizes fail before the process is touched.
     args.common.map_sizes()?;
-    probes::preflight(pid)?;
+    for &p in &pids {
+        probes::preflight(p)?;
+    }
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
     let raised = raise_priority(&args.common);
     let target = target::discover(pid, !args.common.no_prologue_skip)?;
-    let probes = attach_probes(pid, &target, &args.common)?;
+    let mut probes = attach_probes(pid, &target, &args.common)?;
+    for &p in &pids[1..] {
+        let other = target::discover(p, !args.common.no_prologue_skip)?;
+        probes
+            .add_process(p, Some(&other))
+            .with_context(|| format!("attaching to pid {p}"))?;
+    }
     drop(raised);
     let mut opts = args.common.session_options()?;
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
     opts.glibc_footprint = target.is_glibc();
     let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)), feed)?;
-    let mut result = session::run(probes, &opts, || session::process_alive(pid), outputs).await?;
+    let alive = || pids.iter().any(|&p| session::process_alive(p));
+    let mut result = session::run(probes, &opts, alive, outputs).await?;
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
     Ok(0)
@@ -241,6 +253,7 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         let mut out = stdout.lock();
         report::write(&result.timeline, &result.meta, &opts, &mut out)?;
         write_ages(common, result, &mut out)?;
+        write_processes(result, &mut out)?;
         out.flush()?;
         Ok(())
     });
@@ -277,6 +290,39 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         });
     }
     outputs.finish()
+}
+
+/// The live heap per process, when more than one was profiled.
+fn write_processes(result: &SessionResult, out: &mut impl std::io::Write) -> Result<()> {
+    if result.processes.len() < 2 {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "live heap per process (malloc family, exact from the live map; mappings not included):"
+    )?;
+    writeln!(
+        out,
+        "{:>8}  {:<16} {:>14} {:>10}",
+        "pid", "comm", "live bytes", "blocks"
+    )?;
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    for p in &result.processes {
+        writeln!(
+            out,
+            "{:>8}  {:<16} {:>14} {:>10}",
+            p.pid, p.comm, p.bytes, p.blocks
+        )?;
+        blocks += p.blocks;
+        bytes += p.bytes;
+    }
+    writeln!(
+        out,
+        "{:>8}  {:<16} {:>14} {:>10}",
+        "", "total", bytes, blocks
+    )?;
+    Ok(())
 }
 
 /// The age histogram of outstanding allocations, and with `--older-than`

@@ -75,9 +75,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct AttachArgs {
-    /// The process to profile.
-    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: u32,
+    /// The processes to profile (`-p 1,2` or `-p 1 -p 2`), with their
+    /// children unless `--no-follow`.
+    #[arg(short, long, required = true, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -118,6 +118,7 @@ impl SessionOutput for Terminal {
                 time.as_secs_f64() * 1e6 / (*stacks).max(1) as f64,
             )),
             SessionEvent::Exec(x) => note(&x.describe()),
+            SessionEvent::Followed(f) => note(&f.describe()),
             SessionEvent::Stopped {
                 reason,
                 detached_in,

@@ -20,7 +20,8 @@ pub enum Event<'a> {
     Map(MapEvent),
     Sample(SampleHeader, &'a [u8]),
     SampledFree(SampledFree),
-    Exec(ProcEvent),
+    /// An exec or a fork of a profiled process.
+    Proc(ProcEvent),
 }
 
 fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -44,7 +45,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
             Some(Event::Sample(h, stack))
         }
         EventKind::SampledFree => read_pod(bytes).map(Event::SampledFree),
-        EventKind::Exec => read_pod(bytes).map(Event::Exec),
+        EventKind::Exec | EventKind::Fork => read_pod(bytes).map(Event::Proc),
         EventKind::Mmap | EventKind::Munmap | EventKind::Mremap => read_pod(bytes).map(Event::Map),
     }
 }
@@ -60,13 +61,13 @@ pub struct EventSink<'a> {
     /// (a library loaded, or the command just exec'd); once per drain.
     pub refresh: &'a mut dyn FnMut() -> Option<MemoryMap>,
     pub refreshed: bool,
-    /// Execs of profiled processes, handled by the session after the drain
-    /// (it needs the live map).
+    /// Execs and forks of profiled processes, handled by the session after
+    /// the drain (it needs the live map and the probes).
     pub execs: &'a mut Vec<ExecSeen>,
 }
 
-/// An exec seen in the event stream, with the mapped regions of the old
-/// image released at that point of the stream.
+/// An exec (with the mapped regions of the old image released at that
+/// point of the stream) or a fork seen in the event stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecSeen {
     pub ev: ProcEvent,
@@ -94,9 +95,14 @@ impl EventSink<'_> {
                 self.samples.free(f.tgid, f.ptr);
                 true
             }
-            Event::Exec(ev) => {
-                // Regions mapped after this point belong to the new image.
-                let (regions, region_bytes) = self.regions.release_all();
+            Event::Proc(ev) => {
+                // After an exec, regions mapped from here on belong to the
+                // new image; a fork changes nothing here.
+                let (regions, region_bytes) = if ev.kind == EventKind::Exec as u32 {
+                    self.regions.release_all()
+                } else {
+                    (0, 0)
+                };
                 self.execs.push(ExecSeen {
                     ev,
                     regions,

@@ -101,6 +101,15 @@ impl StructOffsets {
     }
 }
 
+/// The byte offset of task_struct.tgid (the fork tracepoint reads the
+/// child's process id with it); `None` when the kernel's BTF lacks it.
+pub fn task_tgid_offset() -> Option<u32> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    StructOffsets::parse(&data, &["task_struct"])
+        .ok()?
+        .get("task_struct", "tgid")
+}
+
 /// Offsets the eBPF side needs to walk a thread's pending uretprobes:
 /// task_struct.utask → uprobe_task.return_instances → return_instance
 /// {orig_ret_vaddr, stack, next}. `None` when the kernel's BTF lacks any.

@@ -104,6 +104,8 @@ pub struct CaptureConfig {
     pub stack_mode: StackMode,
     /// Bytes of user stack copied per DWARF sample (one of `STACK_COPY_SIZES`).
     pub stack_copy: u32,
+    /// Follow the children of profiled processes (fork, clone, vfork).
+    pub follow: bool,
 }
 
 impl Default for CaptureConfig {
@@ -112,6 +114,7 @@ impl Default for CaptureConfig {
             sample_rate: defaults::SAMPLE_RATE,
             stack_mode: StackMode::Dwarf,
             stack_copy: defaults::STACK_COPY,
+            follow: true,
         }
     }
 }
@@ -250,7 +253,23 @@ pub struct Probes {
     layout: Vec<u64>,
     /// The exec tracepoint, or why it could not be attached (then an exec
     /// of the target goes unnoticed, and the session says so).
-    exec_watch: Result<aya::programs::raw_trace_point::RawTracePointLinkId, String>,
+    exec_watch: Result<
+        Vec<(
+            &'static str,
+            aya::programs::raw_trace_point::RawTracePointLinkId,
+        )>,
+        String,
+    >,
+    /// What was attached to the first process, attached again to each child.
+    target: AllocatorTarget,
+    /// The entry and return programs.
+    programs: (&'static str, &'static str),
+    /// Probes of the other processes, attached one at a time.
+    extra: Vec<(&'static str, UProbeLinkId)>,
+    /// Every process with probes, the first one first.
+    pids: Vec<u32>,
+    /// Children are followed (not `--no-follow`).
+    pub follow: bool,
 }
 
 /// The one entry program: the attach cookie tells it which row of the
@@ -334,6 +353,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("OFF_RI_ORIG_RET", &off.ri_orig_ret, true)
         .override_global("OFF_RI_STACK", &off.ri_stack, true)
         .override_global("OFF_RI_NEXT", &off.ri_next, true)
+        .override_global("FOLLOW", &u32::from(capture.follow), true)
+        .override_global("OFF_TASK_TGID", &btf::task_tgid_offset().unwrap_or(0), true)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)
@@ -415,6 +436,11 @@ impl Probes {
             internal: target.internal.clone(),
             layout: Vec::new(),
             exec_watch,
+            target: target.clone(),
+            programs: (entry, ret),
+            extra: Vec::new(),
+            pids: vec![pid],
+            follow: capture.follow,
         })
     }
 
@@ -499,6 +525,33 @@ impl Probes {
 
     /// Detaches every probe; the target runs on untouched. Errors are
     /// reported but not fatal: dropping the object detaches too.
+    /// Attaches the same probes to another process, one at a time: a child
+    /// of a profiled one (same image) or, with `target`, another program.
+    /// Returns the number of probes attached (0 when it already has them).
+    pub fn add_process(
+        &mut self,
+        pid: u32,
+        target: Option<&AllocatorTarget>,
+    ) -> Result<usize, ProbeError> {
+        if self.pids.contains(&pid) {
+            return Ok(0);
+        }
+        procs::profile_pid(&mut self.ebpf, pid)?;
+        let target = target.unwrap_or(&self.target).clone();
+        let (entry, ret) = self.programs;
+        let links = single::attach(&mut self.ebpf, pid, &target, entry, ret)?;
+        let n = links.len();
+        self.extra.extend(links);
+        self.count += n;
+        self.pids.push(pid);
+        Ok(n)
+    }
+
+    /// Every process with probes, the first one first.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
     pub fn detach(&mut self) -> Vec<String> {
         let mut errors = match std::mem::replace(&mut self.links, Links::Detached) {
             Links::Multi(m) => {
@@ -508,11 +561,10 @@ impl Probes {
             Links::Single(mut l) => single::detach(&mut self.ebpf, &mut l),
             Links::Detached => Vec::new(),
         };
+        errors.extend(single::detach(&mut self.ebpf, &mut self.extra));
         let watch = std::mem::replace(&mut self.exec_watch, Err("detached".into()));
-        if let Ok(id) = watch {
-            if let Err(e) = procs::unwatch_exec(&mut self.ebpf, id) {
-                errors.push(e);
-            }
+        if let Ok(links) = watch {
+            errors.extend(procs::unwatch_exec(&mut self.ebpf, links));
         }
         errors
     }

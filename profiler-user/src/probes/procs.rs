@@ -20,32 +20,49 @@ pub fn profile_pid(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
         .map_err(|source| ProbeError::Map { name, source })
 }
 
-/// Attaches the `sched_process_exec` raw tracepoint program (raw: it needs
-/// no tracefs mount). It runs for every
-/// exec on the machine but returns at once unless the process is profiled:
-/// it puts no breakpoint anywhere.
-pub fn watch_exec(ebpf: &mut Ebpf) -> Result<RawTracePointLinkId, ProbeError> {
-    let name = EXEC_PROGRAM;
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(ProbeError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| ProbeError::Program { name, source })?;
-    prog.load()
-        .map_err(|source| ProbeError::Program { name, source })?;
-    prog.attach("sched_process_exec")
-        .map_err(|source| ProbeError::Program { name, source })
+const FORK_PROGRAM: &str = "on_fork";
+
+/// Attaches the `sched_process_exec` and `sched_process_fork` raw
+/// tracepoint programs (raw: they need no tracefs mount). They run for every
+/// exec and fork on the machine but return at once unless the process is
+/// profiled: they put no breakpoint anywhere.
+pub fn watch_exec(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, RawTracePointLinkId)>, ProbeError> {
+    let mut links = Vec::new();
+    for (name, tp) in [
+        (EXEC_PROGRAM, "sched_process_exec"),
+        (FORK_PROGRAM, "sched_process_fork"),
+    ] {
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let id = prog
+            .attach(tp)
+            .map_err(|source| ProbeError::Program { name, source })?;
+        links.push((name, id));
+    }
+    Ok(links)
 }
 
-/// Detaches the exec tracepoint.
-pub fn unwatch_exec(ebpf: &mut Ebpf, id: RawTracePointLinkId) -> Result<(), String> {
-    let prog: Option<&mut RawTracePoint> = ebpf
-        .program_mut(EXEC_PROGRAM)
-        .and_then(|p| p.try_into().ok());
-    match prog {
-        Some(p) => p
-            .detach(id)
-            .map_err(|e| format!("detaching {EXEC_PROGRAM}: {e}")),
-        None => Err(format!("detaching {EXEC_PROGRAM}: program missing")),
+/// Detaches the process tracepoints.
+pub fn unwatch_exec(
+    ebpf: &mut Ebpf,
+    links: Vec<(&'static str, RawTracePointLinkId)>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (name, id) in links {
+        let prog: Option<&mut RawTracePoint> =
+            ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+        let r = match prog {
+            Some(p) => p.detach(id).map_err(|e| format!("detaching {name}: {e}")),
+            None => Err(format!("detaching {name}: program missing")),
+        };
+        if let Err(e) = r {
+            errors.push(e);
+        }
     }
+    errors
 }

@@ -11,7 +11,7 @@ use crate::analysis::age::OutstandingAlloc;
 use crate::probes::{ProbeError, Probes};
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -44,11 +44,13 @@ pub struct Capture {
     prev_comm: Option<String>,
     /// Execs seen in the event stream and not yet applied to the live map.
     pending_execs: Vec<ExecSeen>,
+    /// Forks of profiled processes waiting for their probes.
+    pub forks: Vec<profiler_common::ProcEvent>,
     /// What execs released so far.
     pub execs: super::exec::ExecReleases,
 }
 
-fn read_comm(pid: u32) -> Option<String> {
+pub(super) fn read_comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim().to_string())
@@ -73,6 +75,7 @@ impl Capture {
             comm: read_comm(pid).unwrap_or_default(),
             prev_comm: None,
             pending_execs: Vec::new(),
+            forks: Vec::new(),
             execs: super::exec::ExecReleases::default(),
         }
     }
@@ -121,6 +124,10 @@ impl Capture {
     ) -> Result<Vec<super::exec::ExecNote>, ProbeError> {
         let mut notes = Vec::new();
         for seen in std::mem::take(&mut self.pending_execs) {
+            if seen.ev.kind == profiler_common::EventKind::Fork as u32 {
+                self.forks.push(seen.ev);
+                continue;
+            }
             let (blocks, bytes) =
                 super::exec::release(&mut probes.ebpf, &seen, &mut self.samples, &mut self.execs)?;
             // The old map would resolve the new program's addresses wrongly.

@@ -17,6 +17,7 @@ pub mod publish;
 pub mod recording;
 pub mod resolve;
 pub mod sites;
+pub mod tree;
 mod worker;
 
 use std::path::PathBuf;
@@ -124,6 +125,9 @@ pub struct SessionResult {
     pub arenas: Option<arenas::ArenaReport>,
     /// How long detaching every probe took.
     pub detach_time: Duration,
+    /// Each profiled process's exact live blocks at the end, the first
+    /// process first; one row when a single process was profiled.
+    pub processes: Vec<tree::ProcessLive>,
 }
 
 impl SessionResult {

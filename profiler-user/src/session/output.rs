@@ -135,6 +135,9 @@ pub enum SessionEvent {
     /// A profiled process exec'd another program: the old image's live
     /// blocks were released (sent when the session applies it).
     Exec(super::exec::ExecNote),
+    /// Another process is profiled: a child of a profiled one (existing at
+    /// attach or forked since), or one more `-p` process.
+    Followed(super::tree::Followed),
     /// The session ended (sent last, after the probes were detached).
     Stopped {
         reason: StopReason,

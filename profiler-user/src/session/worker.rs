@@ -43,6 +43,8 @@ struct Worker {
     fp_cut: BTreeMap<String, u64>,
     /// Read glibc's footprint split every tick.
     glibc: bool,
+    /// The name of every process profiled, by pid (kept after it exits).
+    comms: BTreeMap<u32, String>,
 }
 
 impl Worker {
@@ -51,6 +53,40 @@ impl Worker {
         if !self.warnings.contains(&msg) {
             self.outputs.event(&SessionEvent::Warning(msg.clone()));
             self.warnings.push(msg);
+        }
+    }
+
+    /// Attaches probes to one more process and says so.
+    fn follow(&mut self, pid: u32, parent: u32, forked_ns: Option<u64>) {
+        let comm = super::capture::read_comm(pid).unwrap_or_default();
+        match self.probes.add_process(pid, None) {
+            Ok(0) => {}
+            Ok(_) => {
+                let probes_after_ms =
+                    forked_ns.map_or(0, |t| ages::monotonic_ns().saturating_sub(t) / 1_000_000);
+                self.comms.insert(pid, comm.clone());
+                let f = super::tree::Followed {
+                    pid,
+                    parent,
+                    comm,
+                    forked: forked_ns.is_some(),
+                    probes_after_ms,
+                };
+                self.outputs.event(&SessionEvent::Followed(f));
+            }
+            // Gone already (a short-lived child) or refused: its allocations
+            // are not seen, and the user is told.
+            Err(e) => self.warn(format!(
+                "pid {pid} ({comm}), child of pid {parent}, could not be followed: {e}; \
+                 its allocations are not counted"
+            )),
+        }
+    }
+
+    /// Follows the children forked since the last call.
+    fn follow_forks(&mut self) {
+        for ev in std::mem::take(&mut self.cap.forks) {
+            self.follow(ev.tgid, ev.parent, Some(ev.ts_ns));
         }
     }
 
@@ -65,6 +101,7 @@ impl Worker {
     fn snapshot(&mut self, t_ms: u64) -> Result<RawSnapshot, SessionError> {
         let (snap, notes) = self.cap.snapshot(&mut self.probes, t_ms)?;
         self.execs(notes);
+        self.follow_forks();
         Ok(snap)
     }
 
@@ -161,11 +198,22 @@ pub(super) fn run(
         warnings: Vec::new(),
         fp_cut: BTreeMap::new(),
         glibc: opts.glibc_footprint,
+        comms: BTreeMap::new(),
     };
     // The allocator's code ranges go in before "attached" is announced: a
     // call the allocator makes on its own right after (an arena created in a
     // new thread's first free) must already be recognised.
+    w.comms.insert(pid, w.cap.comm.clone());
+    if w.probes.follow {
+        // Children forked from now on are reported by the fork tracepoint
+        // (already attached); those forked before are in /proc.
+        let roots = w.probes.pids().to_vec();
+        for (child, parent) in super::tree::descendants(&roots) {
+            w.follow(child, parent, None);
+        }
+    }
     w.note_layout();
+    // "attached" once every process present has its probes.
     w.outputs.event(&SessionEvent::Attached { header });
     let started = Instant::now();
     let t_ms = || started.elapsed().as_millis() as u64;
@@ -200,7 +248,10 @@ pub(super) fn run(
         }
         more = ring_ready && w.cap.drain(1);
         match w.cap.apply_execs(&mut w.probes, t_ms()) {
-            Ok(notes) => w.execs(notes),
+            Ok(notes) => {
+                w.execs(notes);
+                w.follow_forks();
+            }
             Err(e) => w.warn(format!("releasing the blocks of an exec'd image: {e}")),
         }
     };
@@ -244,6 +295,28 @@ pub(super) fn run(
         }
     } else {
         None
+    };
+    let processes = match super::tree::live_by_process(&w.probes.ebpf) {
+        Ok(by_pid) => w
+            .probes
+            .pids()
+            .iter()
+            .map(|p| {
+                let (blocks, bytes) = by_pid.get(p).copied().unwrap_or((0, 0));
+                super::tree::ProcessLive {
+                    pid: *p,
+                    comm: super::capture::read_comm(*p)
+                        .or_else(|| w.comms.get(p).cloned())
+                        .unwrap_or_default(),
+                    blocks,
+                    bytes,
+                }
+            })
+            .collect(),
+        Err(e) => {
+            w.warn(format!("reading the live heap per process: {e}"));
+            Vec::new()
+        }
     };
     let detaching = Instant::now();
     // With --attach-priority, detaching runs ahead of a saturating target too.
@@ -317,5 +390,6 @@ pub(super) fn run(
         warnings: w.warnings,
         arenas: arena_report,
         detach_time,
+        processes,
     })
 }
