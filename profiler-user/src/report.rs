@@ -30,7 +30,11 @@ pub fn write(
     if opts.json {
         return views::findings::write_findings_json(&profile, &analysis, timeline, opts.top, out);
     }
-    views::report::write_report_with(&profile, opts.top, opts.labels, out)?;
+    let text = views::TextReportOptions {
+        top: opts.top,
+        labels: opts.labels,
+    };
+    views::report::write_report(&profile, &text, out)?;
     writeln!(out)?;
     write_sampling_note(Exactness::of(&profile), out)?;
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;

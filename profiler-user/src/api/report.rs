@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::analysis::{Analysis, Finding, Suspect};
 use crate::profile::{Frame, Metric, Profile};
 use crate::timeline::Timeline;
-use crate::views::{frame_text, merge_sites};
+use crate::views::{frame_text, merge_sites, Labels};
 
 use super::{r3, WindowJson};
 
@@ -127,7 +127,10 @@ pub struct ReportDoc {
 }
 
 fn labels(frames: &[Frame]) -> Vec<String> {
-    frames.iter().map(frame_text).collect()
+    frames
+        .iter()
+        .map(|f| frame_text(f, Labels::default()))
+        .collect()
 }
 
 /// The `top` call sites of `profile` with live bytes, largest first (ties in
@@ -139,7 +142,7 @@ pub fn top_sites(profile: &Profile, top: usize) -> Vec<TopSite> {
 /// The `top` call sites by `metric` (those with 0 of it left out), largest
 /// first, ties in stack order.
 pub fn top_sites_by(profile: &Profile, metric: Metric, top: usize) -> Vec<TopSite> {
-    let mut sites = merge_sites(profile);
+    let mut sites = merge_sites(profile, Labels::default());
     sites.retain(|s| metric.of(&s.stats) > 0);
     // merge_sites is sorted by stack and the sort is stable.
     sites.sort_by_key(|s| std::cmp::Reverse(metric.of(&s.stats)));

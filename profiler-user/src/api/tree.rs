@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::profile::{Metric, Profile, SiteStats};
 use crate::views::diff::{diff_rows, DiffRow};
-use crate::views::{frame_text, UNKNOWN_STACK};
+use crate::views::{frame_text, Labels, UNKNOWN_STACK};
 
 use super::WindowJson;
 
@@ -118,7 +118,7 @@ pub fn profile_doc(
         } else {
             site.frames
                 .iter()
-                .map(|f| (frame_text(f), f.source_location()))
+                .map(|f| (frame_text(f, Labels::default()), f.source_location()))
                 .collect()
         };
         let path = frames.into_iter().chain([(site.api.to_string(), None)]);

@@ -266,7 +266,8 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
     if let Some(path) = &common.folded {
         outputs.write("--folded", || {
             write_file(path, |f| {
-                views::folded::write_folded_with(&profile, metric, labels, f).map_err(Into::into)
+                views::folded::write_folded(&profile, &views::FoldedOptions { metric, labels }, f)
+                    .map_err(Into::into)
             })
         });
     }
@@ -282,10 +283,14 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         outputs.write("--pprof", || super::pprof::write(path, &opts, &profile));
     }
     if let Some(path) = &common.svg {
-        let title = format!("heapscope: pid {} ({})", profile.pid, profile.comm);
+        let opts = views::SvgOptions {
+            metric,
+            labels,
+            title: format!("heapscope: pid {} ({})", profile.pid, profile.comm),
+        };
         outputs.write("--svg", || {
             write_file(path, |f| {
-                views::svg::write_svg_with(&profile, metric, labels, &title, f).map_err(Into::into)
+                views::svg::write_svg(&profile, &opts, f).map_err(Into::into)
             })
         });
     }

@@ -173,15 +173,21 @@ pub(super) fn export(args: ExportArgs) -> Result<i32> {
     output(args.output.as_deref(), |out| {
         let mut out = out;
         match args.format {
-            ExportFormat::Folded => {
-                views::folded::write_folded_with(&profile, metric, labels, &mut out)?
-            }
+            ExportFormat::Folded => views::folded::write_folded(
+                &profile,
+                &views::FoldedOptions { metric, labels },
+                &mut out,
+            )?,
             ExportFormat::Svg => {
-                let title = format!(
-                    "heapscope: pid {} ({}), window {}",
-                    m.pid, m.comm, args.window
-                );
-                views::svg::write_svg_with(&profile, metric, labels, &title, &mut out)?
+                let opts = views::SvgOptions {
+                    metric,
+                    labels,
+                    title: format!(
+                        "heapscope: pid {} ({}), window {}",
+                        m.pid, m.comm, args.window
+                    ),
+                };
+                views::svg::write_svg(&profile, &opts, &mut out)?
             }
             ExportFormat::Pprof => {}
         }

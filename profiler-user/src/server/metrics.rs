@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::api::counters;
-use crate::views::merge_sites;
+use crate::views::{merge_sites, Labels};
 
 use super::state::Shared;
 
@@ -120,7 +120,7 @@ pub(super) fn render(shared: &Shared) -> String {
     // Top sites by live bytes, labelled by their two leaf-most frames and
     // API; sites that share those labels are summed.
     let mut by_label: BTreeMap<(String, String, &str), (u64, u64)> = BTreeMap::new();
-    for s in merge_sites(&latest) {
+    for s in merge_sites(&latest, Labels::default()) {
         let leaf = s.frames.last().cloned().unwrap_or_default();
         let caller = s.frames.iter().rev().nth(1).cloned().unwrap_or_default();
         let e = by_label.entry((leaf, caller, s.api)).or_default();

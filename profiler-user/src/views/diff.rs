@@ -10,7 +10,7 @@ use inferno::flamegraph::{self, Options};
 use crate::profile::{Metric, Profile};
 
 use super::findings::call_site_text;
-use super::{group_digits, human_bytes, merge_sites, ViewError};
+use super::{group_digits, human_bytes, merge_sites, Labels, SvgOptions, ViewError};
 
 /// One call site's live bytes in the baseline and in the window.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl DiffRow {
 pub fn diff_rows(base: &Profile, window: &Profile) -> Vec<DiffRow> {
     let mut rows: BTreeMap<String, DiffRow> = BTreeMap::new();
     for (profile, is_base) in [(base, true), (window, false)] {
-        for site in merge_sites(profile) {
+        for site in merge_sites(profile, Labels::default()) {
             let live = Metric::LiveBytes.of(&site.stats);
             if live == 0 {
                 continue;
@@ -155,7 +155,12 @@ pub fn write_diff_svg(
 ) -> Result<(), ViewError> {
     let rows = diff_rows(base, window);
     if rows.iter().all(|r| r.after == 0) {
-        return super::write_svg(&Profile::default(), Metric::LiveBytes, title, out);
+        let opts = SvgOptions {
+            metric: Metric::LiveBytes,
+            title: title.to_string(),
+            ..Default::default()
+        };
+        return super::write_svg(&Profile::default(), &opts, out);
     }
     let lines: Vec<String> = rows
         .iter()

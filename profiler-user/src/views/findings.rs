@@ -9,7 +9,7 @@ use crate::analysis::{Analysis, Finding, LeakFinding, RetentionFinding, Suspect,
 use crate::profile::{Frame, Profile};
 use crate::timeline::Timeline;
 
-use super::{frame_text, human_bytes, ViewError, UNKNOWN_STACK};
+use super::{frame_text, human_bytes, Labels, ViewError, UNKNOWN_STACK};
 
 /// Leaf first, at most four frames outside allocation wrappers:
 /// `leaf <- caller <- caller <- ... [via g_malloc]` (see [`super::callsite`]).
@@ -18,7 +18,10 @@ pub(crate) fn call_site_text(frames: &[String]) -> String {
 }
 
 fn labels(frames: &[Frame]) -> Vec<String> {
-    frames.iter().map(frame_text).collect()
+    frames
+        .iter()
+        .map(|f| frame_text(f, Labels::default()))
+        .collect()
 }
 
 /// `+7.2 MiB/h`, `-1.0 KiB/h`.

@@ -5,18 +5,23 @@ use std::io::{self, Write};
 
 use crate::profile::{Metric, Profile};
 
-use super::{merge_sites_with, Labels};
+use super::{merge_sites, Labels};
 
-/// The folded lines of `profile` weighted by `metric`: one per distinct
-/// (stack, API), root→leaf with the allocator API as the last frame, sorted
-/// by stack text, zero-weight stacks omitted. No trailing newlines.
-pub fn folded_lines(profile: &Profile, metric: Metric) -> Vec<String> {
-    folded_lines_with(profile, metric, Labels::default())
+/// What folded output shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldedOptions {
+    /// The number each stack is weighted by.
+    pub metric: Metric,
+    /// How frames are labelled (`--lines`).
+    pub labels: Labels,
 }
 
-/// [`folded_lines`] with explicit frame [`Labels`] (`--lines`).
-pub fn folded_lines_with(profile: &Profile, metric: Metric, labels: Labels) -> Vec<String> {
-    merge_sites_with(profile, labels)
+/// The folded lines of `profile` weighted by `opts.metric`: one per distinct
+/// (stack, API), root→leaf with the allocator API as the last frame, sorted
+/// by stack text, zero-weight stacks omitted. No trailing newlines.
+pub fn folded_lines(profile: &Profile, opts: &FoldedOptions) -> Vec<String> {
+    let metric = opts.metric;
+    merge_sites(profile, opts.labels)
         .into_iter()
         .filter_map(|site| {
             let weight = metric.of(&site.stats);
@@ -25,19 +30,13 @@ pub fn folded_lines_with(profile: &Profile, metric: Metric, labels: Labels) -> V
         .collect()
 }
 
-/// Writes `profile` in folded format weighted by `metric` (see [`folded_lines`]).
-pub fn write_folded(profile: &Profile, metric: Metric, out: &mut impl Write) -> io::Result<()> {
-    write_folded_with(profile, metric, Labels::default(), out)
-}
-
-/// [`write_folded`] with explicit frame [`Labels`] (`--lines`).
-pub fn write_folded_with(
+/// Writes `profile` in folded format (see [`folded_lines`]).
+pub fn write_folded(
     profile: &Profile,
-    metric: Metric,
-    labels: Labels,
+    opts: &FoldedOptions,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    for line in folded_lines_with(profile, metric, labels) {
+    for line in folded_lines(profile, opts) {
         writeln!(out, "{line}")?;
     }
     Ok(())
@@ -50,7 +49,15 @@ mod tests {
 
     fn render(metric: Metric) -> String {
         let mut out = Vec::new();
-        write_folded(&sample_profile(), metric, &mut out).expect("write to vec");
+        write_folded(
+            &sample_profile(),
+            &FoldedOptions {
+                metric,
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .expect("write to vec");
         String::from_utf8(out).expect("utf-8")
     }
 
@@ -67,14 +74,11 @@ mod tests {
     #[test]
     fn golden_lines() {
         let mut out = Vec::new();
-        let labels = Labels { lines: true };
-        write_folded_with(
-            &sample_profile_with_lines(),
-            Metric::LiveBytes,
-            labels,
-            &mut out,
-        )
-        .expect("write to vec");
+        let opts = FoldedOptions {
+            metric: Metric::LiveBytes,
+            labels: Labels { lines: true },
+        };
+        write_folded(&sample_profile_with_lines(), &opts, &mut out).expect("write to vec");
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.contains("leak_mmap (leaks.c:82);map_anon (leaks.c:78, inlined);mmap"));
         check_golden("folded_lines.txt", &text);
@@ -110,7 +114,7 @@ mod tests {
     #[test]
     fn empty_profile_is_empty() {
         let mut out = Vec::new();
-        write_folded(&Profile::default(), Metric::LiveBytes, &mut out).expect("write");
+        write_folded(&Profile::default(), &FoldedOptions::default(), &mut out).expect("write");
         assert!(out.is_empty());
     }
 }

@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 
 use crate::profile::{Frame, Profile, SiteStats};
 
-pub use folded::write_folded;
-pub use report::write_report;
-pub use svg::write_svg;
+pub use folded::{write_folded, FoldedOptions};
+pub use report::{write_report, TextReportOptions};
+pub use svg::{write_svg, SvgOptions};
 
 /// The frame text used for a site that has no frames at all.
 pub const UNKNOWN_STACK: &str = "[unknown stack]";
@@ -70,7 +70,7 @@ pub struct Labels {
 
 impl Labels {
     /// The label of `frame` under these options (not yet made safe for
-    /// folded output; see [`frame_text_with`]).
+    /// folded output; see [`frame_text`]).
     pub fn label(self, frame: &Frame) -> String {
         let base = frame.label();
         if !self.lines {
@@ -86,14 +86,10 @@ impl Labels {
     }
 }
 
-/// A frame label made safe for line- and `;`-delimited formats. Spaces are
-/// kept: folded readers take the count from the last space-separated token.
-pub fn frame_text(frame: &Frame) -> String {
-    frame_text_with(frame, Labels::default())
-}
-
-/// [`frame_text`] with explicit [`Labels`] (e.g. `--lines`).
-pub fn frame_text_with(frame: &Frame, labels: Labels) -> String {
+/// A frame label under `labels` (e.g. `--lines`) made safe for line- and
+/// `;`-delimited formats. Spaces are kept: folded readers take the count
+/// from the last space-separated token.
+pub fn frame_text(frame: &Frame, labels: Labels) -> String {
     labels
         .label(frame)
         .chars()
@@ -108,21 +104,12 @@ pub fn frame_text_with(frame: &Frame, labels: Labels) -> String {
 /// Merges sites whose rendered frames and API are identical (e.g. distinct
 /// raw stacks that symbolize to the same functions), summing their stats.
 /// Output is sorted by [`MergedSite::folded_stack`], so every
-/// view built on it is deterministic.
-pub fn merge_sites(profile: &Profile) -> Vec<MergedSite> {
-    merge_sites_with(profile, Labels::default())
-}
-
-/// [`merge_sites`] with explicit [`Labels`]: with `lines`, one function at
+/// view built on it is deterministic. With `labels.lines`, one function at
 /// two lines is two frames, so sites merge only when their lines agree too.
-pub fn merge_sites_with(profile: &Profile, labels: Labels) -> Vec<MergedSite> {
+pub fn merge_sites(profile: &Profile, labels: Labels) -> Vec<MergedSite> {
     let mut merged: BTreeMap<String, MergedSite> = BTreeMap::new();
     for site in &profile.sites {
-        let mut frames: Vec<String> = site
-            .frames
-            .iter()
-            .map(|f| frame_text_with(f, labels))
-            .collect();
+        let mut frames: Vec<String> = site.frames.iter().map(|f| frame_text(f, labels)).collect();
         if frames.is_empty() {
             frames.push(UNKNOWN_STACK.to_string());
         }
@@ -231,7 +218,7 @@ mod tests {
             ],
             ..Profile::default()
         };
-        let merged = merge_sites(&profile);
+        let merged = merge_sites(&profile, Labels::default());
         let stacks: Vec<String> = merged.iter().map(|m| m.folded_stack()).collect();
         assert_eq!(
             stacks,
@@ -284,10 +271,10 @@ mod tests {
             ],
             ..Profile::default()
         };
-        let plain = merge_sites(&profile);
+        let plain = merge_sites(&profile, Labels::default());
         assert_eq!(plain.len(), 1);
         assert_eq!(plain[0].folded_stack(), "leak_mmap;map_anon;mmap");
-        let with_lines = merge_sites_with(&profile, lines);
+        let with_lines = merge_sites(&profile, lines);
         let stacks: Vec<String> = with_lines.iter().map(|m| m.folded_stack()).collect();
         assert_eq!(
             stacks,

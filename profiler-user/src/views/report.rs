@@ -10,7 +10,7 @@ use profiler_common::counters::Section as CounterSection;
 use crate::exactness::Exactness;
 use crate::profile::{Profile, Totals};
 
-use super::{group_digits, human_bytes, merge_sites_with, Labels, MergedSite};
+use super::{group_digits, human_bytes, merge_sites, Labels, MergedSite};
 
 const LOST_WARNING: &str =
     "WARNING: some events were lost; numbers above are incomplete (see lost:)";
@@ -39,18 +39,22 @@ fn counter_sections(t: &Totals) -> (Section, Section) {
     (of(CounterSection::Counted), of(CounterSection::Lost))
 }
 
-/// Writes the text report, listing at most `top` call sites by live bytes.
-pub fn write_report(profile: &Profile, top: usize, out: &mut impl Write) -> io::Result<()> {
-    write_report_with(profile, top, Labels::default(), out)
+/// What the text report shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextReportOptions {
+    /// At most this many call sites, by live bytes.
+    pub top: usize,
+    /// How frames are labelled (`--lines`).
+    pub labels: Labels,
 }
 
-/// [`write_report`] with explicit frame [`Labels`] (`--lines`).
-pub fn write_report_with(
+/// Writes the text report, listing at most `opts.top` call sites by live bytes.
+pub fn write_report(
     profile: &Profile,
-    top: usize,
-    labels: Labels,
+    opts: &TextReportOptions,
     out: &mut impl Write,
 ) -> io::Result<()> {
+    let (top, labels) = (opts.top, opts.labels);
     let t = &profile.totals;
     writeln!(
         out,
@@ -115,7 +119,7 @@ fn write_top_sites(
     labels: Labels,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let mut sites: Vec<MergedSite> = merge_sites_with(profile, labels)
+    let mut sites: Vec<MergedSite> = merge_sites(profile, labels)
         .into_iter()
         .filter(|s| s.stats.live_bytes > 0)
         .collect();
@@ -216,7 +220,11 @@ mod tests {
 
     fn render(profile: &Profile, top: usize) -> String {
         let mut out = Vec::new();
-        write_report(profile, top, &mut out).expect("write to vec");
+        let opts = TextReportOptions {
+            top,
+            ..Default::default()
+        };
+        write_report(profile, &opts, &mut out).expect("write to vec");
         String::from_utf8(out).expect("utf-8")
     }
 
@@ -233,13 +241,11 @@ mod tests {
     #[test]
     fn golden_report_lines() {
         let mut out = Vec::new();
-        write_report_with(
-            &sample_profile_with_lines(),
-            20,
-            Labels { lines: true },
-            &mut out,
-        )
-        .expect("write to vec");
+        let opts = TextReportOptions {
+            top: 20,
+            labels: Labels { lines: true },
+        };
+        write_report(&sample_profile_with_lines(), &opts, &mut out).expect("write to vec");
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.contains("map_anon (leaks.c:78, inlined) <- leak_mmap (leaks.c:82) <- main"));
         check_golden("report_lines.txt", &text);

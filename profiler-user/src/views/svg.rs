@@ -6,7 +6,7 @@ use inferno::flamegraph::{self, Options};
 
 use crate::profile::{Metric, Profile};
 
-use super::folded::folded_lines_with;
+use super::folded::{folded_lines, FoldedOptions};
 use super::{Labels, ViewError};
 
 /// The unit shown in the flame graph's tooltips for `metric`.
@@ -17,27 +17,31 @@ fn count_name(metric: Metric) -> &'static str {
     }
 }
 
-/// Writes an interactive flame graph of `profile` weighted by `metric`.
+/// What a flame graph shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SvgOptions {
+    /// The number each stack is weighted by.
+    pub metric: Metric,
+    /// How frames are labelled (`--lines`).
+    pub labels: Labels,
+    /// The title at the top of the graph.
+    pub title: String,
+}
+
+/// Writes an interactive flame graph of `profile` weighted by `opts.metric`.
 /// A profile with nothing to show (inferno refuses empty input) still yields
 /// a valid SVG that says "no samples".
 pub fn write_svg(
     profile: &Profile,
-    metric: Metric,
-    title: &str,
+    opts: &SvgOptions,
     out: &mut impl Write,
 ) -> Result<(), ViewError> {
-    write_svg_with(profile, metric, Labels::default(), title, out)
-}
-
-/// [`write_svg`] with explicit frame [`Labels`] (`--lines`).
-pub fn write_svg_with(
-    profile: &Profile,
-    metric: Metric,
-    labels: Labels,
-    title: &str,
-    out: &mut impl Write,
-) -> Result<(), ViewError> {
-    let lines = folded_lines_with(profile, metric, labels);
+    let (metric, title) = (opts.metric, opts.title.as_str());
+    let folded = FoldedOptions {
+        metric,
+        labels: opts.labels,
+    };
+    let lines = folded_lines(profile, &folded);
     if lines.is_empty() {
         write_empty_svg(title, out)?;
         return Ok(());
@@ -92,7 +96,12 @@ mod tests {
 
     fn render(profile: &Profile, metric: Metric, title: &str) -> String {
         let mut out = Vec::new();
-        write_svg(profile, metric, title, &mut out).expect("render svg");
+        let opts = SvgOptions {
+            metric,
+            title: title.to_string(),
+            ..Default::default()
+        };
+        write_svg(profile, &opts, &mut out).expect("render svg");
         String::from_utf8(out).expect("utf-8")
     }
 
@@ -130,15 +139,12 @@ mod tests {
     #[test]
     fn lines_golden() {
         let mut out = Vec::new();
-        let labels = Labels { lines: true };
-        write_svg_with(
-            &sample_profile_with_lines(),
-            Metric::LiveBytes,
-            labels,
-            "lines",
-            &mut out,
-        )
-        .expect("render svg");
+        let opts = SvgOptions {
+            metric: Metric::LiveBytes,
+            labels: Labels { lines: true },
+            title: "lines".to_string(),
+        };
+        write_svg(&sample_profile_with_lines(), &opts, &mut out).expect("render svg");
         let svg = String::from_utf8(out).expect("utf-8");
         assert!(svg.contains("map_anon (leaks.c:78, inlined)"));
         check_golden("flamegraph_lines.svg", &svg);
