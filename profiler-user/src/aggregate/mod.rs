@@ -125,16 +125,7 @@ pub fn merge(
             stack: *stack,
             kind: AllocKind::Mmap as u32,
         };
-        add(
-            &mut out,
-            key,
-            SiteStats {
-                live_bytes: r.live_bytes,
-                live_count: r.live_count,
-                alloc_bytes: r.alloc_bytes,
-                alloc_count: r.alloc_count,
-            },
-        );
+        add(&mut out, key, r.clone());
     }
     let c = |i: u32| counters[i as usize];
     let region_allocs: u64 = regions.stats().values().map(|r| r.alloc_count).sum();

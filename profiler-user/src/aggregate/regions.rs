@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::StackRef;
+use crate::profile::SiteStats;
 
 pub const PAGE: u64 = 4096;
 
@@ -22,20 +23,12 @@ struct Region {
     stack_id: StackRef,
 }
 
-/// Per-owner (stack id) totals of mapped regions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegionStats {
-    pub live_bytes: u64,
-    pub live_count: u64,
-    pub alloc_bytes: u64,
-    pub alloc_count: u64,
-}
-
 /// Tracks live regions by start address.
 #[derive(Debug, Default)]
 pub struct RegionTracker {
     regions: BTreeMap<u64, Region>,
-    stats: HashMap<StackRef, RegionStats>,
+    /// Per-owner (stack id) totals of mapped regions.
+    stats: HashMap<StackRef, SiteStats>,
     /// munmap/mremap calls that touched no tracked region.
     pub untracked: u64,
 }
@@ -90,7 +83,7 @@ impl RegionTracker {
     }
 
     /// Totals per owning stack id.
-    pub fn stats(&self) -> &HashMap<StackRef, RegionStats> {
+    pub fn stats(&self) -> &HashMap<StackRef, SiteStats> {
         &self.stats
     }
 

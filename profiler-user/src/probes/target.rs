@@ -149,16 +149,6 @@ impl AllocatorTarget {
     }
 }
 
-/// A path as seen from inside the process's mount namespace, opened from ours.
-pub fn in_root(pid: u32, path: &str) -> PathBuf {
-    let rooted = PathBuf::from(format!("{}/root{path}", procfs::dir(pid).display()));
-    if rooted.exists() {
-        rooted
-    } else {
-        PathBuf::from(path)
-    }
-}
-
 /// A path through which `path`, mapped by `pid`, opens from here: inside
 /// the process's root; else the mapped file itself through
 /// `/proc/PID/map_files` (a process chroot'ed inside a private mount

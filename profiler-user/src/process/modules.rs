@@ -51,18 +51,6 @@ pub struct ModuleFiles {
     missed: usize,
 }
 
-/// `path` as the process sees it, opened from heapscope's mount namespace.
-/// After the process exits `/proc/PID/root` is gone and the plain path is
-/// the best guess left.
-pub fn rooted(pid: u32, path: &str) -> PathBuf {
-    let rooted = PathBuf::from(format!("{}/root{path}", super::procfs::dir(pid).display()));
-    if rooted.exists() {
-        rooted
-    } else {
-        PathBuf::from(path)
-    }
-}
-
 impl ModuleFiles {
     /// Opens the file of every executable, file-backed region of `pid`.
     /// Failures are skipped (logged at debug level): such modules are read by
@@ -174,7 +162,7 @@ impl MemoryMap {
             },
             None => MappedModule {
                 name,
-                open_path: rooted(pid, path),
+                open_path: super::procfs::in_root(pid, path),
                 path: PathBuf::from(path),
                 root,
                 handle: None,

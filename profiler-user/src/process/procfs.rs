@@ -90,6 +90,18 @@ pub fn dir(pid: u32) -> PathBuf {
     }
 }
 
+/// `path` as the process sees it (inside its mount namespace), opened from
+/// heapscope's: `/proc/PID/root/<path>`. After the process exits its root is
+/// gone and the plain path is the best guess left.
+pub fn in_root(pid: u32, path: &str) -> PathBuf {
+    let rooted = PathBuf::from(format!("{}/root{path}", dir(pid).display()));
+    if rooted.exists() {
+        rooted
+    } else {
+        PathBuf::from(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,9 @@ use crate::aggregate::{self, regions::RegionTracker, samples::SampleTable, RawSn
 use aya::maps::{MapData, RingBuf};
 
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
-use crate::probes::target::in_root;
 use crate::probes::{ProbeError, Probes};
 use crate::process::maps::MemoryMap;
+use crate::process::procfs::in_root;
 use crate::unwind::{ModuleFiles, Unwinder};
 
 /// Opens module files through the target's root (containers).
