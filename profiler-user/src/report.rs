@@ -34,7 +34,7 @@ pub fn write(
         top: opts.top,
         labels: opts.labels,
     };
-    views::report::write_report(&profile, &text, out)?;
+    views::text::write_report(&profile, &text, out)?;
     writeln!(out)?;
     write_sampling_note(Exactness::of(&profile), out)?;
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;

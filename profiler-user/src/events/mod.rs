@@ -12,7 +12,7 @@ use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
 use crate::probes::ProbeError;
 use crate::process::maps::MemoryMap;
-use crate::unwind::{ModuleFiles, PendingReturn, Regs, StopReason, Unwinder};
+use crate::unwind::{ModulePaths, PendingReturn, Regs, UnwindStop, Unwinder};
 
 /// One decoded ring-buffer record.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct EventSink<'a> {
     pub samples: &'a mut SampleTable,
     pub unwinder: &'a mut Unwinder,
     pub maps: &'a mut MemoryMap,
-    pub files: &'a dyn ModuleFiles,
+    pub files: &'a dyn ModulePaths,
     /// Re-reads the memory map when a sample's ip is in no known mapping
     /// (a library loaded, or the command just exec'd); once per drain.
     pub refresh: &'a mut dyn FnMut() -> Option<MemoryMap>,
@@ -127,7 +127,7 @@ impl EventSink<'_> {
                 let (mut frames, mut stop) = self
                     .unwinder
                     .walk(regs, stack, &pending, self.maps, self.files);
-                if stop == StopReason::NoModule && frames.len() == 1 && !self.refreshed {
+                if stop == UnwindStop::NoModule && frames.len() == 1 && !self.refreshed {
                     self.refreshed = true;
                     if let Some(m) = (self.refresh)() {
                         *self.maps = m;
@@ -454,7 +454,7 @@ mod tests {
         let mut unwinder = Unwinder::default();
         let mut maps = MemoryMap::default();
         struct NoFiles;
-        impl ModuleFiles for NoFiles {
+        impl ModulePaths for NoFiles {
             fn open_path(&self, _: &str) -> Option<std::path::PathBuf> {
                 None
             }
@@ -530,7 +530,7 @@ mod tests {
     #[test]
     fn a_stack_unwound_again_after_a_refresh_counts_one_stop() {
         struct NoFiles;
-        impl ModuleFiles for NoFiles {
+        impl ModulePaths for NoFiles {
             fn open_path(&self, _: &str) -> Option<std::path::PathBuf> {
                 None
             }

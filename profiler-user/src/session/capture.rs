@@ -10,14 +10,14 @@ use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::{ProbeError, Probes};
 use crate::process::maps::MemoryMap;
 use crate::process::procfs::in_root;
-use crate::unwind::{ModuleFiles, Unwinder};
+use crate::unwind::{ModulePaths, Unwinder};
 
 /// Opens module files through the target's root (containers).
 pub struct RootedFiles {
     pub pid: u32,
 }
 
-impl ModuleFiles for RootedFiles {
+impl ModulePaths for RootedFiles {
     fn open_path(&self, region_path: &str) -> Option<PathBuf> {
         Some(in_root(self.pid, region_path))
     }

@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use crate::record::Header;
 use crate::timeline::{SiteId, SiteInfo, Tick, Timeline};
-use crate::unwind::StopReason as UnwindStop;
+use crate::unwind::UnwindStop;
 
 use super::StopReason;
 

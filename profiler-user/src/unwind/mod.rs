@@ -42,7 +42,7 @@ pub const UPROBES_MAPPING: &str = "[uprobes]";
 
 /// Why an unwind stopped before the outermost frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StopReason {
+pub enum UnwindStop {
     /// The outermost frame (return address undefined, or 0).
     Complete,
     /// A read beyond the copied stack bytes.
@@ -63,7 +63,7 @@ pub enum StopReason {
 
 /// Where module files are found: the memory map gives the path as the process
 /// sees it; the resolver maps it to one this process can open.
-pub trait ModuleFiles {
+pub trait ModulePaths {
     fn open_path(&self, region_path: &str) -> Option<PathBuf>;
 }
 
@@ -78,7 +78,7 @@ pub struct Unwinder {
     rules: HashMap<(usize, u64), Result<cfi::FrameRule, NoRule>>,
     ctx: Option<Box<UnwindContext<usize>>>,
     /// Stacks per stop reason, for the report.
-    pub stops: HashMap<StopReason, u64>,
+    pub stops: HashMap<UnwindStop, u64>,
 }
 
 /// Reads 8 bytes of the copied stack at `addr`.
@@ -89,7 +89,7 @@ fn read_u64(stack: &[u8], sp0: u64, addr: u64) -> Option<u64> {
 }
 
 impl Unwinder {
-    fn module(&mut self, path: &str, files: &dyn ModuleFiles) -> Option<(usize, Arc<ModuleCfi>)> {
+    fn module(&mut self, path: &str, files: &dyn ModulePaths) -> Option<(usize, Arc<ModuleCfi>)> {
         if let Some(m) = self.modules.get(path) {
             return m.clone();
         }
@@ -128,8 +128,8 @@ impl Unwinder {
         stack: &[u8],
         pending: &[PendingReturn],
         maps: &MemoryMap,
-        files: &dyn ModuleFiles,
-    ) -> (Vec<u64>, StopReason) {
+        files: &dyn ModulePaths,
+    ) -> (Vec<u64>, UnwindStop) {
         let (frames, stop) = self.walk(regs, stack, pending, maps, files);
         self.count_stop(stop);
         (frames, stop)
@@ -137,7 +137,7 @@ impl Unwinder {
 
     /// Counts one stack's stop reason in [`Unwinder::stops`] (for callers of
     /// [`Unwinder::walk`], which counts nothing).
-    pub fn count_stop(&mut self, stop: StopReason) {
+    pub fn count_stop(&mut self, stop: UnwindStop) {
         *self.stops.entry(stop).or_insert(0) += 1;
     }
 
@@ -150,8 +150,8 @@ impl Unwinder {
         stack: &[u8],
         pending: &[PendingReturn],
         maps: &MemoryMap,
-        files: &dyn ModuleFiles,
-    ) -> (Vec<u64>, StopReason) {
+        files: &dyn ModulePaths,
+    ) -> (Vec<u64>, UnwindStop) {
         let in_trampoline = |ip: u64| {
             maps.lookup(RuntimeAddr(ip))
                 .is_some_and(|(r, _)| r.path.as_deref() == Some(UPROBES_MAPPING))
@@ -166,11 +166,11 @@ impl Unwinder {
         let mut r = regs;
         let stop = loop {
             if r.ip == 0 {
-                break StopReason::Complete;
+                break UnwindStop::Complete;
             }
             frames.push(r.ip);
             if frames.len() >= MAX_FRAMES {
-                break StopReason::TooDeep;
+                break UnwindStop::TooDeep;
             }
             let lookup = r.ip - 1;
             let rule = match maps.lookup(RuntimeAddr(lookup)) {
@@ -194,11 +194,11 @@ impl Unwinder {
                     };
                     let cfa = base.wrapping_add(rule.cfa_offset as u64);
                     let Some(ra_off) = rule.ra_offset else {
-                        break StopReason::Complete;
+                        break UnwindStop::Complete;
                     };
                     let slot = cfa.wrapping_add(ra_off as u64);
                     let Some(mut ra) = read_u64(stack, sp0, slot) else {
-                        break StopReason::StackCopyExhausted;
+                        break UnwindStop::StackCopyExhausted;
                     };
                     // A pending uretprobe replaced the return address in this
                     // slot with its trampoline; the kernel kept the real one.
@@ -214,14 +214,14 @@ impl Unwinder {
                             }
                             None => {
                                 frames.push(ra);
-                                break StopReason::Trampoline;
+                                break UnwindStop::Trampoline;
                             }
                         }
                     }
                     let bp = match rule.rbp_offset {
                         Some(o) => match read_u64(stack, sp0, cfa.wrapping_add(o as u64)) {
                             Some(v) => v,
-                            None => break StopReason::StackCopyExhausted,
+                            None => break UnwindStop::StackCopyExhausted,
                         },
                         None => r.bp,
                     };
@@ -245,20 +245,20 @@ impl Unwinder {
                         },
                         _ => {
                             break match why {
-                                NoRule::Unsupported => StopReason::UnsupportedRule,
+                                NoRule::Unsupported => UnwindStop::UnsupportedRule,
                                 NoRule::NotCovered
                                     if maps.lookup(RuntimeAddr(lookup)).is_none() =>
                                 {
-                                    StopReason::NoModule
+                                    UnwindStop::NoModule
                                 }
-                                NoRule::NotCovered => StopReason::NoCfi,
+                                NoRule::NotCovered => UnwindStop::NoCfi,
                             }
                         }
                     }
                 }
             };
             if next.sp <= r.sp {
-                break StopReason::NoProgress;
+                break UnwindStop::NoProgress;
             }
             r = next;
         };

@@ -11,7 +11,7 @@ use crate::profile::Frame;
 use crate::symbolize::{ModuleAddr, ModuleSource, Symbolizer};
 
 struct Identity;
-impl ModuleFiles for Identity {
+impl ModulePaths for Identity {
     fn open_path(&self, region_path: &str) -> Option<PathBuf> {
         Some(PathBuf::from(region_path))
     }
@@ -106,7 +106,7 @@ fn unwinds_without_frame_pointers_through_main() {
     let n = names(&frames, &s.maps);
     assert_chain(&n);
     // libc's CFI carries the walk to _start, whose return address is undefined.
-    assert_eq!(stop, StopReason::Complete, "{n:?}");
+    assert_eq!(stop, UnwindStop::Complete, "{n:?}");
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn truncated_copy_stops_cleanly() {
     let mut u = Unwinder::default();
     let (frames, stop) = u.unwind(s.regs, &s.stack[..16], &[], &s.maps, &Identity);
     assert!(!frames.is_empty() && frames.len() < 4, "{frames:?}");
-    assert_eq!(stop, StopReason::StackCopyExhausted);
+    assert_eq!(stop, UnwindStop::StackCopyExhausted);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn unknown_module_stops_without_panic() {
     };
     let (frames, stop) = Unwinder::default().unwind(regs, &[0u8; 64], &[], &maps, &Identity);
     assert_eq!(frames, vec![0x1234]);
-    assert_eq!(stop, StopReason::NoModule);
+    assert_eq!(stop, UnwindStop::NoModule);
 }
 
 #[test]
@@ -170,5 +170,5 @@ fn trampoline_return_addresses_are_mapped_back() {
     let pending = [PendingReturn { slot, ret: real }];
     let (fixed, stop) = Unwinder::default().unwind(s.regs, &stack, &pending, &s.maps, &Identity);
     assert_eq!(fixed, frames, "mapped back to the real return address");
-    assert_eq!(stop, StopReason::Complete);
+    assert_eq!(stop, UnwindStop::Complete);
 }

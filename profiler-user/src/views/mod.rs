@@ -10,16 +10,16 @@ pub mod diff;
 pub mod findings;
 pub mod folded;
 pub mod pprof;
-pub mod report;
 pub mod svg;
+pub mod text;
 
 use std::collections::BTreeMap;
 
 use crate::profile::{Frame, Profile, SiteStats};
 
 pub use folded::{write_folded, FoldedOptions};
-pub use report::{write_report, TextReportOptions};
 pub use svg::{write_svg, SvgOptions};
+pub use text::{write_report, TextReportOptions};
 
 /// The frame text used for a site that has no frames at all.
 pub const UNKNOWN_STACK: &str = "[unknown stack]";
