@@ -254,7 +254,8 @@ fn next_field(s: &str) -> Option<(&str, &str)> {
     Some((&s[..end], &s[end..]))
 }
 
-fn parse_line(line: &str) -> Result<Region, &'static str> {
+/// Parses one line of `/proc/PID/maps`.
+pub(super) fn parse_line(line: &str) -> Result<Region, &'static str> {
     let (range, rest) = next_field(line).ok_or("missing address range")?;
     let (perms, rest) = next_field(rest).ok_or("missing permissions")?;
     let (offset, rest) = next_field(rest).ok_or("missing offset")?;

@@ -6,6 +6,7 @@
 
 use std::io;
 
+use super::maps::Region;
 use crate::timeline::MemSample;
 
 /// glibc's `HEAP_MAX_SIZE` on 64-bit: `2 * DEFAULT_MMAP_THRESHOLD_MAX`
@@ -93,42 +94,22 @@ pub fn parse_status(text: &str, pid: &str) -> Result<RssSplit, MemoryError> {
     })
 }
 
-/// One line of a maps file, only the columns this module needs.
-struct MapLine<'a> {
-    start: u64,
-    end: u64,
-    perms: &'a str,
-    inode: &'a str,
-    path: &'a str,
+/// Bytes a mapping spans.
+fn span(r: &Region) -> u64 {
+    r.end - r.start
 }
 
-fn parse_map_line(line: &str) -> Option<MapLine<'_>> {
-    let mut cols = line.splitn(6, ' ');
-    let (range, perms) = (cols.next()?, cols.next()?);
-    let (_offset, _dev, inode) = (cols.next()?, cols.next()?, cols.next()?);
-    let path = cols.next().unwrap_or("").trim();
-    let (s, e) = range.split_once('-')?;
-    let start = u64::from_str_radix(s, 16).ok()?;
-    let end = u64::from_str_radix(e, 16).ok()?;
-    (end >= start && perms.len() == 4).then_some(MapLine {
-        start,
-        end,
-        perms,
-        inode,
-        path,
-    })
+/// An anonymous mapping: no file, or one named by `prctl` (`[anon:...]`).
+fn anonymous(r: &Region) -> bool {
+    r.inode == 0
+        && r.path
+            .as_deref()
+            .is_none_or(|p| p.is_empty() || p.starts_with("[anon:"))
 }
 
-impl MapLine<'_> {
-    fn len(&self) -> u64 {
-        self.end - self.start
-    }
-
-    /// Anonymous: no file behind it. glibc 2.39+ may name its arena heaps
-    /// `[anon: glibc: malloc arena]` (tunable `glibc.mem.decorate_maps`).
-    fn anonymous(&self) -> bool {
-        self.inode == "0" && (self.path.is_empty() || self.path.starts_with("[anon:"))
-    }
+/// True for the permissions `perms` spells (`rw-p`).
+fn perms_are(r: &Region, perms: &str) -> bool {
+    r.perms.to_string() == perms
 }
 
 /// Finds `[heap]` and glibc's arena heaps in a /proc/PID/maps text.
@@ -141,18 +122,22 @@ impl MapLine<'_> {
 /// be counted too; that is rare and errs on the side of "allocator memory".
 /// Unparsable lines are skipped (this is a measurement, not a validation).
 pub fn heap_mappings(maps_text: &str) -> HeapMappings {
-    let lines: Vec<MapLine<'_>> = maps_text.lines().filter_map(parse_map_line).collect();
+    let lines: Vec<Region> = maps_text
+        .lines()
+        .filter_map(|l| super::maps::parse_line(l).ok())
+        .collect();
     let mut out = HeapMappings::default();
     let mut i = 0;
     while i < lines.len() {
         let m = &lines[i];
         i += 1;
-        if m.path == "[heap]" {
-            out.brk_heap = out.brk_heap.saturating_add(m.len());
+        let path = m.path.as_deref().unwrap_or("");
+        if path == "[heap]" {
+            out.brk_heap = out.brk_heap.saturating_add(span(m));
             continue;
         }
-        let named_arena = m.path.contains("malloc arena");
-        if !(m.anonymous() && m.perms == "rw-p") {
+        let named_arena = path.contains("malloc arena");
+        if !(anonymous(m) && perms_are(m, "rw-p")) {
             continue;
         }
         if !m.start.is_multiple_of(ARENA_HEAP_SIZE) && !named_arena {
@@ -160,20 +145,20 @@ pub fn heap_mappings(maps_text: &str) -> HeapMappings {
         }
         let reserve = lines
             .get(i)
-            .filter(|n| n.start == m.end && n.perms == "---p" && n.anonymous());
+            .filter(|n| n.start == m.end && perms_are(n, "---p") && anonymous(n));
         match reserve {
             Some(r) if r.end.saturating_sub(m.start) == ARENA_HEAP_SIZE => {
-                out.arena_bytes += m.len();
-                out.arena_reserved += r.len();
+                out.arena_bytes += span(m);
+                out.arena_reserved += span(r);
                 out.arena_heaps += 1;
                 i += 1;
             }
-            _ if m.len() > 0 && m.len().is_multiple_of(ARENA_HEAP_SIZE) => {
-                out.arena_bytes += m.len();
-                out.arena_heaps += m.len() / ARENA_HEAP_SIZE;
+            _ if span(m) > 0 && span(m).is_multiple_of(ARENA_HEAP_SIZE) => {
+                out.arena_bytes += span(m);
+                out.arena_heaps += span(m) / ARENA_HEAP_SIZE;
             }
             _ if named_arena => {
-                out.arena_bytes += m.len();
+                out.arena_bytes += span(m);
                 out.arena_heaps += 1;
             }
             _ => {}
