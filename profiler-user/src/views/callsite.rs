@@ -135,6 +135,12 @@ pub fn is_allocation_wrapper(label: &str) -> bool {
     WRAPPERS.contains(&name) || is_wrapper_pattern(name)
 }
 
+/// The label every view shows: [`call_site_label`] with
+/// [`super::UNKNOWN_STACK`] for a site without frames.
+pub fn call_site_text(frames: &[String]) -> String {
+    call_site_label(frames, super::UNKNOWN_STACK)
+}
+
 /// `leaf <- caller <- caller <- ...` from frame labels given root first,
 /// leaf last: the leaf-most frames outside allocation wrappers, and
 /// `[via W]` naming the outermost wrapper skipped. A stack of wrappers only

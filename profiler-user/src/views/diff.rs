@@ -9,7 +9,7 @@ use inferno::flamegraph::{self, Options};
 
 use crate::profile::{Metric, Profile};
 
-use super::findings::call_site_text;
+use super::callsite::call_site_text;
 use super::{group_digits, human_bytes, merge_sites, Labels, SvgOptions, ViewError};
 
 /// One call site's live bytes in the baseline and in the window.

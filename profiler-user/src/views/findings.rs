@@ -9,13 +9,8 @@ use crate::analysis::{Analysis, Finding, LeakFinding, RetentionFinding, Suspect,
 use crate::profile::{Frame, Profile};
 use crate::timeline::Timeline;
 
-use super::{frame_text, human_bytes, Labels, ViewError, UNKNOWN_STACK};
-
-/// Leaf first, at most four frames outside allocation wrappers:
-/// `leaf <- caller <- caller <- ... [via g_malloc]` (see [`super::callsite`]).
-pub(crate) fn call_site_text(frames: &[String]) -> String {
-    super::callsite::call_site_label(frames, UNKNOWN_STACK)
-}
+use super::callsite::call_site_text;
+use super::{frame_text, human_bytes, Labels, ViewError};
 
 fn labels(frames: &[Frame]) -> Vec<String> {
     frames

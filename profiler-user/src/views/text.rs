@@ -10,6 +10,7 @@ use profiler_common::counters::Section as CounterSection;
 use crate::exactness::Exactness;
 use crate::profile::{Profile, Totals};
 
+use super::callsite::call_site_text;
 use super::{group_digits, human_bytes, merge_sites, Labels, MergedSite};
 
 const LOST_WARNING: &str =
@@ -18,11 +19,6 @@ const LOST_WARNING: &str =
 /// `1.2 MiB (1,258,291 B)`.
 fn bytes_both(bytes: u64) -> String {
     format!("{} ({} B)", human_bytes(bytes), group_digits(bytes))
-}
-
-/// The leaf-most frames outside allocation wrappers, leaf first.
-fn call_site(site: &MergedSite) -> String {
-    super::callsite::call_site_label(&site.frames, super::UNKNOWN_STACK)
 }
 
 /// `label: value` lines of one report section.
@@ -171,7 +167,7 @@ fn write_top_sites(
                 s.stats.alloc_bytes.to_string(),
                 s.stats.alloc_count.to_string(),
                 s.api.to_string(),
-                call_site(s),
+                call_site_text(&s.frames),
             ]
         })
         .collect();
