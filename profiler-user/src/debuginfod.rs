@@ -173,7 +173,7 @@ impl Debuginfod {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    let why = error_chain(&e);
+                    let why = crate::http::error_chain(&e);
                     if matches!(
                         e,
                         http::HttpError::Io { .. } | http::HttpError::Deadline { .. }
@@ -197,17 +197,6 @@ impl Debuginfod {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -137,6 +137,18 @@ fn connect(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, HttpError> {
     })))
 }
 
+/// The error and its sources on one line (for the notes of the push and debuginfod clients).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Sends one POST of `body` to `path_and_query` (appended to the base path)
 /// and succeeds on a 2xx status. Connecting, each write and each read wait
 /// at most `timeout`.

@@ -270,7 +270,7 @@ impl Worker {
                 }
                 Err(e) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    self.note_error(error_chain(&e));
+                    self.note_error(crate::http::error_chain(&e));
                 }
             }
             if attempt < MAX_ATTEMPTS && !self.wait(backoff) {
@@ -298,18 +298,6 @@ impl Worker {
             *last = Some(e);
         }
     }
-}
-
-/// The error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
