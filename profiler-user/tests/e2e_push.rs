@@ -260,14 +260,14 @@ fn push_to_a_loopback_sink_and_survive_its_death() {
     // The capture goes on, and counts what it could not deliver.
     let line = wait_push_status(&mut a, |_, dropped| dropped >= 1);
     interrupt(&a.child);
-    let (code, _report, stderr) = finish(a);
+    let (code, report, stderr) = finish(a);
     assert_eq!(code, 0, "{stderr}");
     writeln!(stdin, "exit").expect("release fixture");
     assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
 
     // The capture was not disturbed: exact leaks as always.
     let text = std::fs::read_to_string(&folded).expect("folded");
-    assert_sites_exact(&text, &expected_sites(&bin));
+    assert_sites_exact_or_stacks_reported_lost(&text, &expected_sites(&bin), &report);
     let summary = stderr
         .lines()
         .find(|l| l.starts_with(&format!("heapscope: push {url}")))
