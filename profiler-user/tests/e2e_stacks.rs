@@ -214,3 +214,44 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
     assert_leak_stacks_complete(&folded, &expected);
     assert!(!folded.contains("[uprobes"), "{folded}\n{report}");
 }
+
+/// A deploy while the target runs: the binary it was started from is
+/// deleted, or another file is renamed over its path. The unwinder must read
+/// the CFI of the file the kernel mapped, not whatever the path now names.
+fn stacks_of_a_binary_changed_on_disk(test: &str, change: impl FnOnce(&std::path::Path)) {
+    let bin = nofp("leaks");
+    let expected = expected_sites(&bin);
+    let dir = scratch(test);
+    let copy = dir.join("leaks");
+    std::fs::copy(&bin, &copy).expect("copy the fixture");
+    let fx = start_fixture(&copy);
+    change(&copy);
+    let (folded, report) = profile(fx, &["--exact", "--ringbuf-size", "64MiB"], test);
+    assert_sites_exact(&folded, &expected);
+    assert_leak_stacks_complete(&folded, &expected);
+    assert_eq!(counter(&report, "ring buffer lost"), Some(0), "{report}");
+}
+
+#[test]
+fn stacks_of_a_deleted_binary_are_complete() {
+    if !root_or_skip("stacks_of_a_deleted_binary_are_complete") {
+        return;
+    }
+    stacks_of_a_binary_changed_on_disk("deleted-binary", |path| {
+        std::fs::remove_file(path).expect("delete the running binary");
+    });
+}
+
+#[test]
+fn stacks_of_a_replaced_binary_are_complete() {
+    if !root_or_skip("stacks_of_a_replaced_binary_are_complete") {
+        return;
+    }
+    // Another program (other code, other CFI) renamed over the path.
+    let other = nofp("sampling");
+    stacks_of_a_binary_changed_on_disk("replaced-binary", |path| {
+        let staged = path.with_extension("new");
+        std::fs::copy(&other, &staged).expect("stage the new binary");
+        std::fs::rename(&staged, path).expect("rename over the running binary");
+    });
+}

@@ -455,7 +455,11 @@ mod tests {
         let mut maps = MemoryMap::default();
         struct NoFiles;
         impl ModulePaths for NoFiles {
-            fn open_path(&self, _: &str) -> Option<std::path::PathBuf> {
+            fn open_path(
+                &self,
+                _: &MemoryMap,
+                _: &crate::process::maps::Region,
+            ) -> Option<std::path::PathBuf> {
                 None
             }
         }
@@ -531,7 +535,11 @@ mod tests {
     fn a_stack_unwound_again_after_a_refresh_counts_one_stop() {
         struct NoFiles;
         impl ModulePaths for NoFiles {
-            fn open_path(&self, _: &str) -> Option<std::path::PathBuf> {
+            fn open_path(
+                &self,
+                _: &MemoryMap,
+                _: &crate::process::maps::Region,
+            ) -> Option<std::path::PathBuf> {
                 None
             }
         }

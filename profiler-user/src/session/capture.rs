@@ -1,6 +1,7 @@
 //! Everything a session accumulates while attached: events applied to the
 //! region tracker and the sample table, the newest memory map, the unwinder.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use crate::aggregate::{self, regions::RegionTracker, samples::SampleTable, RawSnapshot};
@@ -8,18 +9,26 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::{ProbeError, Probes};
-use crate::process::maps::MemoryMap;
-use crate::process::procfs::in_root;
+use crate::process::maps::{MemoryMap, Region};
 use crate::unwind::{ModulePaths, Unwinder};
 
-/// Opens module files through the target's root (containers).
+/// Opens the module files the target mapped: through the handle the memory
+/// map captured from `/proc/PID/map_files` (the mapped inode, even after a
+/// deploy replaced or deleted the file), else by path inside the target's
+/// root (containers) while that path still names the mapped file.
 pub struct RootedFiles {
     pub pid: u32,
 }
 
 impl ModulePaths for RootedFiles {
-    fn open_path(&self, region_path: &str) -> Option<PathBuf> {
-        Some(in_root(self.pid, region_path))
+    fn open_path(&self, maps: &MemoryMap, region: &Region) -> Option<PathBuf> {
+        let m = maps.mapped_module(self.pid, region)?;
+        if m.handle.is_some() {
+            return Some(m.open_path);
+        }
+        // No handle: the path is only the mapped file if it is still that inode.
+        let meta = std::fs::metadata(&m.open_path).ok()?;
+        (!region.deleted && meta.ino() == region.inode).then_some(m.open_path)
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use gimli::UnwindContext;
 
-use crate::process::maps::{MemoryMap, RuntimeAddr};
+use crate::process::maps::{MemoryMap, Region, RuntimeAddr};
 use cfi::{CfaBase, ModuleCfi, NoRule};
 
 /// Most frames unwound per stack.
@@ -61,10 +61,20 @@ pub enum UnwindStop {
     TooDeep,
 }
 
-/// Where module files are found: the memory map gives the path as the process
-/// sees it; the resolver maps it to one this process can open.
+/// Where module files are found: the file the kernel mapped for `region`
+/// (a deploy may have replaced or deleted the file at its path since), as a
+/// path this process can open; `None` when it cannot be read.
 pub trait ModulePaths {
-    fn open_path(&self, region_path: &str) -> Option<PathBuf>;
+    fn open_path(&self, maps: &MemoryMap, region: &Region) -> Option<PathBuf>;
+}
+
+/// A module file as the kernel mapped it: a file replaced at the same path
+/// is another inode, so it gets its own CFI.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ModuleKey {
+    dev: (u32, u32),
+    inode: u64,
+    path: String,
 }
 
 /// Most CFI rules cached by address before the cache is cleared.
@@ -74,7 +84,7 @@ const RULE_CACHE_MAX: usize = 1 << 16;
 /// each address (stacks repeat the same return addresses).
 #[derive(Default)]
 pub struct Unwinder {
-    modules: HashMap<String, Option<(usize, Arc<ModuleCfi>)>>,
+    modules: HashMap<ModuleKey, Option<(usize, Arc<ModuleCfi>)>>,
     rules: HashMap<(usize, u64), Result<cfi::FrameRule, NoRule>>,
     ctx: Option<Box<UnwindContext<usize>>>,
     /// Stacks per stop reason, for the report.
@@ -89,16 +99,27 @@ fn read_u64(stack: &[u8], sp0: u64, addr: u64) -> Option<u64> {
 }
 
 impl Unwinder {
-    fn module(&mut self, path: &str, files: &dyn ModulePaths) -> Option<(usize, Arc<ModuleCfi>)> {
-        if let Some(m) = self.modules.get(path) {
+    fn module(
+        &mut self,
+        maps: &MemoryMap,
+        region: &Region,
+        path: &str,
+        files: &dyn ModulePaths,
+    ) -> Option<(usize, Arc<ModuleCfi>)> {
+        let key = ModuleKey {
+            dev: (region.dev.major, region.dev.minor),
+            inode: region.inode,
+            path: path.to_string(),
+        };
+        if let Some(m) = self.modules.get(&key) {
             return m.clone();
         }
         let id = self.modules.len();
         let m = files
-            .open_path(path)
+            .open_path(maps, region)
             .and_then(|p| ModuleCfi::load(&p).ok())
             .map(|m| (id, Arc::new(m)));
-        self.modules.insert(path.to_string(), m.clone());
+        self.modules.insert(key, m.clone());
         m
     }
 
@@ -175,13 +196,15 @@ impl Unwinder {
             let lookup = r.ip - 1;
             let rule = match maps.lookup(RuntimeAddr(lookup)) {
                 Some((region, offset)) => match region.path.as_deref() {
-                    Some(path) if region.is_file() => match self.module(path, files) {
-                        Some((id, m)) => match m.offset_to_vaddr(offset.0) {
-                            Some(vaddr) => self.rule(id, &m, vaddr, &mut ctx),
+                    Some(path) if region.is_file() => {
+                        match self.module(maps, region, path, files) {
+                            Some((id, m)) => match m.offset_to_vaddr(offset.0) {
+                                Some(vaddr) => self.rule(id, &m, vaddr, &mut ctx),
+                                None => Err(NoRule::NotCovered),
+                            },
                             None => Err(NoRule::NotCovered),
-                        },
-                        None => Err(NoRule::NotCovered),
-                    },
+                        }
+                    }
                     _ => Err(NoRule::NotCovered),
                 },
                 None => Err(NoRule::NotCovered),

@@ -12,8 +12,8 @@ use crate::symbolize::{ModuleAddr, ModuleSource, Symbolizer};
 
 struct Identity;
 impl ModulePaths for Identity {
-    fn open_path(&self, region_path: &str) -> Option<PathBuf> {
-        Some(PathBuf::from(region_path))
+    fn open_path(&self, _: &MemoryMap, region: &crate::process::maps::Region) -> Option<PathBuf> {
+        region.path.as_ref().map(PathBuf::from)
     }
 }
 
