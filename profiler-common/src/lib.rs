@@ -448,19 +448,24 @@ pub mod tables {
     /// TABLE_LEN/X_STEPS (= 16) the weight is 1 to within 1e-7.
     pub const X_STEPS: u64 = 64;
 
-    /// Entry i of the exponential quantile table: -ln(1 - (i+0.5)/N), 16.16.
-    /// An interval is `rate * EXP[random % N] >> 16`: mean `rate`.
+    /// Entry i of the exponential quantile table: -ln(1 - i/N), 16.16, at
+    /// the bucket edges (entry 0 is 0). `sampling::interval` interpolates
+    /// between edges, so intervals are continuous, not N discrete values.
     #[cfg(any(test, feature = "user"))]
     pub fn exp_quantile(i: u32) -> u32 {
-        let u = (i as f64 + 0.5) / TABLE_LEN as f64;
+        let u = f64::from(i) / f64::from(TABLE_LEN);
         ((-(1.0 - u).ln()) * ONE as f64).round() as u32
     }
 
-    /// Entry i of the weight table: g(x) = x / (1 - e^-x) at x = (i+0.5)/X_STEPS, 16.16.
-    /// A sample of size s at rate R stands for R*g(s/R) = s/(1-e^(-s/R)) bytes.
+    /// Entry i of the weight table: g(x) = x / (1 - e^-x) at x = i/X_STEPS
+    /// (the edges; g(0) = 1), 16.16. A sample of size s at rate R stands for
+    /// R*g(s/R) = s/(1-e^(-s/R)) bytes; `sampling::estimate` interpolates.
     #[cfg(any(test, feature = "user"))]
     pub fn weight(i: u32) -> u32 {
-        let x = (i as f64 + 0.5) / X_STEPS as f64;
+        if i == 0 {
+            return ONE as u32;
+        }
+        let x = f64::from(i) / X_STEPS as f64;
         ((x / (1.0 - (-x).exp())) * ONE as f64).round() as u32
     }
 }

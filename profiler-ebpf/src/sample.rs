@@ -9,7 +9,6 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter, sampling, tables, AllocKind, EventKind, SampleHeader, COUNT_SCALE, MAX_PENDING,
-    TABLE_LEN,
 };
 
 use crate::maps::{
@@ -74,10 +73,12 @@ pub(crate) fn pending_returns(h: &mut SampleHeader) {
 /// The next sampling interval: exponentially distributed with mean `rate`.
 #[inline(always)]
 fn next_interval(rate: u64) -> i64 {
-    // SAFETY: a plain helper call without arguments.
-    let r = unsafe { bpf_get_prandom_u32() } % TABLE_LEN;
-    let q = EXP_TABLE.get(r).copied().unwrap_or(tables::ONE as u32);
-    sampling::interval(rate, u64::from(q))
+    sampling::interval(
+        rate,
+        // SAFETY: a plain helper call without arguments.
+        || unsafe { bpf_get_prandom_u32() },
+        |i| u64::from(EXP_TABLE.get(i).copied().unwrap_or(tables::ONE as u32)),
+    )
 }
 
 /// Decides whether an allocation of `size` is sampled, and what it stands for:

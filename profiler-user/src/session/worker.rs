@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 
@@ -27,6 +27,8 @@ use super::{ages, resolve, SessionError, SessionOptions, SessionResult, StopReas
 /// Most records counted (and discarded) after the last tick: the probes are
 /// still attached then and may keep writing.
 const MAX_UNREAD_COUNT: u64 = 1 << 22;
+/// Longest the stop waits for the ring's backlog to be applied.
+const FINAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the capture thread keeps besides the capture itself.
 struct Worker {
@@ -259,6 +261,11 @@ pub(super) fn run(
     if stop != StopReason::TargetExited {
         w.cap.refresh();
     }
+    // Records already in the ring describe calls made before the stop:
+    // apply them, for a bounded time, so that a sample's free is not left
+    // behind its allocation (a sampled block would stay live for good).
+    let deadline = Instant::now() + FINAL_DRAIN;
+    while Instant::now() < deadline && w.cap.drain(1) {}
     // The last tick is read while every probe is still attached: detaching
     // takes a while (one probe at a time), and calls made meanwhile would see
     // some probes and not others (entries without returns, frees of
