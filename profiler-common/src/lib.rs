@@ -126,7 +126,9 @@ pub const STACK_UNSAMPLED: i32 = -2;
 /// unwinding; its site lives in userspace and its free is reported as an event.
 pub const STACK_USER: i32 = -3;
 
-/// Key of the per-call-site counters: a captured stack and the entry point used.
+/// Key of the per-call-site counters: a captured stack and the entry point
+/// used, in one process (a stack id alone is shared by every process whose
+/// walk gave the same addresses).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteKey {
@@ -134,6 +136,9 @@ pub struct SiteKey {
     pub stack_id: i32,
     /// An [`AllocKind`] discriminant.
     pub kind: u32,
+    /// The process that allocated.
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Stack id used for allocations whose stack could not be captured.
@@ -430,7 +435,7 @@ const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 24);
-const _: () = assert!(core::mem::size_of::<SiteKey>() == 8);
+const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
 const _: () = assert!(core::mem::size_of::<PendingCalls>() == 120);

@@ -106,6 +106,8 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
             let site = SiteKey {
                 stack_id,
                 kind: a.kind,
+                tgid,
+                _pad: 0,
             };
             site_add(&site, 0, 0, a.est_bytes, a.est_count);
         }
@@ -165,6 +167,8 @@ fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: All
     let site = SiteKey {
         stack_id: site_stack,
         kind: kind as u32,
+        tgid,
+        _pad: 0,
     };
     site_add(&site, est_bytes, est_count, 0, 0);
 }

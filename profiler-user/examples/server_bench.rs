@@ -41,6 +41,7 @@ fn timeline() -> Timeline {
             format!("alloc_site_{i}"),
         ];
         tl.add_site(SiteInfo {
+            pid: 1,
             frames: names.iter().map(|n| Frame::function(n, "server")).collect(),
             api: if i % 3 == 0 { "calloc" } else { "malloc" },
         });

@@ -153,11 +153,43 @@ pub struct SiteStats {
 /// A call site with its symbolized stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
+    /// The process that allocated (see [`Profile::processes`]).
+    pub pid: u32,
     /// Root first (`main` side), leaf last (the allocator's caller).
     pub frames: Vec<Frame>,
     /// The allocator entry point (`malloc`, `mmap`, ...).
     pub api: &'static str,
     pub stats: SiteStats,
+}
+
+/// A profiled process, as the views name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// The process it was found under (forked while followed, or an
+    /// existing child); 0 for one named on the command line.
+    pub parent: u32,
+    /// /proc/PID/comm when first seen (after an exec: "old → new").
+    pub comm: String,
+    /// /proc/PID/cmdline, arguments separated by spaces; empty when unreadable.
+    pub cmdline: String,
+}
+
+impl ProcessInfo {
+    /// `comm [pid N]`: the root frame of this process's stacks when a view
+    /// shows several processes.
+    pub fn frame_label(&self) -> String {
+        format!("{} [pid {}]", self.comm, self.pid)
+    }
+}
+
+/// One process's share of a profile: the sum of its sites.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessShare {
+    pub process: ProcessInfo,
+    pub stats: SiteStats,
+    /// Call sites with numbers in the window.
+    pub sites: u64,
 }
 
 /// Process-wide counters, including everything that was lost.
@@ -342,9 +374,70 @@ pub struct Profile {
     pub allocator: String,
     /// What heapscope could not see in this process, and probe costs.
     pub allocator_notes: Vec<String>,
+    /// Every profiled process, the first one first (one entry for a
+    /// single-process session).
+    pub processes: Vec<ProcessInfo>,
 }
 
 impl Profile {
+    /// True when sites of more than one process are in the profile (or
+    /// more than one process was profiled): views then break stacks down
+    /// per process.
+    pub fn several_processes(&self) -> bool {
+        let first = self.sites.first().map(|s| s.pid);
+        self.processes.len() > 1 || self.sites.iter().any(|s| Some(s.pid) != first)
+    }
+
+    /// The process `pid` as the profile knows it; one named after the
+    /// profile's own process (or `?`) when it is not in the table.
+    pub fn process(&self, pid: u32) -> ProcessInfo {
+        self.processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .cloned()
+            .unwrap_or_else(|| ProcessInfo {
+                pid,
+                comm: if pid == self.pid {
+                    self.comm.clone()
+                } else {
+                    "?".to_string()
+                },
+                ..ProcessInfo::default()
+            })
+    }
+
+    /// Each process's sum of sites (processes of the table first, in its
+    /// order, then any other pid a site names, by pid); every number is
+    /// the sum of its sites, so the shares add up to the sites' total.
+    pub fn by_process(&self) -> Vec<ProcessShare> {
+        let mut out: Vec<ProcessShare> = self
+            .processes
+            .iter()
+            .map(|p| ProcessShare {
+                process: p.clone(),
+                ..ProcessShare::default()
+            })
+            .collect();
+        let mut others: std::collections::BTreeMap<u32, ProcessShare> = Default::default();
+        for site in &self.sites {
+            let share = match out.iter_mut().find(|s| s.process.pid == site.pid) {
+                Some(s) => s,
+                None => others.entry(site.pid).or_insert_with(|| ProcessShare {
+                    process: self.process(site.pid),
+                    ..ProcessShare::default()
+                }),
+            };
+            let (t, s) = (&mut share.stats, &site.stats);
+            t.live_bytes += s.live_bytes;
+            t.live_count += s.live_count;
+            t.alloc_bytes += s.alloc_bytes;
+            t.alloc_count += s.alloc_count;
+            share.sites += 1;
+        }
+        out.extend(others.into_values());
+        out
+    }
+
     /// Sum of live bytes over all sites: an estimate when sampled (the
     /// exact figure is [`Profile::live_heap`]).
     pub fn sites_live_bytes(&self) -> u64 {

@@ -215,6 +215,7 @@ mod tests {
 
     fn site(frames: Vec<Frame>) -> SiteInfo {
         SiteInfo {
+            pid: 0,
             frames,
             api: "malloc",
         }

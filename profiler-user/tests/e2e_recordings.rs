@@ -158,6 +158,7 @@ fn valid(finish: bool) -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), Path::new("v"), &header).expect("writer");
     for name in ["a", "b", "c"] {
         w.site(&SiteInfo {
+            pid: 7,
             frames: vec![heapscope::profile::Frame::function(name, "app")],
             api: "malloc",
         })

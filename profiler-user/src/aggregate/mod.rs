@@ -12,7 +12,7 @@ use profiler_common::{counter, AllocKind, PendingCalls, SiteCounters, SiteKey, C
 
 use crate::probes::ProbeError;
 use crate::profile::{SiteStats, Totals};
-use regions::RegionTracker;
+use regions::ProcessRegions;
 use samples::SampleTable;
 
 /// Where a site's stack lives: in the kernel's stack-trace map (frame-pointer
@@ -23,9 +23,11 @@ pub enum StackRef {
     User(u32),
 }
 
-/// A call site: a stack and the allocator entry point used.
+/// A call site: a stack and the allocator entry point used, in one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteRef {
+    /// The process that allocated (first: sites sort by process).
+    pub pid: u32,
     pub stack: StackRef,
     /// An `AllocKind` discriminant.
     pub kind: u32,
@@ -107,11 +109,12 @@ pub fn merge(
     kernel_sites: &BTreeMap<SiteKey, SiteCounters>,
     samples: &SampleTable,
     counters: &[u64; counter::COUNT as usize],
-    regions: &RegionTracker,
+    regions: &ProcessRegions,
 ) -> RawSnapshot {
     let mut out = BTreeMap::new();
     for (key, c) in kernel_sites {
         let site = SiteRef {
+            pid: key.tgid,
             stack: StackRef::Kernel(key.stack_id),
             kind: key.kind,
         };
@@ -120,26 +123,25 @@ pub fn merge(
     for (site, c) in samples.sites() {
         add(&mut out, *site, stats_of(c));
     }
-    for (stack, r) in regions.stats() {
+    for (pid, stack, r) in regions.stats() {
         let key = SiteRef {
+            pid,
             stack: *stack,
             kind: AllocKind::Mmap as u32,
         };
         add(&mut out, key, r.clone());
     }
     let c = |i: u32| counters[i as usize];
-    let region_allocs: u64 = regions.stats().values().map(|r| r.alloc_count).sum();
-    let region_bytes: u64 = regions.stats().values().map(|r| r.alloc_bytes).sum();
+    let region_allocs: u64 = regions.stats().map(|(_, _, r)| r.alloc_count).sum();
+    let region_bytes: u64 = regions.stats().map(|(_, _, r)| r.alloc_bytes).sum();
     // Unmapped bytes count as freed, so allocated − freed is the exact live total.
     let region_freed: u64 = regions
         .stats()
-        .values()
-        .map(|r| r.alloc_bytes.saturating_sub(r.live_bytes))
+        .map(|(_, _, r)| r.alloc_bytes.saturating_sub(r.live_bytes))
         .sum();
     let region_frees: u64 = regions
         .stats()
-        .values()
-        .map(|r| r.alloc_count.saturating_sub(r.live_count))
+        .map(|(_, _, r)| r.alloc_count.saturating_sub(r.live_count))
         .sum();
     // Kernel counters by the table; mapped regions are tracked in userspace.
     let mut totals = Totals::default();
@@ -151,7 +153,7 @@ pub fn merge(
         (CounterId::AllocBytes, region_bytes),
         (CounterId::Frees, region_frees),
         (CounterId::FreeBytes, region_freed),
-        (CounterId::UntrackedUnmaps, regions.untracked),
+        (CounterId::UntrackedUnmaps, regions.untracked()),
     ] {
         totals.set(id, totals.get(id) + add);
     }
@@ -191,6 +193,8 @@ mod tests {
         let k = SiteKey {
             stack_id: 1,
             kind: AllocKind::Malloc as u32,
+            tgid: 1,
+            _pad: 0,
         };
         sites.insert(
             k,
@@ -202,16 +206,18 @@ mod tests {
             },
         );
         let k = SiteRef {
+            pid: 1,
             stack: StackRef::Kernel(1),
             kind: AllocKind::Malloc as u32,
         };
         let mut counters = [0u64; counter::COUNT as usize];
         counters[counter::ALLOCS as usize] = 10;
         counters[counter::FREES_UNKNOWN as usize] = 4;
-        let mut regions = RegionTracker::default();
-        regions.mmap(0x1000_0000, 5000, StackRef::Kernel(2));
+        let mut regions = ProcessRegions::default();
+        regions.of(1).mmap(0x1000_0000, 5000, StackRef::Kernel(2));
         let mut samples = SampleTable::default();
         let user = SiteRef {
+            pid: 1,
             stack: samples.intern(vec![1, 2]),
             kind: AllocKind::Calloc as u32,
         };
@@ -222,6 +228,7 @@ mod tests {
         assert_eq!(snap.sites[&k].live_bytes, 700);
         assert_eq!(snap.sites[&k].live_count, 7);
         let mk = SiteRef {
+            pid: 1,
             stack: StackRef::Kernel(2),
             kind: AllocKind::Mmap as u32,
         };
@@ -241,6 +248,8 @@ mod tests {
             SiteKey {
                 stack_id: none,
                 kind: AllocKind::Malloc as u32,
+                tgid: 1,
+                _pad: 0,
             },
             SiteCounters {
                 alloc_bytes: 1000,
@@ -251,12 +260,13 @@ mod tests {
         );
         let mut samples = SampleTable::default();
         let site = SiteRef {
+            pid: 1,
             stack: StackRef::Kernel(none),
             kind: AllocKind::Malloc as u32,
         };
         samples.alloc(1, 0x50, site, 500, COUNT_SCALE);
         let counters = [0u64; counter::COUNT as usize];
-        let snap = merge(&sites, &samples, &counters, &RegionTracker::default());
+        let snap = merge(&sites, &samples, &counters, &ProcessRegions::default());
         assert_eq!(snap.sites[&site].live_bytes, 1500);
         assert_eq!(snap.sites[&site].alloc_count, 2);
     }

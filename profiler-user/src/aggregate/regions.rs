@@ -145,9 +145,46 @@ impl RegionTracker {
     }
 }
 
+/// Regions of every profiled process: address spaces are separate, so a
+/// child's munmap never touches its parent's region at the same address.
+#[derive(Debug, Default)]
+pub struct ProcessRegions {
+    by_pid: BTreeMap<u32, RegionTracker>,
+}
+
+impl ProcessRegions {
+    /// The regions of `pid`.
+    pub fn of(&mut self, pid: u32) -> &mut RegionTracker {
+        self.by_pid.entry(pid).or_default()
+    }
+
+    /// Totals per (process, owning stack).
+    pub fn stats(&self) -> impl Iterator<Item = (u32, &StackRef, &SiteStats)> + '_ {
+        self.by_pid
+            .iter()
+            .flat_map(|(pid, t)| t.stats().iter().map(move |(s, v)| (*pid, s, v)))
+    }
+
+    /// munmap/mremap calls that touched no tracked region, in every process.
+    pub fn untracked(&self) -> u64 {
+        self.by_pid.values().map(|t| t.untracked).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_have_separate_address_spaces() {
+        let mut r = ProcessRegions::default();
+        r.of(1).mmap(0x10000, PAGE, StackRef::Kernel(1));
+        r.of(2).mmap(0x10000, PAGE, StackRef::Kernel(1));
+        r.of(2).munmap(0x10000, PAGE);
+        let live: Vec<(u32, u64)> = r.stats().map(|(p, _, s)| (p, s.live_bytes)).collect();
+        assert_eq!(live, vec![(1, PAGE), (2, 0)]);
+        assert_eq!(r.untracked(), 0);
+    }
 
     #[test]
     fn release_all_frees_every_region() {

@@ -101,7 +101,11 @@ mod tests {
         let c = t.intern(vec![4]);
         assert_eq!(a, b);
         assert_ne!(a, c);
-        let site = SiteRef { stack: a, kind: 0 };
+        let site = SiteRef {
+            pid: 7,
+            stack: a,
+            kind: 0,
+        };
         t.alloc(7, 0x1000, site, 4096, 4 * COUNT_SCALE);
         t.alloc(7, 0x2000, site, 4096, 4 * COUNT_SCALE);
         t.free(7, 0x1000);
@@ -118,10 +122,12 @@ mod tests {
     fn reused_address_retires_the_old_sample() {
         let mut t = SampleTable::default();
         let s1 = SiteRef {
+            pid: 1,
             stack: t.intern(vec![1]),
             kind: 0,
         };
         let s2 = SiteRef {
+            pid: 1,
             stack: t.intern(vec![2]),
             kind: 0,
         };

@@ -21,8 +21,12 @@ pub struct TotalsJson {
 /// One call site by live bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TopSite {
-    /// Frame labels, root first.
+    /// Frame labels, root first (with several processes, the first is the
+    /// process: `comm [pid N]`).
     pub frames: Vec<String>,
+    /// The process, when the profile has several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub api: &'static str,
     pub live_bytes: u64,
     pub live_blocks: u64,
@@ -124,6 +128,24 @@ pub struct ReportDoc {
     pub top_sites: Vec<TopSite>,
     pub suspects: Vec<SuspectJson>,
     pub findings: Vec<FindingJson>,
+    /// Each profiled process with the sums of its call sites (one entry for
+    /// a single-process session).
+    pub processes: Vec<ProcessJson>,
+}
+
+/// One profiled process and the sums of its call sites in the window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessJson {
+    pub pid: u32,
+    /// 0 for a process named on the command line.
+    pub parent: u32,
+    pub comm: String,
+    pub cmdline: String,
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    pub alloc_bytes: u64,
+    pub allocs: u64,
+    pub sites: u64,
 }
 
 fn labels(frames: &[Frame]) -> Vec<String> {
@@ -151,6 +173,7 @@ pub fn top_sites_by(profile: &Profile, metric: Metric, top: usize) -> Vec<TopSit
         .take(top)
         .map(|s| TopSite {
             frames: s.frames,
+            pid: s.pid,
             api: s.api,
             live_bytes: s.stats.live_bytes,
             live_blocks: s.stats.live_count,
@@ -262,5 +285,20 @@ pub fn report_doc(
             .map(|s| suspect_json(s, timeline))
             .collect(),
         findings: analysis.findings.iter().map(finding_json).collect(),
+        processes: profile
+            .by_process()
+            .into_iter()
+            .map(|sh| ProcessJson {
+                pid: sh.process.pid,
+                parent: sh.process.parent,
+                comm: sh.process.comm,
+                cmdline: sh.process.cmdline,
+                live_bytes: sh.stats.live_bytes,
+                live_blocks: sh.stats.live_count,
+                alloc_bytes: sh.stats.alloc_bytes,
+                allocs: sh.stats.alloc_count,
+                sites: sh.sites,
+            })
+            .collect(),
     }
 }

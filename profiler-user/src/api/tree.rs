@@ -284,6 +284,7 @@ mod tests {
 
     fn site(frames: Vec<Frame>, live: u64, allocs: u64) -> Site {
         Site {
+            pid: 0,
             frames,
             api: "malloc",
             stats: SiteStats {

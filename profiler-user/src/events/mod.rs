@@ -7,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
 use profiler_common::{AllocKind, EventKind, MapEvent, ProcEvent, SampleHeader, SampledFree};
 
-use crate::aggregate::regions::RegionTracker;
+use crate::aggregate::regions::ProcessRegions;
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
 use crate::probes::ProbeError;
@@ -52,7 +52,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
 
 /// Where events are applied.
 pub struct EventSink<'a> {
-    pub regions: &'a mut RegionTracker,
+    pub regions: &'a mut ProcessRegions,
     pub samples: &'a mut SampleTable,
     pub unwinder: &'a mut Unwinder,
     pub maps: &'a mut MemoryMap,
@@ -76,7 +76,8 @@ pub struct ExecSeen {
 }
 
 /// Applies one mmap-family event (frame-pointer mode: the owner is a kernel stack id).
-pub fn apply_map(ev: &MapEvent, regions: &mut RegionTracker) -> bool {
+pub fn apply_map(ev: &MapEvent, regions: &mut ProcessRegions) -> bool {
+    let regions = regions.of(ev.tgid);
     match EventKind::from_u32(ev.kind) {
         Some(EventKind::Mmap) => regions.mmap(ev.addr, ev.len, StackRef::Kernel(ev.stack_id)),
         Some(EventKind::Munmap) => regions.munmap(ev.addr, ev.len),
@@ -99,7 +100,7 @@ impl EventSink<'_> {
                 // After an exec, regions mapped from here on belong to the
                 // new image; a fork changes nothing here.
                 let (regions, region_bytes) = if ev.kind == EventKind::Exec as u32 {
-                    self.regions.release_all()
+                    self.regions.of(ev.tgid).release_all()
                 } else {
                     (0, 0)
                 };
@@ -142,9 +143,10 @@ impl EventSink<'_> {
                 stats.samples += 1;
                 let stack = self.samples.intern(frames);
                 if h.alloc_kind == AllocKind::Mmap as u32 {
-                    self.regions.mmap(h.ptr, h.size, stack);
+                    self.regions.of(h.tgid).mmap(h.ptr, h.size, stack);
                 } else {
                     let site = SiteRef {
+                        pid: h.tgid,
                         stack,
                         kind: h.alloc_kind,
                     };
@@ -362,9 +364,9 @@ mod tests {
         let b = bytes_of(&ev);
         assert_eq!(decode(&b), Some(Event::Map(ev)));
         assert_eq!(decode(&b[..10]), None);
-        let mut t = RegionTracker::default();
+        let mut t = ProcessRegions::default();
         assert!(apply_map(&ev, &mut t));
-        assert_eq!(t.stats()[&StackRef::Kernel(3)].live_bytes, 8192);
+        assert_eq!(t.of(ev.tgid).stats()[&StackRef::Kernel(3)].live_bytes, 8192);
 
         let free = SampledFree {
             kind: EventKind::SampledFree as u32,
@@ -449,7 +451,7 @@ mod tests {
             max_bytes: 1 << 20,
         };
         let mut reader = EventReader::new(Queue(queue), limits);
-        let mut regions = RegionTracker::default();
+        let mut regions = ProcessRegions::default();
         let mut samples = SampleTable::default();
         let mut unwinder = Unwinder::default();
         let mut maps = MemoryMap::default();
@@ -493,7 +495,7 @@ mod tests {
         assert_eq!(reader.stats.applied, n);
         assert_eq!(reader.stats.malformed, 1);
         assert_eq!(
-            regions.stats().values().map(|r| r.alloc_count).sum::<u64>(),
+            regions.stats().map(|(_, _, r)| r.alloc_count).sum::<u64>(),
             n
         );
     }
@@ -543,7 +545,7 @@ mod tests {
                 None
             }
         }
-        let mut regions = RegionTracker::default();
+        let mut regions = ProcessRegions::default();
         let mut samples = SampleTable::default();
         let mut unwinder = Unwinder::default();
         let mut maps = MemoryMap::default();

@@ -9,7 +9,7 @@ use profiler_common::AllocKind;
 
 use std::sync::Arc;
 
-use crate::profile::{Frame, ModuleId, Pc, SiteStats};
+use crate::profile::{Frame, ModuleId, Pc, ProcessInfo, SiteStats};
 use crate::timeline::{totals_from_slice, totals_to_array, MemSample, SiteId, SiteInfo, Tick};
 
 /// First bytes of every recording.
@@ -31,6 +31,8 @@ pub const TYPE_HEADER: u8 = 1;
 pub const TYPE_SITE: u8 = 2;
 pub const TYPE_TICK: u8 = 3;
 pub const TYPE_END: u8 = 4;
+/// A profiled process (added after version 1 shipped: older readers skip it).
+pub const TYPE_PROCESS: u8 = 5;
 
 /// Frame kinds and field tags of a site record.
 const FRAME_FUNCTION: u8 = 0;
@@ -189,7 +191,32 @@ pub fn encode_site(id: SiteId, info: &SiteInfo) -> Vec<u8> {
     for f in &info.frames {
         encode_frame(&mut out, f);
     }
+    // Trailing: files from before sites had a process read it as absent.
+    put_varint(&mut out, u64::from(info.pid));
     out
+}
+
+/// Payload of a process record; a later record of the same pid replaces it.
+pub fn encode_process(p: &ProcessInfo) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, u64::from(p.pid));
+    put_varint(&mut out, u64::from(p.parent));
+    put_str(&mut out, &p.comm);
+    put_str(&mut out, &p.cmdline);
+    out
+}
+
+/// Decodes a process payload.
+pub fn decode_process(buf: &[u8]) -> Result<ProcessInfo, &'static str> {
+    let mut c = Cursor::new(buf);
+    let p = ProcessInfo {
+        pid: c.u32()?,
+        parent: c.u32()?,
+        comm: c.string()?,
+        cmdline: c.string()?,
+    };
+    c.done()?;
+    Ok(p)
 }
 
 /// A tick's memory sample in a fixed order; values added later go at the
@@ -442,7 +469,8 @@ pub fn api_symbol(name: &str) -> &'static str {
         .unwrap_or("?")
 }
 
-/// Decodes a site payload.
+/// Decodes a site payload; `pid` is 0 in files written before sites had a
+/// process (the reader puts the header's pid there).
 pub fn decode_site(buf: &[u8]) -> Result<(SiteId, SiteInfo), &'static str> {
     let mut c = Cursor::new(buf);
     let id = SiteId(c.u32()?);
@@ -451,8 +479,9 @@ pub fn decode_site(buf: &[u8]) -> Result<(SiteId, SiteInfo), &'static str> {
     let frames = (0..n)
         .map(|_| decode_frame(&mut c))
         .collect::<Result<Vec<_>, _>>()?;
+    let pid = if c.remaining() > 0 { c.u32()? } else { 0 };
     c.done()?;
-    Ok((id, SiteInfo { frames, api }))
+    Ok((id, SiteInfo { pid, frames, api }))
 }
 
 /// Decodes a tick payload.

@@ -28,7 +28,12 @@ pub const SITE_MEMORY_BASE: u64 = 32 << 20;
 /// Damaged stretches listed one by one; beyond, only counted.
 const MAX_DAMAGE_LISTED: usize = 32;
 /// Record types a resynchronisation may land on (never a second header).
-const RESYNC_KINDS: [u8; 3] = [format::TYPE_SITE, format::TYPE_TICK, format::TYPE_END];
+const RESYNC_KINDS: [u8; 4] = [
+    format::TYPE_SITE,
+    format::TYPE_TICK,
+    format::TYPE_END,
+    format::TYPE_PROCESS,
+];
 
 /// A stretch of a recording that could not be read and was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +169,10 @@ struct State {
     site_memory: u64,
 }
 
+/// Processes a recording may name: the kernel side profiles at most
+/// `MAX_PROFILED` at once; a few times that allows for exits and new ones.
+const MAX_PROCESSES: usize = 4 * profiler_common::MAX_PROFILED as usize;
+
 /// The smallest site record: framing, id, empty api, no frames.
 const MIN_SITE_RECORD: u64 = (format::RECORD_PREFIX_LEN + format::RECORD_SUFFIX_LEN) as u64 + 3;
 
@@ -194,6 +203,7 @@ impl State {
         }
         for _ in 0..gap {
             self.timeline.add_site(SiteInfo {
+                pid: self.header.as_ref().map_or(0, |h| h.pid),
                 frames: vec![Frame::Unknown {
                     module: "[lost: recording damaged]".to_string(),
                     offset: 0,
@@ -215,7 +225,11 @@ impl State {
             (format::TYPE_HEADER, true) => return Err("second header record".into()),
             (_, false) => return Err("the first record is not the header".into()),
             (format::TYPE_SITE, true) => {
-                let (id, info) = format::decode_site(payload)?;
+                let (id, mut info) = format::decode_site(payload)?;
+                if info.pid == 0 {
+                    // Written before sites had a process: the one process.
+                    info.pid = self.header.as_ref().map_or(0, |h| h.pid);
+                }
                 if (id.0 as usize) < self.timeline.sites().len() {
                     return Err(format!("site {} out of order", id.0));
                 }
@@ -262,6 +276,14 @@ impl State {
                     .push_changes(t.t_ms, t.changes, t.totals, t.mem);
             }
             (format::TYPE_END, true) => self.end_ms = Some(format::decode_end(payload)?),
+            (format::TYPE_PROCESS, true) => {
+                let p = format::decode_process(payload)?;
+                let known = self.timeline.processes().iter().any(|q| q.pid == p.pid);
+                if !known && self.timeline.processes().len() >= MAX_PROCESSES {
+                    return Err(format!("more than {MAX_PROCESSES} processes"));
+                }
+                self.timeline.set_process(p);
+            }
             // A record type from a newer writer of this version: skip it.
             _ => self.skipped += 1,
         }
@@ -372,6 +394,14 @@ pub fn read(mut r: impl BufRead, path: &Path, max_ticks: usize) -> Result<Record
     let header = st.header.ok_or(RecordError::MissingHeader {
         path: path.to_path_buf(),
     })?;
+    if st.timeline.processes().is_empty() {
+        // Written before processes were recorded: the one in the header.
+        st.timeline.set_process(crate::profile::ProcessInfo {
+            pid: header.pid,
+            comm: header.comm.clone(),
+            ..Default::default()
+        });
+    }
     Ok(Recording {
         header,
         timeline: st.timeline,

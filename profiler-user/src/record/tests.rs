@@ -26,10 +26,12 @@ pub(super) fn header() -> Header {
 pub(super) fn sites() -> Vec<SiteInfo> {
     vec![
         SiteInfo {
+            pid: 4242,
             frames: vec![frame("main"), frame("leak_malloc")],
             api: "malloc",
         },
         SiteInfo {
+            pid: 4242,
             frames: vec![
                 frame("main"),
                 frame_src("vector<int>::push_back", "/src/v.h", 42, true),
@@ -38,6 +40,7 @@ pub(super) fn sites() -> Vec<SiteInfo> {
             api: "realloc",
         },
         SiteInfo {
+            pid: 4242,
             frames: vec![],
             api: "mmap",
         },
@@ -90,8 +93,29 @@ pub(super) fn ticks() -> Vec<Tick> {
 }
 
 /// The bytes of the sample recording, with or without the end record.
+/// The processes of the golden recording: the header's, and a child.
+pub(super) fn processes() -> Vec<crate::profile::ProcessInfo> {
+    vec![
+        crate::profile::ProcessInfo {
+            pid: 4242,
+            parent: 0,
+            comm: "leaky".into(),
+            cmdline: "./leaky --size 4096".into(),
+        },
+        crate::profile::ProcessInfo {
+            pid: 4250,
+            parent: 4242,
+            comm: "leaky".into(),
+            cmdline: String::new(),
+        },
+    ]
+}
+
 pub(super) fn recording_bytes(finish: bool) -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), Path::new(NAME), &header()).expect("writer");
+    for p in processes() {
+        w.process(&p).expect("process");
+    }
     for s in sites() {
         w.site(&s).expect("site");
     }
@@ -177,10 +201,45 @@ fn round_trip_golden() {
     let rec = open(&golden).expect("open golden");
     assert_eq!(rec.header, header());
     assert_eq!(rec.timeline.sites(), sites().as_slice());
+    assert_eq!(rec.timeline.processes(), processes().as_slice());
     assert_eq!(rec.timeline.ticks(), ticks());
     assert_eq!(rec.end_ms, Some(5500));
     assert!(!rec.truncated);
     assert_eq!(rec.skipped_records, 0);
+}
+
+/// A recording written before sites had a process (no pid in site
+/// records, no process records) reads with every site in the header's
+/// process, and that process as the only one.
+#[test]
+fn recordings_before_processes_still_read() {
+    let golden =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/recording_v1_before_pids.bin");
+    let rec = open(&golden).expect("open the old golden");
+    assert_eq!(rec.timeline.sites(), sites().as_slice());
+    assert_eq!(
+        rec.timeline.processes(),
+        &[crate::profile::ProcessInfo {
+            pid: 4242,
+            comm: "leaky".into(),
+            ..Default::default()
+        }]
+    );
+    assert_eq!(rec.timeline.ticks(), ticks());
+    assert_eq!(rec.skipped_records, 0);
+    assert!(rec.damage.is_empty());
+}
+
+/// A later record of a process replaces the earlier one (a name after exec).
+#[test]
+fn a_later_process_record_replaces_the_earlier() {
+    let mut w = Writer::new(Vec::new(), Path::new(NAME), &header()).expect("writer");
+    let mut p = processes()[1].clone();
+    w.process(&p).expect("process");
+    p.comm = "leaky → helper".into();
+    w.process(&p).expect("process");
+    let rec = read_bytes(&w.finish(1).expect("finish")).expect("reads");
+    assert_eq!(rec.timeline.processes(), &[p]);
 }
 
 #[test]

@@ -100,6 +100,11 @@ impl<W: Write> Writer<W> {
         Ok(id)
     }
 
+    /// Writes a process (again when its entry changed: the last one counts).
+    pub fn process(&mut self, p: &crate::profile::ProcessInfo) -> Result<(), RecordError> {
+        self.record(format::TYPE_PROCESS, &format::encode_process(p))
+    }
+
     /// Writes a tick (only the sites that changed since the previous one)
     /// and flushes. Every site it names must have been written before, and
     /// ticks must not go back in time.

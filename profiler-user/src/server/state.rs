@@ -263,6 +263,7 @@ mod tests {
 
     fn site(name: &str) -> SiteInfo {
         SiteInfo {
+            pid: 0,
             frames: vec![Frame::function(name, "a.out")],
             api: "malloc",
         }

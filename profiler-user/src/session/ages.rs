@@ -40,6 +40,7 @@ pub fn outstanding(
             cap.samples.site_of(key.tgid, key.ptr)
         } else if a.stack_id >= 0 {
             Some(SiteRef {
+                pid: key.tgid,
                 stack: StackRef::Kernel(a.stack_id),
                 kind: a.kind,
             })

@@ -4,7 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::aggregate::{self, regions::RegionTracker, samples::SampleTable, RawSnapshot};
+use crate::aggregate::{self, regions::ProcessRegions, samples::SampleTable, RawSnapshot};
 use aya::maps::{MapData, RingBuf};
 
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
@@ -41,7 +41,7 @@ pub const TICK_DRAIN_BATCHES: usize = 16;
 pub struct Capture {
     pub pid: u32,
     pub events: EventReader<RingBuf<MapData>>,
-    pub regions: RegionTracker,
+    pub regions: ProcessRegions,
     pub samples: SampleTable,
     pub unwinder: Unwinder,
     pub maps: MemoryMap,
@@ -76,7 +76,7 @@ impl Capture {
         Capture {
             pid,
             events: EventReader::new(ring, DrainLimits::default()),
-            regions: RegionTracker::default(),
+            regions: ProcessRegions::default(),
             samples: SampleTable::default(),
             unwinder: Unwinder::default(),
             have_maps: maps.is_some(),

@@ -125,6 +125,8 @@ pub fn release(
                 let c = out.sites.entry(SiteKey {
                     stack_id,
                     kind: a.kind,
+                    tgid: key.tgid,
+                    _pad: 0,
                 });
                 let c = c.or_default();
                 c.free_bytes += a.est_bytes;
@@ -177,6 +179,8 @@ mod tests {
         let key = SiteKey {
             stack_id: 3,
             kind: 0,
+            tgid: 7,
+            _pad: 0,
         };
         r.sites.insert(
             key,

@@ -14,6 +14,8 @@ use super::output::{SessionOutput, TickUpdate};
 /// Writes a session to a recording file.
 pub struct RecordingOutput {
     writer: Option<Writer<BufWriter<File>>>,
+    /// Processes as last written, so a changed one is written again.
+    processes: std::collections::BTreeMap<u32, crate::profile::ProcessInfo>,
     /// Set when writing failed: the session goes on, the file stays readable
     /// up to its last whole tick, and the user is told at the end.
     error: Option<RecordError>,
@@ -24,6 +26,7 @@ impl RecordingOutput {
     pub fn create(path: &Path, header: &Header) -> Result<RecordingOutput, RecordError> {
         Ok(RecordingOutput {
             writer: Some(Writer::create(path, header)?),
+            processes: Default::default(),
             error: None,
         })
     }
@@ -43,7 +46,20 @@ impl SessionOutput for RecordingOutput {
             return;
         };
         let mut result = Ok(());
+        for p in update.timeline.processes() {
+            if self.processes.get(&p.pid) == Some(p) {
+                continue;
+            }
+            result = w.process(p);
+            if result.is_err() {
+                break;
+            }
+            self.processes.insert(p.pid, p.clone());
+        }
         for (_, info) in update.new_sites {
+            if result.is_err() {
+                break;
+            }
             result = w.site(info).map(|_| ());
             if result.is_err() {
                 break;

@@ -225,6 +225,7 @@ impl<'a> Resolver<'a> {
                 .map(AllocKind::symbol)
                 .unwrap_or("?");
             out.push(Site {
+                pid: key.pid,
                 frames,
                 api,
                 stats: stats.clone(),

@@ -42,6 +42,7 @@ impl SiteIds {
             out.push((
                 id,
                 SiteInfo {
+                    pid: site.pid,
                     frames: site.frames,
                     api: site.api,
                 },

@@ -9,6 +9,7 @@ use aya::Ebpf;
 use profiler_common::{LiveAlloc, LiveKey};
 
 use crate::probes::ProbeError;
+use crate::profile::ProcessInfo;
 
 /// A process profiled besides the first one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +53,41 @@ pub struct ProcessLive {
     pub comm: String,
     pub blocks: u64,
     pub bytes: u64,
+}
+
+/// Longest command line kept per process (bytes): the report shows one line.
+const MAX_CMDLINE: usize = 1024;
+
+/// `/proc/PID/cmdline` (NUL-separated arguments) as one line, cut at
+/// [`MAX_CMDLINE`] bytes on a character boundary.
+pub fn cmdline_text(raw: &[u8]) -> String {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    let text: String = String::from_utf8_lossy(raw)
+        .chars()
+        .map(|c| if c == '\0' || c.is_control() { ' ' } else { c })
+        .collect();
+    if text.len() <= MAX_CMDLINE {
+        return text;
+    }
+    let mut end = MAX_CMDLINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// What the views call process `pid` (found under `parent`, 0 when named
+/// on the command line); `comm` is used when /proc no longer has it.
+pub fn process_info(pid: u32, parent: u32, comm: &str) -> ProcessInfo {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| cmdline_text(&b))
+        .unwrap_or_default();
+    ProcessInfo {
+        pid,
+        parent,
+        comm: comm.to_string(),
+        cmdline,
+    }
 }
 
 /// The parent pid in the text of `/proc/PID/stat`.
@@ -115,6 +151,22 @@ pub fn live_by_process(ebpf: &Ebpf) -> Result<BTreeMap<u32, (u64, u64)>, ProbeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_read_as_one_bounded_line() {
+        assert_eq!(
+            cmdline_text(b"./server\0--port\08080\0"),
+            "./server --port 8080"
+        );
+        assert_eq!(cmdline_text(b""), "");
+        let long = "é".repeat(MAX_CMDLINE);
+        let t = cmdline_text(long.as_bytes());
+        assert!(
+            t.len() <= MAX_CMDLINE + 3 && t.ends_with("..."),
+            "{}",
+            t.len()
+        );
+    }
 
     #[test]
     fn ppid_after_a_name_with_parentheses_and_spaces() {

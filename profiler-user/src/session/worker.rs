@@ -67,6 +67,8 @@ impl Worker {
                 let probes_after_ms =
                     forked_ns.map_or(0, |t| ages::monotonic_ns().saturating_sub(t) / 1_000_000);
                 self.comms.insert(pid, comm.clone());
+                self.timeline
+                    .set_process(super::tree::process_info(pid, parent, &comm));
                 let f = super::tree::Followed {
                     pid,
                     parent,
@@ -92,9 +94,18 @@ impl Worker {
         }
     }
 
-    /// Sends the execs applied.
+    /// Sends the execs applied; the process is named after both programs.
     fn execs(&mut self, notes: Vec<super::exec::ExecNote>) {
         for n in notes {
+            if let Some(p) = self.timeline.processes().iter().find(|p| p.pid == n.pid) {
+                let mut p = p.clone();
+                p.comm = format!("{} → {}", p.comm, n.new_comm);
+                let fresh = super::tree::process_info(n.pid, 0, "").cmdline;
+                if !fresh.is_empty() {
+                    p.cmdline = fresh;
+                }
+                self.timeline.set_process(p);
+            }
             self.outputs.event(&SessionEvent::Exec(n));
         }
     }
@@ -206,6 +217,16 @@ pub(super) fn run(
     // call the allocator makes on its own right after (an arena created in a
     // new thread's first free) must already be recognised.
     w.comms.insert(pid, w.cap.comm.clone());
+    for p in w.probes.pids().to_vec() {
+        let comm = if p == pid {
+            w.cap.comm.clone()
+        } else {
+            super::capture::read_comm(p).unwrap_or_default()
+        };
+        w.comms.insert(p, comm.clone());
+        w.timeline
+            .set_process(super::tree::process_info(p, 0, &comm));
+    }
     if w.probes.follow {
         // Children forked from now on are reported by the fork tracepoint
         // (already attached); those forked before are in /proc.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use profiler_common::counters::{COUNTERS, COUNTER_COUNT};
 use std::ops::Range;
 
-use crate::profile::{Frame, LiveHeap, Profile, Site, SiteStats, Totals};
+use crate::profile::{Frame, LiveHeap, ProcessInfo, Profile, Site, SiteStats, Totals};
 
 pub use window::{EmptyWindow, Window, WindowError};
 
@@ -27,9 +27,13 @@ const MIN_MAX_TICKS: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SiteId(pub u32);
 
-/// What identifies a call site: its symbolized stack and allocator entry point.
+/// What identifies a call site: its process, symbolized stack and
+/// allocator entry point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteInfo {
+    /// The process that allocated (recordings from before processes were
+    /// told apart: the header's pid).
+    pub pid: u32,
     /// Root first, leaf last (as in [`Site::frames`]).
     pub frames: Vec<Frame>,
     /// The allocator entry point (`malloc`, `mmap`, ...).
@@ -144,6 +148,8 @@ pub struct ProfileMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeline {
     sites: Vec<SiteInfo>,
+    /// Every profiled process, in the order first seen.
+    processes: Vec<ProcessInfo>,
     ticks: Vec<StoredTick>,
     /// Numbers after the newest tick, to derive the next tick's changes.
     current: BTreeMap<SiteId, SiteStats>,
@@ -196,6 +202,7 @@ impl Timeline {
     pub fn new(max_ticks: usize) -> Timeline {
         Timeline {
             sites: Vec::new(),
+            processes: Vec::new(),
             ticks: Vec::new(),
             current: BTreeMap::new(),
             max_ticks: max_ticks.max(MIN_MAX_TICKS),
@@ -209,6 +216,27 @@ impl Timeline {
         let id = SiteId(u32::try_from(self.sites.len()).unwrap_or(u32::MAX));
         self.sites.push(info);
         id
+    }
+
+    /// Adds a process, or replaces the entry of its pid (a new name after
+    /// an exec). Returns true when something changed.
+    pub fn set_process(&mut self, info: ProcessInfo) -> bool {
+        match self.processes.iter_mut().find(|p| p.pid == info.pid) {
+            Some(p) if *p == info => false,
+            Some(p) => {
+                *p = info;
+                true
+            }
+            None => {
+                self.processes.push(info);
+                true
+            }
+        }
+    }
+
+    /// Every profiled process, in the order first seen.
+    pub fn processes(&self) -> &[ProcessInfo] {
+        &self.processes
     }
 
     /// Every registered site, mutable: re-symbolization replaces frames
@@ -457,6 +485,7 @@ impl Timeline {
             sample_rate: meta.sample_rate,
             allocator: meta.allocator.clone(),
             allocator_notes: meta.allocator_notes.clone(),
+            processes: self.processes.clone(),
             ..Profile::default()
         };
         let range = self.range(window);
@@ -496,10 +525,15 @@ impl Timeline {
                 continue;
             }
             let id = SiteId(u32::try_from(i).unwrap_or(u32::MAX));
-            let (frames, api) = self
-                .site(id)
-                .map_or((Vec::new(), "?"), |s| (s.frames.clone(), s.api));
-            profile.sites.push(Site { frames, api, stats });
+            let (pid, frames, api) = self.site(id).map_or((meta.pid, Vec::new(), "?"), |s| {
+                (s.pid, s.frames.clone(), s.api)
+            });
+            profile.sites.push(Site {
+                pid,
+                frames,
+                api,
+                stats,
+            });
         }
         profile
     }

@@ -34,6 +34,7 @@ pub(crate) fn frame_unknown(module: &str, offset: u64) -> Frame {
 /// A site with frames `main` → ... → `leaf` calling `api`.
 pub(crate) fn site_info(leaf: &str, api: &'static str) -> SiteInfo {
     SiteInfo {
+        pid: 0,
         frames: vec![frame("main"), frame("handle_request"), frame(leaf)],
         api,
     }

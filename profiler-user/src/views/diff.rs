@@ -17,6 +17,8 @@ use super::{group_digits, human_bytes, merge_sites, Labels, SvgOptions, ViewErro
 pub struct DiffRow {
     /// Frame labels, root first (as in [`super::MergedSite::frames`]).
     pub frames: Vec<String>,
+    /// The process, when the profiles have several (`frames[0]` names it).
+    pub pid: Option<u32>,
     pub api: &'static str,
     /// The folded-format stack (frames then API, `;`-joined).
     pub stack: String,
@@ -43,6 +45,7 @@ pub fn diff_rows(base: &Profile, window: &Profile) -> Vec<DiffRow> {
             let stack = site.folded_stack();
             let row = rows.entry(stack.clone()).or_insert_with(|| DiffRow {
                 frames: site.frames.clone(),
+                pid: site.pid,
                 api: site.api,
                 stack,
                 before: 0,
@@ -121,7 +124,13 @@ pub fn write_diff_text(
             r.before,
             r.after,
             r.api,
-            call_site_text(&r.frames)
+            match r.pid {
+                Some(pid) => format!(
+                    "[pid {pid}] {}",
+                    call_site_text(r.frames.get(1..).unwrap_or_default())
+                ),
+                None => call_site_text(&r.frames),
+            }
         )?;
     }
     if rows.len() > top {
@@ -199,6 +208,7 @@ mod tests {
             }
         }
         p.sites.push(Site {
+            pid: 0,
             frames: vec![frame("main"), frame("new_cache")],
             api: "calloc",
             stats: SiteStats {

@@ -70,11 +70,16 @@ pub fn write_suspects(
         "{:>12}  {:>10}  {:>5}  {:>12}  {:<api_width$}  CALL SITE",
         "GROWTH", "CONFIDENCE", "ROSE", "LIVE AT END", "API"
     )?;
+    let several = timeline.processes().len() > 1;
     for s in suspects.iter().take(top) {
         let (api, frames) = site(s);
+        let pid = match timeline.site(s.site) {
+            Some(i) if several => format!("[pid {}] ", i.pid),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "{:>12}  {:>10.2}  {:>5}  {:>12}  {:<api_width$}  {}",
+            "{:>12}  {:>10.2}  {:>5}  {:>12}  {:<api_width$}  {pid}{}",
             rate(s.slope_bytes_per_hour),
             s.confidence,
             format!("{}/{}", s.rises, s.changes),

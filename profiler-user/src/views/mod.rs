@@ -42,14 +42,27 @@ pub enum ViewError {
 pub struct MergedSite {
     /// Frame labels, root first, leaf last; never empty (a site without
     /// frames gets [`UNKNOWN_STACK`]). Labels are already made safe for the
-    /// folded format (no `;`, no line breaks).
+    /// folded format (no `;`, no line breaks). When the profile has several
+    /// processes, the root frame is the process (`comm [pid N]`), so every
+    /// view built on these breaks the stacks down per process.
     pub frames: Vec<String>,
+    /// The process of the site when the profile has several (then
+    /// `frames[0]` names it); `None` for a single-process profile.
+    pub pid: Option<u32>,
     /// The allocator entry point.
     pub api: &'static str,
     pub stats: SiteStats,
 }
 
 impl MergedSite {
+    /// The frames of the program, without the process root frame.
+    pub fn program_frames(&self) -> &[String] {
+        match self.pid {
+            Some(_) => self.frames.get(1..).unwrap_or_default(),
+            None => &self.frames,
+        }
+    }
+
     /// The folded-format stack: frames root→leaf, then the allocator API as
     /// the final leaf, joined by `;`.
     pub fn folded_stack(&self) -> String {
@@ -90,9 +103,12 @@ impl Labels {
 /// `;`-delimited formats. Spaces are kept: folded readers take the count
 /// from the last space-separated token.
 pub fn frame_text(frame: &Frame, labels: Labels) -> String {
-    labels
-        .label(frame)
-        .chars()
+    safe_text(&labels.label(frame))
+}
+
+/// `text` made safe for line- and `;`-delimited formats.
+pub fn safe_text(text: &str) -> String {
+    text.chars()
         .map(|c| match c {
             ';' => ':',
             '\n' | '\r' | '\t' => ' ',
@@ -106,15 +122,26 @@ pub fn frame_text(frame: &Frame, labels: Labels) -> String {
 /// Output is sorted by [`MergedSite::folded_stack`], so every
 /// view built on it is deterministic. With `labels.lines`, one function at
 /// two lines is two frames, so sites merge only when their lines agree too.
+/// Sites of different processes never merge when the profile has several.
 pub fn merge_sites(profile: &Profile, labels: Labels) -> Vec<MergedSite> {
     let mut merged: BTreeMap<String, MergedSite> = BTreeMap::new();
+    let several = profile.several_processes();
+    let mut process_frames: BTreeMap<u32, String> = BTreeMap::new();
     for site in &profile.sites {
-        let mut frames: Vec<String> = site.frames.iter().map(|f| frame_text(f, labels)).collect();
-        if frames.is_empty() {
+        let mut frames = Vec::with_capacity(site.frames.len() + 1);
+        if several {
+            let label = process_frames
+                .entry(site.pid)
+                .or_insert_with(|| safe_text(&profile.process(site.pid).frame_label()));
+            frames.push(label.clone());
+        }
+        frames.extend(site.frames.iter().map(|f| frame_text(f, labels)));
+        if site.frames.is_empty() {
             frames.push(UNKNOWN_STACK.to_string());
         }
         let entry = MergedSite {
             frames,
+            pid: several.then_some(site.pid),
             api: site.api,
             stats: SiteStats::default(),
         };
@@ -171,6 +198,7 @@ mod tests {
 
     fn site(frames: Vec<Frame>, api: &'static str, live: u64) -> Site {
         Site {
+            pid: 0,
             frames,
             api,
             stats: SiteStats {
@@ -201,6 +229,50 @@ mod tests {
         assert_eq!(group_digits(1000), "1,000");
         assert_eq!(group_digits(1_258_291), "1,258,291");
         assert_eq!(group_digits(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    /// Two processes with the same stack stay apart, each under its own
+    /// root frame; a single-process profile has none.
+    #[test]
+    fn several_processes_get_a_root_frame_each() {
+        use crate::profile::ProcessInfo;
+        let mut a = site(vec![func("main"), func("leak")], "malloc", 10);
+        a.pid = 10;
+        let mut b = a.clone();
+        b.pid = 11;
+        b.stats.live_bytes = 7;
+        let proc_info = |pid: u32, comm: &str| ProcessInfo {
+            pid,
+            comm: comm.into(),
+            ..ProcessInfo::default()
+        };
+        let mut profile = Profile {
+            pid: 10,
+            sites: vec![a.clone(), b],
+            processes: vec![proc_info(10, "srv"), proc_info(11, "srv;w")],
+            ..Profile::default()
+        };
+        let merged = merge_sites(&profile, Labels::default());
+        let stacks: Vec<(String, Option<u32>, u64)> = merged
+            .iter()
+            .map(|m| (m.folded_stack(), m.pid, m.stats.live_bytes))
+            .collect();
+        assert_eq!(
+            stacks,
+            vec![
+                ("srv [pid 10];main;leak;malloc".to_string(), Some(10), 10),
+                ("srv:w [pid 11];main;leak;malloc".to_string(), Some(11), 7),
+            ]
+        );
+        assert_eq!(merged[0].program_frames(), ["main", "leak"]);
+        let shares = profile.by_process();
+        assert_eq!(shares.len(), 2);
+        assert_eq!((shares[1].process.pid, shares[1].stats.live_bytes), (11, 7));
+        profile.sites = vec![a];
+        profile.processes.truncate(1);
+        let merged = merge_sites(&profile, Labels::default());
+        assert_eq!(merged[0].folded_stack(), "main;leak;malloc");
+        assert_eq!(merged[0].pid, None);
     }
 
     #[test]

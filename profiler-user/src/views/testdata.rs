@@ -43,17 +43,20 @@ pub(crate) fn sample_profile() -> Profile {
         duration_secs: 12.5,
         sites: vec![
             Site {
+                pid: 0,
                 frames: with(&[f("leak_malloc")]),
                 api: "malloc",
                 stats: stats(6000, 6, 6000, 6),
             },
             // A second raw stack that symbolizes identically: merged with the first.
             Site {
+                pid: 0,
                 frames: with(&[f("leak_malloc")]),
                 api: "malloc",
                 stats: stats(4000, 4, 5000, 5),
             },
             Site {
+                pid: 0,
                 frames: with(&[f(
                     "std::vector<int, std::allocator<int> >::push_back(int const&)",
                 )]),
@@ -61,6 +64,7 @@ pub(crate) fn sample_profile() -> Profile {
                 stats: stats(1_258_291, 1, 2_000_000, 3),
             },
             Site {
+                pid: 0,
                 frames: with(&[Frame::Unknown {
                     module: "libplugin.so".into(),
                     offset: 0x1234,
@@ -70,17 +74,20 @@ pub(crate) fn sample_profile() -> Profile {
                 stats: stats(512, 2, 1024, 4),
             },
             Site {
+                pid: 0,
                 frames: vec![],
                 api: "mmap",
                 stats: stats(1 << 20, 1, 1 << 20, 1),
             },
             Site {
+                pid: 0,
                 frames: with(&[f("a;b"), f("deep1"), f("deep2"), f("deep3"), f("deep4")]),
                 api: "malloc",
                 stats: stats(100, 1, 100, 1),
             },
             // Everything it allocated was freed: in alloc views, not in live ones.
             Site {
+                pid: 0,
                 frames: with(&[f("transient")]),
                 api: "malloc",
                 stats: stats(0, 0, 9000, 90),
@@ -106,6 +113,7 @@ pub(crate) fn sample_profile() -> Profile {
         sample_rate: 0,
         allocator: "allocator: glibc 2.36, the C library's; 22 entry points".into(),
         allocator_notes: Vec::new(),
+        processes: Vec::new(),
     }
 }
 
@@ -120,6 +128,7 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
         duration_secs: 2.0,
         sites: vec![
             Site {
+                pid: 0,
                 frames: vec![
                     main(),
                     at("leak_mmap", "/src/leaks.c", 82, false),
@@ -129,16 +138,19 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
                 stats: stats(36864, 3, 36864, 3),
             },
             Site {
+                pid: 0,
                 frames: vec![main(), at("leak_malloc", "/src/leaks.c", 37, false)],
                 api: "malloc",
                 stats: stats(10000, 10, 10000, 10),
             },
             Site {
+                pid: 0,
                 frames: vec![main(), at("leak_malloc", "/src/leaks.c", 38, false)],
                 api: "malloc",
                 stats: stats(500, 1, 500, 1),
             },
             Site {
+                pid: 0,
                 frames: vec![
                     Frame::Unknown {
                         module: "libc.so.6".into(),
@@ -163,6 +175,7 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
         sample_rate: 0,
         allocator: String::new(),
         allocator_notes: Vec::new(),
+        processes: Vec::new(),
     }
 }
 

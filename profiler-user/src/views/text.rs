@@ -89,6 +89,10 @@ pub fn write_report(
         group_digits(t.frees)
     )?;
     writeln!(out)?;
+    if profile.several_processes() {
+        write_processes(profile, out)?;
+        writeln!(out)?;
+    }
     write_top_sites(profile, top, labels, out)?;
 
     let (counters, lost) = counter_sections(t);
@@ -105,6 +109,92 @@ pub fn write_report(
     if lost.iter().any(|&(_, v)| v > 0) {
         writeln!(out)?;
         writeln!(out, "{LOST_WARNING}")?;
+    }
+    Ok(())
+}
+
+/// Each process's sums of call sites, with a total row.
+fn write_processes(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
+    let shares = profile.by_process();
+    let tilde = if profile.sampled() { "~" } else { "" };
+    writeln!(
+        out,
+        "per process (sums of its call sites{}):",
+        if profile.sampled() {
+            "; ~: sampled estimates"
+        } else {
+            ""
+        }
+    )?;
+    let header = [
+        "PID".to_string(),
+        format!("{tilde}LIVE BYTES"),
+        format!("{tilde}BLOCKS"),
+        format!("{tilde}ALLOC BYTES"),
+        format!("{tilde}ALLOCS"),
+        "SITES".to_string(),
+        "PROCESS".to_string(),
+    ];
+    let row = |pid: String, s: &crate::profile::SiteStats, sites: u64, name: String| {
+        [
+            pid,
+            s.live_bytes.to_string(),
+            s.live_count.to_string(),
+            s.alloc_bytes.to_string(),
+            s.alloc_count.to_string(),
+            sites.to_string(),
+            name,
+        ]
+    };
+    let mut total = crate::profile::SiteStats::default();
+    let mut total_sites = 0;
+    let mut rows: Vec<[String; 7]> = Vec::with_capacity(shares.len() + 1);
+    for sh in &shares {
+        let p = &sh.process;
+        let mut name = p.comm.clone();
+        if p.parent != 0 {
+            name.push_str(&format!(" (child of {})", p.parent));
+        }
+        if !p.cmdline.is_empty() {
+            name.push_str(&format!(": {}", p.cmdline));
+        }
+        rows.push(row(p.pid.to_string(), &sh.stats, sh.sites, name));
+        total.live_bytes += sh.stats.live_bytes;
+        total.live_count += sh.stats.live_count;
+        total.alloc_bytes += sh.stats.alloc_bytes;
+        total.alloc_count += sh.stats.alloc_count;
+        total_sites += sh.sites;
+    }
+    rows.push(row(
+        "total".to_string(),
+        &total,
+        total_sites,
+        format!("{} processes", shares.len()),
+    ));
+    let mut widths = [0usize; 7];
+    for r in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        writeln!(
+            out,
+            "{:>w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {:>w5$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+            w5 = widths[5],
+        )?;
     }
     Ok(())
 }
@@ -167,7 +257,10 @@ fn write_top_sites(
                 s.stats.alloc_bytes.to_string(),
                 s.stats.alloc_count.to_string(),
                 s.api.to_string(),
-                call_site_text(&s.frames),
+                match s.pid {
+                    Some(pid) => format!("[pid {pid}] {}", call_site_text(s.program_frames())),
+                    None => call_site_text(s.program_frames()),
+                },
             ]
         })
         .collect();
@@ -222,6 +315,60 @@ mod tests {
         };
         write_report(profile, &opts, &mut out).expect("write to vec");
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn several_processes_are_broken_down_with_a_total() {
+        use crate::profile::ProcessInfo;
+        let mut p = sample_profile();
+        let mut child = p.sites[0].clone();
+        child.pid = 4300;
+        child.stats.live_bytes = 1234;
+        p.sites.iter_mut().for_each(|s| s.pid = p.pid);
+        p.sites.push(child);
+        p.processes = vec![
+            ProcessInfo {
+                pid: p.pid,
+                comm: "leaky".into(),
+                cmdline: "./leaky -n 3".into(),
+                ..ProcessInfo::default()
+            },
+            ProcessInfo {
+                pid: 4300,
+                parent: p.pid,
+                comm: "leaky".into(),
+                ..ProcessInfo::default()
+            },
+        ];
+        let text = render(&p, 20);
+        let section = text
+            .split("per process")
+            .nth(1)
+            .expect("a per-process section");
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .skip(2)
+            .take(3)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let parent_live: u64 = p.sites[..p.sites.len() - 1]
+            .iter()
+            .map(|s| s.stats.live_bytes)
+            .sum();
+        assert_eq!(
+            rows[0][..2],
+            ["4242", &parent_live.to_string()[..]],
+            "{text}"
+        );
+        assert!(section.contains("leaky: ./leaky -n 3"), "{text}");
+        assert_eq!(rows[1][..2], ["4300", "1234"], "{text}");
+        assert!(section.contains("(child of 4242)"), "{text}");
+        assert_eq!(rows[2][0], "total");
+        assert_eq!(rows[2][1], (parent_live + 1234).to_string());
+        assert!(
+            text.contains("[pid 4300] "),
+            "top sites name the process\n{text}"
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub const SAMPLE_TYPES: [(&str, &str); 4] = [
 
 /// Label key of the allocator entry point on each sample (`malloc`, `mmap`...).
 pub const ALLOCATOR_LABEL: &str = "allocator";
+/// Label keys of the process of each sample (numeric pid, and its name),
+/// when the profile has several processes (`go tool pprof -tagroot pid`).
+pub const PID_LABEL: &str = "pid";
+pub const COMM_LABEL: &str = "comm";
 
 /// Where the modules without a known load address are placed (each gets
 /// its own 4 GiB slot from here), so their addresses never overlap.
@@ -327,6 +331,8 @@ fn encode_parts(opts: &PprofOptions, parts: &[(&Profile, i64)]) -> Vec<u8> {
         top.message(1, &vt);
     }
     for (profile, sign) in parts {
+        let several = profile.several_processes();
+        let mut comms: std::collections::BTreeMap<u32, String> = Default::default();
         for site in &profile.sites {
             let s = &site.stats;
             let values = [s.alloc_count, s.alloc_bytes, s.live_count, s.live_bytes];
@@ -353,6 +359,19 @@ fn encode_parts(opts: &PprofOptions, parts: &[(&Profile, i64)]) -> Vec<u8> {
                 .int(1, b.strings.id(ALLOCATOR_LABEL))
                 .int(2, b.strings.id(site.api));
             sample.message(3, &label);
+            if several {
+                let mut pid = Message::new();
+                pid.int(1, b.strings.id(PID_LABEL))
+                    .int(3, i64::from(site.pid));
+                sample.message(3, &pid);
+                let comm = comms
+                    .entry(site.pid)
+                    .or_insert_with(|| profile.process(site.pid).comm);
+                let mut name = Message::new();
+                name.int(1, b.strings.id(COMM_LABEL))
+                    .int(2, b.strings.id(comm));
+                sample.message(3, &name);
+            }
             top.message(2, &sample);
         }
     }

@@ -162,6 +162,7 @@ fn profile_with_pcs() -> Profile {
         pc: at,
     };
     p.sites.push(Site {
+        pid: 0,
         frames: vec![
             f("main", 10, false, pc(&app, 0x1100, 0x5555_0000_1100)),
             f("serve", 20, false, pc(&app, 0x1234, 0x5555_0000_1234)),
@@ -281,6 +282,7 @@ fn the_process_binary_is_the_first_mapping() {
     let p = Profile {
         comm: "memcached".into(),
         sites: vec![Site {
+            pid: 0,
             frames: vec![at(&lib, 0x10), at(&exe, 0x20)],
             api: "malloc",
             stats: SiteStats {
