@@ -147,8 +147,8 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
         row(
             I::AllocatorMapped,
             "allocator_mapped_bytes",
-            "bytes mapped by the allocator itself",
-            "Bytes mapped by the allocator itself (arena heaps): footprint, not program allocations.",
+            "bytes mapped by the allocator itself (or a pool's own blocks)",
+            "Bytes the allocator mapped for itself (arena heaps), and blocks a custom pool's own code took: footprint, not program allocations.",
             C,
             &[counter::ALLOCATOR_MAPPED],
         ),

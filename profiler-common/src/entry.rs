@@ -23,20 +23,36 @@ pub struct EntrySpec {
     /// `arg0..arg2`, or [`ARG_NONE`]. What each slot means is fixed per kind,
     /// see [`outcome`]: e.g. Malloc reads its size from slot 0.
     pub args: [u8; 3],
+    /// An entry point of a custom pool allocator the user named (`--alloc`):
+    /// allocator calls made beneath it are the pool's own.
+    pub pool: bool,
 }
 
 /// Set in every valid cookie so that a cookie of 0 (not set) decodes to nothing.
 const COOKIE_VALID: u64 = 1 << 63;
+/// Set in the cookie of a custom pool allocator's entry point.
+const COOKIE_POOL: u64 = 1 << 32;
 
 impl EntrySpec {
     /// A spec saving argument positions `args` (use [`ARG_NONE`] for unused slots).
     pub const fn new(kind: AllocKind, args: [u8; 3]) -> EntrySpec {
-        EntrySpec { kind, args }
+        EntrySpec {
+            kind,
+            args,
+            pool: false,
+        }
+    }
+
+    /// The same spec, marked as a custom pool allocator's entry point.
+    pub const fn in_pool(self) -> EntrySpec {
+        EntrySpec { pool: true, ..self }
     }
 
     /// The attach cookie carrying this spec to the eBPF entry program.
     pub const fn cookie(self) -> u64 {
+        let pool = if self.pool { COOKIE_POOL } else { 0 };
         COOKIE_VALID
+            | pool
             | (self.kind as u64)
             | ((self.args[0] as u64) << 8)
             | ((self.args[1] as u64) << 16)
@@ -46,7 +62,7 @@ impl EntrySpec {
     /// Decodes a cookie; `None` when it is not one [`EntrySpec::cookie`] made
     /// (not set, unknown kind, or an argument position past the registers).
     pub fn from_cookie(cookie: u64) -> Option<EntrySpec> {
-        if cookie & COOKIE_VALID == 0 || cookie & !(COOKIE_VALID | 0xffff_ffff) != 0 {
+        if cookie & COOKIE_VALID == 0 || cookie & !(COOKIE_VALID | COOKIE_POOL | 0xffff_ffff) != 0 {
             return None;
         }
         let kind = AllocKind::from_u32((cookie & 0xff) as u32)?;
@@ -60,7 +76,11 @@ impl EntrySpec {
             args[i] = a;
             i += 1;
         }
-        Some(EntrySpec { kind, args })
+        Some(EntrySpec {
+            kind,
+            args,
+            pool: cookie & COOKIE_POOL != 0,
+        })
     }
 
     /// True when the call's result matters, so a return probe goes on it too.
@@ -397,6 +417,9 @@ mod tests {
             None,
             "unknown kind"
         );
+        let pool = EntrySpec::new(AllocKind::Realloc, [1, 2, N]).in_pool();
+        assert_eq!(EntrySpec::from_cookie(pool.cookie()), Some(pool));
+        assert!(EntrySpec::from_cookie(pool.cookie()).is_some_and(|s| s.pool));
         let bad_arg = EntrySpec::new(AllocKind::Malloc, [6, N, N]).cookie();
         assert_eq!(EntrySpec::from_cookie(bad_arg), None, "no seventh register");
     }

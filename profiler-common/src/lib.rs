@@ -177,7 +177,9 @@ pub struct Inflight {
     /// 1 when the call is the allocator's own (see `nesting::Entry::Allocator`):
     /// its result is footprint, not a program allocation.
     pub internal: u32,
-    pub _pad: u32,
+    /// 1 when the call is one of a custom pool allocator's entry points
+    /// (`--alloc`): every allocator call beneath it is the pool's own.
+    pub pool: u32,
 }
 
 /// The per-thread stack of pending allocator calls (value of the `INFLIGHT`
@@ -427,8 +429,9 @@ pub const MAP_FAILED: u64 = u64::MAX;
 pub const ALLOC_TEXT_RANGES: u32 = 16;
 
 /// Ranges of the allocator's own implementation (its malloc code, not the
-/// rest of libc) the eBPF side can hold (`ALLOC_INTERNAL`, two slots each).
-pub const ALLOC_INTERNAL_RANGES: u32 = 4;
+/// rest of libc; a custom pool's functions) the eBPF side can hold
+/// (`ALLOC_INTERNAL`, two slots each).
+pub const ALLOC_INTERNAL_RANGES: u32 = 8;
 
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);

@@ -65,6 +65,20 @@ pub fn classify_caller(
     }
 }
 
+/// A custom pool allocator (`--alloc`) lives in the program's own code, so
+/// the allocator's ranges cannot tell its calls apart from the program's:
+/// while a pool call is the thread's top pending call, a program call made
+/// deeper in the stack is the pool taking memory for itself (the pool's
+/// footprint, counted once as the pool call), not a signal handler's.
+#[inline(always)]
+pub fn beneath_pool(who: Caller, top_pool: bool, top_entry_sp: u64, sp: u64) -> Caller {
+    if top_pool && sp < top_entry_sp && matches!(who, Caller::Program) {
+        Caller::Allocator
+    } else {
+        who
+    }
+}
+
 /// Why a thread's entry state was found stale (its return was never seen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stale {

@@ -255,8 +255,9 @@ pub(crate) fn account(ctx: &RetProbeContext, tgid: u32, kind: AllocKind, outcome
     }
 }
 
-/// Applies the outcome of an allocator call the allocator made on its own:
-/// its mappings are footprint, never program allocations.
+/// Applies the outcome of an allocator call the allocator (or a custom
+/// pool) made on its own: its mappings and blocks are footprint, never
+/// program allocations.
 #[inline(always)]
 pub(crate) fn account_allocator(outcome: Outcome) {
     match outcome {
@@ -270,8 +271,11 @@ pub(crate) fn account_allocator(outcome: Outcome) {
                 bump(counter::ALLOCATOR_UNMAPPED, old_len - new_len);
             }
         }
-        // A block it allocated for itself through its own entry point: its
-        // footprint is seen in its mappings.
+        // A block taken from the allocator below by a custom pool's own code
+        // (its start-up chunk): the pool's footprint.
+        Outcome::Alloc { size, .. } | Outcome::AllocAt { size, .. } => {
+            bump(counter::ALLOCATOR_MAPPED, size)
+        }
         _ => {}
     }
 }

@@ -96,7 +96,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
             EntryOnly::Allocator => bump(counter::ALLOCATOR_UNMAPPED, args[1]),
             EntryOnly::Nested => {}
         },
-        kind => enter(&ctx, kind, args),
+        kind => enter(&ctx, kind, args, spec.pool),
     }
     0
 }

@@ -85,6 +85,13 @@ fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
             // lazily inside it, the verifier walks the range loop once per
             // pending call and path, and verification explodes.
             let who = if n > 0 { caller(ra) } else { Caller::Unknown };
+            // A custom pool's code is the program's: beneath a pending pool
+            // call it is the pool taking memory for itself.
+            let top = n
+                .checked_sub(1)
+                .and_then(|i| s.calls.get(slot(i)))
+                .map_or((false, 0), |c| (c.pool != 0, c.entry_sp));
+            let who = nesting::beneath_pool(who, top.0, top.1, sp);
             nesting::judge_entry(
                 n,
                 |i| {
@@ -151,7 +158,7 @@ fn push(tid: u64, call: &Inflight) {
 /// own); a tail call deepens the chain; a signal handler's call is pushed
 /// over the call it interrupted.
 #[inline(always)]
-pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
+pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: bool) {
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -182,7 +189,7 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3]) {
         ts_ns: now,
         entry_sp: sp_of(ctx.regs),
         internal,
-        _pad: 0,
+        pool: u32::from(pool),
     };
     push(tid, &call);
 }

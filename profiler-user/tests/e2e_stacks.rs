@@ -198,6 +198,7 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
         missing: vec![],
         modules: vec![],
         internal: vec![],
+        custom: String::new(),
         unseen: vec![],
     };
     let other = Probes::attach(

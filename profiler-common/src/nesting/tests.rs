@@ -355,3 +355,33 @@ fn returns_with_a_signal_handler_call_pending() {
     // A nested return inside the handler's call.
     assert_eq!(ret(&both, HANDLER_SP - 0x40), rj(Return::Nested, 0));
 }
+
+#[test]
+fn calls_beneath_a_pool_call_are_the_pools() {
+    // pkg_malloc (a custom pool, in the program's code) is pending at SP;
+    // its own malloc of a new chunk comes from program code, deeper.
+    let who = beneath_pool(Caller::Program, true, SP, SP - 0x60);
+    assert_eq!(who, Caller::Allocator);
+    assert_eq!(
+        judge(&[(SP, T0)], SP - 0x60, T0 + 10, who, false).entry,
+        Entry::Nested,
+        "the pool's chunk is not a program allocation"
+    );
+    // Without the pool mark the same call is a signal handler's.
+    let plain = beneath_pool(Caller::Program, false, SP, SP - 0x60);
+    assert_eq!(plain, Caller::Program);
+    assert_eq!(
+        judge(&[(SP, T0)], SP - 0x60, T0 + 10, plain, false).entry,
+        Entry::Program
+    );
+    // Not deeper: the pool call has returned unseen; nothing changes.
+    assert_eq!(beneath_pool(Caller::Program, true, SP, SP), Caller::Program);
+    assert_eq!(
+        beneath_pool(Caller::Program, true, SP, SP + 0x40),
+        Caller::Program
+    );
+    // Other callers keep their classification.
+    for c in [Caller::Trampoline, Caller::Allocator, Caller::Unknown] {
+        assert_eq!(beneath_pool(c, true, SP, SP - 0x60), c);
+    }
+}

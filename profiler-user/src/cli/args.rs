@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
+use crate::probes::custom::{self, CustomAllocator, CustomEntry, Shape};
 use crate::probes::{CaptureConfig, MapSizes, ProbeMode};
 use crate::profile::Metric;
 use crate::push::{ingest::valid_label_name, Endpoint, PushOptions};
@@ -156,13 +157,67 @@ pub struct CommonArgs {
     /// Benchmark only: probe `free` at its first instruction instead of after its NULL guard.
     #[arg(long, hide = true)]
     pub no_prologue_skip: bool,
+    /// A custom pool allocator's allocation function and the argument holding
+    /// the size (repeatable), e.g. 'pkg_malloc(size=arg1)': its calls are
+    /// program allocations at their call sites; what the pool takes from the
+    /// allocator below it is the pool's footprint.
+    #[arg(long = "alloc", value_name = "FUNC(size=argN)", value_parser = pool_alloc)]
+    pub pool_alloc: Vec<CustomEntry>,
+    /// The custom pool's free function (repeatable), e.g. 'pkg_free(ptr=arg1)'.
+    #[arg(long = "free", value_name = "FUNC(ptr=argN)", value_parser = pool_free)]
+    pub pool_free: Vec<CustomEntry>,
+    /// The custom pool's realloc-like function, e.g. 'pkg_realloc(ptr=arg1,size=arg2)'.
+    #[arg(long = "realloc", value_name = "FUNC(ptr=argN,size=argM)", value_parser = pool_realloc)]
+    pub pool_realloc: Vec<CustomEntry>,
+    /// The custom pool's calloc-like function, e.g. 'pkg_calloc(count=arg1,size=arg2)'.
+    #[arg(long = "calloc", value_name = "FUNC(count=argN,size=argM)", value_parser = pool_calloc)]
+    pub pool_calloc: Vec<CustomEntry>,
+    /// A function of the pool's own besides its entry points (its start-up,
+    /// its growth; repeatable): the blocks it takes are the pool's footprint.
+    #[arg(long = "pool-code", value_name = "FUNC")]
+    pub pool_code: Vec<String>,
     /// Size of the event ring buffer (a power of two, e.g. 8MiB); records that do
     /// not fit are counted as lost.
     #[arg(long, default_value = "8MiB", value_parser = size_in(4 << 10, 1 << 31))]
     pub ringbuf_size: u64,
 }
 
+fn pool_alloc(s: &str) -> Result<CustomEntry, String> {
+    custom::parse(Shape::Alloc, s).map_err(|e| e.to_string())
+}
+fn pool_free(s: &str) -> Result<CustomEntry, String> {
+    custom::parse(Shape::Free, s).map_err(|e| e.to_string())
+}
+fn pool_realloc(s: &str) -> Result<CustomEntry, String> {
+    custom::parse(Shape::Realloc, s).map_err(|e| e.to_string())
+}
+fn pool_calloc(s: &str) -> Result<CustomEntry, String> {
+    custom::parse(Shape::Calloc, s).map_err(|e| e.to_string())
+}
+
 impl CommonArgs {
+    /// The custom pool allocator named with `--alloc`, `--free`, `--realloc`,
+    /// `--calloc` and `--pool-code` (empty without one).
+    pub(super) fn custom_allocator(&self) -> Result<CustomAllocator> {
+        let c = CustomAllocator {
+            entries: [
+                &self.pool_alloc,
+                &self.pool_calloc,
+                &self.pool_realloc,
+                &self.pool_free,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+            pool_code: self.pool_code.clone(),
+        };
+        if let Err(e) = c.check() {
+            bail!("{e}");
+        }
+        Ok(c)
+    }
+
     pub(super) fn map_sizes(&self) -> Result<MapSizes> {
         let ring = self.ringbuf_size;
         if !ring.is_power_of_two() {
@@ -243,6 +298,7 @@ impl CommonArgs {
             allocator: String::new(),
             allocator_notes: Vec::new(),
             glibc_footprint: false,
+            block_homes: true,
             raise_priority: self.attach_priority,
         })
     }

@@ -28,16 +28,17 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     args.common.check_outputs()?;
     // Bad sizes fail before the process is touched.
     args.common.map_sizes()?;
+    let custom = args.common.custom_allocator()?;
     for &p in &pids {
         probes::preflight(p)?;
     }
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
     let raised = raise_priority(&args.common);
-    let target = target::discover(pid, !args.common.no_prologue_skip)?;
+    let target = target::discover(pid, !args.common.no_prologue_skip, &custom)?;
     let mut probes = attach_probes(pid, &target, &args.common)?;
     for &p in &pids[1..] {
-        let other = target::discover(p, !args.common.no_prologue_skip)?;
+        let other = target::discover(p, !args.common.no_prologue_skip, &custom)?;
         probes
             .add_process(p, Some(&other))
             .with_context(|| format!("attaching to pid {p}"))?;
@@ -47,6 +48,7 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
     opts.glibc_footprint = target.is_glibc();
+    opts.block_homes = target.custom.is_empty();
     let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)), feed)?;
     let alive = || pids.iter().any(|&p| session::process_alive(p));
     let mut result = session::run(probes, &opts, alive, outputs).await?;
@@ -68,7 +70,8 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     if !probes::has_bpf_privileges() {
         return Err(probes::ProbeError::NotPrivileged.into());
     }
-    let target = target::for_command(&program, !args.common.no_prologue_skip)?;
+    let custom = args.common.custom_allocator()?;
+    let target = target::for_command(&program, !args.common.no_prologue_skip, &custom)?;
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, None)?;
     let child = launch::spawn_suspended(&program, cmd, rest)
@@ -90,6 +93,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
     opts.glibc_footprint = target.is_glibc();
+    opts.block_homes = target.custom.is_empty();
     child
         .release()
         .with_context(|| format!("cannot release {} (pid {pid})", program.display()))?;

@@ -1,6 +1,7 @@
 //! Loading the embedded eBPF object and attaching it to one process's allocator.
 
 pub mod btf;
+pub mod custom;
 pub mod identify;
 pub mod internals;
 pub mod multi;
@@ -43,6 +44,19 @@ pub enum ProbeError {
     MapsUnreadable { pid: u32 },
     #[error("pid {pid} ({path}) is a Go program: the Go runtime manages its heap without malloc, so there is nothing for heapscope to probe; use Go's own heap profile (net/http/pprof, /debug/pprof/heap)")]
     GoProgram { pid: u32, path: String },
+    #[error("{spec}: pid {pid} defines no function {symbol} (searched its {searched} mapped executable files; a static or inlined function has no symbol to probe: check with `nm -D FILE` or `nm FILE`)")]
+    CustomSymbol {
+        pid: u32,
+        spec: String,
+        symbol: String,
+        searched: usize,
+    },
+    #[error("{spec}: {} defines no function {symbol}, nor do LD_PRELOAD or the C library (`run` searches only these; for a function of a linked library, start the program and use `heapscope attach -p PID`)", exe.display())]
+    CustomSymbolForCommand {
+        spec: String,
+        symbol: String,
+        exe: PathBuf,
+    },
     #[error("cannot read {path}: {reason}")]
     Module { path: PathBuf, reason: String },
     #[error("loading the eBPF programs failed (is the kernel 5.8+ with BPF enabled?)")]
@@ -305,6 +319,20 @@ pub fn text_ranges(
     (merged, dropped)
 }
 
+/// Sorted ranges with touching ones merged: functions laid out one after
+/// the other (a pool's entry points) take one slot. A gap of less than 16
+/// bytes is alignment padding, never another function.
+pub fn merge_adjacent(ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if start < last.1.saturating_add(16) => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
 /// The order probes go in, one at a time, while the target runs: free and
 /// munmap first, so a block allocated before its allocator's probe was in is
 /// a pre-attach free, never a live block whose free went unseen.
@@ -473,7 +501,7 @@ impl Probes {
             .find(|r| r.path.as_deref() == Some(crate::unwind::UPROBES_MAPPING))
             .map_or(0, |r| r.start);
         let (ranges, mut dropped) = text_ranges(maps, &self.modules);
-        let mut internal = internals::runtime_ranges(&self.internal, maps);
+        let mut internal = merge_adjacent(internals::runtime_ranges(&self.internal, maps));
         dropped += internal
             .len()
             .saturating_sub(ALLOC_INTERNAL_RANGES as usize);

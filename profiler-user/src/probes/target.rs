@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use profiler_common::entry::{ARG_NONE, JEMALLOC_PREFIXES};
 use profiler_common::{AllocKind, EntryModule, EntrySpec, ENTRY_POINTS};
 
+use super::custom::CustomAllocator;
 use super::identify::{identify, Implementation};
 use super::internals::{self, InternalCode};
 use super::{prologue, ProbeError};
@@ -116,14 +117,22 @@ pub struct AllocatorTarget {
     /// What heapscope cannot see: an allocator it does not know, entry points
     /// it will not count. Said on the first lines and in the report.
     pub unseen: Vec<String>,
+    /// The custom pool allocator's entry points the user named
+    /// (`pkg_malloc(size=arg1), pkg_free(ptr=arg1)`), empty without one.
+    pub custom: String,
 }
 
 impl AllocatorTarget {
     /// `allocator: jemalloc 5.3.0, preloaded; 26 entry points`.
     pub fn headline(&self) -> String {
         let names: Vec<String> = self.found.iter().map(FoundAllocator::describe).collect();
+        let pool = if self.custom.is_empty() {
+            String::new()
+        } else {
+            format!(" + custom pool {}", self.custom)
+        };
         format!(
-            "allocator: {}; {} entry points",
+            "allocator: {}{pool}; {} entry points",
             if names.is_empty() {
                 "none found".to_string()
             } else {
@@ -233,7 +242,11 @@ fn linkage(path: &str, exe: Option<&str>, preload: &str) -> Linkage {
 }
 
 /// Finds the allocators of a running process from its memory map.
-pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
+pub fn discover(
+    pid: u32,
+    skip_prologue: bool,
+    custom: &CustomAllocator,
+) -> Result<AllocatorTarget, ProbeError> {
     let maps = MemoryMap::read(pid).map_err(|e| match e {
         crate::process::maps::MapsError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
@@ -273,13 +286,17 @@ pub fn discover(pid: u32, skip_prologue: bool) -> Result<AllocatorTarget, ProbeE
             path,
         })
         .collect();
-    plan(pid, &candidates, skip_prologue)
+    plan(pid, &candidates, skip_prologue, custom)
 }
 
 /// Finds the allocators a command will use once it runs: the executable,
 /// what `LD_PRELOAD` names, and the libc this system loads. (Libraries the
 /// command links are only seen by `attach`.)
-pub fn for_command(exe: &Path, skip_prologue: bool) -> Result<AllocatorTarget, ProbeError> {
+pub fn for_command(
+    exe: &Path,
+    skip_prologue: bool,
+    custom: &CustomAllocator,
+) -> Result<AllocatorTarget, ProbeError> {
     let me = std::process::id();
     let own = MemoryMap::read(me).map_err(|e| ProbeError::Maps {
         pid: me,
@@ -306,7 +323,14 @@ pub fn for_command(exe: &Path, skip_prologue: bool) -> Result<AllocatorTarget, P
             linkage: Linkage::Libc,
         });
     }
-    plan(me, &candidates, skip_prologue)
+    plan(me, &candidates, skip_prologue, custom).map_err(|e| match e {
+        ProbeError::CustomSymbol { spec, symbol, .. } => ProbeError::CustomSymbolForCommand {
+            spec,
+            symbol,
+            exe: exe.to_path_buf(),
+        },
+        e => e,
+    })
 }
 
 /// True for an executable the Go toolchain built (its build-info or
@@ -339,6 +363,7 @@ fn plan(
     pid: u32,
     candidates: &[Candidate],
     skip_prologue: bool,
+    custom: &CustomAllocator,
 ) -> Result<AllocatorTarget, ProbeError> {
     let modules: Vec<Module<'_>> = candidates
         .iter()
@@ -465,7 +490,8 @@ fn plan(
             });
         }
     }
-    let internal = internal_code(&modules, &found);
+    let mut internal = internal_code(&modules, &found);
+    internal.extend(pool::add_pool(pid, &modules, &mut b, custom)?);
     Ok(AllocatorTarget {
         allocator: modules[provider].c.path.clone(),
         found,
@@ -474,6 +500,7 @@ fn plan(
         modules: b.modules,
         internal,
         unseen: b.unseen,
+        custom: custom.describe(),
     })
 }
 
@@ -535,15 +562,24 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, m: &Module<'_>, symbol: &str, spec: EntrySpec) -> Result<(), ProbeError> {
+        if self.point(m, symbol, spec)? && !self.modules.contains(&m.c.path) {
+            self.modules.push(m.c.path.clone());
+        }
+        Ok(())
+    }
+
+    /// Adds the probe of `symbol` in `m`; false when it is not defined there,
+    /// already probed (an alias) or left to the entry point it forwards to.
+    fn point(&mut self, m: &Module<'_>, symbol: &str, spec: EntrySpec) -> Result<bool, ProbeError> {
         let Some((vaddr, loc)) = m.functions.find(symbol) else {
-            return Ok(());
+            return Ok(false);
         };
         if self
             .starts
             .iter()
             .any(|(f, s)| *f == m.c.open && *s == loc.file_offset)
         {
-            return Ok(());
+            return Ok(false);
         }
         let (code, whole) = m.functions.code(&loc).map_err(|e| ProbeError::Module {
             path: m.c.open.clone(),
@@ -551,7 +587,7 @@ impl Builder {
         })?;
         if spec.kind == AllocKind::Free && forwards(&code, vaddr, &m.functions) {
             // `jmp free@plt`, `call sdallocx@plt`: counted where it lands.
-            return Ok(());
+            return Ok(false);
         }
         self.starts.push((m.c.open.clone(), loc.file_offset));
         let needed: Vec<usize> = spec
@@ -569,10 +605,7 @@ impl Builder {
             entry_offset: loc.file_offset + offset,
             stepped,
         });
-        if !self.modules.contains(&m.c.path) {
-            self.modules.push(m.c.path.clone());
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// The placement's offset and the spec with its argument positions as
@@ -632,5 +665,6 @@ fn forwards(code: &[u8], vaddr: u64, functions: &Functions) -> bool {
         })
 }
 
+mod pool;
 #[cfg(test)]
 mod tests;

@@ -82,3 +82,13 @@ fn adjacent_ranges_merge_and_overflow_is_counted() {
     assert_eq!(ranges.len(), ALLOC_TEXT_RANGES as usize);
     assert_eq!(dropped, 3, "what did not fit is counted");
 }
+
+#[test]
+fn pool_functions_laid_out_together_take_one_slot() {
+    // pool_init, pkg_malloc, pkg_free: 16-byte aligned, padding between.
+    let ranges = vec![(0x13c0, 0x13f8), (0x1400, 0x1448), (0x1450, 0x1460)];
+    assert_eq!(merge_adjacent(ranges), vec![(0x13c0, 0x1460)]);
+    // A function between two of them keeps them apart (its calls are the program's).
+    let apart = vec![(0x1400, 0x1448), (0x1500, 0x1520)];
+    assert_eq!(merge_adjacent(apart.clone()), apart);
+}

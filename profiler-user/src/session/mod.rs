@@ -48,6 +48,10 @@ pub struct SessionOptions {
     pub allocator_notes: Vec<String>,
     /// The allocator is glibc: read its footprint split (smaps) every tick.
     pub glibc_footprint: bool,
+    /// Place sampled blocks in glibc's arenas by their chunk headers at the
+    /// end (off with a custom pool: its blocks are carved from the pool's
+    /// own chunks and have no glibc header).
+    pub block_homes: bool,
     /// Detach at a raised priority (see `process::priority`).
     pub raise_priority: bool,
 }

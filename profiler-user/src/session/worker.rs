@@ -313,7 +313,8 @@ pub(super) fn run(
         w.warn(msg);
     }
     // While the target still runs: its chunk headers and smaps.
-    let arena_report = if opts.glibc_footprint && stop != StopReason::TargetExited {
+    let homes = opts.glibc_footprint && opts.block_homes;
+    let arena_report = if homes && stop != StopReason::TargetExited {
         match super::arenas::arena_report(pid, &outstanding, &w.cap.maps) {
             Ok(r) => Some(r),
             Err(e) => {

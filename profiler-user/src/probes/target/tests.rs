@@ -26,6 +26,10 @@ fn candidates(list: &[(&str, Linkage)]) -> Vec<Candidate> {
         .collect()
 }
 
+fn none() -> CustomAllocator {
+    CustomAllocator::default()
+}
+
 fn point<'a>(t: &'a AllocatorTarget, symbol: &str) -> Option<&'a AttachPoint> {
     t.points.iter().find(|p| p.symbol == symbol)
 }
@@ -69,7 +73,7 @@ fn glibc_alone() {
     if !present(&[LIBC]) {
         return;
     }
-    let t = plan(1, &candidates(&[(LIBC, Linkage::Libc)]), true).expect("libc target");
+    let t = plan(1, &candidates(&[(LIBC, Linkage::Libc)]), true, &none()).expect("libc target");
     assert!(
         t.headline().starts_with("allocator: glibc 2."),
         "{}",
@@ -120,6 +124,7 @@ fn jemalloc_preloaded_has_its_own_api_and_cxx() {
         1,
         &candidates(&[(JEMALLOC, Linkage::Preloaded), (LIBC, Linkage::Libc)]),
         true,
+        &none(),
     )
     .expect("target");
     assert!(
@@ -166,6 +171,7 @@ fn tcmalloc_and_mimalloc_preloaded() {
         1,
         &candidates(&[(TCMALLOC, Linkage::Preloaded), (LIBC, Linkage::Libc)]),
         true,
+        &none(),
     )
     .expect("tcmalloc target");
     assert!(
@@ -188,6 +194,7 @@ fn tcmalloc_and_mimalloc_preloaded() {
         1,
         &candidates(&[(MIMALLOC, Linkage::Preloaded), (LIBC, Linkage::Libc)]),
         true,
+        &none(),
     )
     .expect("mimalloc target");
     assert!(
