@@ -271,6 +271,11 @@ impl EventKind {
 /// Stack-copy sizes the eBPF side supports; the flag rounds up to one of them.
 pub const STACK_COPY_SIZES: [u32; 3] = [4096, 8192, 16384];
 
+/// Entries of the per-thread stack-extent map (`STACK_ENDS`): how far up
+/// from the stack pointer a thread's complete unwinds read, learned in
+/// userspace so later samples copy only that much.
+pub const STACK_END_ENTRIES: u32 = 1 << 14;
+
 /// How stacks are captured (the eBPF global `STACK_MODE` holds its `u32`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -310,7 +315,8 @@ pub struct SampleHeader {
     /// ...and the stack slot each was replaced in.
     pub pending_slot: [u64; MAX_PENDING],
     pub n_pending: u32,
-    pub _pad: u32,
+    /// The thread (its stack's learned extent decides the copy's length).
+    pub tid: u32,
 }
 
 /// Pending uretprobes recorded per sample.

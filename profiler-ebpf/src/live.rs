@@ -11,7 +11,7 @@ use profiler_common::{
     SiteCounters, SiteKey, StackMode, COUNT_SCALE, STACK_NONE, STACK_UNSAMPLED, STACK_USER,
 };
 
-use crate::maps::{bump, config_u32, EVENTS, LIVE, SITES, STACKS, STACK_MODE};
+use crate::maps::{bump, config_u32, wake_flags, EVENTS, LIVE, SITES, STACKS, STACK_MODE};
 use crate::sample::{emit_sample, sample, sample_header};
 
 #[inline(always)]
@@ -98,7 +98,7 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
                 ptr,
                 ts_ns: now(),
             };
-            if EVENTS.output::<SampledFree>(&ev, 0).is_err() {
+            if EVENTS.output::<SampledFree>(&ev, wake_flags()).is_err() {
                 bump(counter::SAMPLED_FREE_LOST, 1);
             }
         }
@@ -176,7 +176,7 @@ fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: All
 /// Sends a mapping event of the program to userspace, which tracks regions.
 #[inline(always)]
 pub(crate) fn emit_map_event(ev: MapEvent) {
-    if EVENTS.output::<MapEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<MapEvent>(&ev, wake_flags()).is_err() {
         bump(counter::RINGBUF_LOST, 1);
     }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter, defaults, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackMode,
-    ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, MAX_PROFILED, TABLE_LEN,
+    ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, MAX_PROFILED, STACK_END_ENTRIES, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -21,6 +21,23 @@ pub(crate) static STACK_MODE: u32 = StackMode::FramePointer as u32;
 /// Bytes of user stack copied per DWARF sample: one of `STACK_COPY_SIZES`.
 #[unsafe(no_mangle)]
 pub(crate) static STACK_COPY: u32 = defaults::STACK_COPY;
+
+/// Unread bytes in `EVENTS` past which a record wakes the reader; below,
+/// the reader finds it at its next poll timeout. Set by userspace.
+#[unsafe(no_mangle)]
+pub(crate) static WAKEUP_BYTES: u64 = 0;
+
+/// Submit flags for an `EVENTS` record: wake the reader only once enough is
+/// waiting (one wakeup per record costs more than the record).
+#[inline(always)]
+pub(crate) fn wake_flags() -> u64 {
+    let avail = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    if avail >= config_u64(&WAKEUP_BYTES) {
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 pub(crate) fn config_u64(v: &u64) -> u64 {
@@ -77,6 +94,13 @@ pub(crate) static INFLIGHT: HashMap<u64, PendingCalls> =
 /// thread's `INFLIGHT` entry (too large to build on the eBPF stack).
 #[map]
 pub(crate) static EMPTY_CALLS: Array<PendingCalls> = Array::with_max_entries(1, 0);
+
+/// Per thread (tid): one past the highest stack address its complete unwinds
+/// read, set by userspace. A sample of that thread copies only up to there
+/// (its outermost frames do not move); unknown threads get the full copy.
+#[map]
+pub(crate) static STACK_ENDS: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(STACK_END_ENTRIES, 0);
 
 /// Global counters, see `profiler_common::counter`.
 #[map]

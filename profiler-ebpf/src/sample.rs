@@ -12,7 +12,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    bump, config_u32, config_u64, EVENTS, EXP_TABLE, SAMPLER, SAMPLE_RATE, STACK_COPY, WEIGHT_TABLE,
+    bump, config_u32, config_u64, wake_flags, EVENTS, EXP_TABLE, SAMPLER, SAMPLE_RATE, STACK_COPY,
+    STACK_ENDS, WEIGHT_TABLE,
 };
 
 /// Byte offsets (from the kernel's BTF) of task_struct.utask,
@@ -119,18 +120,19 @@ struct Sample<const N: usize> {
     stack: [u8; N],
 }
 
-/// Copies the header and up to `N` bytes of user stack into the ring buffer.
-/// A copy crossing the end of the stack mapping fails as a whole, so smaller
-/// copies are tried. Returns false when the ring buffer is full.
+/// Copies the header and `want` (at most `N`) bytes of user stack into the
+/// ring buffer. A copy crossing the end of the stack mapping fails as a
+/// whole, so smaller copies are tried. Returns false when the ring buffer is
+/// full.
 #[inline(always)]
-pub(crate) fn emit_sample_n<const N: usize>(mut header: SampleHeader) -> bool {
+fn emit_sample_n<const N: usize>(mut header: SampleHeader, want: usize) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Sample<N>>(0) else {
         return false;
     };
     let rec = entry.as_mut_ptr();
     let sp = header.sp;
     let mut len = 0u32;
-    let mut n = N;
+    let mut n = if want > N { N } else { want };
     for _ in 0..4 {
         // SAFETY: rec points to a reserved Sample<N>; the slice stays within
         // its `stack` field (n <= N); the source is user memory read through
@@ -151,19 +153,41 @@ pub(crate) fn emit_sample_n<const N: usize>(mut header: SampleHeader) -> bool {
     header.stack_len = len;
     // SAFETY: writing the header field of the reserved record.
     unsafe { core::ptr::write(&mut (*rec).header, header) };
-    entry.submit(0);
+    entry.submit(wake_flags());
     true
 }
 
+/// Bytes to copy for a sample of thread `tid` at `sp`: up to the end its
+/// earlier complete unwinds reached (learned by userspace), else `full`.
+#[inline(always)]
+fn copy_len(tid: u32, sp: u64, full: u64) -> u64 {
+    // SAFETY: the value is copied out at once.
+    match unsafe { STACK_ENDS.get(&tid) }.copied() {
+        Some(end) if end > sp && end - sp <= full => end - sp,
+        _ => full,
+    }
+}
+
+/// Sends a sample with as much stack as its thread needs (see `STACK_ENDS`),
+/// in the smallest record that holds it.
 #[inline(always)]
 pub(crate) fn emit_sample(header: SampleHeader) -> bool {
-    let copy = config_u32(&STACK_COPY);
-    if copy <= 4096 {
-        emit_sample_n::<4096>(header)
-    } else if copy <= 8192 {
-        emit_sample_n::<8192>(header)
+    let full = u64::from(config_u32(&STACK_COPY));
+    let want = copy_len(header.tid, header.sp, full) as usize;
+    if want <= 256 {
+        emit_sample_n::<256>(header, want)
+    } else if want <= 512 {
+        emit_sample_n::<512>(header, want)
+    } else if want <= 1024 {
+        emit_sample_n::<1024>(header, want)
+    } else if want <= 2048 {
+        emit_sample_n::<2048>(header, want)
+    } else if want <= 4096 {
+        emit_sample_n::<4096>(header, want)
+    } else if want <= 8192 {
+        emit_sample_n::<8192>(header, want)
     } else {
-        emit_sample_n::<16384>(header)
+        emit_sample_n::<16384>(header, want)
     }
 }
 
@@ -196,7 +220,7 @@ pub(crate) fn sample_header(
         pending_ret: [0; MAX_PENDING],
         pending_slot: [0; MAX_PENDING],
         n_pending: 0,
-        _pad: 0,
+        tid: bpf_get_current_pid_tgid() as u32,
     };
     pending_returns(&mut h);
     h

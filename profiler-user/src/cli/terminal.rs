@@ -113,9 +113,14 @@ impl SessionOutput for Terminal {
                 stacks,
                 time,
                 stops,
+                copies,
             } => note(&format!(
-                "{stacks} stacks unwound, {:.1} µs each; stop reasons: {stops:?}",
+                "{stacks} stacks unwound, {:.1} µs each; stop reasons: {stops:?}; \
+                 {} copies sized to their thread's stack ({:.0} B each), {} cut short",
                 time.as_secs_f64() * 1e6 / (*stacks).max(1) as f64,
+                copies.learned,
+                copies.learned_bytes as f64 / copies.learned.max(1) as f64,
+                copies.cut_short,
             )),
             SessionEvent::Exec(x) => note(&x.describe()),
             SessionEvent::Followed(f) => note(&f.describe()),

@@ -12,6 +12,7 @@ use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
 use crate::probes::ProbeError;
 use crate::process::maps::MemoryMap;
+use crate::unwind::extent::{StackExtents, UnwoundCopy};
 use crate::unwind::{ModulePaths, PendingReturn, Regs, UnwindStop, Unwinder};
 
 /// One decoded ring-buffer record.
@@ -55,6 +56,8 @@ pub struct EventSink<'a> {
     pub regions: &'a mut ProcessRegions,
     pub samples: &'a mut SampleTable,
     pub unwinder: &'a mut Unwinder,
+    /// Learns each thread's stack end from the unwinds (see `unwind::extent`).
+    pub extents: &'a mut StackExtents,
     pub maps: &'a mut MemoryMap,
     pub files: &'a dyn ModulePaths,
     /// Re-reads the memory map when a sample's ip is in no known mapping
@@ -139,6 +142,13 @@ impl EventSink<'_> {
                 }
                 // Once per stack, whatever the number of attempts.
                 self.unwinder.count_stop(stop);
+                self.extents.observe(UnwoundCopy {
+                    tid: h.tid,
+                    sp: h.sp,
+                    stack_len: h.stack_len,
+                    read_end: self.unwinder.last_read_end(),
+                    stop,
+                });
                 stats.unwind_time += started.elapsed();
                 stats.samples += 1;
                 let stack = self.samples.intern(frames);
@@ -392,7 +402,7 @@ mod tests {
             pending_ret: [0; profiler_common::MAX_PENDING],
             pending_slot: [0; profiler_common::MAX_PENDING],
             n_pending: 0,
-            _pad: 0,
+            tid: 0,
         };
         let mut rec = bytes_of(&h);
         rec.extend_from_slice(&[7u8; 32]);
@@ -454,6 +464,7 @@ mod tests {
         let mut regions = ProcessRegions::default();
         let mut samples = SampleTable::default();
         let mut unwinder = Unwinder::default();
+        let mut extents = StackExtents::new(8192);
         let mut maps = MemoryMap::default();
         struct NoFiles;
         impl ModulePaths for NoFiles {
@@ -471,6 +482,7 @@ mod tests {
             regions: &mut regions,
             samples: &mut samples,
             unwinder: &mut unwinder,
+            extents: &mut extents,
             maps: &mut maps,
             files: &NoFiles,
             refresh: &mut refresh,
@@ -548,6 +560,7 @@ mod tests {
         let mut regions = ProcessRegions::default();
         let mut samples = SampleTable::default();
         let mut unwinder = Unwinder::default();
+        let mut extents = StackExtents::new(8192);
         let mut maps = MemoryMap::default();
         let mut refreshes = 0;
         // An ip in no known mapping: the sink re-reads the map and unwinds again.
@@ -560,6 +573,7 @@ mod tests {
             regions: &mut regions,
             samples: &mut samples,
             unwinder: &mut unwinder,
+            extents: &mut extents,
             maps: &mut maps,
             files: &NoFiles,
             refresh: &mut refresh,
@@ -582,7 +596,7 @@ mod tests {
             pending_ret: [0; profiler_common::MAX_PENDING],
             pending_slot: [0; profiler_common::MAX_PENDING],
             n_pending: 0,
-            _pad: 0,
+            tid: 0,
         };
         let mut stats = EventStats::default();
         assert!(sink.apply(Event::Sample(h, &[]), &mut stats));

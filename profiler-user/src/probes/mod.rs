@@ -8,6 +8,7 @@ pub mod multi;
 pub mod procs;
 pub mod prologue;
 mod single;
+pub mod stack_ends;
 pub mod target;
 
 use std::path::{Path, PathBuf};
@@ -284,6 +285,16 @@ pub struct Probes {
     pids: Vec<u32>,
     /// Children are followed (not `--no-follow`).
     pub follow: bool,
+    /// Bytes of user stack a DWARF sample copies when its thread's extent is unknown.
+    pub stack_copy: u32,
+}
+
+/// Unread bytes in the event ring past which a record wakes the reader: an
+/// eighth of the ring. Below it records are read at the reader's next poll
+/// timeout (`session::control`), not one wakeup per record (a wakeup costs
+/// the allocating thread an interrupt and heapscope a context switch).
+fn wakeup_bytes(ringbuf_bytes: u32) -> u64 {
+    u64::from(ringbuf_bytes / 8)
 }
 
 /// The one entry program: the attach cookie tells it which row of the
@@ -375,6 +386,7 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("SAMPLE_RATE", &capture.sample_rate, true)
         .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
         .override_global("STACK_COPY", &capture.stack_copy, true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes(sizes.ringbuf_bytes), true)
         .override_global("RET_CHAIN", &ret_chain, true)
         .override_global("OFF_TASK_UTASK", &off.task_utask, true)
         .override_global("OFF_UTASK_INSTANCES", &off.utask_instances, true)
@@ -469,6 +481,7 @@ impl Probes {
             extra: Vec::new(),
             pids: vec![pid],
             follow: capture.follow,
+            stack_copy: capture.stack_copy,
         })
     }
 

@@ -10,6 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::{ProbeError, Probes};
 use crate::process::maps::{MemoryMap, Region};
+use crate::unwind::extent::{EndUpdate, StackExtents};
 use crate::unwind::{ModulePaths, Unwinder};
 
 /// Opens the module files the target mapped: through the handle the memory
@@ -44,6 +45,8 @@ pub struct Capture {
     pub regions: ProcessRegions,
     pub samples: SampleTable,
     pub unwinder: Unwinder,
+    /// Each thread's stack end, learned from its unwinds.
+    pub extents: StackExtents,
     pub maps: MemoryMap,
     /// False until a non-empty memory map of the target was read.
     pub have_maps: bool,
@@ -70,8 +73,9 @@ fn read_maps(pid: u32) -> Option<MemoryMap> {
 }
 
 impl Capture {
-    /// The state of a session on `pid`, reading events from `ring`.
-    pub fn new(pid: u32, ring: RingBuf<MapData>) -> Capture {
+    /// The state of a session on `pid`, reading events from `ring`; DWARF
+    /// samples copy `stack_copy` bytes of stack until their thread is known.
+    pub fn new(pid: u32, ring: RingBuf<MapData>, stack_copy: u32) -> Capture {
         let maps = read_maps(pid);
         Capture {
             pid,
@@ -79,6 +83,7 @@ impl Capture {
             regions: ProcessRegions::default(),
             samples: SampleTable::default(),
             unwinder: Unwinder::default(),
+            extents: StackExtents::new(stack_copy),
             have_maps: maps.is_some(),
             maps: maps.unwrap_or_default(),
             comm: read_comm(pid).unwrap_or_default(),
@@ -113,6 +118,7 @@ impl Capture {
             regions: &mut self.regions,
             samples: &mut self.samples,
             unwinder: &mut self.unwinder,
+            extents: &mut self.extents,
             maps: &mut self.maps,
             files: &files,
             refresh: &mut refresh,
@@ -120,6 +126,24 @@ impl Capture {
             execs: &mut self.pending_execs,
         };
         self.events.drain(&mut sink, max_batches)
+    }
+
+    /// Tells the probes the stack ends learned since the last call, so the
+    /// next samples of those threads copy only what they need.
+    pub fn push_stack_ends(&mut self, probes: &mut Probes) -> Result<(), ProbeError> {
+        let updates: Vec<(u32, Option<u64>)> = self
+            .extents
+            .take_updates()
+            .into_iter()
+            .map(|u| match u {
+                EndUpdate::Set { tid, end } => (tid, Some(end)),
+                EndUpdate::Forget { tid } => (tid, None),
+            })
+            .collect();
+        if updates.is_empty() {
+            return Ok(());
+        }
+        crate::probes::stack_ends::push(&mut probes.ebpf, &updates)
     }
 
     /// Applies the execs seen by the last drains: the old image's live

@@ -33,6 +33,9 @@ pub struct Ready {
     pub ring: bool,
 }
 
+/// Longest wait between two looks at the ring (see [`Control::wait`]).
+pub const RING_POLL_MS: libc::c_int = 10;
+
 impl Control {
     /// Creates the flags and the eventfd.
     pub fn new() -> io::Result<Control> {
@@ -104,7 +107,9 @@ impl Control {
     }
 
     /// Blocks until `ring` is readable or a request arrives (level-triggered:
-    /// a ring with records left returns at once).
+    /// a ring with records left returns at once), or for [`RING_POLL_MS`]:
+    /// the probes wake the reader only once a batch is waiting, and a ring
+    /// polled at the timeout reports the records below that mark.
     pub fn wait(&self, ring: BorrowedFd<'_>) -> io::Result<Ready> {
         let mut fds = [
             libc::pollfd {
@@ -120,7 +125,8 @@ impl Control {
         ];
         loop {
             // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let n =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, RING_POLL_MS) };
             if n >= 0 {
                 break;
             }

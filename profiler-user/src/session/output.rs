@@ -131,6 +131,8 @@ pub enum SessionEvent {
         time: Duration,
         /// Stacks per reason the unwind stopped.
         stops: BTreeMap<UnwindStop, u64>,
+        /// How many stack copies were sized by their thread's learned end.
+        copies: StackCopies,
     },
     /// A profiled process exec'd another program: the old image's live
     /// blocks were released (sent when the session applies it).
@@ -315,4 +317,17 @@ mod tests {
         assert_eq!(expected.sites().len(), 2);
         assert_eq!(expected.len(), 2);
     }
+}
+
+/// Stack copies sized by their thread's learned stack end (see
+/// `unwind::extent`) rather than the full `--stack-size`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCopies {
+    /// Samples that copied only up to their thread's learned end.
+    pub learned: u64,
+    /// Bytes those samples copied.
+    pub learned_bytes: u64,
+    /// Samples cut short by an end that no longer held (a reused thread id);
+    /// their stacks stop early, the thread is relearned.
+    pub cut_short: u64,
 }

@@ -173,7 +173,7 @@ pub(super) fn run(
     control: &Control,
 ) -> Result<SessionResult, SessionError> {
     let pid = probes.pid;
-    let cap = Capture::new(pid, ring);
+    let cap = Capture::new(pid, ring, probes.stack_copy);
     // The starting point: counting begins here, with the target's map read,
     // not when the probes went in.
     probes.arm()?;
@@ -270,6 +270,9 @@ pub(super) fn run(
             continue;
         }
         more = ring_ready && w.cap.drain(1);
+        if let Err(e) = w.cap.push_stack_ends(&mut w.probes) {
+            w.warn(format!("telling the probes the threads' stack ends: {e}"));
+        }
         match w.cap.apply_execs(&mut w.probes, t_ms()) {
             Ok(notes) => {
                 w.execs(notes);
@@ -382,10 +385,17 @@ pub(super) fn run(
     }
     if ev.samples > 0 {
         let stops: BTreeMap<_, _> = w.cap.unwinder.stops.iter().map(|(k, v)| (*k, *v)).collect();
+        let x = &w.cap.extents;
+        let copies = super::output::StackCopies {
+            learned: x.learned_copies,
+            learned_bytes: x.learned_bytes,
+            cut_short: x.cut_short,
+        };
         w.outputs.event(&SessionEvent::UnwindStats {
             stacks: ev.samples,
             time: ev.unwind_time,
             stops,
+            copies,
         });
     }
     for (module, n) in std::mem::take(&mut w.fp_cut) {

@@ -8,6 +8,7 @@
 //! next function.
 
 pub mod cfi;
+pub mod extent;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -89,6 +90,8 @@ pub struct Unwinder {
     ctx: Option<Box<UnwindContext<usize>>>,
     /// Stacks per stop reason, for the report.
     pub stops: HashMap<UnwindStop, u64>,
+    /// Bytes of its copy the last walk read (one past its highest slot).
+    last_read_end: u64,
 }
 
 /// Reads 8 bytes of the copied stack at `addr`.
@@ -156,6 +159,12 @@ impl Unwinder {
         (frames, stop)
     }
 
+    /// Bytes of the stack copy the last walk read: one past the highest
+    /// slot, relative to the copy's start (see [`extent`]).
+    pub fn last_read_end(&self) -> u64 {
+        self.last_read_end
+    }
+
     /// Counts one stack's stop reason in [`Unwinder::stops`] (for callers of
     /// [`Unwinder::walk`], which counts nothing).
     pub fn count_stop(&mut self, stop: UnwindStop) {
@@ -179,6 +188,12 @@ impl Unwinder {
         };
         let mut used = 0usize;
         let sp0 = regs.sp;
+        let mut read_end = 0u64;
+        let mut read = |addr: u64| {
+            let v = read_u64(stack, sp0, addr)?;
+            read_end = read_end.max(addr - sp0 + 8);
+            Some(v)
+        };
         let mut ctx = self
             .ctx
             .take()
@@ -220,7 +235,7 @@ impl Unwinder {
                         break UnwindStop::Complete;
                     };
                     let slot = cfa.wrapping_add(ra_off as u64);
-                    let Some(mut ra) = read_u64(stack, sp0, slot) else {
+                    let Some(mut ra) = read(slot) else {
                         break UnwindStop::StackCopyExhausted;
                     };
                     // A pending uretprobe replaced the return address in this
@@ -242,7 +257,7 @@ impl Unwinder {
                         }
                     }
                     let bp = match rule.rbp_offset {
-                        Some(o) => match read_u64(stack, sp0, cfa.wrapping_add(o as u64)) {
+                        Some(o) => match read(cfa.wrapping_add(o as u64)) {
                             Some(v) => v,
                             None => break UnwindStop::StackCopyExhausted,
                         },
@@ -257,10 +272,7 @@ impl Unwinder {
                 Err(why) => {
                     // Code without CFI (JIT, hand-written asm) may still keep
                     // frame pointers: try one frame-pointer step.
-                    match (
-                        read_u64(stack, sp0, r.bp),
-                        read_u64(stack, sp0, r.bp.wrapping_add(8)),
-                    ) {
+                    match (read(r.bp), read(r.bp.wrapping_add(8))) {
                         (Some(bp), Some(ra)) if r.bp >= r.sp => Regs {
                             ip: ra,
                             sp: r.bp.wrapping_add(16),
@@ -286,6 +298,7 @@ impl Unwinder {
             r = next;
         };
         self.ctx = Some(ctx);
+        self.last_read_end = read_end;
         (frames, stop)
     }
 }
