@@ -53,10 +53,12 @@ pub enum CounterId {
     AllocatorUnmapped = 19,
     ExecReleased = 20,
     ExecReleasedBytes = 21,
+    ExitReleased = 22,
+    ExitReleasedBytes = 23,
 }
 
 /// Number of counters (and of recording slots).
-pub const COUNTER_COUNT: usize = 22;
+pub const COUNTER_COUNT: usize = 24;
 
 impl CounterId {
     /// The slot in a recording's totals (the stable id).
@@ -176,6 +178,22 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
             C,
             &[],
         ),
+        row(
+            I::ExitReleased,
+            "exit_released",
+            "released by exit (exited processes' live blocks, in frees)",
+            "Live blocks and mappings of profiled processes that exited, counted as freed.",
+            C,
+            &[],
+        ),
+        row(
+            I::ExitReleasedBytes,
+            "exit_released_bytes",
+            "bytes released by exit (in freed bytes)",
+            "Bytes of profiled processes that exited, counted as freed.",
+            C,
+            &[],
+        ),
         row(I::LiveMapFull, "live_map_full", "live map full", "Allocations not tracked: live map full.", L, &[counter::LIVE_MAP_FULL]),
         row(
             I::StackFailed,
@@ -286,6 +304,8 @@ mod tests {
             "allocator_unmapped_bytes",
             "exec_released",
             "exec_released_bytes",
+            "exit_released",
+            "exit_released_bytes",
         ];
         for d in COUNTERS {
             assert_eq!(names[d.id.slot()], d.name);

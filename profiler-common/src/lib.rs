@@ -239,6 +239,8 @@ pub enum EventKind {
     Exec = 102,
     /// A [`ProcEvent`]: a profiled process forked a child (now profiled too).
     Fork = 103,
+    /// A [`ProcEvent`]: the last thread of a profiled process exited.
+    Exit = 104,
 }
 
 impl EventKind {
@@ -252,6 +254,7 @@ impl EventKind {
             EventKind::SampledFree,
             EventKind::Exec,
             EventKind::Fork,
+            EventKind::Exit,
         ]
         .into_iter()
         .find(|k| *k as u32 == v)
@@ -333,13 +336,13 @@ pub struct SampledFree {
     pub ts_ns: u64,
 }
 
-/// A profiled process changed: it exec'd ([`EventKind::Exec`]) or forked
-/// ([`EventKind::Fork`]).
+/// A profiled process changed: it exec'd ([`EventKind::Exec`]), forked
+/// ([`EventKind::Fork`]) or exited ([`EventKind::Exit`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
     pub kind: u32,
-    /// The process (its pid after an exec; the child of a fork).
+    /// The process (its pid after an exec; the child of a fork; the one that exited).
     pub tgid: u32,
     /// The forking process (0 for an exec).
     pub parent: u32,
@@ -529,6 +532,8 @@ mod tests {
             EventKind::Sample,
             EventKind::SampledFree,
             EventKind::Exec,
+            EventKind::Fork,
+            EventKind::Exit,
         ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }

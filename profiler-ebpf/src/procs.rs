@@ -1,10 +1,11 @@
 //! Process tracepoints: a profiled process that execs is reported, so
 //! userspace can release the old image's live blocks; a child it forks is
 //! profiled from then on (its execs and forks reported) and reported, so
-//! userspace attaches the child's own probes.
+//! userspace attaches the child's own probes; one whose last thread exits
+//! leaves the profiled set and is reported, so userspace releases its blocks.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -21,6 +22,14 @@ pub(crate) static FOLLOW: u32 = 0;
 /// (then forks are not followed).
 #[unsafe(no_mangle)]
 pub(crate) static OFF_TASK_TGID: u32 = 0;
+
+/// Byte offsets of task_struct.signal and signal_struct.live (threads not
+/// yet exited; from the kernel's BTF); 0 when unknown (then exits are not
+/// reported).
+#[unsafe(no_mangle)]
+pub(crate) static OFF_TASK_SIGNAL: u32 = 0;
+#[unsafe(no_mangle)]
+pub(crate) static OFF_SIGNAL_LIVE: u32 = 0;
 
 #[inline(always)]
 fn emit(kind: EventKind, tgid: u32, parent: u32) {
@@ -74,5 +83,36 @@ pub fn on_exec(_ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     emit(EventKind::Exec, tgid, 0);
+    0
+}
+
+/// `sched_process_exit`, in every exiting thread: when it is the last of a
+/// profiled process (do_exit has already taken it off `signal->live`), the
+/// process leaves the profiled set and is reported. Two last threads racing
+/// may both see 0: userspace releases a process once.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn on_exit(_ctx: RawTracePointContext) -> i32 {
+    let (off_signal, off_live) = (config_u32(&OFF_TASK_SIGNAL), config_u32(&OFF_SIGNAL_LIVE));
+    if off_signal == 0 || off_live == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: only tested for presence.
+    if unsafe { PROFILED.get(&tgid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: a plain helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let signal = kread(task + off_signal as u64);
+    if signal == 0 {
+        return 0;
+    }
+    // atomic_t is a 32-bit int: the low half of the word read.
+    let live = kread(signal + off_live as u64) as u32;
+    if live != 0 {
+        return 0;
+    }
+    let _ = PROFILED.remove(&tgid);
+    emit(EventKind::Exit, tgid, 0);
     0
 }

@@ -229,6 +229,11 @@ pub struct Totals {
     pub exec_released: u64,
     /// Their bytes; included in `free_bytes`.
     pub exec_released_bytes: u64,
+    /// Live blocks (and mappings) of profiled processes that exited;
+    /// included in `frees`.
+    pub exit_released: u64,
+    /// Their bytes; included in `free_bytes`.
+    pub exit_released_bytes: u64,
 }
 
 impl Totals {
@@ -259,6 +264,8 @@ impl Totals {
             CounterId::AllocatorUnmapped => self.allocator_unmapped,
             CounterId::ExecReleased => self.exec_released,
             CounterId::ExecReleasedBytes => self.exec_released_bytes,
+            CounterId::ExitReleased => self.exit_released,
+            CounterId::ExitReleasedBytes => self.exit_released_bytes,
         }
     }
 
@@ -287,6 +294,8 @@ impl Totals {
             CounterId::AllocatorUnmapped => &mut self.allocator_unmapped,
             CounterId::ExecReleased => &mut self.exec_released,
             CounterId::ExecReleasedBytes => &mut self.exec_released_bytes,
+            CounterId::ExitReleased => &mut self.exit_released,
+            CounterId::ExitReleasedBytes => &mut self.exit_released_bytes,
         };
         *field = v;
     }
@@ -490,6 +499,8 @@ mod counter_table_tests {
             allocator_unmapped,
             exec_released,
             exec_released_bytes,
+            exit_released,
+            exit_released_bytes,
         } = t;
         let mut fields = vec![
             allocs,
@@ -514,6 +525,8 @@ mod counter_table_tests {
             allocator_unmapped,
             exec_released,
             exec_released_bytes,
+            exit_released,
+            exit_released_bytes,
         ];
         fields.sort_unstable();
         let expected: Vec<u64> = (1..=COUNTERS.len() as u64).collect();

@@ -292,3 +292,86 @@ fn assert_per_process_sites(
         "every stack has its process\n{folded}"
     );
 }
+
+#[test]
+fn an_exited_child_releases_its_blocks() {
+    if !root_or_skip("an_exited_child_releases_its_blocks") {
+        return;
+    }
+    let bin = fixture("prefork", "fp", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    let fx = start_command(Command::new(&bin));
+    let parent = fx.pid;
+    let mut a = attach(parent, &["--exact", "--stacks", "fp"]);
+    let Fixture {
+        mut child,
+        mut stdin,
+        lines,
+        ..
+    } = fx;
+    let mut seen = Vec::new();
+    writeln!(stdin, "fork").expect("ask for a fork");
+    let forked = wait_for(&lines, "forked", &mut seen);
+    let forked = forked.split_once("pid=").expect("forked pid=P").1.trim();
+    wait_for(&a.stderr, &format!("following pid {forked}"), &mut a.seen);
+    writeln!(stdin, "leak").expect("ask for leaks");
+    let mut leaked = std::collections::BTreeMap::new();
+    while leaked.len() < 4 {
+        let l = wait_for(&lines, "leaked", &mut seen);
+        let f = |k: &str| -> u64 {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .expect("leaked pid=P bytes=N")
+        };
+        leaked.insert(f("pid=") as u32, f("bytes="));
+    }
+    wait_for(&lines, "done", &mut seen);
+    writeln!(stdin, "kill").expect("ask for a child's end");
+    let killed = wait_for(&lines, "killed", &mut seen);
+    let field = |k: &str| -> u64 {
+        killed
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .expect("killed pid=P bytes=N blocks=K")
+    };
+    let (gone, bytes, blocks) = (field("pid=") as u32, field("bytes="), field("blocks="));
+    assert_eq!(leaked.get(&gone), Some(&bytes));
+    wait_for(&a.stderr, &format!("pid {gone} ("), &mut a.seen);
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(stdin, "exit").expect("release fixture");
+    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+
+    // The killed child's blocks (its whole live heap: it was forked before
+    // attach and leaked only after) left the live heap as released by exit.
+    assert_eq!(
+        counter(&report, "bytes released by exit (in freed bytes)"),
+        Some(bytes),
+        "{report}\n{stderr}"
+    );
+    assert_eq!(
+        counter(
+            &report,
+            "released by exit (exited processes' live blocks, in frees)"
+        ),
+        Some(blocks),
+        "{report}"
+    );
+    let total: u64 = leaked.values().sum();
+    assert_eq!(
+        headline_live_bytes(&report),
+        Some(total - bytes),
+        "{report}"
+    );
+    let rows = site_sum_rows(&report);
+    assert_eq!(rows.get(&gone.to_string()), Some(&0), "{report}");
+    assert_eq!(rows.get("total"), Some(&(total - bytes)), "{report}");
+    assert!(
+        stderr.contains(&format!(
+            "its {blocks} live blocks ({bytes} B) released by exit"
+        )),
+        "{stderr}"
+    );
+}

@@ -123,6 +123,7 @@ impl SessionOutput for Terminal {
                 copies.cut_short,
             )),
             SessionEvent::Exec(x) => note(&x.describe()),
+            SessionEvent::Exited(x) => note(&x.describe()),
             SessionEvent::Followed(f) => note(&f.describe()),
             SessionEvent::Stopped {
                 reason,

@@ -21,7 +21,7 @@ pub enum Event<'a> {
     Map(MapEvent),
     Sample(SampleHeader, &'a [u8]),
     SampledFree(SampledFree),
-    /// An exec or a fork of a profiled process.
+    /// An exec, a fork or the exit of a profiled process.
     Proc(ProcEvent),
 }
 
@@ -46,7 +46,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
             Some(Event::Sample(h, stack))
         }
         EventKind::SampledFree => read_pod(bytes).map(Event::SampledFree),
-        EventKind::Exec | EventKind::Fork => read_pod(bytes).map(Event::Proc),
+        EventKind::Exec | EventKind::Fork | EventKind::Exit => read_pod(bytes).map(Event::Proc),
         EventKind::Mmap | EventKind::Munmap | EventKind::Mremap => read_pod(bytes).map(Event::Map),
     }
 }
@@ -101,8 +101,10 @@ impl EventSink<'_> {
             }
             Event::Proc(ev) => {
                 // After an exec, regions mapped from here on belong to the
-                // new image; a fork changes nothing here.
-                let (regions, region_bytes) = if ev.kind == EventKind::Exec as u32 {
+                // new image; after an exit there are none; a fork changes
+                // nothing here.
+                let gone = [EventKind::Exec as u32, EventKind::Exit as u32];
+                let (regions, region_bytes) = if gone.contains(&ev.kind) {
                     self.regions.of(ev.tgid).release_all()
                 } else {
                     (0, 0)

@@ -110,6 +110,18 @@ pub fn task_tgid_offset() -> Option<u32> {
         .get("task_struct", "tgid")
 }
 
+/// The byte offsets of task_struct.signal and signal_struct.live (the exit
+/// tracepoint tells a process's last thread by them); `None` when the
+/// kernel's BTF lacks either.
+pub fn exit_offsets() -> Option<(u32, u32)> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let offs = StructOffsets::parse(&data, &["task_struct", "signal_struct"]).ok()?;
+    Some((
+        offs.get("task_struct", "signal")?,
+        offs.get("signal_struct", "live")?,
+    ))
+}
+
 /// Offsets the eBPF side needs to walk a thread's pending uretprobes:
 /// task_struct.utask → uprobe_task.return_instances → return_instance
 /// {orig_ret_vaddr, stack, next}. `None` when the kernel's BTF lacks any.

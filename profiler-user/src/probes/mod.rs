@@ -367,6 +367,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         ri_stack: 0,
         ri_next: 0,
     });
+    // Without them, a process's exit is not seen: its blocks stay live.
+    let exit_offsets = btf::exit_offsets().unwrap_or((0, 0));
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("LIVE", sizes.live)
         .map_max_entries("SITES", sizes.sites)
@@ -395,6 +397,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("OFF_RI_NEXT", &off.ri_next, true)
         .override_global("FOLLOW", &u32::from(capture.follow), true)
         .override_global("OFF_TASK_TGID", &btf::task_tgid_offset().unwrap_or(0), true)
+        .override_global("OFF_TASK_SIGNAL", &exit_offsets.0, true)
+        .override_global("OFF_SIGNAL_LIVE", &exit_offsets.1, true)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)

@@ -21,16 +21,19 @@ pub fn profile_pid(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
 }
 
 const FORK_PROGRAM: &str = "on_fork";
+const EXIT_PROGRAM: &str = "on_exit";
 
-/// Attaches the `sched_process_exec` and `sched_process_fork` raw
-/// tracepoint programs (raw: they need no tracefs mount). They run for every
-/// exec and fork on the machine but return at once unless the process is
-/// profiled: they put no breakpoint anywhere.
+/// Attaches the `sched_process_exec`, `sched_process_fork` and
+/// `sched_process_exit` raw tracepoint programs (raw: they need no tracefs
+/// mount). They run for every exec, fork and thread exit on the machine but
+/// return at once unless the process is profiled: they put no breakpoint
+/// anywhere.
 pub fn watch_exec(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, RawTracePointLinkId)>, ProbeError> {
     let mut links = Vec::new();
     for (name, tp) in [
         (EXEC_PROGRAM, "sched_process_exec"),
         (FORK_PROGRAM, "sched_process_fork"),
+        (EXIT_PROGRAM, "sched_process_exit"),
     ] {
         let prog: &mut RawTracePoint = ebpf
             .program_mut(name)

@@ -59,7 +59,13 @@ pub struct Capture {
     /// Forks of profiled processes waiting for their probes.
     pub forks: Vec<profiler_common::ProcEvent>,
     /// What execs released so far.
-    pub execs: super::exec::ExecReleases,
+    pub execs: super::exec::Released,
+    /// What the exits of processes released so far.
+    pub exits: super::exec::Released,
+    /// Exits applied since the session last took them.
+    pub exit_notes: Vec<super::exec::ExitNote>,
+    /// Processes whose exit was applied (two last threads may both report it).
+    exited: std::collections::BTreeSet<u32>,
 }
 
 pub(super) fn read_comm(pid: u32) -> Option<String> {
@@ -90,7 +96,10 @@ impl Capture {
             prev_comm: None,
             pending_execs: Vec::new(),
             forks: Vec::new(),
-            execs: super::exec::ExecReleases::default(),
+            execs: super::exec::Released::default(),
+            exits: super::exec::Released::default(),
+            exit_notes: Vec::new(),
+            exited: std::collections::BTreeSet::new(),
         }
     }
 
@@ -158,7 +167,29 @@ impl Capture {
         let mut notes = Vec::new();
         for seen in std::mem::take(&mut self.pending_execs) {
             if seen.ev.kind == profiler_common::EventKind::Fork as u32 {
+                // A pid that exited and came back is a new process.
+                self.exited.remove(&seen.ev.tgid);
                 self.forks.push(seen.ev);
+                continue;
+            }
+            if seen.ev.kind == profiler_common::EventKind::Exit as u32 {
+                let pid = seen.ev.tgid;
+                if !self.exited.insert(pid) {
+                    continue;
+                }
+                let (blocks, bytes) = super::exec::release(
+                    &mut probes.ebpf,
+                    &seen,
+                    &mut self.samples,
+                    &mut self.exits,
+                )?;
+                self.exit_notes.push(super::exec::ExitNote {
+                    pid,
+                    t_ms,
+                    comm: String::new(),
+                    blocks,
+                    bytes,
+                });
                 continue;
             }
             let (blocks, bytes) =
@@ -195,6 +226,7 @@ impl Capture {
         let counters = aggregate::read_counters(&probes.ebpf)?;
         let mut sites = aggregate::read_sites(&probes.ebpf)?;
         self.execs.apply_to_sites(&mut sites);
+        self.exits.apply_to_sites(&mut sites);
         let mut snap = aggregate::merge(&sites, &self.samples, &counters, &self.regions);
         // Released live-map blocks are frees; released regions are already
         // frees of the region tracker.
@@ -204,6 +236,11 @@ impl Capture {
         t.free_bytes += x.bytes;
         t.exec_released = x.blocks + x.regions;
         t.exec_released_bytes = x.bytes + x.region_bytes;
+        let x = &self.exits;
+        t.frees += x.blocks;
+        t.free_bytes += x.bytes;
+        t.exit_released = x.blocks + x.regions;
+        t.exit_released_bytes = x.bytes + x.region_bytes;
         Ok((snap, notes))
     }
 }

@@ -41,9 +41,36 @@ impl ExecNote {
     }
 }
 
-/// Everything released by execs so far.
+/// One profiled process that exited: its live blocks were released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitNote {
+    pub pid: u32,
+    /// Milliseconds since attach when the session noticed it.
+    pub t_ms: u64,
+    pub comm: String,
+    /// Live blocks (and mapped regions) released.
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl ExitNote {
+    /// One line for the status output.
+    pub fn describe(&self) -> String {
+        format!(
+            "pid {} ({}) exited at {:.1}s: its {} live blocks ({} B) released by exit",
+            self.pid,
+            self.comm,
+            self.t_ms as f64 / 1000.0,
+            self.blocks,
+            self.bytes
+        )
+    }
+}
+
+/// Everything released so far by execs (the old images' blocks), or by
+/// exits (the blocks of processes that ended).
 #[derive(Clone, Debug, Default)]
-pub struct ExecReleases {
+pub struct Released {
     /// Per kernel call site: the released blocks as frees (estimates, as the
     /// site counters hold them).
     pub sites: BTreeMap<SiteKey, SiteCounters>,
@@ -57,7 +84,7 @@ pub struct ExecReleases {
     pub notes: Vec<ExecNote>,
 }
 
-impl ExecReleases {
+impl Released {
     /// The program names in order ("old → new") when the process exec'd,
     /// else `current`.
     pub fn program_names(&self, current: &str) -> String {
@@ -91,13 +118,14 @@ pub fn old_image_blocks<'a>(
     entries.filter(move |(k, a)| k.tgid == pid && a.ts_ns < before_ns)
 }
 
-/// Releases the old image's live blocks of one exec from the kernel's live
-/// map into `out`. Returns the blocks and bytes released.
+/// Releases the old image's live blocks of one exec (or every block of a
+/// process that exited: all are older than its exit) from the kernel's
+/// live map into `out`. Returns the blocks and bytes released.
 pub fn release(
     ebpf: &mut Ebpf,
     seen: &ExecSeen,
     samples: &mut SampleTable,
-    out: &mut ExecReleases,
+    out: &mut Released,
 ) -> Result<(u64, u64), ProbeError> {
     let name = "LIVE";
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
@@ -175,7 +203,7 @@ mod tests {
 
     #[test]
     fn released_blocks_count_as_site_frees() {
-        let mut r = ExecReleases::default();
+        let mut r = Released::default();
         let key = SiteKey {
             stack_id: 3,
             kind: 0,

@@ -137,6 +137,8 @@ pub enum SessionEvent {
     /// A profiled process exec'd another program: the old image's live
     /// blocks were released (sent when the session applies it).
     Exec(super::exec::ExecNote),
+    /// A profiled process exited; its blocks were released.
+    Exited(super::exec::ExitNote),
     /// Another process is profiled: a child of a profiled one (existing at
     /// attach or forked since), or one more `-p` process.
     Followed(super::tree::Followed),

@@ -87,6 +87,14 @@ impl Worker {
         }
     }
 
+    /// Sends the exits applied since the last call.
+    fn exits(&mut self) {
+        for mut n in std::mem::take(&mut self.cap.exit_notes) {
+            n.comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
+            self.outputs.event(&SessionEvent::Exited(n));
+        }
+    }
+
     /// Follows the children forked since the last call.
     fn follow_forks(&mut self) {
         for ev in std::mem::take(&mut self.cap.forks) {
@@ -114,6 +122,7 @@ impl Worker {
     fn snapshot(&mut self, t_ms: u64) -> Result<RawSnapshot, SessionError> {
         let (snap, notes) = self.cap.snapshot(&mut self.probes, t_ms)?;
         self.execs(notes);
+        self.exits();
         self.follow_forks();
         Ok(snap)
     }
@@ -276,6 +285,7 @@ pub(super) fn run(
         match w.cap.apply_execs(&mut w.probes, t_ms()) {
             Ok(notes) => {
                 w.execs(notes);
+                w.exits();
                 w.follow_forks();
             }
             Err(e) => w.warn(format!("releasing the blocks of an exec'd image: {e}")),
