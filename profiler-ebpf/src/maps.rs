@@ -14,6 +14,21 @@ use profiler_common::{
 #[unsafe(no_mangle)]
 pub(crate) static SAMPLE_RATE: u64 = 0;
 
+/// The sampling rate in force when not 0, set by userspace while the
+/// session runs (`--max-overhead` samples less when the probes cost too
+/// much); 0: `SAMPLE_RATE`.
+#[map]
+pub(crate) static RATE_NOW: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The sampling rate in force: `RATE_NOW` once set, else `SAMPLE_RATE`.
+#[inline(always)]
+pub(crate) fn sample_rate() -> u64 {
+    match RATE_NOW.get(0).copied() {
+        Some(r) if r != 0 => r,
+        _ => config_u64(&SAMPLE_RATE),
+    }
+}
+
 /// A `StackMode` discriminant, set by userspace at load time.
 #[unsafe(no_mangle)]
 pub(crate) static STACK_MODE: u32 = StackMode::FramePointer as u32;

@@ -12,8 +12,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    bump, config_u32, config_u64, wake_flags, EVENTS, EXP_TABLE, SAMPLER, SAMPLE_RATE, STACK_COPY,
-    STACK_ENDS, WEIGHT_TABLE,
+    bump, config_u32, sample_rate, wake_flags, EVENTS, EXP_TABLE, SAMPLER, STACK_COPY, STACK_ENDS,
+    WEIGHT_TABLE,
 };
 
 /// Byte offsets (from the kernel's BTF) of task_struct.utask,
@@ -86,7 +86,7 @@ fn next_interval(rate: u64) -> i64 {
 /// `Some((est_bytes, est_count))` when sampled.
 #[inline(always)]
 pub(crate) fn sample(size: u64) -> Option<(u64, u64)> {
-    let rate = config_u64(&SAMPLE_RATE);
+    let rate = sample_rate();
     if rate == 0 {
         return Some((size, COUNT_SCALE));
     }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod exactness;
 pub mod http;
 pub mod launch;
+pub mod overhead;
 pub mod probes;
 pub mod process;
 pub mod profile;

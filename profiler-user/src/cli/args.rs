@@ -72,6 +72,11 @@ pub struct CommonArgs {
     /// Capture every allocation (no sampling): exact per-site numbers, higher cost.
     #[arg(long)]
     pub exact: bool,
+    /// Keep the probes' estimated CPU cost below PCT percent of the target's
+    /// CPU time: above it, sample less (fewer stack captures); said in the
+    /// status line and the report.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_overhead: Option<f64>,
     /// Profile only the given processes, not their children (by default
     /// children, existing and forked later, are profiled too).
     #[arg(long)]
@@ -300,11 +305,30 @@ impl CommonArgs {
             glibc_footprint: false,
             block_homes: true,
             raise_priority: self.attach_priority,
+            max_overhead: self.max_overhead,
+            stack_mode: self.capture()?.stack_mode,
         })
     }
 
     /// Fails before attaching when an output file could not be written later.
     pub(super) fn check_outputs(&self) -> Result<()> {
+        if self.exact && self.max_overhead.is_some() {
+            // These announce "exact" at the start; the guard may sample
+            // later, which they cannot say yet.
+            for (flag, given) in [
+                ("--record", self.record.is_some()),
+                ("--serve", self.serve.is_some()),
+                ("--push", self.push.is_some()),
+            ] {
+                if given {
+                    bail!(
+                        "--exact --max-overhead with {flag}: the guard may switch to sampling \
+                         mid-session, and {flag} would still call every number exact; drop \
+                         --max-overhead, or --exact (the guard then only samples less)"
+                    );
+                }
+            }
+        }
         // A bad --push URL or label fails before the target is touched.
         self.push_options()?;
         let outputs = [
@@ -333,4 +357,16 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses `--max-overhead PCT`: a percentage above 0 and at most 100
+/// (`5`, `0.5`, `5%`).
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let t = text.trim().trim_end_matches('%');
+    match t.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!(
+            "expected a percentage of the target's CPU above 0 and at most 100 (e.g. 5), got '{text}'"
+        )),
+    }
 }

@@ -256,6 +256,9 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         report::write(&result.timeline, &result.meta, &opts, &mut out)?;
+        if let Some(o) = &result.overhead {
+            views::overhead::write_overhead(o, &mut out)?;
+        }
         write_ages(common, result, &mut out)?;
         write_processes(result, &mut out)?;
         out.flush()?;
@@ -276,7 +279,8 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         });
     }
     if let Some(path) = &common.pprof {
-        let rate = common.capture()?.sample_rate;
+        // The rate at the end: the overhead guard may have sampled less.
+        let rate = result.meta.sample_rate;
         let opts = super::pprof::options(
             &result.timeline,
             Window::ALL,

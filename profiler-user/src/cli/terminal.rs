@@ -5,10 +5,12 @@
 use profiler_common::counters::Section as CounterSection;
 
 use super::note;
+use crate::overhead::OverheadStatus;
 use crate::session::output::{SessionEvent, SessionOutput, TickUpdate};
 use crate::session::publish::PushStatus;
 use crate::timeline::Tick;
 use crate::views::human_bytes;
+use crate::views::overhead::{describe_action, status_part};
 
 /// A line on stderr. After SIGHUP the terminal is gone and `eprintln!`
 /// would panic; the line is lost instead.
@@ -68,6 +70,8 @@ pub struct Terminal {
     pub push: Option<PushStatus>,
     line: StatusLine,
     warnings: Vec<String>,
+    /// The overhead guard's last estimate (`--max-overhead`).
+    overhead: Option<OverheadStatus>,
 }
 
 impl Terminal {
@@ -79,6 +83,7 @@ impl Terminal {
             push: None,
             line: StatusLine::default(),
             warnings: Vec::new(),
+            overhead: None,
         }
     }
 }
@@ -93,7 +98,10 @@ impl Terminal {
 impl SessionOutput for Terminal {
     fn tick(&mut self, update: &TickUpdate<'_>) {
         if self.status && !update.last {
-            let line = self.line.line(update.tick);
+            let mut line = self.line.line(update.tick);
+            if let Some(o) = &self.overhead {
+                line = format!("{line} | {}", status_part(o));
+            }
             match self.push_summary() {
                 Some(p) => say(&format!("{line} | {}", p.counts())),
                 None => say(&line),
@@ -122,6 +130,12 @@ impl SessionOutput for Terminal {
                 copies.learned_bytes as f64 / copies.learned.max(1) as f64,
                 copies.cut_short,
             )),
+            SessionEvent::Overhead(o) => {
+                if let Some(a) = &o.action {
+                    note(&describe_action(a, o.budget));
+                }
+                self.overhead = Some(o.clone());
+            }
             SessionEvent::Exec(x) => note(&x.describe()),
             SessionEvent::Exited(x) => note(&x.describe()),
             SessionEvent::Followed(f) => note(&f.describe()),

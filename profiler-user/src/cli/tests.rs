@@ -200,3 +200,45 @@ fn verbose_sets_the_log_level_anywhere_on_the_line() {
     let cli = parse(&["heapscope", "report", "x.rec"]).expect("parses");
     assert_eq!(log_level(cli.verbose), log::LevelFilter::Warn);
 }
+
+#[test]
+fn max_overhead_is_a_percentage() {
+    for ok in ["5", "0.5", "2.5%", "100"] {
+        assert!(
+            parse(&["heapscope", "attach", "-p", "1", "--max-overhead", ok]).is_ok(),
+            "{ok}"
+        );
+    }
+    for bad in ["0", "101", "x", "", "NaN", "inf"] {
+        let e = parse(&["heapscope", "attach", "-p", "1", "--max-overhead", bad]).expect_err(bad);
+        assert!(e.contains("percentage"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn exact_with_max_overhead_refuses_outputs_that_would_call_it_exact() {
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "heapscope",
+            "attach",
+            "-p",
+            "1",
+            "--exact",
+            "--max-overhead",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let cli = parse(&args).expect("parses");
+        let Command::Attach(a) = &cli.command else {
+            panic!("attach")
+        };
+        a.common.check_outputs().map_err(|e| e.to_string())
+    };
+    let e = check(&["--record", "/tmp/x.heapscope"]).expect_err("refused");
+    assert!(
+        e.contains("--record") && e.contains("--max-overhead"),
+        "{e}"
+    );
+    assert!(check(&["--serve", "127.0.0.1:0"]).is_err());
+    assert!(check(&[]).is_ok(), "the report says what the guard did");
+}

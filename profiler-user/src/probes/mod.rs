@@ -503,6 +503,20 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name, source })
     }
 
+    /// Samples at `rate` from now on (one sample per `rate` bytes on
+    /// average; 0 goes back to the rate the probes were loaded with).
+    pub fn set_sample_rate(&mut self, rate: u64) -> Result<(), ProbeError> {
+        let name = "RATE_NOW";
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        let mut arr: aya::maps::Array<&mut aya::maps::MapData, u64> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        arr.set(0, rate, 0)
+            .map_err(|source| ProbeError::Map { name, source })
+    }
+
     /// Tells the eBPF side where the uretprobe trampoline page is (the
     /// `[uprobes]` mapping, created at the first probe hit) and where the
     /// allocator's code is, so it can tell a tail call or the allocator calling

@@ -12,6 +12,7 @@ pub mod arenas;
 pub mod capture;
 pub mod control;
 pub mod exec;
+mod guard;
 pub mod output;
 pub mod publish;
 pub mod recording;
@@ -54,6 +55,10 @@ pub struct SessionOptions {
     pub block_homes: bool,
     /// Detach at a raised priority (see `process::priority`).
     pub raise_priority: bool,
+    /// `--max-overhead`: the probes' budget in percent of the target's CPU.
+    pub max_overhead: Option<f64>,
+    /// How stacks are captured (the guard's cost per capture depends on it).
+    pub stack_mode: profiler_common::StackMode,
 }
 
 /// Why the session ended.
@@ -132,6 +137,8 @@ pub struct SessionResult {
     /// Each profiled process's exact live blocks at the end, the first
     /// process first; one row when a single process was profiled.
     pub processes: Vec<tree::ProcessLive>,
+    /// What `--max-overhead` did, when it was given.
+    pub overhead: Option<crate::overhead::OverheadSummary>,
 }
 
 impl SessionResult {

@@ -142,6 +142,9 @@ pub enum SessionEvent {
     /// Another process is profiled: a child of a profiled one (existing at
     /// attach or forked since), or one more `-p` process.
     Followed(super::tree::Followed),
+    /// The overhead guard finished a decision window: its estimate, and
+    /// what it did, if anything (`--max-overhead`).
+    Overhead(crate::overhead::OverheadStatus),
     /// The session ended (sent last, after the probes were detached).
     Stopped {
         reason: StopReason,

@@ -47,6 +47,8 @@ struct Worker {
     glibc: bool,
     /// The name of every process profiled, by pid (kept after it exits).
     comms: BTreeMap<u32, String>,
+    /// `--max-overhead`.
+    guard: Option<super::guard::SessionGuard>,
 }
 
 impl Worker {
@@ -153,6 +155,14 @@ impl Worker {
             }
             self.ids.add(new.sites.keys().copied(), sites)
         };
+        if let Some(g) = &mut self.guard {
+            if let Some((status, error)) = g.tick(t_ms, &snap.totals, &mut self.probes) {
+                self.outputs.event(&SessionEvent::Overhead(status));
+                if let Some(e) = error {
+                    self.warn(e);
+                }
+            }
+        }
         let tick = Tick {
             t_ms,
             sites: self.ids.stats(snap),
@@ -221,6 +231,9 @@ pub(super) fn run(
         fp_cut: BTreeMap::new(),
         glibc: opts.glibc_footprint,
         comms: BTreeMap::new(),
+        guard: opts.max_overhead.map(|budget| {
+            super::guard::SessionGuard::new(pid, budget, opts.stack_mode, opts.sample_rate)
+        }),
     };
     // The allocator's code ranges go in before "attached" is announced: a
     // call the allocator makes on its own right after (an arena created in a
@@ -423,12 +436,17 @@ pub(super) fn run(
         reason: stop,
         detached_in: detach_time,
     });
+    // Once the guard sampled less, per-site numbers are estimates at its
+    // last rate (each sample carries its own weight, so sums stay unbiased).
+    let sample_rate = w.guard.as_ref().map_or(opts.sample_rate, |g| g.rate());
+    let overhead = w.guard.as_ref().map(|g| g.summary(opts.sample_rate));
     Ok(SessionResult {
+        overhead,
         timeline: w.timeline,
         meta: ProfileMeta {
             pid,
             comm: w.cap.execs.program_names(&w.cap.comm),
-            sample_rate: opts.sample_rate,
+            sample_rate,
             allocator: opts.allocator.clone(),
             allocator_notes: opts.allocator_notes.clone(),
         },

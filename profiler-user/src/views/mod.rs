@@ -9,6 +9,7 @@ pub mod callsite;
 pub mod diff;
 pub mod findings;
 pub mod folded;
+pub mod overhead;
 pub mod pprof;
 pub mod svg;
 pub mod text;

@@ -1,0 +1,83 @@
+//! End-to-end test of the overhead guard (`--max-overhead`): a busy target
+//! under a tiny budget makes it back off, the status output and the report
+//! say so, and the numbers stay consistent. It needs root; without it it
+//! says it was skipped. Nothing is asserted on elapsed time: the guard
+//! decides on the target's CPU time, which a busy target accrues however
+//! slowly the machine runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
+
+mod common;
+
+use std::io::Write;
+
+use common::driver::*;
+use common::*;
+
+const PAIRS: u64 = 300_000;
+const THREADS: u64 = 2;
+
+#[test]
+fn a_tiny_budget_backs_off_and_the_report_says_so() {
+    if !root_or_skip("a_tiny_budget_backs_off_and_the_report_says_so") {
+        return;
+    }
+    let bin = fixture("bench_pairs", "fp", &["-O2", "-pthread"]);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([PAIRS.to_string(), THREADS.to_string()]);
+    let mut fx = start_command(cmd);
+    // Every allocation captured (--exact): the captures are a cost the
+    // guard can cut.
+    let a = attach(
+        fx.pid,
+        &["--exact", "--stacks", "fp", "--max-overhead", "1"],
+    );
+    writeln!(fx.stdin, "go").expect("start the pairs");
+    wait_for(&fx.lines, "ns_per_pair", &mut Vec::new());
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    let _ = fx.child.wait();
+    assert_eq!(code, 0, "{stderr}");
+
+    // Said as it happened, and on the status lines.
+    let lowered = "sampling lowered from every allocation to 1 per 64.0 KiB";
+    assert!(stderr.contains(lowered), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with('[') && l.contains("probes ~") && l.contains("budget 1%")),
+        "{stderr}"
+    );
+    // And in the report, with what it means for the numbers.
+    assert!(
+        report.contains("overhead guard (--max-overhead 1%)"),
+        "{report}"
+    );
+    assert!(report.contains(lowered), "{report}");
+    assert!(
+        report.contains("exact (every allocation captured) before the first back-off"),
+        "{report}"
+    );
+    // Per-site numbers are no longer called exact anywhere in the report.
+    assert!(!report.contains("every number is exact"), "{report}");
+    assert!(
+        report.contains("sampling: one sample per 64.0 KiB allocated on average"),
+        "{report}"
+    );
+
+    // The process totals stay exact: every pair counted, nothing lost.
+    let allocs = counter(&report, "allocations seen").expect("allocations");
+    let frees = counter(&report, "frees seen").expect("frees");
+    let pairs = THREADS * (PAIRS + 1000); // each thread warms up with 1000 pairs
+    assert!(allocs >= pairs && allocs - pairs < 64, "{allocs}\n{report}");
+    assert!(frees >= pairs && frees <= allocs, "{frees}\n{report}");
+    let allocated = counter(&report, "allocated bytes").expect("allocated bytes");
+    let freed = counter(&report, "freed bytes").expect("freed bytes");
+    assert!(
+        allocated - freed < 64 * 1024,
+        "{allocated} - {freed}\n{report}"
+    );
+    for lost in ["ring buffer lost", "live map full", "per-thread state full"] {
+        assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
+    }
+}
