@@ -125,13 +125,14 @@ fn sampling_is_unbiased_with_64_threads_and_mixed_lifetimes() {
         return;
     }
     // Default stacks (copied and unwound in userspace); the free of a
-    // sampled block is matched in userspace.
+    // sampled block is matched in userspace. About 1,400 samples: unwound
+    // long before the session's final drain gives up, even on a busy machine.
     check(
         "sampling-64",
         &["-fomit-frame-pointer"],
         64,
-        400,
-        32 * 1024,
+        200,
+        64 * 1024,
         &["--stack-size", "4KiB", "--ringbuf-size", "64MiB"],
     );
 }
