@@ -318,8 +318,13 @@ pub struct SampleHeader {
     /// ...and the stack slot each was replaced in.
     pub pending_slot: [u64; MAX_PENDING],
     pub n_pending: u32,
-    /// The thread (its stack's learned extent decides the copy's length).
+    /// The allocating thread (its stack's learned extent decides the copy's
+    /// length; a later free by another thread is a cross-thread free).
     pub tid: u32,
+    /// The 8 bytes before `ptr` at allocation (glibc's chunk size word:
+    /// `IS_MMAPPED`, `NON_MAIN_ARENA`), 0 when unreadable. Read here because
+    /// userspace sees the sample later, maybe after the block was freed.
+    pub chunk: u64,
 }
 
 /// Pending uretprobes recorded per sample.
@@ -334,6 +339,9 @@ pub struct SampledFree {
     pub tgid: u32,
     pub ptr: u64,
     pub ts_ns: u64,
+    /// The freeing thread.
+    pub tid: u32,
+    pub _pad: u32,
 }
 
 /// A profiled process changed: it exec'd ([`EventKind::Exec`]), forked
@@ -444,8 +452,8 @@ pub const ALLOC_INTERNAL_RANGES: u32 = 8;
 
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 152);
-const _: () = assert!(core::mem::size_of::<SampledFree>() == 24);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 160);
+const _: () = assert!(core::mem::size_of::<SampledFree>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     programs::{tracing::StackIdContext, RetProbeContext},
 };
 use profiler_common::{
@@ -97,6 +97,8 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
                 tgid,
                 ptr,
                 ts_ns: now(),
+                tid: bpf_get_current_pid_tgid() as u32,
+                _pad: 0,
             };
             if EVENTS.output::<SampledFree>(&ev, wake_flags()).is_err() {
                 bump(counter::SAMPLED_FREE_LOST, 1);

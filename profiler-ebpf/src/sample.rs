@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user_buf,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     programs::RetProbeContext,
 };
@@ -221,6 +221,8 @@ pub(crate) fn sample_header(
         pending_slot: [0; MAX_PENDING],
         n_pending: 0,
         tid: bpf_get_current_pid_tgid() as u32,
+        // SAFETY: reads 8 bytes of the target's memory; a fault is an error.
+        chunk: unsafe { bpf_probe_read_user(ptr.wrapping_sub(8) as *const u64) }.unwrap_or(0),
     };
     pending_returns(&mut h);
     h

@@ -148,6 +148,11 @@ pub struct SiteStats {
     pub live_count: u64,
     pub alloc_bytes: u64,
     pub alloc_count: u64,
+    /// Blocks of this site freed by another thread than the one that
+    /// allocated them, into an arena that is not the freeing thread's
+    /// (cumulative, weighted like `alloc_*`; sampled sites only).
+    pub cross_free_bytes: u64,
+    pub cross_free_count: u64,
 }
 
 /// A call site with its symbolized stack.

@@ -39,6 +39,10 @@ pub fn write(
     write_sampling_note(Exactness::of(&profile), out)?;
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
     writeln!(out)?;
+    if let Some(m) = &analysis.mechanism {
+        views::arenas::write_mechanism(m, profile.sampled(), out)?;
+        writeln!(out)?;
+    }
     views::findings::write_findings_text(&analysis.findings, out)?;
     Ok(())
 }

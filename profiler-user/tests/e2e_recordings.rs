@@ -172,6 +172,7 @@ fn valid(finish: bool) -> Vec<u8> {
                     live_count: t,
                     alloc_bytes: 200 * t,
                     alloc_count: 2 * t,
+                    ..Default::default()
                 };
                 (SiteId(i as u32), s)
             })
@@ -181,6 +182,7 @@ fn valid(finish: bool) -> Vec<u8> {
             sites,
             totals: Default::default(),
             mem: None,
+            arenas: Vec::new(),
         })
         .expect("tick");
     }

@@ -90,6 +90,8 @@ fn stats_of(c: &SiteCounters) -> SiteStats {
         live_count: scale(c.alloc_count.saturating_sub(c.free_count)),
         alloc_bytes: c.alloc_bytes,
         alloc_count: scale(c.alloc_count),
+        cross_free_bytes: 0,
+        cross_free_count: 0,
     }
 }
 
@@ -102,6 +104,8 @@ fn add(out: &mut BTreeMap<SiteRef, SiteStats>, site: SiteRef, stats: SiteStats) 
     e.live_count += stats.live_count;
     e.alloc_bytes += stats.alloc_bytes;
     e.alloc_count += stats.alloc_count;
+    e.cross_free_bytes += stats.cross_free_bytes;
+    e.cross_free_count += stats.cross_free_count;
 }
 
 /// Combines kernel site counters, userspace samples, global counters and mapped regions.
@@ -121,7 +125,12 @@ pub fn merge(
         add(&mut out, site, stats_of(c));
     }
     for (site, c) in samples.sites() {
-        add(&mut out, *site, stats_of(c));
+        let mut stats = stats_of(c);
+        if let Some(x) = samples.cross().get(site) {
+            stats.cross_free_bytes = x.bytes;
+            stats.cross_free_count = (x.count + COUNT_SCALE / 2) / COUNT_SCALE;
+        }
+        add(&mut out, *site, stats);
     }
     for (pid, stack, r) in regions.stats() {
         let key = SiteRef {

@@ -1,12 +1,62 @@
 //! Sampled allocations whose stacks were unwound in userspace: interned
 //! stacks, the live samples by pointer, and per-site counters (the same
-//! fixed-point counters the kernel keeps for frame-pointer stacks).
+//! fixed-point counters the kernel keeps for frame-pointer stacks). Each
+//! sample also keeps its allocating thread and, for glibc, the arena its
+//! chunk header names: so frees by other threads into other arenas are
+//! counted per site, and live bytes are known per arena at every tick.
 
 use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::SiteCounters;
 
 use super::{SiteRef, StackRef};
+use crate::process::arenas::Home;
+
+/// Most threads whose arena is remembered; beyond, new threads' arenas are
+/// not learned (counted in [`SampleTable::threads_dropped`]).
+pub const MAX_THREADS: usize = 1 << 16;
+
+/// Cross-thread frees of one site's sampled blocks, weighted like the
+/// site's numbers (bytes; counts in 1/`COUNT_SCALE` units).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrossFrees {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+/// A live sample.
+#[derive(Clone, Copy, Debug)]
+struct LiveSample {
+    site: SiteRef,
+    est_bytes: u64,
+    est_count: u64,
+    /// The allocating thread.
+    tid: u32,
+    /// Where glibc put it (`None`: not read, or not glibc).
+    home: Option<Home>,
+}
+
+/// Whether a free by `free_tid` of a block `alloc_tid` allocated is a
+/// cross-thread free in the sense that matters for glibc: another thread,
+/// and a block that does not go back to the freeing thread's own arena
+/// (which that thread would reuse). A block with its own mmap goes back to
+/// the kernel; a freeing thread whose arena is not known (it made no
+/// sampled allocation) counts, as does any block when the arena is not
+/// known (other allocators).
+pub fn is_cross_thread(
+    alloc_tid: u32,
+    free_tid: u32,
+    block: Option<Home>,
+    freeing_arena: Option<Home>,
+) -> bool {
+    if alloc_tid == free_tid || block == Some(Home::Mmapped) {
+        return false;
+    }
+    match (block, freeing_arena) {
+        (Some(b), Some(f)) => b != f,
+        _ => true,
+    }
+}
 
 /// Most distinct unwound stacks kept; beyond it samples are attributed to
 /// "stack unavailable" and counted in [`SampleTable::stacks_dropped`].
@@ -17,12 +67,19 @@ pub const MAX_STACKS: usize = 1 << 20;
 pub struct SampleTable {
     stacks: Vec<Vec<u64>>,
     index: HashMap<Vec<u64>, u32>,
-    live: HashMap<(u32, u64), (SiteRef, u64, u64)>,
+    live: HashMap<(u32, u64), LiveSample>,
     sites: BTreeMap<SiteRef, SiteCounters>,
+    cross: BTreeMap<SiteRef, CrossFrees>,
+    /// The arena of each thread's latest sampled allocation, by (tgid, tid).
+    thread_arena: HashMap<(u32, u32), Home>,
+    /// Live sampled bytes (weighted) per process and home.
+    home_live: BTreeMap<(u32, Home), u64>,
     /// Sampled frees whose allocation was not in the table (a lost sample record).
     pub unmatched_frees: u64,
     /// Samples not given their own stack because [`MAX_STACKS`] was reached.
     pub stacks_dropped: u64,
+    /// Threads whose arena was not remembered ([`MAX_THREADS`] reached).
+    pub threads_dropped: u64,
 }
 
 impl SampleTable {
@@ -49,32 +106,105 @@ impl SampleTable {
     /// A sampled allocation standing for `est_bytes` bytes and `est_count`
     /// (fixed-point) allocations.
     pub fn alloc(&mut self, tgid: u32, ptr: u64, site: SiteRef, est_bytes: u64, est_count: u64) {
-        if let Some((old, b, c)) = self.live.insert((tgid, ptr), (site, est_bytes, est_count)) {
+        self.alloc_by(tgid, 0, ptr, site, (est_bytes, est_count), None);
+    }
+
+    /// [`SampleTable::alloc`] by thread `tid`, in `home` when known.
+    pub fn alloc_by(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        ptr: u64,
+        site: SiteRef,
+        (est_bytes, est_count): (u64, u64),
+        home: Option<Home>,
+    ) {
+        let sample = LiveSample {
+            site,
+            est_bytes,
+            est_count,
+            tid,
+            home,
+        };
+        if let Some(old) = self.live.insert((tgid, ptr), sample) {
             // The free of the previous sample at this address was lost.
-            self.retire(old, b, c);
+            self.retire(tgid, &old);
         }
         let s = self.sites.entry(site).or_default();
         s.alloc_bytes += est_bytes;
         s.alloc_count += est_count;
+        if let Some(h) = home {
+            *self.home_live.entry((tgid, h)).or_default() += est_bytes;
+            if h != Home::Mmapped {
+                self.learn_arena(tgid, tid, h);
+            }
+        }
     }
 
-    /// The free of a sampled allocation.
+    fn learn_arena(&mut self, tgid: u32, tid: u32, home: Home) {
+        if let Some(a) = self.thread_arena.get_mut(&(tgid, tid)) {
+            *a = home;
+        } else if self.thread_arena.len() < MAX_THREADS {
+            self.thread_arena.insert((tgid, tid), home);
+        } else {
+            self.threads_dropped += 1;
+        }
+    }
+
+    /// The free of a sampled allocation (released by an exec: no thread).
     pub fn free(&mut self, tgid: u32, ptr: u64) {
         match self.live.remove(&(tgid, ptr)) {
-            Some((site, b, c)) => self.retire(site, b, c),
+            Some(s) => self.retire(tgid, &s),
             None => self.unmatched_frees += 1,
         }
     }
 
-    fn retire(&mut self, site: SiteRef, bytes: u64, count: u64) {
-        let s = self.sites.entry(site).or_default();
-        s.free_bytes += bytes;
-        s.free_count += count;
+    /// The free of a sampled allocation by thread `tid`: counted as a
+    /// cross-thread free of its site when [`is_cross_thread`] says so.
+    pub fn free_by(&mut self, tgid: u32, tid: u32, ptr: u64) {
+        let Some(s) = self.live.remove(&(tgid, ptr)) else {
+            self.unmatched_frees += 1;
+            return;
+        };
+        let freeing = self.thread_arena.get(&(tgid, tid)).copied();
+        if is_cross_thread(s.tid, tid, s.home, freeing) {
+            let c = self.cross.entry(s.site).or_default();
+            c.bytes += s.est_bytes;
+            c.count += s.est_count;
+        }
+        self.retire(tgid, &s);
+    }
+
+    fn retire(&mut self, tgid: u32, sample: &LiveSample) {
+        let s = self.sites.entry(sample.site).or_default();
+        s.free_bytes += sample.est_bytes;
+        s.free_count += sample.est_count;
+        if let Some(h) = sample.home {
+            if let Some(v) = self.home_live.get_mut(&(tgid, h)) {
+                *v = v.saturating_sub(sample.est_bytes);
+                if *v == 0 {
+                    self.home_live.remove(&(tgid, h));
+                }
+            }
+        }
     }
 
     /// The site of a live sample.
     pub fn site_of(&self, tgid: u32, ptr: u64) -> Option<SiteRef> {
-        self.live.get(&(tgid, ptr)).map(|(s, _, _)| *s)
+        self.live.get(&(tgid, ptr)).map(|s| s.site)
+    }
+
+    /// Cross-thread frees per site.
+    pub fn cross(&self) -> &BTreeMap<SiteRef, CrossFrees> {
+        &self.cross
+    }
+
+    /// Live sampled bytes (weighted) of process `tgid` per home.
+    pub fn live_by_home(&self, tgid: u32) -> BTreeMap<Home, u64> {
+        self.home_live
+            .range((tgid, Home::Main)..=(tgid, Home::Mmapped))
+            .map(|((_, h), b)| (*h, *b))
+            .collect()
     }
 
     /// Counters per site.
@@ -116,6 +246,53 @@ mod tests {
         assert_eq!(t.unmatched_frees, 1);
         assert_eq!(t.live_samples(), 1);
         assert_eq!(t.stack(0), Some(&[1u64, 2, 3][..]));
+    }
+
+    #[test]
+    fn cross_thread_rule() {
+        let a = Some(Home::Arena(0x7f00_0000_0020));
+        let b = Some(Home::Arena(0x7e00_0000_0020));
+        assert!(!is_cross_thread(5, 5, a, b), "same thread");
+        assert!(!is_cross_thread(5, 6, a, a), "same arena");
+        assert!(is_cross_thread(5, 6, a, b));
+        assert!(is_cross_thread(5, 6, Some(Home::Main), b));
+        assert!(is_cross_thread(5, 6, a, None), "freeing arena unknown");
+        assert!(is_cross_thread(5, 6, None, None), "not glibc");
+        assert!(!is_cross_thread(5, 6, Some(Home::Mmapped), b), "own mmap");
+    }
+
+    #[test]
+    fn cross_thread_frees_and_live_by_home() {
+        let mut t = SampleTable::default();
+        let site = SiteRef {
+            pid: 1,
+            stack: t.intern(vec![1]),
+            kind: 0,
+        };
+        let other = SiteRef {
+            pid: 1,
+            stack: t.intern(vec![2]),
+            kind: 0,
+        };
+        let (arena_p, arena_c) = (Home::Arena(0x1000), Home::Arena(0x2000));
+        // Producer thread 10 in arena P, consumer 11 in arena C.
+        t.alloc_by(1, 10, 0x10, site, (100, COUNT_SCALE), Some(arena_p));
+        t.alloc_by(1, 10, 0x20, site, (300, COUNT_SCALE), Some(arena_p));
+        t.alloc_by(1, 11, 0x30, other, (50, COUNT_SCALE), Some(arena_c));
+        assert_eq!(t.live_by_home(1)[&arena_p], 400);
+        t.free_by(1, 11, 0x10); // consumer frees the producer's block
+        t.free_by(1, 10, 0x20); // the producer frees its own
+        t.free_by(1, 10, 0x30); // producer frees the consumer's block
+        assert_eq!(
+            t.cross()[&site],
+            CrossFrees {
+                bytes: 100,
+                count: COUNT_SCALE
+            }
+        );
+        assert_eq!(t.cross()[&other].bytes, 50);
+        assert!(t.live_by_home(1).is_empty());
+        assert!(t.live_by_home(2).is_empty());
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! [`Timeline`]; see each module for the thresholds and why.
 
 pub mod age;
+pub mod arenas;
 pub(crate) mod fit;
 pub mod growth;
 pub mod peak;
 pub mod retention;
 
 pub use age::{older_than, AgeBuckets, AgeHistogram, OutstandingAlloc};
+pub use arenas::{CrossThreadSite, Mechanism};
 pub use growth::{rank_suspects, GrowthParams, Suspect, LEAK_CONFIDENCE};
 pub use peak::{peak_finding, PeakFinding, PeakParams};
 pub use retention::{retention_finding, RetentionFinding, RetentionParams};
@@ -66,20 +68,32 @@ pub struct Analysis {
     /// Leaks in suspect order, then the retention finding, then memory kept
     /// after a peak.
     pub findings: Vec<Finding>,
+    /// glibc's arenas at the end of the window and the call sites whose
+    /// blocks were freed across threads (when arenas were recorded).
+    pub mechanism: Option<Mechanism>,
 }
 
 /// Ranks suspects and checks for retention in `window` with the default
 /// thresholds.
 pub fn analyze(timeline: &Timeline, window: Window) -> Analysis {
     let suspects = rank_suspects(timeline, window);
-    let retention = retention_finding(timeline, window);
+    let mechanism = arenas::mechanism(timeline, window);
+    let mut retention = retention_finding(timeline, window);
+    if let Some(r) = &mut retention {
+        r.mechanism.clone_from(&mechanism);
+    }
     let mut findings = findings(timeline, &suspects, retention.as_ref());
-    findings.extend(peak_finding(timeline, window).map(Finding::RetainedAfterPeak));
+    let mut peak = peak_finding(timeline, window);
+    if let Some(p) = &mut peak {
+        p.mechanism.clone_from(&mechanism);
+    }
+    findings.extend(peak.map(Finding::RetainedAfterPeak));
     Analysis {
         window,
         suspects,
         retention,
         findings,
+        mechanism,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct PeakFinding {
     /// Memory sample at the end (glibc's footprint split when read).
     pub mem_end: MemSample,
     pub remedies: Vec<&'static str>,
+    /// Per arena and across threads, when arenas were recorded.
+    pub mechanism: Option<super::Mechanism>,
 }
 
 impl PeakFinding {
@@ -111,6 +113,7 @@ pub fn peak_finding_with(
             REMEDY_SEPARATE_LONG_LIVED,
             REMEDY_MMAP_THRESHOLD,
         ],
+        mechanism: None,
     })
 }
 
@@ -142,6 +145,7 @@ mod tests {
                     main_heap_resident: *rss,
                     ..MemSample::default()
                 }),
+                arenas: Vec::new(),
             });
         }
         tl

@@ -89,6 +89,8 @@ pub struct RetentionFinding {
     /// The memory sample at the end (glibc's footprint split when read).
     pub mem_end: MemSample,
     pub remedies: Vec<&'static str>,
+    /// Per arena and across threads, when arenas were recorded.
+    pub mechanism: Option<super::Mechanism>,
 }
 
 /// [`retention_finding_with`] with the default thresholds.
@@ -172,5 +174,6 @@ pub fn retention_finding_with(
         allocator_mapped: last.2.allocator_mapped,
         mem_end: last.2,
         remedies,
+        mechanism: None,
     })
 }

@@ -2,7 +2,8 @@
 
 use serde::Serialize;
 
-use crate::analysis::{Analysis, Finding, Suspect};
+use crate::analysis::{Analysis, Finding, Mechanism, Suspect};
+use crate::process::arenas::Home;
 use crate::profile::{Frame, Metric, Profile};
 use crate::timeline::Timeline;
 use crate::views::{frame_text, merge_sites, Labels};
@@ -85,6 +86,9 @@ pub enum FindingJson {
         arena_heaps: u64,
         allocator_mapped: u64,
         remedies: Vec<&'static str>,
+        /// Remedies chosen from the per-arena numbers, with them (first).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        measured_remedies: Vec<String>,
         /// glibc's footprint split at the end (0 when not read).
         main_heap_resident: u64,
         arenas: u64,
@@ -105,7 +109,90 @@ pub enum FindingJson {
         arena_resident: u64,
         mmapped_resident: u64,
         remedies: Vec<&'static str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        measured_remedies: Vec<String>,
     },
+}
+
+/// One row of glibc's arenas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArenaJson {
+    /// `main`, `arena` or `mmapped`.
+    pub kind: &'static str,
+    /// The arena's address (`malloc_state`), 0 for the others.
+    pub address: u64,
+    pub heaps: u32,
+    pub reserved: u64,
+    pub resident: u64,
+    /// Estimated when `estimated` (sampled blocks by chunk header).
+    pub live: u64,
+    pub retained: u64,
+}
+
+/// A call site whose blocks were freed across threads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CrossThreadJson {
+    pub frames: Vec<String>,
+    pub api: &'static str,
+    pub bytes: u64,
+    pub blocks: u64,
+    pub alloc_bytes: u64,
+}
+
+/// glibc's arenas at the end of the window and the cross-thread frees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArenasDoc {
+    pub t_ms: u64,
+    /// Live and cross-thread numbers are sampled estimates.
+    pub estimated: bool,
+    pub arenas: Vec<ArenaJson>,
+    pub cross_thread_bytes: u64,
+    pub cross_thread_blocks: u64,
+    pub cross_thread_sites: Vec<CrossThreadJson>,
+}
+
+fn arenas_doc(m: &Mechanism, estimated: bool) -> ArenasDoc {
+    ArenasDoc {
+        t_ms: m.t_ms,
+        estimated,
+        arenas: m
+            .arenas
+            .iter()
+            .map(|a| {
+                let (kind, address) = match a.home {
+                    Home::Main => ("main", 0),
+                    Home::Arena(addr) => ("arena", addr),
+                    Home::Mmapped => ("mmapped", 0),
+                };
+                ArenaJson {
+                    kind,
+                    address,
+                    heaps: a.heaps,
+                    reserved: a.reserved,
+                    resident: a.resident,
+                    live: a.live,
+                    retained: a.retained(),
+                }
+            })
+            .collect(),
+        cross_thread_bytes: m.cross_bytes,
+        cross_thread_blocks: m.cross_count,
+        cross_thread_sites: m
+            .cross_sites
+            .iter()
+            .map(|c| CrossThreadJson {
+                frames: labels(&c.frames),
+                api: c.api,
+                bytes: c.bytes,
+                blocks: c.count,
+                alloc_bytes: c.alloc_bytes,
+            })
+            .collect(),
+    }
+}
+
+fn measured(m: Option<&Mechanism>) -> Vec<String> {
+    m.map(|m| m.remedies.clone()).unwrap_or_default()
 }
 
 /// The whole document: process, window, totals, top sites, suspects, findings.
@@ -131,6 +218,10 @@ pub struct ReportDoc {
     /// Each profiled process with the sums of its call sites (one entry for
     /// a single-process session).
     pub processes: Vec<ProcessJson>,
+    /// glibc's arenas and cross-thread frees (recorded sessions since they
+    /// were stored; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arenas: Option<ArenasDoc>,
 }
 
 /// One profiled process and the sums of its call sites in the window.
@@ -230,6 +321,7 @@ fn finding_json(f: &Finding) -> FindingJson {
             arena_heaps: r.arena_heaps,
             allocator_mapped: r.allocator_mapped,
             remedies: r.remedies.clone(),
+            measured_remedies: measured(r.mechanism.as_ref()),
             main_heap_resident: r.mem_end.main_heap_resident,
             arenas: r.mem_end.arenas,
             arena_resident: r.mem_end.arena_resident,
@@ -248,6 +340,7 @@ fn finding_json(f: &Finding) -> FindingJson {
             arena_resident: p.mem_end.arena_resident,
             mmapped_resident: p.mem_end.mmapped_resident,
             remedies: p.remedies.clone(),
+            measured_remedies: measured(p.mechanism.as_ref()),
         },
     }
 }
@@ -300,5 +393,9 @@ pub fn report_doc(
                 sites: sh.sites,
             })
             .collect(),
+        arenas: analysis
+            .mechanism
+            .as_ref()
+            .map(|m| arenas_doc(m, profile.sampled())),
     }
 }

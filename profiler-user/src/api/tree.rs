@@ -292,6 +292,7 @@ mod tests {
                 live_count: live / 8,
                 alloc_bytes: live,
                 alloc_count: allocs,
+                ..Default::default()
             },
         }
     }

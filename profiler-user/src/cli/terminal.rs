@@ -179,6 +179,7 @@ mod tests {
                     live_count: 12,
                     alloc_bytes: 0,
                     alloc_count: 0,
+                    ..Default::default()
                 },
             )],
             totals: Totals {
@@ -192,6 +193,7 @@ mod tests {
                 ..Totals::default()
             },
             mem: None,
+            arenas: Vec::new(),
         };
         assert_eq!(
             s.line(&tick(2000, 1000, 495)),

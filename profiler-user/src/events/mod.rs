@@ -11,6 +11,7 @@ use crate::aggregate::regions::ProcessRegions;
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
 use crate::probes::ProbeError;
+use crate::process::arenas::Home;
 use crate::process::maps::MemoryMap;
 use crate::unwind::extent::{StackExtents, UnwoundCopy};
 use crate::unwind::{ModulePaths, PendingReturn, Regs, UnwindStop, Unwinder};
@@ -64,6 +65,9 @@ pub struct EventSink<'a> {
     /// (a library loaded, or the command just exec'd); once per drain.
     pub refresh: &'a mut dyn FnMut() -> Option<MemoryMap>,
     pub refreshed: bool,
+    /// Where the allocator put a sampled block, from (tgid, ptr, the chunk
+    /// size word the probe read at allocation); `None` for other allocators.
+    pub home: Option<&'a dyn Fn(u32, u64, u64) -> Option<Home>>,
     /// Execs and forks of profiled processes, handled by the session after
     /// the drain (it needs the live map and the probes).
     pub execs: &'a mut Vec<ExecSeen>,
@@ -96,7 +100,7 @@ impl EventSink<'_> {
         match ev {
             Event::Map(m) => apply_map(&m, self.regions),
             Event::SampledFree(f) => {
-                self.samples.free(f.tgid, f.ptr);
+                self.samples.free_by(f.tgid, f.tid, f.ptr);
                 true
             }
             Event::Proc(ev) => {
@@ -162,8 +166,15 @@ impl EventSink<'_> {
                         stack,
                         kind: h.alloc_kind,
                     };
-                    self.samples
-                        .alloc(h.tgid, h.ptr, site, h.est_bytes, h.est_count);
+                    let home = self.home.and_then(|f| f(h.tgid, h.ptr, h.chunk));
+                    self.samples.alloc_by(
+                        h.tgid,
+                        h.tid,
+                        h.ptr,
+                        site,
+                        (h.est_bytes, h.est_count),
+                        home,
+                    );
                 }
                 true
             }
@@ -385,6 +396,8 @@ mod tests {
             tgid: 1,
             ptr: 2,
             ts_ns: 3,
+            tid: 4,
+            _pad: 0,
         };
         assert_eq!(decode(&bytes_of(&free)), Some(Event::SampledFree(free)));
 
@@ -405,6 +418,7 @@ mod tests {
             pending_slot: [0; profiler_common::MAX_PENDING],
             n_pending: 0,
             tid: 0,
+            chunk: 0,
         };
         let mut rec = bytes_of(&h);
         rec.extend_from_slice(&[7u8; 32]);
@@ -489,6 +503,7 @@ mod tests {
             files: &NoFiles,
             refresh: &mut refresh,
             refreshed: false,
+            home: None,
             execs: &mut execs,
         };
         let mut batches = 0;
@@ -580,6 +595,7 @@ mod tests {
             files: &NoFiles,
             refresh: &mut refresh,
             refreshed: false,
+            home: None,
             execs: &mut execs,
         };
         let h = SampleHeader {
@@ -599,6 +615,7 @@ mod tests {
             pending_slot: [0; profiler_common::MAX_PENDING],
             n_pending: 0,
             tid: 0,
+            chunk: 0,
         };
         let mut stats = EventStats::default();
         assert!(sink.apply(Event::Sample(h, &[]), &mut stats));

@@ -195,7 +195,12 @@ pub enum Home {
 /// The home of the glibc block at `ptr` (a pointer malloc returned), or
 /// `None` when its header cannot be read or makes no sense.
 pub fn home_of(ptr: u64, mem: &dyn TargetMemory) -> Option<Home> {
-    let size = mem.word(ptr.checked_sub(8)?)?;
+    home_from_size(ptr, mem.word(ptr.checked_sub(8)?)?, mem)
+}
+
+/// The home of the block at `ptr` whose chunk size word (read earlier, at
+/// allocation) is `size`; only a non-main arena's `heap_info` is read.
+pub fn home_from_size(ptr: u64, size: u64, mem: &dyn TargetMemory) -> Option<Home> {
     if size & !SIZE_BITS == 0 {
         return None;
     }

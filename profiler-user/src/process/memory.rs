@@ -171,7 +171,16 @@ pub fn heap_mappings(maps_text: &str) -> HeapMappings {
 /// allocator is glibc (`glibc`): reading smaps walks every page table of
 /// the process, so it is skipped for other allocators.
 pub fn sample_with_footprint(pid: u32, glibc: bool) -> io::Result<MemSample> {
+    Ok(sample_and_footprint(pid, glibc)?.0)
+}
+
+/// [`sample_with_footprint`], also handing back glibc's footprint per arena.
+pub fn sample_and_footprint(
+    pid: u32,
+    glibc: bool,
+) -> io::Result<(MemSample, Option<super::arenas::Footprint>)> {
     let mut m = sample(pid)?;
+    let mut split = None;
     if glibc {
         let fp = super::arenas::read_footprint(pid)?;
         let arenas = fp
@@ -189,8 +198,9 @@ pub fn sample_with_footprint(pid: u32, glibc: bool) -> io::Result<MemSample> {
         m.mmapped_chunks = fp.mmapped_chunks;
         m.mmapped_bytes = fp.mmapped.reserved;
         m.mmapped_resident = fp.mmapped.resident;
+        split = Some(fp);
     }
-    Ok(m)
+    Ok((m, split))
 }
 
 /// Reads /proc/PID/status and /proc/PID/maps into a [`MemSample`].

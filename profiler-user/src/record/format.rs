@@ -9,8 +9,11 @@ use profiler_common::AllocKind;
 
 use std::sync::Arc;
 
+use crate::process::arenas::Home;
 use crate::profile::{Frame, ModuleId, Pc, ProcessInfo, SiteStats};
-use crate::timeline::{totals_from_slice, totals_to_array, MemSample, SiteId, SiteInfo, Tick};
+use crate::timeline::{
+    totals_from_slice, totals_to_array, ArenaSample, MemSample, SiteId, SiteInfo, Tick,
+};
 
 /// First bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"HEAPSCP\0";
@@ -33,6 +36,10 @@ pub const TYPE_TICK: u8 = 3;
 pub const TYPE_END: u8 = 4;
 /// A profiled process (added after version 1 shipped: older readers skip it).
 pub const TYPE_PROCESS: u8 = 5;
+/// What a tick carries beyond version 1's first tick layout (cross-thread
+/// frees per site, glibc's arenas); written just before its tick, skipped
+/// by older readers.
+pub const TYPE_TICK_EXTRA: u8 = 6;
 
 /// Frame kinds and field tags of a site record.
 const FRAME_FUNCTION: u8 = 0;
@@ -282,6 +289,82 @@ pub fn encode_tick(tick: &Tick, changes: &[(SiteId, SiteStats)]) -> Vec<u8> {
     out
 }
 
+/// The extras of the tick at `t_ms`: cross-thread frees of the sites in
+/// its changes that have any, and its arenas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickExtra {
+    pub t_ms: u64,
+    /// (site, cross_free_bytes, cross_free_count), cumulative.
+    pub cross: Vec<(SiteId, u64, u64)>,
+    pub arenas: Vec<ArenaSample>,
+}
+
+const HOME_MAIN: u8 = 0;
+const HOME_ARENA: u8 = 1;
+const HOME_MMAPPED: u8 = 2;
+
+/// Payload of a tick-extra record:
+/// `t_ms ncross (site bytes count)* narenas (home:u8 addr heaps reserved resident live)*`.
+pub fn encode_tick_extra(x: &TickExtra) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, x.t_ms);
+    put_varint(&mut out, x.cross.len() as u64);
+    for (id, bytes, count) in &x.cross {
+        for v in [u64::from(id.0), *bytes, *count] {
+            put_varint(&mut out, v);
+        }
+    }
+    put_varint(&mut out, x.arenas.len() as u64);
+    for a in &x.arenas {
+        let (kind, addr) = match a.home {
+            Home::Main => (HOME_MAIN, 0),
+            Home::Arena(addr) => (HOME_ARENA, addr),
+            Home::Mmapped => (HOME_MMAPPED, 0),
+        };
+        out.push(kind);
+        for v in [addr, u64::from(a.heaps), a.reserved, a.resident, a.live] {
+            put_varint(&mut out, v);
+        }
+    }
+    out
+}
+
+/// Decodes a tick-extra payload.
+pub fn decode_tick_extra(buf: &[u8]) -> Result<TickExtra, &'static str> {
+    let mut c = Cursor::new(buf);
+    let t_ms = c.varint()?;
+    let n = c.count(3)?;
+    let mut cross = Vec::with_capacity(n);
+    for _ in 0..n {
+        cross.push((SiteId(c.u32()?), c.varint()?, c.varint()?));
+    }
+    let n = c.count(6)?;
+    let mut arenas = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kind = c.u8()?;
+        let addr = c.varint()?;
+        let home = match kind {
+            HOME_MAIN => Home::Main,
+            HOME_ARENA => Home::Arena(addr),
+            HOME_MMAPPED => Home::Mmapped,
+            _ => return Err("bad arena kind"),
+        };
+        arenas.push(ArenaSample {
+            home,
+            heaps: c.u32()?,
+            reserved: c.varint()?,
+            resident: c.varint()?,
+            live: c.varint()?,
+        });
+    }
+    c.done()?;
+    Ok(TickExtra {
+        t_ms,
+        cross,
+        arenas,
+    })
+}
+
 /// Payload of an end record.
 pub fn encode_end(t_ms: u64) -> Vec<u8> {
     varint_bytes(t_ms)
@@ -523,6 +606,8 @@ pub fn decode_tick(buf: &[u8]) -> Result<TickRecord, &'static str> {
             live_count: c.varint()?,
             alloc_bytes: c.varint()?,
             alloc_count: c.varint()?,
+            cross_free_bytes: 0,
+            cross_free_count: 0,
         };
         changes.push((id, stats));
     }
@@ -569,6 +654,40 @@ mod tests {
         assert_eq!(api_symbol("operator new"), "operator new");
         assert_eq!(api_symbol("operator new[]"), "operator new[]");
         assert_eq!(api_symbol("no such api"), "?");
+    }
+
+    #[test]
+    fn tick_extras_round_trip() {
+        let x = TickExtra {
+            t_ms: 1500,
+            cross: vec![(SiteId(3), 4096, 16)],
+            arenas: vec![
+                ArenaSample {
+                    home: Home::Main,
+                    heaps: 1,
+                    reserved: 135_168,
+                    resident: 135_168,
+                    live: 1000,
+                },
+                ArenaSample {
+                    home: Home::Arena(0x7f12_3400_0020),
+                    heaps: 2,
+                    reserved: 1 << 20,
+                    resident: 1 << 19,
+                    live: 77,
+                },
+                ArenaSample {
+                    home: Home::Mmapped,
+                    heaps: 3,
+                    reserved: 3 << 20,
+                    resident: 3 << 20,
+                    live: 3 << 20,
+                },
+            ],
+        };
+        let b = encode_tick_extra(&x);
+        assert_eq!(decode_tick_extra(&b), Ok(x));
+        assert!(decode_tick_extra(&b[..b.len() - 1]).is_err());
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub const SITE_MEMORY_BASE: u64 = 32 << 20;
 /// Damaged stretches listed one by one; beyond, only counted.
 const MAX_DAMAGE_LISTED: usize = 32;
 /// Record types a resynchronisation may land on (never a second header).
-const RESYNC_KINDS: [u8; 4] = [
+const RESYNC_KINDS: [u8; 5] = [
     format::TYPE_SITE,
     format::TYPE_TICK,
     format::TYPE_END,
     format::TYPE_PROCESS,
+    format::TYPE_TICK_EXTRA,
 ];
 
 /// A stretch of a recording that could not be read and was skipped.
@@ -167,6 +168,8 @@ struct State {
     damaged_bytes: u64,
     orphan_changes: u64,
     site_memory: u64,
+    /// The extras of the next tick, read just before it.
+    extra: Option<format::TickExtra>,
 }
 
 /// Processes a recording may name: the kernel side profiles at most
@@ -272,8 +275,27 @@ impl State {
                 {
                     return Err(format!("tick names unknown site {}", id.0));
                 }
+                // Extras belong to the tick written right after them.
+                let extra = self.extra.take().filter(|x| x.t_ms == t.t_ms);
+                let arenas = match extra {
+                    Some(x) => {
+                        let cross: std::collections::BTreeMap<SiteId, (u64, u64)> =
+                            x.cross.iter().map(|(id, b, c)| (*id, (*b, *c))).collect();
+                        for (id, s) in &mut t.changes {
+                            if let Some((b, c)) = cross.get(id) {
+                                s.cross_free_bytes = *b;
+                                s.cross_free_count = *c;
+                            }
+                        }
+                        x.arenas
+                    }
+                    None => Vec::new(),
+                };
                 self.timeline
-                    .push_changes(t.t_ms, t.changes, t.totals, t.mem);
+                    .push_changes_with_arenas(t.t_ms, t.changes, t.totals, t.mem, arenas);
+            }
+            (format::TYPE_TICK_EXTRA, true) => {
+                self.extra = Some(format::decode_tick_extra(payload)?);
             }
             (format::TYPE_END, true) => self.end_ms = Some(format::decode_end(payload)?),
             (format::TYPE_PROCESS, true) => {
@@ -332,6 +354,7 @@ pub fn read(mut r: impl BufRead, path: &Path, max_ticks: usize) -> Result<Record
         damaged_bytes: 0,
         orphan_changes: 0,
         site_memory: 0,
+        extra: None,
     };
     let mut truncated = false;
     loop {

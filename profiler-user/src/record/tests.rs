@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Header};
 use super::*;
+use crate::process::arenas::Home;
 use crate::profile::{SiteStats, Totals};
 use crate::timeline::testutil::{frame, frame_src, frame_unknown, stats, Rng};
-use crate::timeline::{MemSample, SiteId, SiteInfo, Tick, DEFAULT_MAX_TICKS};
+use crate::timeline::{ArenaSample, MemSample, SiteId, SiteInfo, Tick, DEFAULT_MAX_TICKS};
 
 pub(super) const NAME: &str = "test.heapscope";
 
@@ -71,7 +72,11 @@ pub(super) fn ticks() -> Vec<Tick> {
                 sites.push((SiteId(1), stats(7, 300 * i)));
             }
             if i >= 2 {
-                sites.push((SiteId(2), stats(1 << 20, 1 << 20)));
+                // Blocks of this site were freed by other threads.
+                let mut s = stats(1 << 20, 1 << 20);
+                s.cross_free_bytes = 4096 * (i - 1);
+                s.cross_free_count = i - 1;
+                sites.push((SiteId(2), s));
             }
             Tick {
                 t_ms: i * 1000,
@@ -87,9 +92,56 @@ pub(super) fn ticks() -> Vec<Tick> {
                     ..Totals::default()
                 },
                 mem: (i % 2 == 0).then(|| mem(i)),
+                arenas: if i % 2 == 0 { arenas(i) } else { Vec::new() },
             }
         })
         .collect()
+}
+
+/// glibc's arenas at tick `i`.
+fn arenas(i: u64) -> Vec<ArenaSample> {
+    vec![
+        ArenaSample {
+            home: Home::Main,
+            heaps: 1,
+            reserved: 5 << 20,
+            resident: 5 << 20,
+            live: 100 * i,
+        },
+        ArenaSample {
+            home: Home::Arena(0x7f00_0000_0020),
+            heaps: 2,
+            reserved: 4 << 20,
+            resident: 3 << 20 | i,
+            live: 1 << 20,
+        },
+    ]
+}
+
+/// Today's ticks as a writer without cross-thread frees and arenas wrote them.
+fn ticks_without_extras() -> Vec<Tick> {
+    let mut out = ticks();
+    for t in &mut out {
+        t.arenas.clear();
+        for (_, s) in &mut t.sites {
+            s.cross_free_bytes = 0;
+            s.cross_free_count = 0;
+        }
+    }
+    out
+}
+
+/// A recording written before cross-thread frees and arenas were stored
+/// reads as today's without them.
+#[test]
+fn recordings_without_tick_extras_still_read() {
+    let old = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/recording_v1_no_arenas.bin"),
+    )
+    .expect("old golden");
+    let old = read_bytes(&old).expect("old recording reads");
+    assert_eq!(old.timeline.ticks(), ticks_without_extras());
+    assert_eq!(old.skipped_records, 0);
 }
 
 /// The bytes of the sample recording, with or without the end record.
@@ -165,7 +217,7 @@ fn recordings_with_fewer_totals_still_read() {
     for s in sites() {
         w.site(&s).expect("site");
     }
-    for mut t in ticks() {
+    for mut t in ticks_without_extras() {
         if let Some(m) = &mut t.mem {
             *m = MemSample {
                 rss_anon: m.rss_anon,
@@ -225,7 +277,7 @@ fn recordings_before_processes_still_read() {
             ..Default::default()
         }]
     );
-    assert_eq!(rec.timeline.ticks(), ticks());
+    assert_eq!(rec.timeline.ticks(), ticks_without_extras());
     assert_eq!(rec.skipped_records, 0);
     assert!(rec.damage.is_empty());
 }

@@ -137,6 +137,19 @@ impl<W: Write> Writer<W> {
                 .map(|id| (*id, zero.clone())),
         );
         changes.sort_by_key(|(id, _)| *id);
+        let cross: Vec<(SiteId, u64, u64)> = changes
+            .iter()
+            .filter(|(_, s)| s.cross_free_bytes > 0 || s.cross_free_count > 0)
+            .map(|(id, s)| (*id, s.cross_free_bytes, s.cross_free_count))
+            .collect();
+        if !cross.is_empty() || !tick.arenas.is_empty() {
+            let extra = format::TickExtra {
+                t_ms: tick.t_ms,
+                cross,
+                arenas: tick.arenas.clone(),
+            };
+            self.record(format::TYPE_TICK_EXTRA, &format::encode_tick_extra(&extra))?;
+        }
         self.record(format::TYPE_TICK, &format::encode_tick(tick, &changes))?;
         self.flush()?;
         self.prev = next;

@@ -275,6 +275,7 @@ mod tests {
             live_count: 1,
             alloc_bytes: 8,
             alloc_count: 1,
+            ..Default::default()
         };
         Tick {
             t_ms,

@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 
 use crate::analysis::age::OutstandingAlloc;
-use crate::process::arenas::{footprint, home_of, parse_smaps, Home, ProcessMemory, Usage};
+use crate::process::arenas::{
+    footprint, home_of, parse_smaps, Footprint, Home, ProcessMemory, Usage,
+};
 use crate::process::maps::MemoryMap;
-use crate::timeline::SiteId;
+use crate::timeline::{ArenaSample, SiteId};
 
 /// One arena (or the main heap, or the mmapped chunks).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +51,49 @@ pub struct ArenaReport {
     pub top_block: Option<TopBlock>,
     /// Sampled blocks whose header could not be read (freed meanwhile).
     pub unreadable: u64,
+}
+
+/// One tick's arenas: each one's footprint beside the live sampled bytes
+/// whose chunk headers place them there (`live`, kept by the sample table).
+pub fn arena_samples(fp: &Footprint, live: &BTreeMap<Home, u64>) -> Vec<ArenaSample> {
+    let get = |h: Home| live.get(&h).copied().unwrap_or(0);
+    let mut out = vec![ArenaSample {
+        home: Home::Main,
+        heaps: 1,
+        reserved: fp.main_heap.reserved,
+        resident: fp.main_heap.resident,
+        live: get(Home::Main),
+    }];
+    for a in &fp.arenas {
+        out.push(ArenaSample {
+            home: Home::Arena(a.arena),
+            heaps: a.heaps,
+            reserved: a.usage.reserved,
+            resident: a.usage.resident,
+            live: get(Home::Arena(a.arena)),
+        });
+    }
+    // Live bytes in an arena smaps did not show (freed meanwhile, or a
+    // header misread) are not dropped silently: they keep a row.
+    for (h, b) in live {
+        if *h != Home::Mmapped && !out.iter().any(|a| a.home == *h) {
+            out.push(ArenaSample {
+                home: *h,
+                heaps: 0,
+                reserved: 0,
+                resident: 0,
+                live: *b,
+            });
+        }
+    }
+    out.push(ArenaSample {
+        home: Home::Mmapped,
+        heaps: u32::try_from(fp.mmapped_chunks).unwrap_or(u32::MAX),
+        reserved: fp.mmapped.reserved,
+        resident: fp.mmapped.resident,
+        live: get(Home::Mmapped),
+    });
+    out
 }
 
 /// Attributes the sampled outstanding allocations to glibc's arenas.

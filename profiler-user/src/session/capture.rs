@@ -9,6 +9,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::{ProbeError, Probes};
+use crate::process::arenas::{home_from_size, Home, ProcessMemory};
 use crate::process::maps::{MemoryMap, Region};
 use crate::unwind::extent::{EndUpdate, StackExtents};
 use crate::unwind::{ModulePaths, Unwinder};
@@ -66,6 +67,9 @@ pub struct Capture {
     pub exit_notes: Vec<super::exec::ExitNote>,
     /// Processes whose exit was applied (two last threads may both report it).
     exited: std::collections::BTreeSet<u32>,
+    /// The allocator is glibc: each sampled block's arena is read from its
+    /// chunk header as its sample is applied.
+    pub glibc: bool,
 }
 
 pub(super) fn read_comm(pid: u32) -> Option<String> {
@@ -100,6 +104,7 @@ impl Capture {
             exits: super::exec::Released::default(),
             exit_notes: Vec::new(),
             exited: std::collections::BTreeSet::new(),
+            glibc: false,
         }
     }
 
@@ -123,6 +128,9 @@ impl Capture {
         let pid = self.pid;
         let files = RootedFiles { pid };
         let mut refresh = || read_maps(pid);
+        let home = |tgid: u32, ptr: u64, size: u64| {
+            home_from_size(ptr, size, &ProcessMemory { pid: tgid })
+        };
         let mut sink = EventSink {
             regions: &mut self.regions,
             samples: &mut self.samples,
@@ -132,6 +140,9 @@ impl Capture {
             files: &files,
             refresh: &mut refresh,
             refreshed: false,
+            home: self
+                .glibc
+                .then_some(&home as &dyn Fn(u32, u64, u64) -> Option<Home>),
             execs: &mut self.pending_execs,
         };
         self.events.drain(&mut sink, max_batches)

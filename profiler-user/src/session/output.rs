@@ -278,6 +278,7 @@ mod tests {
             live_count: 1,
             alloc_bytes: b,
             alloc_count: 1,
+            ..Default::default()
         };
         let new = [(SiteId(0), site("a")), (SiteId(1), site("b"))];
         let t1 = Tick {

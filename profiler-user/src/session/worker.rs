@@ -163,11 +163,19 @@ impl Worker {
                 }
             }
         }
+        let (mem, split) = match memory::sample_and_footprint(self.cap.pid, self.glibc) {
+            Ok((m, fp)) => (Some(m), fp),
+            Err(_) => (None, None),
+        };
+        let arenas = split.map_or_else(Vec::new, |fp| {
+            super::arenas::arena_samples(&fp, &self.cap.samples.live_by_home(self.cap.pid))
+        });
         let tick = Tick {
             t_ms,
             sites: self.ids.stats(snap),
             totals: snap.totals.clone(),
-            mem: memory::sample_with_footprint(self.cap.pid, self.glibc).ok(),
+            mem,
+            arenas,
         };
         for (_, info) in &new_sites {
             self.timeline.add_site(info.clone());
@@ -192,7 +200,8 @@ pub(super) fn run(
     control: &Control,
 ) -> Result<SessionResult, SessionError> {
     let pid = probes.pid;
-    let cap = Capture::new(pid, ring, probes.stack_copy);
+    let mut cap = Capture::new(pid, ring, probes.stack_copy);
+    cap.glibc = opts.glibc_footprint;
     // The starting point: counting begins here, with the target's map read,
     // not when the probes went in.
     probes.arm()?;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use profiler_common::counters::{COUNTERS, COUNTER_COUNT};
 use std::ops::Range;
 
+use crate::process::arenas::Home;
 use crate::profile::{Frame, LiveHeap, ProcessInfo, Profile, Site, SiteStats, Totals};
 
 pub use window::{EmptyWindow, Window, WindowError};
@@ -80,6 +81,29 @@ impl MemSample {
     }
 }
 
+/// One glibc arena (or the main heap, or the mmapped chunks) at one tick:
+/// its footprint from /proc/PID/smaps and the live bytes of the sampled
+/// blocks whose chunk headers place them there (an estimate when sampled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaSample {
+    pub home: Home,
+    /// Heaps of an arena; chunks of the mmapped row; 1 for the main heap.
+    pub heaps: u32,
+    pub reserved: u64,
+    pub resident: u64,
+    pub live: u64,
+}
+
+impl ArenaSample {
+    /// Resident − live: what the allocator keeps here.
+    pub fn retained(&self) -> u64 {
+        self.resident.saturating_sub(self.live)
+    }
+}
+
+/// Arenas kept per tick; glibc makes at most 8 per CPU.
+pub const MAX_ARENAS_PER_TICK: usize = 512;
+
 /// One snapshot as the session produces it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tick {
@@ -92,6 +116,8 @@ pub struct Tick {
     pub totals: Totals,
     /// RSS split and allocator footprint, when /proc could be read.
     pub mem: Option<MemSample>,
+    /// glibc's arenas (empty for other allocators and older recordings).
+    pub arenas: Vec<ArenaSample>,
 }
 
 /// One site whose numbers changed at a tick (see [`Timeline::replay`]).
@@ -109,6 +135,7 @@ pub struct TickView<'a> {
     pub t_ms: u64,
     pub totals: &'a Totals,
     pub mem: Option<&'a MemSample>,
+    pub arenas: &'a [ArenaSample],
     /// Sites changed since the previous stored tick (sorted by id).
     pub changes: &'a [Change],
     /// Every site with non-zero numbers after this tick.
@@ -122,6 +149,7 @@ struct StoredTick {
     changes: Vec<(SiteId, SiteStats)>,
     totals: Totals,
     mem: Option<MemSample>,
+    arenas: Vec<ArenaSample>,
 }
 
 /// Process identity for [`Timeline::profile_for`].
@@ -297,7 +325,7 @@ impl Timeline {
             .map(|id| (*id, SiteStats::default()))
             .collect();
         changes.extend(next);
-        self.push_changes(tick.t_ms, changes, tick.totals, tick.mem);
+        self.push_changes_with_arenas(tick.t_ms, changes, tick.totals, tick.mem, tick.arenas);
     }
 
     /// Appends a tick given only the sites that changed since the previous
@@ -311,6 +339,20 @@ impl Timeline {
         totals: Totals,
         mem: Option<MemSample>,
     ) {
+        self.push_changes_with_arenas(t_ms, changes, totals, mem, Vec::new());
+    }
+
+    /// [`Timeline::push_changes`] with the tick's arenas (at most
+    /// [`MAX_ARENAS_PER_TICK`] are kept).
+    pub fn push_changes_with_arenas(
+        &mut self,
+        t_ms: u64,
+        changes: Vec<(SiteId, SiteStats)>,
+        totals: Totals,
+        mem: Option<MemSample>,
+        mut arenas: Vec<ArenaSample>,
+    ) {
+        arenas.truncate(MAX_ARENAS_PER_TICK);
         let t_ms = self.ticks.last().map_or(t_ms, |l| t_ms.max(l.t_ms));
         let wanted: BTreeMap<SiteId, SiteStats> = changes.into_iter().collect();
         let mut real = Vec::with_capacity(wanted.len());
@@ -335,6 +377,7 @@ impl Timeline {
             changes: real,
             totals,
             mem,
+            arenas,
         });
         if self.ticks.len() > self.max_ticks {
             self.downsample();
@@ -416,6 +459,7 @@ impl Timeline {
                     t_ms: tick.t_ms,
                     totals: &tick.totals,
                     mem: tick.mem.as_ref(),
+                    arenas: &tick.arenas,
                     changes: &changes,
                     state: &state,
                 });
@@ -433,6 +477,7 @@ impl Timeline {
                 sites: v.state.iter().map(|(id, s)| (*id, s.clone())).collect(),
                 totals: v.totals.clone(),
                 mem: v.mem.copied(),
+                arenas: v.arenas.to_vec(),
             })
         });
         out
@@ -458,6 +503,20 @@ impl Timeline {
             }
         }
         (base_state, state)
+    }
+
+    /// The arenas of the last stored tick inside `window` that has any.
+    pub fn last_arenas(&self, window: Window) -> Option<(u64, &[ArenaSample])> {
+        self.ticks[self.range(window)]
+            .iter()
+            .rev()
+            .find(|t| !t.arenas.is_empty())
+            .map(|t| (t.t_ms, t.arenas.as_slice()))
+    }
+
+    /// The arenas stored with each tick, oldest first (for a recording).
+    pub fn stored_arenas(&self) -> impl Iterator<Item = &[ArenaSample]> + '_ {
+        self.ticks.iter().map(|t| t.arenas.as_slice())
     }
 
     /// Every stored tick as stored: its time, the sites that changed since
@@ -520,6 +579,8 @@ impl Timeline {
                 live_count: e.live_count,
                 alloc_bytes: e.alloc_bytes.saturating_sub(b.alloc_bytes),
                 alloc_count: e.alloc_count.saturating_sub(b.alloc_count),
+                cross_free_bytes: e.cross_free_bytes.saturating_sub(b.cross_free_bytes),
+                cross_free_count: e.cross_free_count.saturating_sub(b.cross_free_count),
             };
             if is_zero(&stats) {
                 continue;

@@ -14,6 +14,7 @@ fn tick(t_ms: u64, sites: &[(u32, u64, u64)]) -> Tick {
             ..Totals::default()
         },
         mem: None,
+        arenas: Vec::new(),
     }
 }
 
@@ -123,6 +124,7 @@ fn downsampling_bounds_memory_and_keeps_values_exact() {
             sites,
             totals: Totals::default(),
             mem: None,
+            ..Default::default()
         });
         assert!(tl.len() <= max, "{} ticks stored", tl.len());
     }
@@ -155,6 +157,7 @@ fn windows_outside_the_timeline_name_its_span() {
             sites: Vec::new(),
             totals: Default::default(),
             mem: None,
+            ..Default::default()
         });
     }
     assert!(tl.check_window(Window::ALL).is_ok());

@@ -48,6 +48,7 @@ pub(crate) fn stats(live: u64, alloc: u64) -> SiteStats {
         live_count: live / 100,
         alloc_bytes: alloc,
         alloc_count: alloc / 100,
+        ..Default::default()
     }
 }
 
@@ -86,6 +87,7 @@ pub(crate) fn timeline_with_mem(
                 ..Default::default()
             },
             mem: mem(i, live),
+            arenas: Vec::new(),
         });
     }
     tl

@@ -216,6 +216,7 @@ mod tests {
                 live_count: 1,
                 alloc_bytes: 4096,
                 alloc_count: 1,
+                ..Default::default()
             },
         });
         p.live_heap.bytes = p.sites_live_bytes();

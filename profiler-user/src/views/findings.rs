@@ -5,7 +5,10 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use crate::analysis::{Analysis, Finding, LeakFinding, RetentionFinding, Suspect, LEAK_CONFIDENCE};
+use crate::analysis::arenas::site_name;
+use crate::analysis::{
+    Analysis, Finding, LeakFinding, Mechanism, RetentionFinding, Suspect, LEAK_CONFIDENCE,
+};
 use crate::profile::{Frame, Profile};
 use crate::timeline::Timeline;
 
@@ -168,6 +171,79 @@ fn peak_text(p: &crate::analysis::PeakFinding) -> String {
     ) + &footprint_text(&p.mem_end, p.live_end)
 }
 
+/// What the arenas retain and which sites free across threads, in a sentence.
+fn mechanism_text(m: Option<&Mechanism>) -> String {
+    let Some(m) = m else {
+        return String::new();
+    };
+    let arenas: Vec<_> = m.arena_rows().collect();
+    let mut s = String::new();
+    if !arenas.is_empty() {
+        let retained: u64 = arenas.iter().map(|a| a.retained()).sum();
+        let per: Vec<String> = arenas
+            .iter()
+            .map(|a| human_bytes(a.retained()))
+            .take(8)
+            .collect();
+        s += &format!(
+            " {} arenas retain {} (each: {}{}).",
+            arenas.len(),
+            human_bytes(retained),
+            per.join(", "),
+            if arenas.len() > 8 { ", ..." } else { "" }
+        );
+    }
+    if !m.cross_sites.is_empty() {
+        let sites: Vec<String> = m
+            .cross_sites
+            .iter()
+            .take(3)
+            .map(|c| {
+                format!(
+                    "{} ({} in {} blocks)",
+                    site_name(&c.frames, c.api),
+                    human_bytes(c.bytes),
+                    c.count
+                )
+            })
+            .collect();
+        s += &format!(
+            " Blocks freed across threads, into arenas the freeing threads do not allocate \
+             from: {}.",
+            sites.join("; ")
+        );
+    }
+    s
+}
+
+/// The measured remedies first, then the general ones.
+fn write_remedies(
+    m: Option<&Mechanism>,
+    general: &[&'static str],
+    out: &mut impl Write,
+) -> io::Result<()> {
+    writeln!(out, "  remedies:")?;
+    let measured = m.map(|m| m.remedies.as_slice()).unwrap_or_default();
+    for remedy in measured {
+        writeln!(out, "  - {remedy}")?;
+    }
+    // A general remedy a measured one already gives, with numbers, is left out.
+    const KEYS: [&str; 4] = [
+        "malloc_trim",
+        "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+    ];
+    let covered = |g: &str| {
+        KEYS.iter()
+            .any(|k| g.contains(k) && measured.iter().any(|r| r.contains(k)))
+    };
+    for remedy in general.iter().filter(|g| !covered(g)) {
+        writeln!(out, "  - {remedy}")?;
+    }
+    Ok(())
+}
+
 /// The findings as `- ...` paragraphs, with remedies for retention.
 pub fn write_findings_text(findings: &[Finding], out: &mut impl Write) -> io::Result<()> {
     if findings.is_empty() {
@@ -179,18 +255,22 @@ pub fn write_findings_text(findings: &[Finding], out: &mut impl Write) -> io::Re
         match f {
             Finding::Leak(l) => writeln!(out, "- {}", leak_text(l))?,
             Finding::AllocatorRetention(r) => {
-                writeln!(out, "- {}", retention_text(r))?;
-                writeln!(out, "  remedies:")?;
-                for remedy in &r.remedies {
-                    writeln!(out, "  - {remedy}")?;
-                }
+                writeln!(
+                    out,
+                    "- {}{}",
+                    retention_text(r),
+                    mechanism_text(r.mechanism.as_ref())
+                )?;
+                write_remedies(r.mechanism.as_ref(), &r.remedies, out)?;
             }
             Finding::RetainedAfterPeak(p) => {
-                writeln!(out, "- {}", peak_text(p))?;
-                writeln!(out, "  remedies:")?;
-                for remedy in &p.remedies {
-                    writeln!(out, "  - {remedy}")?;
-                }
+                writeln!(
+                    out,
+                    "- {}{}",
+                    peak_text(p),
+                    mechanism_text(p.mechanism.as_ref())
+                )?;
+                write_remedies(p.mechanism.as_ref(), &p.remedies, out)?;
             }
         }
     }

@@ -156,21 +156,7 @@ pub fn merge_sites(profile: &Profile, labels: Labels) -> Vec<MergedSite> {
     merged.into_values().collect()
 }
 
-/// A byte count in binary units with one decimal (`512 B`, `1.5 KiB`, `1.2 MiB`).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    // Move up while the rounded value would print as 1024.0 or more.
-    while value >= 1023.95 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+pub use crate::units::human_bytes;
 
 /// An integer with `,` between groups of three digits (`1,258,291`).
 pub fn group_digits(n: u64) -> String {
@@ -207,6 +193,7 @@ mod tests {
                 live_count: 1,
                 alloc_bytes: live * 2,
                 alloc_count: 2,
+                ..Default::default()
             },
         }
     }

@@ -25,6 +25,7 @@ fn stats(live_bytes: u64, live_count: u64, alloc_bytes: u64, alloc_count: u64) -
         live_count,
         alloc_bytes,
         alloc_count,
+        ..Default::default()
     }
 }
 

@@ -175,6 +175,7 @@ fn profile_with_pcs() -> Profile {
             live_count: 2,
             alloc_bytes: 8192,
             alloc_count: 4,
+            ..Default::default()
         },
     });
     p
@@ -290,6 +291,7 @@ fn the_process_binary_is_the_first_mapping() {
                 live_count: 1,
                 alloc_bytes: 1,
                 alloc_count: 1,
+                ..Default::default()
             },
         }],
         ..Profile::default()

@@ -1,0 +1,196 @@
+//! End-to-end: cross-thread frees per call site and glibc's arenas per tick
+//! (the ksqlDB mechanism). Producer threads allocate in their own arenas,
+//! consumer threads free those blocks: `attach`, and `report` on its
+//! recording, name the producing call site with exact counts under
+//! `--exact` (estimates, labelled so, when sampled), show each arena's
+//! resident, live and retained bytes, and give per-arena remedies with the
+//! numbers. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::driver::*;
+use common::*;
+use serde_json::Value;
+
+/// produce_block: 2 producers x 1000 blocks of 8192 B, all freed by consumers.
+const CROSS_BLOCKS: u64 = 2_000;
+const CROSS_BYTES: u64 = 2_000 * 8_192;
+
+/// Runs the fixture with heapscope attached (`flags`), recording to a file
+/// in the test's scratch dir; a few ticks after production and after
+/// consumption. Returns attach's report and the recording.
+fn run(test: &str, flags: &[&str]) -> (String, PathBuf) {
+    let bin = fixture(
+        "xthread",
+        "fp",
+        &["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"],
+    );
+    let file = scratch(test).join("session.rec");
+    let mut fx = start_fixture(&bin);
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["--quiet", "--record", file.to_str().expect("utf8")]);
+    let a = attach(fx.pid, &args);
+    writeln!(fx.stdin, "go").expect("signal fixture");
+    wait_for(&fx.lines, "produced", &mut Vec::new());
+    // Ticks (200 ms) at the peak and after it; nothing asserts on time.
+    std::thread::sleep(Duration::from_millis(1000));
+    writeln!(fx.stdin, "consume").expect("signal fixture");
+    wait_for(&fx.lines, "done", &mut Vec::new());
+    std::thread::sleep(Duration::from_millis(1000));
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    assert_eq!(fx.child.wait().expect("wait fixture").code(), Some(3));
+    (report, file)
+}
+
+fn report_json(file: &Path) -> Value {
+    let out = Command::new(heapscope())
+        .args(["report", "--json"])
+        .arg(file)
+        .output()
+        .expect("run heapscope report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report --json is JSON")
+}
+
+fn report_text(file: &Path) -> String {
+    let out = Command::new(heapscope())
+        .arg("report")
+        .arg(file)
+        .output()
+        .expect("run heapscope report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn leaf(site: &Value) -> &str {
+    site["frames"]
+        .as_array()
+        .and_then(|f| f.last())
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+#[test]
+fn cross_thread_frees_exact_per_site_and_arenas_in_the_recording() {
+    let test = "cross_thread_frees_exact_per_site_and_arenas_in_the_recording";
+    if !root_or_skip(test) {
+        return;
+    }
+    // A 64 MiB ring: the producers' 2,000 samples of 8 KiB stacks come in one burst.
+    let (attach_report, file) = run(test, &["--exact", "--ringbuf-size", "64MiB"]);
+    let line = "cross-thread frees (exact): 15.6 MiB in 2000 blocks";
+    assert!(attach_report.contains(line), "{attach_report}");
+
+    let doc = report_json(&file);
+    let arenas = &doc["arenas"];
+    assert_eq!(arenas["estimated"], false, "{arenas:#}");
+    assert_eq!(arenas["cross_thread_bytes"], CROSS_BYTES, "{arenas:#}");
+    assert_eq!(arenas["cross_thread_blocks"], CROSS_BLOCKS, "{arenas:#}");
+    // Only produce_block: produce_big's blocks were their own mmaps,
+    // produce_scratch's were freed by their own thread.
+    let sites = arenas["cross_thread_sites"].as_array().expect("sites");
+    assert_eq!(sites.len(), 1, "{arenas:#}");
+    assert_eq!(leaf(&sites[0]), "produce_block", "{arenas:#}");
+    assert_eq!(sites[0]["alloc_bytes"], CROSS_BYTES, "{arenas:#}");
+
+    // Two producer arenas (each: the 4096 B block kept live, the 8 MB its
+    // consumer freed retained) and two consumer arenas (64 B each).
+    let rows = arenas["arenas"].as_array().expect("arena rows");
+    let arena_rows: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "arena").collect();
+    assert_eq!(arena_rows.len(), 4, "{arenas:#}");
+    let mut live: Vec<u64> = arena_rows
+        .iter()
+        .map(|r| r["live"].as_u64().expect("live"))
+        .collect();
+    live.sort_unstable();
+    assert_eq!(live, vec![64, 64, 4096, 4096], "{arenas:#}");
+    let producers: Vec<&&Value> = arena_rows.iter().filter(|r| r["live"] == 4096).collect();
+    for p in producers {
+        let retained = p["retained"].as_u64().expect("retained");
+        assert!(
+            retained >= 7 << 20,
+            "producer arena retains its blocks: {p:#}"
+        );
+    }
+
+    // The finding explains it, with remedies from these numbers.
+    let text = report_text(&file);
+    assert!(text.contains(line), "{text}");
+    assert!(text.contains("glibc arenas at "), "{text}");
+    assert!(
+        text.contains("- memory not returned after a peak"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Blocks freed across threads, into arenas the freeing threads do not allocate from: produce_block"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  - MALLOC_ARENA_MAX=2 (or 1 for few threads): 4 arenas hold "),
+        "{text}"
+    );
+    assert!(
+        text.contains("  - free blocks on the thread that allocated them (or hand them back to it): produce_block <- producer (malloc) had 15.6 MiB in 2000 blocks"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  - call malloc_trim(0) after bursts: "),
+        "{text}"
+    );
+    let finding = doc["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["kind"] == "retained-after-peak")
+        .cloned()
+        .expect("retained-after-peak finding");
+    assert!(
+        finding["measured_remedies"]
+            .as_array()
+            .is_some_and(|r| r.len() >= 3),
+        "{finding:#}"
+    );
+}
+
+#[test]
+fn cross_thread_frees_sampled_are_labelled_estimates() {
+    let test = "cross_thread_frees_sampled_are_labelled_estimates";
+    if !root_or_skip(test) {
+        return;
+    }
+    // 64 KiB mean: ~250 samples of produce_block's 16 MB.
+    let (report, file) = run(test, &["--sample-rate", "64KiB"]);
+    assert!(
+        report.contains("cross-thread frees (estimated): ~"),
+        "{report}"
+    );
+    let doc = report_json(&file);
+    let arenas = &doc["arenas"];
+    assert_eq!(arenas["estimated"], true, "{arenas:#}");
+    let sites = arenas["cross_thread_sites"].as_array().expect("sites");
+    assert_eq!(leaf(&sites[0]), "produce_block", "{arenas:#}");
+    // An unbiased estimate of 16,384,000 B: well within a factor of two.
+    let bytes = sites[0]["bytes"].as_u64().expect("bytes");
+    assert!(
+        (CROSS_BYTES / 2..CROSS_BYTES * 2).contains(&bytes),
+        "{arenas:#}"
+    );
+}
