@@ -40,7 +40,8 @@ pub fn write(
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
     writeln!(out)?;
     if let Some(m) = &analysis.mechanism {
-        views::arenas::write_mechanism(m, profile.sampled(), out)?;
+        let e = Exactness::of(&profile);
+        views::arenas::write_mechanism(m, profile.sampled(), e.lost, out)?;
         writeln!(out)?;
     }
     views::findings::write_findings_text(&analysis.findings, out)?;

@@ -148,7 +148,7 @@ fn cross_thread_frees_exact_per_site_and_arenas_in_the_recording() {
         "{text}"
     );
     assert!(
-        text.contains("  - free blocks on the thread that allocated them (or hand them back to it): produce_block <- producer (malloc) had 15.6 MiB in 2000 blocks"),
+        text.contains("  - free blocks on the thread that allocated them (or hand them back to it): produce_block <- producer <- start_thread <- clone3 (malloc) had 15.6 MiB in 2000 blocks"),
         "{text}"
     );
     assert!(

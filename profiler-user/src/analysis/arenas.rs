@@ -7,7 +7,6 @@
 use crate::process::arenas::Home;
 use crate::profile::Frame;
 use crate::timeline::{ArenaSample, ProfileMeta, Timeline, Window};
-use crate::units::human_bytes;
 
 /// Cross-thread sites listed in a finding.
 pub const TOP_CROSS_SITES: usize = 5;
@@ -32,7 +31,7 @@ pub struct CrossThreadSite {
 }
 
 /// The per-arena picture and its mechanism.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Mechanism {
     /// Time of the arena sample used (ms since attach).
     pub t_ms: u64,
@@ -44,7 +43,7 @@ pub struct Mechanism {
     pub cross_bytes: u64,
     pub cross_count: u64,
     /// Concrete advice with the numbers, most specific first.
-    pub remedies: Vec<String>,
+    pub remedies: Vec<Remedy>,
 }
 
 impl Mechanism {
@@ -78,14 +77,18 @@ pub fn mechanism(timeline: &Timeline, window: Window) -> Option<Mechanism> {
     cross_sites.truncate(TOP_CROSS_SITES);
     // Call sites whose mean block is at least the default mmap threshold
     // (mapped regions are the program's own, not glibc's).
-    let large: Vec<(String, u64)> = profile
+    let mut large: Vec<LargeSite<'_>> = profile
         .sites
         .iter()
         .filter(|s| s.api != "mmap" && s.stats.alloc_count > 0)
-        .map(|s| (s, s.stats.alloc_bytes / s.stats.alloc_count))
-        .filter(|(_, mean)| *mean >= MMAP_THRESHOLD)
-        .map(|(s, mean)| (site_name(&s.frames, s.api), mean))
+        .map(|s| LargeSite {
+            frames: &s.frames,
+            api: s.api,
+            mean: s.stats.alloc_bytes / s.stats.alloc_count,
+        })
+        .filter(|l| l.mean >= MMAP_THRESHOLD)
         .collect();
+    large.sort_by_key(|l| std::cmp::Reverse(l.mean));
     let mut m = Mechanism {
         t_ms,
         arenas: arenas.to_vec(),
@@ -98,21 +101,67 @@ pub fn mechanism(timeline: &Timeline, window: Window) -> Option<Mechanism> {
     Some(m)
 }
 
-/// `leaf <- caller (api)`.
-pub fn site_name(frames: &[Frame], api: &str) -> String {
-    let names: Vec<String> = frames.iter().rev().take(2).map(Frame::label).collect();
-    if names.is_empty() {
-        format!("[unknown stack] ({api})")
-    } else {
-        format!("{} ({api})", names.join(" <- "))
+/// A remedy chosen from the measured numbers (rendered by the views).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Remedy {
+    /// Several arenas retain: cap them (`MALLOC_ARENA_MAX`).
+    ArenaMax {
+        arenas: usize,
+        resident: u64,
+        live: u64,
+        retained: u64,
+        /// The arena retaining most: (address, retained, resident).
+        worst: Option<(u64, u64, u64)>,
+    },
+    /// A site's blocks are freed by other threads: free them on the
+    /// allocating thread.
+    FreeOnAllocatingThread {
+        frames: Vec<Frame>,
+        api: &'static str,
+        bytes: u64,
+        count: u64,
+        /// Share of what the site allocated in the window.
+        share: Option<f64>,
+    },
+    /// Heaps keep free pages: `malloc_trim(0)`.
+    Trim { total: u64, main: u64, arenas: u64 },
+    /// `[heap]` keeps free pages at its top: `M_TRIM_THRESHOLD`.
+    TrimThreshold { main: u64 },
+    /// Large blocks served from heaps: a fixed `M_MMAP_THRESHOLD`.
+    MmapThreshold {
+        sites: usize,
+        frames: Vec<Frame>,
+        api: &'static str,
+        mean: u64,
+    },
+}
+
+impl Remedy {
+    /// The tunable or call it is about, so a general remedy it covers is
+    /// not repeated.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Remedy::ArenaMax { .. } => "MALLOC_ARENA_MAX",
+            Remedy::FreeOnAllocatingThread { .. } => "free on the allocating thread",
+            Remedy::Trim { .. } => "malloc_trim",
+            Remedy::TrimThreshold { .. } => "MALLOC_TRIM_THRESHOLD_",
+            Remedy::MmapThreshold { .. } => "MALLOC_MMAP_THRESHOLD_",
+        }
     }
+}
+
+/// A site whose mean block is at least glibc's default mmap threshold.
+pub struct LargeSite<'a> {
+    pub frames: &'a [Frame],
+    pub api: &'static str,
+    pub mean: u64,
 }
 
 /// Remedies from the numbers: fewer arenas when several retain, freeing on
 /// the allocating thread when sites free across threads, malloc_trim and
 /// the trim threshold when heaps keep free pages, a fixed mmap threshold
-/// when large blocks are served from heaps. `large`: (site, mean block).
-pub fn remedies(m: &Mechanism, large: &[(String, u64)]) -> Vec<String> {
+/// when large blocks are served from heaps.
+pub fn remedies(m: &Mechanism, large: &[LargeSite<'_>]) -> Vec<Remedy> {
     let mut out = Vec::new();
     let arenas: Vec<&ArenaSample> = m.arena_rows().collect();
     let sum = |f: fn(&ArenaSample) -> u64| arenas.iter().map(|a| f(a)).sum::<u64>();
@@ -124,76 +173,50 @@ pub fn remedies(m: &Mechanism, large: &[(String, u64)]) -> Vec<String> {
     let main = m.arenas.iter().find(|a| a.home == Home::Main);
     let main_retained = main.map_or(0, ArenaSample::retained);
     if arenas.len() >= 2 && retained >= MIN_RETAINED.max(resident / 4) {
-        let worst = arenas.iter().max_by_key(|a| a.retained());
-        let worst = worst.map_or(String::new(), |a| match a.home {
-            Home::Arena(addr) => format!(
-                " (arena {addr:#x} alone: {} of {})",
-                human_bytes(a.retained()),
-                human_bytes(a.resident)
-            ),
-            _ => String::new(),
+        let worst = arenas
+            .iter()
+            .max_by_key(|a| a.retained())
+            .and_then(|a| match a.home {
+                Home::Arena(addr) => Some((addr, a.retained(), a.resident)),
+                _ => None,
+            });
+        out.push(Remedy::ArenaMax {
+            arenas: arenas.len(),
+            resident,
+            live,
+            retained,
+            worst,
         });
-        out.push(format!(
-            "MALLOC_ARENA_MAX=2 (or 1 for few threads): {} arenas hold {} resident for {} live, \
-             {} retained{worst}; with fewer arenas, memory one thread frees is reused by the \
-             others instead of staying in per-thread 64 MiB heaps",
-            arenas.len(),
-            human_bytes(resident),
-            human_bytes(live),
-            human_bytes(retained),
-        ));
     }
     if let Some(top) = m.cross_sites.first() {
-        let share = if top.alloc_bytes > 0 {
-            format!(
-                ", {:.0}% of what it allocated",
-                100.0 * top.bytes as f64 / top.alloc_bytes as f64
-            )
-        } else {
-            String::new()
-        };
-        out.push(format!(
-            "free blocks on the thread that allocated them (or hand them back to it): {} had {} \
-             in {} blocks freed by other threads into arenas those threads do not allocate \
-             from{share}; freed there, the memory is reused only when the allocating thread \
-             allocates again",
-            site_name(&top.frames, top.api),
-            human_bytes(top.bytes),
-            top.count,
-        ));
+        out.push(Remedy::FreeOnAllocatingThread {
+            frames: top.frames.clone(),
+            api: top.api,
+            bytes: top.bytes,
+            count: top.count,
+            share: (top.alloc_bytes > 0).then(|| top.bytes as f64 / top.alloc_bytes as f64),
+        });
     }
     let all_retained = retained.saturating_add(main_retained);
     if all_retained >= MIN_RETAINED {
-        out.push(format!(
-            "call malloc_trim(0) after bursts: {} is resident but not live ([heap] {}, arenas \
-             {}); glibc gives back free pages inside its heaps only in malloc_trim",
-            human_bytes(all_retained),
-            human_bytes(main_retained),
-            human_bytes(retained),
-        ));
+        out.push(Remedy::Trim {
+            total: all_retained,
+            main: main_retained,
+            arenas: retained,
+        });
     }
     if main_retained >= MIN_RETAINED {
-        out.push(format!(
-            "set MALLOC_TRIM_THRESHOLD_=131072 (M_TRIM_THRESHOLD): [heap] keeps {} it does not \
-             use; glibc trims its top only past the trim threshold, which freeing a large \
-             mmapped block raises to twice the mmap threshold (up to 64 MiB); setting it \
-             fixes both",
-            human_bytes(main_retained),
-        ));
+        out.push(Remedy::TrimThreshold {
+            main: main_retained,
+        });
     }
-    if let Some((site, mean)) = large.first() {
-        if all_retained >= MIN_RETAINED {
-            out.push(format!(
-                "set MALLOC_MMAP_THRESHOLD_=131072 (M_MMAP_THRESHOLD): {} call site(s) allocate \
-                 blocks of {}+ on average (e.g. {site}: {}); after the first such block is \
-                 freed glibc raises its mmap threshold (up to 32 MiB) and serves them from \
-                 heaps, where they fragment; a fixed threshold keeps each in its own mapping, \
-                 unmapped at free",
-                large.len(),
-                human_bytes(MMAP_THRESHOLD),
-                human_bytes(*mean),
-            ));
-        }
+    if let (Some(l), true) = (large.first(), all_retained >= MIN_RETAINED) {
+        out.push(Remedy::MmapThreshold {
+            sites: large.len(),
+            frames: l.frames.to_vec(),
+            api: l.api,
+            mean: l.mean,
+        });
     }
     out
 }
@@ -227,6 +250,7 @@ mod tests {
 
     #[test]
     fn retaining_arenas_and_cross_thread_frees_get_their_remedies() {
+        let produce = vec![Frame::function("produce", "app")];
         let m = mech(
             vec![
                 arena(Home::Main, MIB, MIB),
@@ -235,7 +259,7 @@ mod tests {
                 arena(Home::Mmapped, 0, 0),
             ],
             vec![CrossThreadSite {
-                frames: vec![Frame::function("produce", "app")],
+                frames: produce.clone(),
                 api: "malloc",
                 bytes: 48 * MIB,
                 count: 12_288,
@@ -243,25 +267,30 @@ mod tests {
             }],
         );
         let r = remedies(&m, &[]);
-        assert_eq!(r.len(), 3, "{r:#?}");
-        assert!(r[0].starts_with("MALLOC_ARENA_MAX=2"), "{}", r[0]);
-        assert!(
-            r[0].contains("2 arenas hold 100.0 MiB resident for 32.0 MiB live, 68.0 MiB retained"),
-            "{}",
-            r[0]
+        assert_eq!(
+            r,
+            vec![
+                Remedy::ArenaMax {
+                    arenas: 2,
+                    resident: 100 * MIB,
+                    live: 32 * MIB,
+                    retained: 68 * MIB,
+                    worst: Some((0x7f00_0000_0020, 58 * MIB, 60 * MIB)),
+                },
+                Remedy::FreeOnAllocatingThread {
+                    frames: produce,
+                    api: "malloc",
+                    bytes: 48 * MIB,
+                    count: 12_288,
+                    share: Some(0.75),
+                },
+                Remedy::Trim {
+                    total: 68 * MIB,
+                    main: 0,
+                    arenas: 68 * MIB,
+                },
+            ]
         );
-        assert!(
-            r[0].contains("arena 0x7f0000000020 alone: 58.0 MiB of 60.0 MiB"),
-            "{}",
-            r[0]
-        );
-        assert!(
-            r[1].contains("produce (malloc) had 48.0 MiB in 12288 blocks"),
-            "{}",
-            r[1]
-        );
-        assert!(r[1].contains("75% of what it allocated"), "{}", r[1]);
-        assert!(r[2].starts_with("call malloc_trim(0)"), "{}", r[2]);
     }
 
     #[test]
@@ -273,20 +302,32 @@ mod tests {
             ],
             Vec::new(),
         );
-        let r = remedies(&m, &[("burst (malloc)".into(), 256 << 10)]);
-        assert_eq!(r.len(), 3, "{r:#?}");
-        assert!(
-            r[0].contains("46.0 MiB is resident but not live ([heap] 46.0 MiB"),
-            "{}",
-            r[0]
+        let burst = vec![Frame::function("burst", "app")];
+        let large = [LargeSite {
+            frames: &burst,
+            api: "malloc",
+            mean: 256 << 10,
+        }];
+        let keys: Vec<&str> = remedies(&m, &large).iter().map(Remedy::key).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "malloc_trim",
+                "MALLOC_TRIM_THRESHOLD_",
+                "MALLOC_MMAP_THRESHOLD_"
+            ]
         );
-        assert!(r[1].starts_with("set MALLOC_TRIM_THRESHOLD_"), "{}", r[1]);
-        assert!(r[2].contains("e.g. burst (malloc): 256.0 KiB"), "{}", r[2]);
     }
 
     #[test]
     fn nothing_retained_nothing_advised() {
         let m = mech(vec![arena(Home::Main, 2 * MIB, 2 * MIB)], Vec::new());
-        assert!(remedies(&m, &[("x (malloc)".into(), 1 << 20)]).is_empty());
+        let x = vec![Frame::function("x", "app")];
+        let large = [LargeSite {
+            frames: &x,
+            api: "malloc",
+            mean: 1 << 20,
+        }];
+        assert!(remedies(&m, &large).is_empty());
     }
 }

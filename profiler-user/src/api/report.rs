@@ -145,16 +145,19 @@ pub struct ArenasDoc {
     pub t_ms: u64,
     /// Live and cross-thread numbers are sampled estimates.
     pub estimated: bool,
+    /// Lost events the live and cross-thread numbers miss (see the counters).
+    pub lost_events: u64,
     pub arenas: Vec<ArenaJson>,
     pub cross_thread_bytes: u64,
     pub cross_thread_blocks: u64,
     pub cross_thread_sites: Vec<CrossThreadJson>,
 }
 
-fn arenas_doc(m: &Mechanism, estimated: bool) -> ArenasDoc {
+fn arenas_doc(m: &Mechanism, estimated: bool, lost_events: u64) -> ArenasDoc {
     ArenasDoc {
         t_ms: m.t_ms,
         estimated,
+        lost_events,
         arenas: m
             .arenas
             .iter()
@@ -192,7 +195,13 @@ fn arenas_doc(m: &Mechanism, estimated: bool) -> ArenasDoc {
 }
 
 fn measured(m: Option<&Mechanism>) -> Vec<String> {
-    m.map(|m| m.remedies.clone()).unwrap_or_default()
+    m.map(|m| {
+        m.remedies
+            .iter()
+            .map(crate::views::arenas::remedy_text)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The whole document: process, window, totals, top sites, suspects, findings.
@@ -393,9 +402,9 @@ pub fn report_doc(
                 sites: sh.sites,
             })
             .collect(),
-        arenas: analysis
-            .mechanism
-            .as_ref()
-            .map(|m| arenas_doc(m, profile.sampled())),
+        arenas: analysis.mechanism.as_ref().map(|m| {
+            let lost = crate::exactness::Exactness::of(profile).lost;
+            arenas_doc(m, profile.sampled(), lost)
+        }),
     }
 }

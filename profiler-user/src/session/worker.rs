@@ -167,6 +167,8 @@ impl Worker {
             Ok((m, fp)) => (Some(m), fp),
             Err(_) => (None, None),
         };
+        // Without placed blocks an arena's live bytes are unknown, not 0.
+        let split = split.filter(|_| self.cap.glibc);
         let arenas = split.map_or_else(Vec::new, |fp| {
             super::arenas::arena_samples(&fp, &self.cap.samples.live_by_home(self.cap.pid))
         });
@@ -201,7 +203,12 @@ pub(super) fn run(
 ) -> Result<SessionResult, SessionError> {
     let pid = probes.pid;
     let mut cap = Capture::new(pid, ring, probes.stack_copy);
-    cap.glibc = opts.glibc_footprint;
+    // Sampled blocks are placed in arenas (and cross-thread frees judged by
+    // arena) where their samples reach userspace: DWARF stacks; not for a
+    // custom pool's blocks, which have no glibc header.
+    cap.glibc = opts.glibc_footprint
+        && opts.block_homes
+        && opts.stack_mode == profiler_common::StackMode::Dwarf;
     // The starting point: counting begins here, with the target's map read,
     // not when the probes went in.
     probes.arm()?;

@@ -4,11 +4,13 @@
 
 use std::io::{self, Write};
 
-use crate::analysis::arenas::site_name as frames_name;
+use crate::analysis::arenas::Remedy;
 use crate::analysis::Mechanism;
 use crate::process::arenas::Home;
+use crate::profile::Frame;
 use crate::session::arenas::ArenaReport;
 use crate::timeline::{ArenaSample, SiteId, Timeline};
+use crate::views::callsite::call_site_text;
 use crate::views::{human_bytes, Labels};
 
 fn site_name(timeline: &Timeline, id: SiteId) -> String {
@@ -94,18 +96,29 @@ fn home_name(a: &ArenaSample) -> String {
 
 /// The per-arena table of a window's last tick with arenas, and the call
 /// sites whose blocks were freed across threads; `sampled` marks live and
-/// cross-thread numbers as estimates (exact with every allocation captured).
-pub fn write_mechanism(m: &Mechanism, sampled: bool, out: &mut impl Write) -> io::Result<()> {
+/// cross-thread numbers as estimates (exact with every allocation captured,
+/// unless `lost` events are missing from them).
+pub fn write_mechanism(
+    m: &Mechanism,
+    sampled: bool,
+    lost: u64,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let est = if sampled { "~" } else { "" };
+    let exact = match (sampled, lost) {
+        (true, _) => "estimated".to_string(),
+        (false, 0) => "exact".to_string(),
+        (false, n) => format!("exact but for {n} lost events"),
+    };
     writeln!(
         out,
         "glibc arenas at {:.1}s (resident from smaps; live: {} by chunk header; \
          retained = resident - live):",
         m.t_ms as f64 / 1000.0,
         if sampled {
-            "the sampled blocks, estimated"
+            "the sampled blocks, estimated".to_string()
         } else {
-            "every block, exact"
+            format!("every block, {exact}")
         }
     )?;
     for a in &m.arenas {
@@ -114,12 +127,12 @@ pub fn write_mechanism(m: &Mechanism, sampled: bool, out: &mut impl Write) -> io
         }
         writeln!(
             out,
-            "  {:<36} reserved {:>10}  resident {:>10}  live {est}{:>10}  retained {est}{:>10}",
+            "  {:<36} reserved {:>10}  resident {:>10}  live {:>11}  retained {:>11}",
             home_name(a),
             human_bytes(a.reserved),
             human_bytes(a.resident),
-            human_bytes(a.live),
-            human_bytes(a.retained()),
+            format!("{est}{}", human_bytes(a.live)),
+            format!("{est}{}", human_bytes(a.retained())),
         )?;
     }
     if m.cross_sites.is_empty() {
@@ -134,7 +147,7 @@ pub fn write_mechanism(m: &Mechanism, sampled: bool, out: &mut impl Write) -> io
         out,
         "cross-thread frees ({}): {est}{} in {est}{} blocks freed by another thread than the \
          one that allocated them, into an arena not the freeing thread's:",
-        if sampled { "estimated" } else { "exact" },
+        exact,
         human_bytes(m.cross_bytes),
         m.cross_count,
     )?;
@@ -155,8 +168,91 @@ pub fn write_mechanism(m: &Mechanism, sampled: bool, out: &mut impl Write) -> io
             format!("{est}{}", human_bytes(s.bytes)),
             format!("{est}{}", s.count),
             share,
-            frames_name(&s.frames, s.api),
+            site_label(&s.frames, s.api),
         )?;
     }
     Ok(())
+}
+
+/// `program_frame <- caller (api)`, as the CALL SITE column shows it.
+pub fn site_label(frames: &[Frame], api: &str) -> String {
+    let labels: Vec<String> = frames.iter().map(|f| Labels::default().label(f)).collect();
+    format!("{} ({api})", call_site_text(&labels))
+}
+
+/// A measured remedy as a sentence with its numbers.
+pub fn remedy_text(r: &Remedy) -> String {
+    match r {
+        Remedy::ArenaMax {
+            arenas,
+            resident,
+            live,
+            retained,
+            worst,
+        } => {
+            let worst = worst.map_or(String::new(), |(addr, ret, res)| {
+                format!(
+                    " (arena {addr:#x} alone: {} of {})",
+                    human_bytes(ret),
+                    human_bytes(res)
+                )
+            });
+            format!(
+                "MALLOC_ARENA_MAX=2 (or 1 for few threads): {arenas} arenas hold {} resident for \
+                 {} live, {} retained{worst}; with fewer arenas, memory one thread frees is reused \
+                 by the others instead of staying in per-thread 64 MiB heaps",
+                human_bytes(*resident),
+                human_bytes(*live),
+                human_bytes(*retained),
+            )
+        }
+        Remedy::FreeOnAllocatingThread {
+            frames,
+            api,
+            bytes,
+            count,
+            share,
+        } => format!(
+            "free blocks on the thread that allocated them (or hand them back to it): {} had {} \
+             in {count} blocks freed by other threads into arenas those threads do not allocate \
+             from{}; freed there, the memory is reused only when the allocating thread allocates \
+             again",
+            site_label(frames, api),
+            human_bytes(*bytes),
+            share.map_or(String::new(), |s| format!(
+                ", {:.0}% of what it allocated",
+                100.0 * s
+            )),
+        ),
+        Remedy::Trim {
+            total,
+            main,
+            arenas,
+        } => format!(
+            "call malloc_trim(0) after bursts: {} is resident but not live ([heap] {}, arenas \
+             {}); glibc gives back free pages inside its heaps only in malloc_trim",
+            human_bytes(*total),
+            human_bytes(*main),
+            human_bytes(*arenas),
+        ),
+        Remedy::TrimThreshold { main } => format!(
+            "set MALLOC_TRIM_THRESHOLD_=131072 (M_TRIM_THRESHOLD): [heap] keeps {} it does not \
+             use; glibc trims its top only past the trim threshold, which freeing a large mmapped \
+             block raises to twice the mmap threshold (up to 64 MiB); setting it fixes both",
+            human_bytes(*main),
+        ),
+        Remedy::MmapThreshold {
+            sites,
+            frames,
+            api,
+            mean,
+        } => format!(
+            "set MALLOC_MMAP_THRESHOLD_=131072 (M_MMAP_THRESHOLD): {sites} call site(s) allocate \
+             blocks of 128.0 KiB+ on average (e.g. {}: {}); after the first such block is freed \
+             glibc raises its mmap threshold (up to 32 MiB) and serves them from heaps, where they \
+             fragment; a fixed threshold keeps each in its own mapping, unmapped at free",
+            site_label(frames, api),
+            human_bytes(*mean),
+        ),
+    }
 }

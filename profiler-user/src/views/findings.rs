@@ -5,7 +5,6 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use crate::analysis::arenas::site_name;
 use crate::analysis::{
     Analysis, Finding, LeakFinding, Mechanism, RetentionFinding, Suspect, LEAK_CONFIDENCE,
 };
@@ -201,7 +200,7 @@ fn mechanism_text(m: Option<&Mechanism>) -> String {
             .map(|c| {
                 format!(
                     "{} ({} in {} blocks)",
-                    site_name(&c.frames, c.api),
+                    super::arenas::site_label(&c.frames, c.api),
                     human_bytes(c.bytes),
                     c.count
                 )
@@ -225,19 +224,10 @@ fn write_remedies(
     writeln!(out, "  remedies:")?;
     let measured = m.map(|m| m.remedies.as_slice()).unwrap_or_default();
     for remedy in measured {
-        writeln!(out, "  - {remedy}")?;
+        writeln!(out, "  - {}", super::arenas::remedy_text(remedy))?;
     }
     // A general remedy a measured one already gives, with numbers, is left out.
-    const KEYS: [&str; 4] = [
-        "malloc_trim",
-        "MALLOC_ARENA_MAX",
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_TRIM_THRESHOLD_",
-    ];
-    let covered = |g: &str| {
-        KEYS.iter()
-            .any(|k| g.contains(k) && measured.iter().any(|r| r.contains(k)))
-    };
+    let covered = |g: &str| measured.iter().any(|r| g.contains(r.key()));
     for remedy in general.iter().filter(|g| !covered(g)) {
         writeln!(out, "  - {remedy}")?;
     }
