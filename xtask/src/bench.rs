@@ -339,8 +339,10 @@ pub fn bench(args: &[String]) -> Result<()> {
     println!("malloc(64)/free pairs: {pairs} per mode, ns per pair (ratio to no profiler);");
     println!("for heapscope: ring-buffer records lost, stacks unwound, heapscope CPU per stack");
     let mut baseline = None;
+    let mut measured = Vec::new();
     for mode in MODES {
         let m = measure(&bin, &heapscope, mode, pairs)?;
+        measured.push((mode.name, m.ns_per_pair));
         let base = *baseline.get_or_insert(m.ns_per_pair);
         let mut extra = String::new();
         if let Some(lost) = m.lost {
@@ -359,7 +361,33 @@ pub fn bench(args: &[String]) -> Result<()> {
             m.ns_per_pair / base
         );
     }
+    per_hit_costs(&measured);
     bench_allocators(&bin, &heapscope, pairs)?;
     bench_symbols()?;
     bench_server()
+}
+
+/// The per-event costs `--max-overhead` estimates with, derived from the
+/// modes just measured (a pair is 3 probe hits and 2 counted calls), beside
+/// the constants heapscope has (`profiler-user/src/overhead.rs`).
+fn per_hit_costs(measured: &[(&str, f64)]) {
+    let ns = |name: &str| measured.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let (Some(none), Some(bare), Some(fp), Some(fp_exact), Some(dwarf), Some(dwarf_exact)) = (
+        ns("no profiler"),
+        ns("bare probes (on emulated instructions)"),
+        ns("heapscope --stacks fp (sampled 512KiB)"),
+        ns("heapscope --stacks fp --exact"),
+        ns("heapscope default (DWARF, sampled 512KiB)"),
+        ns("heapscope --exact (DWARF)"),
+    ) else {
+        return;
+    };
+    println!(
+        "  --max-overhead costs, measured (calibrated in overhead.rs): trap {:.0} ns/hit (560), \
+         map work {:.0} ns/call (184), fp capture {:.0} ns (520), DWARF capture {:.0} ns (4460)",
+        (bare - none) / 3.0,
+        (fp - bare) / 2.0,
+        fp_exact - fp,
+        dwarf_exact - dwarf,
+    );
 }
