@@ -13,7 +13,7 @@ use std::io::Write;
 use common::driver::*;
 use common::*;
 
-const PAIRS: u64 = 300_000;
+/// Threads of the fixture, each looping on malloc(64)/free without end.
 const THREADS: u64 = 2;
 
 #[test]
@@ -23,31 +23,30 @@ fn a_tiny_budget_backs_off_and_the_report_says_so() {
     }
     let bin = fixture("bench_pairs", "fp", &["-O2", "-pthread"]);
     let mut cmd = std::process::Command::new(&bin);
-    cmd.args([PAIRS.to_string(), THREADS.to_string()]);
+    cmd.args(["spin", &THREADS.to_string()]);
     let mut fx = start_command(cmd);
     // Every allocation captured (--exact): the captures are a cost the
     // guard can cut.
-    let a = attach(
+    let mut a = attach(
         fx.pid,
         &["--exact", "--stacks", "fp", "--max-overhead", "1"],
     );
-    writeln!(fx.stdin, "go").expect("start the pairs");
-    wait_for(&fx.lines, "ns_per_pair", &mut Vec::new());
+    // The target runs until the status line shows the guard's new rate,
+    // however long the machine takes to get there.
+    let line = wait_for(&a.stderr, "sampling 1 per 64.0 KiB", &mut a.seen);
+    assert!(
+        line.starts_with('[') && line.contains("probes ~") && line.contains("budget 1%"),
+        "a status line: {line}"
+    );
     interrupt(&a.child);
     let (code, report, stderr) = finish(a);
     writeln!(fx.stdin, "exit").expect("release fixture");
     let _ = fx.child.wait();
     assert_eq!(code, 0, "{stderr}");
 
-    // Said as it happened, and on the status lines.
+    // Said as it happened.
     let lowered = "sampling lowered from every allocation to 1 per 64.0 KiB";
     assert!(stderr.contains(lowered), "{stderr}");
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with('[') && l.contains("probes ~") && l.contains("budget 1%")),
-        "{stderr}"
-    );
     // And in the report, with what it means for the numbers.
     assert!(
         report.contains("overhead guard (--max-overhead 1%)"),
@@ -65,16 +64,18 @@ fn a_tiny_budget_backs_off_and_the_report_says_so() {
         "{report}"
     );
 
-    // The process totals stay exact: every pair counted, nothing lost.
+    // The process totals stay exact: every pair counted, nothing lost. Each
+    // thread holds at most one block, at the start and at the end.
     let allocs = counter(&report, "allocations seen").expect("allocations");
     let frees = counter(&report, "frees seen").expect("frees");
-    let pairs = THREADS * (PAIRS + 1000); // each thread warms up with 1000 pairs
-    assert!(allocs >= pairs && allocs - pairs < 64, "{allocs}\n{report}");
-    assert!(frees >= pairs && frees <= allocs, "{frees}\n{report}");
+    assert!(allocs > 1000, "{report}");
+    assert!(frees + THREADS >= allocs && frees <= allocs, "{report}");
+    let pre = counter(&report, "frees of pointers allocated before attach").expect("pre-attach");
+    assert!(pre <= THREADS, "{report}");
     let allocated = counter(&report, "allocated bytes").expect("allocated bytes");
     let freed = counter(&report, "freed bytes").expect("freed bytes");
     assert!(
-        allocated - freed < 64 * 1024,
+        allocated - freed <= 64 * THREADS,
         "{allocated} - {freed}\n{report}"
     );
     for lost in ["ring buffer lost", "live map full", "per-thread state full"] {
