@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::Command;
 
 use common::driver::*;
@@ -255,4 +256,53 @@ fn stacks_of_a_replaced_binary_are_complete() {
         std::fs::copy(&other, &staged).expect("stage the new binary");
         std::fs::rename(&staged, path).expect("rename over the running binary");
     });
+}
+
+/// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
+fn headline_live_bytes(report: &str) -> Option<u64> {
+    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
+    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
+    inner.replace(',', "").parse().ok()
+}
+
+#[test]
+fn lost_records_never_leave_sites_above_the_live_heap() {
+    if !root_or_skip("lost_records_never_leave_sites_above_the_live_heap") {
+        return;
+    }
+    // A 16 KiB ring holds two full stack copies (a thread's first) or about
+    // forty copies sized to the thread's stack. The fixture allocates
+    // 40,200 blocks, then frees 40,000 of them in one burst: many samples
+    // get through while many frees of sampled blocks are lost, which used
+    // to leave their bytes at their sites.
+    let bin = nofp("peak");
+    let mut fx = start_fixture(&bin);
+    let a = attach(fx.pid, &["--exact", "--ringbuf-size", "16KiB"]);
+    for step in ["peak", "freed", "done"] {
+        writeln!(fx.stdin, "go").expect("signal fixture");
+        wait_for(&fx.lines, step, &mut Vec::new());
+    }
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    assert_eq!(fx.child.wait().expect("wait fixture").code(), Some(3));
+    let lost = counter(&report, "ring buffer lost").expect("lost counter");
+    assert!(lost > 0, "the tiny ring lost records:\n{report}");
+    let live = headline_live_bytes(&report).expect("headline");
+    let sites = top_sites_live_bytes(&report).expect("sites total");
+    assert!(
+        sites <= live,
+        "per-site live bytes {sites} exceed the live heap {live}\n{report}"
+    );
+}
+
+/// `all sites together 1.2 MiB (1,234,567 B)` of the top-sites line.
+fn top_sites_live_bytes(report: &str) -> Option<u64> {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("top call sites by live bytes (not exact: "))?;
+    let rest = line.split_once("all sites together ")?.1;
+    let inner = rest.split_once('(')?.1.split_once(" B)")?.0;
+    inner.replace(',', "").parse().ok()
 }

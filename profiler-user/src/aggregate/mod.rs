@@ -192,6 +192,32 @@ pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> Result<usize, ProbeError> {
     Ok(dead.len())
 }
 
+/// Lookups in the kernel's live map, one block at a time.
+pub struct LiveLookup<'a> {
+    live: BpfHashMap<&'a MapData, profiler_common::LiveKey, profiler_common::LiveAlloc>,
+}
+
+impl<'a> LiveLookup<'a> {
+    /// Opens the `LIVE` map of the loaded probes.
+    pub fn new(ebpf: &'a Ebpf) -> Result<LiveLookup<'a>, ProbeError> {
+        let name = "LIVE";
+        let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let live = BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        Ok(LiveLookup { live })
+    }
+
+    /// True when `(tgid, ptr)` is live with its sample in userspace; an
+    /// unreadable entry is assumed live (nothing is dropped on a doubt).
+    pub fn holds_sample(&self, tgid: u32, ptr: u64) -> bool {
+        let key = profiler_common::LiveKey { tgid, _pad: 0, ptr };
+        match self.live.get(&key, 0) {
+            Ok(a) => a.stack_id == profiler_common::STACK_USER,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(_) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! chunk header names: so frees by other threads into other arenas are
 //! counted per site, and live bytes are known per arena at every tick.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use profiler_common::SiteCounters;
 
@@ -62,6 +62,10 @@ pub fn is_cross_thread(
 /// "stack unavailable" and counted in [`SampleTable::stacks_dropped`].
 pub const MAX_STACKS: usize = 1 << 20;
 
+/// Most dropped samples remembered so that their late free records are not
+/// counted as unmatched (see [`SampleTable::reconcile`]).
+const MAX_LATE: usize = 1 << 16;
+
 /// Live samples and their sites.
 #[derive(Debug, Default)]
 pub struct SampleTable {
@@ -80,6 +84,12 @@ pub struct SampleTable {
     pub stacks_dropped: u64,
     /// Threads whose arena was not remembered ([`MAX_THREADS`] reached).
     pub threads_dropped: u64,
+    /// Samples dropped by [`SampleTable::reconcile`]: the kernel no longer
+    /// held them live (their free record was lost).
+    pub reconciled: u64,
+    /// Samples dropped by the last reconcile, whose free record may still
+    /// be on its way.
+    late: HashSet<(u32, u64)>,
 }
 
 impl SampleTable {
@@ -155,15 +165,44 @@ impl SampleTable {
     pub fn free(&mut self, tgid: u32, ptr: u64) {
         match self.live.remove(&(tgid, ptr)) {
             Some(s) => self.retire(tgid, &s),
+            None if self.late.remove(&(tgid, ptr)) => {}
             None => self.unmatched_frees += 1,
         }
+    }
+
+    /// Drops the samples the kernel no longer holds live: a lost free record
+    /// (a full ring buffer) would otherwise leave their bytes at their site
+    /// for good, and per-site live bytes could exceed the exact live heap.
+    /// `still_live(tgid, ptr)` asks the kernel's live map. Each dropped sample
+    /// is freed at its site; a free record for it read later (it was only
+    /// late) is absorbed. Returns how many were dropped.
+    pub fn reconcile(&mut self, mut still_live: impl FnMut(u32, u64) -> bool) -> u64 {
+        let gone: Vec<(u32, u64)> = self
+            .live
+            .keys()
+            .copied()
+            .filter(|&(tgid, ptr)| !still_live(tgid, ptr))
+            .collect();
+        self.late.clear();
+        for key in &gone {
+            if let Some(sample) = self.live.remove(key) {
+                self.retire(key.0, &sample);
+            }
+            if self.late.len() < MAX_LATE {
+                self.late.insert(*key);
+            }
+        }
+        self.reconciled += gone.len() as u64;
+        gone.len() as u64
     }
 
     /// The free of a sampled allocation by thread `tid`: counted as a
     /// cross-thread free of its site when [`is_cross_thread`] says so.
     pub fn free_by(&mut self, tgid: u32, tid: u32, ptr: u64) {
         let Some(s) = self.live.remove(&(tgid, ptr)) else {
-            self.unmatched_frees += 1;
+            if !self.late.remove(&(tgid, ptr)) {
+                self.unmatched_frees += 1;
+            }
             return;
         };
         let freeing = self.thread_arena.get(&(tgid, tid)).copied();
@@ -293,6 +332,31 @@ mod tests {
         assert_eq!(t.cross()[&other].bytes, 50);
         assert!(t.live_by_home(1).is_empty());
         assert!(t.live_by_home(2).is_empty());
+    }
+
+    #[test]
+    fn reconcile_frees_samples_the_kernel_no_longer_holds() {
+        let mut t = SampleTable::default();
+        let site = SiteRef {
+            pid: 1,
+            stack: t.intern(vec![1]),
+            kind: 0,
+        };
+        for ptr in [0x10, 0x20, 0x30] {
+            t.alloc(1, ptr, site, 100, COUNT_SCALE);
+        }
+        // 0x20's free record was lost; 0x30's is only late.
+        assert_eq!(t.reconcile(|_, ptr| ptr == 0x10), 2);
+        let s = t.sites()[&site];
+        assert_eq!(s.alloc_bytes - s.free_bytes, 100, "only 0x10 is live");
+        assert_eq!(t.live_samples(), 1);
+        assert_eq!(t.reconciled, 2);
+        t.free_by(1, 7, 0x30);
+        assert_eq!(t.unmatched_frees, 0, "a late free is absorbed");
+        t.free(1, 0x30);
+        assert_eq!(t.unmatched_frees, 1, "once");
+        let s = t.sites()[&site];
+        assert_eq!(s.alloc_bytes - s.free_bytes, 100, "nothing freed twice");
     }
 
     #[test]

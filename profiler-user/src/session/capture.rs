@@ -70,6 +70,8 @@ pub struct Capture {
     /// The allocator is glibc: each sampled block's arena is read from its
     /// chunk header as its sample is applied.
     pub glibc: bool,
+    /// Lost sampled-free records when the sample table was last reconciled.
+    free_lost_seen: u64,
 }
 
 pub(super) fn read_comm(pid: u32) -> Option<String> {
@@ -105,6 +107,7 @@ impl Capture {
             exit_notes: Vec::new(),
             exited: std::collections::BTreeSet::new(),
             glibc: false,
+            free_lost_seen: 0,
         }
     }
 
@@ -235,6 +238,15 @@ impl Capture {
         self.drain(TICK_DRAIN_BATCHES);
         let notes = self.apply_execs(probes, t_ms)?;
         let counters = aggregate::read_counters(&probes.ebpf)?;
+        let free_lost = counters[profiler_common::counter::SAMPLED_FREE_LOST as usize];
+        if free_lost > self.free_lost_seen {
+            // Free records were lost: drop the samples the kernel no longer
+            // holds, so no site keeps bytes the program freed.
+            let live = aggregate::LiveLookup::new(&probes.ebpf)?;
+            self.samples
+                .reconcile(|tgid, ptr| live.holds_sample(tgid, ptr));
+            self.free_lost_seen = free_lost;
+        }
         let mut sites = aggregate::read_sites(&probes.ebpf)?;
         self.execs.apply_to_sites(&mut sites);
         self.exits.apply_to_sites(&mut sites);

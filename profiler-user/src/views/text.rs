@@ -222,6 +222,17 @@ fn write_top_sites(
             bytes_both(profile.sites_live_bytes()),
             group_digits(profile.sites_live_count())
         )?;
+    } else if !Exactness::of(profile).sites_exact() {
+        // Lost records: the sites hold what was seen, never more than the
+        // live heap (see SampleTable::reconcile), but not all of it.
+        writeln!(
+            out,
+            "top call sites by live bytes (not exact: {} events lost, see lost:; \
+             all sites together {} in {} blocks):",
+            group_digits(Exactness::of(profile).lost),
+            bytes_both(profile.sites_live_bytes()),
+            group_digits(profile.sites_live_count())
+        )?;
     } else {
         writeln!(out, "top call sites by live bytes:")?;
     }
