@@ -217,3 +217,118 @@ fn an_allocator_heapscope_does_not_know_is_named() {
     // Its standard malloc is still probed and exact.
     assert_sites_exact(&folded, &expected_sites(&bin));
 }
+
+/// Builds `tests/fixtures/rust_jemalloc` (its own workspace; jemalloc is
+/// compiled from source by tikv-jemalloc-sys, about a minute of CPU the
+/// first time) once per test binary, beside the other fixtures.
+fn rust_jemalloc_fixture() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/rust_jemalloc");
+            let c_fixture = fixture("leaks", "fp", &["-O2", "-g", "-fno-omit-frame-pointer"]);
+            let target = c_fixture.with_file_name("rust_jemalloc-target");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "--locked", "--manifest-path"])
+                .arg(src.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("CARGO_BUILD_TARGET")
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building {} failed", src.display());
+            target.join("release/rust_jemalloc")
+        })
+        .clone()
+}
+
+#[test]
+fn rust_with_tikv_jemallocator_is_exact() {
+    if !root_or_skip("rust_with_tikv_jemallocator_is_exact") {
+        return;
+    }
+    let bin = rust_jemalloc_fixture();
+    let expected = expected_sites(&bin);
+    assert_eq!(expected.len(), 8, "fixture states its sites");
+    // DWARF stacks: Rust's std is built without frame pointers.
+    let flags = ["--exact", "--ringbuf-size", "64MiB"];
+    let (folded, report, stderr) = profile_with(&bin, None, "rust-jemalloc", &flags);
+    let headline = "jemalloc 5.3.0 (_rjem_-prefixed), in the executable";
+    assert!(stderr.contains(headline), "first lines\n{stderr}");
+    assert!(report.contains(headline), "report\n{report}");
+    assert_eq!(by_named_frame(&folded, &expected), expected, "{folded}");
+    // Every one of jemalloc's own API entry points the program reached.
+    for api in ["malloc", "calloc", "realloc", "mallocx", "rallocx"] {
+        assert!(
+            folded.lines().any(|l| l
+                .rsplit_once(' ')
+                .is_some_and(|(s, _)| s.ends_with(&format!(";{api}")))),
+            "{api}\n{folded}"
+        );
+    }
+    // jemalloc's own mappings (its extents for the 4 MiB blocks, the
+    // thread's cache) are nested in its calls: no program mmap anywhere.
+    assert!(!folded.contains(";mmap "), "{folded}");
+    assert!(
+        counter(&report, "nested allocator calls (counted once)").unwrap_or(0) > 0,
+        "{report}"
+    );
+    for lost in ["live map full", "per-thread state full", "ring buffer lost"] {
+        assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
+    }
+    // The exact live heap is the sites' bytes plus what the program's own
+    // thread left in libc (its thread-local blocks), a few hundred bytes.
+    let sites: u64 = expected.values().sum();
+    let live = report
+        .lines()
+        .find_map(|l| l.strip_prefix("live heap: "))
+        .and_then(|l| {
+            l.split_once('(')?
+                .1
+                .split_once(" B)")
+                .map(|(n, _)| n.replace(',', ""))
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("live heap line");
+    assert!(
+        live >= sites && live - sites < 4096,
+        "live {live} vs sites {sites}\n{report}"
+    );
+}
+
+#[test]
+fn a_stripped_rust_jemalloc_is_named_as_unseen() {
+    if !root_or_skip("a_stripped_rust_jemalloc_is_named_as_unseen") {
+        return;
+    }
+    let bin = rust_jemalloc_fixture();
+    let stripped = bin.with_file_name("rust_jemalloc-stripped");
+    std::fs::copy(&bin, &stripped).expect("copy fixture");
+    let status = Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .expect("run strip");
+    assert!(status.success());
+    let (_, report, stderr) = profile_with(
+        &stripped,
+        None,
+        "rust-jemalloc-stripped",
+        &["--exact", "--stacks", "fp"],
+    );
+    let warning = "contains jemalloc 5.3.0 (its own messages are in it) but none of its symbols";
+    let first: Vec<&str> = stderr.lines().take(4).collect();
+    assert!(
+        first.iter().any(|l| l.contains(warning)),
+        "in the first lines:\n{stderr}"
+    );
+    assert!(
+        report
+            .lines()
+            .take(5)
+            .any(|l| l.starts_with("WARNING:") && l.contains(warning)),
+        "{report}"
+    );
+}

@@ -72,31 +72,39 @@ pub fn version_in(imp: &Implementation, data: &[u8]) -> Option<String> {
     }
 }
 
-/// jemalloc's `JEMALLOC_VERSION`: `X.Y.Z-N-g` followed by 40 hex digits.
+/// jemalloc's `JEMALLOC_VERSION`: `X.Y.Z-N-g` followed by 40 hex digits
+/// (`N` commits after the release tag: 0 for Debian's, 1 for the build
+/// Rust's tikv-jemalloc-sys vendors).
 fn jemalloc_version(data: &[u8]) -> Option<String> {
-    let pat = b"-0-g";
+    let pat = b"-g";
     let mut start = 0usize;
     while let Some(rel) = data.get(start..)?.windows(pat.len()).position(|w| w == pat) {
         let at = start + rel;
-        // Walk back over `X.Y.Z`.
-        let mut b = at;
-        while b > 0
-            && data
-                .get(b - 1)
-                .is_some_and(|c| c.is_ascii_digit() || *c == b'.')
-        {
-            b -= 1;
-        }
+        start = at + pat.len();
         let hex_ok = data
             .get(at + pat.len()..at + pat.len() + 40)
             .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
-        let ver = data.get(b..at).and_then(|v| std::str::from_utf8(v).ok());
-        if let (true, Some(v)) = (hex_ok, ver) {
-            if v.split('.').count() == 3 && v.split('.').all(|p| !p.is_empty()) {
-                return Some(v.to_string());
-            }
+        if !hex_ok {
+            continue;
         }
-        start = at + pat.len();
+        // Walk back over `N`, then `-`, then `X.Y.Z`.
+        let back = |mut b: usize, ok: fn(&u8) -> bool| {
+            while b > 0 && data.get(b - 1).is_some_and(ok) {
+                b -= 1;
+            }
+            b
+        };
+        let n = back(at, u8::is_ascii_digit);
+        if n == at || n == 0 || data.get(n - 1) != Some(&b'-') {
+            continue;
+        }
+        let v = back(n - 1, |c| c.is_ascii_digit() || *c == b'.');
+        let Some(ver) = data.get(v..n - 1).and_then(|v| std::str::from_utf8(v).ok()) else {
+            continue;
+        };
+        if ver.split('.').count() == 3 && ver.split('.').all(|p| !p.is_empty()) {
+            return Some(ver.to_string());
+        }
     }
     None
 }
@@ -133,6 +141,35 @@ fn rodata(file: &std::path::Path) -> Option<Vec<u8>> {
     section.data().ok().map(<[u8]>::to_vec)
 }
 
+/// Messages only an allocator's own code prints, by which it is recognised
+/// in a module that has no symbols for it (a stripped executable).
+pub const EMBEDDED_MARKERS: [(&[u8], Implementation); 3] = [
+    (b"<jemalloc>: ", Implementation::Jemalloc),
+    (b"mimalloc: error: ", Implementation::Mimalloc),
+    (b"tcmalloc: large alloc", Implementation::Tcmalloc),
+];
+
+/// The allocator whose own messages are in `data` (a module's read-only
+/// data), and its version when it states it.
+pub fn embedded_in(data: &[u8]) -> Option<(Implementation, Option<String>)> {
+    let (_, imp) = EMBEDDED_MARKERS
+        .iter()
+        .find(|(m, _)| data.windows(m.len()).any(|w| w == *m))?;
+    Some((imp.clone(), version_in(imp, data)))
+}
+
+/// Executables larger than this are not searched for an embedded allocator.
+const MAX_SEARCHED: u64 = 1 << 30;
+
+/// The allocator linked into `file` whose symbols are gone (stripped), if
+/// its messages say there is one.
+pub fn embedded_allocator(file: &std::path::Path) -> Option<(Implementation, Option<String>)> {
+    if std::fs::metadata(file).ok()?.len() > MAX_SEARCHED {
+        return None;
+    }
+    embedded_in(&rodata(file)?)
+}
+
 /// mimalloc's `mi_version()` is `mov $NNN,%eax; ret` (209 = 2.0.9).
 pub fn mimalloc_version(code: &[u8]) -> Option<String> {
     // b8 imm32 (mov eax, imm32)
@@ -146,6 +183,24 @@ pub fn mimalloc_version(code: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_allocators_by_their_messages() {
+        let je = b"..<jemalloc>: Invalid conf value\x005.3.0-1-ge13ca993e8ccb9ba9847cc330696e02839f328f7\x00";
+        assert_eq!(
+            embedded_in(je),
+            Some((Implementation::Jemalloc, Some("5.3.0".into())))
+        );
+        assert_eq!(
+            embedded_in(b"mimalloc: error: mi_free: invalid pointer"),
+            Some((Implementation::Mimalloc, None))
+        );
+        assert_eq!(
+            embedded_in(b"uses jemalloc or tcmalloc"),
+            None,
+            "a mention is not one"
+        );
+    }
 
     #[test]
     fn versions_from_bytes() {
@@ -165,6 +220,12 @@ mod tests {
             Some("2.36")
         );
         assert_eq!(version_in(&Implementation::Jemalloc, b"1.2-0-gzz"), None);
+        // tikv-jemalloc-sys vendors jemalloc one commit after 5.3.0.
+        let tikv = b"\x005.3.0-1-ge13ca993e8ccb9ba9847cc330696e02839f328f7\x00";
+        assert_eq!(
+            version_in(&Implementation::Jemalloc, tikv).as_deref(),
+            Some("5.3.0")
+        );
         // mov $0xd1,%eax; ret
         assert_eq!(
             mimalloc_version(&[0xb8, 0xd1, 0, 0, 0, 0xc3]).as_deref(),

@@ -87,6 +87,89 @@ pub fn implementation_range(syms: &[FuncSym]) -> Option<(u64, u64)> {
     Some((start, end.max(start)))
 }
 
+/// A function symbol of an executable's symbol table, for
+/// [`prefixed_range`]: local (static) functions matter there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextSym {
+    pub name: String,
+    pub addr: u64,
+    pub size: u64,
+    pub local: bool,
+}
+
+/// A mangled Rust or C++ name: the program's, never a C allocator's.
+fn is_mangled(name: &str) -> bool {
+    name.starts_with("_R") || name.starts_with("_Z")
+}
+
+/// The ELF address range of a prefixed jemalloc linked into an executable
+/// (Rust's tikv-jemallocator: `_rjem_malloc`, `_rjem_je_arena_...`): from
+/// the first to the last function named with `prefix`, widened over the
+/// neighbouring local C functions (jemalloc's static ones, `rtree_read`,
+/// `arena_decay_impl`), up to the program's code (a mangled name or a
+/// global function). jemalloc's objects are linked as one run.
+pub fn prefixed_range(syms: &[TextSym], prefix: &str) -> Option<(u64, u64)> {
+    let mut sorted: Vec<&TextSym> = syms.iter().collect();
+    sorted.sort_by_key(|s| s.addr);
+    let first = sorted.iter().position(|s| s.name.starts_with(prefix))?;
+    let last = sorted.iter().rposition(|s| s.name.starts_with(prefix))?;
+    let theirs = |s: &TextSym| s.name.starts_with(prefix) || (s.local && !is_mangled(&s.name));
+    let mut a = first;
+    while a > 0 && theirs(sorted[a - 1]) {
+        a -= 1;
+    }
+    let mut b = last;
+    while b + 1 < sorted.len() && theirs(sorted[b + 1]) {
+        b += 1;
+    }
+    let end = match sorted.get(b + 1) {
+        Some(next) => next.addr,
+        None => sorted[b].addr.saturating_add(sorted[b].size),
+    };
+    Some((sorted[a].addr, end.max(sorted[a].addr)))
+}
+
+/// The file-offset range of a `prefix`ed jemalloc in the executable `file`
+/// (see [`prefixed_range`]), or `None` without its symbols.
+pub fn prefixed_file_range(
+    file: &Path,
+    prefix: &str,
+) -> Result<Option<(u64, u64)>, InternalsError> {
+    let data = std::fs::read(file).map_err(|source| InternalsError::Read {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let obj = object::File::parse(&*data).map_err(|source| InternalsError::Parse {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let syms: Vec<TextSym> = obj
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition())
+        .filter_map(|s| {
+            Some(TextSym {
+                name: s.name().ok()?.to_string(),
+                addr: s.address(),
+                size: s.size(),
+                local: !s.is_global(),
+            })
+        })
+        .collect();
+    let Some((start, end)) = prefixed_range(&syms, prefix) else {
+        return Ok(None);
+    };
+    Ok(file_offset(&obj, start).zip(file_offset(&obj, end)))
+}
+
+/// ELF address → file offset through the PT_LOAD segment holding it.
+fn file_offset(obj: &object::File<'_>, vaddr: u64) -> Option<u64> {
+    obj.segments().find_map(|seg| {
+        let (off, size) = seg.file_range();
+        let base = seg.address();
+        (vaddr >= base && vaddr <= base + size).then(|| vaddr - base + off)
+    })
+}
+
 /// Errors reading a module's symbols.
 #[derive(Debug, thiserror::Error)]
 pub enum InternalsError {
@@ -134,15 +217,7 @@ pub fn implementation_file_range(file: &Path) -> Result<Option<(u64, u64)>, Inte
     let Some((start, end)) = implementation_range(&syms) else {
         return Ok(None);
     };
-    // ELF address → file offset through the PT_LOAD segment holding it.
-    let offset = |vaddr: u64| {
-        obj.segments().find_map(|seg| {
-            let (off, size) = seg.file_range();
-            let base = seg.address();
-            (vaddr >= base && vaddr <= base + size).then(|| vaddr - base + off)
-        })
-    };
-    Ok(offset(start).zip(offset(end)))
+    Ok(file_offset(&obj, start).zip(file_offset(&obj, end)))
 }
 
 /// Whether a module is a separate allocator library (all of it allocator):
@@ -244,6 +319,40 @@ mod tests {
             !(start <= strdup && strdup < end),
             "strdup is the program's"
         );
+    }
+
+    #[test]
+    fn a_prefixed_jemalloc_spans_its_static_functions() {
+        let t = |name: &str, addr, local| TextSym {
+            name: name.into(),
+            addr,
+            size: 0x10,
+            local,
+        };
+        // As linked in the rust_jemalloc fixture (tikv-jemallocator 0.6).
+        let syms = vec![
+            t("_start", 0x26850, false),
+            t(
+                "_ZN13rust_jemalloc8leak_vec17h7033b10315f416d2E",
+                0x27240,
+                true,
+            ),
+            t("main", 0x27600, false),
+            t(
+                "_RNvCsfLfy6EI15iL_7___rustc35___rust_no_alloc_shim_is_unstable_v2",
+                0x27630,
+                true,
+            ),
+            t("default_junk_alloc", 0x27640, true),
+            t("rtree_read.constprop.0", 0x277d0, true),
+            t("_rjem_je_arena_set", 0x2c260, true),
+            t("_rjem_malloc", 0x2fd30, false),
+            t("arena_decay_impl", 0x352f0, true),
+            t("_rjem_je_witness_postfork_child", 0x71d70, true),
+            t("_RINvMNtNtCsgEmfK2I1SDS_4core4cell4once", 0x71d80, true),
+        ];
+        assert_eq!(prefixed_range(&syms, "_rjem_"), Some((0x27640, 0x71d80)));
+        assert_eq!(prefixed_range(&syms, "je_"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use profiler_common::{AllocKind, EntryModule, EntrySpec, ENTRY_POINTS};
 
 use super::custom::CustomAllocator;
 use super::identify::{identify, Implementation};
-use super::internals::{self, InternalCode};
+use super::internals::InternalCode;
 use super::{prologue, ProbeError};
 use crate::process::maps::MemoryMap;
 use crate::process::procfs;
@@ -490,7 +490,9 @@ fn plan(
             });
         }
     }
-    let mut internal = internal_code(&modules, &found);
+    b.unseen
+        .extend(own_code::stripped_allocator(&modules, &b.modules));
+    let mut internal = own_code::internal_code(&modules, &found);
     internal.extend(pool::add_pool(pid, &modules, &mut b, custom)?);
     Ok(AllocatorTarget {
         allocator: modules[provider].c.path.clone(),
@@ -502,44 +504,6 @@ fn plan(
         unseen: b.unseen,
         custom: custom.describe(),
     })
-}
-
-/// The allocators' own code: a separate allocator library whole; in glibc
-/// (libc.so or a static executable) only the malloc implementation (`strdup`
-/// calling malloc makes a program allocation), when symbols tell where it is.
-fn internal_code(modules: &[Module<'_>], found: &[FoundAllocator]) -> Vec<InternalCode> {
-    let mut out = Vec::new();
-    for f in found {
-        let Some(m) = modules.iter().find(|m| m.c.path == f.module) else {
-            continue;
-        };
-        let code = if internals::is_allocator_library(&f.module) {
-            Some(InternalCode::WholeModule(f.module.clone()))
-        } else if f.implementation != Implementation::Glibc {
-            // An executable with its own allocator (or musl's): its function
-            // names say nothing reliable about what is the allocator (a
-            // program's `leak_malloc` beside its `malloc`), so no call is
-            // judged the allocator's outside a program call.
-            None
-        } else {
-            // Without symbols to tell malloc's code apart, no call is judged
-            // internal outside a program call.
-            match internals::implementation_file_range(&m.c.open) {
-                Ok(Some((start, end))) => Some(InternalCode::FileRange {
-                    path: f.module.clone(),
-                    start,
-                    end,
-                }),
-                _ => None,
-            }
-        };
-        if let Some(c) = code {
-            if !out.contains(&c) {
-                out.push(c);
-            }
-        }
-    }
-    out
 }
 
 /// Symbols only a known allocator library defines (its own API).
@@ -665,6 +629,7 @@ fn forwards(code: &[u8], vaddr: u64, functions: &Functions) -> bool {
         })
 }
 
+mod own_code;
 mod pool;
 #[cfg(test)]
 mod tests;
