@@ -240,6 +240,49 @@ impl TargetMemory for ProcessMemory {
     }
 }
 
+/// Most `heap_info` words a [`HeapInfoCache`] keeps before starting over.
+pub const HEAP_INFO_CACHE: usize = 4096;
+
+/// A heap's arena (`heap_info->ar_ptr`, the word at its 64 MiB-aligned
+/// base) per (process, heap), so placing a sampled block in a non-main
+/// arena costs a `process_vm_readv` once per heap, not once per block.
+/// Cleared at every tick: a heap unmapped and mapped again for another
+/// arena is seen at the next one.
+#[derive(Debug, Default)]
+pub struct HeapInfoCache {
+    words: std::cell::RefCell<std::collections::HashMap<(u32, u64), Option<u64>>>,
+}
+
+impl HeapInfoCache {
+    /// The home of a sampled block of process `pid` (see [`home_from_size`]).
+    pub fn home(&self, pid: u32, ptr: u64, size: u64) -> Option<Home> {
+        struct Cached<'a> {
+            pid: u32,
+            cache: &'a HeapInfoCache,
+        }
+        impl TargetMemory for Cached<'_> {
+            fn word(&self, addr: u64) -> Option<u64> {
+                let mut w = self.cache.words.borrow_mut();
+                if let Some(v) = w.get(&(self.pid, addr)) {
+                    return *v;
+                }
+                if w.len() >= HEAP_INFO_CACHE {
+                    w.clear();
+                }
+                let v = ProcessMemory { pid: self.pid }.word(addr);
+                w.insert((self.pid, addr), v);
+                v
+            }
+        }
+        home_from_size(ptr, size, &Cached { pid, cache: self })
+    }
+
+    /// Forgets every heap (at each tick).
+    pub fn clear(&self) {
+        self.words.borrow_mut().clear();
+    }
+}
+
 /// Reads and splits the footprint of a live process.
 pub fn read_footprint(pid: u32) -> std::io::Result<Footprint> {
     let text = std::fs::read_to_string(super::procfs::dir(pid).join("smaps"))?;

@@ -9,7 +9,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::{ProbeError, Probes};
-use crate::process::arenas::{home_from_size, Home, ProcessMemory};
+use crate::process::arenas::{HeapInfoCache, Home};
 use crate::process::maps::{MemoryMap, Region};
 use crate::unwind::extent::{EndUpdate, StackExtents};
 use crate::unwind::{ModulePaths, Unwinder};
@@ -72,6 +72,8 @@ pub struct Capture {
     pub glibc: bool,
     /// Lost sampled-free records when the sample table was last reconciled.
     free_lost_seen: u64,
+    /// Each heap's arena, read once per tick.
+    heaps: HeapInfoCache,
 }
 
 pub(super) fn read_comm(pid: u32) -> Option<String> {
@@ -108,6 +110,7 @@ impl Capture {
             exited: std::collections::BTreeSet::new(),
             glibc: false,
             free_lost_seen: 0,
+            heaps: HeapInfoCache::default(),
         }
     }
 
@@ -131,9 +134,8 @@ impl Capture {
         let pid = self.pid;
         let files = RootedFiles { pid };
         let mut refresh = || read_maps(pid);
-        let home = |tgid: u32, ptr: u64, size: u64| {
-            home_from_size(ptr, size, &ProcessMemory { pid: tgid })
-        };
+        let heaps = &self.heaps;
+        let home = |tgid: u32, ptr: u64, size: u64| heaps.home(tgid, ptr, size);
         let mut sink = EventSink {
             regions: &mut self.regions,
             samples: &mut self.samples,
@@ -236,6 +238,7 @@ impl Capture {
         t_ms: u64,
     ) -> Result<(RawSnapshot, Vec<super::exec::ExecNote>), ProbeError> {
         self.drain(TICK_DRAIN_BATCHES);
+        self.heaps.clear();
         let notes = self.apply_execs(probes, t_ms)?;
         let counters = aggregate::read_counters(&probes.ebpf)?;
         let free_lost = counters[profiler_common::counter::SAMPLED_FREE_LOST as usize];

@@ -248,9 +248,10 @@ pub fn remedy_text(r: &Remedy) -> String {
             mean,
         } => format!(
             "set MALLOC_MMAP_THRESHOLD_=131072 (M_MMAP_THRESHOLD): {sites} call site(s) allocate \
-             blocks of 128.0 KiB+ on average (e.g. {}: {}); after the first such block is freed \
-             glibc raises its mmap threshold (up to 32 MiB) and serves them from heaps, where they \
-             fragment; a fixed threshold keeps each in its own mapping, unmapped at free",
+             blocks of 128.0 KiB+ on average (e.g. {}: {}); once glibc has freed one mmapped \
+             block it raises its mmap threshold (up to 32 MiB) and serves later ones from heaps, \
+             where they fragment; a fixed threshold keeps each in its own mapping, unmapped at \
+             free",
             site_label(frames, api),
             human_bytes(*mean),
         ),
