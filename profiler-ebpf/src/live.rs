@@ -3,15 +3,20 @@
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    programs::{tracing::StackIdContext, RetProbeContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    programs::RetProbeContext,
+    EbpfContext as _,
 };
 use profiler_common::{
-    counter, AllocKind, EventKind, LiveAlloc, LiveKey, MapEvent, Outcome, SampledFree,
-    SiteCounters, SiteKey, StackMode, COUNT_SCALE, STACK_NONE, STACK_UNSAMPLED, STACK_USER,
+    counter, stack_hash_finish, stack_hash_step, stack_id_of_hash, AllocKind, EventKind, LiveAlloc,
+    LiveKey, MapEvent, Outcome, SampledFree, SiteCounters, SiteKey, StackMode, COUNT_SCALE,
+    MAX_FP_FRAMES, STACK_HASH_SEED, STACK_NONE, STACK_UNSAMPLED, STACK_USER,
 };
 
-use crate::maps::{bump, config_u32, wake_flags, EVENTS, LIVE, SITES, STACKS, STACK_MODE};
+use crate::maps::{
+    atomic_add, bump, config_u32, wake_flags, EVENTS, LIVE, SITES, STACK_MODE, STACK_SCRATCH,
+    STACK_TABLE,
+};
 use crate::sample::{emit_sample, sample, sample_header};
 
 #[inline(always)]
@@ -39,26 +44,94 @@ fn site_add(key: &SiteKey, alloc_bytes: u64, alloc_count: u64, free_bytes: u64, 
     }
     match p {
         Some(c) => {
-            // SAFETY: a per-CPU value, only this CPU writes it while this program runs.
+            // Atomic adds: a preempted program on this CPU may be updating
+            // the same per-CPU value (see `bump`).
+            // SAFETY: `c` points at a live, aligned map value; the field
+            // pointers are taken without creating references.
             unsafe {
-                (*c).alloc_bytes += alloc_bytes;
-                (*c).alloc_count += alloc_count;
-                (*c).free_bytes += free_bytes;
-                (*c).free_count += free_count;
+                add(core::ptr::addr_of_mut!((*c).alloc_bytes), alloc_bytes);
+                add(core::ptr::addr_of_mut!((*c).alloc_count), alloc_count);
+                add(core::ptr::addr_of_mut!((*c).free_bytes), free_bytes);
+                add(core::ptr::addr_of_mut!((*c).free_count), free_count);
             }
         }
         None => bump(counter::SITE_MAP_FULL, 1),
     }
 }
 
+/// Adds to a u64 in a map value.
+///
+/// # Safety
+/// `p` must point at a live, aligned u64 inside a map value.
+#[inline(always)]
+unsafe fn add(p: *mut u64, by: u64) {
+    if by != 0 {
+        // SAFETY: guaranteed by the caller.
+        unsafe { atomic_add(p, by) };
+    }
+}
+
+/// The id of the current user stack (frame-pointer walk) in heapscope's
+/// stack table, storing it on first sight; [`STACK_NONE`] (counted) when
+/// it cannot be captured or the table is full.
 #[inline(always)]
 fn stack_of(ctx: &RetProbeContext) -> i32 {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            bump(counter::STACK_FAILED, 1);
-            STACK_NONE
+    let id = capture_stack(ctx);
+    if id < 0 {
+        bump(counter::STACK_FAILED, 1);
+    }
+    id
+}
+
+#[inline(always)]
+fn capture_stack(ctx: &RetProbeContext) -> i32 {
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return STACK_NONE;
+    };
+    // SAFETY: `ips` lies inside this CPU's scratch value and is
+    // MAX_FP_FRAMES u64s long; the helper zero-fills what the walk does not use.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            core::ptr::addr_of_mut!((*buf).ips) as *mut core::ffi::c_void,
+            (MAX_FP_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n <= 0 {
+        return STACK_NONE;
+    }
+    let frames = (n as usize) / 8;
+    let mut h = STACK_HASH_SEED;
+    for i in 0..MAX_FP_FRAMES {
+        if i >= frames {
+            break;
         }
+        // SAFETY: `i` < MAX_FP_FRAMES, inside the scratch value.
+        h = stack_hash_step(h, unsafe { (*buf).ips[i] });
+    }
+    let h = stack_hash_finish(h, frames as u64);
+    // SAFETY: inside this CPU's scratch value.
+    unsafe { (*buf).hash = h };
+    let id = stack_id_of_hash(h);
+    let key = id as u32;
+    // SAFETY: the hash is copied out at once.
+    if let Some(stored) = unsafe { STACK_TABLE.get(&key) } {
+        return if stored.hash == h { id } else { STACK_NONE };
+    }
+    // SAFETY: `buf` is a valid FpStack for the duration of the call.
+    if STACK_TABLE
+        .insert(&key, unsafe { &*buf }, 1 /* BPF_NOEXIST */)
+        .is_ok()
+    {
+        return id;
+    }
+    // Another CPU stored a stack under this id meanwhile (the same one, or
+    // a clash), or the table is full.
+    // SAFETY: as above.
+    match unsafe { STACK_TABLE.get(&key) } {
+        Some(stored) if stored.hash == h => id,
+        _ => STACK_NONE,
     }
 }
 

@@ -13,6 +13,10 @@
 //! on the host.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no compare-and-swap, so core's atomic types offer no
+// fetch_add; the intrinsic lowers to BPF's atomic add.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod live;

@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use profiler_common::{
-    counter, defaults, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackMode,
+    counter, defaults, FpStack, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackMode,
     ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, MAX_PROFILED, STACK_END_ENTRIES, TABLE_LEN,
 };
 
@@ -95,9 +95,16 @@ pub(crate) static LIVE: HashMap<LiveKey, LiveAlloc> =
 pub(crate) static SITES: PerCpuHashMap<SiteKey, SiteCounters> =
     PerCpuHashMap::with_max_entries(defaults::SITE_MAP_ENTRIES, NO_PREALLOC);
 
-/// Captured user stacks (frame-pointer walks), keyed by stack id.
+/// Captured user stacks (frame-pointer walks), keyed by stack id (the low
+/// bits of the stack's hash). Sized by userspace (`--max-stacks`); a full
+/// table or a clash of two stacks on one id counts "stack capture failed".
 #[map]
-pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(defaults::STACK_MAP_ENTRIES, 0);
+pub(crate) static STACK_TABLE: HashMap<u32, FpStack> =
+    HashMap::with_max_entries(defaults::STACK_MAP_ENTRIES, NO_PREALLOC);
+
+/// Per-CPU scratch for the stack being captured (too large for the eBPF stack).
+#[map]
+pub(crate) static STACK_SCRATCH: PerCpuArray<FpStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Pending calls per thread (pid_tgid): entry → return state. Bounded;
 /// entries of threads that died are pruned by userspace.
@@ -126,11 +133,29 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::RINGBUF_BYTES, 0);
 
+/// Atomically adds `by` to `*p` (BPF's atomic add; its old value is not
+/// used, which BPF before cpu v3 could not return).
+///
+/// # Safety
+/// `p` must point at a live, aligned u64 inside a map value.
+#[inline(always)]
+pub(crate) unsafe fn atomic_add(p: *mut u64, by: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, by,
+        );
+    }
+}
+
 #[inline(always)]
 pub(crate) fn bump(idx: u32, by: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
-        unsafe { *p += by };
+        // An atomic add: uprobe_multi programs run with migration disabled
+        // but may be preempted, so another program can update the same
+        // per-CPU slot between a plain load and store.
+        // SAFETY: `p` points at a live, aligned u64 map value.
+        unsafe { atomic_add(p, by) };
     }
 }
 

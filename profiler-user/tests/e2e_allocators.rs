@@ -85,7 +85,7 @@ fn profile_with(
 type Expected = std::collections::BTreeMap<String, u64>;
 
 fn assert_exact(folded: &str, report: &str, expected: &Expected) {
-    assert_sites_exact_or_stacks_reported_lost(folded, expected, report);
+    assert_sites_exact_no_stack_lost(folded, expected, report);
     assert_pre_attach_and_no_losses(report);
 }
 

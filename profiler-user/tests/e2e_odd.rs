@@ -54,7 +54,7 @@ fn a_chroot_in_a_private_mount_namespace_is_profiled_exactly() {
     );
     assert!(report.contains("live heap"), "{report}");
     let text = std::fs::read_to_string(&folded).expect("folded written");
-    assert_sites_exact_or_stacks_reported_lost(&text, &expected, &report);
+    assert_sites_exact_no_stack_lost(&text, &expected, &report);
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn a_process_whose_main_thread_exited_is_profiled_exactly() {
     );
     assert!(report.contains("live heap"), "{report}");
     let text = std::fs::read_to_string(&folded).expect("folded written");
-    assert_sites_exact_or_stacks_reported_lost(&text, &expected, &report);
+    assert_sites_exact_no_stack_lost(&text, &expected, &report);
 }
 
 #[test]

@@ -306,3 +306,43 @@ fn top_sites_live_bytes(report: &str) -> Option<u64> {
     let inner = rest.split_once('(')?.1.split_once(" B)")?.0;
     inner.replace(',', "").parse().ok()
 }
+
+/// 4,096 distinct frame-pointer stacks, one 100-byte block each: every stack
+/// is kept (heapscope's own stack table; the kernel's stack-trace map lost
+/// 11% of them to bucket collisions) and each has exactly its block.
+#[test]
+fn thousands_of_distinct_fp_stacks_are_all_kept() {
+    if !root_or_skip("thousands_of_distinct_fp_stacks_are_all_kept") {
+        return;
+    }
+    let bin = fixture(
+        "many_stacks",
+        "fp",
+        &[
+            "-O1",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ],
+    );
+    let (folded, report) = profile(
+        start_fixture(&bin),
+        &["--stacks", "fp", "--exact"],
+        "many-stacks",
+    );
+    assert_eq!(
+        counter(&report, "stack capture failed").unwrap_or(0),
+        0,
+        "{report}"
+    );
+    let leaf: Vec<(Vec<String>, u64)> = parse_folded(&folded)
+        .into_iter()
+        .filter(|(f, _)| f.iter().any(|x| x == "leaf"))
+        .collect();
+    let distinct: std::collections::BTreeSet<&Vec<String>> = leaf.iter().map(|(f, _)| f).collect();
+    assert_eq!(
+        distinct.len(),
+        4096,
+        "distinct stacks through leaf\n{report}"
+    );
+    assert!(leaf.iter().all(|(_, b)| *b == 100), "{folded}");
+}

@@ -369,19 +369,16 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
     });
     // Without them, a process's exit is not seen: its blocks stay live.
     let exit_offsets = btf::exit_offsets().unwrap_or((0, 0));
+    let fp_stacks = if capture.stack_mode == StackMode::Dwarf {
+        1
+    } else {
+        sizes.stacks
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("LIVE", sizes.live)
         .map_max_entries("SITES", sizes.sites)
-        // DWARF mode never walks frame pointers in the kernel: one entry
-        // instead of preallocating 16 MiB of stack slots.
-        .map_max_entries(
-            "STACKS",
-            if capture.stack_mode == StackMode::Dwarf {
-                1
-            } else {
-                sizes.stacks
-            },
-        )
+        // DWARF mode never walks frame pointers in the kernel.
+        .map_max_entries("STACK_TABLE", fp_stacks)
         .map_max_entries("INFLIGHT", sizes.inflight)
         .map_max_entries("SAMPLER", sizes.inflight)
         .map_max_entries("EVENTS", sizes.ringbuf_bytes)

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{HashMap as AyaHashMap, MapData};
 use aya::Ebpf;
-use profiler_common::AllocKind;
+use profiler_common::{AllocKind, FpStack};
 
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{RawSnapshot, StackRef};
@@ -183,10 +183,10 @@ impl<'a> Resolver<'a> {
         ebpf: &Ebpf,
         samples: &SampleTable,
     ) -> Result<Vec<Site>, ProbeError> {
-        let name = "STACKS";
+        let name = "STACK_TABLE";
         let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
-        let stacks: StackTraceMap<&MapData> =
-            StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        let stacks: AyaHashMap<&MapData, u32, FpStack> =
+            AyaHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
         // Read every stack first, then symbolize all their addresses in one batch.
         let mut ips_by_ref: HashMap<StackRef, Vec<u64>> = HashMap::new();
         for key in snap.sites.keys() {
@@ -197,7 +197,12 @@ impl<'a> Resolver<'a> {
                 StackRef::Kernel(id) if id < 0 => Vec::new(),
                 StackRef::Kernel(id) => match stacks.get(&(id as u32), 0) {
                     Ok(trace) => {
-                        let mut ips: Vec<u64> = trace.frames().iter().map(|fr| fr.ip).collect();
+                        let mut ips: Vec<u64> = trace
+                            .ips
+                            .iter()
+                            .copied()
+                            .take_while(|&ip| ip != 0)
+                            .collect();
                         self.cut_fp_walk(&mut ips);
                         ips
                     }
