@@ -285,7 +285,7 @@ fn assert_per_process_sites(
         let all: u64 = parse_folded(&own).iter().map(|(_, w)| w).sum();
         assert_eq!(all, *bytes, "pid {pid}'s live bytes\n{folded}");
         let expected = std::collections::BTreeMap::from([(site(*pid).to_string(), *bytes)]);
-        common::assert_sites_exact_or_stacks_reported_lost(&own, &expected, report);
+        common::assert_sites_exact_no_stack_lost(&own, &expected, report);
     }
     assert!(
         lines.iter().all(|(frames, _)| frames[0].contains("[pid ")),
