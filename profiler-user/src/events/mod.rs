@@ -71,6 +71,9 @@ pub struct EventSink<'a> {
     /// Execs and forks of profiled processes, handled by the session after
     /// the drain (it needs the live map and the probes).
     pub execs: &'a mut Vec<ExecSeen>,
+    /// The session's own target: its exit ends the session, and what it
+    /// still held then (its leaks at exit) stays for the final report.
+    pub target: u32,
 }
 
 /// An exec (with the mapped regions of the old image released at that
@@ -107,8 +110,9 @@ impl EventSink<'_> {
                 // After an exec, regions mapped from here on belong to the
                 // new image; after an exit there are none; a fork changes
                 // nothing here.
-                let gone = [EventKind::Exec as u32, EventKind::Exit as u32];
-                let (regions, region_bytes) = if gone.contains(&ev.kind) {
+                let exit_of_other = ev.kind == EventKind::Exit as u32 && ev.tgid != self.target;
+                let (regions, region_bytes) = if ev.kind == EventKind::Exec as u32 || exit_of_other
+                {
                     self.regions.of(ev.tgid).release_all()
                 } else {
                     (0, 0)
@@ -505,6 +509,7 @@ mod tests {
             refreshed: false,
             home: None,
             execs: &mut execs,
+            target: 0,
         };
         let mut batches = 0;
         let mut applied_before = 0;
@@ -597,6 +602,7 @@ mod tests {
             refreshed: false,
             home: None,
             execs: &mut execs,
+            target: 0,
         };
         let h = SampleHeader {
             kind: EventKind::Sample as u32,

@@ -149,6 +149,7 @@ impl Capture {
                 .glibc
                 .then_some(&home as &dyn Fn(u32, u64, u64) -> Option<Home>),
             execs: &mut self.pending_execs,
+            target: pid,
         };
         self.events.drain(&mut sink, max_batches)
     }
@@ -191,6 +192,12 @@ impl Capture {
             if seen.ev.kind == profiler_common::EventKind::Exit as u32 {
                 let pid = seen.ev.tgid;
                 if !self.exited.insert(pid) {
+                    continue;
+                }
+                if pid == self.pid {
+                    // The session's own target: its exit ends the session,
+                    // and what it still held then (its leaks at exit) is
+                    // what the final report is for.
                     continue;
                 }
                 let (blocks, bytes) = super::exec::release(
