@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::Command;
 
 use common::driver::{attach, finish, interrupt, start_command, wait_for, Fixture};
-use common::{by_site, counter, fixture, parse_folded, root_or_skip, scratch};
+use common::{by_site, counter, fixture, parse_folded, root_or_skip, scratch, site_sum_rows};
 
 /// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
 fn headline_live_bytes(report: &str) -> Option<u64> {
@@ -243,25 +243,6 @@ fn heapscope_stdout(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8")
-}
-
-/// The report's `per process` rows: pid (or `total`) → live bytes.
-fn site_sum_rows(report: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut rows = std::collections::BTreeMap::new();
-    let Some(at) = report.find("per process (sums of its call sites") else {
-        return rows;
-    };
-    for l in report[at..].lines().skip(2) {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let Some(bytes) = f.get(1).and_then(|b| b.parse().ok()) else {
-            break;
-        };
-        rows.insert(f[0].to_string(), bytes);
-        if f[0] == "total" {
-            break;
-        }
-    }
-    rows
 }
 
 /// Every process's stacks are under its own root frame `comm [pid P]`, and

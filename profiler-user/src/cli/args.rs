@@ -307,6 +307,7 @@ impl CommonArgs {
             raise_priority: self.attach_priority,
             max_overhead: self.max_overhead,
             stack_mode: self.capture()?.stack_mode,
+            cgroup: None,
         })
     }
 

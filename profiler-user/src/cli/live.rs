@@ -12,6 +12,7 @@ use super::{AttachArgs, RunArgs};
 use crate::analysis::age::older_than_by_site;
 use crate::launch;
 use crate::probes::{self, target, Probes};
+use crate::process::cgroup;
 use crate::profile::Metric;
 use crate::report::{self, ReportOptions};
 use crate::session::output::Outputs as SessionOutputs;
@@ -21,36 +22,83 @@ use crate::timeline::Window;
 use crate::views;
 
 pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
-    let pids = args.pid.clone();
-    let Some(&pid) = pids.first() else {
-        bail!("no process given: use `heapscope attach -p PID[,PID...]`");
-    };
     args.common.check_outputs()?;
     // Bad sizes fail before the process is touched.
     args.common.map_sizes()?;
     let custom = args.common.custom_allocator()?;
-    for &p in &pids {
-        probes::preflight(p)?;
+    let skip = !args.common.no_prologue_skip;
+    let cgroup_dir = match (&args.cgroup, &args.container) {
+        (Some(path), _) => Some(cgroup::resolve(path)?),
+        (None, Some(id)) => Some(cgroup::find_container(id)?),
+        (None, None) => None,
+    };
+    // The processes and their allocators: every one given must be
+    // profilable; a cgroup's members that are not (a Go program, a static
+    // binary) are said and left out.
+    let mut targets = Vec::new();
+    match &cgroup_dir {
+        None => {
+            for &p in &args.pid {
+                probes::preflight(p)?;
+            }
+            for &p in &args.pid {
+                targets.push((p, target::discover(p, skip, &custom)?));
+            }
+        }
+        Some(dir) => {
+            let members = cgroup::procs(dir)?;
+            if members.is_empty() {
+                return Err(cgroup::CgroupError::Empty { path: dir.clone() }.into());
+            }
+            note(&format!(
+                "cgroup {}: {} processes",
+                dir.display(),
+                members.len()
+            ));
+            for p in members {
+                match probes::preflight(p).and_then(|()| target::discover(p, skip, &custom)) {
+                    Ok(t) => targets.push((p, t)),
+                    Err(e) => note(&format!("pid {p} of the cgroup is left out: {e}")),
+                }
+            }
+            if targets.is_empty() {
+                bail!(
+                    "no process of cgroup {} can be profiled (see above)",
+                    dir.display()
+                );
+            }
+        }
     }
+    let Some((pid, target)) = targets.first().cloned() else {
+        bail!("no process given: use `heapscope attach -p PID[,PID...]` or --cgroup PATH");
+    };
+    let pids: Vec<u32> = targets.iter().map(|(p, _)| *p).collect();
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
     let raised = raise_priority(&args.common);
-    let target = target::discover(pid, !args.common.no_prologue_skip, &custom)?;
     let mut probes = attach_probes(pid, &target, &args.common)?;
-    for &p in &pids[1..] {
-        let other = target::discover(p, !args.common.no_prologue_skip, &custom)?;
+    for (p, other) in &targets[1..] {
         probes
-            .add_process(p, Some(&other))
+            .add_process(*p, Some(other))
             .with_context(|| format!("attaching to pid {p}"))?;
     }
     drop(raised);
     let mut opts = args.common.session_options()?;
+    opts.cgroup = cgroup_dir.clone().map(|dir| session::CgroupWatch {
+        dir,
+        skip_prologue: skip,
+        custom: custom.clone(),
+    });
     opts.allocator = target.headline();
     opts.allocator_notes = allocator_notes(&target);
     opts.glibc_footprint = target.is_glibc();
     opts.block_homes = target.custom.is_empty();
     let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)), feed)?;
-    let alive = || pids.iter().any(|&p| session::process_alive(p));
+    // With a cgroup, the session lasts while the cgroup has processes.
+    let alive = || match &cgroup_dir {
+        Some(dir) => cgroup::procs(dir).is_ok_and(|m| !m.is_empty()),
+        None => pids.iter().any(|&p| session::process_alive(p)),
+    };
     let mut result = session::run(probes, &opts, alive, outputs).await?;
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;

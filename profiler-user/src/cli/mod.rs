@@ -77,8 +77,18 @@ pub enum Command {
 pub struct AttachArgs {
     /// The processes to profile (`-p 1,2` or `-p 1 -p 2`), with their
     /// children unless `--no-follow`.
-    #[arg(short, long, required = true, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..),
+          required_unless_present_any = ["cgroup", "container"])]
     pub pid: Vec<u32>,
+    /// Profile every process of this cgroup (v2), and those that join it
+    /// later: a directory under /sys/fs/cgroup, or a path as in
+    /// /proc/PID/cgroup (e.g. /system.slice/nginx.service).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "container"])]
+    pub cgroup: Option<PathBuf>,
+    /// Profile every process of this container (a full id or a prefix of
+    /// 4+ characters), found by its cgroup in /proc/*/cgroup.
+    #[arg(long, value_name = "ID", conflicts_with = "pid")]
+    pub container: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

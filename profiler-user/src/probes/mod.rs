@@ -283,6 +283,9 @@ pub struct Probes {
     extra: Vec<(&'static str, UProbeLinkId)>,
     /// Every process with probes, the first one first.
     pids: Vec<u32>,
+    /// The allocator target of each process added with one of its own (a
+    /// child forked later gets its parent's).
+    targets: std::collections::BTreeMap<u32, AllocatorTarget>,
     /// Children are followed (not `--no-follow`).
     pub follow: bool,
     /// Bytes of user stack a DWARF sample copies when its thread's extent is unknown.
@@ -481,6 +484,7 @@ impl Probes {
             programs: (entry, ret),
             extra: Vec::new(),
             pids: vec![pid],
+            targets: std::collections::BTreeMap::new(),
             follow: capture.follow,
             stack_copy: capture.stack_copy,
         })
@@ -593,6 +597,9 @@ impl Probes {
             return Ok(0);
         }
         procs::profile_pid(&mut self.ebpf, pid)?;
+        if let Some(t) = target {
+            self.targets.insert(pid, t.clone());
+        }
         let target = target.unwrap_or(&self.target).clone();
         let (entry, ret) = self.programs;
         let links = single::attach(&mut self.ebpf, pid, &target, entry, ret)?;
@@ -601,6 +608,13 @@ impl Probes {
         self.count += n;
         self.pids.push(pid);
         Ok(n)
+    }
+
+    /// Attaches probes to a child of a profiled process: its image is its
+    /// parent's, so are its allocator's code and probe offsets.
+    pub fn add_child(&mut self, pid: u32, parent: u32) -> Result<usize, ProbeError> {
+        let target = self.targets.get(&parent).cloned();
+        self.add_process(pid, target.as_ref())
     }
 
     /// Every process with probes, the first one first.

@@ -1,6 +1,7 @@
 //! Facts about the target process read from /proc.
 
 pub mod arenas;
+pub mod cgroup;
 pub mod maps;
 pub mod memory;
 pub mod modules;

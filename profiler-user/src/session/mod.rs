@@ -59,6 +59,18 @@ pub struct SessionOptions {
     pub max_overhead: Option<f64>,
     /// How stacks are captured (the guard's cost per capture depends on it).
     pub stack_mode: profiler_common::StackMode,
+    /// With `--cgroup`/`--container`: processes joining the cgroup later
+    /// are profiled too (found at every tick in its `cgroup.procs`).
+    pub cgroup: Option<CgroupWatch>,
+}
+
+/// A cgroup whose members are profiled, and how to probe a new one.
+#[derive(Clone, Debug)]
+pub struct CgroupWatch {
+    /// The cgroup's directory under /sys/fs/cgroup.
+    pub dir: PathBuf,
+    pub skip_prologue: bool,
+    pub custom: crate::probes::custom::CustomAllocator,
 }
 
 /// Why the session ended.

@@ -24,12 +24,21 @@ pub struct Followed {
     pub forked: bool,
     /// Milliseconds from the fork to its probes being live (forked only).
     pub probes_after_ms: u64,
+    /// Found in the profiled cgroup after the session started (not forked
+    /// by a profiled process): allocations before are not seen.
+    pub joined: bool,
 }
 
 impl Followed {
     /// One line for the terminal.
     pub fn describe(&self) -> String {
-        if self.forked {
+        if self.joined {
+            format!(
+                "following pid {} ({}), which joined the cgroup; profiled from now on \
+                 (its allocations before are not seen)",
+                self.pid, self.comm
+            )
+        } else if self.forked {
             format!(
                 "following pid {} ({}), forked by pid {}; its probes were live {} ms after the \
                  fork: allocations it made before then are not seen (heapscope cannot count them)",

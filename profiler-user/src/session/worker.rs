@@ -49,6 +49,10 @@ struct Worker {
     comms: BTreeMap<u32, String>,
     /// `--max-overhead`.
     guard: Option<super::guard::SessionGuard>,
+    /// The cgroup whose members are profiled (`--cgroup`, `--container`).
+    cgroup: Option<super::CgroupWatch>,
+    /// Cgroup members that could not be profiled (not tried again).
+    refused: std::collections::BTreeSet<u32>,
 }
 
 impl Worker {
@@ -60,10 +64,21 @@ impl Worker {
         }
     }
 
-    /// Attaches probes to one more process and says so.
-    fn follow(&mut self, pid: u32, parent: u32, forked_ns: Option<u64>) {
+    /// Attaches probes to one more process (a child of `parent`, or with
+    /// `target` one that joined the cgroup) and says so.
+    fn follow(
+        &mut self,
+        pid: u32,
+        parent: u32,
+        forked_ns: Option<u64>,
+        target: Option<&crate::probes::target::AllocatorTarget>,
+    ) {
         let comm = super::capture::read_comm(pid).unwrap_or_default();
-        match self.probes.add_process(pid, None) {
+        let added = match target {
+            Some(t) => self.probes.add_process(pid, Some(t)),
+            None => self.probes.add_child(pid, parent),
+        };
+        match added {
             Ok(0) => {}
             Ok(_) => {
                 let probes_after_ms =
@@ -77,15 +92,53 @@ impl Worker {
                     comm,
                     forked: forked_ns.is_some(),
                     probes_after_ms,
+                    joined: target.is_some(),
                 };
                 self.outputs.event(&SessionEvent::Followed(f));
             }
             // Gone already (a short-lived child) or refused: its allocations
             // are not seen, and the user is told.
+            Err(e) if target.is_some() => self.warn(format!(
+                "pid {pid} ({comm}) joined the cgroup but could not be followed: {e}; \
+                 its allocations are not counted"
+            )),
             Err(e) => self.warn(format!(
                 "pid {pid} ({comm}), child of pid {parent}, could not be followed: {e}; \
                  its allocations are not counted"
             )),
+        }
+    }
+
+    /// Profiles the processes found in the cgroup that have no probes yet
+    /// (moved in, or forked before their parent was followed); one that
+    /// cannot be profiled is said once and not tried again.
+    fn rescan_cgroup(&mut self) {
+        let Some(watch) = self.cgroup.clone() else {
+            return;
+        };
+        let members = match crate::process::cgroup::procs(&watch.dir) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(format!("rescanning the cgroup: {e}"));
+                return;
+            }
+        };
+        for pid in members {
+            if self.probes.pids().contains(&pid) || !self.refused.insert(pid) {
+                continue;
+            }
+            match crate::probes::target::discover(pid, watch.skip_prologue, &watch.custom) {
+                Ok(t) => {
+                    self.refused.remove(&pid);
+                    self.follow(pid, 0, None, Some(&t));
+                }
+                Err(e) => {
+                    let comm = super::capture::read_comm(pid).unwrap_or_default();
+                    self.warn(format!(
+                        "pid {pid} ({comm}) is in the cgroup but cannot be profiled: {e}"
+                    ));
+                }
+            }
         }
     }
 
@@ -100,7 +153,7 @@ impl Worker {
     /// Follows the children forked since the last call.
     fn follow_forks(&mut self) {
         for ev in std::mem::take(&mut self.cap.forks) {
-            self.follow(ev.tgid, ev.parent, Some(ev.ts_ns));
+            self.follow(ev.tgid, ev.parent, Some(ev.ts_ns), None);
         }
     }
 
@@ -250,6 +303,8 @@ pub(super) fn run(
         guard: opts.max_overhead.map(|budget| {
             super::guard::SessionGuard::new(pid, budget, opts.stack_mode, opts.sample_rate)
         }),
+        cgroup: opts.cgroup.clone(),
+        refused: std::collections::BTreeSet::new(),
     };
     // The allocator's code ranges go in before "attached" is announced: a
     // call the allocator makes on its own right after (an arena created in a
@@ -265,14 +320,17 @@ pub(super) fn run(
         w.timeline
             .set_process(super::tree::process_info(p, 0, &comm));
     }
-    if w.probes.follow {
+    if w.probes.follow && w.cgroup.is_none() {
         // Children forked from now on are reported by the fork tracepoint
-        // (already attached); those forked before are in /proc.
+        // (already attached); those forked before are in /proc. (With a
+        // cgroup, its members are the processes: children moved out of it
+        // are not profiled.)
         let roots = w.probes.pids().to_vec();
         for (child, parent) in super::tree::descendants(&roots) {
-            w.follow(child, parent, None);
+            w.follow(child, parent, None, None);
         }
     }
+    w.rescan_cgroup();
     w.note_layout();
     // "attached" once every process present has its probes.
     w.outputs.event(&SessionEvent::Attached { header });
@@ -301,6 +359,7 @@ pub(super) fn run(
             if let Err(e) = crate::aggregate::prune_inflight(&mut w.probes.ebpf, pid) {
                 w.warn(format!("pruning per-thread state: {e}"));
             }
+            w.rescan_cgroup();
             let now = t_ms();
             let snap = w.snapshot(now)?;
             w.tick(now, &snap, false)?;

@@ -160,3 +160,23 @@ pub fn assert_sites_exact(folded: &str, expected: &BTreeMap<String, u64>) {
         assert_eq!(got, *want, "live bytes of {site}\nfolded:\n{folded}");
     }
 }
+
+/// The report's `per process` rows: pid (or `total`) → live bytes.
+#[allow(dead_code)]
+pub fn site_sum_rows(report: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut rows = std::collections::BTreeMap::new();
+    let Some(at) = report.find("per process (sums of its call sites") else {
+        return rows;
+    };
+    for l in report[at..].lines().skip(2) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let Some(bytes) = f.get(1).and_then(|b| b.parse().ok()) else {
+            break;
+        };
+        rows.insert(f[0].to_string(), bytes);
+        if f[0] == "total" {
+            break;
+        }
+    }
+    rows
+}
