@@ -58,6 +58,27 @@ fn start_in(cgroup: &Path, bin: &Path) -> Fixture {
     start_command(cmd)
 }
 
+/// Moves process `pid` and its children into `cgroup` (as a container
+/// runtime or `systemd-run --scope` would): they join an existing cgroup
+/// without being forked by a member.
+fn move_tree_into(cgroup: &Path, pid: u32) {
+    let procs = cgroup.join("cgroup.procs");
+    std::fs::write(&procs, pid.to_string()).expect("move the process in");
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            std::fs::write(&procs, p.to_string()).expect("move the child in");
+        }
+    }
+}
+
 /// `leaked pid=P bytes=N` lines of one fixture, until `done`.
 fn leaks(fx: &Fixture, seen: &mut Vec<String>, out: &mut BTreeMap<u32, u64>) {
     loop {
@@ -106,9 +127,10 @@ fn a_cgroup_with_two_process_trees_is_profiled_per_process() {
         seen,
     };
 
-    // A second process tree joins the cgroup while heapscope runs: the
-    // rescan finds its three processes.
-    let b = start_in(&cg.dir, &bin);
+    // A second process tree, started outside, is moved into the cgroup
+    // while heapscope runs: the rescan finds its three processes.
+    let b = start_command(Command::new(&bin));
+    move_tree_into(&cg.dir, b.pid);
     for _ in 0..3 {
         wait_for(&h.stderr, "joined the cgroup", &mut h.seen);
     }
