@@ -127,6 +127,17 @@ fn delays(seed: u64, n: usize, max_us: u64) -> Vec<u64> {
         .collect()
 }
 
+/// Kills a process by pid when dropped, so a failing assertion does not
+/// leave the fixture spinning after the test.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid; a reaped pid is at worst ESRCH.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
 #[test]
 fn sigkill_at_any_point_leaves_no_breakpoint() {
     if !root_or_skip("sigkill_at_any_point_leaves_no_breakpoint") {
@@ -135,6 +146,7 @@ fn sigkill_at_any_point_leaves_no_breakpoint() {
     let bin = fixture("churn", "o2", &["-O2", "-g"]);
     let mut fx = start_fixture(&bin);
     let pid = fx.pid;
+    let _guard = KillOnDrop(pid);
     assert_clean(pid, "before any attach");
 
     // The check sees probes: while attached, the entry points hold int3.
