@@ -116,6 +116,13 @@ fn is_wrapper_pattern(name: &str) -> bool {
         || STD.iter().any(|p| name.starts_with(p))
         || name.contains("as core::alloc::Allocator>::allocate")
         || name.contains("as core::alloc::global::GlobalAlloc>::alloc")
+        || name.contains("as core::alloc::global::GlobalAlloc>::realloc")
+        // std's impls for the program's types (`<u8 as alloc::vec::...>::from_elem`).
+        || name.contains(" as alloc::")
+        // Rust's allocator shims under v0 mangling (`__rustc::__rust_alloc`).
+        || ["__rustc::__rust_", "__rustc::__rdl_", "__rustc::__rg_"]
+            .iter()
+            .any(|p| name.starts_with(p))
         || name.contains("::allocate(")
         || name.ends_with("::allocate")
         || name.contains("::_M_allocate")
@@ -249,6 +256,35 @@ mod tests {
         assert_eq!(
             call_site_label(&rust, "?"),
             "app::build <- main [via alloc::raw_vec::RawVec<T,A>::grow_one]"
+        );
+    }
+
+    #[test]
+    fn rust_global_allocators_are_wrappers() {
+        // As tikv-jemallocator's stacks demangle (Rust 1.95, v0 shims).
+        let grown = s(&[
+            "main",
+            "rust_jemalloc::main",
+            "rust_jemalloc::leak_grown",
+            "<alloc::raw_vec::RawVecInner>::reserve_exact",
+            "alloc::alloc::realloc",
+            "__rustc::__rust_realloc",
+            "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::realloc",
+        ]);
+        assert_eq!(
+            call_site_label(&grown, "?"),
+            "rust_jemalloc::leak_grown <- rust_jemalloc::main <- main \
+             [via <alloc::raw_vec::RawVecInner>::reserve_exact]"
+        );
+        let zeroed = s(&[
+            "rust_jemalloc::leak_zeroed",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "__rustc::__rust_alloc_zeroed",
+            "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc_zeroed",
+        ]);
+        assert_eq!(
+            call_site_label(&zeroed, "?"),
+            "rust_jemalloc::leak_zeroed [via <u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem]"
         );
     }
 
