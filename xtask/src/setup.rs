@@ -86,6 +86,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
     ("setpriv", "util-linux"),
     ("strip", "binutils"),
+    // tikv-jemalloc-sys builds jemalloc (configure + make) for the Rust
+    // jemalloc fixture.
+    ("make", "make"),
     ("g++", "g++"),
     ("musl-gcc", "musl-tools"),
     // The web UI tests: headless chromium driven over WebDriver.
