@@ -116,6 +116,9 @@ pub struct LiveAlloc {
     pub est_bytes: u64,
     /// Allocations it stands for, in units of 1/[`COUNT_SCALE`].
     pub est_count: u64,
+    /// The allocating thread: a free by another one is a cross-thread free.
+    pub tid: u32,
+    pub _pad: u32,
 }
 
 /// Fixed-point scale of estimated allocation counts.
@@ -211,6 +214,10 @@ pub struct SiteCounters {
     pub alloc_count: u64,
     pub free_bytes: u64,
     pub free_count: u64,
+    /// Frees by another thread than the allocating one (frame-pointer
+    /// sites; the arenas are not compared in the kernel).
+    pub cross_bytes: u64,
+    pub cross_count: u64,
 }
 
 /// Per-thread state between an entry probe and its return probe.
@@ -509,12 +516,12 @@ pub const ALLOC_TEXT_RANGES: u32 = 16;
 pub const ALLOC_INTERNAL_RANGES: u32 = 8;
 
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
-const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 40);
+const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 48);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 160);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
-const _: () = assert!(core::mem::size_of::<SiteCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<SiteCounters>() == 48);
 const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
 const _: () = assert!(core::mem::size_of::<PendingCalls>() == 120);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);

@@ -185,6 +185,22 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
                 _pad: 0,
             };
             site_add(&site, 0, 0, a.est_bytes, a.est_count);
+            if a.tid != bpf_get_current_pid_tgid() as u32 {
+                site_cross(&site, a.est_bytes, a.est_count);
+            }
+        }
+    }
+}
+
+/// A free of a frame-pointer site's block by another thread than the one
+/// that allocated it (the site's entry exists: the free was just added).
+#[inline(always)]
+fn site_cross(key: &SiteKey, bytes: u64, count: u64) {
+    if let Some(c) = SITES.get_ptr_mut(key) {
+        // SAFETY: as in `site_add`.
+        unsafe {
+            add(core::ptr::addr_of_mut!((*c).cross_bytes), bytes);
+            add(core::ptr::addr_of_mut!((*c).cross_count), count);
         }
     }
 }
@@ -214,6 +230,8 @@ fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: All
         kind: kind as u32,
         est_bytes,
         est_count,
+        tid: bpf_get_current_pid_tgid() as u32,
+        _pad: 0,
     };
     if LIVE.insert(&key, &val, 0).is_err() {
         bump(counter::LIVE_MAP_FULL, 1);

@@ -194,3 +194,46 @@ fn cross_thread_frees_sampled_are_labelled_estimates() {
         "{arenas:#}"
     );
 }
+
+#[test]
+fn cross_thread_frees_with_frame_pointer_stacks_by_thread_alone() {
+    let test = "cross_thread_frees_with_frame_pointer_stacks_by_thread_alone";
+    if !root_or_skip(test) {
+        return;
+    }
+    // Frame-pointer sites live in the kernel: the live map keeps the
+    // allocating thread, the free compares it; arenas are not compared, so
+    // produce_big's own-mmap blocks (2 x 4 of 256 KiB) count too.
+    let (report, file) = run(test, &["--exact", "--stacks", "fp"]);
+    assert!(
+        report.contains("cross-thread frees (exact): 17.6 MiB in 2008 blocks freed by another thread than the one that allocated them (arenas not compared"),
+        "{report}"
+    );
+    let doc = report_json(&file);
+    let arenas = &doc["arenas"];
+    assert_eq!(arenas["arenas_compared"], false, "{arenas:#}");
+    assert_eq!(
+        arenas["arenas"].as_array().map(Vec::len),
+        Some(0),
+        "{arenas:#}"
+    );
+    let sites = arenas["cross_thread_sites"].as_array().expect("sites");
+    let got: Vec<(&str, u64, u64)> = sites
+        .iter()
+        .map(|s| {
+            (
+                leaf(s),
+                s["bytes"].as_u64().expect("bytes"),
+                s["blocks"].as_u64().expect("blocks"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("produce_block", CROSS_BYTES, CROSS_BLOCKS),
+            ("produce_big", 8 * 262_144, 8)
+        ],
+        "{arenas:#}"
+    );
+}

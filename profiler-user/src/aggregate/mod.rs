@@ -76,6 +76,8 @@ pub fn read_sites(ebpf: &Ebpf) -> Result<BTreeMap<SiteKey, SiteCounters>, ProbeE
             sum.alloc_count += c.alloc_count;
             sum.free_bytes += c.free_bytes;
             sum.free_count += c.free_count;
+            sum.cross_bytes += c.cross_bytes;
+            sum.cross_count += c.cross_count;
         }
         out.insert(key, sum);
     }
@@ -90,8 +92,8 @@ fn stats_of(c: &SiteCounters) -> SiteStats {
         live_count: scale(c.alloc_count.saturating_sub(c.free_count)),
         alloc_bytes: c.alloc_bytes,
         alloc_count: scale(c.alloc_count),
-        cross_free_bytes: 0,
-        cross_free_count: 0,
+        cross_free_bytes: c.cross_bytes,
+        cross_free_count: scale(c.cross_count),
     }
 }
 
@@ -238,6 +240,7 @@ mod tests {
                 alloc_count: 10 * COUNT_SCALE,
                 free_bytes: 300,
                 free_count: 3 * COUNT_SCALE,
+                ..SiteCounters::default()
             },
         );
         let k = SiteRef {
@@ -291,6 +294,7 @@ mod tests {
                 alloc_count: COUNT_SCALE,
                 free_bytes: 0,
                 free_count: 0,
+                ..SiteCounters::default()
             },
         );
         let mut samples = SampleTable::default();

@@ -47,6 +47,12 @@ pub struct Mechanism {
 }
 
 impl Mechanism {
+    /// Cross-thread frees were judged by arena (glibc, DWARF samples);
+    /// otherwise by thread alone (frame-pointer sites, other allocators).
+    pub fn arenas_compared(&self) -> bool {
+        !self.arenas.is_empty()
+    }
+
     /// Non-main arenas.
     pub fn arena_rows(&self) -> impl Iterator<Item = &ArenaSample> {
         self.arenas
@@ -55,9 +61,13 @@ impl Mechanism {
     }
 }
 
-/// The mechanism of `window`, when the timeline has glibc arenas in it.
+/// The mechanism of `window`, when the timeline has glibc arenas or
+/// cross-thread frees in it.
 pub fn mechanism(timeline: &Timeline, window: Window) -> Option<Mechanism> {
-    let (t_ms, arenas) = timeline.last_arenas(window)?;
+    let (t_ms, arenas) = match timeline.last_arenas(window) {
+        Some((t, a)) => (t, a),
+        None => (timeline.span_ms().map_or(0, |(_, last)| last), &[][..]),
+    };
     let profile = timeline.profile_for(window, &ProfileMeta::default());
     let mut cross_sites: Vec<CrossThreadSite> = profile
         .sites
@@ -71,8 +81,11 @@ pub fn mechanism(timeline: &Timeline, window: Window) -> Option<Mechanism> {
             alloc_bytes: s.stats.alloc_bytes,
         })
         .collect();
-    let cross_bytes = cross_sites.iter().map(|s| s.bytes).sum();
+    let cross_bytes: u64 = cross_sites.iter().map(|s| s.bytes).sum();
     let cross_count = cross_sites.iter().map(|s| s.count).sum();
+    if arenas.is_empty() && cross_bytes == 0 {
+        return None;
+    }
     cross_sites.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     cross_sites.truncate(TOP_CROSS_SITES);
     // Call sites whose mean block is at least the default mmap threshold
@@ -116,6 +129,8 @@ pub enum Remedy {
     /// A site's blocks are freed by other threads: free them on the
     /// allocating thread.
     FreeOnAllocatingThread {
+        /// Judged by arena (see [`Mechanism::arenas_compared`]).
+        arenas_compared: bool,
         frames: Vec<Frame>,
         api: &'static str,
         bytes: u64,
@@ -190,6 +205,7 @@ pub fn remedies(m: &Mechanism, large: &[LargeSite<'_>]) -> Vec<Remedy> {
     }
     if let Some(top) = m.cross_sites.first() {
         out.push(Remedy::FreeOnAllocatingThread {
+            arenas_compared: m.arenas_compared(),
             frames: top.frames.clone(),
             api: top.api,
             bytes: top.bytes,
@@ -278,6 +294,7 @@ mod tests {
                     worst: Some((0x7f00_0000_0020, 58 * MIB, 60 * MIB)),
                 },
                 Remedy::FreeOnAllocatingThread {
+                    arenas_compared: true,
                     frames: produce,
                     api: "malloc",
                     bytes: 48 * MIB,

@@ -147,6 +147,9 @@ pub struct ArenasDoc {
     pub estimated: bool,
     /// Lost events the live and cross-thread numbers miss (see the counters).
     pub lost_events: u64,
+    /// Cross-thread frees were judged by arena (glibc, DWARF stacks); false:
+    /// by thread alone (frame-pointer stacks, other allocators).
+    pub arenas_compared: bool,
     pub arenas: Vec<ArenaJson>,
     pub cross_thread_bytes: u64,
     pub cross_thread_blocks: u64,
@@ -158,6 +161,7 @@ fn arenas_doc(m: &Mechanism, estimated: bool, lost_events: u64) -> ArenasDoc {
         t_ms: m.t_ms,
         estimated,
         lost_events,
+        arenas_compared: m.arenas_compared(),
         arenas: m
             .arenas
             .iter()

@@ -183,6 +183,8 @@ mod tests {
                 kind: 0,
                 est_bytes: 100,
                 est_count: 1,
+                tid: 1,
+                _pad: 0,
             },
         )
     }
@@ -226,6 +228,7 @@ mod tests {
                 alloc_count: 8,
                 free_bytes: 100,
                 free_count: 1,
+                ..SiteCounters::default()
             },
         );
         r.apply_to_sites(&mut sites);

@@ -105,11 +105,46 @@ pub fn write_mechanism(
     out: &mut impl Write,
 ) -> io::Result<()> {
     let est = if sampled { "~" } else { "" };
+    let into = if m.arenas_compared() {
+        ", into an arena not the freeing thread's"
+    } else {
+        " (arenas not compared: frame-pointer stacks or not glibc)"
+    };
     let exact = match (sampled, lost) {
         (true, _) => "estimated".to_string(),
         (false, 0) => "exact".to_string(),
         (false, n) => format!("exact but for {n} lost events"),
     };
+    if m.arenas_compared() {
+        write_arena_rows(m, sampled, &exact, out)?;
+    }
+    if m.cross_sites.is_empty() {
+        writeln!(
+            out,
+            "cross-thread frees: none (no sampled block was freed by another thread into an \
+             arena that thread does not allocate from)"
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "cross-thread frees ({}): {est}{} in {est}{} blocks freed by another thread than the \
+         one that allocated them{into}:",
+        exact,
+        human_bytes(m.cross_bytes),
+        m.cross_count,
+    )?;
+    write_cross_rows(m, est, out)
+}
+
+/// The arena rows of [`write_mechanism`].
+fn write_arena_rows(
+    m: &Mechanism,
+    sampled: bool,
+    exact: &str,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let est = if sampled { "~" } else { "" };
     writeln!(
         out,
         "glibc arenas at {:.1}s (resident from smaps; live: {} by chunk header; \
@@ -135,22 +170,11 @@ pub fn write_mechanism(
             format!("{est}{}", human_bytes(a.retained())),
         )?;
     }
-    if m.cross_sites.is_empty() {
-        writeln!(
-            out,
-            "cross-thread frees: none (no sampled block was freed by another thread into an \
-             arena that thread does not allocate from)"
-        )?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "cross-thread frees ({}): {est}{} in {est}{} blocks freed by another thread than the \
-         one that allocated them, into an arena not the freeing thread's:",
-        exact,
-        human_bytes(m.cross_bytes),
-        m.cross_count,
-    )?;
+    Ok(())
+}
+
+/// The cross-thread call sites of [`write_mechanism`].
+fn write_cross_rows(m: &Mechanism, est: &str, out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "  {:>12}  {:>10}  {:>12}  CALL SITE",
@@ -207,6 +231,7 @@ pub fn remedy_text(r: &Remedy) -> String {
             )
         }
         Remedy::FreeOnAllocatingThread {
+            arenas_compared,
             frames,
             api,
             bytes,
@@ -214,11 +239,15 @@ pub fn remedy_text(r: &Remedy) -> String {
             share,
         } => format!(
             "free blocks on the thread that allocated them (or hand them back to it): {} had {} \
-             in {count} blocks freed by other threads into arenas those threads do not allocate \
-             from{}; freed there, the memory is reused only when the allocating thread allocates \
-             again",
+             in {count} blocks freed by other threads{}{}; freed there, the memory is reused \
+             only when the allocating thread allocates again",
             site_label(frames, api),
             human_bytes(*bytes),
+            if *arenas_compared {
+                " into arenas those threads do not allocate from"
+            } else {
+                ""
+            },
             share.map_or(String::new(), |s| format!(
                 ", {:.0}% of what it allocated",
                 100.0 * s

@@ -206,11 +206,12 @@ fn mechanism_text(m: Option<&Mechanism>) -> String {
                 )
             })
             .collect();
-        s += &format!(
-            " Blocks freed across threads, into arenas the freeing threads do not allocate \
-             from: {}.",
-            sites.join("; ")
-        );
+        let into = if m.arenas_compared() {
+            ", into arenas the freeing threads do not allocate from"
+        } else {
+            ""
+        };
+        s += &format!(" Blocks freed across threads{into}: {}.", sites.join("; "));
     }
     s
 }
