@@ -109,9 +109,11 @@ fn a_cgroup_with_two_process_trees_is_profiled_per_process() {
     let cg = TestCgroup::create(&format!("heapscope-e2e-{id}.scope"));
     let a = start_in(&cg.dir, &bin);
 
+    let folded = common::scratch("cgroup").join("live.folded");
     let mut child = Command::new(heapscope())
         .args(["attach", "--container", &id, "--tick", "200ms"])
         .args(["--exact", "--stacks", "fp"])
+        .args(["--folded", folded.to_str().expect("utf8")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -161,6 +163,7 @@ fn a_cgroup_with_two_process_trees_is_profiled_per_process() {
         leaks(fx, &mut fx_seen, &mut leaked);
     }
     interrupt(&h.child);
+    let (a_pid, b_pid) = (a.pid, b.pid);
     let (code, report, stderr) = finish(h);
     assert_eq!(code, 0, "{stderr}");
     for mut fx in [a, b] {
@@ -180,6 +183,18 @@ fn a_cgroup_with_two_process_trees_is_profiled_per_process() {
     let total: u64 = leaked.values().sum();
     assert_eq!(rows.get("total"), Some(&total), "{report}");
     assert_eq!(rows.len(), 9, "8 processes and the total\n{report}");
+    // Each process's stacks resolved against its own memory map (the two
+    // trees have different layouts): exactly its own call site.
+    let parents = [a_pid, b_pid];
+    let site = |pid: u32| {
+        if parents.contains(&pid) {
+            "parent_leak"
+        } else {
+            "child_leak"
+        }
+    };
+    let text = std::fs::read_to_string(&folded).expect("folded written");
+    common::assert_per_process_sites(&text, &leaked, site, &report);
 }
 
 #[test]

@@ -10,7 +10,10 @@ use std::io::Write;
 use std::process::Command;
 
 use common::driver::{attach, finish, interrupt, start_command, wait_for, Fixture};
-use common::{by_site, counter, fixture, parse_folded, root_or_skip, scratch, site_sum_rows};
+use common::{
+    assert_per_process_sites, by_site, counter, fixture, parse_folded, root_or_skip, scratch,
+    site_sum_rows,
+};
 
 /// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
 fn headline_live_bytes(report: &str) -> Option<u64> {
@@ -243,35 +246,6 @@ fn heapscope_stdout(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8")
-}
-
-/// Every process's stacks are under its own root frame `comm [pid P]`, and
-/// each holds exactly its leak at its own call site (a stack capture the
-/// report counts as failed may move bytes to `[unknown stack]`, which must
-/// then be exactly what is missing).
-fn assert_per_process_sites(
-    folded: &str,
-    leaked: &std::collections::BTreeMap<u32, u64>,
-    site: impl Fn(u32) -> &'static str,
-    report: &str,
-) {
-    let lines = parse_folded(folded);
-    for (pid, bytes) in leaked {
-        let root = format!("[pid {pid}]");
-        let own: String = lines
-            .iter()
-            .filter(|(frames, _)| frames[0].ends_with(&root))
-            .map(|(frames, w)| format!("{} {w}\n", frames[1..].join(";")))
-            .collect();
-        let all: u64 = parse_folded(&own).iter().map(|(_, w)| w).sum();
-        assert_eq!(all, *bytes, "pid {pid}'s live bytes\n{folded}");
-        let expected = std::collections::BTreeMap::from([(site(*pid).to_string(), *bytes)]);
-        common::assert_sites_exact_no_stack_lost(&own, &expected, report);
-    }
-    assert!(
-        lines.iter().all(|(frames, _)| frames[0].contains("[pid ")),
-        "every stack has its process\n{folded}"
-    );
 }
 
 #[test]

@@ -60,6 +60,9 @@ pub struct EventSink<'a> {
     /// Learns each thread's stack end from the unwinds (see `unwind::extent`).
     pub extents: &'a mut StackExtents,
     pub maps: &'a mut MemoryMap,
+    /// The maps of the other profiled processes (their samples unwind
+    /// against their own layout).
+    pub others: &'a mut crate::process::maps::OtherMaps,
     pub files: &'a dyn ModulePaths,
     /// Re-reads the memory map when a sample's ip is in no known mapping
     /// (a library loaded, or the command just exec'd); once per drain.
@@ -138,10 +141,20 @@ impl EventSink<'_> {
                         ret: h.pending_ret[i],
                     })
                     .collect();
-                let (mut frames, mut stop) = self
-                    .unwinder
-                    .walk(regs, stack, &pending, self.maps, self.files);
-                if stop == UnwindStop::NoModule && frames.len() == 1 && !self.refreshed {
+                let other = h.tgid != self.target;
+                let maps = match other {
+                    true => self.others.get(h.tgid, false).unwrap_or(self.maps),
+                    false => self.maps,
+                };
+                let (mut frames, mut stop) =
+                    self.unwinder.walk(regs, stack, &pending, maps, self.files);
+                if stop == UnwindStop::NoModule && frames.len() == 1 && other && !self.refreshed {
+                    // A library loaded (or an exec) since its map was read.
+                    self.refreshed = true;
+                    if let Some(m) = self.others.get(h.tgid, true) {
+                        (frames, stop) = self.unwinder.walk(regs, stack, &pending, m, self.files);
+                    }
+                } else if stop == UnwindStop::NoModule && frames.len() == 1 && !self.refreshed {
                     self.refreshed = true;
                     if let Some(m) = (self.refresh)() {
                         *self.maps = m;
@@ -504,6 +517,7 @@ mod tests {
             unwinder: &mut unwinder,
             extents: &mut extents,
             maps: &mut maps,
+            others: &mut crate::process::maps::OtherMaps::default(),
             files: &NoFiles,
             refresh: &mut refresh,
             refreshed: false,
@@ -597,12 +611,13 @@ mod tests {
             unwinder: &mut unwinder,
             extents: &mut extents,
             maps: &mut maps,
+            others: &mut crate::process::maps::OtherMaps::default(),
             files: &NoFiles,
             refresh: &mut refresh,
             refreshed: false,
             home: None,
             execs: &mut execs,
-            target: 0,
+            target: 1,
         };
         let h = SampleHeader {
             kind: EventKind::Sample as u32,

@@ -145,6 +145,34 @@ pub struct MemoryMap {
     pub(crate) files: ModuleFiles,
 }
 
+/// The memory maps of profiled processes other than the session's target
+/// (children, other `-p` PIDs, cgroup members: each has its own layout),
+/// read when first needed and forgotten when the process exits.
+#[derive(Debug, Default)]
+pub struct OtherMaps {
+    maps: std::collections::BTreeMap<u32, MemoryMap>,
+}
+
+impl OtherMaps {
+    /// The map of `pid`, read now when `fresh` or not read yet (an
+    /// unreadable or empty one keeps the last).
+    pub fn get(&mut self, pid: u32, fresh: bool) -> Option<&MemoryMap> {
+        if fresh || !self.maps.contains_key(&pid) {
+            if let Ok(m) = MemoryMap::read(pid) {
+                if !m.regions.is_empty() {
+                    self.maps.insert(pid, m);
+                }
+            }
+        }
+        self.maps.get(&pid)
+    }
+
+    /// Drops the map of a process that exited.
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+    }
+}
+
 /// Two snapshots are equal when their mappings are; captured handles are a
 /// means to read the files, not part of what the snapshot says.
 impl PartialEq for MemoryMap {

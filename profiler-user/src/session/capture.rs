@@ -49,6 +49,8 @@ pub struct Capture {
     /// Each thread's stack end, learned from its unwinds.
     pub extents: StackExtents,
     pub maps: MemoryMap,
+    /// The maps of the other profiled processes.
+    pub others: crate::process::maps::OtherMaps,
     /// False until a non-empty memory map of the target was read.
     pub have_maps: bool,
     pub comm: String,
@@ -100,6 +102,7 @@ impl Capture {
             extents: StackExtents::new(stack_copy),
             have_maps: maps.is_some(),
             maps: maps.unwrap_or_default(),
+            others: crate::process::maps::OtherMaps::default(),
             comm: read_comm(pid).unwrap_or_default(),
             prev_comm: None,
             pending_execs: Vec::new(),
@@ -142,6 +145,7 @@ impl Capture {
             unwinder: &mut self.unwinder,
             extents: &mut self.extents,
             maps: &mut self.maps,
+            others: &mut self.others,
             files: &files,
             refresh: &mut refresh,
             refreshed: false,

@@ -53,6 +53,9 @@ struct Worker {
     cgroup: Option<super::CgroupWatch>,
     /// Cgroup members that could not be profiled (not tried again).
     refused: std::collections::BTreeSet<u32>,
+    /// Processes that exited: their memory maps go after the next tick's
+    /// symbolization (their last sites may still need them).
+    exited: Vec<u32>,
 }
 
 impl Worker {
@@ -146,6 +149,7 @@ impl Worker {
     fn exits(&mut self) {
         for mut n in std::mem::take(&mut self.cap.exit_notes) {
             n.comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
+            self.exited.push(n.pid);
             self.outputs.event(&SessionEvent::Exited(n));
         }
     }
@@ -200,11 +204,34 @@ impl Worker {
         let new_sites = if new.sites.is_empty() {
             Vec::new()
         } else {
-            let mut resolver =
-                resolve::Resolver::new(self.cap.pid, &self.cap.maps, &mut self.symbolizer);
-            let sites = resolver.sites(&new, &self.probes.ebpf, &self.cap.samples)?;
-            for (module, n) in std::mem::take(&mut resolver.fp_cut) {
-                *self.fp_cut.entry(module).or_insert(0) += n;
+            // Each process's stacks against its own memory map (ASLR gives
+            // unrelated processes other layouts); sites are ordered by pid,
+            // so the groups keep the order of `new.sites`.
+            let mut sites = Vec::with_capacity(new.sites.len());
+            let mut pids: Vec<u32> = new.sites.keys().map(|k| k.pid).collect();
+            pids.dedup();
+            for pid in pids {
+                let group = RawSnapshot {
+                    sites: new
+                        .sites
+                        .iter()
+                        .filter(|(k, _)| k.pid == pid)
+                        .map(|(k, v)| (*k, v.clone()))
+                        .collect(),
+                    totals: new.totals.clone(),
+                };
+                let maps = match pid == self.cap.pid {
+                    true => &self.cap.maps,
+                    false => self.cap.others.get(pid, false).unwrap_or(&self.cap.maps),
+                };
+                let mut resolver = resolve::Resolver::new(pid, maps, &mut self.symbolizer);
+                sites.extend(resolver.sites(&group, &self.probes.ebpf, &self.cap.samples)?);
+                for (module, n) in std::mem::take(&mut resolver.fp_cut) {
+                    *self.fp_cut.entry(module).or_insert(0) += n;
+                }
+            }
+            for pid in std::mem::take(&mut self.exited) {
+                self.cap.others.forget(pid);
             }
             self.ids.add(new.sites.keys().copied(), sites)
         };
@@ -305,6 +332,7 @@ pub(super) fn run(
         }),
         cgroup: opts.cgroup.clone(),
         refused: std::collections::BTreeSet::new(),
+        exited: Vec::new(),
     };
     // The allocator's code ranges go in before "attached" is announced: a
     // call the allocator makes on its own right after (an arena created in a
