@@ -332,3 +332,47 @@ fn a_stripped_rust_jemalloc_is_named_as_unseen() {
         "{report}"
     );
 }
+
+#[test]
+fn run_through_a_symlink_keeps_the_allocators_own_mmaps_apart() {
+    if !root_or_skip("run_through_a_symlink_keeps_the_allocators_own_mmaps_apart") {
+        return;
+    }
+    // rustup's toolchains are symlinks: `heapscope run` of a program with
+    // its allocator in the executable, started through one, must know the
+    // executable by the path its memory map shows, or jemalloc's own mmaps
+    // (seen on rustc: 43 MiB) become program allocations.
+    let bin = rust_jemalloc_fixture();
+    let expected = expected_sites(&bin);
+    let dir = scratch("rust-jemalloc-link");
+    let link = dir.join("linked-program");
+    std::os::unix::fs::symlink(&bin, &link).expect("symlink the fixture");
+    let folded = dir.join("out.folded");
+    // stdin is closed: the fixture runs its sites at once.
+    let out = Command::new(heapscope())
+        .args([
+            "run",
+            "--exact",
+            "--ringbuf-size",
+            "64MiB",
+            "--quiet",
+            "--folded",
+        ])
+        .arg(&folded)
+        .arg("--")
+        .arg(&link)
+        .output()
+        .expect("heapscope run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let folded = std::fs::read_to_string(&folded).expect("folded written");
+    assert_eq!(by_named_frame(&folded, &expected), expected, "{folded}");
+    // jemalloc's own mmaps are nested in its calls; only those of its
+    // start-up constructor, which runs before `run` has read the new image's
+    // memory map (a limit the README states), may show.
+    let program_mmaps: Vec<&str> = folded
+        .lines()
+        .filter(|l| l.contains(";mmap ") && !l.contains("malloc_init_hard"))
+        .collect();
+    assert!(program_mmaps.is_empty(), "{program_mmaps:#?}");
+}

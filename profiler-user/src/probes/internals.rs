@@ -107,13 +107,16 @@ fn is_mangled(name: &str) -> bool {
 /// the first to the last function named with `prefix`, widened over the
 /// neighbouring local C functions (jemalloc's static ones, `rtree_read`,
 /// `arena_decay_impl`), up to the program's code (a mangled name or a
-/// global function). jemalloc's objects are linked as one run.
-pub fn prefixed_range(syms: &[TextSym], prefix: &str) -> Option<(u64, u64)> {
+/// global function). jemalloc's objects are linked as one run. Without
+/// `widen` (a C program, whose own static functions may be the neighbours)
+/// only the run from the first to the last prefixed function is taken.
+pub fn prefixed_range(syms: &[TextSym], prefix: &str, widen: bool) -> Option<(u64, u64)> {
     let mut sorted: Vec<&TextSym> = syms.iter().collect();
     sorted.sort_by_key(|s| s.addr);
     let first = sorted.iter().position(|s| s.name.starts_with(prefix))?;
     let last = sorted.iter().rposition(|s| s.name.starts_with(prefix))?;
-    let theirs = |s: &TextSym| s.name.starts_with(prefix) || (s.local && !is_mangled(&s.name));
+    let theirs =
+        |s: &TextSym| s.name.starts_with(prefix) || (widen && s.local && !is_mangled(&s.name));
     let mut a = first;
     while a > 0 && theirs(sorted[a - 1]) {
         a -= 1;
@@ -134,6 +137,7 @@ pub fn prefixed_range(syms: &[TextSym], prefix: &str) -> Option<(u64, u64)> {
 pub fn prefixed_file_range(
     file: &Path,
     prefix: &str,
+    widen: bool,
 ) -> Result<Option<(u64, u64)>, InternalsError> {
     let data = std::fs::read(file).map_err(|source| InternalsError::Read {
         path: file.display().to_string(),
@@ -155,7 +159,7 @@ pub fn prefixed_file_range(
             })
         })
         .collect();
-    let Some((start, end)) = prefixed_range(&syms, prefix) else {
+    let Some((start, end)) = prefixed_range(&syms, prefix, widen) else {
         return Ok(None);
     };
     Ok(file_offset(&obj, start).zip(file_offset(&obj, end)))
@@ -351,8 +355,16 @@ mod tests {
             t("_rjem_je_witness_postfork_child", 0x71d70, true),
             t("_RINvMNtNtCsgEmfK2I1SDS_4core4cell4once", 0x71d80, true),
         ];
-        assert_eq!(prefixed_range(&syms, "_rjem_"), Some((0x27640, 0x71d80)));
-        assert_eq!(prefixed_range(&syms, "je_"), None);
+        assert_eq!(
+            prefixed_range(&syms, "_rjem_", true),
+            Some((0x27640, 0x71d80))
+        );
+        // Not widened: from the first prefixed function to the next after the last.
+        assert_eq!(
+            prefixed_range(&syms, "_rjem_", false),
+            Some((0x2c260, 0x71d80))
+        );
+        assert_eq!(prefixed_range(&syms, "je_", true), None);
     }
 
     #[test]

@@ -302,16 +302,24 @@ pub fn for_command(
         pid: me,
         reason: e.to_string(),
     })?;
-    let exe_str = exe.to_string_lossy().to_string();
+    // The process's memory map names files by their resolved paths: a
+    // command run through a symlink (rustup's toolchain links) must be
+    // known by that path, or its allocator's code ranges match nothing.
+    let as_mapped = |p: &Path| {
+        std::fs::canonicalize(p).map_or_else(
+            |_| p.to_string_lossy().to_string(),
+            |c| c.to_string_lossy().to_string(),
+        )
+    };
     let mut candidates = vec![Candidate {
-        path: exe_str.clone(),
+        path: as_mapped(exe),
         open: exe.to_path_buf(),
         linkage: Linkage::Executable,
     }];
     let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
     for p in preload.split([' ', ':']).filter(|p| !p.is_empty()) {
         candidates.push(Candidate {
-            path: p.to_string(),
+            path: as_mapped(Path::new(p)),
             open: PathBuf::from(p),
             linkage: Linkage::Preloaded,
         });

@@ -34,17 +34,28 @@ pub(super) fn internal_code(modules: &[Module<'_>], found: &[FoundAllocator]) ->
         };
         let code = if internals::is_allocator_library(&f.module) {
             Some(InternalCode::WholeModule(f.module.clone()))
-        } else if f.implementation == Implementation::Jemalloc && !f.prefix.is_empty() {
-            // A prefixed jemalloc linked in (Rust's tikv-jemallocator): its
-            // names say where it is, so its own mmaps are its footprint.
-            match internals::prefixed_file_range(&m.c.open, f.prefix) {
-                Ok(Some((start, end))) => Some(InternalCode::FileRange {
-                    path: f.module.clone(),
-                    start,
-                    end,
-                }),
-                _ => None,
-            }
+        } else if f.implementation == Implementation::Jemalloc {
+            // jemalloc linked in (Rust's tikv-jemallocator, a static build):
+            // its names say where it is (the API's prefix, else its private
+            // namespace: `_rjem_je_` in tikv's unprefixed builds, `je_`), so
+            // its own mmaps are its footprint. Only tikv's (in a Rust
+            // program, whose own functions are mangled) is widened over
+            // jemalloc's static functions around them.
+            let prefixes: &[&str] = if f.prefix.is_empty() {
+                &["_rjem_je_", "je_"]
+            } else {
+                &[f.prefix]
+            };
+            prefixes.iter().find_map(|p| {
+                match internals::prefixed_file_range(&m.c.open, p, p.starts_with("_rjem_")) {
+                    Ok(Some((start, end))) => Some(InternalCode::FileRange {
+                        path: f.module.clone(),
+                        start,
+                        end,
+                    }),
+                    _ => None,
+                }
+            })
         } else if f.implementation != Implementation::Glibc {
             // An executable with its own allocator (or musl's): its function
             // names say nothing reliable about what is the allocator (a
