@@ -417,7 +417,9 @@ pub struct ProcEvent {
     pub kind: u32,
     /// The process (its pid after an exec; the child of a fork; the one that exited).
     pub tgid: u32,
-    /// The forking process (0 for an exec).
+    /// The forking process; for an exec, the thread that called it (its id
+    /// before it took over the leader's: another than `tgid` when a thread
+    /// other than the main one exec'd); 0 for an exit.
     pub parent: u32,
     pub _pad: u32,
     /// When it happened (`bpf_ktime_get_ns`, as `LiveAlloc::ts_ns`): live

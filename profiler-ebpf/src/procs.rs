@@ -76,13 +76,16 @@ pub fn on_fork(ctx: RawTracePointContext) -> i32 {
 /// task that exec'd, after the new image is in place; other processes
 /// return at the map lookup.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn on_exec(_ctx: RawTracePointContext) -> i32 {
+pub fn on_exec(ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is only tested for presence.
     if unsafe { PROFILED.get(&tgid) }.is_none() {
         return 0;
     }
-    emit(EventKind::Exec, tgid, 0);
+    // (task, old_pid, bprm): old_pid is the thread that called exec, before
+    // it took over the leader's pid (a pid_t: the low half).
+    let old_tid: u64 = ctx.arg(1);
+    emit(EventKind::Exec, tgid, old_tid as u32);
     0
 }
 

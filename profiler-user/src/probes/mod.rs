@@ -617,6 +617,19 @@ impl Probes {
         self.add_process(pid, target.as_ref())
     }
 
+    /// Attaches the probes of `pid` again after a thread other than its main
+    /// one exec'd: the old ones were bound to the old main thread, gone with
+    /// it (they can never fire again, so nothing is counted twice).
+    pub fn reattach(&mut self, pid: u32) -> Result<usize, ProbeError> {
+        let target = self.targets.get(&pid).unwrap_or(&self.target).clone();
+        let (entry, ret) = self.programs;
+        let links = single::attach(&mut self.ebpf, pid, &target, entry, ret)?;
+        let n = links.len();
+        self.extra.extend(links);
+        self.count += n;
+        Ok(n)
+    }
+
     /// Every process with probes, the first one first.
     pub fn pids(&self) -> &[u32] {
         &self.pids

@@ -221,16 +221,27 @@ impl Capture {
             }
             let (blocks, bytes) =
                 super::exec::release(&mut probes.ebpf, &seen, &mut self.samples, &mut self.execs)?;
+            let pid = seen.ev.tgid;
             // The old map would resolve the new program's addresses wrongly.
-            self.refresh();
-            let old_comm = self.prev_comm.take().unwrap_or_else(|| self.comm.clone());
+            let (old_comm, new_comm) = if pid == self.pid {
+                self.refresh();
+                let old = self.prev_comm.take().unwrap_or_else(|| self.comm.clone());
+                (old, self.comm.clone())
+            } else {
+                self.others.get(pid, true);
+                // The session knows its old name.
+                (String::new(), read_comm(pid).unwrap_or_default())
+            };
+            let tid = seen.ev.parent;
             let note = super::exec::ExecNote {
-                pid: seen.ev.tgid,
+                pid,
                 t_ms,
                 old_comm,
-                new_comm: self.comm.clone(),
+                new_comm,
                 blocks,
                 bytes,
+                from_thread: (tid != 0 && tid != pid).then_some(tid),
+                reattached: None,
             };
             self.execs.notes.push(note.clone());
             notes.push(note);

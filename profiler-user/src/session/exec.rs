@@ -24,12 +24,17 @@ pub struct ExecNote {
     /// Live blocks (and mapped regions) of the old image released.
     pub blocks: u64,
     pub bytes: u64,
+    /// The thread that exec'd, when not the main one: the probes, bound to
+    /// the old main thread, died with it and were attached again.
+    pub from_thread: Option<u32>,
+    /// Probes attached again (from another thread), or why they could not be.
+    pub reattached: Option<Result<usize, String>>,
 }
 
 impl ExecNote {
     /// One line for the report and the status output.
     pub fn describe(&self) -> String {
-        format!(
+        let mut line = format!(
             "pid {} exec'd at {:.1}s: {} → {}; {} live blocks ({} B) of the old image released by exec",
             self.pid,
             self.t_ms as f64 / 1000.0,
@@ -37,7 +42,21 @@ impl ExecNote {
             self.new_comm,
             self.blocks,
             self.bytes
-        )
+        );
+        if let Some(tid) = self.from_thread {
+            match &self.reattached {
+                Some(Ok(n)) => line.push_str(&format!(
+                    "; exec'd from thread {tid}, not the main one: its {n} probes were attached \
+                     again (the old ones went with the old main thread)"
+                )),
+                Some(Err(e)) => line.push_str(&format!(
+                    "; exec'd from thread {tid}, not the main one: its probes could not be \
+                     attached again ({e}): its allocations are no longer seen"
+                )),
+                None => {}
+            }
+        }
+        line
     }
 }
 
@@ -85,14 +104,15 @@ pub struct Released {
 }
 
 impl Released {
-    /// The program names in order ("old → new") when the process exec'd,
-    /// else `current`.
-    pub fn program_names(&self, current: &str) -> String {
-        match self.notes.first() {
+    /// The program names of process `pid` in order ("old → new") when it
+    /// exec'd, else `current`.
+    pub fn program_names(&self, pid: u32, current: &str) -> String {
+        let mut own = self.notes.iter().filter(|n| n.pid == pid).peekable();
+        match own.peek() {
             None => current.to_string(),
             Some(first) => {
                 let mut names = vec![first.old_comm.as_str()];
-                names.extend(self.notes.iter().map(|n| n.new_comm.as_str()));
+                names.extend(own.map(|n| n.new_comm.as_str()));
                 names.join(" → ")
             }
         }

@@ -163,7 +163,14 @@ impl Worker {
 
     /// Sends the execs applied; the process is named after both programs.
     fn execs(&mut self, notes: Vec<super::exec::ExecNote>) {
-        for n in notes {
+        for mut n in notes {
+            if n.old_comm.is_empty() {
+                n.old_comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
+            }
+            if n.from_thread.is_some() {
+                n.reattached = Some(self.probes.reattach(n.pid).map_err(|e| e.to_string()));
+            }
+            self.comms.insert(n.pid, n.new_comm.clone());
             if let Some(p) = self.timeline.processes().iter().find(|p| p.pid == n.pid) {
                 let mut p = p.clone();
                 p.comm = format!("{} → {}", p.comm, n.new_comm);
@@ -548,7 +555,7 @@ pub(super) fn run(
         timeline: w.timeline,
         meta: ProfileMeta {
             pid,
-            comm: w.cap.execs.program_names(&w.cap.comm),
+            comm: w.cap.execs.program_names(pid, &w.cap.comm),
             sample_rate,
             allocator: opts.allocator.clone(),
             allocator_notes: opts.allocator_notes.clone(),
