@@ -55,10 +55,12 @@ pub enum CounterId {
     ExecReleasedBytes = 21,
     ExitReleased = 22,
     ExitReleasedBytes = 23,
+    UntrackedAllocs = 24,
+    UntrackedBytes = 25,
 }
 
 /// Number of counters (and of recording slots).
-pub const COUNTER_COUNT: usize = 24;
+pub const COUNTER_COUNT: usize = 26;
 
 impl CounterId {
     /// The slot in a recording's totals (the stable id).
@@ -194,6 +196,22 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
             C,
             &[],
         ),
+        row(
+            I::UntrackedAllocs,
+            "untracked_allocs",
+            "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)",
+            "Unsampled allocations counted at entry only: uprobe sessions skip their return probe, so their blocks are not tracked and the live heap is an estimate.",
+            C,
+            &[counter::UNTRACKED_ALLOCS],
+        ),
+        row(
+            I::UntrackedBytes,
+            "untracked_bytes",
+            "bytes of allocations seen at entry only",
+            "Bytes requested by the allocations counted at entry only.",
+            C,
+            &[counter::UNTRACKED_BYTES],
+        ),
         row(I::LiveMapFull, "live_map_full", "live map full", "Allocations not tracked: live map full.", L, &[counter::LIVE_MAP_FULL]),
         row(
             I::StackFailed,
@@ -306,6 +324,8 @@ mod tests {
             "exec_released_bytes",
             "exit_released",
             "exit_released_bytes",
+            "untracked_allocs",
+            "untracked_bytes",
         ];
         for d in COUNTERS {
             assert_eq!(names[d.id.slot()], d.name);

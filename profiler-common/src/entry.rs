@@ -334,6 +334,37 @@ pub fn outcome(kind: AllocKind, args: [u64; 3], ret: u64) -> Outcome {
     }
 }
 
+/// What a heap-block allocation asks for, known at its entry: the size its
+/// successful return will record (as [`outcome`] computes it) and the block
+/// it may free (realloc's old pointer, 0 for none). `None` for the mapping
+/// calls and the frees, whose return (if any) must always be seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub size: u64,
+    pub old: u64,
+}
+
+/// The [`Request`] of a call of `kind` with saved arguments `args`.
+pub fn requested(kind: AllocKind, args: [u64; 3]) -> Option<Request> {
+    let [a0, a1, a2] = args;
+    let (size, old) = match kind {
+        AllocKind::Malloc
+        | AllocKind::AlignedAlloc
+        | AllocKind::Memalign
+        | AllocKind::Valloc
+        | AllocKind::New
+        | AllocKind::NewArray
+        | AllocKind::Mallocx => (a0, 0),
+        AllocKind::Pvalloc => (a0.wrapping_add(4095) & !4095u64, 0),
+        AllocKind::Calloc => (a0.wrapping_mul(a1), 0),
+        AllocKind::Realloc | AllocKind::Rallocx => (a1, a0),
+        AllocKind::Reallocarray => (a1.wrapping_mul(a2), a0),
+        AllocKind::PosixMemalign => (a1, 0),
+        AllocKind::Mmap | AllocKind::Mremap | AllocKind::Free | AllocKind::Munmap => return None,
+    };
+    Some(Request { size, old })
+}
+
 fn alloc(ret: u64, size: u64) -> Outcome {
     if ret == 0 {
         Outcome::Failed
@@ -578,5 +609,32 @@ mod tests {
             outcome(AllocKind::Munmap, [0x10, 4096, 0], 0),
             Outcome::Ignore
         );
+    }
+
+    #[test]
+    fn the_request_known_at_entry_is_what_the_return_records() {
+        // For every heap-block kind, the size and the freed block known at
+        // entry are those a successful return records.
+        for kind in AllocKind::ALL {
+            let args = [0x5000, 24, 3];
+            let Some(r) = requested(kind, args) else {
+                assert!(matches!(
+                    kind,
+                    AllocKind::Mmap | AllocKind::Mremap | AllocKind::Free | AllocKind::Munmap
+                ));
+                continue;
+            };
+            let ret = if kind == AllocKind::PosixMemalign {
+                0
+            } else {
+                0x9000
+            };
+            let (size, old) = match outcome(kind, args, ret) {
+                Outcome::Alloc { size, .. } | Outcome::AllocAt { size, .. } => (size, 0),
+                Outcome::Realloc { size, old, .. } => (size, old),
+                o => panic!("{kind:?}: {o:?}"),
+            };
+            assert_eq!(r, Request { size, old }, "{kind:?}");
+        }
     }
 }

@@ -245,7 +245,17 @@ pub struct Inflight {
     /// 1 when the call is one of a custom pool allocator's entry points
     /// (`--alloc`): every allocator call beneath it is the pool's own.
     pub pool: u32,
+    /// 1 when a uprobe session's entry already drew this call's sample (see
+    /// [`KFUNC_SESSION_IS_RETURN`]): the return records it without drawing again.
+    pub sampled: u32,
+    pub _pad: u32,
 }
+
+/// The helper id the eBPF session program calls in place of the kfunc
+/// `bpf_session_is_return` (Rust eBPF cannot name a kfunc): userspace
+/// rewrites every such call into a kfunc call before loading the program.
+/// No kernel helper has this id, so a call left unrewritten fails to load.
+pub const KFUNC_SESSION_IS_RETURN: i32 = 0x5e55_0001;
 
 /// The per-thread stack of pending allocator calls (value of the `INFLIGHT`
 /// map): the outermost call and those of signal handlers that interrupted
@@ -483,8 +493,14 @@ pub mod counter {
     pub const ALLOCATOR_MAPPED: u32 = 20;
     /// Bytes the allocator unmapped outside any program call.
     pub const ALLOCATOR_UNMAPPED: u32 = 21;
+    /// Allocations seen at entry only: with uprobe sessions an unsampled
+    /// call's return probe is skipped, so its block is not in the live map
+    /// (its free is then counted in [`FREES_UNKNOWN`]).
+    pub const UNTRACKED_ALLOCS: u32 = 22;
+    /// Bytes those allocations asked for.
+    pub const UNTRACKED_BYTES: u32 = 23;
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 24;
 }
 
 /// Default sizes of the bounded kernel maps (overridable by flags).
@@ -524,8 +540,8 @@ const _: () = assert!(core::mem::size_of::<SampledFree>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 48);
-const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
-const _: () = assert!(core::mem::size_of::<PendingCalls>() == 120);
+const _: () = assert!(core::mem::size_of::<Inflight>() == 64);
+const _: () = assert!(core::mem::size_of::<PendingCalls>() == 136);
 const _: () = assert!(core::mem::size_of::<MapEvent>() == 56);
 
 /// The fixed-point tables the eBPF side uses instead of floating point.

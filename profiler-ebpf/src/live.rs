@@ -17,7 +17,7 @@ use crate::maps::{
     atomic_add, bump, config_u32, wake_flags, EVENTS, LIVE, SITES, STACK_MODE, STACK_SCRATCH,
     STACK_TABLE,
 };
-use crate::sample::{emit_sample, sample, sample_header};
+use crate::sample::{emit_sample, estimate_drawn, sample, sample_header};
 
 #[inline(always)]
 fn dwarf() -> bool {
@@ -206,8 +206,16 @@ fn site_cross(key: &SiteKey, bytes: u64, count: u64) {
 }
 
 /// A block allocated by the program: into the live map, sampled or not.
+/// `drawn`: a session entry already drew it as a sample.
 #[inline(always)]
-fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: AllocKind) {
+fn record_alloc(
+    ctx: &RetProbeContext,
+    tgid: u32,
+    ptr: u64,
+    size: u64,
+    kind: AllocKind,
+    drawn: bool,
+) {
     let key = LiveKey { tgid, _pad: 0, ptr };
     // SAFETY: copied out at once, see record_free.
     if unsafe { LIVE.get(&key) }.is_some() {
@@ -215,7 +223,11 @@ fn record_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: All
         bump(counter::REPLACED, 1);
         record_free(tgid, ptr);
     }
-    let est = sample(size);
+    let est = if drawn {
+        estimate_drawn(size)
+    } else {
+        sample(size)
+    };
     let dwarf = dwarf();
     let stack_id = match est {
         None => STACK_UNSAMPLED,
@@ -296,15 +308,22 @@ pub(crate) fn map_event(
     }
 }
 
-/// Applies the outcome of the program's outermost allocator call of `kind`.
+/// Applies the outcome of the program's outermost allocator call of `kind`
+/// (`drawn`: its sample was drawn at a session entry).
 #[inline(always)]
-pub(crate) fn account(ctx: &RetProbeContext, tgid: u32, kind: AllocKind, outcome: Outcome) {
+pub(crate) fn account(
+    ctx: &RetProbeContext,
+    tgid: u32,
+    kind: AllocKind,
+    outcome: Outcome,
+    drawn: bool,
+) {
     match outcome {
-        Outcome::Alloc { ptr, size } => record_alloc(ctx, tgid, ptr, size, kind),
+        Outcome::Alloc { ptr, size } => record_alloc(ctx, tgid, ptr, size, kind, drawn),
         // SAFETY: reads one pointer from the target's memory; a fault is an error, not a crash.
         Outcome::AllocAt { memptr, size } => {
             match unsafe { bpf_probe_read_user(memptr as *const u64) } {
-                Ok(ptr) if ptr != 0 => record_alloc(ctx, tgid, ptr, size, kind),
+                Ok(ptr) if ptr != 0 => record_alloc(ctx, tgid, ptr, size, kind, drawn),
                 _ => bump(counter::ALLOC_FAILED, 1),
             }
         }
@@ -313,7 +332,7 @@ pub(crate) fn account(ctx: &RetProbeContext, tgid: u32, kind: AllocKind, outcome
             if old != 0 {
                 record_free(tgid, old);
             }
-            record_alloc(ctx, tgid, new, size, kind);
+            record_alloc(ctx, tgid, new, size, kind, drawn);
         }
         Outcome::Free { ptr } => record_free(tgid, ptr),
         Outcome::Map { addr, len } => {

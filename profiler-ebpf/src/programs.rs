@@ -11,13 +11,17 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use profiler_common::{counter, AllocKind, EntrySpec, EventKind, STACK_NONE};
+use profiler_common::{
+    counter, entry::requested, AllocKind, EntrySpec, EventKind, LiveKey, KFUNC_SESSION_IS_RETURN,
+    STACK_NONE,
+};
 
 use crate::live::{
     account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
 };
-use crate::maps::{armed, bump};
-use crate::thread::{enter, judge_entry_only, leave, EntryOnly};
+use crate::maps::{armed, bump, LIVE};
+use crate::sample::sample;
+use crate::thread::{enter, judge_entry_only, leave, outermost_program_call, EntryOnly};
 
 #[inline(always)]
 fn tgid() -> u32 {
@@ -57,35 +61,49 @@ fn arg(regs: &[u64; 6], n: u8) -> u64 {
     }
 }
 
-/// Entry of any allocator function, described by its attach cookie.
-#[uprobe]
-pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+/// The probed call's entry point row and its saved arguments.
+#[inline(always)]
+fn spec_and_args(ctx: &ProbeContext) -> Option<(EntrySpec, [u64; 3])> {
     // SAFETY: the context pointer is the one the kernel passed to this program.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let Some(spec) = EntrySpec::from_cookie(cookie) else {
-        return 0;
-    };
-    let regs = arg_registers(&ctx);
+    let spec = EntrySpec::from_cookie(cookie)?;
+    let regs = arg_registers(ctx);
     let args = [
         arg(&regs, spec.args[0]),
         arg(&regs, spec.args[1]),
         arg(&regs, spec.args[2]),
     ];
+    Some((spec, args))
+}
+
+/// Entry of any allocator function, described by its attach cookie.
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    let Some((spec, args)) = spec_and_args(&ctx) else {
+        return 0;
+    };
+    entry_of(&ctx, spec, args);
+    0
+}
+
+/// What every entry does (a session entry that keeps its return, too).
+#[inline(always)]
+fn entry_of(ctx: &ProbeContext, spec: EntrySpec, args: [u64; 3]) {
     match spec.kind {
         // free has no return probe: it returns nothing, and skipping the
         // return trap halves its cost.
         AllocKind::Free => {
             if args[0] == 0 || !armed() {
-                return 0;
+                return;
             }
-            match judge_entry_only(&ctx) {
+            match judge_entry_only(ctx) {
                 EntryOnly::Program => record_free(tgid(), args[0]),
                 EntryOnly::Allocator => record_allocator_free(tgid(), args[0]),
                 EntryOnly::Nested => {}
             }
         }
         AllocKind::Munmap if !armed() => {}
-        AllocKind::Munmap => match judge_entry_only(&ctx) {
+        AllocKind::Munmap => match judge_entry_only(ctx) {
             EntryOnly::Program => emit_map_event(map_event(
                 EventKind::Munmap,
                 tgid(),
@@ -96,29 +114,101 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
             EntryOnly::Allocator => bump(counter::ALLOCATOR_UNMAPPED, args[1]),
             EntryOnly::Nested => {}
         },
-        kind => enter(&ctx, kind, args, spec.pool),
+        kind => enter(ctx, kind, args, spec.pool, 0),
     }
-    0
 }
 
 /// Return of any allocator function that has a return probe: the outermost
 /// call's saved state and its result.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let Some(st) = leave(&ctx) else { return 0 };
+    return_of(&ctx);
+    0
+}
+
+#[inline(always)]
+fn return_of(ctx: &RetProbeContext) {
+    let Some(st) = leave(ctx) else { return };
     if !armed() {
-        return 0;
+        return;
     }
     let Some(kind) = AllocKind::from_u32(st.kind) else {
-        return 0;
+        return;
     };
     let outcome = profiler_common::entry::outcome(kind, [st.arg0, st.arg1, st.arg2], ctx.ret());
     if st.internal != 0 {
         account_allocator(outcome);
     } else {
-        account(&ctx, tgid(), kind, outcome);
+        account(ctx, tgid(), kind, outcome, st.sampled != 0);
     }
-    0
+}
+
+// ---- uprobe sessions (kernel 6.13+) -------------------------------------
+
+/// `bpf_session_is_return()`: true when a session program runs for the
+/// return of the call.
+#[inline(always)]
+fn session_is_return() -> bool {
+    // SAFETY: a call of helper id KFUNC_SESSION_IS_RETURN, which no kernel
+    // has: userspace rewrites it into a call of the kfunc (no arguments,
+    // returns a bool) before loading this program, and loads it only then.
+    let f: unsafe extern "C" fn() -> u64 =
+        unsafe { core::mem::transmute(KFUNC_SESSION_IS_RETURN as usize) };
+    // SAFETY: see above.
+    (unsafe { f() }) & 0xff != 0
+}
+
+/// Entry and return of a heap allocator function attached as a uprobe
+/// session. The entry draws the sample: an unsampled outermost program call
+/// is counted and returns 1, so the kernel skips its return probe (and the
+/// return trap); every other call returns 0 and is seen whole, as with
+/// `alloc_enter` and `alloc_return`.
+///
+/// Written without `#[uprobe]`, whose wrapper returns 0 whatever the
+/// program returns: here the return value is the point.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
+    session(ProbeContext::new(ctx))
+}
+
+#[inline(always)]
+fn session(ctx: ProbeContext) -> u32 {
+    if session_is_return() {
+        return_of(&RetProbeContext::new(ctx.as_ptr()));
+        return 0;
+    }
+    let Some((spec, args)) = spec_and_args(&ctx) else {
+        return 0;
+    };
+    let Some(req) = requested(spec.kind, args) else {
+        entry_of(&ctx, spec, args);
+        return 0;
+    };
+    if spec.pool || !armed() || !outermost_program_call(&ctx) {
+        enter(&ctx, spec.kind, args, spec.pool, 0);
+        return 0;
+    }
+    if req.old != 0 {
+        let key = LiveKey {
+            tgid: tgid(),
+            _pad: 0,
+            ptr: req.old,
+        };
+        // SAFETY: only whether the key is present is looked at.
+        if unsafe { LIVE.get(&key) }.is_some() {
+            // It frees a tracked block: its return must be seen.
+            enter(&ctx, spec.kind, args, spec.pool, 0);
+            return 0;
+        }
+    }
+    if sample(req.size).is_some() {
+        enter(&ctx, spec.kind, args, spec.pool, 1);
+        return 0;
+    }
+    bump(counter::UNTRACKED_ALLOCS, 1);
+    bump(counter::UNTRACKED_BYTES, req.size);
+    1
 }
 
 // ---- bare probes (benchmark baseline: the trap alone) -------------------
@@ -131,4 +221,11 @@ pub fn noop_enter(_ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn noop_return(_ctx: RetProbeContext) -> u32 {
     0
+}
+
+/// Bare session entry: skips every return (the floor of session probes).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn noop_session(_ctx: *mut core::ffi::c_void) -> u32 {
+    1
 }

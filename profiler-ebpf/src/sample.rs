@@ -113,6 +113,19 @@ pub(crate) fn sample(size: u64) -> Option<(u64, u64)> {
     })
 }
 
+/// What an allocation of `size` that was drawn as a sample stands for,
+/// without drawing again (a session entry drew it).
+#[inline(always)]
+pub(crate) fn estimate_drawn(size: u64) -> Option<(u64, u64)> {
+    let rate = sample_rate();
+    if rate == 0 {
+        return Some((size, COUNT_SCALE));
+    }
+    sampling::estimate(size, rate, |i| {
+        u64::from(WEIGHT_TABLE.get(i).copied().unwrap_or(tables::ONE as u32))
+    })
+}
+
 /// A ring-buffer record of a sample with an `N`-byte stack copy.
 #[repr(C)]
 struct Sample<const N: usize> {

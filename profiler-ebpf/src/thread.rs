@@ -156,9 +156,10 @@ fn push(tid: u64, call: &Inflight) {
 /// Records entry into an allocator function with a return probe. A call
 /// nested in the thread's top pending one is not recorded (the allocator's
 /// own); a tail call deepens the chain; a signal handler's call is pushed
-/// over the call it interrupted.
+/// over the call it interrupted. `sampled` is 1 when a session entry has
+/// already drawn this call's sample.
 #[inline(always)]
-pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: bool) {
+pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: bool, sampled: u32) {
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -190,8 +191,25 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: b
         entry_sp: sp_of(ctx.regs),
         internal,
         pool: u32::from(pool),
+        sampled,
+        _pad: 0,
     };
     push(tid, &call);
+}
+
+/// True when a call entering now is the program's own outermost call, as
+/// far as a session entry needs to know to skip its return: the thread has
+/// no pending call, and the caller is not the allocator's own code.
+#[inline(always)]
+pub(crate) fn outermost_program_call(ctx: &ProbeContext) -> bool {
+    let tid = bpf_get_current_pid_tgid();
+    if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the entry is only touched by its own thread, which is here.
+        if pending_n(unsafe { &*p }) > 0 {
+            return false;
+        }
+    }
+    !internal(return_address(sp_of(ctx.regs)))
 }
 
 /// Who made a call judged at its entry only (`free`, `munmap`).

@@ -17,6 +17,9 @@ pub struct Exactness {
     /// Every lost event, including ones that only lose attribution (a stack
     /// that could not be read).
     pub lost: u64,
+    /// Allocations counted at entry only (uprobe sessions skip unsampled
+    /// returns): non-zero makes the live heap a sampled estimate.
+    pub untracked: u64,
 }
 
 impl Exactness {
@@ -29,6 +32,7 @@ impl Exactness {
             sample_rate,
             lost_for_totals,
             lost,
+            untracked: t.get(CounterId::UntrackedAllocs),
         }
     }
 
@@ -41,7 +45,13 @@ impl Exactness {
     /// allocation) are exact: nothing that changes them was lost. Sampling
     /// does not matter, every call is counted.
     pub fn totals_exact(&self) -> bool {
-        self.lost_for_totals == 0
+        self.lost_for_totals == 0 && self.untracked == 0
+    }
+
+    /// The live heap is the per-site estimate: unsampled blocks were not
+    /// tracked (uprobe sessions).
+    pub fn live_estimated(&self) -> bool {
+        self.untracked > 0
     }
 
     /// Every per-site number is exact: no sampling and nothing lost,
@@ -120,6 +130,13 @@ mod tests {
             assert!(!e.sites_exact(), "{id:?}");
             assert_eq!(e.totals_exact(), id == CounterId::StackFailed, "{id:?}");
         }
+    }
+
+    #[test]
+    fn untracked_allocations_make_the_totals_an_estimate() {
+        let e = Exactness::new(524_288, &totals(|t| t.untracked_allocs = 9));
+        assert!(e.live_estimated() && !e.totals_exact());
+        assert_eq!(e.lost, 0, "nothing was lost: the sites stay unbiased");
     }
 
     #[test]

@@ -239,6 +239,12 @@ pub struct Totals {
     pub exit_released: u64,
     /// Their bytes; included in `free_bytes`.
     pub exit_released_bytes: u64,
+    /// Unsampled allocations counted at entry only (uprobe sessions skip
+    /// their returns): not in `allocs`, their frees in `frees_unknown`.
+    /// Non-zero makes the live heap an estimate.
+    pub untracked_allocs: u64,
+    /// Bytes those allocations asked for (not in `alloc_bytes`).
+    pub untracked_bytes: u64,
 }
 
 impl Totals {
@@ -271,6 +277,8 @@ impl Totals {
             CounterId::ExecReleasedBytes => self.exec_released_bytes,
             CounterId::ExitReleased => self.exit_released,
             CounterId::ExitReleasedBytes => self.exit_released_bytes,
+            CounterId::UntrackedAllocs => self.untracked_allocs,
+            CounterId::UntrackedBytes => self.untracked_bytes,
         }
     }
 
@@ -301,6 +309,8 @@ impl Totals {
             CounterId::ExecReleasedBytes => &mut self.exec_released_bytes,
             CounterId::ExitReleased => &mut self.exit_released,
             CounterId::ExitReleasedBytes => &mut self.exit_released_bytes,
+            CounterId::UntrackedAllocs => &mut self.untracked_allocs,
+            CounterId::UntrackedBytes => &mut self.untracked_bytes,
         };
         *field = v;
     }
@@ -506,6 +516,8 @@ mod counter_table_tests {
             exec_released_bytes,
             exit_released,
             exit_released_bytes,
+            untracked_allocs,
+            untracked_bytes,
         } = t;
         let mut fields = vec![
             allocs,
@@ -532,6 +544,8 @@ mod counter_table_tests {
             exec_released_bytes,
             exit_released,
             exit_released_bytes,
+            untracked_allocs,
+            untracked_bytes,
         ];
         fields.sort_unstable();
         let expected: Vec<u64> = (1..=COUNTERS.len() as u64).collect();

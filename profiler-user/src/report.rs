@@ -58,6 +58,18 @@ fn write_sampling_note(e: Exactness, out: &mut impl Write) -> std::io::Result<()
     } else {
         e.lost_for_totals
     };
+    if e.live_estimated() {
+        writeln!(
+            out,
+            "sampling: one sample per {} allocated on average, with uprobe sessions: every \
+             number but the counters is an estimate (the live heap too: {} unsampled \
+             allocations were counted at entry only and their blocks not tracked; their \
+             frees are among the frees of unknown pointers)",
+            views::human_bytes(e.sample_rate),
+            e.untracked
+        )?;
+        return writeln!(out);
+    }
     match (e.sample_rate, lost) {
         (0, 0) => writeln!(out, "sampling: none (--exact); every number is exact")?,
         (0, n) => writeln!(

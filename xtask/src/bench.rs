@@ -17,56 +17,74 @@ struct Mode {
     heapscope: Option<&'static [&'static str]>,
 }
 
+/// The rows of the main table: the baselines first (ratios are taken
+/// against "no profiler" and "bare probes" of the same run and thread count).
 const MODES: &[Mode] = &[
     Mode {
         name: "no profiler",
         heapscope: None,
     },
     Mode {
-        name: "bare probes (on emulated instructions)",
+        name: "bare probes",
         heapscope: Some(&["--bare-probes"]),
     },
     Mode {
-        name: "bare probes (every probe at +0)",
-        heapscope: Some(&["--bare-probes", "--no-prologue-skip"]),
+        name: "bare probes, uprobe sessions",
+        heapscope: Some(&["--bare-probes", "--sessions"]),
     },
     Mode {
-        name: "heapscope --stacks fp --exact",
-        heapscope: Some(&["--stacks", "fp", "--exact"]),
+        name: "default (DWARF, sampled 512KiB)",
+        heapscope: Some(&[]),
     },
     Mode {
-        name: "heapscope --stacks fp --exact, all at +0",
-        heapscope: Some(&["--stacks", "fp", "--exact", "--no-prologue-skip"]),
+        name: "default --sessions",
+        heapscope: Some(&["--sessions"]),
     },
     Mode {
-        name: "heapscope --stacks fp (sampled 512KiB)",
+        name: "--stacks fp (sampled)",
         heapscope: Some(&["--stacks", "fp"]),
     },
     Mode {
-        name: "heapscope --exact (DWARF)",
-        heapscope: Some(&["--exact"]),
+        name: "--stacks fp --exact",
+        heapscope: Some(&["--stacks", "fp", "--exact"]),
     },
     Mode {
-        name: "heapscope default (DWARF, sampled 512KiB)",
-        heapscope: Some(&[]),
+        name: "--exact (DWARF)",
+        heapscope: Some(&["--exact"]),
     },
 ];
 
-/// What one mode measured.
+/// Rows only `--long` adds: every probe at +0 (the single-step cost).
+const LONG_MODES: &[Mode] = &[
+    Mode {
+        name: "bare probes, all at +0",
+        heapscope: Some(&["--bare-probes", "--no-prologue-skip"]),
+    },
+    Mode {
+        name: "--stacks fp --exact, all at +0",
+        heapscope: Some(&["--stacks", "fp", "--exact", "--no-prologue-skip"]),
+    },
+];
+
+/// What one run measured.
+#[derive(Default)]
 struct Measurement {
-    ns_per_pair: f64,
+    /// The target threads' CPU time (user + kernel, where probe handling
+    /// is charged) per pair: steady when other work loads the machine.
+    cpu_ns: f64,
+    /// Wall-clock time per pair.
+    wall_ns: f64,
     /// Ring-buffer records lost, from the report.
     lost: Option<u64>,
-    /// Stacks unwound in userspace, from heapscope's stderr.
-    stacks: Option<u64>,
     /// heapscope's own CPU time (user + system) over the whole session.
     cpu_secs: Option<f64>,
-    /// Userspace unwinding time per stack, from heapscope's stderr.
-    unwind_us: Option<f64>,
+    /// heapscope's peak resident set.
+    peak_rss_mb: Option<f64>,
 }
 
-/// Waits for a child and returns its user+system CPU seconds.
-fn wait_cpu(child: &Child) -> Result<f64> {
+/// Waits for a child and returns its user+system CPU seconds and its peak
+/// resident set in MB.
+fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -76,7 +94,10 @@ fn wait_cpu(child: &Child) -> Result<f64> {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(tv(usage.ru_utime) + tv(usage.ru_stime))
+    Ok((
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        usage.ru_maxrss as f64 / 1024.0,
+    ))
 }
 
 fn number_after(text: &str, prefix: &str) -> Option<u64> {
@@ -88,7 +109,7 @@ fn number_after(text: &str, prefix: &str) -> Option<u64> {
     })
 }
 
-fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(r).lines().map_while(Result::ok) {
@@ -100,7 +121,7 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> Result<String> {
+pub(crate) fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> Result<String> {
     loop {
         let l = rx
             .recv_timeout(Duration::from_secs(300))
@@ -167,7 +188,7 @@ fn bench_allocators(bin: &Path, heapscope: &Path, pairs: u64) -> Result<()> {
         }
         let mut row = Vec::new();
         for mode in &ALLOCATOR_MODES {
-            row.push(measure_with(bin, heapscope, mode, pairs, lib)?.ns_per_pair);
+            row.push(measure_with(bin, heapscope, mode, pairs, 1, lib)?.cpu_ns);
         }
         // What heapscope adds to a pair, beyond the allocator's own cost.
         let cost = row[2] - row[0];
@@ -183,8 +204,16 @@ fn bench_allocators(bin: &Path, heapscope: &Path, pairs: u64) -> Result<()> {
     Ok(())
 }
 
-fn measure(bin: &Path, heapscope: &Path, mode: &Mode, pairs: u64) -> Result<Measurement> {
-    measure_with(bin, heapscope, mode, pairs, None)
+/// Runs `pairs` malloc/free pairs on each of `threads` threads of the
+/// target, under `mode`.
+fn measure(
+    bin: &Path,
+    heapscope: &Path,
+    mode: &Mode,
+    pairs: u64,
+    threads: u32,
+) -> Result<Measurement> {
+    measure_with(bin, heapscope, mode, pairs, threads, None)
 }
 
 fn measure_with(
@@ -192,6 +221,7 @@ fn measure_with(
     heapscope: &Path,
     mode: &Mode,
     pairs: u64,
+    threads: u32,
     preload: Option<&str>,
 ) -> Result<Measurement> {
     let mut cmd = Command::new(bin);
@@ -200,6 +230,7 @@ fn measure_with(
     }
     let mut target = cmd
         .arg(pairs.to_string())
+        .arg(threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -224,38 +255,163 @@ fn measure_with(
         profiler = Some((p, err, report));
     }
     writeln!(stdin, "go")?;
-    let ns_per_pair: f64 = wait_for(&out, "ns_per_pair")?
-        .split_whitespace()
-        .nth(1)
-        .context("ns_per_pair value")?
-        .parse()?;
-    let mut m = Measurement {
-        ns_per_pair,
-        lost: None,
-        stacks: None,
-        cpu_secs: None,
-        unwind_us: None,
-    };
-    if let Some((p, err, report)) = profiler {
+    let mut m = read_pair_costs(&out)?;
+    if let Some((p, _err, report)) = profiler {
         // SAFETY: sending SIGINT to our own child.
         unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGINT) };
-        m.cpu_secs = Some(wait_cpu(&p)?);
+        let (cpu, rss) = wait_cpu(&p)?;
+        m.cpu_secs = Some(cpu);
+        m.peak_rss_mb = Some(rss);
         // The readers end at EOF, now that heapscope has exited.
         let report: Vec<String> = report.iter().collect();
-        let unwound: Vec<String> = err
-            .iter()
-            .filter(|l| l.contains("stacks unwound"))
-            .collect();
         m.lost = number_after(&report.join("\n"), "ring buffer lost:");
-        m.stacks = number_after(&unwound.join("\n"), "heapscope:");
-        m.unwind_us = unwound.first().and_then(|l| {
-            let (before, _) = l.split_once(" µs each")?;
-            before.rsplit(' ').next()?.parse().ok()
-        });
     }
     writeln!(stdin, "exit")?;
     target.wait()?;
     Ok(m)
+}
+
+/// Reads `cpu_ns_per_pair X` and `ns_per_pair Y` from the benchmark target.
+fn read_pair_costs(out: &mpsc::Receiver<String>) -> Result<Measurement> {
+    let value = |l: String| -> Result<f64> {
+        Ok(l.split_whitespace()
+            .nth(1)
+            .context("a value after the name")?
+            .parse()?)
+    };
+    Ok(Measurement {
+        cpu_ns: value(wait_for(out, "cpu_ns_per_pair")?)?,
+        wall_ns: value(wait_for(out, "ns_per_pair")?)?,
+        ..Measurement::default()
+    })
+}
+
+/// The same workload under heaptrack (LD_PRELOAD, from the start of the
+/// program): the peer a user would pick instead. `None` when heaptrack is
+/// not installed.
+fn measure_heaptrack(bin: &Path, pairs: u64, threads: u32) -> Result<Option<Measurement>> {
+    if !crate::util::have("heaptrack") {
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!("heapscope-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut p = Command::new("heaptrack")
+        .arg("-o")
+        .arg(dir.join("bench"))
+        .arg(bin)
+        .arg(pairs.to_string())
+        .arg(threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = p.stdin.take().context("heaptrack stdin")?;
+    let out = lines_of(p.stdout.take().context("heaptrack stdout")?);
+    wait_for(&out, "ready")?;
+    writeln!(stdin, "go")?;
+    let mut m = read_pair_costs(&out)?;
+    writeln!(stdin, "exit")?;
+    drop(stdin);
+    // heaptrack's interpreter is the script's child: its CPU and memory are
+    // in the script's rusage, together with the target's.
+    let (cpu, rss) = wait_cpu(&p)?;
+    m.cpu_secs = Some(cpu);
+    m.peak_rss_mb = Some(rss);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some(m))
+}
+
+/// One row of the main table: per thread count, CPU ns per pair and its
+/// ratios to no profiler and to bare probes; then losses, heapscope's CPU
+/// and peak RSS (per thread count, `1t/2t`).
+fn print_row(name: &str, runs: &[Measurement], none: &[f64], bare: &[f64]) {
+    let mut line = format!("  {name:<34}");
+    for (i, m) in runs.iter().enumerate() {
+        line.push_str(&format!(
+            " {:>8.0} {:>7.0} {:>6.1}x {:>5.2}x",
+            m.cpu_ns,
+            m.wall_ns,
+            m.cpu_ns / none[i],
+            m.cpu_ns / bare[i]
+        ));
+    }
+    let join = |f: &dyn Fn(&Measurement) -> Option<String>| -> String {
+        let v: Vec<String> = runs
+            .iter()
+            .map(|m| f(m).unwrap_or_else(|| "-".into()))
+            .collect();
+        v.join("/")
+    };
+    line.push_str(&format!(
+        " {:>11} {:>11} {:>11}",
+        join(&|m| m.lost.map(|v| v.to_string())),
+        join(&|m| m.cpu_secs.map(|v| format!("{v:.1}"))),
+        join(&|m| m.peak_rss_mb.map(|v| format!("{v:.0}"))),
+    ));
+    println!("{line}");
+}
+
+/// The main table: every mode at 1 and 2 threads, and heaptrack.
+fn bench_table(bin: &Path, heapscope: &Path, pairs: u64, long: bool) -> Result<()> {
+    const THREADS: [u32; 2] = [1, 2];
+    println!(
+        "malloc(64)/free pairs, {pairs} per thread; ns per pair in the target threads' CPU time \
+         (user + kernel: probe handling is charged there) and wall time; ratios of the CPU \
+         time to no profiler and to bare probes of the same run; lost ring-buffer records, \
+         heapscope CPU seconds and peak RSS (MB) at 1/2 threads"
+    );
+    println!(
+        "  {:<34} {:>8} {:>7} {:>7} {:>6} {:>8} {:>7} {:>7} {:>6} {:>11} {:>11} {:>11}",
+        "mode",
+        "1t cpu",
+        "wall",
+        "xnone",
+        "xbare",
+        "2t cpu",
+        "wall",
+        "xnone",
+        "xbare",
+        "lost",
+        "CPU s",
+        "RSS MB"
+    );
+    let modes: Vec<&Mode> = MODES
+        .iter()
+        .chain(if long { LONG_MODES } else { &[] })
+        .collect();
+    let (mut none, mut bare) = (Vec::new(), Vec::new());
+    let mut measured = Vec::new();
+    for mode in modes {
+        let mut runs = Vec::new();
+        for t in THREADS {
+            runs.push(measure(bin, heapscope, mode, pairs, t)?);
+        }
+        measured.push((mode.name, runs[0].cpu_ns));
+        if none.is_empty() {
+            none = runs.iter().map(|m| m.cpu_ns).collect();
+        } else if bare.is_empty() {
+            bare = runs.iter().map(|m| m.cpu_ns).collect();
+        }
+        print_row(mode.name, &runs, &none, &bare);
+    }
+    per_hit_costs(&measured);
+    let mut peer = Vec::new();
+    for t in THREADS {
+        match measure_heaptrack(bin, pairs, t)? {
+            Some(m) => peer.push(m),
+            None => {
+                println!("  heaptrack: not installed (apt-get install heaptrack)");
+                return Ok(());
+            }
+        }
+    }
+    print_row(
+        "heaptrack (LD_PRELOAD; CPU/RSS incl. target)",
+        &peer,
+        &none,
+        &bare,
+    );
+    Ok(())
 }
 
 /// Symbolization throughput (cold and warm unique addresses per second) on
@@ -306,17 +462,19 @@ fn bench_server() -> Result<()> {
     .context("running the web server benchmark")
 }
 
-/// Runs every mode and prints ns per pair and the ratio to the baseline,
-/// then the symbolization benchmark (`--symbols` runs only that one; it
-/// needs no root).
+/// The main table, then attach and detach times; `--long` adds the +0
+/// rows, the per-allocator rows, the symbolization and the web server
+/// benchmarks (`--symbols`, `--server`, `--allocators`, `--attach` run only
+/// that one).
 pub fn bench(args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "--symbols") {
+    let has = |f: &str| args.iter().any(|a| a == f);
+    if has("--symbols") {
         return bench_symbols();
     }
-    if args.iter().any(|a| a == "--server") {
+    if has("--server") {
         return bench_server();
     }
-    let allocators_only = args.iter().any(|a| a == "--allocators");
+    let long = has("--long");
     let pairs: u64 = args
         .iter()
         .position(|a| a == "--pairs")
@@ -325,7 +483,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         .transpose()?
         .unwrap_or(200_000);
     let heapscope = build_heapscope()?;
-    let bin = build_c("bench_pairs", &["-O2", "-g", "-fno-omit-frame-pointer"])?;
+    let bin = build_c(
+        "bench_pairs",
+        &["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"],
+    )?;
     if !std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
@@ -333,38 +494,20 @@ pub fn bench(args: &[String]) -> Result<()> {
     {
         bail!("the benchmark attaches eBPF probes: run it as root");
     }
-    if allocators_only {
+    if has("--allocators") {
         return bench_allocators(&bin, &heapscope, pairs);
     }
-    println!("malloc(64)/free pairs: {pairs} per mode, ns per pair (ratio to no profiler);");
-    println!("for heapscope: ring-buffer records lost, stacks unwound, heapscope CPU per stack");
-    let mut baseline = None;
-    let mut measured = Vec::new();
-    for mode in MODES {
-        let m = measure(&bin, &heapscope, mode, pairs)?;
-        measured.push((mode.name, m.ns_per_pair));
-        let base = *baseline.get_or_insert(m.ns_per_pair);
-        let mut extra = String::new();
-        if let Some(lost) = m.lost {
-            extra.push_str(&format!("  lost {lost}"));
-        }
-        if let Some(cpu) = m.cpu_secs {
-            extra.push_str(&format!("  heapscope CPU {cpu:.2}s"));
-        }
-        if let (Some(n), Some(us)) = (m.stacks, m.unwind_us) {
-            extra.push_str(&format!("  {n} stacks, unwound in {us:.1} µs each"));
-        }
-        println!(
-            "  {:<44} {:>10.1} ns {:>8.1}x{extra}",
-            mode.name,
-            m.ns_per_pair,
-            m.ns_per_pair / base
-        );
+    if has("--attach") {
+        return crate::bench_attach::bench_attach(&bin, &heapscope);
     }
-    per_hit_costs(&measured);
-    bench_allocators(&bin, &heapscope, pairs)?;
-    bench_symbols()?;
-    bench_server()
+    bench_table(&bin, &heapscope, pairs, long)?;
+    crate::bench_attach::bench_attach(&bin, &heapscope)?;
+    if long {
+        bench_allocators(&bin, &heapscope, pairs)?;
+        bench_symbols()?;
+        bench_server()?;
+    }
+    Ok(())
 }
 
 /// The per-event costs `--max-overhead` estimates with, derived from the
@@ -374,11 +517,11 @@ fn per_hit_costs(measured: &[(&str, f64)]) {
     let ns = |name: &str| measured.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
     let (Some(none), Some(bare), Some(fp), Some(fp_exact), Some(dwarf), Some(dwarf_exact)) = (
         ns("no profiler"),
-        ns("bare probes (on emulated instructions)"),
-        ns("heapscope --stacks fp (sampled 512KiB)"),
-        ns("heapscope --stacks fp --exact"),
-        ns("heapscope default (DWARF, sampled 512KiB)"),
-        ns("heapscope --exact (DWARF)"),
+        ns("bare probes"),
+        ns("--stacks fp (sampled)"),
+        ns("--stacks fp --exact"),
+        ns("default (DWARF, sampled 512KiB)"),
+        ns("--exact (DWARF)"),
     ) else {
         return;
     };

@@ -4,6 +4,7 @@
 //! `test` run it first, so the README's two commands work on a fresh clone.
 
 mod bench;
+mod bench_attach;
 mod demo;
 mod lint;
 mod setup;
@@ -16,8 +17,10 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|lint|test|bench> [args]
   demo    set up, build, start the bundled demo server, attach heapscope by PID, print the report
   lint    cargo fmt --check, then clippy on every target with -D warnings
   test    set up, lint, build, run every test (the end-to-end tests need root)
-  bench   malloc/free pair cost: no profiler vs bare probes vs heapscope
-          (--symbols: symbolization only; --server: web server and page load only)";
+  bench   malloc/free pair cost per mode at 1 and 2 threads (vs no profiler, bare probes
+          and heaptrack), then attach/detach times idle and saturated (a few minutes);
+          --long: also probes at +0, per allocator, symbolization, web server;
+          --symbols, --server, --allocators, --attach: only that one; --pairs N";
 
 fn main() {
     if let Err(e) = run() {

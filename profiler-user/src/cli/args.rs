@@ -159,6 +159,11 @@ pub struct CommonArgs {
     /// Benchmark only: attach programs that do nothing, to measure the traps alone.
     #[arg(long, hide = true)]
     pub bare_probes: bool,
+    /// Experimental: attach allocation entry points as uprobe sessions
+    /// (kernel 6.13+) so an unsampled call skips its return probe; cheaper
+    /// per call, but the live heap and process totals become estimates.
+    #[arg(long)]
+    pub sessions: bool,
     /// Benchmark only: probe `free` at its first instruction instead of after its NULL guard.
     #[arg(long, hide = true)]
     pub no_prologue_skip: bool,
@@ -260,6 +265,7 @@ impl CommonArgs {
             },
             stack_copy,
             follow: !self.no_follow,
+            sessions: self.sessions,
         })
     }
 

@@ -19,11 +19,17 @@ pub enum BtfError {
     UnknownKind { kind: u32, at: usize },
 }
 
-/// Struct member byte offsets by (struct name, member name).
+/// Struct member byte offsets by (struct name, member name), and the other
+/// names asked for: enumerator values and function type ids.
 #[derive(Debug, Default)]
 pub struct StructOffsets {
     members: HashMap<(String, String), u32>,
+    enumerators: HashMap<String, u32>,
+    functions: HashMap<String, u32>,
 }
+
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
@@ -39,6 +45,16 @@ impl StructOffsets {
     /// Parses a little-endian BTF blob, keeping the members of the named structs
     /// (the first struct of each name; kernel BTF has one).
     pub fn parse(data: &[u8], wanted: &[&str]) -> Result<StructOffsets, BtfError> {
+        Self::parse_names(data, wanted, &[])
+    }
+
+    /// As [`StructOffsets::parse`], also keeping the values of the named
+    /// enumerators and the type ids of the named functions (kfuncs).
+    pub fn parse_names(
+        data: &[u8],
+        wanted: &[&str],
+        names: &[&str],
+    ) -> Result<StructOffsets, BtfError> {
         let magic = data.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]]));
         if magic != Some(MAGIC) {
             return Err(BtfError::Header);
@@ -56,7 +72,10 @@ impl StructOffsets {
             .ok_or(BtfError::Header)?;
         let mut out = StructOffsets::default();
         let mut at = 0usize;
+        // Type ids start at 1 (0 is void).
+        let mut id = 0u32;
         while at < types.len() {
+            id += 1;
             let name_off = u32_at(types, at).ok_or(BtfError::Truncated(at))?;
             let info = u32_at(types, at + 4).ok_or(BtfError::Truncated(at))?;
             let kind = (info >> 24) & 0x1f;
@@ -72,6 +91,23 @@ impl StructOffsets {
                 _ => return Err(BtfError::UnknownKind { kind, at }),
             };
             let body = at + 12;
+            if kind == KIND_FUNC && !names.is_empty() {
+                let name = str_at(strings, name_off);
+                if names.contains(&name) {
+                    out.functions.entry(name.to_string()).or_insert(id);
+                }
+            }
+            if kind == KIND_ENUM && !names.is_empty() {
+                for m in 0..vlen {
+                    let base = body + 8 * m;
+                    let ename = u32_at(types, base).ok_or(BtfError::Truncated(base))?;
+                    let name = str_at(strings, ename);
+                    if names.contains(&name) {
+                        let v = u32_at(types, base + 4).ok_or(BtfError::Truncated(base))?;
+                        out.enumerators.insert(name.to_string(), v);
+                    }
+                }
+            }
             if kind == KIND_STRUCT {
                 let name = str_at(strings, name_off);
                 if wanted.contains(&name) && !out.members.keys().any(|(s, _)| s == name) {
@@ -91,6 +127,16 @@ impl StructOffsets {
             at = body + extra;
         }
         Ok(out)
+    }
+
+    /// The value of enumerator `name` (asked for in `parse_names`).
+    pub fn enumerator(&self, name: &str) -> Option<u32> {
+        self.enumerators.get(name).copied()
+    }
+
+    /// The type id of function `name` (asked for in `parse_names`).
+    pub fn function(&self, name: &str) -> Option<u32> {
+        self.functions.get(name).copied()
     }
 
     /// The byte offset of `member` in `struct name`.
@@ -120,6 +166,36 @@ pub fn exit_offsets() -> Option<(u32, u32)> {
         offs.get("task_struct", "signal")?,
         offs.get("signal_struct", "live")?,
     ))
+}
+
+/// What attaching allocator entry points as uprobe sessions (kernel 6.13+)
+/// needs from the kernel: the attach type's value and the type id of the
+/// kfunc `bpf_session_is_return`. `None` on a kernel without them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionSupport {
+    pub attach_type: u32,
+    pub is_return_kfunc: u32,
+}
+
+impl SessionSupport {
+    /// Reads them from `/sys/kernel/btf/vmlinux`.
+    pub fn from_kernel() -> Option<SessionSupport> {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+        Self::from_btf(&data)
+    }
+
+    pub fn from_btf(data: &[u8]) -> Option<SessionSupport> {
+        let s = StructOffsets::parse_names(
+            data,
+            &[],
+            &["BPF_TRACE_UPROBE_SESSION", "bpf_session_is_return"],
+        )
+        .ok()?;
+        Some(SessionSupport {
+            attach_type: s.enumerator("BPF_TRACE_UPROBE_SESSION")?,
+            is_return_kfunc: s.function("bpf_session_is_return")?,
+        })
+    }
 }
 
 /// Offsets the eBPF side needs to walk a thread's pending uretprobes:
@@ -218,6 +294,20 @@ mod tests {
             Ok(data) => {
                 let o = ReturnChainOffsets::from_btf(&data).expect("uprobe structs in vmlinux BTF");
                 assert_ne!(o.ri_orig_ret, o.ri_next);
+            }
+            Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
+        }
+    }
+
+    #[test]
+    fn running_kernel_has_uprobe_sessions() {
+        // This machine kind runs 6.18; uprobe sessions came in 6.13.
+        match std::fs::read("/sys/kernel/btf/vmlinux") {
+            Ok(data) => {
+                let s = SessionSupport::from_btf(&data).expect("uprobe session support in BTF");
+                // enum bpf_attach_type: BPF_TRACE_UPROBE_MULTI is 48, sessions come later.
+                assert!(s.attach_type > super::super::multi::BPF_TRACE_UPROBE_MULTI);
+                assert!(s.is_return_kfunc > 0);
             }
             Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
         }

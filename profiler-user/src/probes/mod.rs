@@ -121,6 +121,10 @@ pub struct CaptureConfig {
     pub stack_copy: u32,
     /// Follow the children of profiled processes (fork, clone, vfork).
     pub follow: bool,
+    /// Attach the allocation entry points as uprobe sessions where the
+    /// kernel has them (6.13+) and allocations are sampled: an unsampled
+    /// call's return probe is skipped, and the live heap becomes an estimate.
+    pub sessions: bool,
 }
 
 impl Default for CaptureConfig {
@@ -130,6 +134,7 @@ impl Default for CaptureConfig {
             stack_mode: StackMode::Dwarf,
             stack_copy: defaults::STACK_COPY,
             follow: true,
+            sessions: false,
         }
     }
 }
@@ -290,6 +295,10 @@ pub struct Probes {
     pub follow: bool,
     /// Bytes of user stack a DWARF sample copies when its thread's extent is unknown.
     pub stack_copy: u32,
+    /// `Ok` when the allocation entry points of the first process went in
+    /// as uprobe sessions (unsampled calls skip their return probe), else
+    /// why not.
+    pub sessions: Result<(), String>,
 }
 
 /// Unread bytes in the event ring past which a record wakes the reader: an
@@ -305,6 +314,8 @@ fn wakeup_bytes(ringbuf_bytes: u32) -> u64 {
 const ENTRY_PROGRAM: &str = "alloc_enter";
 /// The one return program.
 const RETURN_PROGRAM: &str = "alloc_return";
+/// Entry and return as one uprobe session program.
+const SESSION_PROGRAM: &str = "alloc_session";
 
 /// The allocator's executable ranges `[start, end)` for the eBPF `ALLOC_TEXT`
 /// map: adjacent ranges merged, sorted. Returns the ranges that fit and how
@@ -434,9 +445,19 @@ impl Probes {
         let exec_watch = procs::profile_pid(&mut ebpf, pid)
             .and_then(|()| procs::watch_exec(&mut ebpf))
             .map_err(|e| format!("{e}: {}", source_chain(&e)));
-        let (entry, ret) = match mode {
-            ProbeMode::Profile => (ENTRY_PROGRAM, RETURN_PROGRAM),
-            ProbeMode::Bare => ("noop_enter", "noop_return"),
+        let (entry, ret, session_prog) = match mode {
+            ProbeMode::Profile => (ENTRY_PROGRAM, RETURN_PROGRAM, SESSION_PROGRAM),
+            ProbeMode::Bare => ("noop_enter", "noop_return", "noop_session"),
+        };
+        // Sessions only pay off when most calls are unsampled.
+        let session = if !capture.sessions {
+            Err("not asked for".to_string())
+        } else if capture.sample_rate == 0 && mode == ProbeMode::Profile {
+            Err("every allocation is recorded (--exact)".to_string())
+        } else {
+            btf::SessionSupport::from_kernel().ok_or_else(|| {
+                "this kernel has no uprobe sessions (6.13+, BPF_TRACE_UPROBE_SESSION)".to_string()
+            })
         };
         // The kernel's uprobe filters compare the probed mm with the mm of
         // the task the probes were opened for: a leader that exited
@@ -453,12 +474,31 @@ impl Probes {
         } else if std::env::var_os("HEAPSCOPE_NO_UPROBE_MULTI").is_some() {
             Err("HEAPSCOPE_NO_UPROBE_MULTI is set".to_string())
         } else {
-            multi::load(EBPF_OBJECT, &ebpf, entry, ret)
-                .and_then(|progs| multi::attach(progs, pid, target))
-                .map_err(|e| e.to_string())
+            let names = |session| multi::ProgramNames {
+                entry,
+                ret,
+                session,
+            };
+            match &session {
+                Ok(s) => multi::load(EBPF_OBJECT, &ebpf, &names(Some((session_prog, *s))))
+                    .and_then(|progs| multi::attach(progs, pid, target))
+                    .map(|l| (l, Ok(())))
+                    .or_else(|e| {
+                        // Sessions failed: today's links, and say why.
+                        multi::load(EBPF_OBJECT, &ebpf, &names(None))
+                            .and_then(|progs| multi::attach(progs, pid, target))
+                            .map(|l| (l, Err(e.to_string())))
+                    }),
+                Err(why) => multi::load(EBPF_OBJECT, &ebpf, &names(None))
+                    .and_then(|progs| multi::attach(progs, pid, target))
+                    .map(|l| (l, Err(why.clone()))),
+            }
+            .map_err(|e| e.to_string())
         };
+        let mut sessions = Err("the probes went in one at a time".to_string());
         let (links, count, method) = match multi {
-            Ok(m) => {
+            Ok((m, s)) => {
+                sessions = s;
                 let (count, n) = (m.probes, m.links());
                 (Links::Multi(m), count, AttachMethod::Multi { links: n })
             }
@@ -487,6 +527,7 @@ impl Probes {
             targets: std::collections::BTreeMap::new(),
             follow: capture.follow,
             stack_copy: capture.stack_copy,
+            sessions,
         })
     }
 

@@ -150,17 +150,56 @@ fn map_data(map: &Map) -> &MapData {
 pub struct MultiPrograms {
     pub entry: OwnedFd,
     pub ret: OwnedFd,
+    /// Attached as uprobe sessions at the entry points with a return (then
+    /// `ret` is not attached).
+    pub session: Option<SessionProgram>,
 }
 
-/// Loads the entry and return programs named `entry` and `ret` of `object`
-/// with the `uprobe_multi` attach type, their map references resolved to the
-/// maps of `ebpf` (created from the same object, globals already set).
-pub fn load(
-    object: &[u8],
-    ebpf: &Ebpf,
-    entry: &'static str,
-    ret: &'static str,
-) -> Result<MultiPrograms, MultiError> {
+/// A program loaded with the uprobe session attach type.
+pub struct SessionProgram {
+    pub fd: OwnedFd,
+    pub attach_type: u32,
+}
+
+/// The program names to load, and for sessions what the kernel needs.
+pub struct ProgramNames {
+    pub entry: &'static str,
+    pub ret: &'static str,
+    /// The session program and the kernel's session support.
+    pub session: Option<(&'static str, super::btf::SessionSupport)>,
+}
+
+/// `BPF_JMP | BPF_CALL`.
+const CALL: u8 = 0x85;
+/// `src_reg` of a call of a kernel function by BTF id (vmlinux when `off` is 0).
+const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+
+/// Rewrites the placeholder helper calls of `bpf_session_is_return` (see
+/// `profiler_common::KFUNC_SESSION_IS_RETURN`) into calls of the kfunc with
+/// BTF type id `kfunc`. Returns how many it rewrote.
+fn patch_session_calls(insns: &mut [bpf_insn], kfunc: u32) -> usize {
+    let mut n = 0;
+    for insn in insns.iter_mut() {
+        if insn.code == CALL
+            && insn.src_reg() == 0
+            && insn.imm == profiler_common::KFUNC_SESSION_IS_RETURN
+        {
+            insn.set_src_reg(BPF_PSEUDO_KFUNC_CALL);
+            insn.off = 0;
+            insn.imm = kfunc as i32;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Loads the entry and return programs of `names` from `object` with the
+/// `uprobe_multi` attach type (and the session program, if any, with the
+/// session attach type), their map references resolved to the maps of
+/// `ebpf` (created from the same object, globals already set).
+pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPrograms, MultiError> {
+    let entry = names.entry;
+    let ret = names.ret;
     let mut obj = aya_obj::Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
     let maps: Vec<(String, RawFd, aya_obj::Map)> = ebpf
         .maps()
@@ -188,20 +227,33 @@ pub fn load(
             reason: e.to_string(),
         })?;
     let license = obj.license.clone();
-    let load_one = |name: &'static str| -> Result<OwnedFd, MultiError> {
-        let prog = obj
-            .programs
-            .get(name)
-            .ok_or(MultiError::MissingProgram(name))?;
-        let func = obj
-            .functions
-            .get(&prog.function_key())
-            .ok_or(MultiError::MissingProgram(name))?;
-        load_program(name, &func.instructions, &license)
+    let load_one =
+        |name: &'static str, attach_type: u32, kfunc: Option<u32>| -> Result<OwnedFd, MultiError> {
+            let prog = obj
+                .programs
+                .get(name)
+                .ok_or(MultiError::MissingProgram(name))?;
+            let func = obj
+                .functions
+                .get(&prog.function_key())
+                .ok_or(MultiError::MissingProgram(name))?;
+            let mut insns = func.instructions.clone();
+            if let Some(id) = kfunc {
+                patch_session_calls(&mut insns, id);
+            }
+            load_program(name, &insns, &license, attach_type)
+        };
+    let session = match names.session {
+        Some((name, support)) => Some(SessionProgram {
+            fd: load_one(name, support.attach_type, Some(support.is_return_kfunc))?,
+            attach_type: support.attach_type,
+        }),
+        None => None,
     };
     Ok(MultiPrograms {
-        entry: load_one(entry)?,
-        ret: load_one(ret)?,
+        entry: load_one(entry, BPF_TRACE_UPROBE_MULTI, None)?,
+        ret: load_one(ret, BPF_TRACE_UPROBE_MULTI, None)?,
+        session,
     })
 }
 
@@ -209,6 +261,7 @@ fn load_program(
     name: &'static str,
     insns: &[bpf_insn],
     license: &CString,
+    attach_type: u32,
 ) -> Result<OwnedFd, MultiError> {
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
@@ -220,7 +273,7 @@ fn load_program(
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name,
-        expected_attach_type: BPF_TRACE_UPROBE_MULTI,
+        expected_attach_type: attach_type,
         ..Default::default()
     };
     bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|source| MultiError::Load { name, source })
@@ -233,13 +286,23 @@ pub struct MultiPoint {
     pub cookie: u64,
 }
 
+/// How a link's program runs at its points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Entry,
+    Return,
+    /// A uprobe session with this attach type: entry, and the return when
+    /// the entry returned 0.
+    Session(u32),
+}
+
 /// Attaches `prog` at every point of `file`, in order, for process `pid`
-/// only; `ret` makes them return probes. Closing the descriptor detaches all.
+/// only, as `kind`. Closing the descriptor detaches all.
 pub fn link(
     prog: &OwnedFd,
     file: &Path,
     points: &[MultiPoint],
-    ret: bool,
+    kind: LinkKind,
     pid: u32,
 ) -> Result<OwnedFd, MultiError> {
     let err = |source| MultiError::Link {
@@ -254,12 +317,19 @@ pub fn link(
     let cookies: Vec<u64> = points.iter().map(|p| p.cookie).collect();
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_TRACE_UPROBE_MULTI,
+        attach_type: match kind {
+            LinkKind::Session(t) => t,
+            _ => BPF_TRACE_UPROBE_MULTI,
+        },
         path: path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
         cookies: cookies.as_ptr() as u64,
         cnt: points.len() as u32,
-        multi_flags: if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
+        multi_flags: if kind == LinkKind::Return {
+            BPF_F_UPROBE_MULTI_RETURN
+        } else {
+            0
+        },
         pid,
         ..Default::default()
     };
@@ -282,7 +352,8 @@ impl MultiLinks {
     }
 
     /// Detaches: the entry links first, so no call starts that would miss its
-    /// return; each close waits for one grace period, not one per probe.
+    /// return (with sessions: the session links first, then the frees); each
+    /// close waits for one grace period, not one per probe.
     pub fn detach(mut self) {
         while let Some(l) = self.links.pop() {
             drop(l);
@@ -292,7 +363,9 @@ impl MultiLinks {
 
 /// Attaches `programs` at every point of `target` for `pid`: per file, one
 /// link for the return probes, then per file one link for the entry probes,
-/// frees first (see `super::attach_order`).
+/// frees first (see `super::attach_order`). With a session program: per
+/// file one link for the entry-only points (frees) first, then one session
+/// link for the points with a return.
 pub fn attach(
     programs: MultiPrograms,
     pid: u32,
@@ -307,6 +380,35 @@ pub fn attach(
     }
     let mut links = Vec::new();
     let mut probes = 0;
+    if let Some(session) = &programs.session {
+        for with_return in [false, true] {
+            for file in &files {
+                let points: Vec<MultiPoint> = order
+                    .iter()
+                    .filter(|p| p.file == *file && p.spec.has_return_probe() == with_return)
+                    .map(|p| MultiPoint {
+                        offset: p.func_offset,
+                        cookie: p.spec.cookie(),
+                    })
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
+                let (prog, kind) = if with_return {
+                    (&session.fd, LinkKind::Session(session.attach_type))
+                } else {
+                    (&programs.entry, LinkKind::Entry)
+                };
+                links.push(link(prog, file, &points, kind, pid)?);
+                probes += points.len();
+            }
+        }
+        return Ok(MultiLinks {
+            links,
+            _programs: programs,
+            probes,
+        });
+    }
     for ret in [true, false] {
         for file in &files {
             let points: Vec<MultiPoint> = order
@@ -320,8 +422,12 @@ pub fn attach(
             if points.is_empty() {
                 continue;
             }
-            let prog = if ret { &programs.ret } else { &programs.entry };
-            links.push(link(prog, file, &points, ret, pid)?);
+            let (prog, kind) = if ret {
+                (&programs.ret, LinkKind::Return)
+            } else {
+                (&programs.entry, LinkKind::Entry)
+            };
+            links.push(link(prog, file, &points, kind, pid)?);
             probes += points.len();
         }
     }

@@ -65,21 +65,35 @@ pub fn write_report(
     }
     // The headline is exact whatever the sampling: allocated − freed since
     // attach, over every allocation — unless events were lost.
-    let lost_events = Exactness::of(profile).lost_for_totals;
-    let how = if lost_events == 0 {
-        "exact: allocated - freed since attach".to_string()
+    let e = Exactness::of(profile);
+    let lost_events = e.lost_for_totals;
+    if e.live_estimated() {
+        // Unsampled blocks were never tracked: the sites' estimate is the
+        // only live figure there is.
+        writeln!(
+            out,
+            "live heap: ~{} in ~{} blocks (estimate from the samples: uprobe sessions \
+             skipped the returns of {} unsampled allocations, whose blocks are not tracked)",
+            bytes_both(profile.sites_live_bytes()),
+            group_digits(profile.sites_live_count()),
+            group_digits(e.untracked)
+        )?;
     } else {
-        format!(
-            "allocated - freed since attach; not exact: {} events lost, see lost:",
-            group_digits(lost_events)
-        )
-    };
-    writeln!(
-        out,
-        "live heap: {} in {} blocks ({how})",
-        bytes_both(profile.live_heap.bytes),
-        group_digits(profile.live_heap.blocks)
-    )?;
+        let how = if lost_events == 0 {
+            "exact: allocated - freed since attach".to_string()
+        } else {
+            format!(
+                "allocated - freed since attach; not exact: {} events lost, see lost:",
+                group_digits(lost_events)
+            )
+        };
+        writeln!(
+            out,
+            "live heap: {} in {} blocks ({how})",
+            bytes_both(profile.live_heap.bytes),
+            group_digits(profile.live_heap.blocks)
+        )?;
+    }
     writeln!(
         out,
         "allocated: {} in {} calls; freed: {} in {} calls",
