@@ -111,3 +111,59 @@ fn single_probe_fallback_attaches_and_counts() {
     let pre = counter(&report, "frees of pointers allocated before attach").unwrap_or(u64::MAX);
     assert!(pre <= 2, "{pre} pre-attach frees\n{report}");
 }
+
+#[test]
+fn uprobe_sessions_skip_unsampled_returns_and_say_the_live_heap_is_an_estimate() {
+    if !root_or_skip("uprobe_sessions_skip_unsampled_returns_and_say_the_live_heap_is_an_estimate")
+    {
+        return;
+    }
+    // 1,000 warm-up and 200,000 timed malloc(64)/free pairs on one thread,
+    // all after the attach line.
+    const PAIRS: u64 = 201_000;
+    let bin = fixture("bench_pairs", "fp", &["-O2", "-pthread"]);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["200000", "1"]);
+    let mut fx = start_command(cmd);
+    let a = attach(
+        fx.pid,
+        &[
+            "--sessions",
+            "--stacks",
+            "fp",
+            "--sample-rate",
+            "4096",
+            "--quiet",
+        ],
+    );
+    writeln!(fx.stdin, "go").expect("start the pairs");
+    let mut seen = Vec::new();
+    wait_for(&fx.lines, "cpu_ns_per_pair", &mut seen);
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    let _ = fx.child.wait();
+    assert_eq!(code, 0, "{stderr}");
+    let untracked = counter(
+        &report,
+        "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)",
+    )
+    .expect("untracked counter");
+    let tracked = counter(&report, "allocations seen").expect("allocations");
+    // Every call counted once: at entry when unsampled, at return when
+    // sampled (thread start-up may add a few of glibc's own).
+    let all = untracked + tracked;
+    assert!((PAIRS..PAIRS + 50).contains(&all), "{all}\n{report}");
+    // One 64-byte block in 64 is sampled at a 4 KiB mean: ~3,140 (sd ~56);
+    // the bounds are over 10 sd apart. Sampled ones went through the return
+    // side (the session program's return half), and were all freed.
+    assert!((2_500..3_800).contains(&tracked), "{tracked}\n{report}");
+    let frees = counter(&report, "frees seen").expect("frees");
+    assert!(frees + 2 >= tracked, "{frees} of {tracked}\n{report}");
+    assert_eq!(counter(&report, "unmatched returns"), Some(0), "{report}");
+    assert!(
+        report.contains("estimate from the samples: uprobe sessions"),
+        "{report}"
+    );
+    assert!(!report.contains("every number is exact"), "{report}");
+}
