@@ -429,7 +429,7 @@ fn bench_symbols() -> Result<()> {
         "heapscope",
     ]))
     .context("building the debug heapscope binary to symbolize")?;
-    let target = root.join("target/debug/heapscope");
+    let target = crate::util::target_dir(&root).join("debug/heapscope");
     run(Command::new(cargo())
         .current_dir(&root)
         .args([

@@ -55,11 +55,14 @@ pub fn build_heapscope() -> Result<PathBuf> {
         "--bin",
         "heapscope",
     ]))?;
-    // Cargo puts it under CARGO_TARGET_DIR when that is set.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/heapscope"))
+    Ok(target_dir(&root).join("release/heapscope"))
+}
+
+/// Cargo's target directory: CARGO_TARGET_DIR when set, else `ROOT/target`.
+pub fn target_dir(root: &std::path::Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Compiles a C program from tests/fixtures into target/xtask/.
