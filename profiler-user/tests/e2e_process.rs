@@ -50,6 +50,76 @@ fn exec_main(flags: &[&str]) {
     exec_from(flags, false);
 }
 
+/// A dynamically linked program execs a static one: the new program's
+/// malloc is in its executable, not in the libc the probes are on; it is
+/// found and probed, and its leak is exact.
+#[test]
+fn exec_into_a_static_program_probes_its_allocator() {
+    if !root_or_skip("exec_into_a_static_program_probes_its_allocator") {
+        return;
+    }
+    let flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];
+    let bin = fixture("exec_leak", "fp", &flags);
+    let mut static_flags = flags.to_vec();
+    static_flags.push("-static");
+    let static_bin = fixture("exec_leak", "static", &static_flags);
+    let dir = scratch("exec_static");
+    let link = dir.join("static_prog");
+    std::os::unix::fs::symlink(&static_bin, &link).expect("link the new program");
+    let folded = dir.join("live.folded");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&link).arg("wait");
+    let fx = start_command(cmd);
+    let mut a = attach(
+        fx.pid,
+        &[
+            "--exact",
+            "--stacks",
+            "fp",
+            "--folded",
+            folded.to_str().expect("utf8"),
+        ],
+    );
+    let Fixture {
+        mut child,
+        mut stdin,
+        lines,
+        ..
+    } = fx;
+    writeln!(stdin, "go").expect("signal fixture");
+    wait_for(&lines, "second ready", &mut Vec::new());
+    wait_for(&a.stderr, "probes attached for it", &mut a.seen);
+    writeln!(stdin, "leak").expect("let the new program leak");
+    let done = wait_for(&lines, "done", &mut Vec::new());
+    let new: u64 = done
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("new="))
+        .and_then(|v| v.parse().ok())
+        .expect("done old=N new=N");
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    writeln!(stdin, "exit").expect("release fixture");
+    assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+    assert_eq!(
+        counter(
+            &report,
+            "released by exec (old image's live blocks, in frees)"
+        ),
+        Some(34),
+        "{report}"
+    );
+    let sites = by_site(&parse_folded(
+        &std::fs::read_to_string(&folded).expect("folded written"),
+    ));
+    assert_eq!(
+        sites.get("new_image_leak").copied(),
+        Some(new),
+        "{sites:?}\n{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The exec_leak fixture under heapscope: it execs from its main thread or
 /// (`thread`) from a second one.
 fn exec_from(flags: &[&str], thread: bool) {

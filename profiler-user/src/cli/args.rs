@@ -314,6 +314,10 @@ impl CommonArgs {
             max_overhead: self.max_overhead,
             stack_mode: self.capture()?.stack_mode,
             cgroup: None,
+            reprobe: Some(crate::session::ProbeSpec {
+                skip_prologue: !self.no_prologue_skip,
+                custom: self.custom_allocator()?,
+            }),
         })
     }
 

@@ -661,14 +661,28 @@ impl Probes {
     /// Attaches the probes of `pid` again after a thread other than its main
     /// one exec'd: the old ones were bound to the old main thread, gone with
     /// it (they can never fire again, so nothing is counted twice).
-    pub fn reattach(&mut self, pid: u32) -> Result<usize, ProbeError> {
-        let target = self.targets.get(&pid).unwrap_or(&self.target).clone();
+    /// With `target`, the new program's allocator is probed (and kept for
+    /// the children it forks).
+    pub fn reattach(
+        &mut self,
+        pid: u32,
+        target: Option<AllocatorTarget>,
+    ) -> Result<usize, ProbeError> {
+        if let Some(t) = target {
+            self.targets.insert(pid, t);
+        }
+        let target = self.target_of(pid).clone();
         let (entry, ret) = self.programs;
         let links = single::attach(&mut self.ebpf, pid, &target, entry, ret)?;
         let n = links.len();
         self.extra.extend(links);
         self.count += n;
         Ok(n)
+    }
+
+    /// The allocator target `pid` was probed with.
+    pub fn target_of(&self, pid: u32) -> &AllocatorTarget {
+        self.targets.get(&pid).unwrap_or(&self.target)
     }
 
     /// Every process with probes, the first one first.

@@ -242,6 +242,7 @@ impl Capture {
                 bytes,
                 from_thread: (tid != 0 && tid != pid).then_some(tid),
                 reattached: None,
+                new_allocator: None,
             };
             self.execs.notes.push(note.clone());
             notes.push(note);

@@ -29,6 +29,9 @@ pub struct ExecNote {
     pub from_thread: Option<u32>,
     /// Probes attached again (from another thread), or why they could not be.
     pub reattached: Option<Result<usize, String>>,
+    /// The new program's allocator when it is not the old one's (another
+    /// library, a static binary): its probes were attached (count), or why not.
+    pub new_allocator: Option<(String, Result<usize, String>)>,
 }
 
 impl ExecNote {
@@ -55,6 +58,16 @@ impl ExecNote {
                 )),
                 None => {}
             }
+        }
+        match &self.new_allocator {
+            Some((what, Ok(n))) => line.push_str(&format!(
+                "; the new program has another allocator ({what}): {n} probes attached for it"
+            )),
+            Some((what, Err(e))) => line.push_str(&format!(
+                "; the new program has another allocator ({what}) that could not be probed \
+                 ({e}): its allocations are not seen"
+            )),
+            None => {}
         }
         line
     }

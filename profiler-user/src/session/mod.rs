@@ -62,6 +62,16 @@ pub struct SessionOptions {
     /// With `--cgroup`/`--container`: processes joining the cgroup later
     /// are profiled too (found at every tick in its `cgroup.procs`).
     pub cgroup: Option<CgroupWatch>,
+    /// How to find a process's allocator again after it exec'd another
+    /// program (`None`: the probes stay as they were).
+    pub reprobe: Option<ProbeSpec>,
+}
+
+/// How the allocator of a process is found (the options of `attach`).
+#[derive(Clone, Debug, Default)]
+pub struct ProbeSpec {
+    pub skip_prologue: bool,
+    pub custom: crate::probes::custom::CustomAllocator,
 }
 
 /// A cgroup whose members are profiled, and how to probe a new one.

@@ -53,6 +53,8 @@ struct Worker {
     cgroup: Option<super::CgroupWatch>,
     /// Cgroup members that could not be profiled (not tried again).
     refused: std::collections::BTreeSet<u32>,
+    /// How to find a process's allocator again after an exec.
+    reprobe: Option<super::ProbeSpec>,
     /// Processes that exited: their memory maps go after the next tick's
     /// symbolization (their last sites may still need them).
     exited: Vec<u32>,
@@ -167,8 +169,24 @@ impl Worker {
             if n.old_comm.is_empty() {
                 n.old_comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
             }
+            // The new program's allocator: another one (a static binary,
+            // another library) is probed now; the old probes are on files it
+            // does not map, so nothing is counted twice.
+            let new_target = self.reprobe.as_ref().and_then(|spec| {
+                crate::probes::target::discover(n.pid, spec.skip_prologue, &spec.custom).ok()
+            });
+            let changed = new_target.as_ref().filter(|t| {
+                let old = self.probes.target_of(n.pid);
+                t.modules != old.modules || t.allocator != old.allocator
+            });
             if n.from_thread.is_some() {
-                n.reattached = Some(self.probes.reattach(n.pid).map_err(|e| e.to_string()));
+                // The old probes died with the old main thread: all again.
+                let t = changed.cloned();
+                n.reattached = Some(self.probes.reattach(n.pid, t).map_err(|e| e.to_string()));
+            } else if let Some(t) = changed.cloned() {
+                let what = t.headline();
+                let r = self.probes.reattach(n.pid, Some(t));
+                n.new_allocator = Some((what, r.map_err(|e| e.to_string())));
             }
             self.comms.insert(n.pid, n.new_comm.clone());
             if let Some(p) = self.timeline.processes().iter().find(|p| p.pid == n.pid) {
@@ -339,6 +357,7 @@ pub(super) fn run(
         }),
         cgroup: opts.cgroup.clone(),
         refused: std::collections::BTreeSet::new(),
+        reprobe: opts.reprobe.clone(),
         exited: Vec::new(),
     };
     // The allocator's code ranges go in before "attached" is announced: a
