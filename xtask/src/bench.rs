@@ -327,12 +327,15 @@ fn measure_heaptrack(bin: &Path, pairs: u64, threads: u32) -> Result<Option<Meas
 fn print_row(name: &str, runs: &[Measurement], none: &[f64], bare: &[f64]) {
     let mut line = format!("  {name:<34}");
     for (i, m) in runs.iter().enumerate() {
+        // Ratios to baselines measured before this row ("-" on the baselines).
+        let ratio =
+            |base: Option<&f64>| base.map_or("-".to_string(), |b| format!("{:.2}x", m.cpu_ns / b));
         line.push_str(&format!(
-            " {:>8.0} {:>7.0} {:>6.1}x {:>5.2}x",
+            " {:>8.0} {:>7.0} {:>7} {:>6}",
             m.cpu_ns,
             m.wall_ns,
-            m.cpu_ns / none[i],
-            m.cpu_ns / bare[i]
+            ratio(none.get(i)),
+            ratio(bare.get(i))
         ));
     }
     let join = |f: &dyn Fn(&Measurement) -> Option<String>| -> String {
@@ -500,6 +503,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     if has("--attach") {
         return crate::bench_attach::bench_attach(&bin, &heapscope);
     }
+    crate::setup::bench_packages();
     bench_table(&bin, &heapscope, pairs, long)?;
     crate::bench_attach::bench_attach(&bin, &heapscope)?;
     if long {

@@ -117,6 +117,24 @@ const FILE_PACKAGES: &[&str] = &[
     "libmimalloc2.0",
 ];
 
+/// The peers `cargo xtask bench` compares with (not needed by the tests, so
+/// not in `setup`): heaptrack, Debian's package. A failed install is said,
+/// not fatal: the benchmark then skips that row.
+pub fn bench_packages() {
+    if have("heaptrack") || !have("apt-get") {
+        return;
+    }
+    eprintln!("xtask bench: installing heaptrack with apt-get (a peer in the table)");
+    let ok = run(Command::new("apt-get").arg("update")).and_then(|()| {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "heaptrack"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if let Err(e) = ok {
+        eprintln!("xtask bench: heaptrack not installed ({e:#}); its row is skipped");
+    }
+}
+
 /// True when dpkg reports `pkg` as installed; false without dpkg.
 fn dpkg_installed(pkg: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f", "${Status}", pkg]))
