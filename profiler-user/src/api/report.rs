@@ -215,9 +215,13 @@ pub struct ReportDoc {
     pub comm: String,
     pub window: WindowJson,
     pub duration_secs: f64,
-    /// Exact: allocated − freed since attach, over every allocation.
+    /// Exact: allocated − freed since attach, over every allocation; with
+    /// uprobe sessions (`live_estimated`) the sampled sites' estimate.
     pub live_bytes: u64,
     pub live_blocks: u64,
+    /// True when `live_bytes` is an estimate: uprobe sessions left unsampled
+    /// blocks untracked.
+    pub live_estimated: bool,
     /// Mean bytes between samples; 0 when every allocation was captured.
     pub sample_rate: u64,
     /// Per-site numbers are unbiased estimates (sampled).
@@ -366,13 +370,23 @@ pub fn report_doc(
     timeline: &Timeline,
     top: usize,
 ) -> ReportDoc {
+    let estimated = crate::exactness::Exactness::of(profile).live_estimated();
     ReportDoc {
         pid: profile.pid,
         comm: profile.comm.clone(),
         window: analysis.window.into(),
         duration_secs: profile.duration_secs,
-        live_bytes: profile.live_heap.bytes,
-        live_blocks: profile.live_heap.blocks,
+        live_bytes: if estimated {
+            profile.sites_live_bytes()
+        } else {
+            profile.live_heap.bytes
+        },
+        live_blocks: if estimated {
+            profile.sites_live_count()
+        } else {
+            profile.live_heap.blocks
+        },
+        live_estimated: estimated,
         sample_rate: profile.sample_rate,
         sites_estimated: profile.sampled(),
         sites_live_bytes: profile.sites_live_bytes(),

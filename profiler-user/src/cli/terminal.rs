@@ -44,8 +44,18 @@ impl StatusLine {
         let lost = t
             .section_total(CounterSection::Lost)
             .saturating_sub(t.stack_failed);
+        // With uprobe sessions only sampled blocks are tracked: the live
+        // figure is theirs alone, and the line says so.
+        let tracked = if t.untracked_allocs > 0 {
+            format!(
+                " tracked (uprobe sessions: {} allocations untracked; the report estimates the live heap)",
+                t.untracked_allocs
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "[{:>6.1}s] live {} in {} blocks | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
+            "[{:>6.1}s] live {} in {} blocks{tracked} | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
             tick.t_ms as f64 / 1000.0,
             // Exact (allocated − freed), not the sum of sampled sites.
             human_bytes(t.live_bytes()),
@@ -202,6 +212,24 @@ mod tests {
         assert_eq!(
             s.line(&tick(2500, 2000, 995)),
             "[   2.5s] live 3.0 MiB in 1005 blocks | 2000 allocs/s 1000 frees/s | lost 3 (stack failed 4)"
+        );
+    }
+
+    #[test]
+    fn with_uprobe_sessions_the_line_says_the_live_figure_is_tracked_blocks_only() {
+        let mut tick = Tick {
+            t_ms: 1000,
+            ..Tick::default()
+        };
+        tick.totals.allocs = 10;
+        tick.totals.alloc_bytes = 640;
+        tick.totals.untracked_allocs = 630;
+        let line = StatusLine::default().line(&tick);
+        assert!(
+            line.contains(
+                "live 640 B in 10 blocks tracked (uprobe sessions: 630 allocations untracked"
+            ),
+            "{line}"
         );
     }
 
