@@ -84,7 +84,7 @@ struct Measurement {
 
 /// Waits for a child and returns its user+system CPU seconds and its peak
 /// resident set in MB.
-fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
+pub(crate) fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -100,7 +100,7 @@ fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
     ))
 }
 
-fn number_after(text: &str, prefix: &str) -> Option<u64> {
+pub(crate) fn number_after(text: &str, prefix: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         l.trim()
             .strip_prefix(prefix)
@@ -478,6 +478,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         return bench_server();
     }
     let long = has("--long");
+    let load_seconds: u64 = args
+        .iter()
+        .position(|a| a == "--load-seconds")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(10);
     let pairs: u64 = args
         .iter()
         .position(|a| a == "--pairs")
@@ -500,6 +507,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     if has("--allocators") {
         return bench_allocators(&bin, &heapscope, pairs);
     }
+    if has("--load") {
+        return crate::bench_load::bench_load(&heapscope, load_seconds);
+    }
     if has("--attach") {
         return crate::bench_attach::bench_attach(&bin, &heapscope);
     }
@@ -510,6 +520,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         bench_allocators(&bin, &heapscope, pairs)?;
         bench_symbols()?;
         bench_server()?;
+        crate::bench_load::bench_load(&heapscope, load_seconds)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_attach;
+mod bench_load;
 mod demo;
 mod lint;
 mod setup;
@@ -20,7 +21,9 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|lint|test|bench> [args]
   bench   malloc/free pair cost per mode at 1 and 2 threads (vs no profiler, bare probes
           and heaptrack), then attach/detach times idle and saturated (a few minutes);
           --long: also probes at +0, per allocator, symbolization, web server;
-          --symbols, --server, --allocators, --attach: only that one; --pairs N";
+          --symbols, --server, --allocators, --attach: only that one; --pairs N;
+          --load: only the records --exact loses under sustained and bursty load
+          (also in --long), --load-seconds N per row (default 10)";
 
 fn main() {
     if let Err(e) = run() {
