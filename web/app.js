@@ -191,6 +191,9 @@ function renderFindings(f, meta) {
     if (x.kind === "leak") {
       out.push(`<div class="finding leak"><b>leak</b>: ${siteName(x.frames)} (${esc(x.api)}) grows <b>${human(x.slope_bytes_per_hour)}/h</b>, ` +
         `confidence ${x.confidence.toFixed(2)}, rose at ${(x.grew_share * 100).toFixed(0)}% of its changes; live ${sizeSpan(x.live_bytes_start)} → ${sizeSpan(x.live_bytes_end)}</div>`);
+    } else if (x.kind === "retained-after-peak") {
+      out.push(`<div class="finding retention"><b>memory not returned after a peak</b>: live heap ${sizeSpan(x.live_peak)} at ${secs(x.peak_ms)} → ${sizeSpan(x.live_end)}, ` +
+        `RSS anon ${sizeSpan(x.rss_anon_peak)} → ${sizeSpan(x.rss_anon_end)}; ${sizeSpan(x.retained)} retained (${x.arenas} arenas). See Allocator below.</div>`);
     } else {
       out.push(`<div class="finding retention"><b>allocator retention, not a leak</b>: RSS anon ${sizeSpan(x.rss_anon_start)} → ${sizeSpan(x.rss_anon_end)} ` +
         `while the live heap went ${sizeSpan(x.live_heap_start)} → ${sizeSpan(x.live_heap_end)} (gap ${human(x.gap_growth_bytes_per_hour)}/h; ${x.arena_heaps} arena heaps).` +
@@ -200,6 +203,54 @@ function renderFindings(f, meta) {
   if (!out.length) out.push('<div class="muted">no leak, no allocator retention found' + (f.suspects.length ? ` (${f.suspects.length} weak suspects)` : "") + "</div>");
   $("findings").innerHTML = out.join("");
   renderCounters(meta);
+  if (!state.sel.window) renderAllocator(f, "..");
+}
+
+// --- allocator panel: glibc's arenas, cross-thread frees, measured remedies ---
+function arenaName(a) {
+  if (a.kind === "main") return "main heap ([heap])";
+  if (a.kind === "mmapped") return `mmapped chunks (${a.heaps})`;
+  return `arena 0x${a.address.toString(16)} (${a.heaps} heap${a.heaps === 1 ? "" : "s"})`;
+}
+const bytesTd = (v, est) => `<td data-b="${v}">${est}${sizeSpan(v)}</td>`;
+
+// `win`: the window the findings are of (`..` for the whole session).
+function renderAllocator(f, win) {
+  const a = f.arenas;
+  const remedies = [...new Set(f.findings.flatMap((x) => x.measured_remedies || []))];
+  $("alloc-box").classList.toggle("hidden", !a && !remedies.length);
+  document.body.dataset.allocFor = win;
+  if (!a && !remedies.length) return;
+  const out = [];
+  if (a) {
+    const est = a.estimated ? "~" : "";
+    const label = a.estimated ? "estimated (sampled)" : a.lost_events ? `exact but for ${exact(a.lost_events)} lost events` : "exact";
+    $("alloc-note").innerHTML = `at ${secs(a.t_ms)}${state.sel.window ? " (end of the window)" : ""} · live and cross-thread numbers <b id="alloc-exactness">${label}</b>`;
+    if (a.arenas_compared && a.arenas.length) {
+      out.push('<table id="arena-table"><tr><th>glibc arena</th><th>reserved</th><th>resident</th><th>live</th><th>retained</th></tr>' +
+        a.arenas.map((r) => `<tr data-kind="${r.kind}" data-address="${r.address}"><td>${esc(arenaName(r))}</td>` +
+          bytesTd(r.reserved, "") + bytesTd(r.resident, "") + bytesTd(r.live, est) + bytesTd(r.retained, est) + "</tr>").join("") +
+        '</table>');
+    }
+    const by = a.arenas_compared ? "into an arena not the freeing thread's" : "arenas not compared: by thread alone";
+    out.push(a.cross_thread_sites.length
+      ? `<table id="cross-table"><tr><th>freed by another thread (${by})</th><th>bytes</th><th>blocks</th><th>of allocated</th></tr>` +
+        a.cross_thread_sites.map((c) => `<tr data-fn="${esc(c.frames[c.frames.length - 1] || "")}"><td class="site">${siteName(c.frames)} <span class="muted">(${esc(c.api)})</span></td>` +
+          bytesTd(c.bytes, est) + `<td data-n="${c.blocks}">${est}${exact(c.blocks)}</td>` +
+          `<td>${c.alloc_bytes ? (100 * c.bytes / c.alloc_bytes).toFixed(0) + "%" : "–"}</td></tr>`).join("") +
+        `<tr class="total"><td>all</td>${bytesTd(a.cross_thread_bytes, est)}<td data-n="${a.cross_thread_blocks}">${est}${exact(a.cross_thread_blocks)}</td><td></td></tr></table>`
+      : '<div class="muted" id="cross-table">no block freed by another thread</div>');
+  }
+  if (remedies.length) out.push(`<div id="remedies"><b>measured remedies</b><ul>${remedies.map((r) => `<li>${esc(r)}</li>`).join("")}</ul></div>`);
+  $("allocator").innerHTML = out.join("");
+  document.body.dataset.allocReady = String(a ? a.t_ms : -1);
+  document.body.dataset.allocFor = win;
+}
+
+// The Allocator panel follows the selected window; the findings stay the whole session's.
+function loadAllocator() {
+  const w = winParam(state.sel.window);
+  return api(`api/v1/findings?top=10&window=${w}`).then((f) => renderAllocator(f, w));
 }
 
 function renderCounters(meta) {
@@ -236,6 +287,7 @@ const chart = new TimelineChart($("timeline"), {
     if (kind === "baseline") $("sel-window").checked = true;
     selText();
     if (state.sel.baseline && state.sel.window) setView("diff"); else if (kind === "window") loadProfile().catch(showError);
+    if (kind === "window") loadAllocator().catch(showError);
   },
   onHover: (pt, e) => {
     tip.innerHTML = `<div class="fn">${secs(pt.t_ms)}</div><table>` +
@@ -253,6 +305,7 @@ function selText() {
 }
 $("clear-sel").addEventListener("click", () => {
   state.sel = { baseline: null, window: null }; chart.clear(); $("sel-baseline").checked = true; selText(); setView("flame");
+  loadAllocator().catch(showError);
 });
 
 async function refreshLive() {

@@ -115,3 +115,124 @@ fn ui_flame_graph_search_and_diff_on_the_leak_recording() {
         "{finding}"
     );
 }
+
+/// The arena rows and cross-thread rows of the Allocator panel, as numbers:
+/// `[kind, address, reserved, resident, live, retained]` and
+/// `[leaf, bytes, blocks]`, plus the remedies' text.
+const PANEL_JS: &str = "return { \
+  arenas: [...document.querySelectorAll('#arena-table tr[data-kind]')].map((tr) => \
+    [tr.dataset.kind, Number(tr.dataset.address), ...[...tr.querySelectorAll('td[data-b]')].map((td) => Number(td.dataset.b))]), \
+  cross: [...document.querySelectorAll('#cross-table tr[data-fn]')].map((tr) => \
+    [tr.dataset.fn, Number(tr.querySelector('td[data-b]').dataset.b), Number(tr.querySelector('td[data-n]').dataset.n)]), \
+  remedies: [...document.querySelectorAll('#remedies li')].map((li) => li.textContent), \
+  text: document.getElementById('alloc-box').innerText };";
+
+/// What the panel must show, from `/api/v1/findings`.
+fn expected_panel(doc: &serde_json::Value) -> serde_json::Value {
+    let a = &doc["arenas"];
+    let arenas: Vec<serde_json::Value> = a["arenas"]
+        .as_array()
+        .expect("arena rows")
+        .iter()
+        .map(|r| {
+            serde_json::json!([
+                r["kind"],
+                r["address"],
+                r["reserved"],
+                r["resident"],
+                r["live"],
+                r["retained"]
+            ])
+        })
+        .collect();
+    let cross: Vec<serde_json::Value> = a["cross_thread_sites"]
+        .as_array()
+        .expect("cross-thread sites")
+        .iter()
+        .map(|c| {
+            let leaf = c["frames"].as_array().and_then(|f| f.last()).cloned();
+            serde_json::json!([leaf, c["bytes"], c["blocks"]])
+        })
+        .collect();
+    let mut remedies: Vec<serde_json::Value> = Vec::new();
+    for f in doc["findings"].as_array().expect("findings") {
+        for r in f["measured_remedies"].as_array().into_iter().flatten() {
+            if !remedies.contains(r) {
+                remedies.push(r.clone());
+            }
+        }
+    }
+    serde_json::json!({ "arenas": arenas, "cross": cross, "remedies": remedies })
+}
+
+fn shown_panel(b: &Browser) -> (serde_json::Value, String) {
+    let mut v = b.js(PANEL_JS);
+    let text = v["text"].as_str().unwrap_or("").to_string();
+    v.as_object_mut().expect("object").remove("text");
+    (v, text)
+}
+
+#[test]
+fn ui_allocator_panel_shows_the_apis_arenas_and_cross_thread_frees() {
+    let test = "ui_allocator_panel_shows_the_apis_arenas_and_cross_thread_frees";
+    if !root_or_skip(test) || !browser_or_skip(test) {
+        return;
+    }
+    let (_, file) = common::xthread::run(test, &["--exact", "--ringbuf-size", "64MiB"]);
+    let s = serve(&file);
+    let whole = s.json("/api/v1/findings?top=10");
+    let want = expected_panel(&whole);
+    // The fixture's numbers: four arenas, produce_block's 2,000 blocks of
+    // 8 KiB freed by the consumers, remedies measured.
+    assert!(
+        want["arenas"].as_array().map(Vec::len) >= Some(5),
+        "{want:#}"
+    );
+    assert_eq!(
+        want["cross"],
+        serde_json::json!([["produce_block", 2000 * 8192, 2000]]),
+        "{want:#}"
+    );
+    assert!(
+        want["remedies"].as_array().map(Vec::len) >= Some(3),
+        "{want:#}"
+    );
+
+    let b = Browser::start(&scratch(test).join("chromium"));
+    b.goto(&s.url);
+    let t_end = b.wait("document.body.dataset.allocReady", "the Allocator panel");
+    assert_eq!(t_end, whole["arenas"]["t_ms"].to_string());
+    let (shown, text) = shown_panel(&b);
+    assert_eq!(shown, want, "{text}");
+    assert!(text.contains("15.6 MiB"), "{text}");
+    assert!(text.contains("2,000"), "{text}");
+    assert!(text.contains("100%"), "{text}");
+    assert!(text.contains("exact"), "{text}");
+    assert!(text.contains("main heap ([heap])"), "{text}");
+    b.screenshot(&screenshot_dir().join("allocator.png"));
+
+    // A window over the first half of the timeline: the panel shows the
+    // arenas at the window's end, as the API gives them for that window.
+    let r = b.js("const r = document.querySelector('#timeline svg').getBoundingClientRect(); return [r.left, r.width, r.top + r.height / 2];");
+    let (left, width, mid) = (
+        r[0].as_f64().expect("left"),
+        r[1].as_f64().expect("width"),
+        r[2].as_f64().expect("y"),
+    );
+    let (l, w) = (left + 62.0, width - 70.0);
+    b.js("document.getElementById('sel-window').checked = true;");
+    b.drag(l + 2.0, l + w / 2.0, mid);
+    let sel = b.wait(
+        "window.heapscope.sel.window && [window.heapscope.sel.window.start_ms, window.heapscope.sel.window.end_ms]",
+        "the selected window",
+    );
+    let win = format!("{}ms..{}ms", sel[0], sel[1]);
+    b.wait(
+        &format!("document.body.dataset.allocFor === '{win}'"),
+        "the Allocator panel for the window",
+    );
+    let doc = s.json(&format!("/api/v1/findings?top=10&window={win}"));
+    let (shown, text) = shown_panel(&b);
+    assert_eq!(shown, expected_panel(&doc), "{text}");
+    assert!(text.contains("end of the window"), "{text}");
+}

@@ -7,6 +7,7 @@ pub mod gopprof;
 pub mod http;
 pub mod serve;
 pub mod webdriver;
+pub mod xthread;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
