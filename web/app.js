@@ -290,8 +290,12 @@ const chart = new TimelineChart($("timeline"), {
     if (kind === "window") loadAllocator().catch(showError);
   },
   onHover: (pt, e) => {
+    state.hovered = pt;
     tip.innerHTML = `<div class="fn">${secs(pt.t_ms)}</div><table>` +
       [["live heap (exact)", pt.live_heap], ["RSS anon", pt.rss_anon], ["allocator footprint", pt.allocator_footprint]]
+        .concat(pt.arenas || pt.main_heap_resident ? [["main heap resident", pt.main_heap_resident],
+          [`${pt.arenas} arenas resident`, pt.arena_resident], [`${pt.arenas} arenas reserved`, pt.arena_reserved],
+          ["mmapped chunks resident", pt.mmapped_resident]] : [])
         .map(([k, v]) => `<tr><td>${k}</td><td>${human(v)} (${exact(v)} B)</td></tr>`).join("") +
       `<tr><td>allocs/s</td><td>${exact(Math.round(pt.allocs_per_s))}</td></tr><tr><td>lost</td><td>${exact(pt.lost)}</td></tr></table>`;
     tip.classList.remove("hidden"); placeTip(e);

@@ -211,8 +211,29 @@ fn ui_allocator_panel_shows_the_apis_arenas_and_cross_thread_frees() {
     assert!(text.contains("main heap ([heap])"), "{text}");
     b.screenshot(&screenshot_dir().join("allocator.png"));
 
-    // A window over the second half of the timeline: the panel shows the
-    // arenas at the window's end, as the API gives them for that window.
+    // Per tick, the timeline carries glibc's split; its tooltip shows the
+    // API's numbers, and at the panel's tick they add up to its rows.
+    let points = s.json("/api/v1/timeline")["points"].clone();
+    let at = |t: &serde_json::Value| {
+        points
+            .as_array()
+            .expect("points")
+            .iter()
+            .find(|p| &p["t_ms"] == t)
+            .cloned()
+            .expect("the tick")
+    };
+    let p = at(&whole["arenas"]["t_ms"]);
+    let rows = whole["arenas"]["arenas"].as_array().expect("rows");
+    let sum = |kind: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["resident"].as_u64().expect("resident"))
+            .sum()
+    };
+    assert_eq!(p["arena_resident"].as_u64(), Some(sum("arena")), "{p:#}");
+    assert_eq!(p["main_heap_resident"].as_u64(), Some(sum("main")), "{p:#}");
+    assert_eq!(p["arenas"], 4, "{p:#}");
     let r = b.js("const r = document.querySelector('#timeline svg').getBoundingClientRect(); return [r.left, r.width, r.top + r.height / 2];");
     let (left, width, mid) = (
         r[0].as_f64().expect("left"),
@@ -220,6 +241,23 @@ fn ui_allocator_panel_shows_the_apis_arenas_and_cross_thread_frees() {
         r[2].as_f64().expect("y"),
     );
     let (l, w) = (left + 62.0, width - 70.0);
+    b.hover(l + w * 0.75, mid);
+    let tip = b.wait(
+        "window.heapscope.hovered && !document.getElementById('tooltip').classList.contains('hidden') && document.getElementById('tooltip').innerText",
+        "the timeline tooltip",
+    );
+    let tip = tip.as_str().unwrap_or("").to_string();
+    let p = at(&b.js("return window.heapscope.hovered.t_ms"));
+    for k in ["arena_resident", "arena_reserved", "main_heap_resident"] {
+        let v = p[k].as_u64().expect(k);
+        let shown = format!("({} B)", thousands(v));
+        assert!(tip.contains(&shown), "{k} {shown}: {tip}");
+    }
+    assert!(tip.contains("4 arenas resident"), "{tip}");
+    b.js("document.getElementById('tooltip').classList.add('hidden')");
+
+    // A window over the second half of the timeline: the panel shows the
+    // arenas at the window's end, as the API gives them for that window.
     b.js("document.getElementById('sel-window').checked = true;");
     b.drag(l + w / 2.0, l + w - 1.0, mid);
     let sel = b.wait(
@@ -236,4 +274,17 @@ fn ui_allocator_panel_shows_the_apis_arenas_and_cross_thread_frees() {
     let (shown, text) = shown_panel(&b);
     assert_eq!(shown, expected_panel(&doc), "{text}");
     assert!(text.contains("end of the window"), "{text}");
+}
+
+/// `16384000` as `16,384,000`, as the UI writes exact byte counts.
+fn thousands(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -98,6 +98,15 @@ pub struct TimelinePoint {
     pub rss_file: Option<u64>,
     /// `[heap]` + glibc arena heaps + what the allocator mapped itself.
     pub allocator_footprint: Option<u64>,
+    /// glibc's footprint split at this tick (from smaps; 0 when not read,
+    /// e.g. another allocator): resident bytes of `[heap]`, the number of
+    /// non-main arenas, their heaps' reserved and resident bytes, and the
+    /// resident bytes of the chunks glibc mmapped on its own.
+    pub main_heap_resident: Option<u64>,
+    pub arenas: Option<u64>,
+    pub arena_reserved: Option<u64>,
+    pub arena_resident: Option<u64>,
+    pub mmapped_resident: Option<u64>,
     pub allocs_per_s: f64,
     pub frees_per_s: f64,
     /// Sum of the lost counters (cumulative).
@@ -179,6 +188,11 @@ impl PointBuilder {
             rss_anon: mem.map(|m| m.rss_anon),
             rss_file: mem.map(|m| m.rss_file),
             allocator_footprint: mem.map(|m| m.heap_mappings.saturating_add(m.allocator_mapped)),
+            main_heap_resident: mem.map(|m| m.main_heap_resident),
+            arenas: mem.map(|m| m.arenas),
+            arena_reserved: mem.map(|m| m.arena_reserved),
+            arena_resident: mem.map(|m| m.arena_resident),
+            mmapped_resident: mem.map(|m| m.mmapped_resident),
             allocs_per_s: super::r3(allocs_per_s),
             frees_per_s: super::r3(frees_per_s),
             lost: lost_total(t),
