@@ -2,102 +2,28 @@
 
 pub mod btf;
 pub mod custom;
+mod error;
 pub mod identify;
 pub mod internals;
 pub mod multi;
+mod preflight;
 pub mod procs;
 pub mod prologue;
 mod single;
 pub mod stack_ends;
 pub mod target;
 
-use std::path::{Path, PathBuf};
-
 use aya::programs::uprobe::UProbeLinkId;
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::{defaults, StackMode, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES};
 
+use error::source_chain;
+pub use error::ProbeError;
+pub use preflight::{check_process_kind, has_bpf_privileges, preflight};
 pub use target::{AllocatorTarget, AttachPoint};
 
 /// The eBPF object built from `profiler-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
-
-/// Errors of loading and attaching, each naming its cause and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("no such process: pid {0} (check it with `ps -p {0}`)")]
-    NoSuchProcess(u32),
-    #[error("permission denied: heapscope needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE) to load eBPF; run it with sudo")]
-    NotPrivileged,
-    #[error("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing); it needs CONFIG_UPROBE_EVENTS=y")]
-    NoUprobes,
-    #[error("this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); heapscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)")]
-    NoBtf,
-    #[error("cannot read the memory map of pid {pid}: {reason}")]
-    Maps { pid: u32, reason: String },
-    #[error("no allocator found in pid {pid}: none of its {searched} mapped executable files defines malloc (a stripped static binary has no symbols to probe)")]
-    NoAllocator { pid: u32, searched: usize },
-    #[error("pid {pid} is a zombie: it has exited and waits for its parent (pid {ppid}) to reap it; there is nothing left to profile")]
-    Zombie { pid: u32, ppid: u32 },
-    #[error("pid {pid} ({comm}) is a kernel thread: it has no user-space heap to profile")]
-    KernelThread { pid: u32, comm: String },
-    #[error("cannot read /proc/{pid}/maps: permission denied (a hardened /proc, `hidepid`, or a process in another user namespace); run heapscope as root in the process's PID namespace")]
-    MapsUnreadable { pid: u32 },
-    #[error("pid {pid} ({path}) is a Go program: the Go runtime manages its heap without malloc, so there is nothing for heapscope to probe; use Go's own heap profile (net/http/pprof, /debug/pprof/heap)")]
-    GoProgram { pid: u32, path: String },
-    #[error("{spec}: pid {pid} defines no function {symbol} (searched its {searched} mapped executable files; a static or inlined function has no symbol to probe: check with `nm -D FILE` or `nm FILE`)")]
-    CustomSymbol {
-        pid: u32,
-        spec: String,
-        symbol: String,
-        searched: usize,
-    },
-    #[error("{spec}: {} defines no function {symbol}, nor do LD_PRELOAD or the C library (`run` searches only these; for a function of a linked library, start the program and use `heapscope attach -p PID`)", exe.display())]
-    CustomSymbolForCommand {
-        spec: String,
-        symbol: String,
-        exe: PathBuf,
-    },
-    #[error("cannot read {path}: {reason}")]
-    Module { path: PathBuf, reason: String },
-    #[error("loading the eBPF programs failed (is the kernel 5.8+ with BPF enabled?)")]
-    Load(#[source] aya::EbpfError),
-    #[error("eBPF map {0} is missing from the embedded object (rebuild heapscope)")]
-    MissingMap(&'static str),
-    #[error("initialising eBPF map {name} failed")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("eBPF program {0} is missing from the embedded object (rebuild heapscope)")]
-    MissingProgram(&'static str),
-    #[error("loading eBPF program {name} failed")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("attaching to {symbol} in {path} (pid {pid}) failed")]
-    Attach {
-        symbol: Box<str>,
-        path: PathBuf,
-        pid: u32,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-}
-
-/// The causes below an error, for a one-line message.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
-}
 
 /// What the attached programs do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,66 +103,6 @@ fn fill_tables(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         }
     }
     Ok(())
-}
-
-/// Checks what can be checked before touching the kernel, so the user gets
-/// the precise cause rather than a raw errno.
-pub fn preflight(pid: u32) -> Result<(), ProbeError> {
-    if !Path::new(&format!("/proc/{pid}")).exists() || pid == 0 {
-        return Err(ProbeError::NoSuchProcess(pid));
-    }
-    check_process_kind(pid)?;
-    if !has_bpf_privileges() {
-        return Err(ProbeError::NotPrivileged);
-    }
-    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-        return Err(ProbeError::NoUprobes);
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err(ProbeError::NoBtf);
-    }
-    Ok(())
-}
-
-/// Zombies and kernel threads cannot be profiled: each is said as what it
-/// is. A process whose main thread exited is profiled through a live thread.
-pub fn check_process_kind(pid: u32) -> Result<(), ProbeError> {
-    use crate::process::procfs;
-    let Some(stat) = procfs::stat(pid) else {
-        return Err(ProbeError::NoSuchProcess(pid));
-    };
-    if stat.is_kernel_thread() {
-        return Err(ProbeError::KernelThread {
-            pid,
-            comm: stat.comm,
-        });
-    }
-    // A dead leader with live threads (pthread_exit) is profiled through a
-    // live thread (see `Probes::attach`); without one it is a zombie.
-    if stat.is_dead() && procfs::live_thread(pid).is_none() {
-        return Err(ProbeError::Zombie {
-            pid,
-            ppid: stat.ppid,
-        });
-    }
-    Ok(())
-}
-
-/// True when the effective capabilities allow loading tracing programs:
-/// CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON.
-pub fn has_bpf_privileges() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_PERFMON: u64 = 1 << 38;
-    const CAP_BPF: u64 = 1 << 39;
-    caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0)
 }
 
 /// How the probes went in.

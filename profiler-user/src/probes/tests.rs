@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use super::*;
 
 use profiler_common::{AllocKind, EntrySpec};

@@ -9,11 +9,8 @@ use profiler_common::AllocKind;
 
 use std::sync::Arc;
 
-use crate::process::arenas::Home;
 use crate::profile::{Frame, ModuleId, Pc, ProcessInfo, SiteStats};
-use crate::timeline::{
-    totals_from_slice, totals_to_array, ArenaSample, MemSample, SiteId, SiteInfo, Tick,
-};
+use crate::timeline::{totals_from_slice, totals_to_array, MemSample, SiteId, SiteInfo, Tick};
 
 /// First bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"HEAPSCP\0";
@@ -289,82 +286,6 @@ pub fn encode_tick(tick: &Tick, changes: &[(SiteId, SiteStats)]) -> Vec<u8> {
     out
 }
 
-/// The extras of the tick at `t_ms`: cross-thread frees of the sites in
-/// its changes that have any, and its arenas.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TickExtra {
-    pub t_ms: u64,
-    /// (site, cross_free_bytes, cross_free_count), cumulative.
-    pub cross: Vec<(SiteId, u64, u64)>,
-    pub arenas: Vec<ArenaSample>,
-}
-
-const HOME_MAIN: u8 = 0;
-const HOME_ARENA: u8 = 1;
-const HOME_MMAPPED: u8 = 2;
-
-/// Payload of a tick-extra record:
-/// `t_ms ncross (site bytes count)* narenas (home:u8 addr heaps reserved resident live)*`.
-pub fn encode_tick_extra(x: &TickExtra) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_varint(&mut out, x.t_ms);
-    put_varint(&mut out, x.cross.len() as u64);
-    for (id, bytes, count) in &x.cross {
-        for v in [u64::from(id.0), *bytes, *count] {
-            put_varint(&mut out, v);
-        }
-    }
-    put_varint(&mut out, x.arenas.len() as u64);
-    for a in &x.arenas {
-        let (kind, addr) = match a.home {
-            Home::Main => (HOME_MAIN, 0),
-            Home::Arena(addr) => (HOME_ARENA, addr),
-            Home::Mmapped => (HOME_MMAPPED, 0),
-        };
-        out.push(kind);
-        for v in [addr, u64::from(a.heaps), a.reserved, a.resident, a.live] {
-            put_varint(&mut out, v);
-        }
-    }
-    out
-}
-
-/// Decodes a tick-extra payload.
-pub fn decode_tick_extra(buf: &[u8]) -> Result<TickExtra, &'static str> {
-    let mut c = Cursor::new(buf);
-    let t_ms = c.varint()?;
-    let n = c.count(3)?;
-    let mut cross = Vec::with_capacity(n);
-    for _ in 0..n {
-        cross.push((SiteId(c.u32()?), c.varint()?, c.varint()?));
-    }
-    let n = c.count(6)?;
-    let mut arenas = Vec::with_capacity(n);
-    for _ in 0..n {
-        let kind = c.u8()?;
-        let addr = c.varint()?;
-        let home = match kind {
-            HOME_MAIN => Home::Main,
-            HOME_ARENA => Home::Arena(addr),
-            HOME_MMAPPED => Home::Mmapped,
-            _ => return Err("bad arena kind"),
-        };
-        arenas.push(ArenaSample {
-            home,
-            heaps: c.u32()?,
-            reserved: c.varint()?,
-            resident: c.varint()?,
-            live: c.varint()?,
-        });
-    }
-    c.done()?;
-    Ok(TickExtra {
-        t_ms,
-        cross,
-        arenas,
-    })
-}
-
 /// Payload of an end record.
 pub fn encode_end(t_ms: u64) -> Vec<u8> {
     varint_bytes(t_ms)
@@ -628,74 +549,8 @@ pub fn decode_end(buf: &[u8]) -> Result<u64, &'static str> {
     Ok(t)
 }
 
+mod tick_extra;
+pub use tick_extra::{decode_tick_extra, encode_tick_extra, TickExtra};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn varints_round_trip_and_reject_overflow() {
-        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
-            let b = varint_bytes(v);
-            let mut c = Cursor::new(&b);
-            assert_eq!(c.varint(), Ok(v));
-            assert!(c.done().is_ok());
-        }
-        let mut c = Cursor::new(&[0xff; 11]);
-        assert!(c.varint().is_err());
-        let mut c = Cursor::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
-        assert_eq!(c.varint(), Err("varint overflows 64 bits"));
-        assert!(Cursor::new(&[0x80]).varint().is_err());
-    }
-
-    #[test]
-    fn api_names_map_back_to_static_symbols() {
-        assert_eq!(api_symbol("calloc"), "calloc");
-        assert_eq!(api_symbol("mmap"), "mmap");
-        assert_eq!(api_symbol("operator new"), "operator new");
-        assert_eq!(api_symbol("operator new[]"), "operator new[]");
-        assert_eq!(api_symbol("no such api"), "?");
-    }
-
-    #[test]
-    fn tick_extras_round_trip() {
-        let x = TickExtra {
-            t_ms: 1500,
-            cross: vec![(SiteId(3), 4096, 16)],
-            arenas: vec![
-                ArenaSample {
-                    home: Home::Main,
-                    heaps: 1,
-                    reserved: 135_168,
-                    resident: 135_168,
-                    live: 1000,
-                },
-                ArenaSample {
-                    home: Home::Arena(0x7f12_3400_0020),
-                    heaps: 2,
-                    reserved: 1 << 20,
-                    resident: 1 << 19,
-                    live: 77,
-                },
-                ArenaSample {
-                    home: Home::Mmapped,
-                    heaps: 3,
-                    reserved: 3 << 20,
-                    resident: 3 << 20,
-                    live: 3 << 20,
-                },
-            ],
-        };
-        let b = encode_tick_extra(&x);
-        assert_eq!(decode_tick_extra(&b), Ok(x));
-        assert!(decode_tick_extra(&b[..b.len() - 1]).is_err());
-    }
-
-    #[test]
-    fn counts_cannot_exceed_the_payload() {
-        // A site claiming 2^40 frames in a 10-byte payload.
-        let mut b = vec![0];
-        put_str(&mut b, "malloc");
-        put_varint(&mut b, 1 << 40);
-        assert_eq!(decode_site(&b), Err("count larger than the payload"));
-    }
-}
+mod tests;
