@@ -57,10 +57,11 @@ pub enum CounterId {
     ExitReleasedBytes = 23,
     UntrackedAllocs = 24,
     UntrackedBytes = 25,
+    NoLayout = 26,
 }
 
 /// Number of counters (and of recording slots).
-pub const COUNTER_COUNT: usize = 26;
+pub const COUNTER_COUNT: usize = 27;
 
 impl CounterId {
     /// The slot in a recording's totals (the stable id).
@@ -212,6 +213,14 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
             C,
             &[counter::UNTRACKED_BYTES],
         ),
+        row(
+            I::NoLayout,
+            "no_layout",
+            "allocator calls before their process's allocator layout was known",
+            "Allocator calls judged before userspace had set the process's allocator code ranges: allocator-internal calls among them may be counted as the program's.",
+            C,
+            &[counter::NO_LAYOUT],
+        ),
         row(I::LiveMapFull, "live_map_full", "live map full", "Allocations not tracked: live map full.", L, &[counter::LIVE_MAP_FULL]),
         row(
             I::StackFailed,
@@ -326,6 +335,7 @@ mod tests {
             "exit_released_bytes",
             "untracked_allocs",
             "untracked_bytes",
+            "no_layout",
         ];
         for d in COUNTERS {
             assert_eq!(names[d.id.slot()], d.name);

@@ -499,8 +499,11 @@ pub mod counter {
     pub const UNTRACKED_ALLOCS: u32 = 22;
     /// Bytes those allocations asked for.
     pub const UNTRACKED_BYTES: u32 = 23;
+    /// Allocator calls of a process whose allocator layout userspace had
+    /// not set yet (see `nesting::AllocLayout`): judged with no ranges known.
+    pub const NO_LAYOUT: u32 = 24;
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
 }
 
 /// Default sizes of the bounded kernel maps (overridable by flags).

@@ -10,7 +10,57 @@
 //! how a new call or a return relates to it. The eBPF programs only read
 //! registers and maps and act on the answer.
 
-use crate::INFLIGHT_STALE_NS;
+use crate::{ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, INFLIGHT_STALE_NS};
+
+/// One process's allocator layout, as the eBPF side holds it (keyed by
+/// tgid): unrelated processes map their allocator at other addresses, so
+/// each has its own. A process without one is judged with no ranges known
+/// (its callers are [`Caller::Unknown`], nothing is internal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocLayout {
+    /// Start of the process's `[uprobes]` trampoline page (0: not known yet).
+    pub xol: u64,
+    /// The allocator modules' executable ranges `[start, end)` as pairs
+    /// (`start == 0`: unused slot).
+    pub text: [u64; 2 * ALLOC_TEXT_RANGES as usize],
+    /// The allocator's own implementation ranges, as pairs.
+    pub internal: [u64; 2 * ALLOC_INTERNAL_RANGES as usize],
+}
+
+impl AllocLayout {
+    /// No ranges known.
+    pub const EMPTY: AllocLayout = AllocLayout {
+        xol: 0,
+        text: [0; 2 * ALLOC_TEXT_RANGES as usize],
+        internal: [0; 2 * ALLOC_INTERNAL_RANGES as usize],
+    };
+
+    /// Who made the call whose return address is `ra` (see [`classify_caller`]).
+    #[inline(always)]
+    pub fn caller(&self, ra: Option<u64>) -> Caller {
+        classify_caller(ra, self.xol, ALLOC_TEXT_RANGES, |i| {
+            let i = i as usize;
+            (
+                self.text.get(2 * i).copied().unwrap_or(0),
+                self.text.get(2 * i + 1).copied().unwrap_or(0),
+            )
+        })
+    }
+
+    /// Whether `ra` is in the allocator's own implementation.
+    #[inline(always)]
+    pub fn internal(&self, ra: Option<u64>) -> bool {
+        let Some(ra) = ra else { return false };
+        in_ranges(ra, ALLOC_INTERNAL_RANGES, |i| {
+            let i = i as usize;
+            (
+                self.internal.get(2 * i).copied().unwrap_or(0),
+                self.internal.get(2 * i + 1).copied().unwrap_or(0),
+            )
+        })
+    }
+}
 
 /// Who made a call, from the return address in its slot at entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

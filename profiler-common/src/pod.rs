@@ -22,3 +22,5 @@ unsafe impl aya::Pod for MapEvent {}
 unsafe impl aya::Pod for SampleHeader {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SampledFree {}
+// SAFETY: as above (integers only, no padding).
+unsafe impl aya::Pod for crate::nesting::AllocLayout {}

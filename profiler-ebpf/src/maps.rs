@@ -4,9 +4,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use profiler_common::nesting::AllocLayout;
 use profiler_common::{
     counter, defaults, FpStack, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackMode,
-    ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES, MAX_PROFILED, STACK_END_ENTRIES, TABLE_LEN,
+    MAX_PROFILED, STACK_END_ENTRIES, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -174,23 +175,13 @@ pub(crate) fn armed() -> bool {
     ARMED.get(0).copied().unwrap_or(0) != 0
 }
 
-/// Start of the process's `[uprobes]` page (the uretprobe trampoline), set by
-/// userspace once the mapping appears; 0 until then.
+/// Each profiled process's allocator layout (tgid → trampoline page and
+/// allocator code ranges), set by userspace as it attaches to the process
+/// (and again after an exec), removed when it exits: unrelated processes map
+/// their allocator at other addresses. A process without one is judged with
+/// no ranges known.
 #[map]
-pub(crate) static XOL: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Executable ranges `[start, end)` of the allocator's modules, as pairs,
-/// set by userspace: a call whose return address is in one of them was made
-/// by the allocator itself. All zero until known.
-#[map]
-pub(crate) static ALLOC_TEXT: Array<u64> = Array::with_max_entries(2 * ALLOC_TEXT_RANGES, 0);
-
-/// Ranges `[start, end)` of the allocator's own implementation (glibc's
-/// malloc code, a whole allocator library), as pairs, set by userspace: a
-/// call from them with no program call in flight is the allocator's own.
-#[map]
-pub(crate) static ALLOC_INTERNAL: Array<u64> =
-    Array::with_max_entries(2 * ALLOC_INTERNAL_RANGES, 0);
+pub(crate) static LAYOUTS: HashMap<u32, AllocLayout> = HashMap::with_max_entries(MAX_PROFILED, 0);
 
 /// The processes being profiled (tgid → 1), set by userspace: process
 /// tracepoints only report these.

@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter,
-    nesting::{self, Caller, Entry, Return, MAX_PENDING_CALLS},
-    AllocKind, Inflight, PendingCalls, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES,
+    nesting::{self, AllocLayout, Caller, Entry, Return, MAX_PENDING_CALLS},
+    AllocKind, Inflight, PendingCalls,
 };
 
-use crate::maps::{armed, bump, ALLOC_INTERNAL, ALLOC_TEXT, EMPTY_CALLS, INFLIGHT, XOL};
+use crate::maps::{armed, bump, EMPTY_CALLS, INFLIGHT, LAYOUTS};
 
 /// The stack pointer of the probed context.
 #[inline(always)]
@@ -28,28 +28,30 @@ fn return_address(sp: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(sp as *const u64) }.ok()
 }
 
+/// The calling process's allocator layout (see `LAYOUTS`), looked up once
+/// per call; `None` (counted) while userspace has not set it: nothing is
+/// then judged the allocator's own or the program's.
+#[inline(always)]
+fn layout() -> Option<&'static AllocLayout> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: userspace replaces an entry whole; a reader sees old or new ranges.
+    let l = unsafe { LAYOUTS.get(&tgid) };
+    if l.is_none() {
+        bump(counter::NO_LAYOUT, 1);
+    }
+    l
+}
+
 /// Who made the call whose return address is `ra`.
 #[inline(always)]
-fn caller(ra: Option<u64>) -> Caller {
-    let xol = XOL.get(0).copied().unwrap_or(0);
-    nesting::classify_caller(ra, xol, ALLOC_TEXT_RANGES, |i| {
-        (
-            ALLOC_TEXT.get(2 * i).copied().unwrap_or(0),
-            ALLOC_TEXT.get(2 * i + 1).copied().unwrap_or(0),
-        )
-    })
+fn caller(l: Option<&AllocLayout>, ra: Option<u64>) -> Caller {
+    l.map_or(Caller::Unknown, |l| l.caller(ra))
 }
 
 /// Whether `ra` is in the allocator's own implementation.
 #[inline(always)]
-fn internal(ra: Option<u64>) -> bool {
-    let Some(ra) = ra else { return false };
-    nesting::in_ranges(ra, ALLOC_INTERNAL_RANGES, |i| {
-        (
-            ALLOC_INTERNAL.get(2 * i).copied().unwrap_or(0),
-            ALLOC_INTERNAL.get(2 * i + 1).copied().unwrap_or(0),
-        )
-    })
+fn internal(l: Option<&AllocLayout>, ra: Option<u64>) -> bool {
+    l.is_some_and(|l| l.internal(ra))
 }
 
 /// A slot index the verifier can bound: read back through a volatile load,
@@ -74,9 +76,17 @@ fn pending_n(p: &PendingCalls) -> u32 {
 fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
     let sp = sp_of(ctx.regs);
     let ra = return_address(sp);
+    let l = layout();
     let p = INFLIGHT.get_ptr_mut(tid);
     let j = match p {
-        None => nesting::judge_entry(0, |_| (0, 0), sp, now, || Caller::Unknown, || internal(ra)),
+        None => nesting::judge_entry(
+            0,
+            |_| (0, 0),
+            sp,
+            now,
+            || Caller::Unknown,
+            || internal(l, ra),
+        ),
         Some(p) => {
             // SAFETY: the entry is only touched by its own thread, which is here.
             let s = unsafe { &*p };
@@ -84,7 +94,11 @@ fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
             // Classified once, before the loop over pending calls: asked
             // lazily inside it, the verifier walks the range loop once per
             // pending call and path, and verification explodes.
-            let who = if n > 0 { caller(ra) } else { Caller::Unknown };
+            let who = if n > 0 {
+                caller(l, ra)
+            } else {
+                Caller::Unknown
+            };
             // A custom pool's code is the program's: beneath a pending pool
             // call it is the pool taking memory for itself.
             let top = n
@@ -102,7 +116,7 @@ fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
                 sp,
                 now,
                 || who,
-                || internal(ra),
+                || internal(l, ra),
             )
         }
     };
@@ -209,7 +223,7 @@ pub(crate) fn outermost_program_call(ctx: &ProbeContext) -> bool {
             return false;
         }
     }
-    !internal(return_address(sp_of(ctx.regs)))
+    !internal(layout(), return_address(sp_of(ctx.regs)))
 }
 
 /// Who made a call judged at its entry only (`free`, `munmap`).

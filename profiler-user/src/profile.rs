@@ -245,6 +245,8 @@ pub struct Totals {
     pub untracked_allocs: u64,
     /// Bytes those allocations asked for (not in `alloc_bytes`).
     pub untracked_bytes: u64,
+    /// See `counter::NO_LAYOUT`.
+    pub no_layout: u64,
 }
 
 impl Totals {
@@ -279,6 +281,7 @@ impl Totals {
             CounterId::ExitReleasedBytes => self.exit_released_bytes,
             CounterId::UntrackedAllocs => self.untracked_allocs,
             CounterId::UntrackedBytes => self.untracked_bytes,
+            CounterId::NoLayout => self.no_layout,
         }
     }
 
@@ -311,6 +314,7 @@ impl Totals {
             CounterId::ExitReleasedBytes => &mut self.exit_released_bytes,
             CounterId::UntrackedAllocs => &mut self.untracked_allocs,
             CounterId::UntrackedBytes => &mut self.untracked_bytes,
+            CounterId::NoLayout => &mut self.no_layout,
         };
         *field = v;
     }
@@ -518,6 +522,7 @@ mod counter_table_tests {
             exit_released_bytes,
             untracked_allocs,
             untracked_bytes,
+            no_layout,
         } = t;
         let mut fields = vec![
             allocs,
@@ -546,6 +551,7 @@ mod counter_table_tests {
             exit_released_bytes,
             untracked_allocs,
             untracked_bytes,
+            no_layout,
         ];
         fields.sort_unstable();
         let expected: Vec<u64> = (1..=COUNTERS.len() as u64).collect();

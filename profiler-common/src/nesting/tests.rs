@@ -385,3 +385,56 @@ fn calls_beneath_a_pool_call_are_the_pools() {
         assert_eq!(beneath_pool(c, true, SP, SP - 0x60), c);
     }
 }
+
+#[test]
+fn each_process_is_judged_by_its_own_layout() {
+    // Two processes with libc at other addresses (ASLR, other builds).
+    let mut a = AllocLayout::EMPTY;
+    a.xol = 0x7fff_0000;
+    a.text[..2].copy_from_slice(&[0x7f00_1000, 0x7f00_9000]);
+    a.internal[..2].copy_from_slice(&[0x7f00_2000, 0x7f00_3000]);
+    let mut b = AllocLayout::EMPTY;
+    b.xol = 0x7ffe_0000;
+    b.text[..2].copy_from_slice(&[0x7e00_1000, 0x7e00_9000]);
+    b.internal[..2].copy_from_slice(&[0x7e00_2000, 0x7e00_3000]);
+    // B's malloc code calling free (an arena created inside free) is B's
+    // allocator's own in B, a program call for A's layout.
+    let ra = Some(0x7e00_2500);
+    assert!(b.internal(ra));
+    assert_eq!(b.caller(ra), Caller::Allocator);
+    assert!(!a.internal(ra));
+    assert_eq!(a.caller(ra), Caller::Program);
+    // A's own.
+    assert!(a.internal(Some(0x7f00_2fff)));
+    assert!(!a.internal(Some(0x7f00_3000)));
+    assert_eq!(a.caller(Some(0x7fff_0010)), Caller::Trampoline);
+    assert_eq!(b.caller(Some(0x7fff_0010)), Caller::Program);
+    assert_eq!(a.caller(None), Caller::Unknown);
+    assert!(!a.internal(None));
+}
+
+#[test]
+fn a_process_without_a_layout_knows_nothing() {
+    let e = AllocLayout::EMPTY;
+    for ra in [0x1000, 0x7e00_2500, 0x7fff_0010] {
+        assert_eq!(e.caller(Some(ra)), Caller::Unknown);
+        assert!(!e.internal(Some(ra)));
+    }
+    // Text known but not the trampoline yet: still unknown, never "program".
+    let mut t = AllocLayout::EMPTY;
+    t.text[..2].copy_from_slice(&[0x7e00_1000, 0x7e00_9000]);
+    assert_eq!(t.caller(Some(0x1000)), Caller::Unknown);
+    assert_eq!(t.caller(Some(0x7e00_1000)), Caller::Allocator);
+}
+
+#[test]
+fn the_last_slots_are_searched() {
+    let mut l = AllocLayout::EMPTY;
+    l.xol = 0x9000_0000;
+    let n = l.text.len();
+    l.text[n - 2..].copy_from_slice(&[0x5000, 0x6000]);
+    let m = l.internal.len();
+    l.internal[m - 2..].copy_from_slice(&[0x5100, 0x5200]);
+    assert_eq!(l.caller(Some(0x5fff)), Caller::Allocator);
+    assert!(l.internal(Some(0x5100)));
+}

@@ -5,6 +5,7 @@ pub mod custom;
 mod error;
 pub mod identify;
 pub mod internals;
+mod layouts;
 pub mod multi;
 mod preflight;
 pub mod procs;
@@ -15,7 +16,7 @@ pub mod target;
 
 use aya::programs::uprobe::UProbeLinkId;
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::{defaults, StackMode, ALLOC_INTERNAL_RANGES, ALLOC_TEXT_RANGES};
+use profiler_common::{defaults, StackMode, ALLOC_TEXT_RANGES};
 
 use error::source_chain;
 pub use error::ProbeError;
@@ -131,12 +132,8 @@ pub struct Probes {
     pub method: AttachMethod,
     /// Loading the programs and attaching them took this long.
     pub attach_time: std::time::Duration,
-    /// Paths of the probed modules, as the process sees them.
-    modules: Vec<String>,
-    /// The allocator's own implementation.
-    internal: Vec<internals::InternalCode>,
-    /// The trampoline page and text ranges last written to the eBPF side.
-    layout: Vec<u64>,
+    /// Each process's layout last written to the eBPF side.
+    layouts: std::collections::BTreeMap<u32, profiler_common::nesting::AllocLayout>,
     /// The exec tracepoint, or why it could not be attached (then an exec
     /// of the target goes unnoticed, and the session says so).
     exec_watch: Result<
@@ -382,9 +379,7 @@ impl Probes {
             count,
             method,
             attach_time: t0.elapsed(),
-            modules: target.modules.clone(),
-            internal: target.internal.clone(),
-            layout: Vec::new(),
+            layouts: std::collections::BTreeMap::new(),
             exec_watch,
             target: target.clone(),
             programs: (entry, ret),
@@ -425,59 +420,36 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name, source })
     }
 
-    /// Tells the eBPF side where the uretprobe trampoline page is (the
-    /// `[uprobes]` mapping, created at the first probe hit) and where the
+    /// Tells the eBPF side where `pid`'s uretprobe trampoline page is (the
+    /// `[uprobes]` mapping, created at the first probe hit) and where its
     /// allocator's code is, so it can tell a tail call or the allocator calling
     /// itself from a call the program made after a return it did not see.
-    /// Returns how many of the allocator's code ranges did not fit.
+    /// Each process has its own (`maps` is its memory map). Returns how many
+    /// of the allocator's code ranges did not fit.
     pub fn note_layout(
         &mut self,
+        pid: u32,
         maps: &crate::process::maps::MemoryMap,
     ) -> Result<usize, ProbeError> {
-        let xol = maps
-            .regions
-            .iter()
-            .find(|r| r.path.as_deref() == Some(crate::unwind::UPROBES_MAPPING))
-            .map_or(0, |r| r.start);
-        let (ranges, mut dropped) = text_ranges(maps, &self.modules);
-        let mut internal = merge_adjacent(internals::runtime_ranges(&self.internal, maps));
-        dropped += internal
-            .len()
-            .saturating_sub(ALLOC_INTERNAL_RANGES as usize);
-        internal.truncate(ALLOC_INTERNAL_RANGES as usize);
-        let internal: Vec<u64> = internal.iter().flat_map(|&(s, e)| [s, e]).collect();
-        let mut layout = vec![xol];
-        layout.extend(ranges.iter().flat_map(|&(s, e)| [s, e]));
-        layout.extend(&internal);
-        if layout == self.layout {
+        let (layout, dropped) = layouts::layout_of(maps, self.target_of(pid));
+        if self.layouts.get(&pid) == Some(&layout) {
             return Ok(dropped);
         }
-        let mut set = |name: &'static str, values: &[u64], slots: u32| -> Result<(), ProbeError> {
-            let map = self
-                .ebpf
-                .map_mut(name)
-                .ok_or(ProbeError::MissingMap(name))?;
-            let mut arr: aya::maps::Array<&mut aya::maps::MapData, u64> =
-                aya::maps::Array::try_from(map)
-                    .map_err(|source| ProbeError::Map { name, source })?;
-            for i in 0..slots {
-                let v = values.get(i as usize).copied().unwrap_or(0);
-                arr.set(i, v, 0)
-                    .map_err(|source| ProbeError::Map { name, source })?;
-            }
-            Ok(())
-        };
-        // Text first: a trampoline address without the text ranges would make
-        // every program call look unknown rather than wrong.
-        set("ALLOC_INTERNAL", &internal, 2 * ALLOC_INTERNAL_RANGES)?;
-        set(
-            "ALLOC_TEXT",
-            &layout[1..1 + 2 * ranges.len()],
-            2 * ALLOC_TEXT_RANGES,
-        )?;
-        set("XOL", &layout[..1], 1)?;
-        self.layout = layout;
+        layouts::set(&mut self.ebpf, pid, &layout)?;
+        self.layouts.insert(pid, layout);
         Ok(dropped)
+    }
+
+    /// Whether `pid`'s layout is known with its trampoline page (which
+    /// appears at its first probe hit; until then its map is read again).
+    pub fn layout_complete(&self, pid: u32) -> bool {
+        self.layouts.get(&pid).is_some_and(|l| l.xol != 0)
+    }
+
+    /// Forgets the layout of a process that exited.
+    pub fn forget_layout(&mut self, pid: u32) -> Result<(), ProbeError> {
+        self.layouts.remove(&pid);
+        layouts::remove(&mut self.ebpf, pid)
     }
 
     /// Why exec of the target cannot be noticed, if it cannot.

@@ -86,6 +86,7 @@ impl Worker {
         match added {
             Ok(0) => {}
             Ok(_) => {
+                self.note_layout_of(pid, true);
                 let probes_after_ms =
                     forked_ns.map_or(0, |t| ages::monotonic_ns().saturating_sub(t) / 1_000_000);
                 self.comms.insert(pid, comm.clone());
@@ -151,6 +152,9 @@ impl Worker {
     fn exits(&mut self) {
         for mut n in std::mem::take(&mut self.cap.exit_notes) {
             n.comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
+            if let Err(e) = self.probes.forget_layout(n.pid) {
+                self.warn(format!("forgetting the layout of pid {}: {e}", n.pid));
+            }
             self.exited.push(n.pid);
             self.outputs.event(&SessionEvent::Exited(n));
         }
@@ -188,6 +192,9 @@ impl Worker {
                 let r = self.probes.reattach(n.pid, Some(t));
                 n.new_allocator = Some((what, r.map_err(|e| e.to_string())));
             }
+            // The new program maps its allocator elsewhere (its map was
+            // read again when the exec was applied).
+            self.note_layout_of(n.pid, false);
             self.comms.insert(n.pid, n.new_comm.clone());
             if let Some(p) = self.timeline.processes().iter().find(|p| p.pid == n.pid) {
                 let mut p = p.clone();
@@ -211,14 +218,37 @@ impl Worker {
         Ok(snap)
     }
 
+    /// Tells the probes every profiled process's allocator layout: the
+    /// target's from its map (re-read each tick), another process's read
+    /// again while its trampoline page is not known yet.
     fn note_layout(&mut self) {
-        let msg = match self.probes.note_layout(&self.cap.maps) {
+        for pid in self.probes.pids().to_vec() {
+            let fresh = !self.probes.layout_complete(pid);
+            self.note_layout_of(pid, fresh);
+        }
+    }
+
+    /// Tells the probes the allocator layout of `pid` (its map read now when
+    /// `fresh`: it was just attached, or exec'd).
+    fn note_layout_of(&mut self, pid: u32, fresh: bool) {
+        let maps = if pid == self.cap.pid {
+            Some(&self.cap.maps)
+        } else {
+            self.cap.others.get(pid, fresh)
+        };
+        let Some(maps) = maps else {
+            // Gone already, or its map unreadable: its calls are counted
+            // as judged without a layout.
+            return;
+        };
+        let msg = match self.probes.note_layout(pid, maps) {
             Ok(0) => return,
             Ok(dropped) => format!(
-                "{dropped} of the allocator's code ranges did not fit the probes' table: \
-                 allocator-internal calls from them may be counted as the program's"
+                "{dropped} of the allocator's code ranges of pid {pid} did not fit the \
+                 probes' table: allocator-internal calls from them may be counted as the \
+                 program's"
             ),
-            Err(e) => format!("telling the probes the process layout: {e}"),
+            Err(e) => format!("telling the probes the layout of pid {pid}: {e}"),
         };
         self.warn(msg);
     }
