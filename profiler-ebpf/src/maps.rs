@@ -183,6 +183,13 @@ pub(crate) fn armed() -> bool {
 #[map]
 pub(crate) static LAYOUTS: HashMap<u32, AllocLayout> = HashMap::with_max_entries(MAX_PROFILED, 0);
 
+/// The tgid of a process that made an allocator call while its layout was
+/// incomplete (no entry, or its trampoline page not known: the page appears
+/// at its first probe hit), for userspace to read its map now rather than at
+/// the next tick; 0 when none.
+#[map]
+pub(crate) static LAYOUT_WANTED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The processes being profiled (tgid → 1), set by userspace: process
 /// tracepoints only report these.
 #[map]

@@ -12,7 +12,7 @@ use profiler_common::{
     AllocKind, Inflight, PendingCalls,
 };
 
-use crate::maps::{armed, bump, EMPTY_CALLS, INFLIGHT, LAYOUTS};
+use crate::maps::{armed, bump, EMPTY_CALLS, INFLIGHT, LAYOUTS, LAYOUT_WANTED};
 
 /// The stack pointer of the probed context.
 #[inline(always)]
@@ -38,6 +38,12 @@ fn layout() -> Option<&'static AllocLayout> {
     let l = unsafe { LAYOUTS.get(&tgid) };
     if l.is_none() {
         bump(counter::NO_LAYOUT, 1);
+    }
+    if l.is_none_or(|l| l.xol == 0) {
+        if let Some(w) = LAYOUT_WANTED.get_ptr_mut(0) {
+            // SAFETY: a plain store into the map's one slot.
+            unsafe { *w = tgid };
+        }
     }
     l
 }

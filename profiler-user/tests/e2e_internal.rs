@@ -121,3 +121,102 @@ fn a_signal_handler_allocating_inside_malloc_loses_nothing() {
         assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
     }
 }
+
+/// Two unrelated processes (a PIE build and a non-PIE `-O1` build: their
+/// programs and libc at other addresses) whose worker threads create their
+/// arenas inside `free`: each process is judged by its own allocator
+/// layout, so both processes' arena heaps are footprint and each one's
+/// live bytes are its own exact count.
+#[test]
+fn each_process_is_judged_by_its_own_allocator_layout() {
+    if !root_or_skip("each_process_is_judged_by_its_own_allocator_layout") {
+        return;
+    }
+    let pie = fixture("arena_free_first", "O2", &["-O2", "-g", "-pthread"]);
+    let other = fixture(
+        "arena_free_first",
+        "O1-nopie",
+        &["-O1", "-g", "-pthread", "-fno-pie", "-no-pie"],
+    );
+    let fa = start_fixture(&pie);
+    let fb = start_fixture(&other);
+    let b_pid = fb.pid.to_string();
+    let a = attach(fa.pid, &["-p", &b_pid, "--exact", "--stacks", "fp"]);
+    let mut held = std::collections::BTreeMap::new();
+    let mut children = Vec::new();
+    for fx in [fa, fb] {
+        let Fixture {
+            child,
+            mut stdin,
+            lines,
+            pid,
+        } = fx;
+        writeln!(stdin, "go").expect("start fixture");
+        let done = wait_for(&lines, "done", &mut Vec::new());
+        let live: u64 = done
+            .split_once("live=")
+            .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok())
+            .expect("fixture prints live=N");
+        held.insert(pid, live);
+        children.push((child, stdin));
+    }
+    interrupt(&a.child);
+    let (code, report, stderr) = finish(a);
+    assert_eq!(code, 0, "{stderr}");
+    for (mut child, mut stdin) in children {
+        writeln!(stdin, "exit").expect("release fixture");
+        assert_eq!(child.wait().expect("wait fixture").code(), Some(3));
+    }
+    // Each process's live bytes are its program's blocks plus glibc's
+    // thread vectors (`calloc` in `allocate_dtv`, 272 B here) of the
+    // workers whose stacks it keeps cached: nothing of the arenas.
+    let rows = common::site_sum_rows(&report);
+    let dtv = dtv_bytes(&report);
+    for (pid, bytes) in &held {
+        let live = rows.get(&pid.to_string()).copied().unwrap_or(0);
+        let extra = live.checked_sub(*bytes);
+        assert!(
+            extra.is_some_and(|e| e <= 8 * 512 && e % dtv.max(1) == 0),
+            "pid {pid}: live {live} B, the program's {bytes} B (thread vectors {dtv} B each)\n{report}\n{stderr}"
+        );
+    }
+    for heap_fn in ["alloc_new_heap", "new_heap", "_int_new_arena", "arena_get2"] {
+        assert!(
+            !report.contains(heap_fn),
+            "arena heaps shown as program allocations ({heap_fn})\n{report}"
+        );
+    }
+    // Two processes of eight workers, each with a 64 MiB arena heap.
+    let mapped = counter(
+        &report,
+        "bytes mapped by the allocator itself (or a pool's own blocks)",
+    )
+    .unwrap_or(0);
+    assert!(mapped >= 2 * 8 * (64 << 20), "{report}");
+    // With one global set of ranges (the first process's) the other
+    // process's arena frees were ~2,000 "pre-attach" frees; judged by its own
+    // layout at most a stray one is left (seen: 0 to 3).
+    let pre = counter(&report, "frees of pointers allocated before attach").unwrap_or(u64::MAX);
+    assert!(pre <= 8, "{report}");
+    assert_eq!(
+        counter(
+            &report,
+            "allocator calls before their process's allocator layout was known"
+        ),
+        Some(0),
+        "{report}"
+    );
+}
+
+/// The size of one thread vector block (`calloc <- allocate_dtv`) from the
+/// report's `[heap]` note, 0 when not shown.
+fn dtv_bytes(report: &str) -> u64 {
+    report
+        .split_once("is ")
+        .and_then(|_| {
+            let at = report.find(" B from calloc <- allocate_dtv")?;
+            let head = &report[..at];
+            head.rsplit(' ').next()?.replace(',', "").parse().ok()
+        })
+        .unwrap_or(0)
+}

@@ -60,6 +60,23 @@ pub fn set(ebpf: &mut Ebpf, pid: u32, layout: &AllocLayout) -> Result<(), ProbeE
         .map_err(|source| ProbeError::Map { name: MAP, source })
 }
 
+/// Takes the tgid the probes asked a layout for (see `LAYOUT_WANTED`).
+pub fn take_wanted(ebpf: &mut Ebpf) -> Result<Option<u32>, ProbeError> {
+    let name = "LAYOUT_WANTED";
+    let m = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut arr: aya::maps::Array<&mut MapData, u32> =
+        aya::maps::Array::try_from(m).map_err(|source| ProbeError::Map { name, source })?;
+    let pid = arr
+        .get(&0, 0)
+        .map_err(|source| ProbeError::Map { name, source })?;
+    if pid == 0 {
+        return Ok(None);
+    }
+    arr.set(0, 0, 0)
+        .map_err(|source| ProbeError::Map { name, source })?;
+    Ok(Some(pid))
+}
+
 /// Removes the layout of a process that exited (its tgid may be reused by
 /// an unrelated one). Absent already is fine.
 pub fn remove(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {

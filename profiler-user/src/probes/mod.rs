@@ -446,6 +446,13 @@ impl Probes {
         self.layouts.get(&pid).is_some_and(|l| l.xol != 0)
     }
 
+    /// A profiled process whose probes ran while its layout was incomplete
+    /// (its map is worth reading now), if any.
+    pub fn take_wanted_layout(&mut self) -> Result<Option<u32>, ProbeError> {
+        let pid = layouts::take_wanted(&mut self.ebpf)?;
+        Ok(pid.filter(|p| self.pids.contains(p) && !self.layout_complete(*p)))
+    }
+
     /// Forgets the layout of a process that exited.
     pub fn forget_layout(&mut self, pid: u32) -> Result<(), ProbeError> {
         self.layouts.remove(&pid);

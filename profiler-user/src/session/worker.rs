@@ -29,6 +29,8 @@ use super::{ages, resolve, SessionError, SessionOptions, SessionResult, StopReas
 const MAX_UNREAD_COUNT: u64 = 1 << 22;
 /// Longest the stop waits for the ring's backlog to be applied.
 const FINAL_DRAIN: Duration = Duration::from_secs(2);
+/// Least time between two reads of a map the probes asked for.
+const WANTED_LAYOUT_EVERY: Duration = Duration::from_millis(5);
 
 /// What the capture thread keeps besides the capture itself.
 struct Worker {
@@ -58,6 +60,8 @@ struct Worker {
     /// Processes that exited: their memory maps go after the next tick's
     /// symbolization (their last sites may still need them).
     exited: Vec<u32>,
+    /// When a process's map was last read for the probes' request.
+    layout_read: Option<Instant>,
 }
 
 impl Worker {
@@ -228,6 +232,32 @@ impl Worker {
         }
     }
 
+    /// Reads the map of a process whose probes ran before its layout was
+    /// complete (its trampoline page appears at its first probe hit): its
+    /// calls are judged without it until then. At most every
+    /// [`WANTED_LAYOUT_EVERY`], so a process whose page never shows costs
+    /// little.
+    fn wanted_layout(&mut self) {
+        match self.probes.take_wanted_layout() {
+            Ok(Some(pid)) => {
+                let now = Instant::now();
+                if self
+                    .layout_read
+                    .is_some_and(|t| now.duration_since(t) < WANTED_LAYOUT_EVERY)
+                {
+                    return;
+                }
+                self.layout_read = Some(now);
+                if pid == self.cap.pid {
+                    self.cap.refresh();
+                }
+                self.note_layout_of(pid, true);
+            }
+            Ok(None) => {}
+            Err(e) => self.warn(format!("reading the probes' layout requests: {e}")),
+        }
+    }
+
     /// Tells the probes the allocator layout of `pid` (its map read now when
     /// `fresh`: it was just attached, or exec'd).
     fn note_layout_of(&mut self, pid: u32, fresh: bool) {
@@ -389,6 +419,7 @@ pub(super) fn run(
         refused: std::collections::BTreeSet::new(),
         reprobe: opts.reprobe.clone(),
         exited: Vec::new(),
+        layout_read: None,
     };
     // The allocator's code ranges go in before "attached" is announced: a
     // call the allocator makes on its own right after (an arena created in a
@@ -451,6 +482,7 @@ pub(super) fn run(
             continue;
         }
         more = ring_ready && w.cap.drain(1);
+        w.wanted_layout();
         if let Err(e) = w.cap.push_stack_ends(&mut w.probes) {
             w.warn(format!("telling the probes the threads' stack ends: {e}"));
         }
