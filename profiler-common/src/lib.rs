@@ -319,20 +319,21 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in discriminant order.
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Mmap,
+        EventKind::Mremap,
+        EventKind::Munmap,
+        EventKind::Sample,
+        EventKind::SampledFree,
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+    ];
+
     /// Decodes the leading `u32` of a record; `None` for values this build does not know.
     pub fn from_u32(v: u32) -> Option<EventKind> {
-        [
-            EventKind::Mmap,
-            EventKind::Mremap,
-            EventKind::Munmap,
-            EventKind::Sample,
-            EventKind::SampledFree,
-            EventKind::Exec,
-            EventKind::Fork,
-            EventKind::Exit,
-        ]
-        .into_iter()
-        .find(|k| *k as u32 == v)
+        EventKind::ALL.into_iter().find(|k| *k as u32 == v)
     }
 
     /// The record kind of a mapping call; `None` for the malloc family.

@@ -36,16 +36,7 @@ fn kinds_round_trip() {
 
 #[test]
 fn event_kinds_round_trip() {
-    for k in [
-        EventKind::Mmap,
-        EventKind::Mremap,
-        EventKind::Munmap,
-        EventKind::Sample,
-        EventKind::SampledFree,
-        EventKind::Exec,
-        EventKind::Fork,
-        EventKind::Exit,
-    ] {
+    for k in EventKind::ALL {
         assert_eq!(EventKind::from_u32(k as u32), Some(k));
     }
     assert_eq!(EventKind::from_u32(AllocKind::Malloc as u32), None);
