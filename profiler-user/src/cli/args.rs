@@ -29,11 +29,6 @@ const MAX_SITES: i64 = 1 << 22;
 const MAX_STACKS: i64 = 1 << 20;
 const MAX_INFLIGHT: i64 = 1 << 20;
 
-/// `--top`: at least one row; a million is more than any report holds.
-pub fn top_range() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000)
-}
-
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum MetricArg {
     LiveBytes,
@@ -122,7 +117,7 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value = "live-bytes")]
     pub metric: MetricArg,
     /// Number of call sites in the report.
-    #[arg(long, default_value_t = 20, value_parser = top_range())]
+    #[arg(long, default_value_t = 20, value_parser = super::ranges::top_range())]
     pub top: usize,
     /// Add file:line (from DWARF) to each function frame, and mark inlined ones.
     #[arg(long)]

@@ -7,6 +7,7 @@ mod live;
 mod offline;
 mod outputs;
 mod pprof;
+mod ranges;
 mod serve;
 mod terminal;
 
@@ -110,7 +111,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub allow_damaged: bool,
     /// Number of call sites and suspects shown.
-    #[arg(long, default_value_t = 20, value_parser = args::top_range())]
+    #[arg(long, default_value_t = 20, value_parser = ranges::top_range())]
     pub top: usize,
     /// The part of the recording to report on, e.g. `30s..90s`, `5m..`, `..2m`.
     #[arg(long, default_value = "..", value_parser = Window::parse)]
@@ -155,7 +156,7 @@ pub struct DiffArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub format: DiffFormat,
     /// Rows of the text format.
-    #[arg(long, default_value_t = 20, value_parser = args::top_range())]
+    #[arg(long, default_value_t = 20, value_parser = ranges::top_range())]
     pub top: usize,
     /// Write here instead of stdout.
     #[arg(short, long)]

@@ -22,7 +22,7 @@ pub struct ServeOpts {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Call sites exported as labelled series by /metrics.
-    #[arg(long, default_value_t = DEFAULT_METRICS_TOP, value_parser = super::args::top_range())]
+    #[arg(long, default_value_t = DEFAULT_METRICS_TOP, value_parser = super::ranges::top_range())]
     pub metrics_top: usize,
 }
 

@@ -17,7 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use super::memory::ARENA_HEAP_SIZE;
+/// glibc's `HEAP_MAX_SIZE` on 64-bit: `2 * DEFAULT_MMAP_THRESHOLD_MAX`
+/// (2 × 32 MiB). Every non-main arena heap is a reservation of this size,
+/// aligned to it, so that `heap_for_ptr` can find it by masking a pointer.
+pub const ARENA_HEAP_SIZE: u64 = 64 << 20;
 
 /// `IS_MMAPPED` bit of a chunk's size word.
 pub const IS_MMAPPED: u64 = 0x2;

@@ -9,10 +9,7 @@ use std::io;
 use super::maps::Region;
 use crate::timeline::MemSample;
 
-/// glibc's `HEAP_MAX_SIZE` on 64-bit: `2 * DEFAULT_MMAP_THRESHOLD_MAX`
-/// (2 × 32 MiB). Every non-main arena heap is a reservation of this size,
-/// aligned to it, so that `heap_for_ptr` can find it by masking a pointer.
-pub const ARENA_HEAP_SIZE: u64 = 64 << 20;
+use super::arenas::ARENA_HEAP_SIZE;
 
 /// Errors of the /proc parsers.
 #[derive(Debug, thiserror::Error)]
