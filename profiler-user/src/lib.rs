@@ -13,6 +13,7 @@ pub mod exactness;
 pub mod http;
 pub mod launch;
 pub mod overhead;
+pub mod phases;
 pub mod probes;
 pub mod process;
 pub mod profile;

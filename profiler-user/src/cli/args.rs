@@ -125,10 +125,15 @@ pub struct CommonArgs {
     /// Do not print the per-tick status line.
     #[arg(long)]
     pub quiet: bool,
-    /// Attach and detach at nice -20 (root): for a target whose threads
-    /// saturate the CPUs, which would otherwise starve heapscope for seconds.
-    #[arg(long)]
+    /// Accepted for compatibility: attaching and detaching run ahead of the
+    /// target by default now (see --no-attach-priority).
+    #[arg(long, hide = true)]
     pub attach_priority: bool,
+    /// Attach and detach at heapscope's own priority instead of real-time
+    /// (SCHED_FIFO 1, else nice -20): on a target whose threads saturate
+    /// the CPUs this makes attaching take tens of seconds.
+    #[arg(long, conflicts_with = "attach_priority")]
+    pub no_attach_priority: bool,
     /// Capacity of the live-allocation map (allocations beyond it are counted as lost).
     #[arg(long, default_value_t = profiler_common::defaults::LIVE_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(1..=MAX_LIVE))]
@@ -305,7 +310,7 @@ impl CommonArgs {
             allocator_notes: Vec::new(),
             glibc_footprint: false,
             block_homes: true,
-            raise_priority: self.attach_priority,
+            raise_priority: !self.no_attach_priority,
             max_overhead: self.max_overhead,
             stack_mode: self.capture()?.stack_mode,
             cgroup: None,

@@ -35,6 +35,11 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     // The processes and their allocators: every one given must be
     // profilable; a cgroup's members that are not (a Go program, a static
     // binary) are said and left out.
+    let mut phases = crate::phases::Phases::new("attach");
+    // From the first read of the target to the links: reading its symbols
+    // and verifying the programs is CPU work that a saturating target
+    // starves (see `process::priority`).
+    let raised = raise_priority(&args.common);
     let mut targets = Vec::new();
     match &cgroup_dir {
         None => {
@@ -73,16 +78,19 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
         bail!("no process given: use `heapscope attach -p PID[,PID...]` or --cgroup PATH");
     };
     let pids: Vec<u32> = targets.iter().map(|(p, _)| *p).collect();
+    phases.mark("process discovery, maps and symbols");
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
-    let raised = raise_priority(&args.common);
+    phases.mark("server start");
     let mut probes = attach_probes(pid, &target, &args.common)?;
     for (p, other) in &targets[1..] {
         probes
             .add_process(*p, Some(other))
             .with_context(|| format!("attaching to pid {p}"))?;
     }
+    let raised_how = raised.as_ref().map(|r| r.how);
     drop(raised);
+    phases.mark("probes (load and links, detailed above)");
     let mut opts = args.common.session_options()?;
     opts.cgroup = cgroup_dir.clone().map(|dir| session::CgroupWatch {
         dir,
@@ -93,15 +101,21 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     opts.allocator_notes = allocator_notes(&target);
     opts.glibc_footprint = target.is_glibc();
     opts.block_homes = target.custom.is_empty();
-    let outputs = outputs(&args.common, Some(announce(pid, &target, &probes)), feed)?;
+    let outputs = outputs(
+        &args.common,
+        Some(announce(pid, &target, &probes, raised_how)),
+        feed,
+    )?;
     // With a cgroup, the session lasts while the cgroup has processes.
     let alive = || match &cgroup_dir {
         Some(dir) => cgroup::procs(dir).is_ok_and(|m| !m.is_empty()),
         None => pids.iter().any(|&p| session::process_alive(p)),
     };
     let mut result = session::run(probes, &opts, alive, outputs).await?;
+    let mut phases = crate::phases::Phases::new("stop");
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
+    phases.mark("report and files");
     Ok(0)
 }
 
@@ -132,10 +146,15 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     // The command has not run yet: nothing to miss before the session starts,
     // so count from its first instruction.
     probes.arm()?;
+    let raised_how = raised.as_ref().map(|r| r.how);
     drop(raised);
     {
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "{}", announce(pid, &target, &probes));
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}",
+            announce(pid, &target, &probes, raised_how)
+        );
     }
     let mut opts = args.common.session_options()?;
     opts.allocator = target.headline();
@@ -206,11 +225,11 @@ fn outputs(
     Ok(outputs)
 }
 
-/// With `--attach-priority`, keeps heapscope's attach ahead of a target that
-/// saturates the CPUs (see `process::priority`) until the guard is dropped;
-/// without the privilege it runs on at its priority.
+/// Unless `--no-attach-priority`, keeps heapscope's attach ahead of a
+/// target that saturates the CPUs (see `process::priority`) until the guard
+/// is dropped; without the privilege it runs on at its priority.
 fn raise_priority(common: &CommonArgs) -> Option<crate::process::priority::Raised> {
-    if !common.attach_priority {
+    if common.no_attach_priority {
         return None;
     }
     match crate::process::priority::raise() {
@@ -242,7 +261,12 @@ fn attach_probes(
 }
 
 /// The "attached" line, printed once the session has read the target's map.
-fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> String {
+fn announce(
+    pid: u32,
+    target: &target::AllocatorTarget,
+    probes: &Probes,
+    raised: Option<crate::process::priority::How>,
+) -> String {
     let how = match &probes.method {
         probes::AttachMethod::Multi { links } => format!("{links} uprobe_multi links"),
         probes::AttachMethod::Single { why } => format!("one at a time: {why}"),
@@ -255,6 +279,14 @@ fn announce(pid: u32, target: &target::AllocatorTarget, probes: &Probes) -> Stri
         ),
         format!("heapscope: {}", target.headline()),
     ];
+    if let Some(how) = raised {
+        // Said, because while it lasts the target (and the machine) waits.
+        lines.push(format!(
+            "heapscope: attached at {}, as detaching will be (ahead of a target that \
+             saturates the CPUs; --no-attach-priority: not)",
+            how.describe()
+        ));
+    }
     lines.extend(
         allocator_notes(target)
             .iter()

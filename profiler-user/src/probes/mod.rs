@@ -302,7 +302,9 @@ impl Probes {
             return Err(ProbeError::NoSuchProcess(pid));
         }
         let t0 = std::time::Instant::now();
+        let mut phases = crate::phases::Phases::new("attach probes");
         let mut ebpf = load(sizes, capture)?;
+        phases.mark("maps and tables");
         // The exec watch goes in before the probes: an exec while they go in
         // still releases the old image's blocks.
         let exec_watch = procs::profile_pid(&mut ebpf, pid)
@@ -358,6 +360,7 @@ impl Probes {
             }
             .map_err(|e| e.to_string())
         };
+        phases.mark("programs loaded, verified and linked");
         let mut sessions = Err("the probes went in one at a time".to_string());
         let (links, count, method) = match multi {
             Ok((m, s)) => {

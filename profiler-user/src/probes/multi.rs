@@ -227,6 +227,8 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
             reason: e.to_string(),
         })?;
     let license = obj.license.clone();
+    let mut phases = crate::phases::Phases::new("uprobe_multi");
+    phases.mark("object parsed and relocated");
     let load_one =
         |name: &'static str, attach_type: u32, kfunc: Option<u32>| -> Result<OwnedFd, MultiError> {
             let prog = obj
@@ -250,11 +252,13 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
         }),
         None => None,
     };
-    Ok(MultiPrograms {
+    let programs = MultiPrograms {
         entry: load_one(entry, BPF_TRACE_UPROBE_MULTI, None)?,
         ret: load_one(ret, BPF_TRACE_UPROBE_MULTI, None)?,
         session,
-    })
+    };
+    phases.mark("programs loaded and verified");
+    Ok(programs)
 }
 
 fn load_program(
@@ -380,6 +384,7 @@ pub fn attach(
     }
     let mut links = Vec::new();
     let mut probes = 0;
+    let mut phases = crate::phases::Phases::new("uprobe_multi");
     if let Some(session) = &programs.session {
         for with_return in [false, true] {
             for file in &files {
@@ -400,6 +405,7 @@ pub fn attach(
                     (&programs.entry, LinkKind::Entry)
                 };
                 links.push(link(prog, file, &points, kind, pid)?);
+                phases.mark(&format!("link of {} points in {}", points.len(), file.display()));
                 probes += points.len();
             }
         }
@@ -428,6 +434,7 @@ pub fn attach(
                 (&programs.entry, LinkKind::Entry)
             };
             links.push(link(prog, file, &points, kind, pid)?);
+            phases.mark(&format!("link of {} points in {}", points.len(), file.display()));
             probes += points.len();
         }
     }

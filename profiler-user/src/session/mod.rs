@@ -53,7 +53,8 @@ pub struct SessionOptions {
     /// end (off with a custom pool: its blocks are carved from the pool's
     /// own chunks and have no glibc header).
     pub block_homes: bool,
-    /// Detach at a raised priority (see `process::priority`).
+    /// Once stopped, finish and detach at a raised priority, every thread
+    /// (see `process::priority`).
     pub raise_priority: bool,
     /// `--max-overhead`: the probes' budget in percent of the target's CPU.
     pub max_overhead: Option<f64>,
@@ -247,6 +248,11 @@ pub async fn run(
         }
         control.request_tick();
     };
+    // What is left (final drain, last snapshot, detach, report) is bounded:
+    // run it ahead of a target that saturates the CPUs, on every thread.
+    if opts.raise_priority {
+        crate::process::priority::raise_all_for_exit();
+    }
     control.request_stop(stop);
     finished(done.await)
 }

@@ -367,7 +367,15 @@ pub(super) fn run(
     control: &Control,
 ) -> Result<SessionResult, SessionError> {
     let pid = probes.pid;
+    let mut phases = crate::phases::Phases::new("attach session");
+    // Up to "attached", this thread runs ahead of a saturating target as
+    // the attach did (see `process::priority`).
+    let raised = opts
+        .raise_priority
+        .then(|| crate::process::priority::raise().ok())
+        .flatten();
     let mut cap = Capture::new(pid, ring, probes.stack_copy);
+    phases.mark("capture state (maps)");
     // Sampled blocks are placed in arenas (and cross-thread frees judged by
     // arena) where their samples reach userspace: DWARF stacks; not for a
     // custom pool's blocks, which have no glibc header.
@@ -377,6 +385,7 @@ pub(super) fn run(
     // The starting point: counting begins here, with the target's map read,
     // not when the probes went in.
     probes.arm()?;
+    phases.mark("armed");
     let start_unix_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -445,10 +454,13 @@ pub(super) fn run(
             w.follow(child, parent, None, None);
         }
     }
+    phases.mark("outputs and processes");
     w.rescan_cgroup();
     w.note_layout();
+    phases.mark("allocator layout");
     // "attached" once every process present has its probes.
     w.outputs.event(&SessionEvent::Attached { header });
+    drop(raised);
     let started = Instant::now();
     let t_ms = || started.elapsed().as_millis() as u64;
 
@@ -496,14 +508,17 @@ pub(super) fn run(
         }
     };
 
+    let mut phases = crate::phases::Phases::new("stop");
     if stop != StopReason::TargetExited {
         w.cap.refresh();
     }
+    phases.mark("maps refreshed");
     // Records already in the ring describe calls made before the stop:
     // apply them, for a bounded time, so that a sample's free is not left
     // behind its allocation (a sampled block would stay live for good).
     let deadline = Instant::now() + FINAL_DRAIN;
     while Instant::now() < deadline && w.cap.drain(1) {}
+    phases.mark("final drain");
     // The last tick is read while every probe is still attached: detaching
     // takes a while (one probe at a time), and calls made meanwhile would see
     // some probes and not others (entries without returns, frees of
@@ -511,10 +526,12 @@ pub(super) fn run(
     let end_ms = t_ms();
     let snap = w.snapshot(end_ms)?;
     w.tick(end_ms, &snap, true)?;
+    phases.mark("last snapshot and tick (symbolization)");
     let unread = w.cap.events.discard_rest(MAX_UNREAD_COUNT);
     if let Some(problem) = w.outputs.finish(end_ms) {
         w.warn(problem);
     }
+    phases.mark("unread records discarded, outputs finished");
     let (outstanding, now_ns) = match ages::outstanding(&w.probes, &w.cap, &w.ids) {
         Ok(found) => found,
         Err(e) => {
@@ -564,6 +581,7 @@ pub(super) fn run(
             Vec::new()
         }
     };
+    phases.mark("ages, arenas, live per process");
     let detaching = Instant::now();
     // With --attach-priority, detaching runs ahead of a saturating target too.
     let raised = opts
@@ -573,6 +591,7 @@ pub(super) fn run(
     let errors = w.probes.detach();
     drop(raised);
     let detach_time = detaching.elapsed();
+    phases.mark("detach");
     for e in errors {
         w.warn(e);
     }
