@@ -405,7 +405,11 @@ pub fn attach(
                     (&programs.entry, LinkKind::Entry)
                 };
                 links.push(link(prog, file, &points, kind, pid)?);
-                phases.mark(&format!("link of {} points in {}", points.len(), file.display()));
+                phases.mark(&format!(
+                    "link of {} points in {}",
+                    points.len(),
+                    file.display()
+                ));
                 probes += points.len();
             }
         }
@@ -434,7 +438,11 @@ pub fn attach(
                 (&programs.entry, LinkKind::Entry)
             };
             links.push(link(prog, file, &points, kind, pid)?);
-            phases.mark(&format!("link of {} points in {}", points.len(), file.display()));
+            phases.mark(&format!(
+                "link of {} points in {}",
+                points.len(),
+                file.display()
+            ));
             probes += points.len();
         }
     }
