@@ -242,3 +242,21 @@ fn exact_with_max_overhead_refuses_outputs_that_would_call_it_exact() {
     assert!(check(&["--serve", "127.0.0.1:0"]).is_err());
     assert!(check(&[]).is_ok(), "the report says what the guard did");
 }
+
+/// Attaching and detaching run ahead of the target unless asked not to;
+/// the old opt-in flag is still accepted and means the default.
+#[test]
+fn attach_priority_is_the_default() {
+    let raise = |extra: &[&str]| -> Option<bool> {
+        let mut a = vec!["heapscope", "attach", "-p", "1"];
+        a.extend_from_slice(extra);
+        match parse(&a).ok()?.command {
+            Command::Attach(a) => a.common.session_options().ok().map(|o| o.raise_priority),
+            _ => None,
+        }
+    };
+    assert_eq!(raise(&[]), Some(true));
+    assert_eq!(raise(&["--attach-priority"]), Some(true));
+    assert_eq!(raise(&["--no-attach-priority"]), Some(false));
+    assert_eq!(raise(&["--attach-priority", "--no-attach-priority"]), None);
+}
