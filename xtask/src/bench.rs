@@ -1,14 +1,14 @@
 //! `cargo xtask bench`: what a malloc/free pair costs under each probe setup,
 //! all measured in one run, reported as ratios against the unprofiled baseline.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::child::{lines_of, number_after, spawn_target, wait_cpu, wait_for, Target};
 use crate::util::{build_c, build_heapscope, cargo, run, workspace_root};
 
 struct Mode {
@@ -80,56 +80,6 @@ struct Measurement {
     cpu_secs: Option<f64>,
     /// heapscope's peak resident set.
     peak_rss_mb: Option<f64>,
-}
-
-/// Waits for a child and returns its user+system CPU seconds and its peak
-/// resident set in MB.
-pub(crate) fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child with valid out-pointers.
-    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    if r < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok((
-        tv(usage.ru_utime) + tv(usage.ru_stime),
-        usage.ru_maxrss as f64 / 1024.0,
-    ))
-}
-
-pub(crate) fn number_after(text: &str, prefix: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix(prefix)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    })
-}
-
-pub(crate) fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-pub(crate) fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> Result<String> {
-    loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(300))
-            .with_context(|| format!("timed out waiting for '{what}'"))?;
-        if l.contains(what) {
-            return Ok(l);
-        }
-    }
 }
 
 /// The allocators of the per-allocator rows: name and the Debian library
@@ -228,19 +178,13 @@ fn measure_with(
     if let Some(p) = preload {
         cmd.env("LD_PRELOAD", p);
     }
-    let mut target = cmd
-        .arg(pairs.to_string())
-        .arg(threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut stdin = target.stdin.take().context("bench stdin")?;
-    let out = lines_of(target.stdout.take().context("bench stdout")?);
-    let pid = wait_for(&out, "ready")?
-        .split_whitespace()
-        .nth(1)
-        .context("bench prints its pid")?
-        .to_string();
+    cmd.arg(pairs.to_string()).arg(threads.to_string());
+    let Target {
+        child: mut target,
+        mut stdin,
+        out,
+        pid,
+    } = spawn_target(&mut cmd)?;
     let mut profiler = None;
     if let Some(flags) = mode.heapscope {
         let mut p = Command::new(heapscope)

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
-use crate::bench::{lines_of, wait_for};
+use crate::child::{lines_of, spawn_target, wait_for, Target};
 
 /// Times for one target: (wall until "attached", as heapscope reports it,
 /// wall from SIGINT to exit, detach as heapscope reports it), in ms.
@@ -27,18 +27,12 @@ fn ms_after(line: &str, after: &str) -> Option<f64> {
 }
 
 fn attach_detach(bin: &Path, heapscope: &Path, target_args: &[&str]) -> Result<Times> {
-    let mut target = Command::new(bin)
-        .args(target_args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut stdin = target.stdin.take().context("bench stdin")?;
-    let out = lines_of(target.stdout.take().context("bench stdout")?);
-    let pid = wait_for(&out, "ready")?
-        .split_whitespace()
-        .nth(1)
-        .context("bench prints its pid")?
-        .to_string();
+    let Target {
+        child: mut target,
+        mut stdin,
+        out: _out, // kept: its reader drains the target's stdout
+        pid,
+    } = spawn_target(Command::new(bin).args(target_args))?;
     let t0 = Instant::now();
     let mut p = Command::new(heapscope)
         .args(["attach", "-p", &pid, "--quiet"])

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result};
 
-use crate::bench::{lines_of, number_after, wait_cpu, wait_for};
+use crate::child::{lines_of, number_after, spawn_target, wait_cpu, wait_for, Target};
 use crate::util::build_c;
 
 /// (label, threads, mode) of each row.
@@ -27,18 +27,16 @@ pub fn bench_load(heapscope: &Path, seconds: u64) -> Result<()> {
          records lost, heapscope CPU and peak RSS"
     );
     for (label, threads, mode) in CASES {
-        let mut target = Command::new(&bin)
-            .args([seconds.to_string(), threads.to_string(), mode.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut stdin = target.stdin.take().context("load stdin")?;
-        let out = lines_of(target.stdout.take().context("load stdout")?);
-        let pid = wait_for(&out, "ready")?
-            .split_whitespace()
-            .nth(1)
-            .context("load prints its pid")?
-            .to_string();
+        let Target {
+            child: mut target,
+            mut stdin,
+            out,
+            pid,
+        } = spawn_target(Command::new(&bin).args([
+            seconds.to_string(),
+            threads.to_string(),
+            mode.to_string(),
+        ]))?;
         let mut p = Command::new(heapscope)
             .args(["attach", "-p", &pid, "--quiet", "--exact"])
             .stdout(Stdio::piped())

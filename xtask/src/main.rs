@@ -6,6 +6,7 @@
 mod bench;
 mod bench_attach;
 mod bench_load;
+mod child;
 mod demo;
 mod lint;
 mod setup;
