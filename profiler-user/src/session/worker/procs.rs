@@ -1,0 +1,217 @@
+//! The session's process set over time: following children and cgroup
+//! members as they appear, exits and execs, and each process's allocator
+//! layout for the probes.
+
+use super::*;
+
+impl Worker {
+    /// Attaches probes to one more process (a child of `parent`, or with
+    /// `target` one that joined the cgroup) and says so.
+    pub(super) fn follow(
+        &mut self,
+        pid: u32,
+        parent: u32,
+        forked_ns: Option<u64>,
+        target: Option<&crate::probes::target::AllocatorTarget>,
+    ) {
+        let comm = crate::session::capture::read_comm(pid).unwrap_or_default();
+        let added = match target {
+            Some(t) => self.probes.add_process(pid, Some(t)),
+            None => self.probes.add_child(pid, parent),
+        };
+        match added {
+            Ok(0) => {}
+            Ok(_) => {
+                self.note_layout_of(pid, true);
+                let probes_after_ms =
+                    forked_ns.map_or(0, |t| ages::monotonic_ns().saturating_sub(t) / 1_000_000);
+                self.comms.insert(pid, comm.clone());
+                self.timeline
+                    .set_process(crate::session::tree::process_info(pid, parent, &comm));
+                let f = crate::session::tree::Followed {
+                    pid,
+                    parent,
+                    comm,
+                    forked: forked_ns.is_some(),
+                    probes_after_ms,
+                    joined: target.is_some(),
+                };
+                self.outputs.event(&SessionEvent::Followed(f));
+            }
+            // Gone already (a short-lived child) or refused: its allocations
+            // are not seen, and the user is told.
+            Err(e) if target.is_some() => self.warn(format!(
+                "pid {pid} ({comm}) joined the cgroup but could not be followed: {e}; \
+                 its allocations are not counted"
+            )),
+            Err(e) => self.warn(format!(
+                "pid {pid} ({comm}), child of pid {parent}, could not be followed: {e}; \
+                 its allocations are not counted"
+            )),
+        }
+    }
+
+    /// Profiles the processes found in the cgroup that have no probes yet
+    /// (moved in, or forked before their parent was followed); one that
+    /// cannot be profiled is said once and not tried again.
+    pub(super) fn rescan_cgroup(&mut self) {
+        let Some(watch) = self.cgroup.clone() else {
+            return;
+        };
+        let members = match crate::process::cgroup::procs(&watch.dir) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(format!("rescanning the cgroup: {e}"));
+                return;
+            }
+        };
+        for pid in members {
+            if self.probes.pids().contains(&pid) || !self.refused.insert(pid) {
+                continue;
+            }
+            match crate::probes::target::discover(pid, watch.skip_prologue, &watch.custom) {
+                Ok(t) => {
+                    self.refused.remove(&pid);
+                    self.follow(pid, 0, None, Some(&t));
+                }
+                Err(e) => {
+                    let comm = crate::session::capture::read_comm(pid).unwrap_or_default();
+                    self.warn(format!(
+                        "pid {pid} ({comm}) is in the cgroup but cannot be profiled: {e}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends the exits applied since the last call.
+    pub(super) fn exits(&mut self) {
+        for mut n in std::mem::take(&mut self.cap.exit_notes) {
+            n.comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
+            if let Err(e) = self.probes.forget_layout(n.pid) {
+                self.warn(format!("forgetting the layout of pid {}: {e}", n.pid));
+            }
+            self.exited.push(n.pid);
+            self.outputs.event(&SessionEvent::Exited(n));
+        }
+    }
+
+    /// Follows the children forked since the last call.
+    pub(super) fn follow_forks(&mut self) {
+        for ev in std::mem::take(&mut self.cap.forks) {
+            self.follow(ev.tgid, ev.parent, Some(ev.ts_ns), None);
+        }
+    }
+
+    /// Sends the execs applied; the process is named after both programs.
+    pub(super) fn execs(&mut self, notes: Vec<crate::session::exec::ExecNote>) {
+        for mut n in notes {
+            if n.old_comm.is_empty() {
+                n.old_comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
+            }
+            // The new program's allocator: another one (a static binary,
+            // another library) is probed now; the old probes are on files it
+            // does not map, so nothing is counted twice.
+            let new_target = self.reprobe.as_ref().and_then(|spec| {
+                crate::probes::target::discover(n.pid, spec.skip_prologue, &spec.custom).ok()
+            });
+            let changed = new_target.as_ref().filter(|t| {
+                let old = self.probes.target_of(n.pid);
+                t.modules != old.modules || t.allocator != old.allocator
+            });
+            if n.from_thread.is_some() {
+                // The old probes died with the old main thread: all again.
+                let t = changed.cloned();
+                n.reattached = Some(self.probes.reattach(n.pid, t).map_err(|e| e.to_string()));
+            } else if let Some(t) = changed.cloned() {
+                let what = t.headline();
+                let r = self.probes.reattach(n.pid, Some(t));
+                n.new_allocator = Some((what, r.map_err(|e| e.to_string())));
+            }
+            // The new program maps its allocator elsewhere (its map was
+            // read again when the exec was applied).
+            self.note_layout_of(n.pid, false);
+            self.comms.insert(n.pid, n.new_comm.clone());
+            if let Some(p) = self.timeline.processes().iter().find(|p| p.pid == n.pid) {
+                let mut p = p.clone();
+                p.comm = format!("{} → {}", p.comm, n.new_comm);
+                let fresh = crate::session::tree::process_info(n.pid, 0, "").cmdline;
+                if !fresh.is_empty() {
+                    p.cmdline = fresh;
+                }
+                self.timeline.set_process(p);
+            }
+            self.outputs.event(&SessionEvent::Exec(n));
+        }
+    }
+
+    /// Drains, applies execs and reads one raw snapshot.
+    pub(super) fn snapshot(&mut self, t_ms: u64) -> Result<RawSnapshot, SessionError> {
+        let (snap, notes) = self.cap.snapshot(&mut self.probes, t_ms)?;
+        self.execs(notes);
+        self.exits();
+        self.follow_forks();
+        Ok(snap)
+    }
+
+    /// Tells the probes every profiled process's allocator layout: the
+    /// target's from its map (re-read each tick), another process's read
+    /// again while its trampoline page is not known yet.
+    pub(super) fn note_layout(&mut self) {
+        for pid in self.probes.pids().to_vec() {
+            let fresh = !self.probes.layout_complete(pid);
+            self.note_layout_of(pid, fresh);
+        }
+    }
+
+    /// Reads the map of a process whose probes ran before its layout was
+    /// complete (its trampoline page appears at its first probe hit): its
+    /// calls are judged without it until then. At most every
+    /// [`WANTED_LAYOUT_EVERY`], so a process whose page never shows costs
+    /// little.
+    pub(super) fn wanted_layout(&mut self) {
+        match self.probes.take_wanted_layout() {
+            Ok(Some(pid)) => {
+                let now = Instant::now();
+                if self
+                    .layout_read
+                    .is_some_and(|t| now.duration_since(t) < WANTED_LAYOUT_EVERY)
+                {
+                    return;
+                }
+                self.layout_read = Some(now);
+                if pid == self.cap.pid {
+                    self.cap.refresh();
+                }
+                self.note_layout_of(pid, true);
+            }
+            Ok(None) => {}
+            Err(e) => self.warn(format!("reading the probes' layout requests: {e}")),
+        }
+    }
+
+    /// Tells the probes the allocator layout of `pid` (its map read now when
+    /// `fresh`: it was just attached, or exec'd).
+    pub(super) fn note_layout_of(&mut self, pid: u32, fresh: bool) {
+        let maps = if pid == self.cap.pid {
+            Some(&self.cap.maps)
+        } else {
+            self.cap.others.get(pid, fresh)
+        };
+        let Some(maps) = maps else {
+            // Gone already, or its map unreadable: its calls are counted
+            // as judged without a layout.
+            return;
+        };
+        let msg = match self.probes.note_layout(pid, maps) {
+            Ok(0) => return,
+            Ok(dropped) => format!(
+                "{dropped} of the allocator's code ranges of pid {pid} did not fit the \
+                 probes' table: allocator-internal calls from them may be counted as the \
+                 program's"
+            ),
+            Err(e) => format!("telling the probes the layout of pid {pid}: {e}"),
+        };
+        self.warn(msg);
+    }
+}
