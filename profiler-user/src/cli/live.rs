@@ -279,19 +279,20 @@ fn announce(
         ),
         format!("heapscope: {}", target.headline()),
     ];
+    lines.extend(
+        allocator_notes(target)
+            .iter()
+            .map(|n| format!("heapscope: {n}")),
+    );
     if let Some(how) = raised {
-        // Said, because while it lasts the target (and the machine) waits.
+        // Said, because while it lasts the target (and the machine) waits;
+        // after the allocator's warnings, which belong in the first lines.
         lines.push(format!(
             "heapscope: attached at {}, as detaching will be (ahead of a target that \
              saturates the CPUs; --no-attach-priority: not)",
             how.describe()
         ));
     }
-    lines.extend(
-        allocator_notes(target)
-            .iter()
-            .map(|n| format!("heapscope: {n}")),
-    );
     lines.join("\n")
 }
 
