@@ -84,6 +84,36 @@ const WRAPPERS: &[&str] = &[
     "list_resize",
     "new_keys_object",
     "dictresize",
+    // Redis (zmalloc.c): every allocation of the server goes through these.
+    "zmalloc",
+    "zcalloc",
+    "zrealloc",
+    "zstrdup",
+    "zcalloc_num",
+    "zmalloc_usable",
+    "zcalloc_usable",
+    "zrealloc_usable",
+    "zmalloc_with_flags",
+    "ztrymalloc",
+    "ztrycalloc",
+    "ztryrealloc",
+    "ztrymalloc_usable",
+    "ztrycalloc_usable",
+    "ztryrealloc_usable",
+    "ztrymalloc_usable_internal",
+    "ztrycalloc_usable_internal",
+    "ztryrealloc_usable_internal",
+    // nginx's allocation and pool functions.
+    "ngx_alloc",
+    "ngx_calloc",
+    "ngx_memalign",
+    "ngx_palloc",
+    "ngx_pnalloc",
+    "ngx_pcalloc",
+    "ngx_pmemalign",
+    "ngx_palloc_small",
+    "ngx_palloc_large",
+    "ngx_palloc_block",
     // Rust's global allocator shims.
     "__rust_alloc",
     "__rust_alloc_zeroed",
@@ -285,6 +315,36 @@ mod tests {
         assert_eq!(
             call_site_label(&zeroed, "?"),
             "rust_jemalloc::leak_zeroed [via <u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem]"
+        );
+    }
+
+    #[test]
+    fn redis_and_nginx_wrappers_are_skipped() {
+        // As Debian's redis-server 7.0 stacks read under `redis-benchmark -t lpush`.
+        let redis = s(&[
+            "main",
+            "call",
+            "pushGenericCommand",
+            "quicklistPushHead",
+            "lpPrepend",
+            "lpInsert",
+            "zrealloc_usable",
+            "ztryrealloc_usable_internal",
+        ]);
+        assert_eq!(
+            call_site_label(&redis, "?"),
+            "lpInsert <- lpPrepend <- quicklistPushHead <- pushGenericCommand <- ... [via zrealloc_usable]"
+        );
+        let nginx = s(&[
+            "ngx_http_process_request_line",
+            "ngx_http_alloc_large_header_buffer",
+            "ngx_palloc",
+            "ngx_palloc_large",
+            "ngx_alloc",
+        ]);
+        assert_eq!(
+            call_site_label(&nginx, "?"),
+            "ngx_http_alloc_large_header_buffer <- ngx_http_process_request_line [via ngx_palloc]"
         );
     }
 
