@@ -78,11 +78,12 @@ fn exact_flags() -> Vec<&'static str> {
 fn profile(bin: &Path, delete_after_start: bool, extra: &[&str], test: &str) -> (String, String) {
     let dir = scratch(test);
     let folded = dir.join("out.folded");
-    let mut fixture = Command::new(bin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fixture");
+    let mut fixture = spawn_when_not_busy(
+        Command::new(bin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    )
+    .expect("start fixture");
     let mut stdin = fixture.stdin.take().expect("fixture stdin");
     let out = lines_of(fixture.stdout.take().expect("fixture stdout"));
     let pid = wait_for(&out, "ready")

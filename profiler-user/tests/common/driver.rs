@@ -61,10 +61,7 @@ pub fn start_fixture(path: &std::path::Path) -> Fixture {
 
 /// Starts a command speaking the fixture protocol ("ready PID", wait, "done", wait).
 pub fn start_command(mut cmd: Command) -> Fixture {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
+    let mut child = super::spawn_when_not_busy(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()))
         .expect("start fixture");
     let stdin = child.stdin.take().expect("fixture stdin");
     let lines = line_reader(child.stdout.take().expect("fixture stdout"));

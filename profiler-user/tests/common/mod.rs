@@ -211,3 +211,20 @@ pub fn assert_per_process_sites(
         "every stack has its process\n{folded}"
     );
 }
+
+/// Spawns `cmd`, retrying while its file is "busy" (ETXTBSY): a binary the
+/// test just wrote or copied can still be open for writing in a child that
+/// another test thread forked at that moment (until that child execs).
+#[allow(dead_code)]
+pub fn spawn_when_not_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
