@@ -1,7 +1,9 @@
 //! The overhead guard (`--max-overhead PCT`): estimates the CPU the probes
 //! add to the target from their hit counts and a per-hit cost, and decides
-//! when to back off by sampling less (fewer stack captures). Pure: fed with
-//! counter deltas and the target's CPU time, tested without root.
+//! when to back off by sampling less (fewer stack captures), and when to
+//! step back toward the user's rate once the target has calmed down (never
+//! sampling more than the user asked for). Pure: fed with counter deltas and
+//! the target's CPU time, tested without root.
 //!
 //! What it can lower is the probes' *work* beyond the trap: stack captures
 //! and their ring-buffer records. The trap of every probed call stays (the
@@ -106,13 +108,36 @@ pub const MAX_RATE: u64 = 1 << 30;
 /// CPU time of the target observed before a decision: the kernel counts it
 /// in clock ticks (10 ms), so shorter windows are noise.
 pub const MIN_WINDOW_CPU: Duration = Duration::from_millis(200);
+/// A window also closes after this much session time whatever CPU the
+/// target used, its CPU counted as at least [`MIN_WINDOW_CPU`]: an idle or
+/// light target would otherwise never complete a window, and the guard could
+/// never step back. (Counting at least that much only lowers the estimate
+/// of a target that used less than a tenth of a CPU.)
+pub const QUIET_WINDOW_MS: u64 = 2_000;
+/// Consecutive windows well under budget before sampling more again.
+pub const CALM_WINDOWS: u32 = 3;
+/// "Well under budget": the estimate below this share of the budget.
+pub const CALM_SHARE: f64 = 0.5;
+/// Sampling more again only when the estimate predicted at the finer rate
+/// (captures scaled by the rate ratio) stays below this share of the budget,
+/// so a step back is not undone by the next window.
+pub const STEP_BACK_HEADROOM: f64 = 0.8;
 
 /// What the guard did at one decision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Sampling lowered: from `from` (0: every allocation) to one sample per
     /// `to` bytes on average.
-    Raised { from: u64, to: u64, est: Estimate },
+    SampledLess { from: u64, to: u64, est: Estimate },
+    /// Sampling raised back toward the user's rate after [`CALM_WINDOWS`]
+    /// windows well under budget: from `from` to `to` (0: every
+    /// allocation), `predicted` the estimate expected at `to`, in percent.
+    SampledMore {
+        from: u64,
+        to: u64,
+        est: Estimate,
+        predicted: f64,
+    },
     /// Above the budget with the stack captures no longer the cost: the
     /// traps of every probed call remain (said once).
     Floor { est: Estimate },
@@ -125,7 +150,13 @@ pub struct Guard {
     costs: Costs,
     /// The sampling rate in force (0: every allocation).
     pub rate: u64,
+    /// The rate the user asked for: the guard never samples more.
+    user_rate: u64,
     window: Activity,
+    /// Session time the current window started at.
+    window_start_ms: Option<u64>,
+    /// Consecutive windows well under budget.
+    calm: u32,
     floor_said: bool,
     /// Every action taken, with the session time (ms) it was taken at.
     pub actions: Vec<(u64, Action)>,
@@ -143,7 +174,10 @@ impl Guard {
             budget_percent,
             costs,
             rate,
+            user_rate: rate,
             window: Activity::default(),
+            window_start_ms: None,
+            calm: 0,
             floor_said: false,
             actions: Vec::new(),
             last: None,
@@ -157,48 +191,146 @@ impl Guard {
     }
 
     /// Takes one interval's activity; once the window holds enough of the
-    /// target's CPU time, estimates and decides. Returns the action taken,
-    /// if any (the caller applies a new rate).
+    /// target's CPU time (or [`QUIET_WINDOW_MS`] passed), estimates and
+    /// decides. Returns the action taken, if any (the caller applies a new
+    /// rate).
     pub fn observe(&mut self, t_ms: u64, a: &Activity) -> Option<Action> {
         self.window.add(a);
-        if self.window.target_cpu < MIN_WINDOW_CPU {
+        let start = *self.window_start_ms.get_or_insert(t_ms);
+        let quiet = t_ms.saturating_sub(start) >= QUIET_WINDOW_MS;
+        if self.window.target_cpu < MIN_WINDOW_CPU && !quiet {
             return None;
         }
-        let est = estimate(&self.window, &self.costs);
-        self.window = Activity::default();
+        let mut window = std::mem::take(&mut self.window);
+        self.window_start_ms = Some(t_ms);
+        window.target_cpu = window.target_cpu.max(MIN_WINDOW_CPU);
+        let est = estimate(&window, &self.costs);
         self.last = Some(est);
         self.windows += 1;
-        if est.percent <= self.budget_percent {
-            return None;
-        }
-        let probes = est.probes.as_nanos() as f64;
-        // Raising the rate only lowers the captures' share: worth it while
-        // they are a tenth of the cost or more.
-        let captures_matter = probes > 0.0 && est.captures.as_nanos() as f64 >= 0.1 * probes;
-        let action = if captures_matter && self.rate < MAX_RATE {
-            let to = if self.rate == 0 {
-                FIRST_RATE
-            } else {
-                (self.rate.saturating_mul(STEP)).min(MAX_RATE)
-            };
-            let from = std::mem::replace(&mut self.rate, to);
-            Action::Raised { from, to, est }
-        } else if !self.floor_said {
-            self.floor_said = true;
-            Action::Floor { est }
+        let action = if est.percent > self.budget_percent {
+            self.calm = 0;
+            self.back_off(est)?
+        } else if self.rate != self.user_rate && est.percent < CALM_SHARE * self.budget_percent {
+            self.calm += 1;
+            if self.calm < CALM_WINDOWS {
+                return None;
+            }
+            self.calm = 0;
+            self.step_back(est, &window)?
         } else {
+            self.calm = 0;
             return None;
         };
         self.actions.push((t_ms, action.clone()));
         Some(action)
     }
 
+    /// Above budget: sample less while the captures are worth cutting, else
+    /// say once that the traps are the floor.
+    fn back_off(&mut self, est: Estimate) -> Option<Action> {
+        let probes = est.probes.as_nanos() as f64;
+        // Raising the rate only lowers the captures' share: worth it while
+        // they are a tenth of the cost or more.
+        let captures_matter = probes > 0.0 && est.captures.as_nanos() as f64 >= 0.1 * probes;
+        if captures_matter && self.rate < MAX_RATE {
+            let to = if self.rate == 0 {
+                FIRST_RATE
+            } else {
+                (self.rate.saturating_mul(STEP)).min(MAX_RATE)
+            };
+            let from = std::mem::replace(&mut self.rate, to);
+            Some(Action::SampledLess { from, to, est })
+        } else if !self.floor_said {
+            self.floor_said = true;
+            Some(Action::Floor { est })
+        } else {
+            None
+        }
+    }
+
+    /// Calm for long enough: one step toward the user's rate, if the
+    /// estimate predicted there leaves headroom.
+    fn step_back(&mut self, est: Estimate, window: &Activity) -> Option<Action> {
+        let to = next_finer(self.rate, self.user_rate);
+        let predicted = predict(&est, window, &self.costs, self.rate, to);
+        if predicted > STEP_BACK_HEADROOM * self.budget_percent {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.rate, to);
+        Some(Action::SampledMore {
+            from,
+            to,
+            est,
+            predicted,
+        })
+    }
+
+    /// The user's sampling rate (0: every allocation).
+    pub fn user_rate(&self) -> u64 {
+        self.user_rate
+    }
+
     /// True once the guard has changed the sampling rate.
     pub fn backed_off(&self) -> bool {
         self.actions
             .iter()
-            .any(|(_, a)| matches!(a, Action::Raised { .. }))
+            .any(|(_, a)| matches!(a, Action::SampledLess { .. }))
     }
+}
+
+impl Guard {
+    /// The rate that describes the session's per-site numbers: the rate in
+    /// force, except that a session back at every allocation after sampling
+    /// is described by the coarsest rate it sampled at (its numbers are
+    /// estimates for that stretch, not exact).
+    pub fn describing_rate(&self) -> u64 {
+        let coarsest = self
+            .actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::SampledLess { to, .. } => Some(*to),
+                _ => None,
+            })
+            .max();
+        match (self.rate, coarsest) {
+            (0, Some(c)) => c,
+            (r, _) => r,
+        }
+    }
+}
+
+/// One step finer than `rate`, never finer than `user_rate`: a quarter of
+/// the rate; below [`FIRST_RATE`] from an exact session, every allocation.
+pub fn next_finer(rate: u64, user_rate: u64) -> u64 {
+    let to = rate / STEP;
+    if to <= user_rate || (user_rate == 0 && to < FIRST_RATE) {
+        user_rate
+    } else {
+        to
+    }
+}
+
+/// The estimate (percent) expected in a window like `window` had it been
+/// sampled at `to` instead of `from`: captures scale with the rate ratio (all
+/// counted calls at most; every one of them at rate 0), the rest stays.
+pub fn predict(est: &Estimate, window: &Activity, costs: &Costs, from: u64, to: u64) -> f64 {
+    let captures = window.captures as f64;
+    let more = match (from, to) {
+        (_, 0) => window.calls as f64,
+        (0, _) => captures,
+        (f, t) => captures * f as f64 / t as f64,
+    }
+    .min(window.calls as f64)
+    .max(captures);
+    let probes = est.probes.as_nanos() as f64;
+    let new_probes = probes + (more - captures) * costs.capture_ns;
+    let cpu = window.target_cpu.as_nanos() as f64;
+    if cpu <= 0.0 {
+        return 0.0;
+    }
+    // The added capture time runs on the target's threads: it adds to
+    // their CPU time too.
+    (100.0 * new_probes / (cpu + new_probes - probes)).min(100.0)
 }
 
 /// What the guard reports at the end of a decision window.
@@ -307,11 +439,11 @@ mod tests {
         let mut g = Guard::new(5.0, Costs::calibrated(StackMode::Dwarf), 0);
         // Every allocation captured: captures dominate.
         match g.observe(1000, &busy(100_000, 100_000, 1000)) {
-            Some(Action::Raised { from: 0, to, .. }) => assert_eq!(to, FIRST_RATE),
+            Some(Action::SampledLess { from: 0, to, .. }) => assert_eq!(to, FIRST_RATE),
             other => panic!("{other:?}"),
         }
         match g.observe(2000, &busy(100_000, 20_000, 1000)) {
-            Some(Action::Raised { from, to, .. }) => {
+            Some(Action::SampledLess { from, to, .. }) => {
                 assert_eq!((from, to), (FIRST_RATE, FIRST_RATE * STEP));
             }
             other => panic!("{other:?}"),
@@ -346,12 +478,155 @@ mod tests {
         let mut g = Guard::new(0.1, Costs::calibrated(StackMode::Dwarf), MAX_RATE / 2);
         assert!(matches!(
             g.observe(1, &busy(10, 1_000_000, 1000)),
-            Some(Action::Raised { to: MAX_RATE, .. })
+            Some(Action::SampledLess { to: MAX_RATE, .. })
         ));
         assert!(matches!(
             g.observe(2, &busy(10, 1_000_000, 1000)),
             Some(Action::Floor { .. })
         ));
+    }
+
+    /// A guard of an `--exact` session backed off twice (to 256 KiB).
+    fn backed_off_twice(budget: f64) -> Guard {
+        let mut g = Guard::new(budget, Costs::calibrated(StackMode::Dwarf), 0);
+        assert!(g.observe(1000, &busy(100_000, 100_000, 1000)).is_some());
+        assert!(g.observe(2000, &busy(100_000, 20_000, 1000)).is_some());
+        assert_eq!(g.rate, FIRST_RATE * STEP);
+        g
+    }
+
+    /// A light interval: 1,000 pairs, a few captures, a full second of CPU.
+    fn light() -> Activity {
+        busy(1_000, 4, 1000)
+    }
+
+    #[test]
+    fn calm_windows_step_back_to_the_users_rate_and_no_further() {
+        let mut g = backed_off_twice(5.0);
+        // Two calm windows are not enough.
+        assert_eq!(g.observe(3000, &light()), None);
+        assert_eq!(g.observe(4000, &light()), None);
+        match g.observe(5000, &light()) {
+            Some(Action::SampledMore {
+                from,
+                to,
+                predicted,
+                ..
+            }) => {
+                assert_eq!((from, to), (FIRST_RATE * STEP, FIRST_RATE));
+                assert!(predicted < STEP_BACK_HEADROOM * 5.0, "{predicted}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for t in [6000, 7000] {
+            assert_eq!(g.observe(t, &light()), None);
+        }
+        // From the first back-off's rate, an exact session goes back to
+        // capturing every allocation: its user's rate.
+        assert!(matches!(
+            g.observe(8000, &light()),
+            Some(Action::SampledMore { to: 0, .. })
+        ));
+        assert_eq!(g.rate, 0);
+        for t in 9..20 {
+            assert_eq!(g.observe(t * 1000, &light()), None, "never finer");
+        }
+        assert_eq!(g.actions.len(), 4);
+        assert!(g.backed_off());
+        // Back at every allocation, but the numbers are not exact.
+        assert_eq!(g.describing_rate(), FIRST_RATE * STEP);
+    }
+
+    #[test]
+    fn never_finer_than_the_users_rate() {
+        let user = 512 * 1024;
+        let mut g = Guard::new(1.0, Costs::calibrated(StackMode::Dwarf), user);
+        assert!(matches!(
+            g.observe(1000, &busy(10, 1_000_000, 1000)),
+            Some(Action::SampledLess { to, .. }) if to == user * STEP
+        ));
+        for t in 2..4 {
+            assert_eq!(g.observe(t * 1000, &busy(0, 0, 1000)), None);
+        }
+        assert!(matches!(
+            g.observe(4000, &busy(0, 0, 1000)),
+            Some(Action::SampledMore { from, to, .. }) if from == user * STEP && to == user
+        ));
+        for t in 5..12 {
+            assert_eq!(g.observe(t * 1000, &busy(0, 0, 1000)), None);
+        }
+        assert_eq!(g.rate, user);
+        assert_eq!(next_finer(user * STEP, user), user);
+        assert_eq!(next_finer(user * STEP * STEP, user), user * STEP);
+        assert_eq!(next_finer(FIRST_RATE, 0), 0);
+        assert_eq!(next_finer(FIRST_RATE * STEP, 0), FIRST_RATE);
+    }
+
+    #[test]
+    fn a_busy_window_restarts_the_count() {
+        let mut g = backed_off_twice(5.0);
+        assert_eq!(g.observe(3000, &light()), None);
+        assert_eq!(g.observe(4000, &light()), None);
+        // Under budget but not well under (about 3.5% of a 5% budget).
+        let warm = busy(16_000, 16, 1000);
+        let p = estimate(&warm, &Costs::calibrated(StackMode::Dwarf)).percent;
+        assert!(p > CALM_SHARE * 5.0 && p < 5.0, "{p}");
+        assert_eq!(g.observe(5000, &warm), None);
+        assert_eq!(g.observe(6000, &light()), None);
+        assert_eq!(g.observe(7000, &light()), None);
+        assert!(g.observe(8000, &light()).is_some());
+    }
+
+    #[test]
+    fn no_step_back_when_the_finer_rate_would_cross_the_budget() {
+        let mut g = backed_off_twice(5.0);
+        // Calm at 256 KiB (~2.3% of a 5% budget), but a quarter of the calls
+        // are captured: four times as many would be ~4.6%, over the headroom.
+        let w = busy(7_300, 1_825, 1000);
+        let c = Costs::calibrated(StackMode::Dwarf);
+        let e = estimate(&w, &c);
+        assert!(e.percent < CALM_SHARE * 5.0, "{}", e.percent);
+        let p = predict(&e, &w, &c, FIRST_RATE * STEP, FIRST_RATE);
+        assert!(p > STEP_BACK_HEADROOM * 5.0, "{p}");
+        for t in 3..12 {
+            assert_eq!(g.observe(t * 1000, &w), None);
+        }
+        assert_eq!(g.rate, FIRST_RATE * STEP);
+    }
+
+    #[test]
+    fn an_idle_target_completes_windows_by_session_time() {
+        let mut g = backed_off_twice(5.0);
+        // No CPU at all: a window closes every QUIET_WINDOW_MS of session time.
+        let idle = Activity::default();
+        let mut t = 2000;
+        let mut windows = 0;
+        while g.rate != FIRST_RATE {
+            t += 500;
+            let before = g.windows;
+            g.observe(t, &idle);
+            windows += g.windows - before;
+            assert!(t < 60_000, "stepped back by {t} ms");
+        }
+        assert_eq!(windows, u64::from(CALM_WINDOWS));
+        assert_eq!(g.last.expect("estimated").percent, 0.0);
+    }
+
+    #[test]
+    fn prediction_scales_the_captures() {
+        let c = Costs {
+            trap_ns: 0.0,
+            call_ns: 0.0,
+            capture_ns: 1000.0,
+        };
+        let w = busy(10_000, 100, 1000);
+        let e = estimate(&w, &c);
+        // 100 µs of captures in 1 s: 0.01%; four times as many: ~0.04%.
+        let p = predict(&e, &w, &c, 4096, 1024);
+        assert!((p - 0.04).abs() < 1e-3, "{p}");
+        // Every allocation: all 10,000 calls captured, 10 ms.
+        let all = predict(&e, &w, &c, 4096, 0);
+        assert!((all - 100.0 * 0.01 / 1.0099).abs() < 1e-2, "{all}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub fn write(
     views::text::write_report(&profile, &text, out)?;
     writeln!(out)?;
     write_sampling_note(Exactness::of(&profile), out)?;
+    if let Some(g) = timeline.guard() {
+        views::overhead::write_guard_log(g, out)?;
+    }
     views::findings::write_suspects(&analysis.suspects, timeline, opts.top, out)?;
     writeln!(out)?;
     if let Some(m) = &analysis.mechanism {

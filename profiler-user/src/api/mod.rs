@@ -6,6 +6,7 @@
 //! remove them within `v1`.
 
 pub mod counters;
+pub mod guard;
 pub mod report;
 pub mod series;
 pub mod tree;

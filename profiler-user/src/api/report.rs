@@ -239,6 +239,9 @@ pub struct ReportDoc {
     /// were stored; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arenas: Option<ArenasDoc>,
+    /// What the overhead guard did (`--max-overhead`; absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_guard: Option<super::guard::GuardJson>,
 }
 
 /// One profiled process and the sums of its call sites in the window.
@@ -424,5 +427,6 @@ pub fn report_doc(
             let lost = crate::exactness::Exactness::of(profile).lost;
             arenas_doc(m, profile.sampled(), lost)
         }),
+        overhead_guard: timeline.guard().and_then(super::guard::guard_json),
     }
 }

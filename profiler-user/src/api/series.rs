@@ -111,6 +111,11 @@ pub struct TimelinePoint {
     pub frees_per_s: f64,
     /// Sum of the lost counters (cumulative).
     pub lost: u64,
+    /// The sampling rate in force at this tick when the overhead guard ran
+    /// (`--max-overhead`; absent otherwise): mean bytes between samples, 0
+    /// for every allocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u64>,
 }
 
 /// Turns ticks into points; keeps the previous tick for rates and a running
@@ -196,6 +201,7 @@ impl PointBuilder {
             allocs_per_s: super::r3(allocs_per_s),
             frees_per_s: super::r3(frees_per_s),
             lost: lost_total(t),
+            sample_rate: None,
         }
     }
 }
@@ -203,8 +209,20 @@ impl PointBuilder {
 /// Every stored tick as a point, oldest first.
 pub fn series(timeline: &Timeline) -> Vec<TimelinePoint> {
     let mut b = PointBuilder::default();
+    let guard = timeline.guard();
+    let start = guard.and_then(|g| {
+        g.changes
+            .iter()
+            .find(|p| p.from != p.rate)
+            .map(|p| p.from)
+            .or(g.last.map(|p| p.rate))
+    });
     timeline
         .stored_ticks()
-        .map(|(t, changes, totals, mem)| b.point(t, changes, totals, mem))
+        .map(|(t, changes, totals, mem)| {
+            let mut p = b.point(t, changes, totals, mem);
+            p.sample_rate = guard.zip(start).map(|(g, s)| g.rate_at(t, s));
+            p
+        })
         .collect()
 }

@@ -337,7 +337,9 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         report::write(&result.timeline, &result.meta, &opts, &mut out)?;
-        if let Some(o) = &result.overhead {
+        // The guard's windows are in the report above; a guard that never
+        // completed a window is said here.
+        if let (Some(o), None) = (&result.overhead, result.timeline.guard()) {
             views::overhead::write_overhead(o, &mut out)?;
         }
         write_ages(common, result, &mut out)?;

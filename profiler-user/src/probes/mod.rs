@@ -398,6 +398,18 @@ impl Probes {
     /// Starts counting: the session calls this once it has taken its starting
     /// point, so nothing the probes saw before is reported as after it.
     pub fn arm(&mut self) -> Result<(), ProbeError> {
+        self.set_armed(1)
+    }
+
+    /// Stops all counting at once, probes still attached: every program
+    /// checks the flag before it counts, so the counters stop together and a
+    /// read after this is one consistent state (nothing moves between the
+    /// reads of two counters). Calls made from now on are not counted.
+    pub fn disarm(&mut self) -> Result<(), ProbeError> {
+        self.set_armed(0)
+    }
+
+    fn set_armed(&mut self, value: u32) -> Result<(), ProbeError> {
         let name = "ARMED";
         let map = self
             .ebpf
@@ -405,7 +417,7 @@ impl Probes {
             .ok_or(ProbeError::MissingMap(name))?;
         let mut arr: aya::maps::Array<&mut aya::maps::MapData, u32> =
             aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
-        arr.set(0, 1, 0)
+        arr.set(0, value, 0)
             .map_err(|source| ProbeError::Map { name, source })
     }
 

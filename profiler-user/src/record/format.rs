@@ -37,6 +37,9 @@ pub const TYPE_PROCESS: u8 = 5;
 /// frees per site, glibc's arenas); written just before its tick, skipped
 /// by older readers.
 pub const TYPE_TICK_EXTRA: u8 = 6;
+/// One decision window of the overhead guard (`--max-overhead`), written
+/// before its tick; skipped by older readers.
+pub const TYPE_GUARD: u8 = 7;
 
 /// Frame kinds and field tags of a site record.
 const FRAME_FUNCTION: u8 = 0;
@@ -549,7 +552,9 @@ pub fn decode_end(buf: &[u8]) -> Result<u64, &'static str> {
     Ok(t)
 }
 
+mod guard;
 mod tick_extra;
+pub use guard::{decode_guard, encode_guard};
 pub use tick_extra::{decode_tick_extra, encode_tick_extra, TickExtra};
 
 #[cfg(test)]

@@ -28,12 +28,13 @@ pub const SITE_MEMORY_BASE: u64 = 32 << 20;
 /// Damaged stretches listed one by one; beyond, only counted.
 const MAX_DAMAGE_LISTED: usize = 32;
 /// Record types a resynchronisation may land on (never a second header).
-const RESYNC_KINDS: [u8; 5] = [
+const RESYNC_KINDS: [u8; 6] = [
     format::TYPE_SITE,
     format::TYPE_TICK,
     format::TYPE_END,
     format::TYPE_PROCESS,
     format::TYPE_TICK_EXTRA,
+    format::TYPE_GUARD,
 ];
 
 /// A stretch of a recording that could not be read and was skipped.
@@ -296,6 +297,13 @@ impl State {
             }
             (format::TYPE_TICK_EXTRA, true) => {
                 self.extra = Some(format::decode_tick_extra(payload)?);
+            }
+            (format::TYPE_GUARD, true) => {
+                let p = format::decode_guard(payload)?;
+                if p.t_ms < self.last_t {
+                    return Err("guard record goes back in time".into());
+                }
+                self.timeline.guard_window(p);
             }
             (format::TYPE_END, true) => self.end_ms = Some(format::decode_end(payload)?),
             (format::TYPE_PROCESS, true) => {

@@ -485,3 +485,39 @@ fn writer_rejects_misuse() {
         .expect_err("back in time");
     assert!(e.to_string().contains("1000 ms"), "{e}");
 }
+
+/// The overhead guard's windows read back into the timeline; the rest of
+/// the recording reads as without them (older readers skip type 7).
+#[test]
+fn guard_windows_round_trip() {
+    use crate::timeline::GuardPoint;
+    let point = |t_ms, from, rate| GuardPoint {
+        t_ms,
+        budget_centi: 200,
+        percent_centi: 3150,
+        from,
+        rate,
+        floor: false,
+    };
+    let mut w = Writer::new(Vec::new(), Path::new(NAME), &header()).expect("writer");
+    for s in sites() {
+        w.site(&s).expect("site");
+    }
+    let ticks = ticks();
+    let points: Vec<_> = ticks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| point(t.t_ms, 256 << i, 256 << (i + 1)))
+        .collect();
+    for (t, p) in ticks.iter().zip(&points) {
+        w.guard(p).expect("guard");
+        w.tick(t).expect("tick");
+    }
+    let bytes = w.finish(9000).expect("finish");
+    let rec = read_bytes(&bytes).expect("read");
+    assert_eq!(rec.timeline.ticks(), ticks);
+    let g = rec.timeline.guard().expect("guard windows");
+    assert_eq!(g.changes, points);
+    assert_eq!(g.windows, points.len() as u64);
+    assert_eq!(rec.skipped_records, 0);
+}

@@ -105,6 +105,11 @@ impl<W: Write> Writer<W> {
         self.record(format::TYPE_PROCESS, &format::encode_process(p))
     }
 
+    /// Writes one decision window of the overhead guard (before its tick).
+    pub fn guard(&mut self, p: &crate::timeline::GuardPoint) -> Result<(), RecordError> {
+        self.record(format::TYPE_GUARD, &format::encode_guard(p))
+    }
+
     /// Writes a tick (only the sites that changed since the previous one)
     /// and flushes. Every site it names must have been written before, and
     /// ticks must not go back in time.

@@ -91,12 +91,32 @@ pub(super) fn render(shared: &Shared) -> String {
             m.heap_mappings.saturating_add(m.allocator_mapped),
         );
     }
+    let guard = d.timeline.guard().and_then(|g| g.last);
     o.one(
         "heapscope_sample_rate_bytes",
         "gauge",
-        "Mean bytes between sampled allocations; 0 when every allocation is captured.",
-        d.info.sample_rate,
+        "Mean bytes between sampled allocations now (--max-overhead may change it); 0 when \
+         every allocation is captured.",
+        guard.map_or(d.info.sample_rate, |p| p.rate),
     );
+    if let Some(p) = guard {
+        for (name, help, value) in [
+            (
+                "heapscope_overhead_estimated_percent",
+                "The probes' estimated share of the target's CPU in the overhead guard's last \
+                 window (hits x calibrated per-hit cost).",
+                p.percent(),
+            ),
+            (
+                "heapscope_overhead_budget_percent",
+                "The overhead guard's budget (--max-overhead), percent of the target's CPU.",
+                p.budget(),
+            ),
+        ] {
+            o.family(name, "gauge", help);
+            let _ = writeln!(o.0, "{name} {value}");
+        }
+    }
     for c in counters(&d.last) {
         let section = match c.section {
             crate::api::Section::Counted => "",

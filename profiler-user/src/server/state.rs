@@ -10,7 +10,7 @@ use crate::api::series::PointBuilder;
 use crate::api::SessionInfo;
 use crate::profile::{Profile, Totals};
 use crate::session::output::{SessionEvent, SessionOutput, TickUpdate};
-use crate::timeline::{MemSample, ProfileMeta, SiteInfo, Tick, Timeline, Window};
+use crate::timeline::{GuardPoint, MemSample, ProfileMeta, SiteInfo, Tick, Timeline, Window};
 
 use super::Source;
 
@@ -32,6 +32,8 @@ pub(super) enum Update {
     Tick {
         sites: Vec<SiteInfo>,
         tick: Box<Tick>,
+        /// The overhead guard's newest window (`--max-overhead`).
+        guard: Option<GuardPoint>,
     },
 }
 
@@ -142,6 +144,7 @@ impl Shared {
             tx: self.feed_tx.clone(),
             pending: Vec::new(),
             dropped: self.dropped.clone(),
+            guard: None,
         }
     }
 }
@@ -156,7 +159,15 @@ pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Up
                 d.info = info;
                 continue;
             }
-            Update::Tick { sites, tick } => (sites, *tick),
+            Update::Tick { sites, tick, guard } => {
+                if let Some(p) = guard {
+                    let mut d = shared.data.write().unwrap_or_else(|e| e.into_inner());
+                    if d.timeline.guard().and_then(|g| g.last) != Some(p) {
+                        d.timeline.guard_window(p);
+                    }
+                }
+                (sites, *tick)
+            }
         };
         let live_bytes: u64 = tick.sites.iter().map(|(_, s)| s.live_bytes).sum();
         let live_blocks: u64 = tick.sites.iter().map(|(_, s)| s.live_count).sum();
@@ -165,13 +176,16 @@ pub(super) async fn apply_updates(shared: Arc<Shared>, mut rx: mpsc::Receiver<Up
             for s in sites {
                 d.timeline.add_site(s);
             }
-            let point = d.points.point_with(
+            let mut point = d.points.point_with(
                 tick.t_ms,
                 &tick.totals,
                 tick.mem.as_ref(),
                 live_bytes,
                 live_blocks,
             );
+            if let Some(g) = d.timeline.guard().and_then(|g| g.last) {
+                point.sample_rate = Some(g.rate);
+            }
             d.last = tick.totals.clone();
             d.last_mem = tick.mem;
             d.timeline.push(tick);
@@ -192,6 +206,8 @@ pub struct LiveFeed {
     /// with the next tick that fits, so site ids stay aligned.
     pending: Vec<SiteInfo>,
     dropped: Arc<AtomicU64>,
+    /// The overhead guard's newest window, sent with each tick.
+    guard: Option<GuardPoint>,
 }
 
 impl LiveFeed {
@@ -204,6 +220,7 @@ impl LiveFeed {
         let update = Update::Tick {
             sites: std::mem::take(&mut self.pending),
             tick: Box::new(tick.clone()),
+            guard: self.guard,
         };
         match tx.try_send(update) {
             Ok(()) => {}
@@ -232,6 +249,7 @@ impl LiveFeed {
 
 impl SessionOutput for LiveFeed {
     fn tick(&mut self, update: &TickUpdate<'_>) {
+        self.guard = update.timeline.guard().and_then(|g| g.last);
         LiveFeed::tick(
             self,
             update.new_sites.iter().map(|(_, info)| info.clone()),
@@ -307,7 +325,7 @@ mod tests {
         assert_eq!(sites, vec![site("a")]);
         feed.tick([site("c")], &tick(101, 3));
         match rx.try_recv() {
-            Ok(Update::Tick { sites, tick }) => {
+            Ok(Update::Tick { sites, tick, .. }) => {
                 assert_eq!(sites, vec![site("b"), site("c")], "ids stay aligned");
                 assert_eq!(tick.t_ms, 101);
             }

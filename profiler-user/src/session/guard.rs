@@ -69,10 +69,20 @@ impl SessionGuard {
             return None;
         }
         let mut error = None;
-        if let Some(overhead::Action::Raised { to, .. }) = &action {
-            if let Err(e) = probes.set_sample_rate(*to) {
-                error = Some(format!("--max-overhead could not lower the sampling: {e}"));
+        match &action {
+            Some(overhead::Action::SampledLess { to, .. }) => {
+                if let Err(e) = probes.set_sample_rate(*to) {
+                    error = Some(format!("--max-overhead could not lower the sampling: {e}"));
+                }
             }
+            Some(overhead::Action::SampledMore { to, .. }) => {
+                // 0 goes back to the rate the probes were loaded with: the
+                // user's (every allocation with --exact).
+                if let Err(e) = probes.set_sample_rate(*to) {
+                    error = Some(format!("--max-overhead could not raise the sampling: {e}"));
+                }
+            }
+            _ => {}
         }
         let status = OverheadStatus {
             percent: self.guard.last.map_or(0.0, |e| e.percent),
@@ -81,6 +91,23 @@ impl SessionGuard {
             action,
         };
         Some((status, error))
+    }
+
+    /// A decision window as the timeline and recordings keep it.
+    pub(super) fn point(t_ms: u64, status: &OverheadStatus) -> crate::timeline::GuardPoint {
+        let from = match &status.action {
+            Some(overhead::Action::SampledLess { from, .. })
+            | Some(overhead::Action::SampledMore { from, .. }) => *from,
+            _ => status.rate,
+        };
+        crate::timeline::GuardPoint {
+            t_ms,
+            budget_centi: crate::timeline::GuardPoint::centi(status.budget),
+            percent_centi: crate::timeline::GuardPoint::centi(status.percent),
+            from,
+            rate: status.rate,
+            floor: matches!(status.action, Some(overhead::Action::Floor { .. })),
+        }
     }
 
     /// What the guard did, for the report.
@@ -94,8 +121,9 @@ impl SessionGuard {
         }
     }
 
-    /// The sampling rate in force.
+    /// The sampling rate that describes the per-site numbers (see
+    /// `Guard::describing_rate`).
     pub(super) fn rate(&self) -> u64 {
-        self.guard.rate
+        self.guard.describing_rate()
     }
 }

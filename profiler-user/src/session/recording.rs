@@ -19,6 +19,8 @@ pub struct RecordingOutput {
     /// Set when writing failed: the session goes on, the file stays readable
     /// up to its last whole tick, and the user is told at the end.
     error: Option<RecordError>,
+    /// Decision windows of the overhead guard written so far.
+    guard_windows: u64,
 }
 
 impl RecordingOutput {
@@ -28,6 +30,7 @@ impl RecordingOutput {
             writer: Some(Writer::create(path, header)?),
             processes: Default::default(),
             error: None,
+            guard_windows: 0,
         })
     }
 
@@ -63,6 +66,13 @@ impl SessionOutput for RecordingOutput {
             result = w.site(info).map(|_| ());
             if result.is_err() {
                 break;
+            }
+        }
+        // The guard's newest window, when it is new (at most one per tick).
+        if let Some(g) = update.timeline.guard() {
+            if let (Some(p), true) = (g.last, g.windows > self.guard_windows) {
+                self.guard_windows = g.windows;
+                result = result.and_then(|()| w.guard(&p));
             }
         }
         if let Err(e) = result.and_then(|()| w.tick(update.tick)) {

@@ -114,6 +114,10 @@ impl Worker {
         };
         if let Some(g) = &mut self.guard {
             if let Some((status, error)) = g.tick(t_ms, &snap.totals, &mut self.probes) {
+                // In the timeline before the tick goes out: the recording
+                // and the server take the guard's newest window from it.
+                self.timeline
+                    .guard_window(super::guard::SessionGuard::point(t_ms, &status));
                 self.outputs.event(&SessionEvent::Overhead(status));
                 if let Some(e) = error {
                     self.warn(e);
@@ -147,6 +151,24 @@ impl Worker {
             last,
         });
         Ok(())
+    }
+}
+
+/// Most reads of the counters while waiting for them to stop moving.
+const SETTLE_READS: u32 = 100;
+
+/// Waits until programs that passed the armed check before it was cleared
+/// have finished: the counters read the same twice in a row (a program runs
+/// for microseconds; a millisecond apart, at most [`SETTLE_READS`] times).
+fn settle(probes: &Probes) {
+    let mut prev = crate::aggregate::read_counters(&probes.ebpf).ok();
+    for _ in 0..SETTLE_READS {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = crate::aggregate::read_counters(&probes.ebpf).ok();
+        if now.is_none() || now == prev {
+            return;
+        }
+        prev = now;
     }
 }
 
@@ -315,6 +337,15 @@ pub(super) fn run(
     // takes a while (one probe at a time), and calls made meanwhile would see
     // some probes and not others (entries without returns, frees of
     // allocations never seen). What happens during the detach is not counted.
+    // Counting stops first, in every program at once, so that the counters
+    // (read one at a time) and the call sites describe one moment.
+    match w.probes.disarm() {
+        Ok(()) => settle(&w.probes),
+        Err(e) => w.warn(format!(
+            "stopping the count before the last snapshot: {e}; its counters were read \
+             while the target ran and may disagree by a few calls"
+        )),
+    }
     let end_ms = t_ms();
     let snap = w.snapshot(end_ms)?;
     w.tick(end_ms, &snap, true)?;

@@ -6,6 +6,7 @@
 //! deltas), so idle sites cost nothing per tick. [`Timeline::replay`]
 //! rebuilds the full state tick by tick.
 
+pub mod guard;
 mod memory;
 pub mod window;
 
@@ -16,6 +17,7 @@ use std::ops::Range;
 
 use crate::profile::{Frame, LiveHeap, ProcessInfo, Profile, Site, SiteStats, Totals};
 
+pub use guard::{GuardLog, GuardPoint};
 pub use memory::{ArenaSample, MemSample, MAX_ARENAS_PER_TICK};
 pub use window::{EmptyWindow, Window, WindowError};
 
@@ -121,6 +123,8 @@ pub struct Timeline {
     current: BTreeMap<SiteId, SiteStats>,
     max_ticks: usize,
     dropped: u64,
+    /// The overhead guard's windows (`--max-overhead`), when it ran.
+    guard: Option<GuardLog>,
 }
 
 impl Default for Timeline {
@@ -173,7 +177,18 @@ impl Timeline {
             current: BTreeMap::new(),
             max_ticks: max_ticks.max(MIN_MAX_TICKS),
             dropped: 0,
+            guard: None,
         }
+    }
+
+    /// Takes one decision window of the overhead guard.
+    pub fn guard_window(&mut self, p: GuardPoint) {
+        self.guard.get_or_insert_with(GuardLog::default).push(p);
+    }
+
+    /// What the overhead guard did, when it ran (`--max-overhead`).
+    pub fn guard(&self) -> Option<&GuardLog> {
+        self.guard.as_ref()
     }
 
     /// Registers a call site; ids are handed out in order 0, 1, 2...
