@@ -43,6 +43,21 @@ fn attach_to_a_saturated_process_counts_only_after_the_attach_line() {
     // probes went in.
     let pre = counter(&report, "frees of pointers allocated before attach").unwrap_or(u64::MAX);
     assert!(pre <= SPIN_THREADS, "{pre} pre-attach frees\n{report}");
+    // Stopped while the threads run: the last snapshot is read with counting
+    // stopped in every program at once, so counters read one after the other
+    // agree (every call is malloc(64) or free).
+    let allocs = counter(&report, "allocations seen").expect("allocations");
+    let frees = counter(&report, "frees seen").expect("frees");
+    assert_eq!(
+        counter(&report, "allocated bytes"),
+        Some(64 * allocs),
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "freed bytes"),
+        Some(64 * frees),
+        "{report}"
+    );
     assert_eq!(
         counter(&report, "replaced (free not seen)"),
         Some(0),
