@@ -68,6 +68,21 @@ fn cross_thread_frees_exact_per_site_and_arenas_in_the_recording() {
     let (attach_report, file) = run(test, &["--exact", "--ringbuf-size", "64MiB"]);
     let line = "cross-thread frees (exact): 15.6 MiB in 2000 blocks";
     assert!(attach_report.contains(line), "{attach_report}");
+    // One arena table (the per-tick one); the end of the session adds only
+    // the call sites holding each arena's blocks, not a second table.
+    assert_eq!(
+        attach_report.matches("glibc arenas at ").count(),
+        1,
+        "{attach_report}"
+    );
+    assert!(
+        !attach_report.contains("glibc arenas (resident from smaps"),
+        "{attach_report}"
+    );
+    assert!(
+        attach_report.contains("glibc arenas, call sites holding their live blocks at the end"),
+        "{attach_report}"
+    );
 
     let doc = report_json(&file);
     let arenas = &doc["arenas"];

@@ -430,7 +430,19 @@ fn write_ages(
 ) -> Result<()> {
     if let Some(arenas) = &result.arenas {
         writeln!(out)?;
-        views::arenas::write_arenas(arenas, &result.timeline, result.meta.sample_rate != 0, out)?;
+        // The report's per-tick table has each arena's numbers already
+        // (one table): here only the call sites and the top of [heap].
+        let rows_shown = result
+            .timeline
+            .last_arenas(crate::timeline::Window::ALL)
+            .is_some();
+        views::arenas::write_arenas(
+            arenas,
+            &result.timeline,
+            result.meta.sample_rate != 0,
+            rows_shown,
+            out,
+        )?;
     }
     if result.outstanding.is_empty() {
         return Ok(());

@@ -29,32 +29,63 @@ fn site_name(timeline: &Timeline, id: SiteId) -> String {
         .unwrap_or_else(|| "[unknown stack]".into())
 }
 
-/// The per-arena section; `sampled` marks live bytes as estimates.
+/// The per-arena section at the end of an `attach`; `sampled` marks live
+/// bytes as estimates. With `rows_shown` (the report's per-tick arena table
+/// is printed already) only what that table lacks: the call sites holding
+/// each arena's live blocks, and what pins the top of `[heap]`; otherwise
+/// each arena's resident, live and retained bytes too.
 pub fn write_arenas(
     report: &ArenaReport,
     timeline: &Timeline,
     sampled: bool,
+    rows_shown: bool,
     out: &mut impl Write,
 ) -> io::Result<()> {
     let est = if sampled { "~" } else { "" };
-    writeln!(
-        out,
-        "glibc arenas (resident from smaps; live: the {}blocks each holds, by chunk header):",
-        if sampled { "sampled " } else { "" }
-    )?;
+    let any_sites = report.rows.iter().any(|r| !r.top_sites.is_empty());
+    if rows_shown && !any_sites && report.top_block.is_none() && report.unreadable == 0 {
+        return Ok(());
+    }
+    if rows_shown {
+        writeln!(
+            out,
+            "glibc arenas, call sites holding their {}live blocks at the end (by chunk header):",
+            if sampled { "sampled " } else { "" }
+        )?;
+    } else {
+        writeln!(
+            out,
+            "glibc arenas (resident from smaps; live: the {}blocks each holds, by chunk header):",
+            if sampled { "sampled " } else { "" }
+        )?;
+    }
+    let mut above = false;
     for r in &report.rows {
         let name = match r.home {
             Home::Main => "main heap ([heap])".to_string(),
             Home::Arena(a) => format!("arena {a:#x} ({} heaps)", r.heaps),
             Home::Mmapped => format!("mmapped chunks ({})", r.heaps),
         };
-        writeln!(
-            out,
-            "  {name}: resident {}, live {est}{}, retained {est}{}",
-            human_bytes(r.usage.resident),
-            human_bytes(r.live),
-            human_bytes(r.retained()),
-        )?;
+        if rows_shown {
+            if r.top_sites.is_empty() {
+                continue;
+            }
+            writeln!(out, "  {name}:")?;
+        } else {
+            let mark = if r.live > r.usage.resident {
+                above = true;
+                "*"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  {name}: resident {}, live {est}{}{mark}, retained {est}{}",
+                human_bytes(r.usage.resident),
+                human_bytes(r.live),
+                human_bytes(r.retained()),
+            )?;
+        }
         for (site, bytes) in &r.top_sites {
             writeln!(
                 out,
@@ -63,6 +94,9 @@ pub fn write_arenas(
                 site_name(timeline, *site)
             )?;
         }
+    }
+    if above {
+        writeln!(out, "  {}", live_above_resident(sampled))?;
     }
     if let Some(t) = &report.top_block {
         writeln!(
@@ -83,6 +117,19 @@ trims [heap] only above its highest live block, so the {} resident below it stay
         )?;
     }
     Ok(())
+}
+
+/// The footnote of an arena whose live bytes exceed its resident bytes.
+fn live_above_resident(sampled: bool) -> String {
+    format!(
+        "* live above resident: {}blocks allocated but not (all) written, whose pages are not \
+         resident yet; retained shown as 0",
+        if sampled {
+            "the sampled estimate's error (a few large samples weigh a lot), or "
+        } else {
+            ""
+        }
+    )
 }
 
 /// `main heap ([heap])`, `arena 0x7f.. (2 heaps)`, `mmapped chunks (3)`.
@@ -156,19 +203,29 @@ fn write_arena_rows(
             format!("every block, {exact}")
         }
     )?;
+    let mut above = false;
     for a in &m.arenas {
         if a.reserved == 0 && a.live == 0 {
             continue;
         }
+        let mark = if a.live > a.resident {
+            above = true;
+            "*"
+        } else {
+            ""
+        };
         writeln!(
             out,
-            "  {:<36} reserved {:>10}  resident {:>10}  live {:>11}  retained {:>11}",
+            "  {:<36} reserved {:>10}  resident {:>10}  live {:>12}  retained {:>11}",
             home_name(a),
             human_bytes(a.reserved),
             human_bytes(a.resident),
-            format!("{est}{}", human_bytes(a.live)),
+            format!("{est}{}{mark}", human_bytes(a.live)),
             format!("{est}{}", human_bytes(a.retained())),
         )?;
+    }
+    if above {
+        writeln!(out, "  {}", live_above_resident(sampled))?;
     }
     Ok(())
 }
@@ -284,5 +341,59 @@ pub fn remedy_text(r: &Remedy) -> String {
             site_label(frames, api),
             human_bytes(*mean),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena(addr: u64, resident: u64, live: u64) -> ArenaSample {
+        ArenaSample {
+            home: Home::Arena(addr),
+            heaps: 1,
+            reserved: 1 << 20,
+            resident,
+            live,
+        }
+    }
+
+    fn table(sampled: bool, arenas: Vec<ArenaSample>) -> String {
+        let m = Mechanism {
+            t_ms: 10_000,
+            arenas,
+            cross_sites: Vec::new(),
+            cross_bytes: 0,
+            cross_count: 0,
+            remedies: Vec::new(),
+        };
+        let mut out = Vec::new();
+        write_mechanism(&m, sampled, 0, &mut out).expect("write");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn live_above_resident_is_marked_and_explained() {
+        let text = table(
+            true,
+            vec![arena(0x1000, 4096, 64), arena(0x2000, 4096, 40_000)],
+        );
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("arena 0x")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(!rows[0].contains('*'), "{text}");
+        assert!(rows[1].contains("~39.1 KiB*"), "{text}");
+        assert!(rows[1].ends_with("retained        ~0 B"), "{text}");
+        assert!(
+            text.contains("* live above resident: the sampled estimate's error"),
+            "{text}"
+        );
+        // Exact: only untouched pages explain it.
+        let text = table(false, vec![arena(0x2000, 4096, 40_000)]);
+        assert!(
+            text.contains("* live above resident: blocks allocated but not (all) written"),
+            "{text}"
+        );
+        let text = table(false, vec![arena(0x1000, 4096, 64)]);
+        assert!(!text.contains("live above resident"), "{text}");
     }
 }

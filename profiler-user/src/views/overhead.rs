@@ -200,7 +200,7 @@ pub fn write_guard_log(log: &GuardLog, out: &mut impl Write) -> std::io::Result<
                 out,
                 "  per-site numbers: {before} before the first back-off (at {:.1}s), at most 1 \
                  per {} after it, {end}; together they are estimates (each sample weighed at \
-                 the rate it was taken at); the live heap, process totals and counters are exact",
+                 the rate it was taken at)",
                 t as f64 / 1000.0,
                 human_bytes(coarsest)
             )?;
