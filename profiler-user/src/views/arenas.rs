@@ -125,7 +125,8 @@ fn live_above_resident(sampled: bool) -> String {
         "* live above resident: {}blocks allocated but not (all) written, whose pages are not \
          resident yet; retained shown as 0",
         if sampled {
-            "the sampled estimate's error (a few large samples weigh a lot), or "
+            "the sampled estimate's error (each sample stands for about a sampling interval of \
+             bytes), or "
         } else {
             ""
         }
