@@ -11,6 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::child::{lines_of, number_after, spawn_target, wait_cpu, wait_for, Target};
 use crate::util::{build_c, build_heapscope, cargo, run, workspace_root};
 
+mod memleak;
+
 struct Mode {
     name: &'static str,
     /// None: no profiler; Some(flags): heapscope attach with these flags.
@@ -299,7 +301,14 @@ fn print_row(name: &str, runs: &[Measurement], none: &[f64], bare: &[f64]) {
 }
 
 /// The main table: every mode at 1 and 2 threads, and heaptrack.
-fn bench_table(bin: &Path, heapscope: &Path, pairs: u64, long: bool) -> Result<()> {
+/// With `peers_only`, only the baselines (no profiler, bare probes) and the peers.
+fn bench_table(
+    bin: &Path,
+    heapscope: &Path,
+    pairs: u64,
+    long: bool,
+    peers_only: bool,
+) -> Result<()> {
     const THREADS: [u32; 2] = [1, 2];
     println!(
         "malloc(64)/free pairs, {pairs} per thread; ns per pair in the target threads' CPU time \
@@ -324,6 +333,7 @@ fn bench_table(bin: &Path, heapscope: &Path, pairs: u64, long: bool) -> Result<(
     );
     let modes: Vec<&Mode> = MODES
         .iter()
+        .take(if peers_only { 2 } else { MODES.len() })
         .chain(if long { LONG_MODES } else { &[] })
         .collect();
     let (mut none, mut bare) = (Vec::new(), Vec::new());
@@ -348,16 +358,49 @@ fn bench_table(bin: &Path, heapscope: &Path, pairs: u64, long: bool) -> Result<(
             Some(m) => peer.push(m),
             None => {
                 println!("  heaptrack: not installed (apt-get install heaptrack)");
+                break;
+            }
+        }
+    }
+    if peer.len() == THREADS.len() {
+        print_row(
+            "heaptrack (LD_PRELOAD; CPU/RSS incl. target)",
+            &peer,
+            &none,
+            &bare,
+        );
+    }
+    bench_memleak(bin, pairs, &THREADS, &none, &bare)
+}
+
+/// bcc's memleak on the same workload, or why it was skipped (never a
+/// failure of the benchmark).
+fn bench_memleak(
+    bin: &Path,
+    pairs: u64,
+    threads: &[u32],
+    none: &[f64],
+    bare: &[f64],
+) -> Result<()> {
+    let m = match memleak::prepare() {
+        Ok(m) => m,
+        Err(why) => {
+            println!("  bcc memleak: skipped: {why}");
+            return Ok(());
+        }
+    };
+    let mut runs = Vec::new();
+    for &t in threads {
+        match memleak::measure(&m, bin, pairs, t)? {
+            Ok(r) => runs.push(r),
+            Err(why) => {
+                println!("  bcc memleak: skipped: {why}");
                 return Ok(());
             }
         }
     }
-    print_row(
-        "heaptrack (LD_PRELOAD; CPU/RSS incl. target)",
-        &peer,
-        &none,
-        &bare,
-    );
+    print_row("bcc memleak (-p PID; CPU/RSS: its own)", &runs, none, bare);
+    println!("    (bcc memleak compiled against {})", m.headers);
     Ok(())
 }
 
@@ -412,7 +455,7 @@ fn bench_server() -> Result<()> {
 /// The main table, then attach and detach times; `--long` adds the +0
 /// rows, the per-allocator rows, the symbolization and the web server
 /// benchmarks (`--symbols`, `--server`, `--allocators`, `--attach` run only
-/// that one).
+/// that one; `--peers` only the baselines and the peers).
 pub fn bench(args: &[String]) -> Result<()> {
     let has = |f: &str| args.iter().any(|a| a == f);
     if has("--symbols") {
@@ -458,7 +501,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         return crate::bench_attach::bench_attach(&bin, &heapscope);
     }
     crate::setup::bench_packages();
-    bench_table(&bin, &heapscope, pairs, long)?;
+    if has("--peers") {
+        return bench_table(&bin, &heapscope, pairs, false, true);
+    }
+    bench_table(&bin, &heapscope, pairs, long, false)?;
     crate::bench_attach::bench_attach(&bin, &heapscope)?;
     if long {
         bench_allocators(&bin, &heapscope, pairs)?;

@@ -19,10 +19,11 @@ const USAGE: &str = "usage: cargo xtask <setup|demo|lint|test|bench> [args]
   demo    set up, build, start the bundled demo server, attach heapscope by PID, print the report
   lint    cargo fmt --check, then clippy on every target with -D warnings
   test    set up, lint, build, run every test (the end-to-end tests need root)
-  bench   malloc/free pair cost per mode at 1 and 2 threads (vs no profiler, bare probes
-          and heaptrack), then attach/detach times idle and saturated (a few minutes);
-          --long: also probes at +0, per allocator, symbolization, web server;
-          --symbols, --server, --allocators, --attach: only that one; --pairs N;
+  bench   malloc/free pair cost per mode at 1 and 2 threads (vs no profiler, bare probes,
+          heaptrack and bcc's memleak), then attach/detach times idle and saturated (a few
+          minutes); --long: also probes at +0, per allocator, symbolization, web server;
+          --symbols, --server, --allocators, --attach: only that one; --peers: only the
+          baselines and the peers; --pairs N;
           --load: only the records --exact loses under sustained and bursty load
           (also in --long), --load-seconds N per row (default 10)";
 

@@ -118,20 +118,40 @@ const FILE_PACKAGES: &[&str] = &[
 ];
 
 /// The peers `cargo xtask bench` compares with (not needed by the tests, so
-/// not in `setup`): heaptrack, Debian's package. A failed install is said,
-/// not fatal: the benchmark then skips that row.
+/// not in `setup`): heaptrack, and bcc's memleak (`bpfcc-tools`) with
+/// Debian's kernel headers to compile its program against (this VM's kernel
+/// has none of its own; see `bench/memleak.rs`). Each installs in about
+/// 10 s here. A failed install is said, not fatal: the benchmark then skips
+/// that row.
 pub fn bench_packages() {
-    if have("heaptrack") || !have("apt-get") {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let headers = std::path::Path::new(&format!("/lib/modules/{}/build", release.trim())).exists()
+        || std::fs::read_dir("/usr/src").is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with("-amd64"))
+        });
+    let mut missing = Vec::new();
+    if !have("heaptrack") {
+        missing.push("heaptrack");
+    }
+    if !std::path::Path::new("/usr/sbin/memleak-bpfcc").exists() {
+        missing.push("bpfcc-tools");
+    }
+    if !headers {
+        missing.push("linux-headers-amd64");
+    }
+    if missing.is_empty() || !have("apt-get") {
         return;
     }
-    eprintln!("xtask bench: installing heaptrack with apt-get (a peer in the table)");
+    eprintln!("xtask bench: installing {missing:?} with apt-get (peers in the table)");
     let ok = run(Command::new("apt-get").arg("update")).and_then(|()| {
         run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "heaptrack"])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))
     });
     if let Err(e) = ok {
-        eprintln!("xtask bench: heaptrack not installed ({e:#}); its row is skipped");
+        eprintln!("xtask bench: {missing:?} not installed ({e:#}); their rows are skipped");
     }
 }
 
