@@ -77,6 +77,22 @@ impl Worker {
 
     /// Symbolizes the sites of `snap` seen for the first time and sends the tick.
     fn tick(&mut self, t_ms: u64, snap: &RawSnapshot, last: bool) -> Result<(), SessionError> {
+        // The guard first: its CPU time and capture count are read now, next
+        // to the snapshot's counters; after a slow symbolization (a second
+        // or more for the first tick's sites) they would describe another
+        // stretch of time than the calls they are set against.
+        if let Some(g) = &mut self.guard {
+            if let Some((status, error)) = g.tick(t_ms, &snap.totals, &mut self.probes) {
+                // In the timeline before the tick goes out: the recording
+                // and the server take the guard's newest window from it.
+                self.timeline
+                    .guard_window(super::guard::SessionGuard::point(t_ms, &status));
+                self.outputs.event(&SessionEvent::Overhead(status));
+                if let Some(e) = error {
+                    self.warn(e);
+                }
+            }
+        }
         let new = self.ids.new_sites(snap);
         let new_sites = if new.sites.is_empty() {
             Vec::new()
@@ -112,18 +128,6 @@ impl Worker {
             }
             self.ids.add(new.sites.keys().copied(), sites)
         };
-        if let Some(g) = &mut self.guard {
-            if let Some((status, error)) = g.tick(t_ms, &snap.totals, &mut self.probes) {
-                // In the timeline before the tick goes out: the recording
-                // and the server take the guard's newest window from it.
-                self.timeline
-                    .guard_window(super::guard::SessionGuard::point(t_ms, &status));
-                self.outputs.event(&SessionEvent::Overhead(status));
-                if let Some(e) = error {
-                    self.warn(e);
-                }
-            }
-        }
         let (mem, split) = match memory::sample_and_footprint(self.cap.pid, self.glibc) {
             Ok((m, fp)) => (Some(m), fp),
             Err(_) => (None, None),
