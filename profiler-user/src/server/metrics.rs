@@ -176,3 +176,52 @@ pub(super) fn render(shared: &Shared) -> String {
     }
     o.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SessionInfo;
+    use crate::server::Source;
+    use crate::timeline::{GuardPoint, Tick, Timeline};
+
+    fn metrics(timeline: Timeline) -> String {
+        let info = SessionInfo {
+            sample_rate: 256,
+            ..SessionInfo::default()
+        };
+        let (shared, _) = Shared::new(Source::Recording { info, timeline }, "t".into(), 1, 10);
+        render(&shared)
+    }
+
+    #[test]
+    fn the_overhead_guard_shows_its_rate_estimate_and_budget() {
+        let mut tl = Timeline::default();
+        tl.push(Tick {
+            t_ms: 1000,
+            ..Tick::default()
+        });
+        let text = metrics(tl.clone());
+        assert!(
+            text.contains("\nheapscope_sample_rate_bytes 256\n"),
+            "{text}"
+        );
+        assert!(!text.contains("heapscope_overhead_"), "{text}");
+        tl.guard_window(GuardPoint {
+            t_ms: 1000,
+            budget_centi: 200,
+            percent_centi: 3150,
+            from: 256,
+            rate: 1024,
+            floor: false,
+        });
+        let text = metrics(tl);
+        for want in [
+            "\nheapscope_sample_rate_bytes 1024\n",
+            "\nheapscope_overhead_estimated_percent 31.5\n",
+            "\nheapscope_overhead_budget_percent 2\n",
+            "# TYPE heapscope_overhead_budget_percent gauge",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+    }
+}
