@@ -69,7 +69,11 @@ fn meta(rec: &Recording) -> ProfileMeta {
     ProfileMeta {
         pid: rec.header.pid,
         comm: rec.header.comm.clone(),
-        sample_rate: rec.header.sample_rate,
+        // The header has the rate the session began with; the overhead
+        // guard's windows say what it sampled at since.
+        sample_rate: rec.timeline.guard().map_or(rec.header.sample_rate, |g| {
+            g.describing_rate(rec.header.sample_rate)
+        }),
         allocator: rec.header.allocator.clone(),
         allocator_notes: rec.header.allocator_notes.clone(),
     }

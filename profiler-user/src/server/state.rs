@@ -54,7 +54,10 @@ impl Data {
         ProfileMeta {
             pid: self.info.pid,
             comm: self.info.comm.clone(),
-            sample_rate: self.info.sample_rate,
+            // The overhead guard may have changed the rate since the start.
+            sample_rate: self.timeline.guard().map_or(self.info.sample_rate, |g| {
+                g.describing_rate(self.info.sample_rate)
+            }),
             ..ProfileMeta::default()
         }
     }

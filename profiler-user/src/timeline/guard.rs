@@ -101,6 +101,17 @@ impl GuardLog {
             .map(|p| p.t_ms)
     }
 
+    /// The rate that describes a session's per-site numbers, `start` being
+    /// the rate it began with: the rate at the end, except that a session
+    /// back at every allocation after sampling is described by the coarsest
+    /// rate it sampled at (as `overhead::Guard::describing_rate` does live).
+    pub fn describing_rate(&self, start: u64) -> u64 {
+        match (self.rate(start), self.coarsest()) {
+            (0, Some(c)) => c,
+            (r, _) => r,
+        }
+    }
+
     /// The coarsest rate the guard sampled at (`None`: it never changed it).
     pub fn coarsest(&self) -> Option<u64> {
         self.changes
@@ -142,6 +153,8 @@ mod tests {
         assert_eq!(g.rate_at(9000, 0), 0);
         assert_eq!(g.first_change_ms(), Some(2000));
         assert_eq!(g.coarsest(), Some(65536));
+        assert_eq!(g.describing_rate(0), 65536, "not exact after sampling");
+        assert_eq!(GuardLog::default().describing_rate(0), 0);
         assert_eq!(GuardPoint::centi(1.234), 123);
         assert_eq!(p(0, 0, 0).percent(), 0.5);
     }
