@@ -196,8 +196,8 @@ impl LoadedModule {
     }
 }
 
-/// The module cache of a [`super::Symbolizer`]. `Rc`, not `Arc`: addr2line
-/// parses lazily through interior mutability, so a parsed module is not
+/// The module cache of a [`super::Symbolizer`]. `Rc`, not `Arc`: DWARF units
+/// are parsed lazily through interior mutability, so a parsed module is not
 /// `Sync`; a symbolizer belongs to one thread.
 #[derive(Default)]
 pub(crate) struct ModuleCache {
@@ -210,6 +210,15 @@ impl ModuleCache {
     /// Modules parsed, plus files remembered as unusable.
     pub(crate) fn len(&self) -> usize {
         self.modules.len() + self.stamps.values().filter(|v| v.is_err()).count()
+    }
+
+    /// DWARF units dropped by the modules' bounded unit caches.
+    pub(crate) fn dwarf_unit_evictions(&self) -> u64 {
+        self.modules
+            .values()
+            .filter_map(|m| m.dwarf.as_ref())
+            .map(DwarfInfo::unit_evictions)
+            .sum()
     }
 
     /// The parsed module of `source`, parsing it on first use.

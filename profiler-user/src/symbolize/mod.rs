@@ -19,6 +19,7 @@
 mod cache;
 mod debuginfo;
 mod dwarf;
+mod dwarf_units;
 mod elf;
 
 use std::fmt;
@@ -397,6 +398,12 @@ impl Symbolizer {
                 Err(reason) => unknown(addr, reason),
             })
             .collect()
+    }
+
+    /// Parsed DWARF units dropped to keep each module's cache within its
+    /// bytes (re-parsed when needed: slower, never wrong).
+    pub fn dwarf_unit_evictions(&self) -> u64 {
+        self.cache.dwarf_unit_evictions()
     }
 
     /// Number of modules currently cached (parsed or known-unparsable).
