@@ -242,7 +242,10 @@ fn section_data<'data, O: Object<'data>>(
             .into_owned(),
         _ => Vec::new(),
     };
-    Ok(gimli::EndianReader::new(SectionBytes(Arc::new(data)), endian))
+    Ok(gimli::EndianReader::new(
+        SectionBytes(Arc::new(data)),
+        endian,
+    ))
 }
 
 /// Loads the DWARF sections of `obj` a lookup reads into a [`gimli::Dwarf`].
