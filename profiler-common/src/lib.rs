@@ -350,10 +350,32 @@ impl EventKind {
 /// Stack-copy sizes the eBPF side supports; the flag rounds up to one of them.
 pub const STACK_COPY_SIZES: [u32; 3] = [4096, 8192, 16384];
 
-/// Entries of the per-thread stack-extent map (`STACK_ENDS`): how far up
-/// from the stack pointer a thread's complete unwinds read, learned in
-/// userspace so later samples copy only that much.
+/// Threads whose stack end userspace remembers: how far up from the stack
+/// pointer a thread's complete unwinds read, learned in userspace so later
+/// samples copy only that much.
 pub const STACK_END_ENTRIES: u32 = 1 << 14;
+
+/// Slots of the probes' stack-end table (`STACK_ENDS`), an array indexed by
+/// [`stack_end_slot`]: an array lookup is a few instructions where a hash
+/// map's costs a helper call on every sample. Thread ids are handed out in
+/// order, so two live threads share a slot only 65,536 ids apart; the one
+/// not in the slot gets full copies.
+pub const STACK_END_SLOTS: u32 = 1 << 16;
+
+/// The `STACK_ENDS` slot of thread `tid`.
+#[inline(always)]
+pub const fn stack_end_slot(tid: u32) -> u32 {
+    tid & (STACK_END_SLOTS - 1)
+}
+
+/// One slot of `STACK_ENDS`: the thread it holds (0: none) and its stack end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackEnd {
+    pub tid: u32,
+    pub _pad: u32,
+    pub end: u64,
+}
 
 /// How stacks are captured (the eBPF global `STACK_MODE` holds its `u32`).
 #[repr(u32)]
@@ -541,6 +563,7 @@ const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveAlloc>() == 48);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 160);
 const _: () = assert!(core::mem::size_of::<SampledFree>() == 32);
+const _: () = assert!(core::mem::size_of::<StackEnd>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteCounters>() == 48);

@@ -21,6 +21,8 @@ unsafe impl aya::Pod for MapEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SampleHeader {}
 // SAFETY: as above.
+unsafe impl aya::Pod for StackEnd {}
+// SAFETY: as above.
 unsafe impl aya::Pod for SampledFree {}
 // SAFETY: as above (integers only, no padding).
 unsafe impl aya::Pod for crate::nesting::AllocLayout {}

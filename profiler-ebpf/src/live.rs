@@ -257,7 +257,8 @@ fn record_alloc(
     bump(counter::SAMPLED, 1);
     let mut site_stack = stack_id;
     if dwarf {
-        let h = sample_header(ctx, tgid, kind, ptr, size, (est_bytes, est_count));
+        let origin = (tgid, val.tid, val.ts_ns);
+        let h = sample_header(ctx, origin, kind, ptr, size, (est_bytes, est_count));
         if emit_sample(h) {
             return;
         }
@@ -338,7 +339,8 @@ pub(crate) fn account(
         Outcome::Map { addr, len } => {
             if dwarf() {
                 // Mappings are few and large: always sampled, weight exact.
-                let h = sample_header(ctx, tgid, kind, addr, len, (len, COUNT_SCALE));
+                let origin = (tgid, bpf_get_current_pid_tgid() as u32, now());
+                let h = sample_header(ctx, origin, kind, addr, len, (len, COUNT_SCALE));
                 if !emit_sample(h) {
                     bump(counter::RINGBUF_LOST, 1);
                 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use profiler_common::nesting::AllocLayout;
 use profiler_common::{
-    counter, defaults, FpStack, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackMode,
-    MAX_PROFILED, STACK_END_ENTRIES, TABLE_LEN,
+    counter, defaults, FpStack, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackEnd,
+    StackMode, MAX_PROFILED, STACK_END_SLOTS, TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -43,10 +43,33 @@ pub(crate) static STACK_COPY: u32 = defaults::STACK_COPY;
 #[unsafe(no_mangle)]
 pub(crate) static WAKEUP_BYTES: u64 = 0;
 
+/// Records a CPU submits between two looks at how full the ring is.
+const WAKE_CHECK_EVERY: u32 = 16;
+
+/// Per CPU: records submitted, to look at the ring's fill only every
+/// `WAKE_CHECK_EVERY`th record.
+#[map]
+pub(crate) static WAKE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Submit flags for an `EVENTS` record: wake the reader only once enough is
-/// waiting (one wakeup per record costs more than the record).
+/// waiting (one wakeup per record costs more than the record). The fill is
+/// looked at every `WAKE_CHECK_EVERY`th record of a CPU (a helper call
+/// saved on the others; the mark is an eighth of the ring, far more than
+/// that many records).
 #[inline(always)]
 pub(crate) fn wake_flags() -> u64 {
+    if let Some(n) = WAKE_TICK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array; a preempting program
+        // updating it meanwhile only moves the next look by a record.
+        let k = unsafe {
+            let k = (*n).wrapping_add(1);
+            *n = k;
+            k
+        };
+        if k % WAKE_CHECK_EVERY != 0 {
+            return aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
+        }
+    }
     let avail = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
     if avail >= config_u64(&WAKEUP_BYTES) {
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
@@ -118,12 +141,12 @@ pub(crate) static INFLIGHT: HashMap<u64, PendingCalls> =
 #[map]
 pub(crate) static EMPTY_CALLS: Array<PendingCalls> = Array::with_max_entries(1, 0);
 
-/// Per thread (tid): one past the highest stack address its complete unwinds
-/// read, set by userspace. A sample of that thread copies only up to there
-/// (its outermost frames do not move); unknown threads get the full copy.
+/// Per thread (slot `stack_end_slot(tid)`): one past the highest stack
+/// address its complete unwinds read, set by userspace. A sample of that
+/// thread copies only up to there (its outermost frames do not move);
+/// threads not in their slot get the full copy.
 #[map]
-pub(crate) static STACK_ENDS: LruHashMap<u32, u64> =
-    LruHashMap::with_max_entries(STACK_END_ENTRIES, 0);
+pub(crate) static STACK_ENDS: Array<StackEnd> = Array::with_max_entries(STACK_END_SLOTS, 0);
 
 /// Global counters, see `profiler_common::counter`.
 #[map]

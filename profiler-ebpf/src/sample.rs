@@ -2,13 +2,14 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     programs::RetProbeContext,
 };
 use profiler_common::{
-    counter, sampling, tables, AllocKind, EventKind, SampleHeader, COUNT_SCALE, MAX_PENDING,
+    counter, sampling, stack_end_slot, tables, AllocKind, EventKind, SampleHeader, COUNT_SCALE,
+    MAX_PENDING,
 };
 
 use crate::maps::{
@@ -174,9 +175,8 @@ fn emit_sample_n<const N: usize>(mut header: SampleHeader, want: usize) -> bool 
 /// earlier complete unwinds reached (learned by userspace), else `full`.
 #[inline(always)]
 fn copy_len(tid: u32, sp: u64, full: u64) -> u64 {
-    // SAFETY: the value is copied out at once.
-    match unsafe { STACK_ENDS.get(&tid) }.copied() {
-        Some(end) if end > sp && end - sp <= full => end - sp,
+    match STACK_ENDS.get(stack_end_slot(tid)).copied() {
+        Some(e) if e.tid == tid && e.end > sp && e.end - sp <= full => e.end - sp,
         _ => full,
     }
 }
@@ -204,11 +204,14 @@ pub(crate) fn emit_sample(header: SampleHeader) -> bool {
     }
 }
 
+/// Who made a sampled call and when: (tgid, tid, ktime ns).
+pub(crate) type SampleOrigin = (u32, u32, u64);
+
 /// The header of a sample, with the registers at the allocator's return.
 #[inline(always)]
 pub(crate) fn sample_header(
     ctx: &RetProbeContext,
-    tgid: u32,
+    (tgid, tid, ts_ns): SampleOrigin,
     kind: AllocKind,
     ptr: u64,
     size: u64,
@@ -225,15 +228,14 @@ pub(crate) fn sample_header(
         size,
         est_bytes: est.0,
         est_count: est.1,
-        // SAFETY: a plain helper call without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         ip,
         sp,
         bp,
         pending_ret: [0; MAX_PENDING],
         pending_slot: [0; MAX_PENDING],
         n_pending: 0,
-        tid: bpf_get_current_pid_tgid() as u32,
+        tid,
         // SAFETY: reads 8 bytes of the target's memory; a fault is an error.
         chunk: unsafe { bpf_probe_read_user(ptr.wrapping_sub(8) as *const u64) }.unwrap_or(0),
     };

@@ -130,8 +130,10 @@ pub struct CommonArgs {
     #[arg(long, hide = true)]
     pub attach_priority: bool,
     /// Attach and detach at heapscope's own priority instead of real-time
-    /// (SCHED_FIFO 1, else nice -20): on a target whose threads saturate
-    /// the CPUs this makes attaching take tens of seconds.
+    /// (SCHED_FIFO 1, else nice -20), and run the thread that moves records
+    /// out of the ring buffer at it too (unwinding always runs at normal
+    /// priority): on a target whose threads saturate the CPUs this makes
+    /// attaching take tens of seconds, and `--exact` may lose records.
     #[arg(long, conflicts_with = "attach_priority")]
     pub no_attach_priority: bool,
     /// Capacity of the live-allocation map (allocations beyond it are counted as lost).

@@ -16,6 +16,8 @@ use crate::process::maps::MemoryMap;
 use crate::unwind::extent::{StackExtents, UnwoundCopy};
 use crate::unwind::{ModulePaths, PendingReturn, Regs, UnwindStop, Unwinder};
 
+pub mod pump;
+
 /// One decoded ring-buffer record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -290,6 +292,39 @@ impl Batch {
             .map(|(s, e)| &self.data[s..e])
     }
 
+    /// Record `i`, in ring order.
+    pub fn record(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1],
+        };
+        self.data.get(start..end)
+    }
+
+    /// Bytes of the records in the batch.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Bytes the batch's buffers hold (what it costs in memory).
+    pub fn capacity(&self) -> usize {
+        self.data.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+
+    /// Makes room for `bytes` of records without growing again.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.data.reserve(bytes.saturating_sub(self.data.len()));
+    }
+
+    /// A copy of the batch in buffers of exactly its size.
+    pub fn compact(&self) -> Batch {
+        Batch {
+            data: self.data.clone(),
+            ends: self.ends.clone(),
+        }
+    }
+
     /// Number of records in the batch.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -330,6 +365,11 @@ impl<S: RecordSource> EventReader<S> {
     /// The record source (the ring buffer, to poll its descriptor).
     pub fn source(&self) -> &S {
         &self.source
+    }
+
+    /// The record source, to stop its pump.
+    pub fn source_mut(&mut self) -> &mut S {
+        &mut self.source
     }
 
     /// Copies one bounded batch and applies it. Returns true when more

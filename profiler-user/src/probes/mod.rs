@@ -158,6 +158,8 @@ pub struct Probes {
     pub follow: bool,
     /// Bytes of user stack a DWARF sample copies when its thread's extent is unknown.
     pub stack_copy: u32,
+    /// Size of the event ring buffer.
+    pub ringbuf_bytes: u32,
     /// `Ok` when the allocation entry points of the first process went in
     /// as uprobe sessions (unsampled calls skip their return probe), else
     /// why not.
@@ -391,6 +393,7 @@ impl Probes {
             targets: std::collections::BTreeMap::new(),
             follow: capture.follow,
             stack_copy: capture.stack_copy,
+            ringbuf_bytes: sizes.ringbuf_bytes,
             sessions,
         })
     }

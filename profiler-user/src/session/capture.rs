@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::aggregate::{self, regions::ProcessRegions, samples::SampleTable, RawSnapshot};
 use aya::maps::{MapData, RingBuf};
 
+use crate::events::pump::Pumped;
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
 use crate::probes::{ProbeError, Probes};
 use crate::process::arenas::{HeapInfoCache, Home};
@@ -42,7 +43,7 @@ pub const TICK_DRAIN_BATCHES: usize = 16;
 /// The state of an attached session.
 pub struct Capture {
     pub pid: u32,
-    pub events: EventReader<RingBuf<MapData>>,
+    pub events: EventReader<Pumped<RingBuf<MapData>>>,
     pub regions: ProcessRegions,
     pub samples: SampleTable,
     pub unwinder: Unwinder,
@@ -89,9 +90,10 @@ fn read_maps(pid: u32) -> Option<MemoryMap> {
 }
 
 impl Capture {
-    /// The state of a session on `pid`, reading events from `ring`; DWARF
-    /// samples copy `stack_copy` bytes of stack until their thread is known.
-    pub fn new(pid: u32, ring: RingBuf<MapData>, stack_copy: u32) -> Capture {
+    /// The state of a session on `pid`, reading events from `ring` (through
+    /// its pump); DWARF samples copy `stack_copy` bytes of stack until their
+    /// thread is known.
+    pub fn new(pid: u32, ring: Pumped<RingBuf<MapData>>, stack_copy: u32) -> Capture {
         let maps = read_maps(pid);
         Capture {
             pid,

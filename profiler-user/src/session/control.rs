@@ -106,10 +106,12 @@ impl Control {
         }
     }
 
-    /// Blocks until `ring` is readable or a request arrives (level-triggered:
-    /// a ring with records left returns at once), or for [`RING_POLL_MS`]:
-    /// the probes wake the reader only once a batch is waiting, and a ring
-    /// polled at the timeout reports the records below that mark.
+    /// Blocks until `ring` (the ring buffer, or the descriptor its pump
+    /// thread sets, see `events::pump`) is readable or a request arrives
+    /// (level-triggered: records left return at once), or for
+    /// [`RING_POLL_MS`]: the probes wake the reader only once a batch is
+    /// waiting, and a ring polled at the timeout reports the records below
+    /// that mark.
     pub fn wait(&self, ring: BorrowedFd<'_>) -> io::Result<Ready> {
         let mut fds = [
             libc::pollfd {

@@ -5,7 +5,6 @@
 //! of milliseconds for a large module) never delays signals, timers or a server.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
@@ -192,6 +191,11 @@ pub(super) fn run(
         .raise_priority
         .then(|| crate::process::priority::raise().ok())
         .flatten();
+    // Records leave the ring on a thread of their own (raised like this
+    // one), into a queue of at most the ring's size (8 MiB at most).
+    let queue_bytes = (probes.ringbuf_bytes as usize).min(crate::events::pump::MAX_QUEUE_BYTES);
+    let ring = crate::events::pump::start(ring, queue_bytes, opts.raise_priority)
+        .map_err(|source| SessionError::Thread { pid, source })?;
     let mut cap = Capture::new(pid, ring, probes.stack_copy);
     phases.mark("capture state (maps)");
     // Sampled blocks are placed in arenas (and cross-thread frees judged by
@@ -288,7 +292,7 @@ pub(super) fn run(
     let stop = loop {
         let ring_ready = more
             || control
-                .wait(w.cap.events.source().as_fd())
+                .wait(w.cap.events.source().ready_fd())
                 .map_err(|source| SessionError::Poll { pid, source })?
                 .ring;
         if let Some(stop) = control.stop() {
@@ -334,6 +338,9 @@ pub(super) fn run(
     // Records already in the ring describe calls made before the stop:
     // apply them, for a bounded time, so that a sample's free is not left
     // behind its allocation (a sampled block would stay live for good).
+    // The pump goes first (what it took is still applied, then the ring is
+    // read directly): the backlog is then read at this thread's priority.
+    w.cap.events.source_mut().stop_pump();
     let deadline = Instant::now() + FINAL_DRAIN;
     while Instant::now() < deadline && w.cap.drain(1) {}
     phases.mark("final drain");
@@ -427,6 +434,17 @@ pub(super) fn run(
             "{unread} ring-buffer records were still unread when the session stopped; \
              their allocations and frees are missing from the per-site numbers"
         ));
+    }
+    let queue = w.cap.events.source().queue();
+    if queue.full_waits() > 0 {
+        let msg = format!(
+            "the queue between the ring buffer and unwinding ({} MiB) was full {} times: \
+             records waited in the ring meanwhile (any that did not fit are counted as \
+             ring buffer lost)",
+            queue_bytes >> 20,
+            queue.full_waits()
+        );
+        w.warn(msg);
     }
     let ev = w.cap.events.stats.clone();
     if ev.malformed > 0 {

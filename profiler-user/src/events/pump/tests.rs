@@ -1,0 +1,152 @@
+use super::*;
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// A source of records `[i; len]`.
+struct Numbers(VecDeque<Vec<u8>>);
+
+impl RecordSource for Numbers {
+    fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
+        match self.0.pop_front() {
+            Some(r) => {
+                buf.extend_from_slice(&r);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A chunk of `records` in buffers of exactly their size.
+fn chunk_of(records: &[&[u8]]) -> Batch {
+    let mut src = Numbers(records.iter().map(|r| r.to_vec()).collect());
+    let mut b = Batch::default();
+    b.fill(&mut src, DrainLimits::default());
+    b.compact()
+}
+
+#[test]
+fn the_queue_keeps_order_and_counts_bytes() {
+    let q = RecordQueue::new(1 << 20);
+    let stop = AtomicBool::new(false);
+    q.push(chunk_of(&[b"ab", b"c"]), &stop);
+    q.push(chunk_of(&[b"defg"]), &stop);
+    let first = q.pop().unwrap();
+    let second_size = q.bytes();
+    assert!(second_size >= 4 + 8, "buffers counted: {second_size}");
+    assert_eq!(first.record(0), Some(&b"ab"[..]));
+    assert_eq!(first.record(1), Some(&b"c"[..]));
+    assert_eq!(first.record(2), None);
+    assert_eq!(q.pop().unwrap().record(0), Some(&b"defg"[..]));
+    assert!(q.pop().is_none());
+    assert_eq!((q.bytes(), q.full_waits()), (0, 0));
+    assert!(q.peak_bytes() >= 7);
+}
+
+#[test]
+fn a_full_queue_holds_the_pusher_until_there_is_room_and_counts_it() {
+    let first = chunk_of(&[b"12345678"]);
+    let cap = first.capacity();
+    let q = Arc::new(RecordQueue::new(cap));
+    let stop = Arc::new(AtomicBool::new(false));
+    q.push(first, &stop);
+    let (q2, stop2) = (Arc::clone(&q), Arc::clone(&stop));
+    let pusher = std::thread::spawn(move || q2.push(chunk_of(&[b"9"]), &stop2));
+    // The second chunk cannot be in before the first is out.
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(q.bytes(), cap, "bound held");
+    assert_eq!(q.pop().unwrap().record(0), Some(&b"12345678"[..]));
+    pusher.join().unwrap();
+    assert_eq!(q.pop().unwrap().record(0), Some(&b"9"[..]));
+    assert_eq!(q.full_waits(), 1);
+    assert_eq!(q.peak_bytes(), cap);
+}
+
+#[test]
+fn an_empty_queue_takes_a_chunk_larger_than_its_bound_and_stop_never_waits() {
+    let q = RecordQueue::new(4);
+    let stop = AtomicBool::new(false);
+    let big = chunk_of(&[b"0123456789"]);
+    let size = big.capacity();
+    q.push(big, &stop);
+    assert_eq!(q.bytes(), size);
+    stop.store(true, Ordering::Release);
+    // Over the bound, but the pump is stopping: kept, not dropped.
+    q.push(chunk_of(&[b"x"]), &stop);
+    assert_eq!(q.pop().unwrap().record(0), Some(&b"0123456789"[..]));
+    assert_eq!(q.pop().unwrap().record(0), Some(&b"x"[..]));
+    assert_eq!(q.full_waits(), 0);
+}
+
+/// A ring stand-in shared with the test, readable through a pipe.
+struct FakeRing {
+    records: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    fd: std::io::PipeReader,
+}
+
+impl RecordSource for FakeRing {
+    fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
+        match self.records.lock().unwrap().pop_front() {
+            Some(r) => {
+                buf.extend_from_slice(&r);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl AsFd for FakeRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Reads `n` records through `p`, waiting on its descriptor as the capture
+/// thread does.
+fn read_n(p: &mut Pumped<FakeRing>, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n && Instant::now() < deadline {
+        let mut buf = Vec::new();
+        if p.pop_into(&mut buf) {
+            out.push(buf);
+        } else {
+            wait_readable(p.ready_fd(), Duration::from_millis(20));
+        }
+    }
+    out
+}
+
+#[test]
+fn records_arrive_in_ring_order_through_the_pump_and_after_it_stopped() {
+    let records = Arc::new(Mutex::new(VecDeque::new()));
+    let (r, mut w) = std::io::pipe().unwrap();
+    // Always readable, as a ring with records is.
+    std::io::Write::write_all(&mut w, b"x").unwrap();
+    let ring = FakeRing {
+        records: Arc::clone(&records),
+        fd: r,
+    };
+    let want: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    records.lock().unwrap().extend(want[..2000].iter().cloned());
+    let mut p = start(ring, 1024, false).unwrap();
+    let mut got = read_n(&mut p, 1000);
+    records
+        .lock()
+        .unwrap()
+        .extend(want[2000..2500].iter().cloned());
+    got.extend(read_n(&mut p, 1500));
+    p.stop_pump();
+    // Written after the pump stopped: read from the ring itself.
+    records.lock().unwrap().extend(want[2500..].iter().cloned());
+    got.extend(read_n(&mut p, 500));
+    assert_eq!(got, want);
+    let mut buf = Vec::new();
+    assert!(!p.pop_into(&mut buf));
+    assert!(
+        p.queue().peak_bytes() <= 1024 + CHUNK.max_bytes + MAX_RECORD + 8 * CHUNK.max_records,
+        "bounded"
+    );
+}
