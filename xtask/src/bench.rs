@@ -531,8 +531,8 @@ fn per_hit_costs(measured: &[(&str, f64)]) {
         return;
     };
     println!(
-        "  --max-overhead costs, measured (calibrated in overhead.rs): trap {:.0} ns/hit (560), \
-         map work {:.0} ns/call (184), fp capture {:.0} ns (520), DWARF capture {:.0} ns (4460)",
+        "  --max-overhead costs, measured (calibrated in overhead.rs): trap {:.0} ns/hit (612), \
+         map work {:.0} ns/call (833), fp capture {:.0} ns (661), DWARF capture {:.0} ns (906)",
         (bare - none) / 3.0,
         (fp - bare) / 2.0,
         fp_exact - fp,
