@@ -21,6 +21,7 @@ pub mod push;
 pub mod record;
 pub mod report;
 pub mod resymbolize;
+pub mod selfmem;
 pub mod server;
 pub mod session;
 pub mod symbolize;

@@ -8,7 +8,9 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::child::{lines_of, number_after, spawn_target, wait_cpu, wait_for, Target};
+use crate::child::{
+    lines_of, number_after, rss_bound_mb, spawn_target, wait_cpu, wait_for, Target,
+};
 use crate::util::{build_c, build_heapscope, cargo, run, workspace_root};
 
 mod memleak;
@@ -82,6 +84,9 @@ struct Measurement {
     cpu_secs: Option<f64>,
     /// heapscope's peak resident set.
     peak_rss_mb: Option<f64>,
+    /// heapscope's memory bound at the most allocations it tracked (from
+    /// its report: 50 MB + 64 B per tracked allocation).
+    bound_mb: Option<f64>,
 }
 
 /// The allocators of the per-allocator rows: name and the Debian library
@@ -211,6 +216,7 @@ fn measure_with(
         // The readers end at EOF, now that heapscope has exited.
         let report: Vec<String> = report.iter().collect();
         m.lost = number_after(&report.join("\n"), "ring buffer lost:");
+        m.bound_mb = rss_bound_mb(&report.join("\n"));
     }
     writeln!(stdin, "exit")?;
     target.wait()?;
@@ -292,10 +298,15 @@ fn print_row(name: &str, runs: &[Measurement], none: &[f64], bare: &[f64]) {
         v.join("/")
     };
     line.push_str(&format!(
-        " {:>11} {:>11} {:>11}",
+        " {:>11} {:>11} {:>15}",
         join(&|m| m.lost.map(|v| v.to_string())),
         join(&|m| m.cpu_secs.map(|v| format!("{v:.1}"))),
-        join(&|m| m.peak_rss_mb.map(|v| format!("{v:.0}"))),
+        join(&|m| {
+            m.peak_rss_mb.map(|v| match m.bound_mb {
+                Some(b) => format!("{v:.0}<={b:.0}"),
+                None => format!("{v:.0}"),
+            })
+        }),
     ));
     println!("{line}");
 }
@@ -314,10 +325,11 @@ fn bench_table(
         "malloc(64)/free pairs, {pairs} per thread; ns per pair in the target threads' CPU time \
          (user + kernel: probe handling is charged there) and wall time; ratios of the CPU \
          time to no profiler and to bare probes of the same run; lost ring-buffer records, \
-         heapscope CPU seconds and peak RSS (MB) at 1/2 threads"
+         heapscope CPU seconds and peak RSS/its bound (MB; bound: 50 MB + 64 B per tracked \
+         allocation) at 1/2 threads"
     );
     println!(
-        "  {:<34} {:>8} {:>7} {:>7} {:>6} {:>8} {:>7} {:>7} {:>6} {:>11} {:>11} {:>11}",
+        "  {:<34} {:>8} {:>7} {:>7} {:>6} {:>8} {:>7} {:>7} {:>6} {:>11} {:>11} {:>15}",
         "mode",
         "1t cpu",
         "wall",
@@ -329,7 +341,7 @@ fn bench_table(
         "xbare",
         "lost",
         "CPU s",
-        "RSS MB"
+        "RSS/bound MB"
     );
     let modes: Vec<&Mode> = MODES
         .iter()

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result};
 
-use crate::child::{lines_of, number_after, spawn_target, wait_cpu, wait_for, Target};
+use crate::child::{
+    lines_of, number_after, rss_bound_mb, spawn_target, wait_cpu, wait_for, Target,
+};
 use crate::util::build_c;
 
 /// (label, threads, mode) of each row.
@@ -58,10 +60,12 @@ pub fn bench_load(heapscope: &Path, seconds: u64) -> Result<()> {
         let report: Vec<String> = report.iter().collect();
         let lost = number_after(&report.join("\n"), "ring buffer lost:");
         let allocs = number_after(&report.join("\n"), "allocations seen:");
+        let bound = rss_bound_mb(&report.join("\n"));
         println!(
-            "  {label:<28} {rate:>10} allocs/s  {} allocations, lost {}  heapscope CPU {cpu:.2}s  peak RSS {rss_mb:.0} MB",
+            "  {label:<28} {rate:>10} allocs/s  {} allocations, lost {}  heapscope CPU {cpu:.2}s  peak RSS {rss_mb:.0} MB (bound {} MB)",
             allocs.map_or("?".to_string(), |a| a.to_string()),
             lost.map_or("?".to_string(), |l| l.to_string()),
+            bound.map_or("?".to_string(), |b| format!("{b:.1}")),
         );
         writeln!(stdin, "exit")?;
         target.wait()?;

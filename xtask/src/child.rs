@@ -52,6 +52,14 @@ pub(crate) fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
     ))
 }
 
+/// heapscope's memory bound from its report's line `peak RSS: X MB (...),
+/// bound Y MB at ...`, in MB.
+pub(crate) fn rss_bound_mb(report: &str) -> Option<f64> {
+    let line = report.lines().find(|l| l.trim().starts_with("peak RSS:"))?;
+    let after = line.split("bound ").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
 pub(crate) fn number_after(text: &str, prefix: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         l.trim()

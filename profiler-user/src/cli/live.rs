@@ -344,6 +344,7 @@ fn finish(common: &CommonArgs, result: &SessionResult) -> Result<()> {
         }
         write_ages(common, result, &mut out)?;
         write_processes(result, &mut out)?;
+        result.memory.write(&mut out)?;
         out.flush()?;
         Ok(())
     });

@@ -162,6 +162,8 @@ pub struct SessionResult {
     pub processes: Vec<tree::ProcessLive>,
     /// What `--max-overhead` did, when it was given.
     pub overhead: Option<crate::overhead::OverheadSummary>,
+    /// heapscope's own memory against its bound.
+    pub memory: crate::selfmem::SelfMemory,
 }
 
 impl SessionResult {

@@ -63,6 +63,8 @@ struct Worker {
     exited: Vec<u32>,
     /// When a process's map was last read for the probes' request.
     layout_read: Option<Instant>,
+    /// heapscope's own RSS against its bound, read every tick.
+    memory: crate::selfmem::SelfMemory,
 }
 
 impl Worker {
@@ -147,6 +149,9 @@ impl Worker {
             self.timeline.add_site(info.clone());
         }
         self.timeline.push(tick.clone());
+        // After the tick's symbolization and snapshot, its largest moment.
+        self.memory
+            .observe_self(t_ms, self.cap.samples.live_samples() as u64);
         self.outputs.tick(&TickUpdate {
             new_sites: &new_sites,
             tick: &tick,
@@ -251,6 +256,7 @@ pub(super) fn run(
         reprobe: opts.reprobe.clone(),
         exited: Vec::new(),
         layout_read: None,
+        memory: crate::selfmem::SelfMemory::default(),
     };
     // The allocator's code ranges go in before "attached" is announced: a
     // call the allocator makes on its own right after (an arena created in a
@@ -495,7 +501,9 @@ pub(super) fn run(
     // last rate (each sample carries its own weight, so sums stay unbiased).
     let sample_rate = w.guard.as_ref().map_or(opts.sample_rate, |g| g.rate());
     let overhead = w.guard.as_ref().map(|g| g.summary(opts.sample_rate));
+    w.memory.finish();
     Ok(SessionResult {
+        memory: w.memory,
         overhead,
         timeline: w.timeline,
         meta: ProfileMeta {
