@@ -341,9 +341,20 @@ pub(super) fn run(
         w.cap.refresh();
     }
     phases.mark("maps refreshed");
-    // Records already in the ring describe calls made before the stop:
-    // apply them, for a bounded time, so that a sample's free is not left
-    // behind its allocation (a sampled block would stay live for good).
+    // Counting stops first, in every program at once, so that the counters
+    // (read one at a time), the call sites and the live map describe one
+    // moment, and the ring stops filling.
+    match w.probes.disarm() {
+        Ok(()) => settle(&w.probes),
+        Err(e) => w.warn(format!(
+            "stopping the count before the last snapshot: {e}; its counters were read \
+             while the target ran and may disagree by a few calls"
+        )),
+    }
+    phases.mark("counting stopped");
+    // Records already in the ring describe calls made before that: apply
+    // them, for a bounded time, so that a sample's free is not left behind
+    // its allocation (a sampled block would stay live for good).
     // The pump goes first (what it took is still applied, then the ring is
     // read directly): the backlog is then read at this thread's priority.
     w.cap.events.source_mut().stop_pump();
@@ -354,15 +365,6 @@ pub(super) fn run(
     // takes a while (one probe at a time), and calls made meanwhile would see
     // some probes and not others (entries without returns, frees of
     // allocations never seen). What happens during the detach is not counted.
-    // Counting stops first, in every program at once, so that the counters
-    // (read one at a time) and the call sites describe one moment.
-    match w.probes.disarm() {
-        Ok(()) => settle(&w.probes),
-        Err(e) => w.warn(format!(
-            "stopping the count before the last snapshot: {e}; its counters were read \
-             while the target ran and may disagree by a few calls"
-        )),
-    }
     let end_ms = t_ms();
     let snap = w.snapshot(end_ms)?;
     w.tick(end_ms, &snap, true)?;
