@@ -122,3 +122,85 @@ fn live_heap(report: &str) -> (u64, u64) {
         .expect("blocks");
     (bytes, blocks)
 }
+
+/// A sampled start (every 64 B on average, DWARF stacks: the captures are a
+/// cost the guard can cut) under a 2% budget, recorded: the guard samples
+/// less while the fixture spins, steps back to the user's rate once it is
+/// light, and the recording read back says both, in text and in
+/// `report --json`.
+#[test]
+fn a_recording_keeps_the_guards_windows() {
+    if !root_or_skip("a_recording_keeps_the_guards_windows") {
+        return;
+    }
+    let bin = fixture("bench_pairs", "fp", &["-O2", "-pthread"]);
+    let file = scratch("a_recording_keeps_the_guards_windows").join("guard.rec");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["spin", &THREADS.to_string()]);
+    let mut fx = start_command(cmd);
+    let mut a = attach(
+        fx.pid,
+        &[
+            "--sample-rate",
+            "64",
+            "--max-overhead",
+            "2",
+            "--record",
+            file.to_str().expect("utf8"),
+        ],
+    );
+    wait_for(&a.stderr, "sampling lowered from 1 per 64 B", &mut a.seen);
+    writeln!(fx.stdin, "light").expect("calm the fixture");
+    wait_for(&fx.lines, "light", &mut Vec::new());
+    wait_for(&a.stderr, "sampling raised back", &mut a.seen);
+    wait_for(&a.stderr, "sampling 1 per 64 B", &mut a.seen);
+    interrupt(&a.child);
+    let (code, _report, stderr) = finish(a);
+    writeln!(fx.stdin, "exit").expect("release fixture");
+    let _ = fx.child.wait();
+    assert_eq!(code, 0, "{stderr}");
+
+    let out = std::process::Command::new(heapscope())
+        .args(["report", "--json"])
+        .arg(&file)
+        .output()
+        .expect("run heapscope report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let g = &doc["overhead_guard"];
+    assert_eq!(g["budget_percent"], 2.0, "{g:#}");
+    assert_eq!(g["start_rate"], 64, "{g:#}");
+    assert_eq!(g["current_rate"], 64, "the user's rate again: {g:#}");
+    let kinds: Vec<&str> = g["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    let less = kinds.iter().position(|k| *k == "sampled_less");
+    let more = kinds.iter().rposition(|k| *k == "sampled_more");
+    assert!(less.is_some() && more.is_some() && less < more, "{g:#}");
+    assert!(
+        g["coarsest_rate"].as_u64().is_some_and(|r| r >= 256),
+        "{g:#}"
+    );
+    assert!(g["estimated_from_ms"].as_u64().is_some(), "{g:#}");
+
+    let out = std::process::Command::new(heapscope())
+        .arg("report")
+        .arg(&file)
+        .output()
+        .expect("run heapscope report");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("overhead guard (--max-overhead 2%)")
+            && text.contains("sampling lowered from 1 per 64 B to 1 per 256 B")
+            && text.contains("sampling raised back from")
+            && text.contains("sampling 1 per 64 B now"),
+        "{text}"
+    );
+}

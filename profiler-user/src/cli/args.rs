@@ -68,8 +68,9 @@ pub struct CommonArgs {
     #[arg(long)]
     pub exact: bool,
     /// Keep the probes' estimated CPU cost below PCT percent of the target's
-    /// CPU time: above it, sample less (fewer stack captures); said in the
-    /// status line and the report.
+    /// CPU time: above it, sample less (fewer stack captures); well under it
+    /// again, step back toward the given rate; said in the status line and
+    /// the report.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
     /// Profile only the given processes, not their children (by default
