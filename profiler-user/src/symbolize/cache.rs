@@ -69,9 +69,9 @@ fn load_dwarf<'data, O: Object<'data>>(
     let sup_file = sup_path.as_ref().and_then(|p| File::open(p).ok());
     let sup_cache = sup_file.map(ReadCache::new);
     let sup = sup_cache.as_ref().and_then(|c| object::File::parse(c).ok());
-    let loaded = match &sup {
-        Some(sup) => DwarfInfo::load_with_sup(obj, sup),
-        None => DwarfInfo::load(obj),
+    let loaded = match (&sup, &sup_path) {
+        (Some(sup), Some(sup_path)) => DwarfInfo::load_with_sup((obj, path), (sup, sup_path)),
+        _ => DwarfInfo::load(obj, path),
     };
     match loaded {
         Ok(d) => Some(d),
@@ -133,6 +133,13 @@ impl LoadedModule {
             dwarf,
             debug_file: Some(debug_path),
             build_id,
+        }
+    }
+
+    /// Drops the debug-section pages lookups read from the resident set.
+    pub(crate) fn release_pages(&self) {
+        if let Some(d) = &self.dwarf {
+            d.release_pages();
         }
     }
 

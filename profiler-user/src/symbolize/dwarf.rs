@@ -14,8 +14,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use gimli::Reader as _;
 use object::{Object, ObjectSection};
@@ -23,33 +23,16 @@ use object::{Object, ObjectSection};
 use super::demangle;
 use super::dwarf_units::{ParsedUnit, UnitCache};
 
-pub(super) type Reader = gimli::EndianReader<gimli::RunTimeEndian, SectionBytes>;
-
-/// One section's bytes, shared by the readers into it. An `Arc<Vec<u8>>`
-/// rather than an `Arc<[u8]>`: a decompressed section is kept as the
-/// decompressor wrote it, where `Arc<[u8]>` would copy it (libc's
-/// `.debug_info` is 5.8 MB decompressed: the copy was the load's peak).
-#[derive(Clone, Debug)]
-pub(super) struct SectionBytes(Arc<Vec<u8>>);
-
-impl std::ops::Deref for SectionBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-// SAFETY: the bytes live in the Vec's heap buffer, which neither moving the
-// `SectionBytes` nor cloning the `Arc` moves, and which is never mutated or
-// reallocated (no `&mut` to the Vec is ever handed out once it is shared).
-unsafe impl gimli::StableDeref for SectionBytes {}
-// SAFETY: clones share the same buffer (see above), so they deref to the
-// same address.
-unsafe impl gimli::CloneStableDeref for SectionBytes {}
+pub(super) use super::dwarf_sections::Reader;
+use super::dwarf_sections::{Pages, Sections};
 
 /// Looked-up addresses kept per module (their frames), so a site seen at
 /// every tick is not looked up again: about 200 B each.
 const MAX_CACHED_ADDRS: usize = 4096;
+
+/// Units indexed between two releases of the pages they touched (each
+/// header read touches a page; libc's 4,126 units span 5.8 MB).
+const INDEX_RELEASE_EVERY: usize = 256;
 
 /// Why DWARF of a file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +41,7 @@ pub(crate) enum DwarfError {
     Section {
         section: &'static str,
         #[source]
-        source: object::Error,
+        source: std::io::Error,
     },
     #[error("malformed DWARF")]
     Parse(#[from] gimli::Error),
@@ -89,7 +72,12 @@ struct UnitIndex {
 impl UnitIndex {
     /// Indexes the units of `dwarf`; address ranges only when `with_ranges`
     /// (a dwz supplement holds partial units only, looked up by offset).
-    fn build(dwarf: &gimli::Dwarf<Reader>, with_ranges: bool) -> Result<UnitIndex, gimli::Error> {
+    /// `release` is called every [`INDEX_RELEASE_EVERY`] units.
+    fn build(
+        dwarf: &gimli::Dwarf<Reader>,
+        with_ranges: bool,
+        release: &dyn Fn(),
+    ) -> Result<UnitIndex, gimli::Error> {
         let mut aranges: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
         if with_ranges {
             let mut headers = dwarf.debug_aranges.headers();
@@ -144,6 +132,9 @@ impl UnitIndex {
             }
             index.offsets.push(offset.0);
             index.headers.push(header);
+            if index.headers.len().is_multiple_of(INDEX_RELEASE_EVERY) {
+                release();
+            }
         }
         index.ranges.sort_unstable();
         let mut max = 0;
@@ -190,6 +181,8 @@ type AddrCache = HashMap<u64, (Rc<[SourceFrame]>, u64)>;
 /// The DWARF of one module (from the module itself or its debug file).
 pub(crate) struct DwarfInfo {
     dwarf: gimli::Dwarf<Reader>,
+    /// The mapped sections of the file (and of its supplement).
+    pages: Vec<Pages>,
     index: UnitIndex,
     /// The units of the dwz supplement, if any (`dwarf.sup`).
     sup_index: Option<UnitIndex>,
@@ -206,66 +199,28 @@ pub(crate) fn has_dwarf<'data, O: Object<'data>>(obj: &O) -> bool {
         .is_some_and(|s| s.size() > 0 && s.file_range().is_some())
 }
 
-/// True for the sections a lookup reads.
-fn needed(id: gimli::SectionId) -> bool {
-    use gimli::SectionId as S;
-    matches!(
-        id,
-        S::DebugAbbrev
-            | S::DebugAddr
-            | S::DebugAranges
-            | S::DebugInfo
-            | S::DebugLine
-            | S::DebugLineStr
-            | S::DebugStr
-            | S::DebugStrOffsets
-            | S::DebugRanges
-            | S::DebugRngLists
-    )
-}
-
-/// Copies (and decompresses) one section; a missing or unneeded one is empty.
-fn section_data<'data, O: Object<'data>>(
+/// Reads the sections of `obj` (the file at `path`) a lookup reads.
+fn load_sections<'data, O: Object<'data>>(
     obj: &O,
-    id: gimli::SectionId,
-    endian: gimli::RunTimeEndian,
-) -> Result<Reader, DwarfError> {
-    let name = id.name();
-    let data: Vec<u8> = match obj.section_by_name(name) {
-        // NOBITS sections (stripped into a debug file) have no bytes.
-        Some(section) if needed(id) && section.file_range().is_some() => section
-            .uncompressed_data()
-            .map_err(|source| DwarfError::Section {
-                section: name,
-                source,
-            })?
-            .into_owned(),
-        _ => Vec::new(),
-    };
-    Ok(gimli::EndianReader::new(
-        SectionBytes(Arc::new(data)),
-        endian,
-    ))
-}
-
-/// Loads the DWARF sections of `obj` a lookup reads into a [`gimli::Dwarf`].
-fn load_sections<'data, O: Object<'data>>(obj: &O) -> Result<gimli::Dwarf<Reader>, DwarfError> {
-    let endian = if obj.is_little_endian() {
-        gimli::RunTimeEndian::Little
-    } else {
-        gimli::RunTimeEndian::Big
-    };
-    gimli::Dwarf::load(|id| section_data(obj, id, endian))
+    path: &Path,
+) -> Result<(gimli::Dwarf<Reader>, Pages), DwarfError> {
+    let sections = Sections::read(obj, path)
+        .map_err(|(section, source)| DwarfError::Section { section, source })?;
+    let dwarf = gimli::Dwarf::load(|id| Ok::<_, DwarfError>(sections.reader(id)))?;
+    Ok((dwarf, sections.pages()))
 }
 
 impl DwarfInfo {
-    fn new(dwarf: gimli::Dwarf<Reader>) -> Result<DwarfInfo, DwarfError> {
-        let index = UnitIndex::build(&dwarf, true)?;
+    fn new(dwarf: gimli::Dwarf<Reader>, pages: Vec<Pages>) -> Result<DwarfInfo, DwarfError> {
+        let release = || pages.iter().for_each(Pages::release);
+        let index = UnitIndex::build(&dwarf, true, &release)?;
         let sup_index = match dwarf.sup() {
-            Some(sup) => Some(UnitIndex::build(sup, false)?),
+            Some(sup) => Some(UnitIndex::build(sup, false, &release)?),
             None => None,
         };
+        release();
         Ok(DwarfInfo {
+            pages,
             dwarf,
             index,
             sup_index,
@@ -275,20 +230,31 @@ impl DwarfInfo {
         })
     }
 
-    /// Reads the DWARF of `obj`.
-    pub(crate) fn load<'data, O: Object<'data>>(obj: &O) -> Result<DwarfInfo, DwarfError> {
-        DwarfInfo::new(load_sections(obj)?)
+    /// Reads the DWARF of `obj` (the file at `path`).
+    pub(crate) fn load<'data, O: Object<'data>>(
+        obj: &O,
+        path: &Path,
+    ) -> Result<DwarfInfo, DwarfError> {
+        let (dwarf, pages) = load_sections(obj, path)?;
+        DwarfInfo::new(dwarf, vec![pages])
     }
 
     /// Reads the DWARF of `obj` whose shared parts dwz moved into `sup` (the
     /// file named by `.gnu_debugaltlink`).
     pub(crate) fn load_with_sup<'a, 'b, O: Object<'a>, S: Object<'b>>(
-        obj: &O,
-        sup: &S,
+        (obj, path): (&O, &Path),
+        (sup, sup_path): (&S, &Path),
     ) -> Result<DwarfInfo, DwarfError> {
-        let mut dwarf = load_sections(obj)?;
-        dwarf.set_sup(load_sections(sup)?);
-        DwarfInfo::new(dwarf)
+        let (mut dwarf, pages) = load_sections(obj, path)?;
+        let (sup, sup_pages) = load_sections(sup, sup_path)?;
+        dwarf.set_sup(sup);
+        DwarfInfo::new(dwarf, vec![pages, sup_pages])
+    }
+
+    /// Drops the section pages lookups touched from heapscope's resident
+    /// memory (after a batch of lookups; see [`super::dwarf_sections`]).
+    pub(crate) fn release_pages(&self) {
+        self.pages.iter().for_each(Pages::release);
     }
 
     /// Parsed units dropped to stay within the cache's bytes (each is parsed

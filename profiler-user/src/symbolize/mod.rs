@@ -19,6 +19,7 @@
 mod cache;
 mod debuginfo;
 mod dwarf;
+mod dwarf_sections;
 mod dwarf_units;
 mod elf;
 
@@ -391,13 +392,16 @@ impl Symbolizer {
             Ok(m) => m,
             Err(reason) => return addrs.iter().map(|a| unknown(a, reason)).collect(),
         };
-        addrs
+        let out = addrs
             .iter()
             .map(|addr| match loaded.lookup(&module.name, *addr) {
                 Ok(frames) => Symbolized::Frames(frames),
                 Err(reason) => unknown(addr, reason),
             })
-            .collect()
+            .collect();
+        // The debug-section pages this batch read leave the resident set.
+        loaded.release_pages();
+        out
     }
 
     /// Parsed DWARF units dropped to keep each module's cache within its
