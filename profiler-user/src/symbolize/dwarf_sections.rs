@@ -192,6 +192,15 @@ impl Sections {
         obj: &O,
         path: &Path,
     ) -> Result<Sections, (&'static str, std::io::Error)> {
+        Sections::read_into(obj, path, temp_file())
+    }
+
+    /// [`Sections::read`] into `temp` (mapped), or into the heap without one.
+    fn read_into<'data, O: Object<'data>>(
+        obj: &O,
+        path: &Path,
+        temp: Option<File>,
+    ) -> Result<Sections, (&'static str, std::io::Error)> {
         let endian = if obj.is_little_endian() {
             gimli::RunTimeEndian::Little
         } else {
@@ -207,7 +216,7 @@ impl Sections {
             })
             .collect();
         let mut spans = Vec::new();
-        if let Some(file) = temp_file() {
+        if let Some(file) = temp {
             let mut out = BufWriter::with_capacity(64 << 10, &file);
             let mut at = 0usize;
             for (id, s) in &present {
@@ -296,5 +305,40 @@ impl Pages {
             // its contents are the file's, read again on the next access.
             unsafe { libc::madvise(m.ptr, m.len, libc::MADV_DONTNEED) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test binary's own (uncompressed) DWARF, read both ways.
+    #[test]
+    fn mapped_and_heap_sections_hold_the_same_bytes() {
+        let path = std::env::current_exe().unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let info = obj.section_by_name(".debug_info").unwrap();
+        let expected = info.uncompressed_data().unwrap();
+        let mapped = Sections::read_into(&obj, &path, temp_file()).unwrap();
+        assert!(
+            matches!(*mapped.backing, Backing::Mapped(_)),
+            "/tmp is a disk here"
+        );
+        let heap = Sections::read_into(&obj, &path, None).unwrap();
+        assert!(matches!(*heap.backing, Backing::Heap(_)));
+        for s in [&mapped, &heap] {
+            let r = s.reader(gimli::SectionId::DebugInfo);
+            assert_eq!(r.bytes(), &*expected);
+            assert!(
+                s.reader(gimli::SectionId::DebugLocLists).is_empty(),
+                "not needed"
+            );
+        }
+        mapped.pages().release();
+        assert_eq!(
+            mapped.reader(gimli::SectionId::DebugInfo).bytes(),
+            &*expected
+        );
     }
 }
