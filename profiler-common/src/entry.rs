@@ -365,6 +365,26 @@ pub fn requested(kind: AllocKind, args: [u64; 3]) -> Option<Request> {
     Some(Request { size, old })
 }
 
+/// Whether a uprobe-session entry of `kind` may skip the return of an
+/// unsampled outermost call (counting it at entry only). Only calls that
+/// never enter another probed heap entry point on the way: skipped, such a
+/// call leaves nothing pending, so the inner call would be counted (and
+/// drawn for a sample) a second time. glibc's `realloc(NULL, n)` tail-calls
+/// `malloc`, `realloc(p, 0)` calls `free`, the memalign family may call
+/// `malloc`; `realloc(p, n)` of an untracked block grows or moves it with
+/// the allocator's internal functions.
+pub fn may_skip_return(kind: AllocKind, req: Request) -> bool {
+    match kind {
+        AllocKind::Malloc
+        | AllocKind::Calloc
+        | AllocKind::New
+        | AllocKind::NewArray
+        | AllocKind::Mallocx => true,
+        AllocKind::Realloc | AllocKind::Rallocx => req.old != 0 && req.size != 0,
+        _ => false,
+    }
+}
+
 fn alloc(ret: u64, size: u64) -> Outcome {
     if ret == 0 {
         Outcome::Failed

@@ -14,8 +14,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    atomic_add, bump, config_u32, wake_flags, EVENTS, LIVE, SITES, STACK_MODE, STACK_SCRATCH,
-    STACK_TABLE,
+    atomic_add, bump, config_u32, tracked_add, wake_flags, EVENTS, LIVE, SITES, STACK_MODE,
+    STACK_SCRATCH, STACK_TABLE,
 };
 use crate::sample::{emit_sample, estimate_drawn, sample, sample_header};
 
@@ -164,7 +164,9 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
         bump(unknown, 1);
         return;
     };
-    let _ = LIVE.remove(&key);
+    if LIVE.remove(&key).is_ok() {
+        tracked_add(ptr, u64::MAX);
+    }
     bump(counter::FREES, 1);
     bump(counter::FREE_BYTES, a.size);
     match a.stack_id {
@@ -262,6 +264,7 @@ fn record_alloc(
             return;
         }
     }
+    tracked_add(ptr, 1);
     bump(counter::ALLOCS, 1);
     bump(counter::ALLOC_BYTES, size);
     if est.is_none() {

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use profiler_common::nesting::AllocLayout;
 use profiler_common::{
@@ -99,10 +99,97 @@ pub(crate) static EXP_TABLE: Array<u32> = Array::with_max_entries(TABLE_LEN, 0);
 #[map]
 pub(crate) static WEIGHT_TABLE: Array<u32> = Array::with_max_entries(TABLE_LEN, 0);
 
-/// Bytes left until the next sample, per thread.
+/// Bytes left until the next sample, per CPU (0: not started). A per-CPU
+/// countdown over the bytes allocated on that CPU is as unbiased as a
+/// per-thread one (the intervals are memoryless, so whose bytes come next
+/// does not matter) and costs an array slot instead of an LRU hash lookup
+/// per call; a fresh thread never starts a countdown of its own.
 #[map]
-pub(crate) static SAMPLER: LruHashMap<u32, i64> =
-    LruHashMap::with_max_entries(defaults::INFLIGHT_ENTRIES, 0);
+pub(crate) static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1 when the allocation entry points may go in as uprobe sessions
+/// (`--sessions`), set by userspace at load time: frees then first ask
+/// `TRACKED` whether their block can be tracked at all, and threads with
+/// pending calls are counted in `PENDING_THREADS`.
+#[unsafe(no_mangle)]
+pub(crate) static SESSIONS: u32 = 0;
+
+/// True in session mode (see `SESSIONS`).
+#[inline(always)]
+pub(crate) fn sessions() -> bool {
+    config_u32(&SESSIONS) != 0
+}
+
+/// Slots of `TRACKED` (a power of two).
+const TRACKED_SLOTS: u32 = 1 << 15;
+
+/// In session mode, a counting filter over the live map: how many blocks
+/// in `LIVE` hash to each slot (by pointer). Only sampled blocks are
+/// tracked there, so most frees find their slot at 0 and stop, without the
+/// live-map lookup (a cache miss in a table of a million buckets), the
+/// return-address read and the nesting judgement. Counts only ever err
+/// high (an entry userspace removed stays counted): a slot at 0 means no
+/// tracked block.
+#[map]
+pub(crate) static TRACKED: Array<u64> = Array::with_max_entries(TRACKED_SLOTS, 0);
+
+#[inline(always)]
+fn tracked_slot(ptr: u64) -> u32 {
+    // Fibonacci hashing of the pointer without its alignment bits.
+    ((ptr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 49) as u32 & (TRACKED_SLOTS - 1)
+}
+
+/// False when no tracked block can be at `ptr` (session mode only; always
+/// true otherwise).
+#[inline(always)]
+pub(crate) fn maybe_tracked(ptr: u64) -> bool {
+    if !sessions() {
+        return true;
+    }
+    TRACKED.get(tracked_slot(ptr)).is_none_or(|n| *n != 0)
+}
+
+/// Counts a block put into (`by` = 1) or taken out of (`by` = u64::MAX,
+/// i.e. -1) the live map, in session mode.
+#[inline(always)]
+pub(crate) fn tracked_add(ptr: u64, by: u64) {
+    if !sessions() {
+        return;
+    }
+    if let Some(p) = TRACKED.get_ptr_mut(tracked_slot(ptr)) {
+        // SAFETY: `p` points at a live, aligned u64 map value.
+        unsafe { atomic_add(p, by) };
+    }
+}
+
+/// In session mode, how many threads have a pending call in `INFLIGHT`
+/// (each thread adds 1 as its count leaves 0 and takes it back as it
+/// returns to 0; an entry userspace prunes stays counted, erring high).
+/// While it is 0 no thread can be inside a kept call, and a session entry
+/// skips the `INFLIGHT` lookup.
+#[map]
+pub(crate) static PENDING_THREADS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Adjusts `PENDING_THREADS` for a thread whose pending count goes from
+/// `old` to `new`.
+#[inline(always)]
+pub(crate) fn pending_moved(old: u32, new: u32) {
+    if !sessions() || (old == 0) == (new == 0) {
+        return;
+    }
+    if let Some(p) = PENDING_THREADS.get_ptr_mut(0) {
+        let by = if new == 0 { u64::MAX } else { 1 };
+        // SAFETY: `p` points at a live, aligned u64 map value.
+        unsafe { atomic_add(p, by) };
+    }
+}
+
+/// False when no thread has a pending call (session mode only; always true
+/// otherwise).
+#[inline(always)]
+pub(crate) fn any_pending() -> bool {
+    !sessions() || PENDING_THREADS.get(0).is_none_or(|n| *n != 0)
+}
 
 /// Hash maps are allocated as they fill (`BPF_F_NO_PREALLOC`): preallocating
 /// a million live entries and 65,536 per-CPU sites took 0.5 s of every attach

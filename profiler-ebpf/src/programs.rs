@@ -12,16 +12,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    counter, entry::requested, AllocKind, EntrySpec, EventKind, LiveKey, KFUNC_SESSION_IS_RETURN,
-    STACK_NONE,
+    counter,
+    entry::{may_skip_return, requested},
+    AllocKind, EntrySpec, EventKind, LiveKey, KFUNC_SESSION_IS_RETURN, STACK_NONE,
 };
 
 use crate::live::{
     account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
 };
-use crate::maps::{armed, bump, LIVE};
+use crate::maps::{armed, bump, maybe_tracked, LIVE};
 use crate::sample::sample;
-use crate::thread::{enter, judge_entry_only, leave, outermost_program_call, EntryOnly};
+use crate::thread::{enter, judge_entry_only, leave, thread_has_pending, EntryOnly};
 
 #[inline(always)]
 fn tgid() -> u32 {
@@ -96,6 +97,13 @@ fn entry_of(ctx: &ProbeContext, spec: EntrySpec, args: [u64; 3]) {
             if args[0] == 0 || !armed() {
                 return;
             }
+            if !maybe_tracked(args[0]) {
+                // Session mode, and no tracked block there: whoever frees
+                // it, nothing tracked changes (an unsampled block's free,
+                // or one from before attach).
+                bump(counter::FREES_UNKNOWN, 1);
+                return;
+            }
             match judge_entry_only(ctx) {
                 EntryOnly::Program => record_free(tgid(), args[0]),
                 EntryOnly::Allocator => record_allocator_free(tgid(), args[0]),
@@ -132,7 +140,11 @@ fn return_of(ctx: &RetProbeContext) {
     if !armed() {
         return;
     }
-    let Some(kind) = AllocKind::from_u32(st.kind) else {
+    // Read once, through a volatile load: LLVM otherwise reloads the kind
+    // from its spill slot after checking it, and the verifier sees an
+    // unchecked table index.
+    // SAFETY: a volatile read of a local.
+    let Some(kind) = AllocKind::from_u32(unsafe { core::ptr::read_volatile(&st.kind) }) else {
         return;
     };
     let outcome = profiler_common::entry::outcome(kind, [st.arg0, st.arg1, st.arg2], ctx.ret());
@@ -185,11 +197,16 @@ fn session(ctx: ProbeContext) -> u32 {
         entry_of(&ctx, spec, args);
         return 0;
     };
-    if spec.pool || !armed() || !outermost_program_call(&ctx) {
+    // Kept whole: pool calls, calls before arming, calls that may enter
+    // another entry point, and any call while the thread has a pending one
+    // (it may be nested in it). The rest is the program's outermost call:
+    // the common case costs no return-address read, no per-thread lookup
+    // while no thread has a pending call, and no clock read.
+    if spec.pool || !armed() || !may_skip_return(spec.kind, req) || thread_has_pending() {
         enter(&ctx, spec.kind, args, spec.pool, 0);
         return 0;
     }
-    if req.old != 0 {
+    if req.old != 0 && maybe_tracked(req.old) {
         let key = LiveKey {
             tgid: tgid(),
             _pad: 0,

@@ -2,8 +2,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_task, bpf_get_prandom_u32, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
     },
     programs::RetProbeContext,
 };
@@ -13,8 +13,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    bump, config_u32, sample_rate, wake_flags, EVENTS, EXP_TABLE, SAMPLER, STACK_COPY, STACK_ENDS,
-    WEIGHT_TABLE,
+    bump, config_u32, sample_rate, wake_flags, COUNTDOWN, EVENTS, EXP_TABLE, STACK_COPY,
+    STACK_ENDS, WEIGHT_TABLE,
 };
 
 /// Byte offsets (from the kernel's BTF) of task_struct.utask,
@@ -91,16 +91,15 @@ pub(crate) fn sample(size: u64) -> Option<(u64, u64)> {
     if rate == 0 {
         return Some((size, COUNT_SCALE));
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let left = match SAMPLER.get_ptr_mut(tid) {
-        Some(p) => p,
-        None => {
-            let _ = SAMPLER.insert(tid, next_interval(rate), 0);
-            SAMPLER.get_ptr_mut(tid)?
-        }
-    };
-    // SAFETY: the entry belongs to this thread, which is here.
+    let left = COUNTDOWN.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; the program runs with migration disabled.
+    // (Only a preempting program on the same CPU could interleave, with
+    // kernel preemption on: a lost update shifts one interval, no bias.)
     unsafe {
+        if *left == 0 {
+            // Not started on this CPU yet.
+            *left = next_interval(rate);
+        }
         match sampling::countdown(*left, size) {
             Some(rest) => {
                 *left = rest;

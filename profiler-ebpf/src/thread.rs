@@ -12,7 +12,9 @@ use profiler_common::{
     AllocKind, Inflight, PendingCalls,
 };
 
-use crate::maps::{armed, bump, EMPTY_CALLS, INFLIGHT, LAYOUTS, LAYOUT_WANTED};
+use crate::maps::{
+    any_pending, armed, bump, pending_moved, EMPTY_CALLS, INFLIGHT, LAYOUTS, LAYOUT_WANTED,
+};
 
 /// The stack pointer of the probed context.
 #[inline(always)]
@@ -68,6 +70,13 @@ fn internal(l: Option<&AllocLayout>, ra: Option<u64>) -> bool {
 fn slot(i: u32) -> usize {
     // SAFETY: a volatile read of a local.
     unsafe { core::ptr::read_volatile(&i) as usize }
+}
+
+/// Sets the thread's count of pending calls (see `PENDING_THREADS`).
+#[inline(always)]
+fn set_n(s: &mut PendingCalls, n: u32) {
+    pending_moved(s.n, n);
+    s.n = n;
 }
 
 /// The thread's pending calls, `n` bounded for the verifier.
@@ -129,7 +138,8 @@ fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
     if j.stale > 0 {
         if let Some(p) = p {
             // SAFETY: as above.
-            unsafe { (*p).n = pending_n(&*p).saturating_sub(j.stale) };
+            let s = unsafe { &mut *p };
+            set_n(s, pending_n(s).saturating_sub(j.stale));
         }
         bump(counter::INFLIGHT_STALE, u64::from(j.stale));
     }
@@ -166,7 +176,7 @@ fn push(tid: u64, call: &Inflight) {
     match s.calls.get_mut(slot(n)) {
         Some(slot) => {
             *slot = *call;
-            s.n = n + 1;
+            set_n(s, n + 1);
         }
         // Signal handlers nested deeper than the stack holds.
         None => bump(counter::INFLIGHT_FULL, 1),
@@ -217,19 +227,20 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: b
     push(tid, &call);
 }
 
-/// True when a call entering now is the program's own outermost call, as
-/// far as a session entry needs to know to skip its return: the thread has
-/// no pending call, and the caller is not the allocator's own code.
+/// True when the current thread has a pending (kept) allocator call: a
+/// call entering now may be nested in it. Asks `INFLIGHT` only while some
+/// thread has one (see `PENDING_THREADS`).
 #[inline(always)]
-pub(crate) fn outermost_program_call(ctx: &ProbeContext) -> bool {
-    let tid = bpf_get_current_pid_tgid();
-    if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
-        // SAFETY: the entry is only touched by its own thread, which is here.
-        if pending_n(unsafe { &*p }) > 0 {
-            return false;
-        }
+pub(crate) fn thread_has_pending() -> bool {
+    if !any_pending() {
+        return false;
     }
-    !internal(layout(), return_address(sp_of(ctx.regs)))
+    let tid = bpf_get_current_pid_tgid();
+    match INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the entry is only touched by its own thread, which is here.
+        Some(p) => pending_n(unsafe { &*p }) > 0,
+        None => false,
+    }
 }
 
 /// Who made a call judged at its entry only (`free`, `munmap`).
@@ -278,7 +289,7 @@ pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
         sp_of(ctx.regs),
     );
     let n = pending_n(s).saturating_sub(j.stale);
-    s.n = n;
+    set_n(s, n);
     if j.stale > 0 {
         bump(counter::INFLIGHT_STALE, u64::from(j.stale));
     }
@@ -293,7 +304,7 @@ pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
         }
         Return::Outermost => {
             let call = top.and_then(|i| s.calls.get(i)).copied();
-            s.n = n.saturating_sub(1);
+            set_n(s, n.saturating_sub(1));
             call
         }
         Return::Unmatched => {

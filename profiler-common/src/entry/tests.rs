@@ -251,3 +251,33 @@ fn the_request_known_at_entry_is_what_the_return_records() {
         assert_eq!(r, Request { size, old }, "{kind:?}");
     }
 }
+
+#[test]
+fn sessions_skip_only_calls_that_enter_no_other_entry_point() {
+    let r = |size, old| Request { size, old };
+    for k in [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::New,
+        AllocKind::NewArray,
+        AllocKind::Mallocx,
+    ] {
+        assert!(may_skip_return(k, r(64, 0)), "{k:?}");
+    }
+    // realloc(NULL, n) is malloc(n), realloc(p, 0) is free(p): both enter
+    // another entry point.
+    assert!(!may_skip_return(AllocKind::Realloc, r(64, 0)));
+    assert!(!may_skip_return(AllocKind::Realloc, r(0, 0x1000)));
+    assert!(may_skip_return(AllocKind::Realloc, r(64, 0x1000)));
+    assert!(may_skip_return(AllocKind::Rallocx, r(64, 0x1000)));
+    for k in [
+        AllocKind::Reallocarray,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+        AllocKind::Memalign,
+        AllocKind::Valloc,
+        AllocKind::Pvalloc,
+    ] {
+        assert!(!may_skip_return(k, r(64, 0x1000)), "{k:?}");
+    }
+}

@@ -259,9 +259,15 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         // DWARF mode never walks frame pointers in the kernel.
         .map_max_entries("STACK_TABLE", fp_stacks)
         .map_max_entries("INFLIGHT", sizes.inflight)
-        .map_max_entries("SAMPLER", sizes.inflight)
         .map_max_entries("EVENTS", sizes.ringbuf_bytes)
         .override_global("SAMPLE_RATE", &capture.sample_rate, true)
+        // Whether or not the session links then go in, the probes keep the
+        // tracked-block filter from the start (see SESSIONS in profiler-ebpf).
+        .override_global(
+            "SESSIONS",
+            &u32::from(capture.sessions && capture.sample_rate != 0),
+            true,
+        )
         .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
         .override_global("STACK_COPY", &capture.stack_copy, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes(sizes.ringbuf_bytes), true)
