@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use foldhash::fast::FixedState;
 use gimli::UnwindContext;
 
 use crate::process::maps::{MemoryMap, Region, RuntimeAddr};
@@ -78,15 +79,34 @@ struct ModuleKey {
     path: String,
 }
 
+/// A mapping as the walk meets it: its start and the file the kernel mapped
+/// there. The same key names the same module without building its path
+/// (every frame asks; the path is only needed on the first sight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MappingKey {
+    start: u64,
+    dev: (u32, u32),
+    inode: u64,
+}
+
 /// Most CFI rules cached by address before the cache is cleared.
 const RULE_CACHE_MAX: usize = 1 << 16;
+
+/// Most mappings remembered before that cache is cleared.
+const MAPPING_CACHE_MAX: usize = 1 << 12;
+
+/// A fast, fixed hasher: the keys are addresses and inode numbers heapscope
+/// read itself, not input an attacker chooses to collide.
+type FastMap<K, V> = HashMap<K, V, FixedState>;
 
 /// Unwinds stacks, caching each module's parsed CFI and the rule found at
 /// each address (stacks repeat the same return addresses).
 #[derive(Default)]
 pub struct Unwinder {
     modules: HashMap<ModuleKey, Option<(usize, Arc<ModuleCfi>)>>,
-    rules: HashMap<(usize, u64), Result<cfi::FrameRule, NoRule>>,
+    /// The module of each mapping met (see [`MappingKey`]).
+    mappings: FastMap<MappingKey, Option<(usize, Arc<ModuleCfi>)>>,
+    rules: FastMap<(usize, u64), Result<cfi::FrameRule, NoRule>>,
     ctx: Option<Box<UnwindContext<usize>>>,
     /// Stacks per stop reason, for the report.
     pub stops: HashMap<UnwindStop, u64>,
@@ -103,6 +123,29 @@ fn read_u64(stack: &[u8], sp0: u64, addr: u64) -> Option<u64> {
 
 impl Unwinder {
     fn module(
+        &mut self,
+        maps: &MemoryMap,
+        region: &Region,
+        path: &str,
+        files: &dyn ModulePaths,
+    ) -> Option<(usize, Arc<ModuleCfi>)> {
+        let fast = MappingKey {
+            start: region.start,
+            dev: (region.dev.major, region.dev.minor),
+            inode: region.inode,
+        };
+        if let Some(m) = self.mappings.get(&fast) {
+            return m.clone();
+        }
+        if self.mappings.len() >= MAPPING_CACHE_MAX {
+            self.mappings.clear();
+        }
+        let m = self.module_by_file(maps, region, path, files);
+        self.mappings.insert(fast, m.clone());
+        m
+    }
+
+    fn module_by_file(
         &mut self,
         maps: &MemoryMap,
         region: &Region,
