@@ -15,7 +15,7 @@
 //! with another stack: that sample's copy is cut short (counted in
 //! [`StackExtents::cut_short`]) and the thread is relearned from a full copy.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::UnwindStop;
 
@@ -62,7 +62,7 @@ impl StackExtents {
     pub fn new(full: u32) -> StackExtents {
         StackExtents {
             full,
-            ends: HashMap::new(),
+            ends: HashMap::default(),
             pending: Vec::new(),
             cut_short: 0,
             learned_copies: 0,
