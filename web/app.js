@@ -267,13 +267,22 @@ function renderCounters(meta) {
     (meta.server_dropped_ticks ? `<span class="lostrow">lost: ticks the server dropped</span><span class="nz">${meta.server_dropped_ticks}</span>` : "") + "</div>";
 }
 
+// The live heap series' name: exact, or the samples' estimate (uprobe sessions).
+function liveLabel(pt) {
+  return pt.live_estimated ? "live heap (estimate: uprobe sessions)" : "live heap (exact)";
+}
+
 function renderHeader(meta, last) {
   $("proc").textContent = `pid ${meta.pid} (${meta.comm})`;
-  $("mode").textContent = (meta.live ? "live" : "recording") + " · " + (meta.exact ? "exact" : `sampled 1/${human(meta.sample_rate)}`) + (meta.truncated ? " · truncated" : "");
+  $("mode").textContent = (meta.live ? "live" : "recording") + " · " + (meta.exact ? "exact" : `sampled 1/${human(meta.sample_rate)}`) +
+    (meta.live_estimated ? " · live heap estimated (uprobe sessions)" : "") + (meta.truncated ? " · truncated" : "");
   if (!last) return;
   // The final tick of a session may have no memory sample (the target exited).
   const withMem = chart.points.slice().reverse().find((p) => p.rss_anon != null) || last;
-  $("s-live").innerHTML = sizeSpan(last.live_heap);
+  // With uprobe sessions the live heap is the samples' estimate: say so.
+  $("s-live").innerHTML = (last.live_estimated ? "~" : "") + sizeSpan(last.live_heap);
+  $("s-live").title = last.live_estimated ? "estimate from the samples: uprobe sessions skipped the returns of unsampled allocations, whose blocks are not tracked" : "exact: allocated − freed since attach";
+  $("l-live-text").textContent = liveLabel(last);
   $("s-rss").innerHTML = sizeSpan(withMem.rss_anon);
   $("s-foot").innerHTML = sizeSpan(withMem.allocator_footprint);
   $("s-rate").textContent = Math.round(last.allocs_per_s).toLocaleString("en-US");
@@ -292,7 +301,7 @@ const chart = new TimelineChart($("timeline"), {
   onHover: (pt, e) => {
     state.hovered = pt;
     tip.innerHTML = `<div class="fn">${secs(pt.t_ms)}</div><table>` +
-      [["live heap (exact)", pt.live_heap], ["RSS anon", pt.rss_anon], ["allocator footprint", pt.allocator_footprint]]
+      [[liveLabel(pt), pt.live_heap], ["RSS anon", pt.rss_anon], ["allocator footprint", pt.allocator_footprint]]
         .concat(pt.arenas || pt.main_heap_resident ? [["main heap resident", pt.main_heap_resident],
           [`${pt.arenas} arenas resident`, pt.arena_resident], [`${pt.arenas} arenas reserved`, pt.arena_reserved],
           ["mmapped chunks resident", pt.mmapped_resident]] : [])

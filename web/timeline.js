@@ -1,4 +1,5 @@
-// The timeline chart: exact live heap, RSS (anon) and allocator footprint
+// The timeline chart: live heap (exact, or the samples' estimate under uprobe
+// sessions), RSS (anon) and allocator footprint
 // per tick, as SVG; dragging selects the baseline or the window.
 "use strict";
 

@@ -415,3 +415,94 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_the_report_numbers() {
     assert_eq!(value, want.to_string());
     assert_eq!(up["data"]["result"][0]["value"][1], "1");
 }
+
+/// The `~… (N B)` estimate of a recording's `live heap:` line under uprobe
+/// sessions.
+fn report_live_estimate(file: &Path) -> u64 {
+    let out = Command::new(heapscope())
+        .arg("report")
+        .arg(file)
+        .output()
+        .expect("report");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("live heap: ~"))
+        .unwrap_or_else(|| panic!("no estimated live heap line in\n{text}"));
+    assert!(line.contains("estimate from the samples"), "{line}");
+    let inner = line.split_once('(').expect("(N B)").1;
+    inner
+        .split(" B)")
+        .next()
+        .expect("N B")
+        .replace(',', "")
+        .parse()
+        .expect("bytes")
+}
+
+#[test]
+fn under_uprobe_sessions_metrics_and_the_timeline_say_the_live_heap_is_estimated() {
+    let file = sessions_recording();
+    let want = report_live_estimate(&file);
+    assert!(want > 0);
+    let s = serve(&file);
+    let meta = s.json("/api/v1/meta");
+    assert_eq!(meta["live_estimated"], true, "{meta}");
+    let untracked = meta["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c["id"] == "untracked_allocs")
+        .and_then(|c| c["value"].as_u64())
+        .expect("untracked_allocs");
+    assert!(untracked > 0);
+
+    // Every point that has untracked allocations says its live heap is the
+    // sites' estimate, and gives it; the last one is the report's figure.
+    let tl = s.json("/api/v1/timeline");
+    let points = tl["points"].as_array().expect("points");
+    let last = points.last().expect("a point");
+    assert_eq!(last["live_estimated"], true, "{last}");
+    assert_eq!(last["live_heap"], last["sites_live_bytes"], "{last}");
+    assert_eq!(last["live_heap"].as_u64(), Some(want), "{last}");
+    for p in points {
+        if p["live_estimated"] == true {
+            assert_eq!(p["live_heap"], p["sites_live_bytes"], "{p}");
+        }
+    }
+
+    // /metrics: the estimate under its own name, the exact name absent.
+    let text = s.get("/metrics").text();
+    assert!(
+        text.contains(&format!("\nheapscope_live_heap_estimated_bytes {want}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP heapscope_live_heap_estimated_bytes Live heap, estimated"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nheapscope_live_blocks_estimated "),
+        "{text}"
+    );
+    assert!(!text.contains("\nheapscope_live_heap_bytes "), "{text}");
+    assert!(!text.contains("\nheapscope_live_blocks "), "{text}");
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+            .expect("feed promtool");
+        let out = child.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

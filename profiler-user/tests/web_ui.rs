@@ -2,7 +2,8 @@
 //! fixture's leak: the leaking function is in the flame graph with its bytes
 //! in the tooltip, search highlights it, a baseline and a window dragged on
 //! the timeline give a diff that marks it as grown. Screenshots go to
-//! target/heapscope-ui/.
+//! target/heapscope-ui/. On a recording made with uprobe sessions the page
+//! calls the live heap an estimate.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
@@ -287,4 +288,64 @@ fn thousands(v: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[test]
+fn ui_says_the_live_heap_is_estimated_under_uprobe_sessions() {
+    if !browser_or_skip("ui_says_the_live_heap_is_estimated_under_uprobe_sessions") {
+        return;
+    }
+    let s = serve(&sessions_recording());
+    let points = s.json("/api/v1/timeline")["points"].clone();
+    let last = points
+        .as_array()
+        .and_then(|p| p.last())
+        .cloned()
+        .expect("a point");
+    assert_eq!(last["live_estimated"], true, "{last}");
+    let b = Browser::start(&scratch("ui-sessions").join("chromium"));
+    b.goto(&s.url);
+    b.wait(
+        "document.body.dataset.flameReady === '1'",
+        "the flame graph",
+    );
+    // The header chip, the legend and the mode line call it an estimate.
+    let chip = b.wait(
+        "document.getElementById('s-live').innerText.startsWith('~') && document.getElementById('s-live').innerText",
+        "the estimated live heap chip",
+    );
+    let chip = chip.as_str().unwrap_or("").to_string();
+    // The byte count in the size's title: the timeline's estimate.
+    let title = b.js("return document.querySelector('#s-live span').title");
+    let bytes = format!("{} B", thousands(last["live_heap"].as_u64().expect("live")));
+    assert_eq!(title.as_str(), Some(bytes.as_str()), "{chip}");
+    let legend = b.js("return document.getElementById('l-live-text').textContent");
+    assert_eq!(legend, "live heap (estimate: uprobe sessions)");
+    let mode = b.js("return document.getElementById('mode').textContent");
+    assert!(
+        mode.as_str().unwrap_or("").contains("live heap estimated"),
+        "{mode}"
+    );
+    // The timeline's tooltip names the series as the estimate.
+    let r = b.js("const r = document.querySelector('#timeline svg').getBoundingClientRect(); return [r.left, r.width, r.top + r.height / 2];");
+    let (left, width, mid) = (
+        r[0].as_f64().expect("left"),
+        r[1].as_f64().expect("width"),
+        r[2].as_f64().expect("y"),
+    );
+    b.hover(left + 62.0 + (width - 70.0) * 0.9, mid);
+    let tip = b.wait(
+        "window.heapscope.hovered && !document.getElementById('tooltip').classList.contains('hidden') && document.getElementById('tooltip').innerText",
+        "the timeline tooltip",
+    );
+    let tip = tip.as_str().unwrap_or("").to_string();
+    let hovered = b.js("return window.heapscope.hovered");
+    if hovered["live_estimated"] == true {
+        assert!(
+            tip.contains("live heap (estimate: uprobe sessions)"),
+            "{tip}"
+        );
+        assert!(!tip.contains("live heap (exact)"), "{tip}");
+    }
+    b.screenshot(&screenshot_dir().join("sessions-estimate.png"));
 }

@@ -385,6 +385,42 @@ fn bench_table(
     bench_memleak(bin, pairs, &THREADS, &none, &bare)
 }
 
+/// Only the main table's rows whose name contains one of the
+/// comma-separated `patterns` (`--rows sessions,default`), after the two
+/// baselines the ratios are taken against, `runs` times over (`--runs N`):
+/// each run measures every row again, so each ratio is in-run.
+fn bench_rows(bin: &Path, heapscope: &Path, pairs: u64, patterns: &str, runs: u32) -> Result<()> {
+    const THREADS: [u32; 2] = [1, 2];
+    let wanted: Vec<&str> = patterns.split(',').filter(|p| !p.is_empty()).collect();
+    let modes: Vec<&Mode> = MODES
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| *i < 2 || wanted.iter().any(|p| m.name.contains(p)))
+        .map(|(_, m)| m)
+        .collect();
+    println!(
+        "malloc(64)/free pairs, {pairs} per thread; target CPU and wall ns per pair at 1 and 2 \
+         threads, ratios of the CPU time to no profiler and to bare probes of the same run"
+    );
+    for run in 1..=runs {
+        println!("run {run}:");
+        let (mut none, mut bare) = (Vec::new(), Vec::new());
+        for mode in &modes {
+            let mut m = Vec::new();
+            for t in THREADS {
+                m.push(measure(bin, heapscope, mode, pairs, t)?);
+            }
+            if none.is_empty() {
+                none = m.iter().map(|m| m.cpu_ns).collect();
+            } else if bare.is_empty() {
+                bare = m.iter().map(|m| m.cpu_ns).collect();
+            }
+            print_row(mode.name, &m, &none, &bare);
+        }
+    }
+    Ok(())
+}
+
 /// bcc's memleak on the same workload, or why it was skipped (never a
 /// failure of the benchmark).
 fn bench_memleak(
@@ -467,7 +503,8 @@ fn bench_server() -> Result<()> {
 /// The main table, then attach and detach times; `--long` adds the +0
 /// rows, the per-allocator rows, the symbolization and the web server
 /// benchmarks (`--symbols`, `--server`, `--allocators`, `--attach` run only
-/// that one; `--peers` only the baselines and the peers).
+/// that one; `--peers` only the baselines and the peers; `--rows A,B
+/// [--runs N]` only the baselines and the rows named so).
 pub fn bench(args: &[String]) -> Result<()> {
     let has = |f: &str| args.iter().any(|a| a == f);
     if has("--symbols") {
@@ -511,6 +548,20 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     if has("--attach") {
         return crate::bench_attach::bench_attach(&bin, &heapscope);
+    }
+    if let Some(rows) = args
+        .iter()
+        .position(|a| a == "--rows")
+        .and_then(|i| args.get(i + 1))
+    {
+        let runs: u32 = args
+            .iter()
+            .position(|a| a == "--runs")
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(1);
+        return bench_rows(&bin, &heapscope, pairs, rows, runs);
     }
     crate::setup::bench_packages();
     if has("--peers") {

@@ -82,7 +82,7 @@ pub fn peak_finding_with(
     let mut samples: Vec<(u64, u64, MemSample)> = Vec::new();
     timeline.replay(timeline.range(window), |v| {
         if let Some(m) = v.mem {
-            samples.push((v.t_ms, v.totals.live_bytes(), *m));
+            samples.push((v.t_ms, v.live_heap(), *m));
         }
     });
     let (peak_i, peak) = samples

@@ -110,8 +110,9 @@ pub fn retention_finding_with(
     let range = timeline.range(window);
     let mut samples: Vec<(u64, i64, MemSample)> = Vec::new();
     timeline.replay(range, |v| {
-        // The exact live heap, never the sampled per-site estimate.
-        let live = i64::try_from(v.totals.live_bytes()).unwrap_or(i64::MAX);
+        // The exact live heap, never the sampled per-site estimate, unless
+        // uprobe sessions left the estimate the only live figure.
+        let live = i64::try_from(v.live_heap()).unwrap_or(i64::MAX);
         if let Some(m) = v.mem {
             samples.push((v.t_ms, live, *m));
         }

@@ -43,6 +43,9 @@ pub struct Meta {
     pub sample_rate: u64,
     /// Every per-site number is exact (no sampling, nothing lost).
     pub exact: bool,
+    /// The live heap is an estimate from the samples (uprobe sessions left
+    /// unsampled blocks untracked), at the newest tick.
+    pub live_estimated: bool,
     pub truncated: bool,
     /// What was skipped of a damaged recording; `null` when whole.
     pub damage: Option<String>,
@@ -70,6 +73,7 @@ pub fn meta(info: &SessionInfo, timeline: &Timeline, last: &Totals, server_dropp
         tick_ms: info.tick_ms,
         sample_rate: info.sample_rate,
         exact: Exactness::new(info.sample_rate, last).sites_exact(),
+        live_estimated: Exactness::new(info.sample_rate, last).live_estimated(),
         truncated: info.truncated,
         damage: info.damage.clone(),
         ticks: timeline.len(),
@@ -86,10 +90,15 @@ pub fn meta(info: &SessionInfo, timeline: &Timeline, last: &Totals, server_dropp
 pub struct TimelinePoint {
     pub t_ms: u64,
     /// The live heap: allocated minus freed bytes since attach, exact
-    /// (every allocation).
+    /// (every allocation); with uprobe sessions (`live_estimated`) the
+    /// sites' sampled estimate, the only live figure there is.
     pub live_heap: u64,
-    /// Allocations minus frees since attach, exact.
+    /// Allocations minus frees since attach, exact; with uprobe sessions
+    /// the sites' estimate.
     pub live_blocks: u64,
+    /// `live_heap` and `live_blocks` are estimates: uprobe sessions skipped
+    /// the returns of unsampled allocations, whose blocks are not tracked.
+    pub live_estimated: bool,
     /// Sum of the sites' live bytes (estimates when sampled).
     pub sites_live_bytes: u64,
     pub sites_live_blocks: u64,
@@ -107,6 +116,7 @@ pub struct TimelinePoint {
     pub arena_reserved: Option<u64>,
     pub arena_resident: Option<u64>,
     pub mmapped_resident: Option<u64>,
+    /// Every allocation, tracked or counted at entry only (exact either way).
     pub allocs_per_s: f64,
     pub frees_per_s: f64,
     /// Sum of the lost counters (cumulative).
@@ -173,21 +183,30 @@ impl PointBuilder {
 
     fn point_of(&mut self, t_ms: u64, t: &Totals, mem: Option<&MemSample>) -> TimelinePoint {
         let frees = t.frees.saturating_add(t.frees_unknown);
+        // Calls counted at entry only (uprobe sessions) are allocations too.
+        let allocs = t.allocs.saturating_add(t.untracked_allocs);
         let (allocs_per_s, frees_per_s) = match self.prev {
             Some((pt, pa, pf)) if t_ms > pt => {
                 let dt = (t_ms - pt) as f64 / 1000.0;
                 (
-                    t.allocs.saturating_sub(pa) as f64 / dt,
+                    allocs.saturating_sub(pa) as f64 / dt,
                     frees.saturating_sub(pf) as f64 / dt,
                 )
             }
             _ => (0.0, 0.0),
         };
-        self.prev = Some((t_ms, t.allocs, frees));
+        self.prev = Some((t_ms, allocs, frees));
+        let live_estimated = t.untracked_allocs > 0;
+        let (live_heap, live_blocks) = if live_estimated {
+            (self.live_sites, self.live_blocks)
+        } else {
+            (t.live_bytes(), t.live_blocks())
+        };
         TimelinePoint {
             t_ms,
-            live_heap: t.live_bytes(),
-            live_blocks: t.live_blocks(),
+            live_heap,
+            live_blocks,
+            live_estimated,
             sites_live_bytes: self.live_sites,
             sites_live_blocks: self.live_blocks,
             rss_anon: mem.map(|m| m.rss_anon),

@@ -34,11 +34,13 @@ impl StatusLine {
     pub fn line(&mut self, tick: &Tick) -> String {
         let t = &tick.totals;
         let frees = t.frees + t.frees_unknown;
+        // Calls counted at entry only (uprobe sessions) are allocations too.
+        let allocs = t.allocs + t.untracked_allocs;
         let (t0, a0, f0) = self.last.unwrap_or((0, 0, 0));
         let dt = (tick.t_ms.saturating_sub(t0) as f64 / 1000.0).max(1e-3);
-        let allocs_s = t.allocs.saturating_sub(a0) as f64 / dt;
+        let allocs_s = allocs.saturating_sub(a0) as f64 / dt;
         let frees_s = frees.saturating_sub(f0) as f64 / dt;
-        self.last = Some((tick.t_ms, t.allocs, frees));
+        self.last = Some((tick.t_ms, allocs, frees));
         // Every lost counter of the table; failed stacks are shown apart
         // (the allocation itself is counted).
         let lost = t

@@ -53,18 +53,39 @@ pub(super) fn render(shared: &Shared) -> String {
         escape(&d.info.heapscope_version),
         d.info.live
     );
-    o.one(
-        "heapscope_live_heap_bytes",
-        "gauge",
-        "Live heap: allocated minus freed bytes since attach, exact (every allocation).",
-        d.last.live_bytes(),
-    );
-    o.one(
-        "heapscope_live_blocks",
-        "gauge",
-        "Live blocks: allocations minus frees since attach, exact.",
-        d.last.live_blocks(),
-    );
+    if crate::exactness::Exactness::new(d.info.sample_rate, &d.last).live_estimated() {
+        // Uprobe sessions: unsampled blocks are not tracked, so there is no
+        // exact live heap; the estimate goes under names of its own rather
+        // than pass for the exact series.
+        o.one(
+            "heapscope_live_heap_estimated_bytes",
+            "gauge",
+            "Live heap, estimated from the samples: uprobe sessions skipped the returns of \
+             unsampled allocations (heapscope_untracked_allocs_total), whose blocks are not \
+             tracked. heapscope_live_heap_bytes (exact) is not exported in this mode.",
+            latest.sites_live_bytes(),
+        );
+        o.one(
+            "heapscope_live_blocks_estimated",
+            "gauge",
+            "Live blocks, estimated from the samples (uprobe sessions; see \
+             heapscope_live_heap_estimated_bytes).",
+            latest.sites_live_count(),
+        );
+    } else {
+        o.one(
+            "heapscope_live_heap_bytes",
+            "gauge",
+            "Live heap: allocated minus freed bytes since attach, exact (every allocation).",
+            d.last.live_bytes(),
+        );
+        o.one(
+            "heapscope_live_blocks",
+            "gauge",
+            "Live blocks: allocations minus frees since attach, exact.",
+            d.last.live_blocks(),
+        );
+    }
     o.one(
         "heapscope_sites_live_bytes",
         "gauge",
@@ -191,6 +212,35 @@ mod tests {
         };
         let (shared, _) = Shared::new(Source::Recording { info, timeline }, "t".into(), 1, 10);
         render(&shared)
+    }
+
+    #[test]
+    fn under_uprobe_sessions_the_live_heap_is_exported_as_an_estimate() {
+        let mut tl = Timeline::default();
+        let mut tick = Tick {
+            t_ms: 1000,
+            ..Tick::default()
+        };
+        tick.totals.allocs = 3;
+        tick.totals.alloc_bytes = 300;
+        tick.totals.untracked_allocs = 40;
+        tl.push(tick);
+        let text = metrics(tl);
+        assert!(
+            text.contains("\nheapscope_live_heap_estimated_bytes 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP heapscope_live_heap_estimated_bytes Live heap, estimated"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nheapscope_live_blocks_estimated 0\n"),
+            "{text}"
+        );
+        // The tracked blocks alone never pass for the exact live heap.
+        assert!(!text.contains("\nheapscope_live_heap_bytes "), "{text}");
+        assert!(!text.contains("heapscope_live_blocks "), "{text}");
     }
 
     #[test]

@@ -82,6 +82,18 @@ pub struct TickView<'a> {
     pub state: &'a BTreeMap<SiteId, SiteStats>,
 }
 
+impl TickView<'_> {
+    /// The live heap at this tick: allocated − freed (exact), or with uprobe
+    /// sessions (unsampled blocks untracked) the sites' estimate.
+    pub fn live_heap(&self) -> u64 {
+        if self.totals.untracked_allocs > 0 {
+            self.state.values().map(|s| s.live_bytes).sum()
+        } else {
+            self.totals.live_bytes()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct StoredTick {
     t_ms: u64,

@@ -82,14 +82,30 @@ pub fn write_diff_text(
     top: usize,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    // The exact live heap at each window's end; call sites below may be estimates.
-    let (b, w) = (base.live_heap.bytes, window.live_heap.bytes);
+    // The exact live heap at each window's end; call sites below may be
+    // estimates. With uprobe sessions there is no exact figure: the sites'
+    // estimates, labelled so.
+    let estimated = crate::exactness::Exactness::of(base).live_estimated()
+        || crate::exactness::Exactness::of(window).live_estimated();
+    let live = |p: &Profile| {
+        if estimated {
+            p.sites_live_bytes()
+        } else {
+            p.live_heap.bytes
+        }
+    };
+    let (b, w) = (live(base), live(window));
     let d = i128::from(w) - i128::from(b);
     let sign = if d < 0 { "-" } else { "+" };
     let exact = group_digits(u64::try_from(d.unsigned_abs()).unwrap_or(u64::MAX));
+    let (tilde, note) = if estimated {
+        ("~", "; estimates from the samples: uprobe sessions")
+    } else {
+        ("", "")
+    };
     writeln!(
         out,
-        "live heap: {} in the baseline, {} in the window ({}, {sign}{exact} B)",
+        "live heap: {tilde}{} in the baseline, {tilde}{} in the window ({}, {sign}{exact} B{note})",
         human_bytes(b),
         human_bytes(w),
         signed_human(d),

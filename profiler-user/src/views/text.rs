@@ -94,14 +94,30 @@ pub fn write_report(
             group_digits(profile.live_heap.blocks)
         )?;
     }
-    writeln!(
-        out,
-        "allocated: {} in {} calls; freed: {} in {} calls",
-        bytes_both(t.alloc_bytes),
-        group_digits(t.allocs),
-        bytes_both(t.free_bytes),
-        group_digits(t.frees)
-    )?;
+    if e.live_estimated() {
+        // Every call is counted, at its return or (unsampled) at its entry:
+        // allocations stay exact; the bytes freed are known for tracked
+        // blocks only.
+        writeln!(
+            out,
+            "allocated: {} in {} calls (exact: tracked + counted at entry); freed: {} calls, \
+             {} of them of tracked blocks ({})",
+            bytes_both(t.alloc_bytes.saturating_add(t.untracked_bytes)),
+            group_digits(t.allocs.saturating_add(t.untracked_allocs)),
+            group_digits(t.frees.saturating_add(t.frees_unknown)),
+            group_digits(t.frees),
+            bytes_both(t.free_bytes)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "allocated: {} in {} calls; freed: {} in {} calls",
+            bytes_both(t.alloc_bytes),
+            group_digits(t.allocs),
+            bytes_both(t.free_bytes),
+            group_digits(t.frees)
+        )?;
+    }
     writeln!(out)?;
     if profile.several_processes() {
         write_processes(profile, out)?;

@@ -95,3 +95,10 @@ pub fn leak_recording() -> std::path::PathBuf {
 }
 
 pub const LEAK_BYTES: u64 = 30 * 16 * 4096;
+
+/// A recording of the same leak under uprobe sessions (`growth leak`,
+/// `--sessions --stacks fp --sample-rate 4096 --tick 200ms`): unsampled
+/// blocks untracked, so the live heap is the samples' estimate.
+pub fn sessions_recording() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/growth_sessions.rec")
+}
