@@ -18,6 +18,7 @@ pub mod publish;
 pub mod recording;
 pub mod resolve;
 pub mod sites;
+mod symbolizing;
 pub mod tree;
 mod worker;
 

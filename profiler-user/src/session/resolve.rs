@@ -67,31 +67,6 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// A frame-pointer walk through code built without frame pointers reads
-    /// arbitrary data as return addresses: the first one outside executable
-    /// code (`[heap]`, a stack, unmapped) ends the real stack. Cuts
-    /// `leaf_first` there and counts the module the walk broke in.
-    fn cut_fp_walk(&mut self, leaf_first: &mut Vec<u64>) {
-        let exec = |ip: u64| {
-            self.maps
-                .lookup(RuntimeAddr(ip))
-                .is_some_and(|(r, _)| r.perms.execute)
-        };
-        let Some(bad) = leaf_first.iter().position(|&ip| !exec(ip)) else {
-            return;
-        };
-        let module = match bad.checked_sub(1).and_then(|i| leaf_first.get(i)) {
-            Some(&ip) => self
-                .maps
-                .lookup(RuntimeAddr(ip))
-                .and_then(|(r, _)| r.path.clone())
-                .unwrap_or_else(|| "?".into()),
-            None => "the allocator's caller".into(),
-        };
-        *self.fp_cut.entry(module).or_insert(0) += 1;
-        leaf_first.truncate(bad);
-    }
-
     /// Symbolizes every address of `ips` not resolved yet. All of them are
     /// return addresses: stacks are captured at the allocator's return
     /// probe, so even the leaf is the caller's return address.
@@ -183,38 +158,21 @@ impl<'a> Resolver<'a> {
         ebpf: &Ebpf,
         samples: &SampleTable,
     ) -> Result<Vec<Site>, ProbeError> {
-        let name = "STACK_TABLE";
-        let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
-        let stacks: AyaHashMap<&MapData, u32, FpStack> =
-            AyaHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
-        // Read every stack first, then symbolize all their addresses in one batch.
-        let mut ips_by_ref: HashMap<StackRef, Vec<u64>> = HashMap::new();
-        for key in snap.sites.keys() {
-            if ips_by_ref.contains_key(&key.stack) {
-                continue;
-            }
-            let ips = match key.stack {
-                StackRef::Kernel(id) if id < 0 => Vec::new(),
-                StackRef::Kernel(id) => match stacks.get(&(id as u32), 0) {
-                    Ok(trace) => {
-                        let mut ips: Vec<u64> = trace
-                            .ips
-                            .iter()
-                            .copied()
-                            .take_while(|&ip| ip != 0)
-                            .collect();
-                        self.cut_fp_walk(&mut ips);
-                        ips
-                    }
-                    Err(_) => {
-                        self.missing_stacks += 1;
-                        Vec::new()
-                    }
-                },
-                StackRef::User(id) => samples.stack(id).map(<[u64]>::to_vec).unwrap_or_default(),
-            };
-            ips_by_ref.insert(key.stack, ips);
+        let raw = raw_stacks(self.maps, snap, ebpf, samples)?;
+        self.missing_stacks += raw.missing_stacks;
+        for (module, n) in raw.fp_cut {
+            *self.fp_cut.entry(module).or_insert(0) += n;
         }
+        Ok(self.sites_from(snap, &raw.ips_by_ref))
+    }
+
+    /// Symbolizes the sites of `snap` whose stacks were read by [`raw_stacks`].
+    pub fn sites_from(
+        &mut self,
+        snap: &RawSnapshot,
+        ips_by_ref: &HashMap<StackRef, Vec<u64>>,
+    ) -> Vec<Site> {
+        // Every address first, in one batch per module.
         self.resolve(ips_by_ref.values().flatten().copied());
         let mut by_ref: HashMap<StackRef, Vec<Frame>> = HashMap::new();
         let mut out = Vec::with_capacity(snap.sites.len());
@@ -239,6 +197,83 @@ impl<'a> Resolver<'a> {
         if !self.unknown.is_empty() {
             log::debug!("unresolved addresses by reason: {:?}", self.unknown);
         }
-        Ok(out)
+        out
     }
+}
+
+/// The return addresses of a snapshot's stacks, leaf first, read where the
+/// capture keeps them: quick, and done where the capture's maps are; the
+/// slow part, symbolizing them, can then happen elsewhere.
+#[derive(Debug, Default)]
+pub struct RawStacks {
+    pub ips_by_ref: HashMap<StackRef, Vec<u64>>,
+    /// Stack ids no longer (or never) present in the stack map.
+    pub missing_stacks: u64,
+    /// Frame-pointer stacks cut where the walk left executable code, by the
+    /// module of the last frame before the cut (it lacks frame pointers).
+    pub fp_cut: BTreeMap<String, u64>,
+}
+
+/// Reads the stack of every site of `snap` (see [`RawStacks`]).
+pub fn raw_stacks(
+    maps: &MemoryMap,
+    snap: &RawSnapshot,
+    ebpf: &Ebpf,
+    samples: &SampleTable,
+) -> Result<RawStacks, ProbeError> {
+    let name = "STACK_TABLE";
+    let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+    let stacks: AyaHashMap<&MapData, u32, FpStack> =
+        AyaHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    let mut raw = RawStacks::default();
+    for key in snap.sites.keys() {
+        if raw.ips_by_ref.contains_key(&key.stack) {
+            continue;
+        }
+        let ips = match key.stack {
+            StackRef::Kernel(id) if id < 0 => Vec::new(),
+            StackRef::Kernel(id) => match stacks.get(&(id as u32), 0) {
+                Ok(trace) => {
+                    let mut ips: Vec<u64> = trace
+                        .ips
+                        .iter()
+                        .copied()
+                        .take_while(|&ip| ip != 0)
+                        .collect();
+                    cut_fp_walk(maps, &mut ips, &mut raw.fp_cut);
+                    ips
+                }
+                Err(_) => {
+                    raw.missing_stacks += 1;
+                    Vec::new()
+                }
+            },
+            StackRef::User(id) => samples.stack(id).map(<[u64]>::to_vec).unwrap_or_default(),
+        };
+        raw.ips_by_ref.insert(key.stack, ips);
+    }
+    Ok(raw)
+}
+
+/// A frame-pointer walk through code built without frame pointers reads
+/// arbitrary data as return addresses: the first one outside executable
+/// code (`[heap]`, a stack, unmapped) ends the real stack. Cuts
+/// `leaf_first` there and counts the module the walk broke in.
+fn cut_fp_walk(maps: &MemoryMap, leaf_first: &mut Vec<u64>, fp_cut: &mut BTreeMap<String, u64>) {
+    let exec = |ip: u64| {
+        maps.lookup(RuntimeAddr(ip))
+            .is_some_and(|(r, _)| r.perms.execute)
+    };
+    let Some(bad) = leaf_first.iter().position(|&ip| !exec(ip)) else {
+        return;
+    };
+    let module = match bad.checked_sub(1).and_then(|i| leaf_first.get(i)) {
+        Some(&ip) => maps
+            .lookup(RuntimeAddr(ip))
+            .and_then(|(r, _)| r.path.clone())
+            .unwrap_or_else(|| "?".into()),
+        None => "the allocator's caller".into(),
+    };
+    *fp_cut.entry(module).or_insert(0) += 1;
+    leaf_first.truncate(bad);
 }

@@ -1,19 +1,19 @@
 //! The capture thread: drains the ring buffer in bounded batches, unwinds,
-//! takes a snapshot and symbolizes new sites on each tick, feeds the outputs,
-//! and on stop reads the last tick and detaches. Nothing here runs on the
-//! async runtime's thread, so a slow unwind or a cold symbolization (hundreds
-//! of milliseconds for a large module) never delays signals, timers or a server.
+//! takes a snapshot on each tick (its new sites are symbolized on a thread
+//! of their own, see `symbolizing`), feeds the outputs, and on stop reads
+//! the last tick and detaches. Nothing here runs on the async runtime's
+//! thread, so a slow unwind never delays signals, timers or a server, and a
+//! cold symbolization (seconds for a large module) never stops the draining.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 
-use crate::aggregate::RawSnapshot;
+use crate::aggregate::{RawSnapshot, SiteRef};
 use crate::probes::Probes;
 use crate::process::memory;
 use crate::record::Header;
-use crate::symbolize::{Symbolizer, SymbolizerOptions};
 use crate::timeline::{ProfileMeta, Tick, Timeline};
 
 use super::capture::Capture;
@@ -21,6 +21,7 @@ use super::control::Control;
 use super::output::{Outputs, SessionEvent, SessionOutput, TickUpdate};
 use super::recording::RecordingOutput;
 use super::sites::SiteIds;
+use super::symbolizing::{Group, SymbolizerThread};
 use super::{ages, resolve, SessionError, SessionOptions, SessionResult, StopReason};
 
 mod procs;
@@ -32,6 +33,20 @@ const MAX_UNREAD_COUNT: u64 = 1 << 22;
 const FINAL_DRAIN: Duration = Duration::from_secs(2);
 /// Least time between two reads of a map the probes asked for.
 const WANTED_LAYOUT_EVERY: Duration = Duration::from_millis(5);
+/// Most ticks waiting for their new sites' symbols (each holds a snapshot);
+/// a tick due beyond them is not taken, and counted.
+const MAX_PENDING_TICKS: usize = 8;
+
+/// A tick taken whose new sites are being symbolized: it goes out, in
+/// order, once they are back.
+struct PendingTick {
+    /// Everything but the per-site numbers, which need the sites' ids.
+    tick: Tick,
+    snap: RawSnapshot,
+    last: bool,
+    /// The new sites handed to the symbolizer thread, in its order.
+    refs: Option<Vec<SiteRef>>,
+}
 
 /// What the capture thread keeps besides the capture itself.
 struct Worker {
@@ -40,7 +55,13 @@ struct Worker {
     outputs: Outputs,
     timeline: Timeline,
     ids: SiteIds,
-    symbolizer: Symbolizer,
+    symbolizing: SymbolizerThread,
+    /// Ticks waiting for their new sites' symbols, oldest first.
+    pending: VecDeque<PendingTick>,
+    /// Sites handed to the symbolizer thread and not registered yet.
+    in_flight: HashSet<SiteRef>,
+    /// Ticks not taken because [`MAX_PENDING_TICKS`] were waiting.
+    ticks_skipped: u64,
     /// Every warning sent, in order (also returned in the result).
     warnings: Vec<String>,
     /// Frame-pointer stacks cut where the walk left executable code, by the
@@ -76,12 +97,12 @@ impl Worker {
         }
     }
 
-    /// Symbolizes the sites of `snap` seen for the first time and sends the tick.
-    fn tick(&mut self, t_ms: u64, snap: &RawSnapshot, last: bool) -> Result<(), SessionError> {
+    /// Takes a tick: the guard's window, the sites of `snap` seen for the
+    /// first time handed to the symbolizer thread, the memory read now. It
+    /// goes out (see [`Worker::finish_ticks`]) once its sites are symbolized.
+    fn tick(&mut self, t_ms: u64, snap: RawSnapshot, last: bool) -> Result<(), SessionError> {
         // The guard first: its CPU time and capture count are read now, next
-        // to the snapshot's counters; after a slow symbolization (a second
-        // or more for the first tick's sites) they would describe another
-        // stretch of time than the calls they are set against.
+        // to the snapshot's counters.
         if let Some(g) = &mut self.guard {
             if let Some((status, error)) = g.tick(t_ms, &snap.totals, &mut self.probes) {
                 // In the timeline before the tick goes out: the recording
@@ -94,14 +115,19 @@ impl Worker {
                 }
             }
         }
-        let new = self.ids.new_sites(snap);
-        let new_sites = if new.sites.is_empty() {
-            Vec::new()
+        if !last && self.pending.len() >= MAX_PENDING_TICKS {
+            self.ticks_skipped += 1;
+            return Ok(());
+        }
+        let mut new = self.ids.new_sites(&snap);
+        new.sites.retain(|k, _| !self.in_flight.contains(k));
+        let refs = if new.sites.is_empty() {
+            None
         } else {
             // Each process's stacks against its own memory map (ASLR gives
             // unrelated processes other layouts); sites are ordered by pid,
             // so the groups keep the order of `new.sites`.
-            let mut sites = Vec::with_capacity(new.sites.len());
+            let mut groups = Vec::new();
             let mut pids: Vec<u32> = new.sites.keys().map(|k| k.pid).collect();
             pids.dedup();
             for pid in pids {
@@ -118,16 +144,27 @@ impl Worker {
                     true => &self.cap.maps,
                     false => self.cap.others.get(pid, false).unwrap_or(&self.cap.maps),
                 };
-                let mut resolver = resolve::Resolver::new(pid, maps, &mut self.symbolizer);
-                sites.extend(resolver.sites(&group, &self.probes.ebpf, &self.cap.samples)?);
-                for (module, n) in std::mem::take(&mut resolver.fp_cut) {
+                let raw = resolve::raw_stacks(maps, &group, &self.probes.ebpf, &self.cap.samples)?;
+                for (module, n) in raw.fp_cut {
                     *self.fp_cut.entry(module).or_insert(0) += n;
                 }
+                groups.push(Group {
+                    pid,
+                    maps: maps.clone(),
+                    sites: group,
+                    ips_by_ref: raw.ips_by_ref,
+                });
             }
+            // Their maps went with the groups.
             for pid in std::mem::take(&mut self.exited) {
                 self.cap.others.forget(pid);
             }
-            self.ids.add(new.sites.keys().copied(), sites)
+            if !self.symbolizing.submit(groups) {
+                return Err(self.symbolizer_gone());
+            }
+            let refs: Vec<SiteRef> = new.sites.keys().copied().collect();
+            self.in_flight.extend(refs.iter().copied());
+            Some(refs)
         };
         let (mem, split) = match memory::sample_and_footprint(self.cap.pid, self.glibc) {
             Ok((m, fp)) => (Some(m), fp),
@@ -140,24 +177,76 @@ impl Worker {
         });
         let tick = Tick {
             t_ms,
-            sites: self.ids.stats(snap),
+            sites: Vec::new(),
             totals: snap.totals.clone(),
             mem,
             arenas,
         };
-        for (_, info) in &new_sites {
-            self.timeline.add_site(info.clone());
-        }
-        self.timeline.push(tick.clone());
-        // After the tick's symbolization and snapshot, its largest moment.
-        self.memory
-            .observe_self(t_ms, self.cap.samples.live_samples() as u64);
-        self.outputs.tick(&TickUpdate {
-            new_sites: &new_sites,
-            tick: &tick,
-            timeline: &self.timeline,
+        self.pending.push_back(PendingTick {
+            tick,
+            snap,
             last,
+            refs,
         });
+        self.finish_ticks(false)
+    }
+
+    fn symbolizer_gone(&self) -> SessionError {
+        SessionError::Thread {
+            pid: self.cap.pid,
+            source: std::io::Error::other("the symbolizer thread ended"),
+        }
+    }
+
+    /// Sends the waiting ticks whose sites are symbolized, oldest first;
+    /// with `wait`, all of them (the end of the session).
+    fn finish_ticks(&mut self, wait: bool) -> Result<(), SessionError> {
+        while let Some(waits) = self.pending.front().map(|p| p.refs.is_some()) {
+            let sites = if waits {
+                let got = loop {
+                    let poll = if wait {
+                        Duration::from_millis(100)
+                    } else {
+                        Duration::ZERO
+                    };
+                    match self.symbolizing.take(poll) {
+                        Ok(Some(sites)) => break sites,
+                        Ok(None) if wait => continue,
+                        Ok(None) => return Ok(()),
+                        Err(()) => return Err(self.symbolizer_gone()),
+                    }
+                };
+                Some(got)
+            } else {
+                None
+            };
+            let Some(mut p) = self.pending.pop_front() else {
+                break;
+            };
+            let new_sites = match (p.refs.take(), sites) {
+                (Some(refs), Some(sites)) => {
+                    for r in &refs {
+                        self.in_flight.remove(r);
+                    }
+                    self.ids.add(refs, sites)
+                }
+                _ => Vec::new(),
+            };
+            p.tick.sites = self.ids.stats(&p.snap);
+            for (_, info) in &new_sites {
+                self.timeline.add_site(info.clone());
+            }
+            self.timeline.push(p.tick.clone());
+            // After the tick's snapshot and symbolization, its largest moment.
+            self.memory
+                .observe_self(p.tick.t_ms, self.cap.samples.live_samples() as u64);
+            self.outputs.tick(&TickUpdate {
+                new_sites: &new_sites,
+                tick: &p.tick,
+                timeline: &self.timeline,
+                last: p.last,
+            });
+        }
         Ok(())
     }
 }
@@ -238,12 +327,11 @@ pub(super) fn run(
         outputs,
         timeline: Timeline::default(),
         ids: SiteIds::default(),
-        // Debug files fetched by debuginfod clients (heapscope's or elfutils'
-        // `debuginfod-find`) are read from their cache; nothing is fetched here.
-        symbolizer: Symbolizer::with_options(SymbolizerOptions {
-            debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
-            ..SymbolizerOptions::default()
-        }),
+        symbolizing: SymbolizerThread::start()
+            .map_err(|source| SessionError::Thread { pid, source })?,
+        pending: VecDeque::new(),
+        in_flight: HashSet::new(),
+        ticks_skipped: 0,
         warnings: Vec::new(),
         fp_cut: BTreeMap::new(),
         glibc: opts.glibc_footprint,
@@ -317,10 +405,11 @@ pub(super) fn run(
             w.rescan_cgroup();
             let now = t_ms();
             let snap = w.snapshot(now)?;
-            w.tick(now, &snap, false)?;
+            w.tick(now, snap, false)?;
             more = true;
             continue;
         }
+        w.finish_ticks(false)?;
         more = ring_ready && w.cap.drain(1);
         w.wanted_layout();
         if let Err(e) = w.cap.push_stack_ends(&mut w.probes) {
@@ -367,7 +456,8 @@ pub(super) fn run(
     // allocations never seen). What happens during the detach is not counted.
     let end_ms = t_ms();
     let snap = w.snapshot(end_ms)?;
-    w.tick(end_ms, &snap, true)?;
+    w.tick(end_ms, snap, true)?;
+    w.finish_ticks(true)?;
     phases.mark("last snapshot and tick (symbolization)");
     let unread = w.cap.events.discard_rest(MAX_UNREAD_COUNT);
     if let Some(problem) = w.outputs.finish(end_ms) {
@@ -442,6 +532,14 @@ pub(super) fn run(
             "{unread} ring-buffer records were still unread when the session stopped; \
              their allocations and frees are missing from the per-site numbers"
         ));
+    }
+    if w.ticks_skipped > 0 {
+        let msg = format!(
+            "{} ticks were not taken while {MAX_PENDING_TICKS} earlier ones waited for their \
+             new call sites to be symbolized (the timeline has gaps there)",
+            w.ticks_skipped
+        );
+        w.warn(msg);
     }
     let queue = w.cap.events.source().queue();
     if queue.full_waits() > 0 {
