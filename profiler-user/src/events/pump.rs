@@ -20,9 +20,13 @@ use std::time::Duration;
 
 use super::{Batch, DrainLimits, RecordSource};
 
-/// The most bytes the queue holds: the default ring's size (ring and queue
-/// together then buffer twice what the ring alone did).
-pub const MAX_QUEUE_BYTES: usize = 8 << 20;
+/// The most bytes the queue holds: half the default ring's size (ring and
+/// queue together buffer 1.5 times what the ring alone did). Both count in
+/// heapscope's memory bound (RSS <= 50 MB + 64 B per tracked allocation,
+/// `crate::selfmem`): the default 8 MiB ring is mapped twice by the kernel
+/// (16 MB of RSS once its pages were read), so 8 MiB more here left too
+/// little for the rest (an `--exact` session on python3.11 peaked at 58.6 MB).
+pub const MAX_QUEUE_BYTES: usize = 4 << 20;
 
 /// Longest the pump sleeps between two looks at the ring: the probes wake
 /// it only once an eighth of the ring is waiting.

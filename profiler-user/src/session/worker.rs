@@ -237,6 +237,10 @@ impl Worker {
                 self.timeline.add_site(info.clone());
             }
             self.timeline.push(p.tick.clone());
+            // Memory freed since the last tick (queue chunks after a burst,
+            // symbolization's temporaries) goes back to the system, not kept
+            // in glibc's arenas: it counts against heapscope's bound until then.
+            crate::selfmem::trim();
             // After the tick's snapshot and symbolization, its largest moment.
             self.memory
                 .observe_self(p.tick.t_ms, self.cap.samples.live_samples() as u64);
@@ -286,8 +290,8 @@ pub(super) fn run(
         .then(|| crate::process::priority::raise().ok())
         .flatten();
     // Records leave the ring on a thread of their own (raised like this
-    // one), into a queue of at most the ring's size (8 MiB at most).
-    let queue_bytes = (probes.ringbuf_bytes as usize).min(crate::events::pump::MAX_QUEUE_BYTES);
+    // one), into a queue of at most half the ring's size (4 MiB at most).
+    let queue_bytes = (probes.ringbuf_bytes as usize / 2).min(crate::events::pump::MAX_QUEUE_BYTES);
     let ring = crate::events::pump::start(ring, queue_bytes, opts.raise_priority)
         .map_err(|source| SessionError::Thread { pid, source })?;
     let mut cap = Capture::new(pid, ring, probes.stack_copy);

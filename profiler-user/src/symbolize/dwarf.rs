@@ -30,9 +30,10 @@ use super::dwarf_sections::{Pages, Sections};
 /// every tick is not looked up again: about 200 B each.
 const MAX_CACHED_ADDRS: usize = 4096;
 
-/// Units indexed between two releases of the pages they touched (each
-/// header read touches a page; libc's 4,126 units span 5.8 MB).
-const INDEX_RELEASE_EVERY: usize = 256;
+/// Bytes of `.debug_info` indexed between two releases of the pages read
+/// (each unit's header is read; releasing every 256 units instead let
+/// python3.11's 506 units, 25 MB, touch 9 MB of pages at once).
+const INDEX_RELEASE_BYTES: usize = 1 << 20;
 
 /// Why DWARF of a file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ struct UnitIndex {
 impl UnitIndex {
     /// Indexes the units of `dwarf`; address ranges only when `with_ranges`
     /// (a dwz supplement holds partial units only, looked up by offset).
-    /// `release` is called every [`INDEX_RELEASE_EVERY`] units.
+    /// `release` is called every [`INDEX_RELEASE_BYTES`] of units.
     fn build(
         dwarf: &gimli::Dwarf<Reader>,
         with_ranges: bool,
@@ -101,6 +102,7 @@ impl UnitIndex {
             max_end: Vec::new(),
         };
         let mut units = dwarf.units();
+        let mut released_at = 0;
         while let Some(header) = units.next()? {
             let Some(offset) = header.offset().as_debug_info_offset() else {
                 continue;
@@ -132,8 +134,9 @@ impl UnitIndex {
             }
             index.offsets.push(offset.0);
             index.headers.push(header);
-            if index.headers.len().is_multiple_of(INDEX_RELEASE_EVERY) {
+            if offset.0 - released_at >= INDEX_RELEASE_BYTES {
                 release();
+                released_at = offset.0;
             }
         }
         index.ranges.sort_unstable();
@@ -281,6 +284,10 @@ impl DwarfInfo {
                 break;
             }
         }
+        // A large unit's entries span megabytes of mapped pages: out of
+        // the resident set after each lookup that read them, not only
+        // after the batch.
+        self.release_pages();
         let mut addrs = self.addrs.borrow_mut();
         if addrs.len() >= MAX_CACHED_ADDRS {
             // Least recently used half out, at once (amortized O(1)).
@@ -318,7 +325,9 @@ impl DwarfInfo {
             .headers
             .get(i)
             .ok_or(gimli::Error::NoEntryAtGivenOffset)?;
-        self.units.borrow_mut().get(dwarf, (sup, i), header, tables)
+        self.units
+            .borrow_mut()
+            .get(dwarf, (sup, i), header, tables, &|| self.release_pages())
     }
 
     /// The frames at `vaddr` from one unit, innermost last; `None` when the
@@ -339,7 +348,7 @@ impl DwarfInfo {
                 }]
             }));
         };
-        let chain = parsed.inlined_chain(dwarf, function, vaddr)?;
+        let chain = parsed.inlined_chain(dwarf, function, vaddr, &|| self.release_pages())?;
         // The innermost function is at the line table's location; each
         // function further out is at the call site of the one it inlined.
         let (mut file, mut line) = location.unwrap_or((None, None));

@@ -19,6 +19,11 @@ const MAX_UNIT_BYTES: usize = 4 << 20;
 /// program header (file and directory names), typically a few KiB.
 const UNIT_OVERHEAD: usize = 16 << 10;
 
+/// Entries read between two releases of the section pages they touched
+/// (python3.11's largest unit spans ~10 MB of `.debug_info`: read whole, its
+/// pages were a 10 MB spike of heapscope's RSS).
+const RELEASE_EVERY: usize = 4096;
+
 /// Deepest nesting of inlined functions followed (bounds the recursion on
 /// malformed input).
 const MAX_INLINE_DEPTH: usize = 64;
@@ -56,10 +61,20 @@ struct Tables {
 }
 
 impl Tables {
-    fn build(dwarf: &gimli::Dwarf<Reader>, unit: &gimli::Unit<Reader>) -> Tables {
+    /// `release` is called every [`RELEASE_EVERY`] entries read.
+    fn build(
+        dwarf: &gimli::Dwarf<Reader>,
+        unit: &gimli::Unit<Reader>,
+        release: &dyn Fn(),
+    ) -> Tables {
         let mut t = Tables::default();
         let mut entries = unit.entries();
+        let mut read = 0usize;
         while let Ok(Some((_, entry))) = entries.next_dfs() {
+            read += 1;
+            if read.is_multiple_of(RELEASE_EVERY) {
+                release();
+            }
             if entry.tag() != gimli::DW_TAG_subprogram {
                 continue;
             }
@@ -198,71 +213,97 @@ impl ParsedUnit {
 
     /// The inlined functions of the function at `function` that contain
     /// `vaddr`, outermost first.
+    /// `release` drops the section pages read every [`RELEASE_EVERY`]
+    /// entries (an interpreter's main loop spans megabytes of entries).
     pub(crate) fn inlined_chain(
         &self,
         dwarf: &gimli::Dwarf<Reader>,
         function: gimli::UnitOffset<usize>,
         vaddr: u64,
+        release: &dyn Fn(),
     ) -> Result<Vec<Inlined>, gimli::Error> {
         let mut tree = self.unit.entries_tree(Some(function))?;
-        let mut chain = Vec::new();
-        descend(dwarf, &self.unit, tree.root()?, vaddr, &mut chain)?;
-        Ok(chain)
+        let mut walk = Walk {
+            dwarf,
+            unit: &self.unit,
+            vaddr,
+            chain: Vec::new(),
+            read: 0,
+            release,
+        };
+        walk.descend(tree.root()?)?;
+        Ok(walk.chain)
     }
 }
 
-/// Appends to `chain` the inlined subroutine under `node` containing
-/// `vaddr`, then the ones inside it; true when one was found. Lexical
-/// blocks and other scopes are looked through; nested functions are not.
-fn descend(
-    dwarf: &gimli::Dwarf<Reader>,
-    unit: &gimli::Unit<Reader>,
-    node: gimli::EntriesTreeNode<'_, '_, '_, Reader>,
+/// The state of one search for the inlined functions at an address.
+struct Walk<'a> {
+    dwarf: &'a gimli::Dwarf<Reader>,
+    unit: &'a gimli::Unit<Reader>,
     vaddr: u64,
-    chain: &mut Vec<Inlined>,
-) -> Result<bool, gimli::Error> {
-    if chain.len() >= MAX_INLINE_DEPTH {
-        return Ok(false);
-    }
-    let mut children = node.children();
-    while let Some(child) = children.next()? {
-        let entry = child.entry();
-        match entry.tag() {
-            gimli::DW_TAG_subprogram => {}
-            gimli::DW_TAG_inlined_subroutine => {
-                if !contains(dwarf, unit, entry, vaddr) {
-                    continue;
-                }
-                let call_file = match entry.attr_value(gimli::DW_AT_call_file)? {
-                    // File 0 is valid from DWARF 5 on only.
-                    Some(gimli::AttributeValue::FileIndex(f))
-                        if f > 0 || unit.header.version() >= 5 =>
-                    {
-                        Some(f)
-                    }
-                    _ => None,
-                };
-                let call_line = entry
-                    .attr(gimli::DW_AT_call_line)?
-                    .and_then(|a| a.udata_value())
-                    .and_then(|l| u32::try_from(l).ok())
-                    .filter(|&l| l != 0);
-                chain.push(Inlined {
-                    offset: entry.offset(),
-                    call_file,
-                    call_line,
-                });
-                descend(dwarf, unit, child, vaddr, chain)?;
-                return Ok(true);
+    /// Found so far, outermost first.
+    chain: Vec<Inlined>,
+    /// Entries read (see [`RELEASE_EVERY`]).
+    read: usize,
+    release: &'a dyn Fn(),
+}
+
+impl Walk<'_> {
+    /// Appends to `chain` the inlined subroutine under `node` containing
+    /// the address, then the ones inside it; true when one was found.
+    /// Lexical blocks and other scopes are looked through; nested functions
+    /// are not.
+    fn descend(
+        &mut self,
+        node: gimli::EntriesTreeNode<'_, '_, '_, Reader>,
+    ) -> Result<bool, gimli::Error> {
+        if self.chain.len() >= MAX_INLINE_DEPTH {
+            return Ok(false);
+        }
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            self.read += 1;
+            if self.read.is_multiple_of(RELEASE_EVERY) {
+                (self.release)();
             }
-            _ => {
-                if entry.has_children() && descend(dwarf, unit, child, vaddr, chain)? {
+            let entry = child.entry();
+            match entry.tag() {
+                gimli::DW_TAG_subprogram => {}
+                gimli::DW_TAG_inlined_subroutine => {
+                    if !contains(self.dwarf, self.unit, entry, self.vaddr) {
+                        continue;
+                    }
+                    let call_file = match entry.attr_value(gimli::DW_AT_call_file)? {
+                        // File 0 is valid from DWARF 5 on only.
+                        Some(gimli::AttributeValue::FileIndex(f))
+                            if f > 0 || self.unit.header.version() >= 5 =>
+                        {
+                            Some(f)
+                        }
+                        _ => None,
+                    };
+                    let call_line = entry
+                        .attr(gimli::DW_AT_call_line)?
+                        .and_then(|a| a.udata_value())
+                        .and_then(|l| u32::try_from(l).ok())
+                        .filter(|&l| l != 0);
+                    self.chain.push(Inlined {
+                        offset: entry.offset(),
+                        call_file,
+                        call_line,
+                    });
+                    self.descend(child)?;
                     return Ok(true);
+                }
+                _ => {
+                    if entry.has_children() && self.descend(child)? {
+                        return Ok(true);
+                    }
                 }
             }
         }
+        Ok(false)
     }
-    Ok(false)
 }
 
 fn contains(
@@ -306,13 +347,15 @@ pub(crate) struct UnitCache {
 
 impl UnitCache {
     /// The unit at `key`, parsed from `header` unless cached (with its
-    /// tables when `tables`).
+    /// tables when `tables`; `release` drops the section pages read, now
+    /// and then while building them).
     pub(crate) fn get(
         &mut self,
         dwarf: &gimli::Dwarf<Reader>,
         key: (bool, usize),
         header: &gimli::UnitHeader<Reader>,
         tables: bool,
+        release: &dyn Fn(),
     ) -> Result<Rc<ParsedUnit>, gimli::Error> {
         self.clock += 1;
         if let Some((unit, _, used)) = self.units.get_mut(&key) {
@@ -325,7 +368,7 @@ impl UnitCache {
             self.bytes -= bytes;
         }
         let unit = dwarf.unit(header.clone())?;
-        let tables = tables.then(|| Tables::build(dwarf, &unit));
+        let tables = tables.then(|| Tables::build(dwarf, &unit, release));
         let bytes = UNIT_OVERHEAD + tables.as_ref().map_or(0, Tables::bytes);
         while !self.units.is_empty() && self.bytes + bytes > MAX_UNIT_BYTES {
             let Some((&victim, _)) = self.units.iter().min_by_key(|(_, v)| v.2) else {
