@@ -27,8 +27,12 @@ fn calls_of(t: &Totals, sampled: u64) -> (u64, u64, u64) {
         + g(CounterId::AllocFailed)
         + g(CounterId::Nested)
         + g(CounterId::AllocatorCalls);
-    let entry_only =
-        g(CounterId::Frees) + g(CounterId::FreesUnknown) + g(CounterId::AllocatorFrees);
+    // Unsampled calls under uprobe sessions trap once, at their entry (their
+    // map work is costed as a whole call's: an overestimate).
+    let entry_only = g(CounterId::Frees)
+        + g(CounterId::FreesUnknown)
+        + g(CounterId::AllocatorFrees)
+        + g(CounterId::UntrackedAllocs);
     (calls, entry_only, sampled)
 }
 
@@ -125,5 +129,24 @@ impl SessionGuard {
     /// `Guard::describing_rate`).
     pub(super) fn rate(&self) -> u64 {
         self.guard.describing_rate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_seen_at_entry_only_count_one_hit_each() {
+        let t = Totals {
+            allocs: 10,
+            frees: 4,
+            frees_unknown: 3,
+            untracked_allocs: 50,
+            ..Totals::default()
+        };
+        // 10 calls with both probes; 4 + 3 frees and 50 unsampled calls
+        // under uprobe sessions with their entry alone.
+        assert_eq!(calls_of(&t, 2), (10, 57, 2));
     }
 }
