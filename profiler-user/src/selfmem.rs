@@ -56,8 +56,11 @@ impl SelfMemory {
         }
     }
 
-    /// Reads this process's RSS now and notes it.
-    pub fn observe_self(&mut self, t_ms: u64, tracked: u64) {
+    /// Reads this process's RSS now and notes it with `tracked`
+    /// allocations tracked now; `peak_tracked`: the most since the last
+    /// tick (the high-water mark is set against the most ever tracked).
+    pub fn observe_self(&mut self, t_ms: u64, tracked: u64, peak_tracked: u64) {
+        self.peak_tracked = self.peak_tracked.max(peak_tracked);
         if let Some((rss, _)) = read_self() {
             self.observe(Reading { t_ms, rss, tracked });
         }

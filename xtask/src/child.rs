@@ -48,7 +48,8 @@ pub(crate) fn wait_cpu(child: &Child) -> Result<(f64, f64)> {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok((
         tv(usage.ru_utime) + tv(usage.ru_stime),
-        usage.ru_maxrss as f64 / 1024.0,
+        // ru_maxrss is in KiB; MB (10^6 B) as heapscope states its bound.
+        usage.ru_maxrss as f64 * 1024.0 / 1e6,
     ))
 }
 

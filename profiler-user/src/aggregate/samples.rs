@@ -91,6 +91,8 @@ pub struct SampleTable {
     /// Samples dropped by [`SampleTable::reconcile`]: the kernel no longer
     /// held them live (their free record was lost).
     pub reconciled: u64,
+    /// Most live samples at once since the last [`SampleTable::take_peak`].
+    peak_live: usize,
     /// Samples dropped by the last reconcile, whose free record may still
     /// be on its way.
     late: HashSet<(u32, u64)>,
@@ -144,6 +146,7 @@ impl SampleTable {
             // The free of the previous sample at this address was lost.
             self.retire(tgid, &old);
         }
+        self.peak_live = self.peak_live.max(self.live.len());
         let s = self.sites.entry(site).or_default();
         s.alloc_bytes += est_bytes;
         s.alloc_count += est_count;
@@ -258,6 +261,15 @@ impl SampleTable {
     /// Live samples.
     pub fn live_samples(&self) -> usize {
         self.live.len()
+    }
+
+    /// The most live samples at once since the last call (a burst freed
+    /// between two ticks is not in [`SampleTable::live_samples`] at either),
+    /// and starts the next period at today's count.
+    pub fn take_peak(&mut self) -> usize {
+        let peak = self.peak_live.max(self.live.len());
+        self.peak_live = self.live.len();
+        peak
     }
 }
 

@@ -242,8 +242,9 @@ impl Worker {
             // in glibc's arenas: it counts against heapscope's bound until then.
             crate::selfmem::trim();
             // After the tick's snapshot and symbolization, its largest moment.
+            let peak = self.cap.samples.take_peak() as u64;
             self.memory
-                .observe_self(p.tick.t_ms, self.cap.samples.live_samples() as u64);
+                .observe_self(p.tick.t_ms, self.cap.samples.live_samples() as u64, peak);
             self.outputs.tick(&TickUpdate {
                 new_sites: &new_sites,
                 tick: &p.tick,
