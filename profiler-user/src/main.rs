@@ -2,6 +2,7 @@
 use clap::Parser;
 
 fn main() {
+    heapscope::selfmem::limit_arenas();
     let cli = heapscope::cli::Cli::parse();
     heapscope::cli::init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
