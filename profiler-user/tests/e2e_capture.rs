@@ -87,6 +87,50 @@ fn attach_reports_exact_live_bytes_per_site() {
     let svg_text = std::fs::read_to_string(&svg).expect("svg written");
     assert!(svg_text.contains("<svg") && svg_text.contains("leak_realloc_big"));
     assert!(stderr.contains("live"), "status lines on stderr:\n{stderr}");
+    assert_own_memory_section(&report);
+}
+
+/// The report's own-memory section: the high-water mark against the bound
+/// at the most allocations tracked, the tick closest to its bound. Whether
+/// it holds is not asserted here: a debug build of heapscope (what `cargo
+/// test` runs) maps ~10 MB more code than the release build the bound is
+/// for; `cargo xtask bench` prints the release build's numbers.
+fn assert_own_memory_section(report: &str) {
+    let line = |prefix: &str| -> &str {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in\n{report}"))
+    };
+    let mb = |text: &str, after: &str| -> f64 {
+        let rest = text.split(after).nth(1).expect(after);
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(report
+        .contains("heapscope's own memory (bound: RSS <= 50.0 MB + 64 B per tracked allocation"));
+    let peak = line("peak RSS:");
+    let tracked: f64 = peak
+        .split("tracked (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bound = mb(peak, "bound ");
+    assert!(
+        (bound - (50.0 + 64.0 * tracked / 1e6)).abs() < 0.051,
+        "{peak}"
+    );
+    let closest = line("closest tick:");
+    let (peak_mb, tick_mb) = (mb(peak, "peak RSS: "), mb(closest, "closest tick: "));
+    // The high-water mark covers every tick; a real process, not zero.
+    assert!(peak_mb >= tick_mb && tick_mb > 5.0, "{peak}\n{closest}");
+    assert!(
+        peak.contains("within") || peak.contains("OVER by"),
+        "{peak}"
+    );
 }
 
 #[test]
