@@ -98,6 +98,14 @@ pub fn raise() -> std::io::Result<Raised> {
     }
 }
 
+/// Lowers the calling thread (only it: Linux keeps a nice value per
+/// thread) to `nice`, for work that can wait while the capture cannot.
+/// Returns whether it was changed.
+pub fn lower_this_thread(nice: i32) -> bool {
+    // SAFETY: with who = 0, changes the nice value of the calling thread only.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+}
+
 /// The thread ids of this process (from /proc/self/task).
 fn own_threads() -> Vec<i32> {
     std::fs::read_dir("/proc/self/task")

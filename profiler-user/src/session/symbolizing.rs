@@ -19,6 +19,9 @@ use crate::symbolize::{Symbolizer, SymbolizerOptions};
 
 use super::resolve::Resolver;
 
+/// The symbolizer thread's nice value.
+const SYMBOLIZER_NICE: i32 = 10;
+
 /// One process's new sites of a tick, with what symbolizing them needs.
 pub(super) struct Group {
     pub pid: u32,
@@ -47,6 +50,9 @@ impl SymbolizerThread {
         let handle = std::thread::Builder::new()
             .name("heapscope-symbol".into())
             .spawn(move || {
+                // Below the capture thread: a tick may wait, records cannot
+                // (the ring holds ~30 ms of deep stacks at 150k samples/s).
+                crate::process::priority::lower_this_thread(SYMBOLIZER_NICE);
                 // Debug files fetched by debuginfod clients (heapscope's or
                 // elfutils' `debuginfod-find`) are read from their cache;
                 // nothing is fetched here.
