@@ -70,14 +70,23 @@ fn arc_slice(data: &[u8]) -> Slice {
 impl ModuleCfi {
     /// Reads the CFI of the ELF file at `path`; a file without any yields an
     /// empty index (every lookup is `NotCovered`).
+    ///
+    /// Only the headers and the CFI section are read (a cache of the ranges
+    /// asked for): reading the whole file cost heapscope's memory the size
+    /// of the module (python3.11: 6.8 MB) for a section of a few hundred KB.
     pub fn load(path: &Path) -> Result<ModuleCfi, String> {
-        let data =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&data).map_err(|e| format!("{}: {e}", path.display()))
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let cache = object::ReadCache::new(file);
+        Self::parse_from(&cache).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Parses CFI from ELF bytes.
     pub fn parse(data: &[u8]) -> Result<ModuleCfi, String> {
+        Self::parse_from(data)
+    }
+
+    fn parse_from<'d, R: object::ReadRef<'d>>(data: R) -> Result<ModuleCfi, String> {
         let file = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
         let segments = file
             .segments()
