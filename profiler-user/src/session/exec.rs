@@ -37,12 +37,18 @@ pub struct ExecNote {
 impl ExecNote {
     /// One line for the report and the status output.
     pub fn describe(&self) -> String {
+        // A short-lived process (a shell script's helpers) can exec and exit
+        // before its name is read: say so rather than print blanks.
+        let programs = if self.old_comm.is_empty() && self.new_comm.is_empty() {
+            "(it exited before its program's name could be read)".to_string()
+        } else {
+            let name = |s: &str| if s.is_empty() { "?" } else { s }.to_string();
+            format!("{} → {}", name(&self.old_comm), name(&self.new_comm))
+        };
         let mut line = format!(
-            "pid {} exec'd at {:.1}s: {} → {}; {} live blocks ({} B) of the old image released by exec",
+            "pid {} exec'd at {:.1}s: {programs}; {} live blocks ({} B) of the old image released by exec",
             self.pid,
             self.t_ms as f64 / 1000.0,
-            self.old_comm,
-            self.new_comm,
             self.blocks,
             self.bytes
         );
@@ -220,6 +226,31 @@ mod tests {
                 _pad: 0,
             },
         )
+    }
+
+    #[test]
+    fn an_exec_whose_names_were_not_read_says_so() {
+        let note = ExecNote {
+            pid: 7,
+            t_ms: 1200,
+            old_comm: String::new(),
+            new_comm: String::new(),
+            blocks: 0,
+            bytes: 0,
+            from_thread: None,
+            reattached: None,
+            new_allocator: None,
+        };
+        assert_eq!(
+            note.describe(),
+            "pid 7 exec'd at 1.2s: (it exited before its program's name could be read); \
+             0 live blocks (0 B) of the old image released by exec"
+        );
+        let named = ExecNote {
+            old_comm: "bash".into(),
+            ..note
+        };
+        assert!(named.describe().contains(": bash → ?;"));
     }
 
     #[test]
