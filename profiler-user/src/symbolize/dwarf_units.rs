@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use gimli::Reader as _;
 
-use super::dwarf::Reader;
+use super::dwarf_sections::Reader;
 
 /// Bytes of parsed units one module keeps (estimated: the tables below
 /// plus [`UNIT_OVERHEAD`] each); the least recently used go first. Debian's
