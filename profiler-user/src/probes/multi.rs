@@ -382,61 +382,48 @@ pub fn attach(
             files.push(&p.file);
         }
     }
+    // The passes, in order: which points, at which offset (the function's
+    // start, or the probe placement of a plain entry link), through which
+    // program. Under sessions every link is at the function's start.
+    type Keep = fn(&super::AttachPoint) -> bool;
+    let returns: Keep = |p| p.spec.has_return_probe();
+    let entry_only: Keep = |p| !p.spec.has_return_probe();
+    let every: Keep = |_| true;
+    let passes: Vec<(Keep, bool, &OwnedFd, LinkKind)> = match &programs.session {
+        Some(session) => vec![
+            (entry_only, true, &programs.entry, LinkKind::Entry),
+            (
+                returns,
+                true,
+                &session.fd,
+                LinkKind::Session(session.attach_type),
+            ),
+        ],
+        None => vec![
+            (returns, true, &programs.ret, LinkKind::Return),
+            (every, false, &programs.entry, LinkKind::Entry),
+        ],
+    };
     let mut links = Vec::new();
     let mut probes = 0;
     let mut phases = crate::phases::Phases::new("uprobe_multi");
-    if let Some(session) = &programs.session {
-        for with_return in [false, true] {
-            for file in &files {
-                let points: Vec<MultiPoint> = order
-                    .iter()
-                    .filter(|p| p.file == *file && p.spec.has_return_probe() == with_return)
-                    .map(|p| MultiPoint {
-                        offset: p.func_offset,
-                        cookie: p.spec.cookie(),
-                    })
-                    .collect();
-                if points.is_empty() {
-                    continue;
-                }
-                let (prog, kind) = if with_return {
-                    (&session.fd, LinkKind::Session(session.attach_type))
-                } else {
-                    (&programs.entry, LinkKind::Entry)
-                };
-                links.push(link(prog, file, &points, kind, pid)?);
-                phases.mark(&format!(
-                    "link of {} points in {}",
-                    points.len(),
-                    file.display()
-                ));
-                probes += points.len();
-            }
-        }
-        return Ok(MultiLinks {
-            links,
-            _programs: programs,
-            probes,
-        });
-    }
-    for ret in [true, false] {
+    for (keep, at_start, prog, kind) in passes {
         for file in &files {
             let points: Vec<MultiPoint> = order
                 .iter()
-                .filter(|p| p.file == *file && (!ret || p.spec.has_return_probe()))
+                .filter(|p| p.file == *file && keep(p))
                 .map(|p| MultiPoint {
-                    offset: if ret { p.func_offset } else { p.entry_offset },
+                    offset: if at_start {
+                        p.func_offset
+                    } else {
+                        p.entry_offset
+                    },
                     cookie: p.spec.cookie(),
                 })
                 .collect();
             if points.is_empty() {
                 continue;
             }
-            let (prog, kind) = if ret {
-                (&programs.ret, LinkKind::Return)
-            } else {
-                (&programs.entry, LinkKind::Entry)
-            };
             links.push(link(prog, file, &points, kind, pid)?);
             phases.mark(&format!(
                 "link of {} points in {}",

@@ -37,7 +37,7 @@ struct ModuleBatch {
     addrs: Vec<ModuleAddr>,
 }
 
-/// Resolves every site of `snap` to root-first frames.
+/// Resolves sites to root-first frames (their stacks read by [`raw_stacks`]).
 pub struct Resolver<'a> {
     pub pid: u32,
     pub maps: &'a MemoryMap,
@@ -45,13 +45,8 @@ pub struct Resolver<'a> {
     /// Frames of each address, root-most first (inlined functions expand
     /// one address into several frames).
     frames_by_ip: HashMap<u64, Vec<Frame>>,
-    /// Stack ids no longer (or never) present in the stack map.
-    pub missing_stacks: u64,
     /// Unique addresses left unresolved, by reason.
     pub unknown: BTreeMap<UnknownReason, u64>,
-    /// Frame-pointer stacks cut where the walk left executable code, by the
-    /// module of the last frame before the cut (it lacks frame pointers).
-    pub fp_cut: BTreeMap<String, u64>,
 }
 
 impl<'a> Resolver<'a> {
@@ -61,9 +56,7 @@ impl<'a> Resolver<'a> {
             maps,
             symbolizer,
             frames_by_ip: HashMap::new(),
-            missing_stacks: 0,
             unknown: BTreeMap::new(),
-            fp_cut: BTreeMap::new(),
         }
     }
 
@@ -148,22 +141,6 @@ impl<'a> Resolver<'a> {
             }
         }
         out
-    }
-
-    /// Builds the symbolized sites of a snapshot: kernel stacks come from the
-    /// stack-trace map, unwound ones from the sample table.
-    pub fn sites(
-        &mut self,
-        snap: &RawSnapshot,
-        ebpf: &Ebpf,
-        samples: &SampleTable,
-    ) -> Result<Vec<Site>, ProbeError> {
-        let raw = raw_stacks(self.maps, snap, ebpf, samples)?;
-        self.missing_stacks += raw.missing_stacks;
-        for (module, n) in raw.fp_cut {
-            *self.fp_cut.entry(module).or_insert(0) += n;
-        }
-        Ok(self.sites_from(snap, &raw.ips_by_ref))
     }
 
     /// Symbolizes the sites of `snap` whose stacks were read by [`raw_stacks`].

@@ -48,6 +48,8 @@ struct Worker {
     pending: VecDeque<PendingTick>,
     /// Sites handed to the symbolizer thread and not registered yet.
     in_flight: HashSet<SiteRef>,
+    /// New sites whose frame-pointer stack was not in the stack table.
+    missing_stacks: u64,
     /// Ticks not taken because [`MAX_PENDING_TICKS`] were waiting.
     ticks_skipped: u64,
     /// Every warning sent, in order (also returned in the result).
@@ -167,6 +169,7 @@ pub(super) fn run(
         pending: VecDeque::new(),
         in_flight: HashSet::new(),
         ticks_skipped: 0,
+        missing_stacks: 0,
         warnings: Vec::new(),
         fp_cut: BTreeMap::new(),
         glibc: opts.glibc_footprint,
@@ -416,6 +419,14 @@ pub(super) fn run(
             stops,
             copies,
         });
+    }
+    if w.missing_stacks > 0 {
+        let msg = format!(
+            "{} call sites had a stack id missing from the stack table: they are shown \
+             without frames",
+            w.missing_stacks
+        );
+        w.warn(msg);
     }
     for (module, n) in std::mem::take(&mut w.fp_cut) {
         w.warn(format!(

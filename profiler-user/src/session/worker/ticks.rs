@@ -84,6 +84,7 @@ impl Worker {
                 for (module, n) in raw.fp_cut {
                     *self.fp_cut.entry(module).or_insert(0) += n;
                 }
+                self.missing_stacks += raw.missing_stacks;
                 groups.push(Group {
                     pid,
                     maps: maps.clone(),
