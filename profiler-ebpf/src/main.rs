@@ -19,6 +19,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod hold;
+#[cfg(target_arch = "bpf")]
 mod live;
 #[cfg(target_arch = "bpf")]
 mod maps;

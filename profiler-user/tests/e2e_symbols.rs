@@ -1,8 +1,9 @@
 //! End-to-end tests of symbolization on live processes: the fixture's
 //! functions by name with `file:line` and an inlined frame (`--lines`), libc
 //! frames by name from `libc6-dbg`, and a binary deleted after it started,
-//! symbolized after the process exited. They need root; without it they say
-//! they were skipped.
+//! symbolized after the process exited, and a `run` command that exits before
+//! heapscope has read anything of it (held at its exit). They need root;
+//! without it they say they were skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
@@ -221,4 +222,36 @@ fn deleted_binary_of_exited_process_symbolizes() {
         "{folded}"
     );
     assert!(!folded.contains("[symbols_c-deleted+"), "{folded}");
+}
+
+#[test]
+fn a_command_that_exits_before_heapscope_runs_again_is_symbolized() {
+    let test = "a_command_that_exits_before_heapscope_runs_again_is_symbolized";
+    if !root_or_skip(test) {
+        return;
+    }
+    let bin = fixture("quick_exit", "plain", FLAGS);
+    let folded = scratch("quick-exit").join("out.folded");
+    // The command stops heapscope, allocates and exits: heapscope reads
+    // nothing of it before its exit, as on a machine whose CPUs are taken.
+    // Held at `_exit`, its map is read then (without the hold, every frame
+    // was a bare address).
+    let out = Command::new(heapscope())
+        .args(["run", "--quiet", "--folded"])
+        .arg(&folded)
+        .args(exact_flags())
+        .arg("--")
+        .arg(&bin)
+        .arg("--stop-parent")
+        .output()
+        .expect("run heapscope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "heapscope failed:\n{stderr}");
+    assert!(!stderr.contains("is not held at its exit"), "{stderr}");
+    let text = std::fs::read_to_string(&folded).expect("folded written");
+    assert_eq!(
+        weight_of(&text, "main;leak_at_once;malloc"),
+        100_000,
+        "{text}\n{stderr}"
+    );
 }

@@ -143,6 +143,14 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     let raised = raise_priority(&args.common);
     // On error the child is dropped at the gate: it exits without running.
     let mut probes = attach_probes(pid, &target, &args.common)?;
+    // Its memory map is read as it exits, however short it runs.
+    if let Err(why) = probes.hold_at_exit() {
+        note(&format!(
+            "{} (pid {pid}) is not held at its exit ({why}): if it ends before its memory \
+             map is read, its frames stay bare addresses",
+            program.display()
+        ));
+    }
     // The command has not run yet: nothing to miss before the session starts,
     // so count from its first instruction.
     probes.arm()?;

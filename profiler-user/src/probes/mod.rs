@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod custom;
 mod error;
+mod exit_hold;
 pub mod identify;
 pub mod internals;
 mod layouts;
@@ -164,6 +165,8 @@ pub struct Probes {
     /// as uprobe sessions (unsampled calls skip their return probe), else
     /// why not.
     pub sessions: Result<(), String>,
+    /// The process held at `_exit` (see [`Probes::hold_at_exit`]), if any.
+    exit_hold: Option<u32>,
 }
 
 /// Unread bytes in the event ring past which a record wakes the reader: an
@@ -401,6 +404,7 @@ impl Probes {
             stack_copy: capture.stack_copy,
             ringbuf_bytes: sizes.ringbuf_bytes,
             sessions,
+            exit_hold: None,
         })
     }
 
@@ -569,11 +573,21 @@ impl Probes {
             Links::Detached => Vec::new(),
         };
         errors.extend(single::detach(&mut self.ebpf, &mut self.extra));
+        // After the probe is gone: nothing can be held from now on.
+        self.end_exit_hold();
         let watch = std::mem::replace(&mut self.exec_watch, Err("detached".into()));
         if let Ok(links) = watch {
             errors.extend(procs::unwatch_exec(&mut self.ebpf, links));
         }
         errors
+    }
+}
+
+impl Drop for Probes {
+    /// A command held at its exit never stays stopped, even when the
+    /// session fails before its detach.
+    fn drop(&mut self) {
+        self.end_exit_hold();
     }
 }
 

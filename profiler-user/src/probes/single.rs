@@ -11,7 +11,10 @@ use aya::Ebpf;
 use super::{attach_order, AllocatorTarget, ProbeError};
 
 /// Loads program `name` once.
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+pub(super) fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut UProbe, ProbeError> {
     let prog: &mut UProbe = ebpf
         .program_mut(name)
         .ok_or(ProbeError::MissingProgram(name))?

@@ -248,6 +248,7 @@ pub(super) fn run(
             continue;
         }
         w.finish_ticks(false)?;
+        w.release_held_exit();
         more = ring_ready && w.cap.drain(1);
         w.wanted_layout();
         if let Err(e) = w.cap.push_stack_ends(&mut w.probes) {

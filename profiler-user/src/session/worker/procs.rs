@@ -215,3 +215,24 @@ impl Worker {
         self.warn(msg);
     }
 }
+
+/// Longest a command held at its exit waits for the ring to be applied.
+const EXIT_HOLD_DRAIN: Duration = Duration::from_millis(500);
+
+impl Worker {
+    /// A command held at `_exit` (`heapscope run`): its memory map is read
+    /// now, the last moment it exists, and what the ring holds is applied
+    /// while its modules can still be opened through it; then it goes on.
+    pub(super) fn release_held_exit(&mut self) {
+        let Some(tgid) = self.probes.held_at_exit() else {
+            return;
+        };
+        if tgid == self.cap.pid {
+            self.cap.refresh();
+            self.note_layout();
+        }
+        let deadline = Instant::now() + EXIT_HOLD_DRAIN;
+        while Instant::now() < deadline && self.cap.drain(1) {}
+        self.probes.release_exit(tgid);
+    }
+}

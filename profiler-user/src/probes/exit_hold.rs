@@ -1,0 +1,115 @@
+//! Holding a command heapscope started at its exit (see profiler-ebpf's
+//! `hold.rs`): without it, a command that ends before its memory map was
+//! read leaves every frame a bare address (a short `heapscope run`, or any
+//! run on a busy machine). Only for `run`: the command is heapscope's own
+//! child, and a process heapscope attached to is never stopped.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use aya::maps::Array;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+
+use super::{single, Probes};
+
+/// The program and its map.
+const PROGRAM: &str = "hold_at_exit";
+const MAP: &str = "EXIT_HOLD";
+/// Slots of the map: the tgid to hold, and the tgid held.
+const WANT: u32 = 0;
+const HELD: u32 = 1;
+
+impl Probes {
+    /// Holds the first process at `_exit` until [`Probes::release_exit`]:
+    /// attaches the probe in the first probed module that defines `_exit`
+    /// (libc, or a static program). Returns that module, or why the hold is
+    /// not possible (then a command that ends quickly may keep bare addresses).
+    pub fn hold_at_exit(&mut self) -> Result<PathBuf, String> {
+        let pid = self.pid;
+        let scope = NonZeroU32::new(pid).ok_or("no process")?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        let candidates = self
+            .target
+            .points
+            .iter()
+            .map(|p| p.file.clone())
+            .chain(self.target.modules.iter().map(PathBuf::from));
+        for f in candidates {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+        let mut why = Vec::new();
+        let mut found = None;
+        for file in files {
+            let prog = single::program(&mut self.ebpf, PROGRAM).map_err(|e| e.to_string())?;
+            let at = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol("_exit"),
+                cookie: None,
+            };
+            match prog.attach(at, &file, UProbeScope::OneProcess(scope)) {
+                Ok(link) => {
+                    self.extra.push((PROGRAM, link));
+                    found = Some(file);
+                    break;
+                }
+                Err(e) => why.push(format!("{}: {e}", file.display())),
+            }
+        }
+        let Some(file) = found else {
+            return Err(format!(
+                "no probed module defines _exit ({})",
+                why.join("; ")
+            ));
+        };
+        self.hold_map()?
+            .set(WANT, pid, 0)
+            .map_err(|e| format!("arming the exit hold: {e}"))?;
+        self.exit_hold = Some(pid);
+        Ok(file)
+    }
+
+    /// The process the probe has stopped at `_exit`, if any.
+    pub fn held_at_exit(&self) -> Option<u32> {
+        self.exit_hold?;
+        let map = self.ebpf.map(MAP)?;
+        let array = Array::<_, u32>::try_from(map).ok()?;
+        array.get(&HELD, 0).ok().filter(|&t| t != 0)
+    }
+
+    /// Lets a held process go on (SIGCONT), at most once.
+    pub fn release_exit(&mut self, tgid: u32) {
+        if let Ok(mut m) = self.hold_map() {
+            let _ = m.set(HELD, 0, 0);
+        }
+        if self.exit_hold == Some(tgid) {
+            // SAFETY: kill takes no pointers; the pid is the session's own
+            // child, held by the probe and not yet continued.
+            unsafe { libc::kill(tgid as libc::pid_t, libc::SIGCONT) };
+        }
+    }
+
+    /// Ends the hold for good: a process not yet at `_exit` is not held
+    /// from now on, and one held is let go (the session is ending, or
+    /// heapscope is failing: either way the command must not stay stopped).
+    pub fn end_exit_hold(&mut self) {
+        if self.exit_hold.is_none() {
+            return;
+        }
+        if let Ok(mut m) = self.hold_map() {
+            let _ = m.set(WANT, 0, 0);
+        }
+        if let Some(tgid) = self.held_at_exit() {
+            self.release_exit(tgid);
+        }
+        self.exit_hold = None;
+    }
+
+    fn hold_map(&mut self) -> Result<Array<&mut aya::maps::MapData, u32>, String> {
+        let map = self
+            .ebpf
+            .map_mut(MAP)
+            .ok_or_else(|| format!("map {MAP} missing from the eBPF object"))?;
+        Array::try_from(map).map_err(|e| format!("map {MAP}: {e}"))
+    }
+}
