@@ -201,6 +201,7 @@ fn stacks_reach_past_another_tools_pending_uretprobe() {
         internal: vec![],
         custom: String::new(),
         unseen: vec![],
+        exit_point: None,
     };
     let other = Probes::attach(
         fx.pid,

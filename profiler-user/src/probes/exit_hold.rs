@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use aya::maps::Array;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 
-use super::{single, Probes};
+use super::{multi, single, Probes};
 
-/// The program and its map.
-const PROGRAM: &str = "hold_at_exit";
+/// The program's map.
 const MAP: &str = "EXIT_HOLD";
 /// Slots of the map: the tgid to hold, and the tgid held.
 const WANT: u32 = 0;
@@ -21,52 +20,62 @@ const HELD: u32 = 1;
 
 impl Probes {
     /// Holds the first process at `_exit` until [`Probes::release_exit`]:
-    /// attaches the probe in the first probed module that defines `_exit`
-    /// (libc, or a static program). Returns that module, or why the hold is
-    /// not possible (then a command that ends quickly may keep bare addresses).
+    /// attaches the probe where its target found `_exit` (libc, or a static
+    /// program), as a `uprobe_multi` link when the probes are (a perf-event
+    /// probe adds ~100 ms to the detach). Returns that module, or why the
+    /// hold is not possible (then a command that ends quickly may keep bare
+    /// addresses).
     pub fn hold_at_exit(&mut self) -> Result<PathBuf, String> {
         let pid = self.pid;
         let scope = NonZeroU32::new(pid).ok_or("no process")?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        let candidates = self
+        let (file, offset) = self
             .target
-            .points
-            .iter()
-            .map(|p| p.file.clone())
-            .chain(self.target.modules.iter().map(PathBuf::from));
-        for f in candidates {
-            if !files.contains(&f) {
-                files.push(f);
-            }
-        }
-        let mut why = Vec::new();
-        let mut found = None;
-        for file in files {
-            let prog = single::program(&mut self.ebpf, PROGRAM).map_err(|e| e.to_string())?;
-            let at = UProbeAttachPoint {
-                location: UProbeAttachLocation::Symbol("_exit"),
-                cookie: None,
-            };
-            match prog.attach(at, &file, UProbeScope::OneProcess(scope)) {
-                Ok(link) => {
-                    self.extra.push((PROGRAM, link));
-                    found = Some(file);
-                    break;
-                }
-                Err(e) => why.push(format!("{}: {e}", file.display())),
-            }
-        }
-        let Some(file) = found else {
-            return Err(format!(
-                "no probed module defines _exit ({})",
-                why.join("; ")
-            ));
+            .exit_point
+            .clone()
+            .ok_or("no probed module defines _exit")?;
+        let hold = match &self.links {
+            super::Links::Multi(m) => m.programs(),
+            _ => return self.hold_one_probe(scope, file, offset),
         };
+        let Some(prog) = hold.hold.as_ref() else {
+            return self.hold_one_probe(scope, file, offset);
+        };
+        let point = multi::MultiPoint { offset, cookie: 0 };
+        let link = multi::link(prog, &file, &[point], multi::LinkKind::Entry, pid)
+            .map_err(|e| e.to_string())?;
+        self.hold_link = Some(link);
+        self.arm_exit_hold()?;
+        Ok(file)
+    }
+
+    /// The hold as one perf-event probe (kernels without `uprobe_multi`).
+    fn hold_one_probe(
+        &mut self,
+        scope: NonZeroU32,
+        file: PathBuf,
+        offset: u64,
+    ) -> Result<PathBuf, String> {
+        let prog =
+            single::program(&mut self.ebpf, multi::HOLD_PROGRAM).map_err(|e| e.to_string())?;
+        let at = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: None,
+        };
+        let link = prog
+            .attach(at, &file, UProbeScope::OneProcess(scope))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        self.extra.push((multi::HOLD_PROGRAM, link));
+        self.arm_exit_hold()?;
+        Ok(file)
+    }
+
+    fn arm_exit_hold(&mut self) -> Result<(), String> {
+        let pid = self.pid;
         self.hold_map()?
             .set(WANT, pid, 0)
             .map_err(|e| format!("arming the exit hold: {e}"))?;
         self.exit_hold = Some(pid);
-        Ok(file)
+        Ok(())
     }
 
     /// The process the probe has stopped at `_exit`, if any.

@@ -84,6 +84,13 @@ pub fn remove(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
     match m.remove(&pid) {
         Ok(()) => Ok(()),
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        // A delete of a missing key fails with ENOENT (a process that exited
+        // before its layout went in, or whose exit the probes saw first).
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(source) => Err(ProbeError::Map { name: MAP, source }),
     }
 }

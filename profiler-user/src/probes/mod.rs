@@ -16,6 +16,8 @@ pub mod stack_ends;
 pub mod target;
 
 use aya::programs::uprobe::UProbeLinkId;
+use std::sync::Arc;
+
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::{defaults, StackMode, ALLOC_TEXT_RANGES};
 
@@ -148,8 +150,14 @@ pub struct Probes {
     target: AllocatorTarget,
     /// The entry and return programs.
     programs: (&'static str, &'static str),
-    /// Probes of the other processes, attached one at a time.
+    /// Probes of the other processes, attached one at a time (without
+    /// `uprobe_multi`, or when linking failed).
     extra: Vec<(&'static str, UProbeLinkId)>,
+    /// Links of the other processes, with the first one's programs.
+    extra_multi: Vec<multi::MultiLinks>,
+    /// The link holding a `run` command at `_exit`, when it is a
+    /// `uprobe_multi` one (else it is in `extra`).
+    hold_link: Option<std::os::fd::OwnedFd>,
     /// Every process with probes, the first one first.
     pids: Vec<u32>,
     /// The allocator target of each process added with one of its own (a
@@ -357,16 +365,16 @@ impl Probes {
             };
             match &session {
                 Ok(s) => multi::load(EBPF_OBJECT, &ebpf, &names(Some((session_prog, *s))))
-                    .and_then(|progs| multi::attach(progs, pid, target))
+                    .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true))
                     .map(|l| (l, Ok(())))
                     .or_else(|e| {
                         // Sessions failed: today's links, and say why.
                         multi::load(EBPF_OBJECT, &ebpf, &names(None))
-                            .and_then(|progs| multi::attach(progs, pid, target))
+                            .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true))
                             .map(|l| (l, Err(e.to_string())))
                     }),
                 Err(why) => multi::load(EBPF_OBJECT, &ebpf, &names(None))
-                    .and_then(|progs| multi::attach(progs, pid, target))
+                    .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true))
                     .map(|l| (l, Err(why.clone()))),
             }
             .map_err(|e| e.to_string())
@@ -398,6 +406,8 @@ impl Probes {
             target: target.clone(),
             programs: (entry, ret),
             extra: Vec::new(),
+            extra_multi: Vec::new(),
+            hold_link: None,
             pids: vec![pid],
             targets: std::collections::BTreeMap::new(),
             follow: capture.follow,
@@ -515,11 +525,7 @@ impl Probes {
             self.targets.insert(pid, t.clone());
         }
         let target = target.unwrap_or(&self.target).clone();
-        let (entry, ret) = self.programs;
-        let links = single::attach(&mut self.ebpf, pid, &target, entry, ret)?;
-        let n = links.len();
-        self.extra.extend(links);
-        self.count += n;
+        let n = self.attach_more(pid, &target)?;
         self.pids.push(pid);
         Ok(n)
     }
@@ -545,8 +551,26 @@ impl Probes {
             self.targets.insert(pid, t);
         }
         let target = self.target_of(pid).clone();
+        self.attach_more(pid, &target)
+    }
+
+    /// Attaches `target`'s probes for one more process: with the first
+    /// process's `uprobe_multi` programs when it has them (a few links,
+    /// detached in one grace period each: one probe at a time took ~115 ms a
+    /// probe, 5.7 s for an exec'd redis-server's 48), else one at a time.
+    fn attach_more(&mut self, pid: u32, target: &AllocatorTarget) -> Result<usize, ProbeError> {
+        if let Links::Multi(m) = &self.links {
+            // Plain entry and return links, as one at a time: uprobe
+            // sessions are the first process's only.
+            if let Ok(l) = multi::attach(m.programs(), pid, target, false) {
+                let n = l.probes;
+                self.extra_multi.push(l);
+                self.count += n;
+                return Ok(n);
+            }
+        }
         let (entry, ret) = self.programs;
-        let links = single::attach(&mut self.ebpf, pid, &target, entry, ret)?;
+        let links = single::attach(&mut self.ebpf, pid, target, entry, ret)?;
         let n = links.len();
         self.extra.extend(links);
         self.count += n;
@@ -564,6 +588,22 @@ impl Probes {
     }
 
     pub fn detach(&mut self) -> Vec<String> {
+        // Each link's close waits for a grace period: the other processes'
+        // links and the exit hold go on threads of their own, so their
+        // grace periods overlap the first process's (whose links keep their
+        // order). One thread, if it cannot start, detaches on this one.
+        let others: Vec<multi::MultiLinks> = self.extra_multi.drain(..).collect();
+        let hold = self.hold_link.take();
+        let background = std::thread::Builder::new()
+            .name("heapscope-detach".into())
+            .spawn(move || {
+                drop(hold);
+                std::thread::scope(|s| {
+                    for m in others {
+                        s.spawn(move || m.detach());
+                    }
+                });
+            });
         let mut errors = match std::mem::replace(&mut self.links, Links::Detached) {
             Links::Multi(m) => {
                 m.detach();
@@ -572,6 +612,9 @@ impl Probes {
             Links::Single(mut l) => single::detach(&mut self.ebpf, &mut l),
             Links::Detached => Vec::new(),
         };
+        if let Ok(t) = background {
+            let _ = t.join();
+        }
         errors.extend(single::detach(&mut self.ebpf, &mut self.extra));
         // After the probe is gone: nothing can be held from now on.
         self.end_exit_hold();

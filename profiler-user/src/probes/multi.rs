@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use aya::maps::{Map, MapData};
 use aya::Ebpf;
@@ -153,6 +154,8 @@ pub struct MultiPrograms {
     /// Attached as uprobe sessions at the entry points with a return (then
     /// `ret` is not attached).
     pub session: Option<SessionProgram>,
+    /// The exit hold of a `run` command (see `exit_hold`), when it loaded.
+    pub hold: Option<OwnedFd>,
 }
 
 /// A program loaded with the uprobe session attach type.
@@ -256,6 +259,8 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
         entry: load_one(entry, BPF_TRACE_UPROBE_MULTI, None)?,
         ret: load_one(ret, BPF_TRACE_UPROBE_MULTI, None)?,
         session,
+        // Without it a `run` command's hold falls back to a perf-event probe.
+        hold: load_one(HOLD_PROGRAM, BPF_TRACE_UPROBE_MULTI, None).ok(),
     };
     phases.mark("programs loaded and verified");
     Ok(programs)
@@ -340,11 +345,14 @@ pub fn link(
     bpf_fd(BPF_LINK_CREATE, &mut attr).map_err(err)
 }
 
+/// The program that holds a `run` command at `_exit` (profiler-ebpf's `hold.rs`).
+pub const HOLD_PROGRAM: &str = "hold_at_exit";
+
 /// Links attached for one process: dropping them detaches every probe.
 pub struct MultiLinks {
     /// Return links first, then entry links (the order they went in).
     links: Vec<OwnedFd>,
-    _programs: MultiPrograms,
+    programs: Arc<MultiPrograms>,
     /// Probes (offsets) over all links.
     pub probes: usize,
 }
@@ -353,6 +361,11 @@ impl MultiLinks {
     /// Number of links (one per file and direction).
     pub fn links(&self) -> usize {
         self.links.len()
+    }
+
+    /// The programs, to link them for another process.
+    pub fn programs(&self) -> Arc<MultiPrograms> {
+        Arc::clone(&self.programs)
     }
 
     /// Detaches: the entry links first, so no call starts that would miss its
@@ -369,11 +382,13 @@ impl MultiLinks {
 /// link for the return probes, then per file one link for the entry probes,
 /// frees first (see `super::attach_order`). With a session program: per
 /// file one link for the entry-only points (frees) first, then one session
-/// link for the points with a return.
+/// link for the points with a return; without `sessions` (another process
+/// than the first), plain entry and return links even so.
 pub fn attach(
-    programs: MultiPrograms,
+    programs: Arc<MultiPrograms>,
     pid: u32,
     target: &super::AllocatorTarget,
+    sessions: bool,
 ) -> Result<MultiLinks, MultiError> {
     let order = super::attach_order(&target.points);
     let mut files: Vec<&Path> = Vec::new();
@@ -389,7 +404,8 @@ pub fn attach(
     let returns: Keep = |p| p.spec.has_return_probe();
     let entry_only: Keep = |p| !p.spec.has_return_probe();
     let every: Keep = |_| true;
-    let passes: Vec<(Keep, bool, &OwnedFd, LinkKind)> = match &programs.session {
+    let session = programs.session.as_ref().filter(|_| sessions);
+    let passes: Vec<(Keep, bool, &OwnedFd, LinkKind)> = match session {
         Some(session) => vec![
             (entry_only, true, &programs.entry, LinkKind::Entry),
             (
@@ -435,7 +451,7 @@ pub fn attach(
     }
     Ok(MultiLinks {
         links,
-        _programs: programs,
+        programs,
         probes,
     })
 }

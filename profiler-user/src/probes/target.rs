@@ -121,6 +121,10 @@ pub struct AllocatorTarget {
     /// The custom pool allocator's entry points the user named
     /// (`pkg_malloc(size=arg1), pkg_free(ptr=arg1)`), empty without one.
     pub custom: String,
+    /// `_exit` (where `exit` and a return from `main` end): the file and
+    /// offset of the first module that defines it, where a `run` command is
+    /// held at its exit (see `probes::exit_hold`).
+    pub exit_point: Option<(PathBuf, u64)>,
 }
 
 impl AllocatorTarget {
@@ -512,6 +516,10 @@ fn plan(
         internal,
         unseen: b.unseen,
         custom: custom.describe(),
+        exit_point: modules.iter().find_map(|m| {
+            let (_, loc) = m.functions.find("_exit")?;
+            Some((m.c.open.clone(), loc.file_offset))
+        }),
     })
 }
 
