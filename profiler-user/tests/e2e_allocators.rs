@@ -376,3 +376,50 @@ fn run_through_a_symlink_keeps_the_allocators_own_mmaps_apart() {
         .collect();
     assert!(program_mmaps.is_empty(), "{program_mmaps:#?}");
 }
+
+#[test]
+fn run_of_a_program_linking_its_allocator_probes_it_from_the_start() {
+    if !root_or_skip("run_of_a_program_linking_its_allocator_probes_it_from_the_start") {
+        return;
+    }
+    // As Debian's redis-server links libjemalloc.so.2: `run` used to know
+    // only the executable, LD_PRELOAD and libc, probed glibc, and found
+    // jemalloc only once the exec was applied; what the program allocated
+    // before that went unseen (redis-server --version: 5 calls of ~12,000).
+    let jemalloc = library("libjemalloc.so.2");
+    let jemalloc = jemalloc.to_str().expect("utf8");
+    let bin = fixture(
+        "leaks",
+        "linked-jemalloc",
+        &[
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-Wl,--no-as-needed",
+            jemalloc,
+        ],
+    );
+    let expected = expected_sites(&bin);
+    let folded = scratch("linked-jemalloc").join("out.folded");
+    // stdin is closed: the fixture runs its sites at once.
+    let out = Command::new(heapscope())
+        .args(["run"])
+        .args(EXACT_FP)
+        .arg("--folded")
+        .arg(&folded)
+        .arg("--")
+        .arg(&bin)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("heapscope run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("allocator: jemalloc 5.3.0, linked"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("has another allocator"), "{stderr}");
+    let folded = std::fs::read_to_string(&folded).expect("folded written");
+    assert_sites_exact_no_stack_lost(&folded, &expected, &report);
+}

@@ -7,6 +7,7 @@ mod exit_hold;
 pub mod identify;
 pub mod internals;
 mod layouts;
+mod more;
 pub mod multi;
 mod preflight;
 pub mod procs;
@@ -155,6 +156,9 @@ pub struct Probes {
     extra: Vec<(&'static str, UProbeLinkId)>,
     /// Links of the other processes, with the first one's programs.
     extra_multi: Vec<multi::MultiLinks>,
+    /// The functions probed in each process (see `more::Probed`): an exec'd
+    /// program's probes skip those its old ones still cover.
+    probed: std::collections::BTreeMap<u32, std::collections::HashSet<more::Probed>>,
     /// The link holding a `run` command at `_exit`, when it is a
     /// `uprobe_multi` one (else it is in `extra`).
     hold_link: Option<std::os::fd::OwnedFd>,
@@ -407,6 +411,7 @@ impl Probes {
             programs: (entry, ret),
             extra: Vec::new(),
             extra_multi: Vec::new(),
+            probed: std::collections::BTreeMap::from([(pid, more::probed(target))]),
             hold_link: None,
             pids: vec![pid],
             targets: std::collections::BTreeMap::new(),
@@ -507,86 +512,13 @@ impl Probes {
         self.count
     }
 
-    /// Detaches every probe; the target runs on untouched. Errors are
-    /// reported but not fatal: dropping the object detaches too.
-    /// Attaches the same probes to another process, one at a time: a child
-    /// of a profiled one (same image) or, with `target`, another program.
-    /// Returns the number of probes attached (0 when it already has them).
-    pub fn add_process(
-        &mut self,
-        pid: u32,
-        target: Option<&AllocatorTarget>,
-    ) -> Result<usize, ProbeError> {
-        if self.pids.contains(&pid) {
-            return Ok(0);
-        }
-        procs::profile_pid(&mut self.ebpf, pid)?;
-        if let Some(t) = target {
-            self.targets.insert(pid, t.clone());
-        }
-        let target = target.unwrap_or(&self.target).clone();
-        let n = self.attach_more(pid, &target)?;
-        self.pids.push(pid);
-        Ok(n)
-    }
-
-    /// Attaches probes to a child of a profiled process: its image is its
-    /// parent's, so are its allocator's code and probe offsets.
-    pub fn add_child(&mut self, pid: u32, parent: u32) -> Result<usize, ProbeError> {
-        let target = self.targets.get(&parent).cloned();
-        self.add_process(pid, target.as_ref())
-    }
-
-    /// Attaches the probes of `pid` again after a thread other than its main
-    /// one exec'd: the old ones were bound to the old main thread, gone with
-    /// it (they can never fire again, so nothing is counted twice).
-    /// With `target`, the new program's allocator is probed (and kept for
-    /// the children it forks).
-    pub fn reattach(
-        &mut self,
-        pid: u32,
-        target: Option<AllocatorTarget>,
-    ) -> Result<usize, ProbeError> {
-        if let Some(t) = target {
-            self.targets.insert(pid, t);
-        }
-        let target = self.target_of(pid).clone();
-        self.attach_more(pid, &target)
-    }
-
-    /// Attaches `target`'s probes for one more process: with the first
-    /// process's `uprobe_multi` programs when it has them (a few links,
-    /// detached in one grace period each: one probe at a time took ~115 ms a
-    /// probe, 5.7 s for an exec'd redis-server's 48), else one at a time.
-    fn attach_more(&mut self, pid: u32, target: &AllocatorTarget) -> Result<usize, ProbeError> {
-        if let Links::Multi(m) = &self.links {
-            // Plain entry and return links, as one at a time: uprobe
-            // sessions are the first process's only.
-            if let Ok(l) = multi::attach(m.programs(), pid, target, false) {
-                let n = l.probes;
-                self.extra_multi.push(l);
-                self.count += n;
-                return Ok(n);
-            }
-        }
-        let (entry, ret) = self.programs;
-        let links = single::attach(&mut self.ebpf, pid, target, entry, ret)?;
-        let n = links.len();
-        self.extra.extend(links);
-        self.count += n;
-        Ok(n)
-    }
-
-    /// The allocator target `pid` was probed with.
-    pub fn target_of(&self, pid: u32) -> &AllocatorTarget {
-        self.targets.get(&pid).unwrap_or(&self.target)
-    }
-
     /// Every process with probes, the first one first.
     pub fn pids(&self) -> &[u32] {
         &self.pids
     }
 
+    /// Detaches every probe; the target runs on untouched. Errors are
+    /// reported but not fatal: dropping the object detaches too.
     pub fn detach(&mut self) -> Vec<String> {
         // Each link's close waits for a grace period: the other processes'
         // links and the exit hold go on threads of their own, so their

@@ -295,8 +295,8 @@ pub fn discover(
 }
 
 /// Finds the allocators a command will use once it runs: the executable,
-/// what `LD_PRELOAD` names, and the libc this system loads. (Libraries the
-/// command links are only seen by `attach`.)
+/// what `LD_PRELOAD` names, the libraries it links (as its loader lists
+/// them), and the libc this system loads.
 pub fn for_command(
     exe: &Path,
     skip_prologue: bool,
@@ -327,6 +327,19 @@ pub fn for_command(
             path: as_mapped(Path::new(p)),
             open: PathBuf::from(p),
             linkage: Linkage::Preloaded,
+        });
+    }
+    // The libraries it links (an allocator among them), before libc, in
+    // the loader's order, as symbol lookup will search them.
+    for lib in linked::libraries(exe) {
+        let path = as_mapped(&lib);
+        if is_libc(&path) || candidates.iter().any(|c| c.path == path) {
+            continue;
+        }
+        candidates.push(Candidate {
+            path,
+            open: lib,
+            linkage: Linkage::Linked,
         });
     }
     if let Some(libc) = own.executable_files().into_iter().find(|f| is_libc(f)) {
@@ -533,6 +546,7 @@ const SIG_OF_FAMILIES: [&str; 5] = [
 ];
 
 mod builder;
+mod linked;
 mod own_code;
 mod pool;
 #[cfg(test)]

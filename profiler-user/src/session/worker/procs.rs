@@ -110,8 +110,8 @@ impl Worker {
                 n.old_comm = self.comms.get(&n.pid).cloned().unwrap_or_default();
             }
             // The new program's allocator: another one (a static binary,
-            // another library) is probed now; the old probes are on files it
-            // does not map, so nothing is counted twice.
+            // another library) is probed now; the old probes still fire on
+            // the files it maps too (libc), so those are not probed again.
             let new_target = self.reprobe.as_ref().and_then(|spec| {
                 crate::probes::target::discover(n.pid, spec.skip_prologue, &spec.custom).ok()
             });
@@ -122,10 +122,14 @@ impl Worker {
             if n.from_thread.is_some() {
                 // The old probes died with the old main thread: all again.
                 let t = changed.cloned();
-                n.reattached = Some(self.probes.reattach(n.pid, t).map_err(|e| e.to_string()));
+                n.reattached = Some(
+                    self.probes
+                        .reattach(n.pid, t, false)
+                        .map_err(|e| e.to_string()),
+                );
             } else if let Some(t) = changed.cloned() {
                 let what = t.headline();
-                let r = self.probes.reattach(n.pid, Some(t));
+                let r = self.probes.reattach(n.pid, Some(t), true);
                 n.new_allocator = Some((what, r.map_err(|e| e.to_string())));
             }
             // The new program maps its allocator elsewhere (its map was
