@@ -50,6 +50,9 @@ struct Worker {
     in_flight: HashSet<SiteRef>,
     /// New sites whose frame-pointer stack was not in the stack table.
     missing_stacks: u64,
+    /// Children that exited before their probes went in (after the first,
+    /// which is said when it happens, counted and said at the end).
+    gone_before_probes: u64,
     /// Ticks not taken because [`MAX_PENDING_TICKS`] were waiting.
     ticks_skipped: u64,
     /// Every warning sent, in order (also returned in the result).
@@ -170,6 +173,7 @@ pub(super) fn run(
         in_flight: HashSet::new(),
         ticks_skipped: 0,
         missing_stacks: 0,
+        gone_before_probes: 0,
         warnings: Vec::new(),
         fp_cut: BTreeMap::new(),
         glibc: opts.glibc_footprint,
@@ -420,6 +424,14 @@ pub(super) fn run(
             stops,
             copies,
         });
+    }
+    if w.gone_before_probes > 1 {
+        let msg = format!(
+            "{} children exited before their probes went in: their allocations are not \
+             counted",
+            w.gone_before_probes
+        );
+        w.warn(msg);
     }
     if w.missing_stacks > 0 {
         let msg = format!(

@@ -44,6 +44,18 @@ impl Worker {
                 "pid {pid} ({comm}) joined the cgroup but could not be followed: {e}; \
                  its allocations are not counted"
             )),
+            // A short-lived child (a shell's, a build's): gone before its
+            // probes went in. Said once, then counted (a shell script forks
+            // dozens).
+            Err(_) if !crate::process::procfs::alive(pid) => {
+                self.gone_before_probes += 1;
+                if self.gone_before_probes == 1 {
+                    self.warn(format!(
+                        "pid {pid}, child of pid {parent}, exited before its probes went in: \
+                         its allocations are not counted (others like it are counted at the end)"
+                    ));
+                }
+            }
             Err(e) => self.warn(format!(
                 "pid {pid} ({comm}), child of pid {parent}, could not be followed: {e}; \
                  its allocations are not counted"
