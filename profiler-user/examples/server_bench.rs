@@ -42,7 +42,10 @@ fn timeline() -> Timeline {
         ];
         tl.add_site(SiteInfo {
             pid: 1,
-            frames: names.iter().map(|n| Frame::function(n, "server")).collect(),
+            frames: names
+                .iter()
+                .map(|n| Frame::function(n.as_str(), "server"))
+                .collect(),
             api: if i % 3 == 0 { "calloc" } else { "malloc" },
         });
     }

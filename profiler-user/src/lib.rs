@@ -11,6 +11,7 @@ pub mod debuginfod;
 pub mod events;
 pub mod exactness;
 pub mod http;
+pub mod intern;
 pub mod launch;
 pub mod overhead;
 pub mod phases;

@@ -39,10 +39,10 @@ pub enum Frame {
     /// A resolved function (`module` is the file name of the ELF it lives in).
     Function {
         /// Demangled function name.
-        name: String,
-        module: String,
+        name: Arc<str>,
+        module: Arc<str>,
         /// Source file from DWARF, as the compiler recorded it (often absolute).
-        file: Option<String>,
+        file: Option<Arc<str>>,
         /// Source line from DWARF: the line executing in this function (for a
         /// caller of an inlined function, the line of the inlined call).
         line: Option<u32>,
@@ -56,7 +56,7 @@ pub enum Frame {
     /// An address that could not be resolved: module file name + file offset,
     /// rendered `[module+0xoff]`; `module` is `?` when no mapping covered it.
     Unknown {
-        module: String,
+        module: Arc<str>,
         offset: u64,
         /// Module identity, when known (see [`Frame::Function`]'s `pc`).
         pc: Option<Pc>,
@@ -65,7 +65,7 @@ pub enum Frame {
 
 impl Frame {
     /// A function frame without source information (symbol tables only).
-    pub fn function(name: impl Into<String>, module: impl Into<String>) -> Frame {
+    pub fn function(name: impl Into<Arc<str>>, module: impl Into<Arc<str>>) -> Frame {
         Frame::Function {
             name: name.into(),
             module: module.into(),
@@ -77,7 +77,7 @@ impl Frame {
     }
 
     /// An unresolved frame without module identity.
-    pub fn unknown(module: impl Into<String>, offset: u64) -> Frame {
+    pub fn unknown(module: impl Into<Arc<str>>, offset: u64) -> Frame {
         Frame::Unknown {
             module: module.into(),
             offset,
@@ -103,7 +103,7 @@ impl Frame {
     /// The text shown for this frame in stacks.
     pub fn label(&self) -> String {
         match self {
-            Frame::Function { name, .. } => name.clone(),
+            Frame::Function { name, .. } => name.to_string(),
             Frame::Unknown { module, offset, .. } => format!("[{module}+{offset:#x}]"),
         }
     }
@@ -160,8 +160,9 @@ pub struct SiteStats {
 pub struct Site {
     /// The process that allocated (see [`Profile::processes`]).
     pub pid: u32,
-    /// Root first (`main` side), leaf last (the allocator's caller).
-    pub frames: Vec<Frame>,
+    /// Root first (`main` side), leaf last (the allocator's caller); shared
+    /// with the timeline's copy of the site (a profile is a view of it).
+    pub frames: Arc<[Frame]>,
     /// The allocator entry point (`malloc`, `mmap`, ...).
     pub api: &'static str,
     pub stats: SiteStats,

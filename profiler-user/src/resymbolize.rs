@@ -42,11 +42,11 @@ pub struct MissingSymbols {
 pub fn modules_without_symbols(sites: &[SiteInfo]) -> Vec<MissingSymbols> {
     let mut seen: HashMap<(String, String), std::collections::HashSet<u64>> = HashMap::new();
     for site in sites {
-        for f in &site.frames {
+        for f in site.frames.iter() {
             if let Frame::Unknown { module, offset, pc } = f {
                 let key = match pc {
                     Some(pc) => (pc.module.path.clone(), pc.module.build_id_hex()),
-                    None => (module.clone(), String::new()),
+                    None => (module.to_string(), String::new()),
                 };
                 seen.entry(key).or_default().insert(*offset);
             }
@@ -160,7 +160,7 @@ pub fn resymbolize(
     let mut wanted: BTreeMap<Arc<ModuleId>, Vec<u64>> = BTreeMap::new();
     let mut unknown = std::collections::HashSet::new();
     for site in sites.iter() {
-        for f in &site.frames {
+        for f in site.frames.iter() {
             if let Some(pc) = f.pc() {
                 wanted
                     .entry(Arc::clone(&pc.module))
@@ -200,7 +200,7 @@ pub fn resymbolize(
                 _ => out.extend(group.iter().cloned()),
             }
         }
-        site.frames = out;
+        site.frames = out.into();
     }
     stats.unknown_after = unknown
         .iter()
@@ -216,7 +216,7 @@ mod tests {
     fn site(frames: Vec<Frame>) -> SiteInfo {
         SiteInfo {
             pid: 0,
-            frames,
+            frames: frames.into(),
             api: "malloc",
         }
     }

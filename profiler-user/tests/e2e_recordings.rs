@@ -159,7 +159,7 @@ fn valid(finish: bool) -> Vec<u8> {
     for name in ["a", "b", "c"] {
         w.site(&SiteInfo {
             pid: 7,
-            frames: vec![heapscope::profile::Frame::function(name, "app")],
+            frames: vec![heapscope::profile::Frame::function(name, "app")].into(),
             api: "malloc",
         })
         .expect("site");

@@ -21,7 +21,7 @@ const MMAP_THRESHOLD: u64 = 128 << 10;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrossThreadSite {
     /// Root first, leaf last.
-    pub frames: Vec<Frame>,
+    pub frames: std::sync::Arc<[Frame]>,
     pub api: &'static str,
     /// Bytes and blocks freed across threads (estimates when sampled).
     pub bytes: u64,
@@ -131,7 +131,7 @@ pub enum Remedy {
     FreeOnAllocatingThread {
         /// Judged by arena (see [`Mechanism::arenas_compared`]).
         arenas_compared: bool,
-        frames: Vec<Frame>,
+        frames: std::sync::Arc<[Frame]>,
         api: &'static str,
         bytes: u64,
         count: u64,
@@ -275,7 +275,7 @@ mod tests {
                 arena(Home::Mmapped, 0, 0),
             ],
             vec![CrossThreadSite {
-                frames: produce.clone(),
+                frames: produce.clone().into(),
                 api: "malloc",
                 bytes: 48 * MIB,
                 count: 12_288,
@@ -295,7 +295,7 @@ mod tests {
                 },
                 Remedy::FreeOnAllocatingThread {
                     arenas_compared: true,
-                    frames: produce,
+                    frames: produce.into(),
                     api: "malloc",
                     bytes: 48 * MIB,
                     count: 12_288,

@@ -24,7 +24,7 @@ use crate::timeline::{SiteId, Timeline, Window};
 pub struct LeakFinding {
     pub site: SiteId,
     /// Root first, leaf last.
-    pub frames: Vec<Frame>,
+    pub frames: std::sync::Arc<[Frame]>,
     pub api: &'static str,
     pub slope_bytes_per_hour: f64,
     pub confidence: f64,
@@ -109,7 +109,9 @@ pub fn findings(
         .map(|s| {
             let (frames, api) = timeline
                 .site(s.site)
-                .map_or((Vec::new(), "?"), |i| (i.frames.clone(), i.api));
+                .map_or((std::sync::Arc::from([]), "?"), |i| {
+                    (i.frames.clone(), i.api)
+                });
             Finding::Leak(LeakFinding {
                 site: s.site,
                 frames,

@@ -285,7 +285,7 @@ mod tests {
     fn site(frames: Vec<Frame>, live: u64, allocs: u64) -> Site {
         Site {
             pid: 0,
-            frames,
+            frames: frames.into(),
             api: "malloc",
             stats: SiteStats {
                 live_bytes: live,

@@ -7,8 +7,7 @@
 
 use profiler_common::AllocKind;
 
-use std::sync::Arc;
-
+use crate::intern::Interner;
 use crate::profile::{Frame, ModuleId, Pc, ProcessInfo, SiteStats};
 use crate::timeline::{totals_from_slice, totals_to_array, MemSample, SiteId, SiteInfo, Tick};
 
@@ -195,7 +194,7 @@ pub fn encode_site(id: SiteId, info: &SiteInfo) -> Vec<u8> {
     put_varint(&mut out, u64::from(id.0));
     put_str(&mut out, info.api);
     put_varint(&mut out, info.frames.len() as u64);
-    for f in &info.frames {
+    for f in info.frames.iter() {
         encode_frame(&mut out, f);
     }
     // Trailing: files from before sites had a process read it as absent.
@@ -378,7 +377,11 @@ impl<'a> Cursor<'a> {
 }
 
 fn utf8(b: &[u8]) -> Result<String, &'static str> {
-    String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8")
+    utf8_str(b).map(str::to_string)
+}
+
+fn utf8_str(b: &[u8]) -> Result<&str, &'static str> {
+    std::str::from_utf8(b).map_err(|_| "string is not UTF-8")
 }
 
 /// Decodes a header payload.
@@ -411,7 +414,9 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, &'static str> {
     Ok(h)
 }
 
-fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
+/// Decodes one frame; its strings and module identity come from `names`, so
+/// repeated ones share one allocation.
+fn decode_frame(c: &mut Cursor<'_>, names: &mut Interner) -> Result<Frame, &'static str> {
     let kind = c.u8()?;
     let n = c.count(2)?;
     let (mut name, mut module, mut file, mut line, mut inlined, mut offset) =
@@ -423,9 +428,9 @@ fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
         let value = c.bytes(len)?;
         let mut v = Cursor::new(value);
         match tag {
-            FIELD_NAME => name = Some(utf8(value)?),
-            FIELD_MODULE => module = Some(utf8(value)?),
-            FIELD_FILE => file = Some(utf8(value)?),
+            FIELD_NAME => name = Some(names.str(utf8_str(value)?)),
+            FIELD_MODULE => module = Some(names.str(utf8_str(value)?)),
+            FIELD_FILE => file = Some(names.str(utf8_str(value)?)),
             FIELD_LINE => line = Some(v.u32()?),
             FIELD_INLINED => inlined = v.u8()? != 0,
             FIELD_OFFSET => offset = Some(v.varint()?),
@@ -439,7 +444,7 @@ fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
     }
     let pc = match (pc_path, pc_offset) {
         (Some(path), Some(offset)) => Some(Pc {
-            module: Arc::new(ModuleId {
+            module: names.module(ModuleId {
                 path,
                 build_id: pc_build_id,
             }),
@@ -451,14 +456,14 @@ fn decode_frame(c: &mut Cursor<'_>) -> Result<Frame, &'static str> {
     match kind {
         FRAME_FUNCTION => Ok(Frame::Function {
             name: name.ok_or("function frame without a name")?,
-            module: module.unwrap_or_default(),
+            module: module.unwrap_or_else(|| names.str("")),
             file,
             line,
             inlined,
             pc,
         }),
         FRAME_UNKNOWN => Ok(Frame::Unknown {
-            module: module.unwrap_or_else(|| "?".to_string()),
+            module: module.unwrap_or_else(|| names.str("?")),
             offset: offset.ok_or("unknown frame without an offset")?,
             pc,
         }),
@@ -479,16 +484,32 @@ pub fn api_symbol(name: &str) -> &'static str {
 /// Decodes a site payload; `pid` is 0 in files written before sites had a
 /// process (the reader puts the header's pid there).
 pub fn decode_site(buf: &[u8]) -> Result<(SiteId, SiteInfo), &'static str> {
+    decode_site_with(buf, &mut Interner::new())
+}
+
+/// [`decode_site`] taking the frames' strings from `names`, shared with the
+/// sites decoded before.
+pub fn decode_site_with(
+    buf: &[u8],
+    names: &mut Interner,
+) -> Result<(SiteId, SiteInfo), &'static str> {
     let mut c = Cursor::new(buf);
     let id = SiteId(c.u32()?);
     let api = api_symbol(&c.string()?);
     let n = c.count(2)?;
     let frames = (0..n)
-        .map(|_| decode_frame(&mut c))
+        .map(|_| decode_frame(&mut c, names))
         .collect::<Result<Vec<_>, _>>()?;
     let pid = if c.remaining() > 0 { c.u32()? } else { 0 };
     c.done()?;
-    Ok((id, SiteInfo { pid, frames, api }))
+    Ok((
+        id,
+        SiteInfo {
+            pid,
+            frames: frames.into(),
+            api,
+        },
+    ))
 }
 
 /// Decodes a tick payload.

@@ -33,7 +33,8 @@ fn with_pcs() -> SiteInfo {
             frame("main").with_pc(pc(&exe, 0x1180, 0x5600_0000_1180)),
             frame_src("push", "/src/v.h", 42, true).with_pc(pc(&exe, 0x1180, 0x5600_0000_1180)),
             frame_unknown("libplugin.so", 0x1234).with_pc(pc(&lib, 0x1234, 0)),
-        ],
+        ]
+        .into(),
         api: "realloc",
     }
 }
@@ -136,7 +137,7 @@ fn a_file_written_before_pcs_reads_with_none() {
         .timeline
         .sites()
         .iter()
-        .flat_map(|s| &s.frames)
+        .flat_map(|s| s.frames.iter())
         .collect();
     assert!(!frames.is_empty());
     assert!(frames.iter().all(|f| f.pc().is_none()));

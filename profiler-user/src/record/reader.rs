@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use crate::intern::{heap_bytes, Interner};
 use crate::profile::Frame;
 use crate::timeline::{SiteId, SiteInfo, Timeline, DEFAULT_MAX_TICKS};
 
@@ -21,9 +22,12 @@ use super::scan::{At, Scanner};
 use super::RecordError;
 
 /// Call sites may take this many bytes of memory per byte of file read
-/// (plus [`SITE_MEMORY_BASE`]); real recordings stay far below (names and
-/// paths dominate), crafted ones of tiny frames would not.
-pub const SITE_MEMORY_FACTOR: u64 = 16;
+/// (plus [`SITE_MEMORY_BASE`]). Strings are interned, so a frame costs its
+/// slot (88 bytes) and each distinct string once; the smallest frame
+/// heapscope writes (an unresolved `?` address) takes 12 bytes of file, and
+/// real recordings, whose frames carry names, paths and build-ids, stay far
+/// below. Crafted files of 4-byte frames are refused early.
+pub const SITE_MEMORY_FACTOR: u64 = 8;
 pub const SITE_MEMORY_BASE: u64 = 32 << 20;
 /// Damaged stretches listed one by one; beyond, only counted.
 const MAX_DAMAGE_LISTED: usize = 32;
@@ -109,35 +113,12 @@ pub fn open_with(path: &Path, max_ticks: usize) -> Result<Recording, RecordError
     read(BufReader::new(file), path, max_ticks)
 }
 
-/// Bytes of memory a decoded call site holds (allocations rounded up as an
-/// allocator does): what the site budget counts.
+/// Bytes of memory a decoded call site holds beyond its strings and module
+/// identities (the interner counts those, once each): what the site budget
+/// counts, with [`Interner::bytes`].
 fn site_memory(info: &SiteInfo) -> u64 {
-    fn heap(len: usize) -> u64 {
-        if len == 0 {
-            0
-        } else {
-            (len as u64 + 16).max(32)
-        }
-    }
-    let mut n = std::mem::size_of::<SiteInfo>() as u64
-        + heap(info.frames.len() * std::mem::size_of::<Frame>());
-    for f in &info.frames {
-        match f {
-            Frame::Function {
-                name, module, file, ..
-            } => {
-                n += heap(name.len()) + heap(module.len());
-                n += file.as_ref().map_or(0, |s| heap(s.len()));
-            }
-            Frame::Unknown { module, .. } => n += heap(module.len()),
-        }
-        if let Some(pc) = f.pc() {
-            n += heap(std::mem::size_of::<crate::profile::ModuleId>() + 16)
-                + heap(pc.module.path.len())
-                + heap(pc.module.build_id.len());
-        }
-    }
-    n
+    std::mem::size_of::<SiteInfo>() as u64
+        + heap_bytes(16 + info.frames.len() * std::mem::size_of::<Frame>())
 }
 
 /// Reads as much of `buf` as is available, stopping early only at EOF.
@@ -169,6 +150,8 @@ struct State {
     damaged_bytes: u64,
     orphan_changes: u64,
     site_memory: u64,
+    /// The frames' strings and module identities, one allocation each.
+    names: Interner,
     /// The extras of the next tick, read just before it.
     extra: Option<format::TickExtra>,
 }
@@ -209,10 +192,11 @@ impl State {
             self.timeline.add_site(SiteInfo {
                 pid: self.header.as_ref().map_or(0, |h| h.pid),
                 frames: vec![Frame::Unknown {
-                    module: "[lost: recording damaged]".to_string(),
+                    module: self.names.str("[lost: recording damaged]"),
                     offset: 0,
                     pc: None,
-                }],
+                }]
+                .into(),
                 api: "?",
             });
         }
@@ -229,7 +213,7 @@ impl State {
             (format::TYPE_HEADER, true) => return Err("second header record".into()),
             (_, false) => return Err("the first record is not the header".into()),
             (format::TYPE_SITE, true) => {
-                let (id, mut info) = format::decode_site(payload)?;
+                let (id, mut info) = format::decode_site_with(payload, &mut self.names)?;
                 if info.pid == 0 {
                     // Written before sites had a process: the one process.
                     info.pid = self.header.as_ref().map_or(0, |h| h.pid);
@@ -241,13 +225,14 @@ impl State {
                     return Err(format!("site {} out of order", id.0));
                 }
                 self.site_memory += site_memory(&info);
+                let used = self.site_memory + self.names.bytes();
                 let budget = SITE_MEMORY_FACTOR
                     .saturating_mul(bytes_read)
                     .saturating_add(SITE_MEMORY_BASE);
-                if self.site_memory > budget {
+                if used > budget {
                     return Err(format!(
                         "call sites would take {} MiB of memory",
-                        self.site_memory >> 20
+                        used >> 20
                     ));
                 }
                 self.timeline.add_site(info);
@@ -362,6 +347,7 @@ pub fn read(mut r: impl BufRead, path: &Path, max_ticks: usize) -> Result<Record
         damaged_bytes: 0,
         orphan_changes: 0,
         site_memory: 0,
+        names: Interner::new(),
         extra: None,
     };
     let mut truncated = false;

@@ -28,7 +28,7 @@ pub(super) fn sites() -> Vec<SiteInfo> {
     vec![
         SiteInfo {
             pid: 4242,
-            frames: vec![frame("main"), frame("leak_malloc")],
+            frames: vec![frame("main"), frame("leak_malloc")].into(),
             api: "malloc",
         },
         SiteInfo {
@@ -37,12 +37,13 @@ pub(super) fn sites() -> Vec<SiteInfo> {
                 frame("main"),
                 frame_src("vector<int>::push_back", "/src/v.h", 42, true),
                 frame_unknown("libplugin.so", 0x1234),
-            ],
+            ]
+            .into(),
             api: "realloc",
         },
         SiteInfo {
             pid: 4242,
-            frames: vec![],
+            frames: vec![].into(),
             api: "mmap",
         },
     ]

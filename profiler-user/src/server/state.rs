@@ -285,7 +285,7 @@ mod tests {
     fn site(name: &str) -> SiteInfo {
         SiteInfo {
             pid: 0,
-            frames: vec![Frame::function(name, "a.out")],
+            frames: vec![Frame::function(name, "a.out")].into(),
             api: "malloc",
         }
     }

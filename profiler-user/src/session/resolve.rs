@@ -97,9 +97,10 @@ impl<'a> Resolver<'a> {
             let results = self.symbolizer.symbolize_many(&batch.source, &batch.addrs);
             // Kept beside each frame so recordings can be re-symbolized and
             // exported with real mappings (pprof) later.
-            let module = Arc::new(ModuleId {
+            let build_id = self.symbolizer.build_id(&batch.source);
+            let module = self.symbolizer.intern_module(ModuleId {
                 path: batch.source.path.display().to_string(),
-                build_id: self.symbolizer.build_id(&batch.source),
+                build_id,
             });
             for ((ip, addr), result) in batch.ips.into_iter().zip(batch.addrs).zip(results) {
                 if let Some(reason) = result.reason() {
@@ -123,7 +124,7 @@ impl<'a> Resolver<'a> {
     fn set(&mut self, ip: u64, module: String, offset: u64, reason: UnknownReason) {
         *self.unknown.entry(reason).or_insert(0) += 1;
         let unknown = Symbolized::Unknown {
-            module,
+            module: self.symbolizer.intern(&module),
             offset,
             reason,
         };
@@ -166,7 +167,7 @@ impl<'a> Resolver<'a> {
                 .unwrap_or("?");
             out.push(Site {
                 pid: key.pid,
-                frames,
+                frames: frames.into(),
                 api,
                 stats: stats.clone(),
             });

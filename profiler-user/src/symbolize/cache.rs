@@ -14,6 +14,7 @@ use super::debuginfo::{self, DebugRefs};
 use super::dwarf::{self, DwarfInfo};
 use super::elf::ElfModule;
 use super::{demangle, AddrKind, ModuleAddr, ModuleSource, SymbolizerOptions, UnknownReason};
+use crate::intern::Interner;
 use crate::profile::Frame;
 
 /// Bounds the cache; a process maps a few hundred files at most, so this is
@@ -143,11 +144,13 @@ impl LoadedModule {
         }
     }
 
-    /// The frames at `addr`, root-most first (see [`super::Symbolized`]).
+    /// The frames at `addr`, root-most first (see [`super::Symbolized`]);
+    /// their strings come from `names`, shared with every other frame.
     pub(crate) fn lookup(
         &self,
         module: &str,
         addr: ModuleAddr,
+        names: &mut Interner,
     ) -> Result<Vec<Frame>, UnknownReason> {
         let probe = match addr.kind {
             AddrKind::Instruction => addr.offset.0,
@@ -178,23 +181,25 @@ impl LoadedModule {
         };
         if source.is_empty() {
             let name = symbol_name().ok_or(UnknownReason::NoSymbol)?;
-            return Ok(vec![Frame::function(name, module)]);
+            return Ok(vec![Frame::function(names.str(&name), names.str(module))]);
         }
         // A line without a function (no DW_TAG_subprogram covers it) needs
         // the symbol table's name; without either the address stays unknown.
         if source[0].name.is_none() && symbol.is_none() {
             return Err(UnknownReason::NoSymbol);
         }
+        let module = names.str(module);
         Ok(source
             .into_iter()
             .enumerate()
             .map(|(i, f)| Frame::Function {
-                name: f
-                    .name
-                    .or_else(|| if i == 0 { symbol_name() } else { None })
-                    .unwrap_or_else(|| UNNAMED_INLINE.to_string()),
-                module: module.to_string(),
-                file: f.file,
+                name: names.str(
+                    &f.name
+                        .or_else(|| if i == 0 { symbol_name() } else { None })
+                        .unwrap_or_else(|| UNNAMED_INLINE.to_string()),
+                ),
+                module: std::sync::Arc::clone(&module),
+                file: f.file.map(|f| names.str(&f)),
                 line: f.line,
                 inlined: i > 0,
                 pc: None,

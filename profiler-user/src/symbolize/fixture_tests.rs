@@ -401,7 +401,7 @@ fn inlined_function_is_its_own_frame() {
     let names: Vec<(String, bool)> = frames
         .iter()
         .map(|f| match f {
-            Frame::Function { name, inlined, .. } => (name.clone(), *inlined),
+            Frame::Function { name, inlined, .. } => (name.to_string(), *inlined),
             other => panic!("unresolved {other:?}"),
         })
         .collect();

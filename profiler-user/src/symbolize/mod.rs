@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::addr::FileOffset;
-use crate::profile::Frame;
+use crate::intern::Interner;
+use crate::profile::{Frame, ModuleId};
 
 use cache::ModuleCache;
 use elf::ElfModule;
@@ -296,7 +297,7 @@ pub enum Symbolized {
     /// Unresolved; `offset` is the address's file offset as given (not the
     /// `- 1` looked up for return addresses).
     Unknown {
-        module: String,
+        module: Arc<str>,
         offset: u64,
         reason: UnknownReason,
     },
@@ -348,6 +349,9 @@ impl Default for SymbolizerOptions {
 pub struct Symbolizer {
     opts: SymbolizerOptions,
     cache: ModuleCache,
+    /// Frame strings and module identities, shared by every frame this
+    /// symbolizer makes (and so by every site holding them).
+    names: Interner,
 }
 
 impl Symbolizer {
@@ -362,6 +366,7 @@ impl Symbolizer {
         Symbolizer {
             opts,
             cache: ModuleCache::default(),
+            names: Interner::new(),
         }
     }
 
@@ -369,8 +374,8 @@ impl Symbolizer {
     pub fn symbolize(&mut self, module: &ModuleSource, addr: ModuleAddr) -> Symbolized {
         self.symbolize_many(module, &[addr])
             .pop()
-            .unwrap_or(Symbolized::Unknown {
-                module: module.name.clone(),
+            .unwrap_or_else(|| Symbolized::Unknown {
+                module: self.names.str(&module.name),
                 offset: addr.offset.0,
                 reason: UnknownReason::NoSymbol,
             })
@@ -383,8 +388,9 @@ impl Symbolizer {
         module: &ModuleSource,
         addrs: &[ModuleAddr],
     ) -> Vec<Symbolized> {
+        let name = self.names.str(&module.name);
         let unknown = |addr: &ModuleAddr, reason| Symbolized::Unknown {
-            module: module.name.clone(),
+            module: Arc::clone(&name),
             offset: addr.offset.0,
             reason,
         };
@@ -394,14 +400,26 @@ impl Symbolizer {
         };
         let out = addrs
             .iter()
-            .map(|addr| match loaded.lookup(&module.name, *addr) {
-                Ok(frames) => Symbolized::Frames(frames),
-                Err(reason) => unknown(addr, reason),
-            })
+            .map(
+                |addr| match loaded.lookup(&module.name, *addr, &mut self.names) {
+                    Ok(frames) => Symbolized::Frames(frames),
+                    Err(reason) => unknown(addr, reason),
+                },
+            )
             .collect();
         // The debug-section pages this batch read leave the resident set.
         loaded.release_pages();
         out
+    }
+
+    /// The shared copy of a frame string (see [`Interner`]).
+    pub fn intern(&mut self, s: &str) -> Arc<str> {
+        self.names.str(s)
+    }
+
+    /// The shared copy of a module identity (see [`Interner`]).
+    pub fn intern_module(&mut self, m: ModuleId) -> Arc<ModuleId> {
+        self.names.module(m)
     }
 
     /// Parsed DWARF units dropped to keep each module's cache within its

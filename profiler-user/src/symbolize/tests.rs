@@ -137,8 +137,8 @@ fn frame_at(s: &mut Symbolizer, file: &Path, module: &str, offset: u64, ret: boo
 fn name_at(s: &mut Symbolizer, file: &Path, offset: u64, ret: bool) -> String {
     match frame_at(s, file, "fixture", offset, ret) {
         Frame::Function { name, module, .. } => {
-            assert_eq!(module, "fixture");
-            name
+            assert_eq!(&*module, "fixture");
+            name.to_string()
         }
         unknown => panic!("offset {offset:#x} unresolved: {unknown:?}"),
     }
@@ -337,7 +337,7 @@ fn resolves_malloc_in_system_libc() {
     match frame_at(&mut s, libc, "libc.so.6", loc.file_offset + 4, false) {
         Frame::Function { name, module, .. } => {
             assert!(name.contains("malloc"), "{name}");
-            assert_eq!(module, "libc.so.6");
+            assert_eq!(&*module, "libc.so.6");
         }
         other => panic!("malloc unresolved: {other:?}"),
     }

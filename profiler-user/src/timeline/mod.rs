@@ -11,6 +11,7 @@ mod memory;
 pub mod window;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use profiler_common::counters::{COUNTERS, COUNTER_COUNT};
 use std::ops::Range;
@@ -38,8 +39,9 @@ pub struct SiteInfo {
     /// The process that allocated (recordings from before processes were
     /// told apart: the header's pid).
     pub pid: u32,
-    /// Root first, leaf last (as in [`Site::frames`]).
-    pub frames: Vec<Frame>,
+    /// Root first, leaf last (as in [`Site::frames`]); shared with every
+    /// profile taken of the timeline.
+    pub frames: Arc<[Frame]>,
     /// The allocator entry point (`malloc`, `mmap`, ...).
     pub api: &'static str,
 }
@@ -551,8 +553,8 @@ impl Timeline {
                 continue;
             }
             let id = SiteId(u32::try_from(i).unwrap_or(u32::MAX));
-            let (pid, frames, api) = self.site(id).map_or((meta.pid, Vec::new(), "?"), |s| {
-                (s.pid, s.frames.clone(), s.api)
+            let (pid, frames, api) = self.site(id).map_or((meta.pid, Arc::from([]), "?"), |s| {
+                (s.pid, Arc::clone(&s.frames), s.api)
             });
             profile.sites.push(Site {
                 pid,

@@ -35,7 +35,7 @@ pub(crate) fn frame_unknown(module: &str, offset: u64) -> Frame {
 pub(crate) fn site_info(leaf: &str, api: &'static str) -> SiteInfo {
     SiteInfo {
         pid: 0,
-        frames: vec![frame("main"), frame("handle_request"), frame(leaf)],
+        frames: vec![frame("main"), frame("handle_request"), frame(leaf)].into(),
         api,
     }
 }

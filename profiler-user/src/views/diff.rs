@@ -225,7 +225,7 @@ mod tests {
         }
         p.sites.push(Site {
             pid: 0,
-            frames: vec![frame("main"), frame("new_cache")],
+            frames: vec![frame("main"), frame("new_cache")].into(),
             api: "calloc",
             stats: SiteStats {
                 live_bytes: 4096,

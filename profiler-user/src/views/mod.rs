@@ -186,7 +186,7 @@ mod tests {
     fn site(frames: Vec<Frame>, api: &'static str, live: u64) -> Site {
         Site {
             pid: 0,
-            frames,
+            frames: frames.into(),
             api,
             stats: SiteStats {
                 live_bytes: live,

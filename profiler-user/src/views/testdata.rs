@@ -45,14 +45,14 @@ pub(crate) fn sample_profile() -> Profile {
         sites: vec![
             Site {
                 pid: 0,
-                frames: with(&[f("leak_malloc")]),
+                frames: with(&[f("leak_malloc")]).into(),
                 api: "malloc",
                 stats: stats(6000, 6, 6000, 6),
             },
             // A second raw stack that symbolizes identically: merged with the first.
             Site {
                 pid: 0,
-                frames: with(&[f("leak_malloc")]),
+                frames: with(&[f("leak_malloc")]).into(),
                 api: "malloc",
                 stats: stats(4000, 4, 5000, 5),
             },
@@ -60,7 +60,8 @@ pub(crate) fn sample_profile() -> Profile {
                 pid: 0,
                 frames: with(&[f(
                     "std::vector<int, std::allocator<int> >::push_back(int const&)",
-                )]),
+                )])
+                .into(),
                 api: "realloc",
                 stats: stats(1_258_291, 1, 2_000_000, 3),
             },
@@ -70,26 +71,27 @@ pub(crate) fn sample_profile() -> Profile {
                     module: "libplugin.so".into(),
                     offset: 0x1234,
                     pc: None,
-                }]),
+                }])
+                .into(),
                 api: "calloc",
                 stats: stats(512, 2, 1024, 4),
             },
             Site {
                 pid: 0,
-                frames: vec![],
+                frames: vec![].into(),
                 api: "mmap",
                 stats: stats(1 << 20, 1, 1 << 20, 1),
             },
             Site {
                 pid: 0,
-                frames: with(&[f("a;b"), f("deep1"), f("deep2"), f("deep3"), f("deep4")]),
+                frames: with(&[f("a;b"), f("deep1"), f("deep2"), f("deep3"), f("deep4")]).into(),
                 api: "malloc",
                 stats: stats(100, 1, 100, 1),
             },
             // Everything it allocated was freed: in alloc views, not in live ones.
             Site {
                 pid: 0,
-                frames: with(&[f("transient")]),
+                frames: with(&[f("transient")]).into(),
                 api: "malloc",
                 stats: stats(0, 0, 9000, 90),
             },
@@ -134,19 +136,20 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
                     main(),
                     at("leak_mmap", "/src/leaks.c", 82, false),
                     at("map_anon", "/src/leaks.c", 78, true),
-                ],
+                ]
+                .into(),
                 api: "mmap",
                 stats: stats(36864, 3, 36864, 3),
             },
             Site {
                 pid: 0,
-                frames: vec![main(), at("leak_malloc", "/src/leaks.c", 37, false)],
+                frames: vec![main(), at("leak_malloc", "/src/leaks.c", 37, false)].into(),
                 api: "malloc",
                 stats: stats(10000, 10, 10000, 10),
             },
             Site {
                 pid: 0,
-                frames: vec![main(), at("leak_malloc", "/src/leaks.c", 38, false)],
+                frames: vec![main(), at("leak_malloc", "/src/leaks.c", 38, false)].into(),
                 api: "malloc",
                 stats: stats(500, 1, 500, 1),
             },
@@ -159,7 +162,8 @@ pub(crate) fn sample_profile_with_lines() -> Profile {
                         pc: None,
                     },
                     f("no_dwarf_here"),
-                ],
+                ]
+                .into(),
                 api: "calloc",
                 stats: stats(64, 1, 64, 1),
             },

@@ -237,7 +237,7 @@ impl Builder {
             let (name, file, line) = match f {
                 Frame::Function {
                     name, file, line, ..
-                } => (name.clone(), file.as_deref().unwrap_or(""), *line),
+                } => (name.to_string(), file.as_deref().unwrap_or(""), *line),
                 // An unresolved address with a mapping stays without lines, so
                 // tools symbolize it from the module; without one its label
                 // is all there is to show.
@@ -259,7 +259,7 @@ impl Builder {
         let main = self.location_frames.iter().find_map(|g| {
             let defines_main = g
                 .iter()
-                .any(|f| matches!(f, Frame::Function { name, .. } if name == "main"));
+                .any(|f| matches!(f, Frame::Function { name, .. } if &**name == "main"));
             defines_main
                 .then(|| g.last().and_then(Frame::pc))
                 .flatten()

@@ -168,7 +168,8 @@ fn profile_with_pcs() -> Profile {
             f("serve", 20, false, pc(&app, 0x1234, 0x5555_0000_1234)),
             f("cache_put", 30, true, pc(&app, 0x1234, 0x5555_0000_1234)),
             Frame::unknown("libplugin.so", 0x42).with_pc(pc(&lib, 0x42, 0)),
-        ],
+        ]
+        .into(),
         api: "calloc",
         stats: SiteStats {
             live_bytes: 4096,
@@ -284,7 +285,7 @@ fn the_process_binary_is_the_first_mapping() {
         comm: "memcached".into(),
         sites: vec![Site {
             pid: 0,
-            frames: vec![at(&lib, 0x10), at(&exe, 0x20)],
+            frames: vec![at(&lib, 0x10), at(&exe, 0x20)].into(),
             api: "malloc",
             stats: SiteStats {
                 live_bytes: 1,
