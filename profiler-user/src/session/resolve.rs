@@ -152,22 +152,24 @@ impl<'a> Resolver<'a> {
     ) -> Vec<Site> {
         // Every address first, in one batch per module.
         self.resolve(ips_by_ref.values().flatten().copied());
-        let mut by_ref: HashMap<StackRef, Vec<Frame>> = HashMap::new();
+        // Sites of one stack (other APIs or processes) share its frames.
+        let mut by_ref: HashMap<StackRef, Arc<[Frame]>> = HashMap::new();
         let mut out = Vec::with_capacity(snap.sites.len());
         for (key, stats) in &snap.sites {
             let frames = match ips_by_ref.get(&key.stack) {
-                Some(ips) => by_ref
-                    .entry(key.stack)
-                    .or_insert_with(|| self.stack_frames(ips))
-                    .clone(),
-                None => Vec::new(),
+                Some(ips) => Arc::clone(
+                    by_ref
+                        .entry(key.stack)
+                        .or_insert_with(|| self.stack_frames(ips).into()),
+                ),
+                None => Arc::from([]),
             };
             let api = AllocKind::from_u32(key.kind)
                 .map(AllocKind::symbol)
                 .unwrap_or("?");
             out.push(Site {
                 pid: key.pid,
-                frames: frames.into(),
+                frames,
                 api,
                 stats: stats.clone(),
             });
