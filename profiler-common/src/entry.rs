@@ -33,6 +33,11 @@ const COOKIE_VALID: u64 = 1 << 63;
 /// Set in the cookie of a custom pool allocator's entry point.
 const COOKIE_POOL: u64 = 1 << 32;
 
+/// The cookie of the point where the entry program holds a `run` command at
+/// `_exit` (see profiler-ebpf's `hold.rs`): not a valid entry spec, so
+/// nothing else reads it as one.
+pub const HOLD_COOKIE: u64 = 0x686f_6c64;
+
 impl EntrySpec {
     /// A spec saving argument positions `args` (use [`ARG_NONE`] for unused slots).
     pub const fn new(kind: AllocKind, args: [u8; 3]) -> EntrySpec {

@@ -26,18 +26,26 @@ const SIGSTOP: u32 = 19;
 /// sharing the code, a vfork child among them, have another tgid).
 #[uprobe]
 pub fn hold_at_exit(_ctx: ProbeContext) -> u32 {
+    hold();
+    0
+}
+
+/// Stops the current process if it is the one to hold (the entry program
+/// calls this at the `_exit` point of its `uprobe_multi` link).
+#[inline(always)]
+pub(crate) fn hold() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(want) = EXIT_HOLD.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     let Some(held) = EXIT_HOLD.get_ptr_mut(1) else {
-        return 0;
+        return;
     };
     // SAFETY: both pointers are to slots of an array map, valid for the
     // program's run; userspace writes slot 0 once before the command runs.
     unsafe {
         if tgid == 0 || *want != tgid {
-            return 0;
+            return;
         }
         *want = 0;
         *held = tgid;
@@ -45,5 +53,4 @@ pub fn hold_at_exit(_ctx: ProbeContext) -> u32 {
         // process stops before `_exit` runs.
         bpf_send_signal(SIGSTOP);
     }
-    0
 }

@@ -62,11 +62,22 @@ fn arg(regs: &[u64; 6], n: u8) -> u64 {
     }
 }
 
+/// The probe's attach cookie.
+#[inline(always)]
+fn cookie_of(ctx: &ProbeContext) -> u64 {
+    // SAFETY: the context pointer is the one the kernel passed to this program.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
 /// The probed call's entry point row and its saved arguments.
 #[inline(always)]
 fn spec_and_args(ctx: &ProbeContext) -> Option<(EntrySpec, [u64; 3])> {
-    // SAFETY: the context pointer is the one the kernel passed to this program.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    spec_and_args_of(ctx, cookie_of(ctx))
+}
+
+/// [`spec_and_args`] of a cookie already read.
+#[inline(always)]
+fn spec_and_args_of(ctx: &ProbeContext, cookie: u64) -> Option<(EntrySpec, [u64; 3])> {
     let spec = EntrySpec::from_cookie(cookie)?;
     let regs = arg_registers(ctx);
     let args = [
@@ -80,7 +91,13 @@ fn spec_and_args(ctx: &ProbeContext) -> Option<(EntrySpec, [u64; 3])> {
 /// Entry of any allocator function, described by its attach cookie.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    let Some((spec, args)) = spec_and_args(&ctx) else {
+    let cookie = cookie_of(&ctx);
+    let Some((spec, args)) = spec_and_args_of(&ctx, cookie) else {
+        // `_exit` of a `run` command, in its first file's entry link (no
+        // link of its own: each link's close costs the detach a grace period).
+        if cookie == profiler_common::entry::HOLD_COOKIE {
+            crate::hold::hold();
+        }
         return 0;
     };
     entry_of(&ctx, spec, args);

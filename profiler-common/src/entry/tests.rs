@@ -281,3 +281,10 @@ fn sessions_skip_only_calls_that_enter_no_other_entry_point() {
         assert!(!may_skip_return(k, r(64, 0x1000)), "{k:?}");
     }
 }
+
+#[test]
+fn the_hold_cookie_is_no_entry_spec() {
+    // The entry program holds a `run` command at this cookie instead of
+    // counting a call: no entry spec may ever encode to it.
+    assert_eq!(EntrySpec::from_cookie(HOLD_COOKIE), None);
+}

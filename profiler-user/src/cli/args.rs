@@ -269,6 +269,7 @@ impl CommonArgs {
             stack_copy,
             follow: !self.no_follow,
             sessions: self.sessions,
+            hold_exit: false,
         })
     }
 

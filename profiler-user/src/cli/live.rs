@@ -82,7 +82,7 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
     // Serves until this function returns (after the report).
     let (_server, feed) = super::serve::start_live(&args.common, Some(pid))?;
     phases.mark("server start");
-    let mut probes = attach_probes(pid, &target, &args.common)?;
+    let mut probes = attach_probes(pid, &target, &args.common, false)?;
     for (p, other) in &targets[1..] {
         probes
             .add_process(*p, Some(other))
@@ -142,7 +142,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     // After the fork: the command keeps its own priority.
     let raised = raise_priority(&args.common);
     // On error the child is dropped at the gate: it exits without running.
-    let mut probes = attach_probes(pid, &target, &args.common)?;
+    let mut probes = attach_probes(pid, &target, &args.common, true)?;
     // Its memory map is read as it exits, however short it runs.
     if let Err(why) = probes.hold_at_exit() {
         note(&format!(
@@ -258,12 +258,17 @@ fn attach_probes(
     pid: u32,
     target: &target::AllocatorTarget,
     common: &CommonArgs,
+    hold_exit: bool,
 ) -> Result<Probes> {
+    let capture = probes::CaptureConfig {
+        hold_exit,
+        ..common.capture()?
+    };
     Ok(Probes::attach(
         pid,
         target,
         common.map_sizes()?,
-        common.capture()?,
+        capture,
         common.probe_mode(),
     )?)
 }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum ProbeError {
     #[error("no such process: pid {0} (check it with `ps -p {0}`)")]
     NoSuchProcess(u32),
+    #[error("holding the command at its exit: {0}")]
+    ExitHold(String),
     #[error("permission denied: heapscope needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE) to load eBPF; run it with sudo")]
     NotPrivileged,
     #[error("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing); it needs CONFIG_UPROBE_EVENTS=y")]

@@ -10,21 +10,24 @@ use std::path::PathBuf;
 use aya::maps::Array;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 
-use super::{multi, single, Probes};
+use super::{single, Probes};
 
-/// The program's map.
+/// The program holding a `run` command at `_exit` without `uprobe_multi`
+/// (with it, the entry program does, at the hold cookie).
+const HOLD_PROGRAM: &str = "hold_at_exit";
+/// The hold's map.
 const MAP: &str = "EXIT_HOLD";
 /// Slots of the map: the tgid to hold, and the tgid held.
 const WANT: u32 = 0;
 const HELD: u32 = 1;
 
 impl Probes {
-    /// Holds the first process at `_exit` until [`Probes::release_exit`]:
-    /// attaches the probe where its target found `_exit` (libc, or a static
-    /// program), as a `uprobe_multi` link when the probes are (a perf-event
-    /// probe adds ~100 ms to the detach). Returns that module, or why the
-    /// hold is not possible (then a command that ends quickly may keep bare
-    /// addresses).
+    /// Holds the first process at `_exit` until [`Probes::release_exit`].
+    /// With `uprobe_multi` links and `CaptureConfig::hold_exit` the point is
+    /// already in its file's entry link (an extra link's close would cost
+    /// the detach a grace period) and armed; else it goes in as one
+    /// perf-event probe. Returns the module, or why the hold is not possible
+    /// (then a command that ends quickly may keep bare addresses).
     pub fn hold_at_exit(&mut self) -> Result<PathBuf, String> {
         let pid = self.pid;
         let scope = NonZeroU32::new(pid).ok_or("no process")?;
@@ -33,19 +36,10 @@ impl Probes {
             .exit_point
             .clone()
             .ok_or("no probed module defines _exit")?;
-        let hold = match &self.links {
-            super::Links::Multi(m) => m.programs(),
-            _ => return self.hold_one_probe(scope, file, offset),
-        };
-        let Some(prog) = hold.hold.as_ref() else {
-            return self.hold_one_probe(scope, file, offset);
-        };
-        let point = multi::MultiPoint { offset, cookie: 0 };
-        let link = multi::link(prog, &file, &[point], multi::LinkKind::Entry, pid)
-            .map_err(|e| e.to_string())?;
-        self.hold_link = Some(link);
-        self.arm_exit_hold()?;
-        Ok(file)
+        if self.exit_hold.is_some() {
+            return Ok(file);
+        }
+        self.hold_one_probe(scope, file, offset)
     }
 
     /// The hold as one perf-event probe (kernels without `uprobe_multi`).
@@ -55,8 +49,7 @@ impl Probes {
         file: PathBuf,
         offset: u64,
     ) -> Result<PathBuf, String> {
-        let prog =
-            single::program(&mut self.ebpf, multi::HOLD_PROGRAM).map_err(|e| e.to_string())?;
+        let prog = single::program(&mut self.ebpf, HOLD_PROGRAM).map_err(|e| e.to_string())?;
         let at = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie: None,
@@ -64,12 +57,13 @@ impl Probes {
         let link = prog
             .attach(at, &file, UProbeScope::OneProcess(scope))
             .map_err(|e| format!("{}: {e}", file.display()))?;
-        self.extra.push((multi::HOLD_PROGRAM, link));
+        self.extra.push((HOLD_PROGRAM, link));
         self.arm_exit_hold()?;
         Ok(file)
     }
 
-    fn arm_exit_hold(&mut self) -> Result<(), String> {
+    /// Tells the probes which process to hold.
+    pub(super) fn arm_exit_hold(&mut self) -> Result<(), String> {
         let pid = self.pid;
         self.hold_map()?
             .set(WANT, pid, 0)

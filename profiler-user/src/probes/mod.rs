@@ -56,6 +56,9 @@ pub struct CaptureConfig {
     /// kernel has them (6.13+) and allocations are sampled: an unsampled
     /// call's return probe is skipped, and the live heap becomes an estimate.
     pub sessions: bool,
+    /// Hold the first process at `_exit` until its memory map is read (a
+    /// `run` command, heapscope's own child; see `exit_hold`).
+    pub hold_exit: bool,
 }
 
 impl Default for CaptureConfig {
@@ -66,6 +69,7 @@ impl Default for CaptureConfig {
             stack_copy: defaults::STACK_COPY,
             follow: true,
             sessions: false,
+            hold_exit: false,
         }
     }
 }
@@ -159,9 +163,6 @@ pub struct Probes {
     /// The functions probed in each process (see `more::Probed`): an exec'd
     /// program's probes skip those its old ones still cover.
     probed: std::collections::BTreeMap<u32, std::collections::HashSet<more::Probed>>,
-    /// The link holding a `run` command at `_exit`, when it is a
-    /// `uprobe_multi` one (else it is in `extra`).
-    hold_link: Option<std::os::fd::OwnedFd>,
     /// Every process with probes, the first one first.
     pids: Vec<u32>,
     /// The allocator target of each process added with one of its own (a
@@ -355,6 +356,8 @@ impl Probes {
         let live_thread = crate::process::procfs::stat(pid)
             .filter(|s| s.is_dead())
             .and_then(|_| crate::process::procfs::live_thread(pid));
+        // With the hold, its point goes in the entry link of its file.
+        let hold = target.exit_point.as_ref().filter(|_| capture.hold_exit);
         let multi = if let Some(tid) = live_thread {
             Err(format!(
                 "the main thread has exited: probes opened on thread {tid}"
@@ -369,16 +372,18 @@ impl Probes {
             };
             match &session {
                 Ok(s) => multi::load(EBPF_OBJECT, &ebpf, &names(Some((session_prog, *s))))
-                    .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true))
+                    .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true, hold))
                     .map(|l| (l, Ok(())))
                     .or_else(|e| {
                         // Sessions failed: today's links, and say why.
                         multi::load(EBPF_OBJECT, &ebpf, &names(None))
-                            .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true))
+                            .and_then(|progs| {
+                                multi::attach(Arc::new(progs), pid, target, true, hold)
+                            })
                             .map(|l| (l, Err(e.to_string())))
                     }),
                 Err(why) => multi::load(EBPF_OBJECT, &ebpf, &names(None))
-                    .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true))
+                    .and_then(|progs| multi::attach(Arc::new(progs), pid, target, true, hold))
                     .map(|l| (l, Err(why.clone()))),
             }
             .map_err(|e| e.to_string())
@@ -398,7 +403,7 @@ impl Probes {
                 (Links::Single(l), count, AttachMethod::Single { why })
             }
         };
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
             pid,
             links,
@@ -412,7 +417,6 @@ impl Probes {
             extra: Vec::new(),
             extra_multi: Vec::new(),
             probed: std::collections::BTreeMap::from([(pid, more::probed(target))]),
-            hold_link: None,
             pids: vec![pid],
             targets: std::collections::BTreeMap::new(),
             follow: capture.follow,
@@ -420,7 +424,12 @@ impl Probes {
             ringbuf_bytes: sizes.ringbuf_bytes,
             sessions,
             exit_hold: None,
-        })
+        };
+        if hold.is_some() && matches!(probes.links, Links::Multi(_)) {
+            // Its point is in the links: armed now, before the command runs.
+            probes.arm_exit_hold().map_err(ProbeError::ExitHold)?;
+        }
+        Ok(probes)
     }
 
     /// Starts counting: the session calls this once it has taken its starting
@@ -521,15 +530,13 @@ impl Probes {
     /// reported but not fatal: dropping the object detaches too.
     pub fn detach(&mut self) -> Vec<String> {
         // Each link's close waits for a grace period: the other processes'
-        // links and the exit hold go on threads of their own, so their
-        // grace periods overlap the first process's (whose links keep their
-        // order). One thread, if it cannot start, detaches on this one.
+        // links go on threads of their own, so their grace periods overlap
+        // the first process's (whose links keep their order). If the thread
+        // cannot start, they are detached on this one.
         let others: Vec<multi::MultiLinks> = self.extra_multi.drain(..).collect();
-        let hold = self.hold_link.take();
         let background = std::thread::Builder::new()
             .name("heapscope-detach".into())
             .spawn(move || {
-                drop(hold);
                 std::thread::scope(|s| {
                     for m in others {
                         s.spawn(move || m.detach());

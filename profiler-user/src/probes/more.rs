@@ -95,7 +95,7 @@ impl Probes {
         if let Links::Multi(m) = &self.links {
             // Plain entry and return links, as one at a time: uprobe
             // sessions are the first process's only.
-            if let Ok(l) = multi::attach(m.programs(), pid, target, false) {
+            if let Ok(l) = multi::attach(m.programs(), pid, target, false, None) {
                 let n = l.probes;
                 self.extra_multi.push(l);
                 self.count += n;

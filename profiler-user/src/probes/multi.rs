@@ -154,8 +154,6 @@ pub struct MultiPrograms {
     /// Attached as uprobe sessions at the entry points with a return (then
     /// `ret` is not attached).
     pub session: Option<SessionProgram>,
-    /// The exit hold of a `run` command (see `exit_hold`), when it loaded.
-    pub hold: Option<OwnedFd>,
 }
 
 /// A program loaded with the uprobe session attach type.
@@ -259,8 +257,6 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
         entry: load_one(entry, BPF_TRACE_UPROBE_MULTI, None)?,
         ret: load_one(ret, BPF_TRACE_UPROBE_MULTI, None)?,
         session,
-        // Without it a `run` command's hold falls back to a perf-event probe.
-        hold: load_one(HOLD_PROGRAM, BPF_TRACE_UPROBE_MULTI, None).ok(),
     };
     phases.mark("programs loaded and verified");
     Ok(programs)
@@ -345,9 +341,6 @@ pub fn link(
     bpf_fd(BPF_LINK_CREATE, &mut attr).map_err(err)
 }
 
-/// The program that holds a `run` command at `_exit` (profiler-ebpf's `hold.rs`).
-pub const HOLD_PROGRAM: &str = "hold_at_exit";
-
 /// Links attached for one process: dropping them detaches every probe.
 pub struct MultiLinks {
     /// Return links first, then entry links (the order they went in).
@@ -383,12 +376,14 @@ impl MultiLinks {
 /// frees first (see `super::attach_order`). With a session program: per
 /// file one link for the entry-only points (frees) first, then one session
 /// link for the points with a return; without `sessions` (another process
-/// than the first), plain entry and return links even so.
+/// than the first), plain entry and return links even so. `hold` (a file
+/// and offset: `_exit`) joins its file's entry link with the hold cookie.
 pub fn attach(
     programs: Arc<MultiPrograms>,
     pid: u32,
     target: &super::AllocatorTarget,
     sessions: bool,
+    hold: Option<&(std::path::PathBuf, u64)>,
 ) -> Result<MultiLinks, MultiError> {
     let order = super::attach_order(&target.points);
     let mut files: Vec<&Path> = Vec::new();
@@ -422,6 +417,14 @@ pub fn attach(
     };
     let mut links = Vec::new();
     let mut probes = 0;
+    let hold_point = |file: &Path| {
+        hold.filter(|(f, _)| f == file)
+            .map(|(_, offset)| MultiPoint {
+                offset: *offset,
+                cookie: profiler_common::entry::HOLD_COOKIE,
+            })
+    };
+    let mut hold_linked = false;
     let mut phases = crate::phases::Phases::new("uprobe_multi");
     for (keep, at_start, prog, kind) in passes {
         for file in &files {
@@ -437,6 +440,15 @@ pub fn attach(
                     cookie: p.spec.cookie(),
                 })
                 .collect();
+            // Allocator probes; the hold point is not one.
+            let count = points.len();
+            let mut points = points;
+            if kind == LinkKind::Entry {
+                if let Some(h) = hold_point(file) {
+                    points.push(h);
+                    hold_linked = true;
+                }
+            }
             if points.is_empty() {
                 continue;
             }
@@ -446,8 +458,17 @@ pub fn attach(
                 points.len(),
                 file.display()
             ));
-            probes += points.len();
+            probes += count;
         }
+    }
+    if let (Some((file, offset)), false) = (hold, hold_linked) {
+        // `_exit` in a file with no entry point (a static allocator's
+        // program, libc unprobed): a link of its own.
+        let point = MultiPoint {
+            offset: *offset,
+            cookie: profiler_common::entry::HOLD_COOKIE,
+        };
+        links.push(link(&programs.entry, file, &[point], LinkKind::Entry, pid)?);
     }
     Ok(MultiLinks {
         links,
