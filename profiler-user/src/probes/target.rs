@@ -246,13 +246,29 @@ fn linkage(path: &str, exe: Option<&str>, preload: &str) -> Linkage {
     }
 }
 
+/// The memory map of `pid` once its program is mapped: a process caught
+/// in the middle of `execve` (its parent resumes, its new address space is
+/// in place, the program's segments are not mapped yet) lists no file at
+/// all for a moment. Read again for up to ~0.2 s, then taken as it is.
+fn read_settled(pid: u32) -> Result<MemoryMap, crate::process::maps::MapsError> {
+    let mut maps = MemoryMap::read(pid)?;
+    for _ in 0..20 {
+        if !maps.executable_files().is_empty() || !procfs::alive(pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        maps = MemoryMap::read(pid)?;
+    }
+    Ok(maps)
+}
+
 /// Finds the allocators of a running process from its memory map.
 pub fn discover(
     pid: u32,
     skip_prologue: bool,
     custom: &CustomAllocator,
 ) -> Result<AllocatorTarget, ProbeError> {
-    let maps = MemoryMap::read(pid).map_err(|e| match e {
+    let maps = read_settled(pid).map_err(|e| match e {
         crate::process::maps::MapsError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
