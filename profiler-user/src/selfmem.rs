@@ -133,12 +133,23 @@ const MAX_ARENAS: libc::c_int = 2;
 /// the default is 8 per CPU). heapscope's threads (capture, ring pump,
 /// symbolizer, server) each got an arena of their own, and memory one
 /// thread freed stayed resident in its arena instead of serving the
-/// others: three arenas held 15 MB under `--exact` on python3.11. Called
-/// first thing in `main`, before any thread starts.
+/// others: three arenas held 15 MB under `--exact` on python3.11. Also fixes
+/// the mmap threshold at [`MMAP_THRESHOLD`]: glibc raises it (up to 32 MiB)
+/// each time a large mmapped block is freed, after which the large
+/// temporaries of the first ticks (event batches, DWARF units) came from the
+/// arenas and stayed resident once freed: python3.11 `run --exact` peaked at
+/// 58–61 MB, 46–47 MB with it fixed. Called first thing in `main`, before
+/// any thread starts.
 pub fn limit_arenas() {
     // SAFETY: mallopt only sets a glibc tunable; called before threads exist.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, MAX_ARENAS) };
+    // SAFETY: as above.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
 }
+
+/// Blocks from this size up are mmapped and unmapped on free (glibc's
+/// default before it adjusts the threshold).
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
 /// Returns the free memory of this process's glibc arenas to the system
 /// (`malloc_trim(0)`: free pages inside every arena, not only at the top of
