@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 
 /// Errors reading BTF; all name what was wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,6 +72,12 @@ impl StructOffsets {
             .get(str_start..str_start + str_len as usize)
             .ok_or(BtfError::Header)?;
         let mut out = StructOffsets::default();
+        // Members of anonymous structs and unions (mm_struct keeps nearly
+        // all of its fields in one), by type id: (name offset in the string
+        // section, byte offset, type).
+        let mut anonymous: HashMap<u32, Vec<(u32, u32, u32)>> = HashMap::new();
+        // Anonymous members of wanted structs: (struct, type id, byte offset).
+        let mut nested: Vec<(String, u32, u32)> = Vec::new();
         let mut at = 0usize;
         // Type ids start at 1 (0 is void).
         let mut id = 0u32;
@@ -108,23 +115,57 @@ impl StructOffsets {
                     }
                 }
             }
-            if kind == KIND_STRUCT {
+            if kind == KIND_STRUCT || kind == KIND_UNION {
                 let name = str_at(strings, name_off);
-                if wanted.contains(&name) && !out.members.keys().any(|(s, _)| s == name) {
+                let keep = kind == KIND_STRUCT
+                    && wanted.contains(&name)
+                    && !out.members.keys().any(|(s, _)| s == name);
+                if keep || name_off == 0 {
+                    let mut members = Vec::with_capacity(vlen);
                     for m in 0..vlen {
                         let base = body + 12 * m;
                         let mname = u32_at(types, base).ok_or(BtfError::Truncated(base))?;
+                        let mtype = u32_at(types, base + 4).ok_or(BtfError::Truncated(base))?;
                         let moff = u32_at(types, base + 8).ok_or(BtfError::Truncated(base))?;
                         // With kind_flag the low 24 bits are the bit offset.
                         let bits = if kind_flag { moff & 0xff_ffff } else { moff };
-                        out.members.insert(
-                            (name.to_string(), str_at(strings, mname).to_string()),
-                            bits / 8,
-                        );
+                        members.push((mname, bits / 8, mtype));
+                    }
+                    if keep {
+                        for (mname, off, mtype) in members {
+                            let mname = str_at(strings, mname);
+                            if mname.is_empty() {
+                                nested.push((name.to_string(), mtype, off));
+                            } else {
+                                out.members
+                                    .insert((name.to_string(), mname.to_string()), off);
+                            }
+                        }
+                    } else {
+                        anonymous.insert(id, members);
                     }
                 }
             }
             at = body + extra;
+        }
+        // Fields of anonymous members count as the struct's own, at their
+        // offset within it (bounded: anonymous types nest a few levels).
+        let mut steps = 0;
+        while let Some((name, ty, base)) = nested.pop() {
+            steps += 1;
+            if steps > 10_000 {
+                break;
+            }
+            for (mname, off, mtype) in anonymous.get(&ty).into_iter().flatten() {
+                let mname = str_at(strings, *mname);
+                if mname.is_empty() {
+                    nested.push((name.clone(), *mtype, base + off));
+                } else {
+                    out.members
+                        .entry((name.clone(), mname.to_string()))
+                        .or_insert(base + off);
+                }
+            }
         }
         Ok(out)
     }
@@ -165,6 +206,18 @@ pub fn exit_offsets() -> Option<(u32, u32)> {
     Some((
         offs.get("task_struct", "signal")?,
         offs.get("signal_struct", "live")?,
+    ))
+}
+
+/// The byte offsets of task_struct.mm and mm_struct.start_stack (a main
+/// thread's samples copy its stack up to there until its end is learned);
+/// `None` when the kernel's BTF lacks either.
+pub fn main_stack_offsets() -> Option<(u32, u32)> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let offs = StructOffsets::parse(&data, &["task_struct", "mm_struct"]).ok()?;
+    Some((
+        offs.get("task_struct", "mm")?,
+        offs.get("mm_struct", "start_stack")?,
     ))
 }
 
@@ -294,6 +347,18 @@ mod tests {
             Ok(data) => {
                 let o = ReturnChainOffsets::from_btf(&data).expect("uprobe structs in vmlinux BTF");
                 assert_ne!(o.ri_orig_ret, o.ri_next);
+            }
+            Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
+        }
+    }
+
+    #[test]
+    fn running_kernel_names_the_main_stack_start() {
+        match std::fs::read("/sys/kernel/btf/vmlinux") {
+            Ok(_) => {
+                let (mm, start) =
+                    main_stack_offsets().expect("task_struct.mm, mm_struct.start_stack");
+                assert!(mm > 0 && start > 0);
             }
             Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
         }

@@ -264,6 +264,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
     });
     // Without them, a process's exit is not seen: its blocks stay live.
     let exit_offsets = btf::exit_offsets().unwrap_or((0, 0));
+    // Without them a main thread's first samples copy the full stack size.
+    let main_stack = btf::main_stack_offsets().unwrap_or((0, 0));
     let fp_stacks = if capture.stack_mode == StackMode::Dwarf {
         1
     } else {
@@ -297,6 +299,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("OFF_TASK_TGID", &btf::task_tgid_offset().unwrap_or(0), true)
         .override_global("OFF_TASK_SIGNAL", &exit_offsets.0, true)
         .override_global("OFF_SIGNAL_LIVE", &exit_offsets.1, true)
+        .override_global("OFF_TASK_MM", &main_stack.0, true)
+        .override_global("OFF_MM_START_STACK", &main_stack.1, true)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)
