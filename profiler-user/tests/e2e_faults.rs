@@ -2,7 +2,10 @@
 //! detach leaves no breakpoint in the target. The target's executable text
 //! (libc, its allocator, included) read through /proc/PID/mem must equal the
 //! files' bytes, and the target, which calls every probed entry point in a
-//! loop, must still run (a stray int3 would kill it with SIGTRAP).
+//! loop, must still run (a stray int3 would kill it with SIGTRAP). The one
+//! exception is the kernel's own: killed inside a link's close, the kernel
+//! may fail to restore the instruction and says so in its log ("leaking
+//! uprobe"); that target is then replaced (see `kernel_leaks`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: failing loudly is its job
 
 mod common;
@@ -69,7 +72,8 @@ fn text_differences(pid: u32) -> Vec<(String, u64, u8, u8)> {
 /// kernel removes a killed process's uprobes when its file descriptors close,
 /// and a uprobe_multi link's release waits for an RCU grace period, which on
 /// a busy machine has been seen to take over 3 s: the bound is generous.
-fn assert_clean(pid: u32, what: &str) {
+/// Returns what still differs.
+fn wait_clean(pid: u32) -> Vec<(String, u64, u8, u8)> {
     let mut diffs = text_differences(pid);
     for _ in 0..3000 {
         if diffs.is_empty() {
@@ -78,12 +82,59 @@ fn assert_clean(pid: u32, what: &str) {
         std::thread::sleep(Duration::from_millis(10));
         diffs = text_differences(pid);
     }
+    diffs
+}
+
+fn assert_clean(pid: u32, what: &str) {
+    let diffs = wait_clean(pid);
     assert!(
         diffs.is_empty(),
         "{what}: {} bytes of text differ from the files, first {:x?}",
         diffs.len(),
         &diffs[..diffs.len().min(8)]
     );
+}
+
+/// Kernel log lines saying a uprobe could not be unregistered. Killed
+/// while it closes a link (its detach), heapscope's close fails in the
+/// kernel (the pending SIGKILL interrupts the page walk that restores the
+/// original instruction): the kernel says "failed to unregister, leaking
+/// uprobe" and the breakpoint stays, without a consumer (the target takes
+/// a trap there that does nothing). heapscope cannot prevent it.
+fn kernel_leaks() -> usize {
+    Command::new("dmesg")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .matches("leaking uprobe")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// After heapscope was killed: the target runs, and its text is clean
+/// again, unless the kernel said it leaked uprobes since `leaks_before`.
+/// Returns false when it did (the leaked breakpoints stay in this target:
+/// the next kill points need a new one).
+fn check_after_kill(fx: &mut Fixture, leaks_before: usize, what: &str) -> bool {
+    let diffs = wait_clean(fx.pid);
+    assert_running(fx, what);
+    if diffs.is_empty() {
+        return true;
+    }
+    let leaked = kernel_leaks().saturating_sub(leaks_before);
+    assert!(
+        leaked > 0,
+        "{what}: {} bytes of text differ from the files, first {:x?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(8)]
+    );
+    eprintln!(
+        "{what}: the kernel leaked {leaked} uprobes (dmesg: \"failed to unregister, leaking \
+         uprobe\"); {} bytes stay int3 and the target runs on; a new target for what follows",
+        diffs.len()
+    );
+    false
 }
 
 fn assert_running(fx: &mut Fixture, what: &str) {
@@ -145,11 +196,20 @@ fn sigkill_at_any_point_leaves_no_breakpoint() {
     }
     let bin = fixture("churn", "o2", &["-O2", "-g"]);
     let mut fx = start_fixture(&bin);
+    let mut guard = KillOnDrop(fx.pid);
+    assert_clean(fx.pid, "before any attach");
     let pid = fx.pid;
-    let _guard = KillOnDrop(pid);
-    assert_clean(pid, "before any attach");
+    // A target the kernel leaked uprobes in is replaced (see `kernel_leaks`).
+    let renew = |fx: &mut Fixture, guard: &mut KillOnDrop| {
+        let _ = fx.child.kill();
+        let _ = fx.child.wait();
+        *fx = start_fixture(&bin);
+        *guard = KillOnDrop(fx.pid);
+        assert_clean(fx.pid, "a new target");
+    };
 
     // The check sees probes: while attached, the entry points hold int3.
+    let leaks = kernel_leaks();
     let started = std::time::Instant::now();
     let (mut hs, stderr) = start_heapscope(pid);
     wait_for(&stderr, "attached", &mut Vec::new());
@@ -167,42 +227,49 @@ fn sigkill_at_any_point_leaves_no_breakpoint() {
     );
     kill(&mut hs, libc::SIGKILL);
     hs.wait().expect("reap heapscope");
-    assert_clean(pid, "killed while running");
-    assert_running(&mut fx, "killed while running");
+    if !check_after_kill(&mut fx, leaks, "killed while running") {
+        renew(&mut fx, &mut guard);
+    }
 
     // During attach: killed some time after start, before or while the
     // probes go in (delays spread over the time the first attach took).
     for (i, us) in delays(12, 6, attach_us).into_iter().enumerate() {
-        let (mut hs, _stderr) = start_heapscope(pid);
+        let leaks = kernel_leaks();
+        let (mut hs, _stderr) = start_heapscope(fx.pid);
         std::thread::sleep(Duration::from_micros(us));
         kill(&mut hs, libc::SIGKILL);
         hs.wait().expect("reap heapscope");
         let what = format!("attach #{i}, killed after {us} µs");
-        assert_clean(pid, &what);
-        assert_running(&mut fx, &what);
+        if !check_after_kill(&mut fx, leaks, &what) {
+            renew(&mut fx, &mut guard);
+        }
     }
     // While running: killed some time after the attach line.
     for (i, us) in delays(34, 3, 300_000).into_iter().enumerate() {
-        let (mut hs, stderr) = start_heapscope(pid);
+        let leaks = kernel_leaks();
+        let (mut hs, stderr) = start_heapscope(fx.pid);
         wait_for(&stderr, "attached", &mut Vec::new());
         std::thread::sleep(Duration::from_micros(us));
         kill(&mut hs, libc::SIGKILL);
         hs.wait().expect("reap heapscope");
         let what = format!("run #{i}, killed {us} µs after attaching");
-        assert_clean(pid, &what);
-        assert_running(&mut fx, &what);
+        if !check_after_kill(&mut fx, leaks, &what) {
+            renew(&mut fx, &mut guard);
+        }
     }
     // During detach: SIGTERM starts the orderly stop, SIGKILL cuts it.
     for (i, us) in delays(56, 4, 50_000).into_iter().enumerate() {
-        let (mut hs, stderr) = start_heapscope(pid);
+        let leaks = kernel_leaks();
+        let (mut hs, stderr) = start_heapscope(fx.pid);
         wait_for(&stderr, "attached", &mut Vec::new());
         kill(&mut hs, libc::SIGTERM);
         std::thread::sleep(Duration::from_micros(us));
         kill(&mut hs, libc::SIGKILL);
         hs.wait().expect("reap heapscope");
         let what = format!("detach #{i}, killed {us} µs after SIGTERM");
-        assert_clean(pid, &what);
-        assert_running(&mut fx, &what);
+        if !check_after_kill(&mut fx, leaks, &what) {
+            renew(&mut fx, &mut guard);
+        }
     }
     let _ = fx.child.kill();
     let _ = fx.child.wait();
