@@ -188,37 +188,68 @@ impl StructOffsets {
     }
 }
 
-/// The byte offset of task_struct.tgid (the fork tracepoint reads the
-/// child's process id with it); `None` when the kernel's BTF lacks it.
-pub fn task_tgid_offset() -> Option<u32> {
-    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    StructOffsets::parse(&data, &["task_struct"])
-        .ok()?
-        .get("task_struct", "tgid")
-}
+/// The kernel's BTF, read and parsed once for every struct member the
+/// probes need (the tgid, exit, main-stack and return-chain offsets each
+/// read and parsed the 5-6 MB file on their own, four times per attach).
+pub struct KernelBtf(StructOffsets);
 
-/// The byte offsets of task_struct.signal and signal_struct.live (the exit
-/// tracepoint tells a process's last thread by them); `None` when the
-/// kernel's BTF lacks either.
-pub fn exit_offsets() -> Option<(u32, u32)> {
-    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let offs = StructOffsets::parse(&data, &["task_struct", "signal_struct"]).ok()?;
-    Some((
-        offs.get("task_struct", "signal")?,
-        offs.get("signal_struct", "live")?,
-    ))
-}
+/// The structs whose member offsets the probes use.
+const PROBE_STRUCTS: [&str; 5] = [
+    "task_struct",
+    "signal_struct",
+    "mm_struct",
+    "uprobe_task",
+    "return_instance",
+];
 
-/// The byte offsets of task_struct.mm and mm_struct.start_stack (a main
-/// thread's samples copy its stack up to there until its end is learned);
-/// `None` when the kernel's BTF lacks either.
-pub fn main_stack_offsets() -> Option<(u32, u32)> {
-    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let offs = StructOffsets::parse(&data, &["task_struct", "mm_struct"]).ok()?;
-    Some((
-        offs.get("task_struct", "mm")?,
-        offs.get("mm_struct", "start_stack")?,
-    ))
+impl KernelBtf {
+    /// Reads `/sys/kernel/btf/vmlinux`; `None` without it.
+    pub fn read() -> Option<KernelBtf> {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+        Self::from_btf(&data)
+    }
+
+    pub fn from_btf(data: &[u8]) -> Option<KernelBtf> {
+        StructOffsets::parse(data, &PROBE_STRUCTS)
+            .ok()
+            .map(KernelBtf)
+    }
+
+    /// task_struct.tgid (the fork tracepoint reads the child's process id
+    /// with it).
+    pub fn task_tgid(&self) -> Option<u32> {
+        self.0.get("task_struct", "tgid")
+    }
+
+    /// task_struct.signal and signal_struct.live (the exit tracepoint
+    /// tells a process's last thread by them).
+    pub fn exit(&self) -> Option<(u32, u32)> {
+        Some((
+            self.0.get("task_struct", "signal")?,
+            self.0.get("signal_struct", "live")?,
+        ))
+    }
+
+    /// task_struct.mm and mm_struct.start_stack (a main thread's samples
+    /// copy its stack up to there until its end is learned).
+    pub fn main_stack(&self) -> Option<(u32, u32)> {
+        Some((
+            self.0.get("task_struct", "mm")?,
+            self.0.get("mm_struct", "start_stack")?,
+        ))
+    }
+
+    /// The offsets of the pending-uretprobe chain.
+    pub fn return_chain(&self) -> Option<ReturnChainOffsets> {
+        let s = &self.0;
+        Some(ReturnChainOffsets {
+            task_utask: s.get("task_struct", "utask")?,
+            utask_instances: s.get("uprobe_task", "return_instances")?,
+            ri_orig_ret: s.get("return_instance", "orig_ret_vaddr")?,
+            ri_stack: s.get("return_instance", "stack")?,
+            ri_next: s.get("return_instance", "next")?,
+        })
+    }
 }
 
 /// What attaching allocator entry points as uprobe sessions (kernel 6.13+)
@@ -261,26 +292,6 @@ pub struct ReturnChainOffsets {
     pub ri_orig_ret: u32,
     pub ri_stack: u32,
     pub ri_next: u32,
-}
-
-impl ReturnChainOffsets {
-    /// Reads them from `/sys/kernel/btf/vmlinux`.
-    pub fn from_kernel() -> Option<ReturnChainOffsets> {
-        let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-        Self::from_btf(&data)
-    }
-
-    pub fn from_btf(data: &[u8]) -> Option<ReturnChainOffsets> {
-        let s =
-            StructOffsets::parse(data, &["task_struct", "uprobe_task", "return_instance"]).ok()?;
-        Some(ReturnChainOffsets {
-            task_utask: s.get("task_struct", "utask")?,
-            utask_instances: s.get("uprobe_task", "return_instances")?,
-            ri_orig_ret: s.get("return_instance", "orig_ret_vaddr")?,
-            ri_stack: s.get("return_instance", "stack")?,
-            ri_next: s.get("return_instance", "next")?,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -345,7 +356,9 @@ mod tests {
     fn running_kernel_has_the_return_chain() {
         match std::fs::read("/sys/kernel/btf/vmlinux") {
             Ok(data) => {
-                let o = ReturnChainOffsets::from_btf(&data).expect("uprobe structs in vmlinux BTF");
+                let o = KernelBtf::from_btf(&data)
+                    .and_then(|k| k.return_chain())
+                    .expect("uprobe structs in vmlinux BTF");
                 assert_ne!(o.ri_orig_ret, o.ri_next);
             }
             Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
@@ -356,8 +369,9 @@ mod tests {
     fn running_kernel_names_the_main_stack_start() {
         match std::fs::read("/sys/kernel/btf/vmlinux") {
             Ok(_) => {
-                let (mm, start) =
-                    main_stack_offsets().expect("task_struct.mm, mm_struct.start_stack");
+                let (mm, start) = KernelBtf::read()
+                    .and_then(|k| k.main_stack())
+                    .expect("task_struct.mm, mm_struct.start_stack");
                 assert!(mm > 0 && start > 0);
             }
             Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),

@@ -253,7 +253,9 @@ pub fn attach_order(points: &[AttachPoint]) -> Vec<&AttachPoint> {
 fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
     // Without these offsets samples carry no pending-uretprobe addresses,
     // and an unwind stops at a trampoline instead of looking past it.
-    let chain = btf::ReturnChainOffsets::from_kernel();
+    let kernel = btf::KernelBtf::read();
+    let kernel = kernel.as_ref();
+    let chain = kernel.and_then(btf::KernelBtf::return_chain);
     let ret_chain = u32::from(chain.is_some());
     let off = chain.unwrap_or(btf::ReturnChainOffsets {
         task_utask: 0,
@@ -263,9 +265,11 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         ri_next: 0,
     });
     // Without them, a process's exit is not seen: its blocks stay live.
-    let exit_offsets = btf::exit_offsets().unwrap_or((0, 0));
+    let exit_offsets = kernel.and_then(btf::KernelBtf::exit).unwrap_or((0, 0));
     // Without them a main thread's first samples copy the full stack size.
-    let main_stack = btf::main_stack_offsets().unwrap_or((0, 0));
+    let main_stack = kernel
+        .and_then(btf::KernelBtf::main_stack)
+        .unwrap_or((0, 0));
     let fp_stacks = if capture.stack_mode == StackMode::Dwarf {
         1
     } else {
@@ -296,7 +300,11 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("OFF_RI_STACK", &off.ri_stack, true)
         .override_global("OFF_RI_NEXT", &off.ri_next, true)
         .override_global("FOLLOW", &u32::from(capture.follow), true)
-        .override_global("OFF_TASK_TGID", &btf::task_tgid_offset().unwrap_or(0), true)
+        .override_global(
+            "OFF_TASK_TGID",
+            &kernel.and_then(btf::KernelBtf::task_tgid).unwrap_or(0),
+            true,
+        )
         .override_global("OFF_TASK_SIGNAL", &exit_offsets.0, true)
         .override_global("OFF_SIGNAL_LIVE", &exit_offsets.1, true)
         .override_global("OFF_TASK_MM", &main_stack.0, true)

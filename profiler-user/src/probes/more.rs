@@ -80,14 +80,19 @@ impl Probes {
     fn attach_more(&mut self, pid: u32, target: &AllocatorTarget) -> Result<usize, ProbeError> {
         let known = self.probed.entry(pid).or_default();
         let mut fresh = target.clone();
-        fresh
-            .points
-            .retain(|p| key(p).is_none_or(|k| !known.contains(&k)));
+        let mut keys = Vec::new();
+        fresh.points.retain(|p| match key(p) {
+            Some(k) if known.contains(&k) => false,
+            k => {
+                keys.extend(k);
+                true
+            }
+        });
         if fresh.points.is_empty() {
             return Ok(0);
         }
         let n = self.link_more(pid, &fresh)?;
-        self.probed.entry(pid).or_default().extend(probed(&fresh));
+        self.probed.entry(pid).or_default().extend(keys);
         Ok(n)
     }
 

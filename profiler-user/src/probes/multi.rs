@@ -428,7 +428,7 @@ pub fn attach(
     let mut phases = crate::phases::Phases::new("uprobe_multi");
     for (keep, at_start, prog, kind) in passes {
         for file in &files {
-            let points: Vec<MultiPoint> = order
+            let mut points: Vec<MultiPoint> = order
                 .iter()
                 .filter(|p| p.file == *file && keep(p))
                 .map(|p| MultiPoint {
@@ -442,7 +442,6 @@ pub fn attach(
                 .collect();
             // Allocator probes; the hold point is not one.
             let count = points.len();
-            let mut points = points;
             if kind == LinkKind::Entry {
                 if let Some(h) = hold_point(file) {
                     points.push(h);
