@@ -143,7 +143,20 @@ fn capture_stack(ctx: &RetProbeContext) -> i32 {
 /// A block freed by the program: out of the live map, into the counters.
 #[inline(always)]
 pub(crate) fn record_free(tgid: u32, ptr: u64) {
-    free_counted_as(tgid, ptr, counter::FREES_UNKNOWN)
+    free_counted_as(tgid, ptr, || counter::FREES_UNKNOWN)
+}
+
+/// A free by the program or by the allocator on its own, not told yet:
+/// `allocator` tells, and is asked only when `ptr` is not tracked.
+#[inline(always)]
+pub(crate) fn record_outermost_free(tgid: u32, ptr: u64, allocator: impl FnOnce() -> bool) {
+    free_counted_as(tgid, ptr, || {
+        if allocator() {
+            counter::ALLOCATOR_FREES
+        } else {
+            counter::FREES_UNKNOWN
+        }
+    })
 }
 
 /// A free made by the allocator's own code (its thread cache at thread
@@ -151,17 +164,17 @@ pub(crate) fn record_free(tgid: u32, ptr: u64) {
 /// the program's, so it is not a pre-attach free.
 #[inline(always)]
 pub(crate) fn record_allocator_free(tgid: u32, ptr: u64) {
-    free_counted_as(tgid, ptr, counter::ALLOCATOR_FREES)
+    free_counted_as(tgid, ptr, || counter::ALLOCATOR_FREES)
 }
 
-/// Frees `ptr`; a pointer not in the live map bumps `unknown`.
+/// Frees `ptr`; a pointer not in the live map bumps the counter `unknown` names.
 #[inline(always)]
-fn free_counted_as(tgid: u32, ptr: u64, unknown: u32) {
+fn free_counted_as(tgid: u32, ptr: u64, unknown: impl FnOnce() -> u32) {
     let key = LiveKey { tgid, _pad: 0, ptr };
     // SAFETY: the value is copied out at once; a concurrent remove of the same
     // pointer would be a double free in the target.
     let Some(a) = (unsafe { LIVE.get(&key) }).copied() else {
-        bump(unknown, 1);
+        bump(unknown(), 1);
         return;
     };
     if LIVE.remove(&key).is_ok() {

@@ -14,15 +14,19 @@ use aya_ebpf::{
 use profiler_common::{
     counter,
     entry::{may_skip_return, requested},
-    AllocKind, EntrySpec, EventKind, LiveKey, KFUNC_SESSION_IS_RETURN, STACK_NONE,
+    AllocKind, EntrySpec, EventKind, LiveKey, INTERNAL_AT_RETURN, KFUNC_SESSION_IS_RETURN,
+    STACK_NONE,
 };
 
 use crate::live::{
     account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
+    record_outermost_free,
 };
 use crate::maps::{armed, bump, maybe_tracked, LIVE};
 use crate::sample::sample;
-use crate::thread::{enter, judge_entry_only, leave, thread_has_pending, EntryOnly};
+use crate::thread::{
+    allocator_at, allocator_called, enter, judge_entry_only, leave, thread_has_pending, EntryOnly,
+};
 
 #[inline(always)]
 fn tgid() -> u32 {
@@ -124,11 +128,25 @@ fn entry_of(ctx: &ProbeContext, spec: EntrySpec, args: [u64; 3]) {
             match judge_entry_only(ctx) {
                 EntryOnly::Program => record_free(tgid(), args[0]),
                 EntryOnly::Allocator => record_allocator_free(tgid(), args[0]),
+                // Who freed a tracked block does not matter: it is freed.
+                // Only a free of something untracked is counted by who
+                // made it, so the return address is read only then.
+                EntryOnly::Outermost => {
+                    record_outermost_free(tgid(), args[0], || allocator_called(ctx))
+                }
                 EntryOnly::Nested => {}
             }
         }
         AllocKind::Munmap if !armed() => {}
         AllocKind::Munmap => match judge_entry_only(ctx) {
+            EntryOnly::Outermost if !allocator_called(ctx) => emit_map_event(map_event(
+                EventKind::Munmap,
+                tgid(),
+                args[0],
+                args[1],
+                STACK_NONE,
+            )),
+            EntryOnly::Outermost => bump(counter::ALLOCATOR_UNMAPPED, args[1]),
             EntryOnly::Program => emit_map_event(map_event(
                 EventKind::Munmap,
                 tgid(),
@@ -165,7 +183,14 @@ fn return_of(ctx: &RetProbeContext) {
         return;
     };
     let outcome = profiler_common::entry::outcome(kind, [st.arg0, st.arg1, st.arg2], ctx.ret());
-    if st.internal != 0 {
+    let own = match st.internal {
+        // The return address is where this return goes: the kernel has put
+        // it back into the registers before running the program.
+        // SAFETY: `regs` is the pt_regs the kernel passed to this program.
+        INTERNAL_AT_RETURN => allocator_at(Some(unsafe { (*ctx.regs).rip })),
+        internal => internal != 0,
+    };
+    if own {
         account_allocator(outcome);
     } else {
         account(ctx, tgid(), kind, outcome, st.sampled != 0);

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use profiler_common::{
     counter,
     nesting::{self, AllocLayout, Caller, Entry, Return, MAX_PENDING_CALLS},
-    AllocKind, Inflight, PendingCalls,
+    AllocKind, Inflight, PendingCalls, INTERNAL_AT_RETURN,
 };
 
 use crate::maps::{
@@ -85,62 +85,59 @@ fn pending_n(p: &PendingCalls) -> u32 {
     p.n.min(MAX_PENDING_CALLS as u32)
 }
 
-/// Judges an entry against the thread's pending calls (see
+/// An entry's judgement.
+pub(crate) enum Judged {
+    /// Decided against the thread's pending calls (see `nesting::judge_entry`).
+    Entry(Entry),
+    /// The thread has no pending call: the call is the program's, or the
+    /// allocator's own, by its return address alone, which was not read
+    /// (see [`allocator_at`]).
+    Outermost,
+}
+
+/// Judges an entry against the thread's pending calls `p` (see
 /// `nesting::judge_entry`). Stale pending calls are counted and dropped here.
 #[inline(always)]
-fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
+fn judge(ctx: &ProbeContext, p: Option<*mut PendingCalls>, now: u64) -> Judged {
+    let Some(p) = p else {
+        return Judged::Outermost;
+    };
+    // SAFETY: the entry is only touched by its own thread, which is here.
+    let s = unsafe { &*p };
+    let n = pending_n(s);
+    if n == 0 {
+        return Judged::Outermost;
+    }
     let sp = sp_of(ctx.regs);
     let ra = return_address(sp);
     let l = layout();
-    let p = INFLIGHT.get_ptr_mut(tid);
-    let j = match p {
-        None => nesting::judge_entry(
-            0,
-            |_| (0, 0),
-            sp,
-            now,
-            || Caller::Unknown,
-            || internal(l, ra),
-        ),
-        Some(p) => {
-            // SAFETY: the entry is only touched by its own thread, which is here.
-            let s = unsafe { &*p };
-            let n = pending_n(s);
-            // Classified once, before the loop over pending calls: asked
-            // lazily inside it, the verifier walks the range loop once per
-            // pending call and path, and verification explodes.
-            let who = if n > 0 {
-                caller(l, ra)
-            } else {
-                Caller::Unknown
-            };
-            // A custom pool's code is the program's: beneath a pending pool
-            // call it is the pool taking memory for itself.
-            let top = n
-                .checked_sub(1)
-                .and_then(|i| s.calls.get(slot(i)))
-                .map_or((false, 0), |c| (c.pool != 0, c.entry_sp));
-            let who = nesting::beneath_pool(who, top.0, top.1, sp);
-            nesting::judge_entry(
-                n,
-                |i| {
-                    s.calls
-                        .get(slot(i))
-                        .map_or((0, 0), |c| (c.entry_sp, c.ts_ns))
-                },
-                sp,
-                now,
-                || who,
-                || internal(l, ra),
-            )
-        }
-    };
+    // Classified once, before the loop over pending calls: asked lazily
+    // inside it, the verifier walks the range loop once per pending call
+    // and path, and verification explodes.
+    let who = caller(l, ra);
+    // A custom pool's code is the program's: beneath a pending pool call it
+    // is the pool taking memory for itself.
+    let top = n
+        .checked_sub(1)
+        .and_then(|i| s.calls.get(slot(i)))
+        .map_or((false, 0), |c| (c.pool != 0, c.entry_sp));
+    let who = nesting::beneath_pool(who, top.0, top.1, sp);
+    let j = nesting::judge_entry(
+        n,
+        |i| {
+            s.calls
+                .get(slot(i))
+                .map_or((0, 0), |c| (c.entry_sp, c.ts_ns))
+        },
+        sp,
+        now,
+        || who,
+        || internal(l, ra),
+    );
     if j.stale > 0 {
-        if let Some(p) = p {
-            // SAFETY: as above.
-            let s = unsafe { &mut *p };
-            set_n(s, pending_n(s).saturating_sub(j.stale));
-        }
+        // SAFETY: as above.
+        let s = unsafe { &mut *p };
+        set_n(s, pending_n(s).saturating_sub(j.stale));
         bump(counter::INFLIGHT_STALE, u64::from(j.stale));
     }
     match j.entry {
@@ -148,13 +145,30 @@ fn judge(ctx: &ProbeContext, tid: u64, now: u64) -> Entry {
         Entry::Allocator => bump(counter::ALLOCATOR_CALLS, 1),
         Entry::Program => {}
     }
-    j.entry
+    Judged::Entry(j.entry)
 }
 
-/// Pushes a pending call on the thread's stack (creating it on first use).
+/// Whether the allocator's own code made a call whose return address is
+/// `ra` (counted when it did): the rest of [`Judged::Outermost`].
 #[inline(always)]
-fn push(tid: u64, call: &Inflight) {
-    let p = match INFLIGHT.get_ptr_mut(tid) {
+pub(crate) fn allocator_at(ra: Option<u64>) -> bool {
+    let own = internal(layout(), ra);
+    if own {
+        bump(counter::ALLOCATOR_CALLS, 1);
+    }
+    own
+}
+
+/// [`allocator_at`] the return address of a call that just entered.
+#[inline(always)]
+pub(crate) fn allocator_called(ctx: &ProbeContext) -> bool {
+    allocator_at(return_address(sp_of(ctx.regs)))
+}
+
+/// Pushes a pending call on the thread's stack `p` (creating it on first use).
+#[inline(always)]
+fn push(tid: u64, p: Option<*mut PendingCalls>, call: &Inflight) {
+    let p = match p {
         Some(p) => p,
         None => {
             let Some(empty) = EMPTY_CALLS.get(0) else {
@@ -193,10 +207,12 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: b
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let internal = match judge(ctx, tid, now) {
-        Entry::Nested => return,
-        Entry::Chained => {
-            if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
+    let p = INFLIGHT.get_ptr_mut(tid);
+    let internal = match judge(ctx, p, now) {
+        Judged::Outermost => INTERNAL_AT_RETURN,
+        Judged::Entry(Entry::Nested) => return,
+        Judged::Entry(Entry::Chained) => {
+            if let Some(p) = p {
                 // SAFETY: the entry is only touched by its own thread, which is here.
                 let s = unsafe { &mut *p };
                 if let Some(top) = pending_n(s)
@@ -208,8 +224,8 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: b
             }
             return;
         }
-        Entry::Program => 0,
-        Entry::Allocator => 1,
+        Judged::Entry(Entry::Program) => 0,
+        Judged::Entry(Entry::Allocator) => 1,
     };
     let call = Inflight {
         kind: kind as u32,
@@ -224,7 +240,7 @@ pub(crate) fn enter(ctx: &ProbeContext, kind: AllocKind, args: [u64; 3], pool: b
         sampled,
         _pad: 0,
     };
-    push(tid, &call);
+    push(tid, p, &call);
 }
 
 /// True when the current thread has a pending (kept) allocator call: a
@@ -251,18 +267,28 @@ pub(crate) enum EntryOnly {
     Nested,
     /// The allocator on its own (its caches, its heaps).
     Allocator,
+    /// The program or the allocator on its own, not told yet: the thread
+    /// has no pending call (see [`allocator_called`]).
+    Outermost,
 }
 
 /// Judges a call that has no return probe.
 #[inline(always)]
 pub(crate) fn judge_entry_only(ctx: &ProbeContext) -> EntryOnly {
     let tid = bpf_get_current_pid_tgid();
+    let p = INFLIGHT.get_ptr_mut(tid);
+    // SAFETY: the entry is only touched by its own thread, which is here.
+    if p.is_none_or(|p| pending_n(unsafe { &*p }) == 0) {
+        // No clock read either: only pending calls age.
+        return EntryOnly::Outermost;
+    }
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    match judge(ctx, tid, now) {
-        Entry::Nested | Entry::Chained => EntryOnly::Nested,
-        Entry::Program => EntryOnly::Program,
-        Entry::Allocator => EntryOnly::Allocator,
+    match judge(ctx, p, now) {
+        Judged::Entry(Entry::Nested | Entry::Chained) => EntryOnly::Nested,
+        Judged::Entry(Entry::Program) => EntryOnly::Program,
+        Judged::Entry(Entry::Allocator) => EntryOnly::Allocator,
+        Judged::Outermost => EntryOnly::Outermost,
     }
 }
 
