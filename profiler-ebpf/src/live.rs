@@ -189,7 +189,6 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: impl FnOnce() -> u32) {
                 kind: EventKind::SampledFree as u32,
                 tgid,
                 ptr,
-                ts_ns: now(),
                 tid: bpf_get_current_pid_tgid() as u32,
                 _pad: 0,
             };

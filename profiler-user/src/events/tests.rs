@@ -31,7 +31,6 @@ fn decodes_each_kind_and_rejects_short_records() {
         kind: EventKind::SampledFree as u32,
         tgid: 1,
         ptr: 2,
-        ts_ns: 3,
         tid: 4,
         _pad: 0,
     };
