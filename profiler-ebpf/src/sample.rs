@@ -2,8 +2,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task, bpf_get_prandom_u32, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_probe_read_user_buf,
+        bpf_get_current_task, bpf_get_prandom_u32, bpf_probe_read_kernel, bpf_probe_read_user_buf,
     },
     programs::RetProbeContext,
 };
@@ -265,8 +264,7 @@ pub(crate) fn sample_header(
         pending_slot: [0; MAX_PENDING],
         n_pending: 0,
         tid,
-        // SAFETY: reads 8 bytes of the target's memory; a fault is an error.
-        chunk: unsafe { bpf_probe_read_user(ptr.wrapping_sub(8) as *const u64) }.unwrap_or(0),
+        chunk: 0, // read by userspace, batched (profiler-user events::chunks)
     };
     pending_returns(&mut h);
     h

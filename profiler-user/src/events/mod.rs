@@ -11,11 +11,13 @@ use crate::aggregate::regions::ProcessRegions;
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
 use crate::probes::ProbeError;
-use crate::process::arenas::Home;
+use crate::process::arenas::{ChunkHead, Home};
 use crate::process::maps::MemoryMap;
+use crate::process::vm::VmRead;
 use crate::unwind::extent::{StackExtents, UnwoundCopy};
 use crate::unwind::{ModulePaths, PendingReturn, Regs, UnwindStop, Unwinder};
 
+pub mod chunks;
 pub mod pump;
 
 /// One decoded ring-buffer record.
@@ -70,15 +72,24 @@ pub struct EventSink<'a> {
     /// (a library loaded, or the command just exec'd); once per drain.
     pub refresh: &'a mut dyn FnMut() -> Option<MemoryMap>,
     pub refreshed: bool,
-    /// Where the allocator put a sampled block, from (tgid, ptr, the chunk
-    /// size word the probe read at allocation); `None` for other allocators.
-    pub home: Option<&'a dyn Fn(u32, u64, u64) -> Option<Home>>,
+    /// Where glibc put sampled blocks; `None` for other allocators.
+    pub home: Option<Homes<'a>>,
     /// Execs and forks of profiled processes, handled by the session after
     /// the drain (it needs the live map and the probes).
     pub execs: &'a mut Vec<ExecSeen>,
     /// The session's own target: its exit ends the session, and what it
     /// still held then (its leaks at exit) stays for the final report.
     pub target: u32,
+}
+
+/// How sampled glibc blocks are placed: their chunk headers are read
+/// through `memory` for a whole batch before it is applied
+/// ([`chunks::ChunkReads`]), then `place(tgid, ptr, header)` gives each
+/// block's home.
+#[derive(Clone, Copy)]
+pub struct Homes<'a> {
+    pub memory: &'a dyn VmRead,
+    pub place: &'a dyn Fn(u32, u64, ChunkHead) -> Option<Home>,
 }
 
 /// An exec (with the mapped regions of the old image released at that
@@ -103,8 +114,20 @@ pub fn apply_map(ev: &MapEvent, regions: &mut ProcessRegions) -> bool {
 }
 
 impl EventSink<'_> {
-    /// Applies one event; false for a record of an unknown kind.
+    /// Applies one event; false for a record of an unknown kind. A sample
+    /// applied this way has no chunk header: see [`EventSink::apply_with`].
     pub fn apply(&mut self, ev: Event<'_>, stats: &mut EventStats) -> bool {
+        self.apply_with(ev, None, stats)
+    }
+
+    /// Applies one event, a sample with its block's chunk `head` when it
+    /// was read ([`chunks::ChunkReads`]).
+    pub fn apply_with(
+        &mut self,
+        ev: Event<'_>,
+        head: Option<ChunkHead>,
+        stats: &mut EventStats,
+    ) -> bool {
         match ev {
             Event::Map(m) => apply_map(&m, self.regions),
             Event::SampledFree(f) => {
@@ -185,7 +208,11 @@ impl EventSink<'_> {
                         stack,
                         kind: h.alloc_kind,
                     };
-                    let home = self.home.and_then(|f| f(h.tgid, h.ptr, h.chunk));
+                    let home = self.home.and_then(|homes| {
+                        let home = head.and_then(|hd| (homes.place)(h.tgid, h.ptr, hd));
+                        stats.homes_unknown += u64::from(home.is_none());
+                        home
+                    });
                     self.samples.alloc_by(
                         h.tgid,
                         h.tid,
@@ -214,6 +241,14 @@ pub struct EventStats {
     /// Records still in the ring when the session stopped: never applied,
     /// so their allocations and frees are missing from per-site numbers.
     pub unread_at_stop: u64,
+    /// Sampled glibc blocks not placed in an arena: their chunk header was
+    /// unreadable when heapscope read it (an mmapped block already freed,
+    /// a heap trimmed) or made no sense. They are missing from the
+    /// per-arena live bytes, and a free of one by another thread counts as
+    /// cross-thread.
+    pub homes_unknown: u64,
+    /// `process_vm_readv` calls that read those headers.
+    pub header_reads: u64,
 }
 
 /// Where records are read from: the kernel's ring buffer, or a queue in tests.
@@ -347,6 +382,8 @@ pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, ProbeError> {
 pub struct EventReader<S = RingBuf<MapData>> {
     source: S,
     batch: Batch,
+    /// The chunk headers of the batch's samples (glibc only).
+    chunks: chunks::ChunkReads,
     limits: DrainLimits,
     pub stats: EventStats,
 }
@@ -357,6 +394,7 @@ impl<S: RecordSource> EventReader<S> {
         EventReader {
             source,
             batch: Batch::default(),
+            chunks: chunks::ChunkReads::default(),
             limits,
             stats: EventStats::default(),
         }
@@ -376,9 +414,16 @@ impl<S: RecordSource> EventReader<S> {
     /// records may be waiting.
     pub fn drain_batch(&mut self, sink: &mut EventSink<'_>) -> bool {
         let more = self.batch.fill(&mut self.source, self.limits);
-        for rec in self.batch.records() {
+        // All headers first, in one call per process, then the records.
+        match &sink.home {
+            Some(homes) => {
+                self.stats.header_reads += self.chunks.prefetch(&self.batch, homes.memory);
+            }
+            None => self.chunks.clear(),
+        }
+        for (i, rec) in self.batch.records().enumerate() {
             let applied = match decode(rec) {
-                Some(ev) => sink.apply(ev, &mut self.stats),
+                Some(ev) => sink.apply_with(ev, self.chunks.head(i), &mut self.stats),
                 None => false,
             };
             if applied {

@@ -17,6 +17,8 @@
 
 use std::collections::BTreeMap;
 
+use super::vm::VmRead;
+
 /// glibc's `HEAP_MAX_SIZE` on 64-bit: `2 * DEFAULT_MMAP_THRESHOLD_MAX`
 /// (2 × 32 MiB). Every non-main arena heap is a reservation of this size,
 /// aligned to it, so that `heap_for_ptr` can find it by masking a pointer.
@@ -201,8 +203,8 @@ pub fn home_of(ptr: u64, mem: &dyn TargetMemory) -> Option<Home> {
     home_from_size(ptr, mem.word(ptr.checked_sub(8)?)?, mem)
 }
 
-/// The home of the block at `ptr` whose chunk size word (read earlier, at
-/// allocation) is `size`; only a non-main arena's `heap_info` is read.
+/// The home of the block at `ptr` whose chunk size word is `size` (read
+/// while the block is live); only a non-main arena's `heap_info` is read.
 pub fn home_from_size(ptr: u64, size: u64, mem: &dyn TargetMemory) -> Option<Home> {
     if size & !SIZE_BITS == 0 {
         return None;
@@ -216,6 +218,90 @@ pub fn home_from_size(ptr: u64, size: u64, mem: &dyn TargetMemory) -> Option<Hom
     let heap = ptr & !(ARENA_HEAP_SIZE - 1);
     let ar_ptr = mem.word(heap)?;
     (ar_ptr != 0).then_some(Home::Arena(ar_ptr))
+}
+
+/// A chunk's two header words, at `ptr - 16`: `prev_size` (for an mmapped
+/// chunk, its offset in its mapping) and the size word with its flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkHead {
+    pub prev_size: u64,
+    pub size: u64,
+}
+
+/// A non-main arena heap, from its `heap_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapInfo {
+    /// Its arena (`ar_ptr`).
+    pub arena: u64,
+    /// Bytes in use from the heap's start (`size`).
+    pub size: u64,
+}
+
+/// The `heap_info` whose first four words (`ar_ptr`, `prev`, `size`,
+/// `mprotect_size`) are `w`, if they look like one: glibc keeps both sizes
+/// page-aligned, `size <= mprotect_size <= 64 MiB`, and `prev` is another
+/// heap (64 MiB-aligned) or 0. Words of a `[heap]` or of an mmapped block
+/// that happen to sit at a 64 MiB boundary rarely pass all of it.
+pub fn heap_info(w: [u64; 4]) -> Option<HeapInfo> {
+    let [arena, prev, size, mprotect] = w;
+    let ok = arena != 0
+        && arena.is_multiple_of(8)
+        && prev.is_multiple_of(ARENA_HEAP_SIZE)
+        && size > 0
+        && size <= mprotect
+        && mprotect <= ARENA_HEAP_SIZE
+        && size.is_multiple_of(4096)
+        && mprotect.is_multiple_of(4096);
+    ok.then_some(HeapInfo { arena, size })
+}
+
+/// The home of the glibc block at `ptr` from its chunk header `head` read
+/// some time after the allocation, maybe after the block was freed (the
+/// probe no longer reads it: userspace reads a whole batch's headers at
+/// once). `heap(base)` is the `heap_info` at a 64 MiB boundary, if any;
+/// `page` the page size. `None` when the header does not place it.
+///
+/// Why a late read still places the block right, or not at all:
+/// - a block freed (even reused) before the read stays where it was: same
+///   mapping, same heap, same arena. So a non-main block is placed by its
+///   address (its heap's `heap_info`), not by its `NON_MAIN_ARENA` bit:
+///   glibc rewrites the head of a chunk it frees into a bin or the top as
+///   `size | PREV_INUSE`, clearing that bit (only tcache and fastbins leave
+///   the head as it was);
+/// - a block outside any arena heap with the bit clear is in the main
+///   arena; the bit set there makes no sense (garbage: the old header now
+///   lies inside another block's data) and places nothing;
+/// - `IS_MMAPPED` is trusted only when the header also describes a chunk
+///   starting a mapping (`ptr - 16 - prev_size` and `prev_size + size`
+///   page-aligned) outside any arena heap (arena heaps reserve their
+///   whole 64 MiB);
+/// - an mmapped block freed before the read (or a heap trimmed) is
+///   unmapped: the read fails and the caller counts the block as not
+///   placed, never guessed.
+pub fn home_from_head(
+    ptr: u64,
+    head: ChunkHead,
+    page: u64,
+    heap: &dyn Fn(u64) -> Option<HeapInfo>,
+) -> Option<Home> {
+    let size = head.size & !SIZE_BITS;
+    if size == 0 {
+        return None;
+    }
+    let base = ptr & !(ARENA_HEAP_SIZE - 1);
+    let heap = heap(base);
+    if head.size & IS_MMAPPED != 0 {
+        let start = ptr.checked_sub(16)?.checked_sub(head.prev_size)?;
+        let end = head.prev_size.checked_add(size)?;
+        let mapped = start.is_multiple_of(page.max(1)) && end.is_multiple_of(page.max(1));
+        return (mapped && heap.is_none()).then_some(Home::Mmapped);
+    }
+    match (heap, head.size & NON_MAIN_ARENA != 0) {
+        // Beyond the heap's used part: trimmed since, nothing to trust.
+        (Some(h), _) => (ptr - base < h.size).then_some(Home::Arena(h.arena)),
+        (None, false) => Some(Home::Main),
+        (None, true) => None,
+    }
 }
 
 /// Reads a live process's memory with `process_vm_readv`.
@@ -243,47 +329,53 @@ impl TargetMemory for ProcessMemory {
     }
 }
 
-/// Most `heap_info` words a [`HeapInfoCache`] keeps before starting over.
+/// Most heaps a [`HeapInfoCache`] keeps before starting over.
 pub const HEAP_INFO_CACHE: usize = 4096;
 
-/// A heap's arena (`heap_info->ar_ptr`, the word at its 64 MiB-aligned
-/// base) per (process, heap), so placing a sampled block in a non-main
-/// arena costs a `process_vm_readv` once per heap, not once per block.
-/// Cleared at every tick: a heap unmapped and mapped again for another
-/// arena is seen at the next one.
+/// The `heap_info` (or its absence) per (process, 64 MiB boundary), so
+/// placing a sampled block costs a `process_vm_readv` once per heap, not
+/// once per block. Cleared at every tick: a heap unmapped and mapped again
+/// for another arena is seen at the next one.
 #[derive(Debug, Default)]
 pub struct HeapInfoCache {
-    words: std::cell::RefCell<std::collections::HashMap<(u32, u64), Option<u64>>>,
+    heaps: std::cell::RefCell<std::collections::HashMap<(u32, u64), Option<HeapInfo>>>,
 }
 
 impl HeapInfoCache {
-    /// The home of a sampled block of process `pid` (see [`home_from_size`]).
-    pub fn home(&self, pid: u32, ptr: u64, size: u64) -> Option<Home> {
-        struct Cached<'a> {
-            pid: u32,
-            cache: &'a HeapInfoCache,
-        }
-        impl TargetMemory for Cached<'_> {
-            fn word(&self, addr: u64) -> Option<u64> {
-                let mut w = self.cache.words.borrow_mut();
-                if let Some(v) = w.get(&(self.pid, addr)) {
-                    return *v;
-                }
-                if w.len() >= HEAP_INFO_CACHE {
-                    w.clear();
-                }
-                let v = ProcessMemory { pid: self.pid }.word(addr);
-                w.insert((self.pid, addr), v);
-                v
+    /// The home of a sampled block of process `pid` whose chunk header,
+    /// read from `mem` after the allocation, is `head` (see
+    /// [`home_from_head`]).
+    pub fn home(&self, mem: &dyn VmRead, pid: u32, ptr: u64, head: ChunkHead) -> Option<Home> {
+        let heap = |base: u64| {
+            let mut h = self.heaps.borrow_mut();
+            if let Some(v) = h.get(&(pid, base)) {
+                return *v;
             }
-        }
-        home_from_size(ptr, size, &Cached { pid, cache: self })
+            if h.len() >= HEAP_INFO_CACHE {
+                h.clear();
+            }
+            let mut out = [[0u64; 2]; 2];
+            let v = match mem.read(pid, &[base, base + 16], &mut out) {
+                Ok(2) => heap_info([out[0][0], out[0][1], out[1][0], out[1][1]]),
+                _ => None,
+            };
+            h.insert((pid, base), v);
+            v
+        };
+        home_from_head(ptr, head, page_size(), &heap)
     }
 
     /// Forgets every heap (at each tick).
     pub fn clear(&self) {
-        self.words.borrow_mut().clear();
+        self.heaps.borrow_mut().clear();
     }
+}
+
+/// This machine's page size (the target's: same kernel).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf takes no pointers.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
 /// Reads and splits the footprint of a live process.

@@ -9,3 +9,4 @@ pub mod modules;
 pub mod priority;
 pub mod procfs;
 mod region;
+pub mod vm;

@@ -8,10 +8,11 @@ use crate::aggregate::{self, regions::ProcessRegions, samples::SampleTable, RawS
 use aya::maps::{MapData, RingBuf};
 
 use crate::events::pump::Pumped;
-use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen};
+use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen, Homes};
 use crate::probes::{ProbeError, Probes};
-use crate::process::arenas::{HeapInfoCache, Home};
+use crate::process::arenas::{ChunkHead, HeapInfoCache};
 use crate::process::maps::{MemoryMap, Region};
+use crate::process::vm::ProcessVm;
 use crate::unwind::extent::{EndUpdate, StackExtents};
 use crate::unwind::{ModulePaths, Unwinder};
 
@@ -158,7 +159,7 @@ impl Capture {
         let files = RootedFiles { pid };
         let mut refresh = || read_maps(pid);
         let heaps = &self.heaps;
-        let home = |tgid: u32, ptr: u64, size: u64| heaps.home(tgid, ptr, size);
+        let place = |tgid: u32, ptr: u64, head: ChunkHead| heaps.home(&ProcessVm, tgid, ptr, head);
         let mut sink = EventSink {
             regions: &mut self.regions,
             samples: &mut self.samples,
@@ -169,9 +170,10 @@ impl Capture {
             files: &files,
             refresh: &mut refresh,
             refreshed: false,
-            home: self
-                .glibc
-                .then_some(&home as &dyn Fn(u32, u64, u64) -> Option<Home>),
+            home: self.glibc.then_some(Homes {
+                memory: &ProcessVm,
+                place: &place,
+            }),
             execs: &mut self.pending_execs,
             target: pid,
         };

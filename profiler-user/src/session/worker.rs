@@ -402,6 +402,14 @@ pub(super) fn run(
             ev.malformed
         ));
     }
+    if ev.homes_unknown > 0 {
+        w.warn(format!(
+            "{} sampled blocks could not be placed in a glibc arena (their chunk header \
+             was unmapped or unreadable when read, after the allocation): the per-arena \
+             live bytes leave them out",
+            ev.homes_unknown
+        ));
+    }
     let samples = &w.cap.samples;
     if samples.unmatched_frees > 0 || samples.stacks_dropped > 0 {
         let msg = format!(

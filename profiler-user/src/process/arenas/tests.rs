@@ -149,3 +149,109 @@ fn reads_this_process() {
     let fp = read_footprint(std::process::id()).expect("read own smaps");
     assert!(fp.total().reserved > 0);
 }
+
+/// A heap_info's first four words: ar_ptr, prev, size, mprotect_size.
+fn info_words(arena: u64, size: u64) -> [u64; 4] {
+    [arena, 0, size, size]
+}
+
+#[test]
+fn heap_info_is_recognised_and_lookalikes_are_not() {
+    assert_eq!(
+        heap_info(info_words(ARENA_A, 4 * MIB)),
+        Some(HeapInfo {
+            arena: ARENA_A,
+            size: 4 * MIB
+        })
+    );
+    // A later heap of the arena points at the one before.
+    assert!(heap_info([ARENA_A, 0x7f2c_1c00_0000, 64 * MIB, 64 * MIB]).is_some());
+    // Chunk data: sizes not page-aligned, beyond 64 MiB, out of order, a
+    // `prev` that is no heap, no arena.
+    assert_eq!(heap_info([ARENA_A, 0, 0x1010, 0x2000]), None);
+    assert_eq!(heap_info(info_words(ARENA_A, 128 * MIB)), None);
+    assert_eq!(heap_info([ARENA_A, 0, 8 * MIB, 4 * MIB]), None);
+    assert_eq!(heap_info([ARENA_A, 0x5581_d1c7_0010, MIB, MIB]), None);
+    assert_eq!(heap_info(info_words(0, MIB)), None);
+    assert_eq!(heap_info([0x4141_4141_4141_4141; 4]), None);
+}
+
+#[test]
+fn late_headers_place_blocks_or_nothing() {
+    let heap_a = 0x7f2c_2000_0000u64;
+    let heap = |base: u64| {
+        (base == heap_a).then_some(HeapInfo {
+            arena: ARENA_A,
+            size: 8 * MIB,
+        })
+    };
+    let place = |ptr: u64, prev_size: u64, size: u64| {
+        home_from_head(ptr, ChunkHead { prev_size, size }, 4096, &heap)
+    };
+    let (main, in_a, big) = (0x5581_d1c7_0010u64, heap_a + 0x1010, 0x7f2c_3000_0010u64);
+    // Live: the header as the allocation left it.
+    assert_eq!(place(main, 0, 0x41), Some(Home::Main));
+    assert_eq!(
+        place(in_a, 0, 0x101 | NON_MAIN_ARENA),
+        Some(Home::Arena(ARENA_A))
+    );
+    assert_eq!(place(big, 0, MIB | IS_MMAPPED), Some(Home::Mmapped));
+    // memalign'd mmapped chunk: prev_size is its offset in the mapping.
+    assert_eq!(
+        place(big + 0x30, 0x30, (MIB - 0x30) | IS_MMAPPED),
+        Some(Home::Mmapped)
+    );
+    // Freed into a bin or the top of its arena: glibc rewrote the head as
+    // size | PREV_INUSE, without NON_MAIN_ARENA; still arena A.
+    assert_eq!(place(in_a, 0, 0x5_0001), Some(Home::Arena(ARENA_A)));
+    // Garbage (the old header now inside another block's data): the
+    // NON_MAIN_ARENA bit outside any arena heap, IS_MMAPPED describing no
+    // mapping or inside an arena heap, a zero size.
+    assert_eq!(place(main, 0, 0x4141_4146), None);
+    assert_eq!(place(main, 0, 0x4141_4142), None);
+    assert_eq!(place(in_a, 0, MIB | IS_MMAPPED), None);
+    assert_eq!(place(main, 0, 0x1), None);
+    // Beyond its heap's used part (trimmed since).
+    assert_eq!(place(heap_a + 9 * MIB, 0, 0x101 | NON_MAIN_ARENA), None);
+}
+
+#[test]
+fn the_cache_reads_each_heap_once() {
+    use crate::process::vm::{Piece, VmRead};
+    use std::cell::Cell;
+    struct Vm(Cell<u32>);
+    impl VmRead for Vm {
+        fn read(&self, _: u32, addrs: &[u64], out: &mut [Piece]) -> std::io::Result<usize> {
+            self.0.set(self.0.get() + 1);
+            if addrs[0] != 0x7f2c_2000_0000 {
+                return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            let w = info_words(ARENA_A, 8 * MIB);
+            out[0] = [w[0], w[1]];
+            out[1] = [w[2], w[3]];
+            Ok(2)
+        }
+    }
+    let vm = Vm(Cell::new(0));
+    let cache = HeapInfoCache::default();
+    let head = ChunkHead {
+        prev_size: 0,
+        size: 0x101 | NON_MAIN_ARENA,
+    };
+    for i in 0..10 {
+        let ptr = 0x7f2c_2000_1010 + 0x100 * i;
+        assert_eq!(cache.home(&vm, 1, ptr, head), Some(Home::Arena(ARENA_A)));
+        let main = ChunkHead {
+            prev_size: 0,
+            size: 0x41,
+        };
+        assert_eq!(
+            cache.home(&vm, 1, 0x5581_d1c7_0010 + 0x40 * i, main),
+            Some(Home::Main)
+        );
+    }
+    assert_eq!(vm.0.get(), 2, "one read per heap and process");
+    cache.clear();
+    cache.home(&vm, 1, 0x7f2c_2000_1010, head);
+    assert_eq!(vm.0.get(), 3);
+}
