@@ -178,7 +178,7 @@ mod tests {
         ]);
         let vm = FakeVm(RefCell::new(Vec::new()));
         let mut reads = ChunkReads::default();
-        assert_eq!(reads.prefetch(&batch, &vm), 2);
+        assert_eq!(reads.prefetch(&batch, &vm), 3);
         let head = |prev_size, size| Some(ChunkHead { prev_size, size });
         assert_eq!(reads.head(0), head(0x2020, 0x2030));
         assert_eq!(reads.head(1), None, "not a sample");
@@ -187,9 +187,9 @@ mod tests {
         assert_eq!(reads.head(4), head(0x4020, 0x4030));
         assert_eq!(reads.head(5), None, "no header below address 16");
         assert_eq!(reads.head(6), None);
-        // Process 1: both pieces in one call, stopped at the unmapped one
-        // (the last: no second call); process 2: one call.
-        assert_eq!(*vm.0.borrow(), vec![(1, 2), (2, 1)]);
+        // Process 1: both pieces (by address) in one call, stopped at the
+        // unmapped first one, then the other; process 2: one call.
+        assert_eq!(*vm.0.borrow(), vec![(1, 2), (1, 1), (2, 1)]);
     }
 
     #[test]
