@@ -85,11 +85,11 @@ pub struct EventSink<'a> {
 /// How sampled glibc blocks are placed: their chunk headers are read
 /// through `memory` for a whole batch before it is applied
 /// ([`chunks::ChunkReads`]), then `place(tgid, ptr, header)` gives each
-/// block's home.
+/// block's home (`None` header: unreadable).
 #[derive(Clone, Copy)]
 pub struct Homes<'a> {
     pub memory: &'a dyn VmRead,
-    pub place: &'a dyn Fn(u32, u64, ChunkHead) -> Option<Home>,
+    pub place: &'a dyn Fn(u32, u64, Option<ChunkHead>) -> Option<Home>,
 }
 
 /// An exec (with the mapped regions of the old image released at that
@@ -209,7 +209,7 @@ impl EventSink<'_> {
                         kind: h.alloc_kind,
                     };
                     let home = self.home.and_then(|homes| {
-                        let home = head.and_then(|hd| (homes.place)(h.tgid, h.ptr, hd));
+                        let home = (homes.place)(h.tgid, h.ptr, head);
                         stats.homes_unknown += u64::from(home.is_none());
                         home
                     });

@@ -255,53 +255,55 @@ pub fn heap_info(w: [u64; 4]) -> Option<HeapInfo> {
     ok.then_some(HeapInfo { arena, size })
 }
 
+/// What places a block besides its header: the page size, the main
+/// arena's `[heap]` (from the last memory map read, if known) and the
+/// `heap_info` at a 64 MiB boundary, if any.
+pub struct Layout<'a> {
+    pub page: u64,
+    pub main_heap: Option<(u64, u64)>,
+    pub heap: &'a dyn Fn(u64) -> Option<HeapInfo>,
+}
+
 /// The home of the glibc block at `ptr` from its chunk header `head` read
 /// some time after the allocation, maybe after the block was freed (the
 /// probe no longer reads it: userspace reads a whole batch's headers at
-/// once). `heap(base)` is the `heap_info` at a 64 MiB boundary, if any;
-/// `page` the page size. `None` when the header does not place it.
+/// once); `None` for an unreadable header. `None` when nothing places it.
 ///
-/// Why a late read still places the block right, or not at all:
-/// - a block freed (even reused) before the read stays where it was: same
-///   mapping, same heap, same arena. So a non-main block is placed by its
-///   address (its heap's `heap_info`), not by its `NON_MAIN_ARENA` bit:
-///   glibc rewrites the head of a chunk it frees into a bin or the top as
-///   `size | PREV_INUSE`, clearing that bit (only tcache and fastbins leave
-///   the head as it was);
-/// - a block outside any arena heap with the bit clear is in the main
-///   arena; the bit set there makes no sense (garbage: the old header now
-///   lies inside another block's data) and places nothing;
-/// - `IS_MMAPPED` is trusted only when the header also describes a chunk
+/// Why a late read still places the block right, or not at all: a block
+/// freed (even reused) before the read stays where it was, so its address
+/// decides first, its header only when the address cannot:
+/// - inside a non-main arena heap (its 64 MiB-aligned `heap_info` is
+///   there; the whole 64 MiB is that heap's reservation): that arena,
+///   whatever the header says. glibc rewrites the head of a chunk it frees
+///   into a bin or the top as `size | PREV_INUSE`, clearing
+///   `NON_MAIN_ARENA`; a trimmed heap reads as zeros or not at all;
+/// - inside `[heap]` (brk): the main arena (no mmapped chunk is there);
+/// - elsewhere, by the header: `IS_MMAPPED` when it also describes a chunk
 ///   starting a mapping (`ptr - 16 - prev_size` and `prev_size + size`
-///   page-aligned) outside any arena heap (arena heaps reserve their
-///   whole 64 MiB);
-/// - an mmapped block freed before the read (or a heap trimmed) is
-///   unmapped: the read fails and the caller counts the block as not
-///   placed, never guessed.
-pub fn home_from_head(
-    ptr: u64,
-    head: ChunkHead,
-    page: u64,
-    heap: &dyn Fn(u64) -> Option<HeapInfo>,
-) -> Option<Home> {
+///   page-aligned), the main arena when neither flag is set (its memory
+///   beyond `[heap]`: grown since the map was read, or mmapped when brk
+///   failed). A set `NON_MAIN_ARENA` bit there is garbage (the old header
+///   now lies inside another block's data) and places nothing, as does an
+///   unreadable header (an mmapped block already freed and unmapped).
+pub fn home_from_head(ptr: u64, head: Option<ChunkHead>, at: &Layout<'_>) -> Option<Home> {
+    if let Some(h) = (at.heap)(ptr & !(ARENA_HEAP_SIZE - 1)) {
+        return Some(Home::Arena(h.arena));
+    }
+    if at.main_heap.is_some_and(|(s, e)| ptr >= s && ptr < e) {
+        return Some(Home::Main);
+    }
+    let head = head?;
     let size = head.size & !SIZE_BITS;
     if size == 0 {
         return None;
     }
-    let base = ptr & !(ARENA_HEAP_SIZE - 1);
-    let heap = heap(base);
     if head.size & IS_MMAPPED != 0 {
         let start = ptr.checked_sub(16)?.checked_sub(head.prev_size)?;
         let end = head.prev_size.checked_add(size)?;
-        let mapped = start.is_multiple_of(page.max(1)) && end.is_multiple_of(page.max(1));
-        return (mapped && heap.is_none()).then_some(Home::Mmapped);
+        let page = at.page.max(1);
+        return (start.is_multiple_of(page) && end.is_multiple_of(page)).then_some(Home::Mmapped);
     }
-    match (heap, head.size & NON_MAIN_ARENA != 0) {
-        // Beyond the heap's used part: trimmed since, nothing to trust.
-        (Some(h), _) => (ptr - base < h.size).then_some(Home::Arena(h.arena)),
-        (None, false) => Some(Home::Main),
-        (None, true) => None,
-    }
+    (head.size & NON_MAIN_ARENA == 0).then_some(Home::Main)
 }
 
 /// Reads a live process's memory with `process_vm_readv`.
@@ -344,8 +346,16 @@ pub struct HeapInfoCache {
 impl HeapInfoCache {
     /// The home of a sampled block of process `pid` whose chunk header,
     /// read from `mem` after the allocation, is `head` (see
-    /// [`home_from_head`]).
-    pub fn home(&self, mem: &dyn VmRead, pid: u32, ptr: u64, head: ChunkHead) -> Option<Home> {
+    /// [`home_from_head`]); the `heap_info` is read through `mem` too.
+    /// `main_heap` is its `[heap]` when known.
+    pub fn home(
+        &self,
+        mem: &dyn VmRead,
+        pid: u32,
+        ptr: u64,
+        head: Option<ChunkHead>,
+        main_heap: Option<(u64, u64)>,
+    ) -> Option<Home> {
         let heap = |base: u64| {
             let mut h = self.heaps.borrow_mut();
             if let Some(v) = h.get(&(pid, base)) {
@@ -362,7 +372,12 @@ impl HeapInfoCache {
             h.insert((pid, base), v);
             v
         };
-        home_from_head(ptr, head, page_size(), &heap)
+        let at = Layout {
+            page: page_size(),
+            main_heap,
+            heap: &heap,
+        };
+        home_from_head(ptr, head, &at)
     }
 
     /// Forgets every heap (at each tick).

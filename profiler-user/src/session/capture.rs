@@ -159,7 +159,17 @@ impl Capture {
         let files = RootedFiles { pid };
         let mut refresh = || read_maps(pid);
         let heaps = &self.heaps;
-        let place = |tgid: u32, ptr: u64, head: ChunkHead| heaps.home(&ProcessVm, tgid, ptr, head);
+        // The target's [heap] as last read (others: their header decides).
+        let main_heap = self
+            .maps
+            .regions
+            .iter()
+            .find(|r| r.path.as_deref() == Some("[heap]"))
+            .map(|r| (r.start, r.end));
+        let place = |tgid: u32, ptr: u64, head: Option<ChunkHead>| {
+            let main_heap = main_heap.filter(|_| tgid == pid);
+            heaps.home(&ProcessVm, tgid, ptr, head, main_heap)
+        };
         let mut sink = EventSink {
             regions: &mut self.regions,
             samples: &mut self.samples,

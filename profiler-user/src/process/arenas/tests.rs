@@ -177,7 +177,7 @@ fn heap_info_is_recognised_and_lookalikes_are_not() {
 }
 
 #[test]
-fn late_headers_place_blocks_or_nothing() {
+fn late_headers_place_blocks_by_address_first_or_nothing() {
     let heap_a = 0x7f2c_2000_0000u64;
     let heap = |base: u64| {
         (base == heap_a).then_some(HeapInfo {
@@ -185,8 +185,14 @@ fn late_headers_place_blocks_or_nothing() {
             size: 8 * MIB,
         })
     };
+    let brk = (0x5581_d1c6_e000, 0x5581_d2c6_e000);
+    let at = Layout {
+        page: 4096,
+        main_heap: Some(brk),
+        heap: &heap,
+    };
     let place = |ptr: u64, prev_size: u64, size: u64| {
-        home_from_head(ptr, ChunkHead { prev_size, size }, 4096, &heap)
+        home_from_head(ptr, Some(ChunkHead { prev_size, size }), &at)
     };
     let (main, in_a, big) = (0x5581_d1c7_0010u64, heap_a + 0x1010, 0x7f2c_3000_0010u64);
     // Live: the header as the allocation left it.
@@ -202,17 +208,25 @@ fn late_headers_place_blocks_or_nothing() {
         Some(Home::Mmapped)
     );
     // Freed into a bin or the top of its arena: glibc rewrote the head as
-    // size | PREV_INUSE, without NON_MAIN_ARENA; still arena A.
+    // size | PREV_INUSE, without NON_MAIN_ARENA; the heap trimmed since
+    // (zeros, unreadable, beyond its used part): still arena A.
     assert_eq!(place(in_a, 0, 0x5_0001), Some(Home::Arena(ARENA_A)));
-    // Garbage (the old header now inside another block's data): the
+    assert_eq!(place(in_a, 0, 0), Some(Home::Arena(ARENA_A)));
+    assert_eq!(home_from_head(in_a, None, &at), Some(Home::Arena(ARENA_A)));
+    assert_eq!(place(heap_a + 9 * MIB, 0, 0), Some(Home::Arena(ARENA_A)));
+    // Freed and reused in [heap]: the old header inside another block's
+    // data, or gone with a trimmed brk: still the main arena.
+    assert_eq!(place(main, 0, 0x4141_4146), Some(Home::Main));
+    assert_eq!(home_from_head(main, None, &at), Some(Home::Main));
+    // Elsewhere the header decides, and garbage places nothing: the
     // NON_MAIN_ARENA bit outside any arena heap, IS_MMAPPED describing no
-    // mapping or inside an arena heap, a zero size.
-    assert_eq!(place(main, 0, 0x4141_4146), None);
-    assert_eq!(place(main, 0, 0x4141_4142), None);
-    assert_eq!(place(in_a, 0, MIB | IS_MMAPPED), None);
-    assert_eq!(place(main, 0, 0x1), None);
-    // Beyond its heap's used part (trimmed since).
-    assert_eq!(place(heap_a + 9 * MIB, 0, 0x101 | NON_MAIN_ARENA), None);
+    // mapping, a zero size, an unreadable header (an mmapped block freed).
+    assert_eq!(place(big, 0, 0x4141_4146), None);
+    assert_eq!(place(big, 0, 0x4141_4142), None);
+    assert_eq!(place(big, 0, 0x1), None);
+    assert_eq!(home_from_head(big, None, &at), None);
+    // Main-arena memory beyond the [heap] last read (grown since).
+    assert_eq!(place(brk.1 + 0x1010, 0, 0x41), Some(Home::Main));
 }
 
 #[test]
@@ -234,24 +248,28 @@ fn the_cache_reads_each_heap_once() {
     }
     let vm = Vm(Cell::new(0));
     let cache = HeapInfoCache::default();
-    let head = ChunkHead {
+    let head = Some(ChunkHead {
         prev_size: 0,
         size: 0x101 | NON_MAIN_ARENA,
-    };
+    });
     for i in 0..10 {
         let ptr = 0x7f2c_2000_1010 + 0x100 * i;
-        assert_eq!(cache.home(&vm, 1, ptr, head), Some(Home::Arena(ARENA_A)));
-        let main = ChunkHead {
+        assert_eq!(
+            cache.home(&vm, 1, ptr, head, None),
+            Some(Home::Arena(ARENA_A))
+        );
+        let main = Some(ChunkHead {
             prev_size: 0,
             size: 0x41,
-        };
-        assert_eq!(
-            cache.home(&vm, 1, 0x5581_d1c7_0010 + 0x40 * i, main),
-            Some(Home::Main)
-        );
+        });
+        let ptr = 0x5581_d1c7_0010 + 0x40 * i;
+        assert_eq!(cache.home(&vm, 1, ptr, main, None), Some(Home::Main));
+        // Inside the [heap] known: no header needed.
+        let brk = Some((0x5581_d1c0_0000, 0x5581_d200_0000));
+        assert_eq!(cache.home(&vm, 1, ptr, None, brk), Some(Home::Main));
     }
     assert_eq!(vm.0.get(), 2, "one read per heap and process");
     cache.clear();
-    cache.home(&vm, 1, 0x7f2c_2000_1010, head);
+    cache.home(&vm, 1, 0x7f2c_2000_1010, head, None);
     assert_eq!(vm.0.get(), 3);
 }
