@@ -347,23 +347,37 @@ pub(crate) fn account(
     outcome: Outcome,
     drawn: bool,
 ) {
-    match outcome {
-        Outcome::Alloc { ptr, size } => record_alloc(ctx, tgid, ptr, size, kind, drawn),
+    // One call site each for the free and the allocation: inlined once per
+    // outcome, their paths multiplied the verifier's work (and the attach).
+    let (old, new) = match outcome {
+        Outcome::Alloc { ptr, size } => (None, Some((ptr, size))),
         // SAFETY: reads one pointer from the target's memory; a fault is an error, not a crash.
         Outcome::AllocAt { memptr, size } => {
             match unsafe { bpf_probe_read_user(memptr as *const u64) } {
-                Ok(ptr) if ptr != 0 => record_alloc(ctx, tgid, ptr, size, kind, drawn),
-                _ => bump(counter::ALLOC_FAILED, 1),
+                Ok(ptr) if ptr != 0 => (None, Some((ptr, size))),
+                _ => {
+                    bump(counter::ALLOC_FAILED, 1);
+                    return;
+                }
             }
         }
-        Outcome::Realloc { old, new, size } => {
-            // realloc is free(old) + alloc(new) attributed to realloc's caller.
-            if old != 0 {
-                record_free(tgid, old);
-            }
-            record_alloc(ctx, tgid, new, size, kind, drawn);
-        }
-        Outcome::Free { ptr } => record_free(tgid, ptr),
+        // realloc is free(old) + alloc(new) attributed to realloc's caller.
+        Outcome::Realloc { old, new, size } => ((old != 0).then_some(old), Some((new, size))),
+        Outcome::Free { ptr } => (Some(ptr), None),
+        other => return account_other(ctx, tgid, kind, other),
+    };
+    if let Some(old) = old {
+        record_free(tgid, old);
+    }
+    if let Some((ptr, size)) = new {
+        record_alloc(ctx, tgid, ptr, size, kind, drawn);
+    }
+}
+
+/// [`account`] of the outcomes that are not heap blocks.
+#[inline(always)]
+fn account_other(ctx: &RetProbeContext, tgid: u32, kind: AllocKind, outcome: Outcome) {
+    match outcome {
         Outcome::Map { addr, len } => {
             if dwarf() {
                 // Mappings are few and large: always sampled, weight exact.
@@ -393,7 +407,11 @@ pub(crate) fn account(
             _pad: 0,
         }),
         Outcome::Failed => bump(counter::ALLOC_FAILED, 1),
-        Outcome::Ignore => {}
+        Outcome::Ignore
+        | Outcome::Alloc { .. }
+        | Outcome::AllocAt { .. }
+        | Outcome::Realloc { .. }
+        | Outcome::Free { .. } => {}
     }
 }
 

@@ -246,16 +246,44 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
             }
             load_program(name, &insns, &license, attach_type)
         };
-    let session = match names.session {
-        Some((name, support)) => Some(SessionProgram {
-            fd: load_one(name, support.attach_type, Some(support.is_return_kfunc))?,
-            attach_type: support.attach_type,
+    // The kernel verifies each program in the loading thread (most of an
+    // idle attach: ~100 ms for the return program alone), so the programs
+    // are loaded on threads of their own, one CPU each.
+    let (entry_fd, ret_fd, session) = std::thread::scope(|scope| {
+        let ret_fd = scope.spawn(|| load_one(ret, BPF_TRACE_UPROBE_MULTI, None));
+        let session = names.session.map(|(name, support)| {
+            let load = &load_one;
+            (
+                scope.spawn(move || load(name, support.attach_type, Some(support.is_return_kfunc))),
+                support.attach_type,
+            )
+        });
+        let entry_fd = load_one(entry, BPF_TRACE_UPROBE_MULTI, None);
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<OwnedFd, MultiError>>,
+                      name: &'static str| {
+            h.join().unwrap_or(Err(MultiError::Relocate {
+                name,
+                reason: "the loading thread panicked".to_string(),
+            }))
+        };
+        let session = session.map(|(h, attach_type)| {
+            (
+                joined(h, names.session.map_or(entry, |(n, _)| n)),
+                attach_type,
+            )
+        });
+        (entry_fd, joined(ret_fd, ret), session)
+    });
+    let session = match session {
+        Some((fd, attach_type)) => Some(SessionProgram {
+            fd: fd?,
+            attach_type,
         }),
         None => None,
     };
     let programs = MultiPrograms {
-        entry: load_one(entry, BPF_TRACE_UPROBE_MULTI, None)?,
-        ret: load_one(ret, BPF_TRACE_UPROBE_MULTI, None)?,
+        entry: entry_fd?,
+        ret: ret_fd?,
         session,
     };
     phases.mark("programs loaded and verified");
