@@ -448,8 +448,18 @@ pub struct SampledFree {
     /// it, between the records before and after it, and a clock read cost
     /// every free ~30 ns.)
     pub tid: u32,
-    pub _pad: u32,
+    /// Who freed it: one of the `FREED_BY_*` values. Only a free of a block
+    /// userspace does not hold needs it (see `USER_LIVE` in profiler-ebpf).
+    pub who: u32,
 }
+
+/// [`SampledFree::who`]: the program.
+pub const FREED_BY_PROGRAM: u32 = 0;
+/// [`SampledFree::who`]: the allocator's own code (its caches).
+pub const FREED_BY_ALLOCATOR: u32 = 1;
+/// [`SampledFree::who`]: the program or the allocator's own code outside any
+/// program call, not told apart (telling costs a user-memory read per free).
+pub const FREED_BY_EITHER: u32 = 2;
 
 /// A profiled process changed: it exec'd ([`EventKind::Exec`]), forked
 /// ([`EventKind::Fork`]) or exited ([`EventKind::Exit`]).

@@ -10,12 +10,13 @@ use aya_ebpf::{
 use profiler_common::{
     counter, stack_hash_finish, stack_hash_step, stack_id_of_hash, AllocKind, EventKind, LiveAlloc,
     LiveKey, MapEvent, Outcome, SampledFree, SiteCounters, SiteKey, StackMode, COUNT_SCALE,
-    MAX_FP_FRAMES, STACK_HASH_SEED, STACK_NONE, STACK_UNSAMPLED, STACK_USER,
+    FREED_BY_ALLOCATOR, FREED_BY_EITHER, FREED_BY_PROGRAM, MAX_FP_FRAMES, STACK_HASH_SEED,
+    STACK_NONE, STACK_UNSAMPLED, STACK_USER,
 };
 
 use crate::maps::{
-    atomic_add, bump, config_u32, tracked_add, wake_flags, EVENTS, LIVE, SITES, STACK_MODE,
-    STACK_SCRATCH, STACK_TABLE,
+    atomic_add, bump, config_u32, tracked_add, user_live, wake_flags, EVENTS, LIVE, SITES,
+    STACK_MODE, STACK_SCRATCH, STACK_TABLE,
 };
 use crate::sample::{emit_sample, estimate_drawn, sample, sample_header};
 
@@ -143,6 +144,9 @@ fn capture_stack(ctx: &RetProbeContext) -> i32 {
 /// A block freed by the program: out of the live map, into the counters.
 #[inline(always)]
 pub(crate) fn record_free(tgid: u32, ptr: u64) {
+    if user_live() {
+        return send_free(tgid, ptr, FREED_BY_PROGRAM);
+    }
     free_counted_as(tgid, ptr, || counter::FREES_UNKNOWN)
 }
 
@@ -150,6 +154,9 @@ pub(crate) fn record_free(tgid: u32, ptr: u64) {
 /// `allocator` tells, and is asked only when `ptr` is not tracked.
 #[inline(always)]
 pub(crate) fn record_outermost_free(tgid: u32, ptr: u64, allocator: impl FnOnce() -> bool) {
+    if user_live() {
+        return send_free(tgid, ptr, FREED_BY_EITHER);
+    }
     free_counted_as(tgid, ptr, || {
         if allocator() {
             counter::ALLOCATOR_FREES
@@ -159,11 +166,30 @@ pub(crate) fn record_outermost_free(tgid: u32, ptr: u64, allocator: impl FnOnce(
     })
 }
 
+/// A free for userspace to match against the blocks it holds (see
+/// `USER_LIVE`), `who` one of the `FREED_BY_*` values.
+#[inline(always)]
+fn send_free(tgid: u32, ptr: u64, who: u32) {
+    let ev = SampledFree {
+        kind: EventKind::SampledFree as u32,
+        tgid,
+        ptr,
+        tid: bpf_get_current_pid_tgid() as u32,
+        who,
+    };
+    if EVENTS.output::<SampledFree>(&ev, wake_flags()).is_err() {
+        bump(counter::SAMPLED_FREE_LOST, 1);
+    }
+}
+
 /// A free made by the allocator's own code (its thread cache at thread
 /// exit): a block of the program's is still freed; anything else was never
 /// the program's, so it is not a pre-attach free.
 #[inline(always)]
 pub(crate) fn record_allocator_free(tgid: u32, ptr: u64) {
+    if user_live() {
+        return send_free(tgid, ptr, FREED_BY_ALLOCATOR);
+    }
     free_counted_as(tgid, ptr, || counter::ALLOCATOR_FREES)
 }
 
@@ -184,18 +210,7 @@ fn free_counted_as(tgid: u32, ptr: u64, unknown: impl FnOnce() -> u32) {
     bump(counter::FREE_BYTES, a.size);
     match a.stack_id {
         STACK_UNSAMPLED => {}
-        STACK_USER => {
-            let ev = SampledFree {
-                kind: EventKind::SampledFree as u32,
-                tgid,
-                ptr,
-                tid: bpf_get_current_pid_tgid() as u32,
-                _pad: 0,
-            };
-            if EVENTS.output::<SampledFree>(&ev, wake_flags()).is_err() {
-                bump(counter::SAMPLED_FREE_LOST, 1);
-            }
-        }
+        STACK_USER => send_free(tgid, ptr, FREED_BY_PROGRAM),
         stack_id => {
             let site = SiteKey {
                 stack_id,
@@ -235,6 +250,9 @@ fn record_alloc(
     kind: AllocKind,
     drawn: bool,
 ) {
+    if user_live() {
+        return send_alloc(ctx, tgid, ptr, size, kind);
+    }
     let key = LiveKey { tgid, _pad: 0, ptr };
     let est = if drawn {
         estimate_drawn(size)
@@ -305,6 +323,22 @@ fn record_alloc(
         _pad: 0,
     };
     site_add(&site, est_bytes, est_count, 0, 0);
+}
+
+/// An allocation for userspace to hold (see `USER_LIVE`): counted, and sent
+/// as a sample whose weight is the block itself.
+#[inline(always)]
+fn send_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: AllocKind) {
+    bump(counter::ALLOCS, 1);
+    bump(counter::ALLOC_BYTES, size);
+    bump(counter::SAMPLED, 1);
+    let origin = (tgid, bpf_get_current_pid_tgid() as u32, now());
+    let h = sample_header(ctx, origin, kind, ptr, size, (size, COUNT_SCALE));
+    if !emit_sample(h) {
+        // Its bytes stay in the allocated total, unattributed and never
+        // freed: the totals are then labelled not exact (a lost record).
+        bump(counter::RINGBUF_LOST, 1);
+    }
 }
 
 /// Sends a mapping event of the program to userspace, which tracks regions.

@@ -159,11 +159,17 @@ pub fn merge(
     for d in COUNTERS.iter() {
         totals.set(d.id, d.kernel.iter().map(|&k| c(k)).sum());
     }
+    // Frees of blocks userspace holds (`--exact` with DWARF stacks: the
+    // kernel keeps no live map then, see `SampleTable::hold_live`).
+    let held = samples.held_counts();
     for (id, add) in [
         (CounterId::Allocs, region_allocs),
         (CounterId::AllocBytes, region_bytes),
-        (CounterId::Frees, region_frees),
-        (CounterId::FreeBytes, region_freed),
+        (CounterId::Frees, region_frees + held.frees),
+        (CounterId::FreeBytes, region_freed + held.free_bytes),
+        (CounterId::FreesUnknown, held.frees_unknown),
+        (CounterId::AllocatorFrees, held.allocator_frees),
+        (CounterId::Replaced, held.replaced),
         (CounterId::UntrackedUnmaps, regions.untracked()),
     ] {
         totals.set(id, totals.get(id) + add);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 // under `--exact`): SipHash took ~20% of the capture thread.
 use foldhash::{HashMap, HashSet};
 
-use profiler_common::SiteCounters;
+use profiler_common::{SiteCounters, FREED_BY_ALLOCATOR, FREED_BY_PROGRAM};
 
 use super::{SiteRef, StackRef};
 use crate::process::arenas::Home;
@@ -38,6 +38,25 @@ struct LiveSample {
     tid: u32,
     /// Where glibc put it (`None`: not read, or not glibc).
     home: Option<Home>,
+    /// When it was allocated (`bpf_ktime_get_ns`; 0: not known).
+    ts_ns: u64,
+}
+
+/// What the kernel counts when it holds the live blocks, counted here when
+/// userspace holds them (see [`SampleTable::hold_live`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldCounts {
+    /// Frees of held blocks, and their bytes.
+    pub frees: u64,
+    pub free_bytes: u64,
+    /// Frees of pointers not held (allocated before attach), by the program
+    /// or by the allocator on its own, not told apart.
+    pub frees_unknown: u64,
+    /// Frees of pointers not held, by the allocator's own code.
+    pub allocator_frees: u64,
+    /// Held blocks replaced by a new block at their address: their free was
+    /// not seen (a lost record); each also counts as freed.
+    pub replaced: u64,
 }
 
 /// Whether a free by `free_tid` of a block `alloc_tid` allocated is a
@@ -96,6 +115,9 @@ pub struct SampleTable {
     /// Samples dropped by the last reconcile, whose free record may still
     /// be on its way.
     late: HashSet<(u32, u64)>,
+    /// Userspace holds every live block (`--exact` with DWARF stacks): the
+    /// kernel keeps no live map, so frees are counted here.
+    held: Option<HeldCounts>,
 }
 
 impl SampleTable {
@@ -125,6 +147,21 @@ impl SampleTable {
         self.alloc_by(tgid, 0, ptr, site, (est_bytes, est_count), None);
     }
 
+    /// Makes this table the holder of every live block (see [`HeldCounts`]).
+    pub fn hold_live(&mut self) {
+        self.held.get_or_insert_with(HeldCounts::default);
+    }
+
+    /// What was counted while holding the live blocks (zero otherwise).
+    pub fn held_counts(&self) -> HeldCounts {
+        self.held.unwrap_or_default()
+    }
+
+    /// True when this table holds every live block.
+    pub fn holds_live(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// [`SampleTable::alloc`] by thread `tid`, in `home` when known.
     pub fn alloc_by(
         &mut self,
@@ -132,8 +169,23 @@ impl SampleTable {
         tid: u32,
         ptr: u64,
         site: SiteRef,
+        est: (u64, u64),
+        home: Option<Home>,
+    ) {
+        self.alloc_at(tgid, tid, ptr, site, est, home, 0);
+    }
+
+    /// [`SampleTable::alloc_by`] at time `ts_ns` (`bpf_ktime_get_ns`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn alloc_at(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        ptr: u64,
+        site: SiteRef,
         (est_bytes, est_count): (u64, u64),
         home: Option<Home>,
+        ts_ns: u64,
     ) {
         let sample = LiveSample {
             site,
@@ -141,9 +193,15 @@ impl SampleTable {
             est_count,
             tid,
             home,
+            ts_ns,
         };
         if let Some(old) = self.live.insert((tgid, ptr), sample) {
             // The free of the previous sample at this address was lost.
+            if let Some(h) = &mut self.held {
+                h.replaced += 1;
+                h.frees += 1;
+                h.free_bytes += old.est_bytes;
+            }
             self.retire(tgid, &old);
         }
         self.peak_live = self.peak_live.max(self.live.len());
@@ -206,12 +264,28 @@ impl SampleTable {
     /// The free of a sampled allocation by thread `tid`: counted as a
     /// cross-thread free of its site when [`is_cross_thread`] says so.
     pub fn free_by(&mut self, tgid: u32, tid: u32, ptr: u64) {
+        self.free_from(tgid, tid, ptr, FREED_BY_PROGRAM);
+    }
+
+    /// [`SampleTable::free_by`], `who` one of the `FREED_BY_*` values (it
+    /// only matters for a pointer not held, when the table holds them all).
+    pub fn free_from(&mut self, tgid: u32, tid: u32, ptr: u64, who: u32) {
         let Some(s) = self.live.remove(&(tgid, ptr)) else {
-            if !self.late.remove(&(tgid, ptr)) {
+            if let Some(h) = &mut self.held {
+                if who == FREED_BY_ALLOCATOR {
+                    h.allocator_frees += 1;
+                } else {
+                    h.frees_unknown += 1;
+                }
+            } else if !self.late.remove(&(tgid, ptr)) {
                 self.unmatched_frees += 1;
             }
             return;
         };
+        if let Some(h) = &mut self.held {
+            h.frees += 1;
+            h.free_bytes += s.est_bytes;
+        }
         let freeing = self.thread_arena.get(&(tgid, tid)).copied();
         if is_cross_thread(s.tid, tid, s.home, freeing) {
             let c = self.cross.entry(s.site).or_default();
@@ -256,6 +330,46 @@ impl SampleTable {
     /// Counters per site.
     pub fn sites(&self) -> &BTreeMap<SiteRef, SiteCounters> {
         &self.sites
+    }
+
+    /// Takes out process `tgid`'s blocks allocated before `before_ns` (an
+    /// exec's old image, or every block of a process that exited), freed at
+    /// their sites; returns how many, and their bytes. For a table that
+    /// holds every live block (the kernel's live map is released otherwise).
+    pub fn release_older(&mut self, tgid: u32, before_ns: u64) -> (u64, u64) {
+        let old: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(k, s)| k.0 == tgid && s.ts_ns < before_ns)
+            .map(|(k, _)| k.1)
+            .collect();
+        let (mut blocks, mut bytes) = (0, 0);
+        for ptr in old {
+            if let Some(s) = self.live.remove(&(tgid, ptr)) {
+                blocks += 1;
+                bytes += s.est_bytes;
+                self.retire(tgid, &s);
+            }
+        }
+        (blocks, bytes)
+    }
+
+    /// Live blocks and their bytes per process (weighted).
+    pub fn live_by_process(&self) -> BTreeMap<u32, (u64, u64)> {
+        let mut out: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for ((tgid, _), s) in &self.live {
+            let e = out.entry(*tgid).or_default();
+            e.0 += 1;
+            e.1 += s.est_bytes;
+        }
+        out
+    }
+
+    /// Every live sample: (tgid, ptr, site, allocation time, est bytes, est count).
+    pub fn live_blocks(&self) -> impl Iterator<Item = (u32, u64, SiteRef, u64, u64, u64)> + '_ {
+        self.live
+            .iter()
+            .map(|((tgid, ptr), s)| (*tgid, *ptr, s.site, s.ts_ns, s.est_bytes, s.est_count))
     }
 
     /// Live samples.
@@ -392,5 +506,58 @@ mod tests {
         t.alloc(1, 0x10, s2, 200, COUNT_SCALE);
         assert_eq!(t.sites()[&s1].alloc_bytes - t.sites()[&s1].free_bytes, 0);
         assert_eq!(t.sites()[&s2].alloc_bytes, 200);
+    }
+    #[test]
+    fn held_table_counts_frees_and_releases_an_old_image() {
+        let mut t = SampleTable::default();
+        t.hold_live();
+        let site = SiteRef {
+            pid: 1,
+            stack: t.intern(vec![1]),
+            kind: 0,
+        };
+        let w = |n| (n, COUNT_SCALE);
+        t.alloc_at(1, 10, 0x10, site, w(100), None, 5);
+        t.alloc_at(1, 10, 0x20, site, w(200), None, 6);
+        t.alloc_at(1, 10, 0x30, site, w(300), None, 50);
+        t.alloc_at(2, 20, 0x10, site, w(400), None, 7);
+        t.free_from(1, 10, 0x10, FREED_BY_PROGRAM);
+        t.free_from(1, 10, 0x99, FREED_BY_ALLOCATOR);
+        t.free_from(1, 10, 0x98, profiler_common::FREED_BY_EITHER);
+        // 0x20's free was lost: a new block at its address replaces it.
+        t.alloc_at(1, 10, 0x20, site, w(20), None, 60);
+        assert_eq!(
+            t.held_counts(),
+            HeldCounts {
+                frees: 2,
+                free_bytes: 300,
+                frees_unknown: 1,
+                allocator_frees: 1,
+                replaced: 1,
+            }
+        );
+        assert_eq!(
+            t.unmatched_frees, 0,
+            "counted as frees of pre-attach blocks"
+        );
+        assert_eq!(t.live_by_process()[&1], (2, 320));
+        // Process 1 exec'd at t=55: its older blocks go, the newer stays.
+        assert_eq!(t.release_older(1, 55), (1, 300));
+        assert_eq!(t.live_by_process()[&1], (1, 20));
+        assert_eq!(t.live_by_process()[&2], (1, 400), "another process kept");
+        let s = t.sites()[&site];
+        assert_eq!(s.alloc_bytes - s.free_bytes, 420);
+        let live: Vec<_> = t.live_blocks().map(|b| (b.0, b.1, b.3)).collect();
+        assert_eq!(live.len(), 2);
+        assert!(live.contains(&(1, 0x20, 60)) && live.contains(&(2, 0x10, 7)));
+    }
+
+    #[test]
+    fn a_table_not_holding_counts_nothing_held() {
+        let mut t = SampleTable::default();
+        assert!(!t.holds_live());
+        t.free_from(1, 1, 0x10, FREED_BY_ALLOCATOR);
+        assert_eq!(t.held_counts(), HeldCounts::default());
+        assert_eq!(t.unmatched_frees, 1);
     }
 }

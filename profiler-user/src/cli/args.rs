@@ -270,6 +270,9 @@ impl CommonArgs {
             follow: !self.no_follow,
             sessions: self.sessions,
             hold_exit: false,
+            // The overhead guard may switch to sampling, which needs the
+            // kernel's live map from the start.
+            user_live: self.max_overhead.is_none(),
         })
     }
 

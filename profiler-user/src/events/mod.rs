@@ -131,7 +131,7 @@ impl EventSink<'_> {
         match ev {
             Event::Map(m) => apply_map(&m, self.regions),
             Event::SampledFree(f) => {
-                self.samples.free_by(f.tgid, f.tid, f.ptr);
+                self.samples.free_from(f.tgid, f.tid, f.ptr, f.who);
                 true
             }
             Event::Proc(ev) => {
@@ -213,13 +213,14 @@ impl EventSink<'_> {
                         stats.homes_unknown += u64::from(home.is_none());
                         home
                     });
-                    self.samples.alloc_by(
+                    self.samples.alloc_at(
                         h.tgid,
                         h.tid,
                         h.ptr,
                         site,
                         (h.est_bytes, h.est_count),
                         home,
+                        h.ts_ns,
                     );
                 }
                 true

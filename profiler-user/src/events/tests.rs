@@ -32,7 +32,7 @@ fn decodes_each_kind_and_rejects_short_records() {
         tgid: 1,
         ptr: 2,
         tid: 4,
-        _pad: 0,
+        who: 0,
     };
     assert_eq!(decode(&bytes_of(&free)), Some(Event::SampledFree(free)));
 

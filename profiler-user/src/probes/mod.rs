@@ -59,6 +59,23 @@ pub struct CaptureConfig {
     /// Hold the first process at `_exit` until its memory map is read (a
     /// `run` command, heapscope's own child; see `exit_hold`).
     pub hold_exit: bool,
+    /// Userspace holds the live blocks, and the kernel keeps no live map
+    /// (`USER_LIVE` in profiler-ebpf): only for every allocation sampled
+    /// with DWARF stacks, whose samples already carry each block.
+    pub user_live: bool,
+}
+
+impl CaptureConfig {
+    /// Whether userspace holds the live blocks: asked for, and possible
+    /// (every allocation sampled, DWARF stacks, no uprobe sessions).
+    /// `HEAPSCOPE_KERNEL_LIVE=1` keeps the kernel's live map (comparisons).
+    pub fn user_live(&self) -> bool {
+        self.user_live
+            && self.sample_rate == 0
+            && self.stack_mode == StackMode::Dwarf
+            && !self.sessions
+            && std::env::var_os("HEAPSCOPE_KERNEL_LIVE").is_none()
+    }
 }
 
 impl Default for CaptureConfig {
@@ -70,6 +87,7 @@ impl Default for CaptureConfig {
             follow: true,
             sessions: false,
             hold_exit: false,
+            user_live: false,
         }
     }
 }
@@ -172,6 +190,8 @@ pub struct Probes {
     pub follow: bool,
     /// Bytes of user stack a DWARF sample copies when its thread's extent is unknown.
     pub stack_copy: u32,
+    /// Userspace holds the live blocks (see `CaptureConfig::user_live`).
+    pub user_live: bool,
     /// Size of the event ring buffer.
     pub ringbuf_bytes: u32,
     /// `Ok` when the allocation entry points of the first process went in
@@ -290,6 +310,7 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
             &u32::from(capture.sessions && capture.sample_rate != 0),
             true,
         )
+        .override_global("USER_LIVE", &u32::from(capture.user_live()), true)
         .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
         .override_global("STACK_COPY", &capture.stack_copy, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes(sizes.ringbuf_bytes), true)
@@ -433,6 +454,7 @@ impl Probes {
             targets: std::collections::BTreeMap::new(),
             follow: capture.follow,
             stack_copy: capture.stack_copy,
+            user_live: capture.user_live(),
             ringbuf_bytes: sizes.ringbuf_bytes,
             sessions,
             exit_hold: None,

@@ -28,6 +28,25 @@ pub fn outstanding(
     cap: &Capture,
     ids: &SiteIds,
 ) -> Result<(Vec<OutstandingAlloc>, u64), ProbeError> {
+    if cap.samples.holds_live() {
+        let now_ns = monotonic_ns();
+        let out = cap
+            .samples
+            .live_blocks()
+            .filter_map(|(_, ptr, site, ts_ns, est_bytes, est_count)| {
+                Some(OutstandingAlloc {
+                    site: ids.id(&site)?,
+                    ptr,
+                    ts_ns,
+                    // Held blocks are every allocation, weighted by itself.
+                    size: est_bytes,
+                    est_bytes,
+                    est_count,
+                })
+            })
+            .collect();
+        return Ok((out, now_ns));
+    }
     let name = "LIVE";
     let map = probes.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
     let live: BpfHashMap<&MapData, LiveKey, LiveAlloc> =

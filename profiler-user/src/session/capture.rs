@@ -297,7 +297,9 @@ impl Capture {
         let notes = self.apply_execs(probes, t_ms)?;
         let counters = aggregate::read_counters(&probes.ebpf)?;
         let free_lost = counters[profiler_common::counter::SAMPLED_FREE_LOST as usize];
-        if free_lost > self.free_lost_seen {
+        // (Held in userspace, no map tells which blocks are gone: the lost
+        // frees make the totals not exact, and the report says so.)
+        if free_lost > self.free_lost_seen && !self.samples.holds_live() {
             // Free records were lost: drop the samples the kernel no longer
             // holds, so no site keeps bytes the program freed.
             let live = aggregate::LiveLookup::new(&probes.ebpf)?;

@@ -123,6 +123,16 @@ pub struct Released {
 }
 
 impl Released {
+    /// Adds one release of `blocks` live blocks (`bytes`) and the regions
+    /// `seen` released; returns what this one released, regions included.
+    fn add(&mut self, blocks: u64, bytes: u64, seen: &ExecSeen) -> (u64, u64) {
+        self.blocks += blocks;
+        self.bytes += bytes;
+        self.regions += seen.regions;
+        self.region_bytes += seen.region_bytes;
+        (blocks + seen.regions, bytes + seen.region_bytes)
+    }
+
     /// The program names of process `pid` in order ("old → new") when it
     /// exec'd, else `current`.
     pub fn program_names(&self, pid: u32, current: &str) -> String {
@@ -166,6 +176,10 @@ pub fn release(
     samples: &mut SampleTable,
     out: &mut Released,
 ) -> Result<(u64, u64), ProbeError> {
+    if samples.holds_live() {
+        let (blocks, bytes) = samples.release_older(seen.ev.tgid, seen.ev.ts_ns);
+        return Ok(out.add(blocks, bytes, seen));
+    }
     let name = "LIVE";
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
     let mut live: BpfHashMap<&mut MapData, LiveKey, LiveAlloc> =
@@ -201,11 +215,7 @@ pub fn release(
             }
         }
     }
-    out.blocks += blocks;
-    out.bytes += bytes;
-    out.regions += seen.regions;
-    out.region_bytes += seen.region_bytes;
-    Ok((blocks + seen.regions, bytes + seen.region_bytes))
+    Ok(out.add(blocks, bytes, seen))
 }
 
 #[cfg(test)]

@@ -131,6 +131,9 @@ pub(super) fn run(
     let ring = crate::events::pump::start(ring, queue_bytes, opts.raise_priority)
         .map_err(|source| SessionError::Thread { pid, source })?;
     let mut cap = Capture::new(pid, ring, probes.stack_copy);
+    if probes.user_live {
+        cap.samples.hold_live();
+    }
     phases.mark("capture state (maps)");
     // Sampled blocks are placed in arenas (and cross-thread frees judged by
     // arena) where their samples reach userspace: DWARF stacks; not for a
@@ -334,7 +337,12 @@ pub(super) fn run(
     } else {
         None
     };
-    let processes = match super::tree::live_by_process(&w.probes.ebpf) {
+    let live_by_process = if w.cap.samples.holds_live() {
+        Ok(w.cap.samples.live_by_process())
+    } else {
+        super::tree::live_by_process(&w.probes.ebpf)
+    };
+    let processes = match live_by_process {
         Ok(by_pid) => w
             .probes
             .pids()
