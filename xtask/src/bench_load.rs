@@ -13,11 +13,15 @@ use crate::child::{
 };
 use crate::util::build_c;
 
-/// (label, threads, mode) of each row.
-const CASES: [(&str, u32, &str); 3] = [
-    ("steady, 1 thread", 1, "steady"),
-    ("steady, 2 threads", 2, "steady"),
-    ("bursts of 50,000, 1 thread", 1, "burst"),
+/// (label, threads, mode, allocations/s in total: 0 as fast as it can) of
+/// each row. 200,000/s is the rate the lossless goal is stated at; the
+/// unpaced rows show where it ends.
+const CASES: [(&str, u32, &str, u32); 5] = [
+    ("200,000/s, 1 thread", 1, "steady", 200_000),
+    ("200,000/s, 2 threads", 2, "steady", 200_000),
+    ("unpaced, 1 thread", 1, "steady", 0),
+    ("unpaced, 2 threads", 2, "steady", 0),
+    ("bursts of 50,000, 1 thread", 1, "burst", 0),
 ];
 
 /// Runs each case for `seconds` under `heapscope attach --exact`.
@@ -28,7 +32,7 @@ pub fn bench_load(heapscope: &Path, seconds: u64) -> Result<()> {
         "--exact (DWARF stacks) under load, {seconds} s per row: allocations/s reached, \
          records lost, heapscope CPU and peak RSS"
     );
-    for (label, threads, mode) in CASES {
+    for (label, threads, mode, rate) in CASES {
         let Target {
             child: mut target,
             mut stdin,
@@ -38,6 +42,7 @@ pub fn bench_load(heapscope: &Path, seconds: u64) -> Result<()> {
             seconds.to_string(),
             threads.to_string(),
             mode.to_string(),
+            rate.to_string(),
         ]))?;
         let mut p = Command::new(heapscope)
             .args(["attach", "-p", &pid, "--quiet", "--exact"])

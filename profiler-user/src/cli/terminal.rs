@@ -131,11 +131,13 @@ impl SessionOutput for Terminal {
             SessionEvent::Warning(w) => self.warnings.push(w.clone()),
             SessionEvent::UnwindStats {
                 stacks,
+                repeated,
                 time,
                 stops,
                 copies,
             } => note(&format!(
-                "{stacks} stacks unwound, {:.1} µs each; stop reasons: {stops:?}; \
+                "{stacks} stacks unwound ({repeated} repeated ones from memory), {:.2} µs each \
+                 (timed 1 in 64); stop reasons: {stops:?}; \
                  {} copies sized to their thread's stack ({:.0} B each), {} cut short",
                 time.as_secs_f64() * 1e6 / (*stacks).max(1) as f64,
                 copies.learned,

@@ -293,6 +293,40 @@ impl<R> Drop for Pumped<R> {
 }
 
 impl<R: RecordSource> RecordSource for Pumped<R> {
+    fn take_batch(&mut self, batch: &mut Batch, limits: DrainLimits) -> bool {
+        if let Some(c) = &self.current {
+            if self.next < c.len() {
+                // The rest of a chunk begun record by record, copied: the
+                // next batch is a whole chunk again.
+                batch.clear();
+                while batch.len() < limits.max_records.max(1) && batch.bytes() < limits.max_bytes {
+                    let Some(rec) = c.record(self.next) else {
+                        break;
+                    };
+                    batch.push(rec);
+                    self.next += 1;
+                }
+                return true;
+            }
+            if let Some(done) = self.current.take() {
+                self.shared.queue.recycle(done);
+            }
+            self.next = 0;
+        }
+        let Some(c) = self.shared.queue.pop() else {
+            return false;
+        };
+        if c.len() > limits.max_records.max(1) || c.bytes() > limits.max_bytes + MAX_RECORD {
+            // Taken record by record.
+            self.current = Some(c);
+            self.next = 0;
+            return false;
+        }
+        let done = std::mem::replace(batch, c);
+        self.shared.queue.recycle(done);
+        true
+    }
+
     fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
         loop {
             if let Some(c) = &self.current {

@@ -127,7 +127,9 @@ pub enum SessionEvent {
     UnwindStats {
         /// Stacks unwound.
         stacks: u64,
-        /// Time spent unwinding them.
+        /// Of them, given by the memo of repeated stacks (not walked).
+        repeated: u64,
+        /// Time spent unwinding them (estimated from one sample in 64).
         time: Duration,
         /// Stacks per reason the unwind stopped.
         stops: BTreeMap<UnwindStop, u64>,

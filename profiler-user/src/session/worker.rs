@@ -434,9 +434,14 @@ pub(super) fn run(
             learned_bytes: x.learned_bytes,
             cut_short: x.cut_short,
         };
+        // One sample in TIME_ONE_IN is timed: scaled to all of them.
+        let time = ev
+            .unwind_time
+            .mul_f64(ev.samples as f64 / ev.timed.max(1) as f64);
         w.outputs.event(&SessionEvent::UnwindStats {
             stacks: ev.samples,
-            time: ev.unwind_time,
+            repeated: w.cap.unwinder.memo.hits,
+            time,
             stops,
             copies,
         });

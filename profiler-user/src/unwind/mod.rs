@@ -9,6 +9,7 @@
 
 pub mod cfi;
 pub mod extent;
+pub mod memo;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -112,6 +113,10 @@ pub struct Unwinder {
     pub stops: HashMap<UnwindStop, u64>,
     /// Bytes of its copy the last walk read (one past its highest slot).
     last_read_end: u64,
+    /// Complete walks, to give repeated stacks without walking.
+    pub memo: memo::StackMemo,
+    /// The slots the last walk read: (offset from sp, word).
+    slots: Vec<(u32, u64)>,
 }
 
 /// Reads 8 bytes of the copied stack at `addr`.
@@ -232,9 +237,14 @@ impl Unwinder {
         let mut used = 0usize;
         let sp0 = regs.sp;
         let mut read_end = 0u64;
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.clear();
         let mut read = |addr: u64| {
             let v = read_u64(stack, sp0, addr)?;
-            read_end = read_end.max(addr - sp0 + 8);
+            let off = addr - sp0;
+            read_end = read_end.max(off + 8);
+            // (A copy is far below 4 GiB: every read offset fits.)
+            slots.push((off as u32, v));
             Some(v)
         };
         let mut ctx = self
@@ -342,7 +352,41 @@ impl Unwinder {
         };
         self.ctx = Some(ctx);
         self.last_read_end = read_end;
+        self.slots = slots;
         (frames, stop)
+    }
+
+    /// [`Unwinder::walk`] of a sample of process `tgid`, given from the
+    /// memo when the same registers and slot words were walked before (see
+    /// [`memo`]); a complete walk without pending returns is remembered.
+    pub fn walk_memo(
+        &mut self,
+        tgid: u32,
+        regs: Regs,
+        stack: &[u8],
+        pending: &[PendingReturn],
+        maps: &MemoryMap,
+        files: &dyn ModulePaths,
+    ) -> (Vec<u64>, UnwindStop) {
+        if !pending.is_empty() {
+            return self.walk(regs, stack, pending, maps, files);
+        }
+        if let Some((frames, read_end)) = self.memo.get(tgid, regs, stack) {
+            let frames = frames.to_vec();
+            self.last_read_end = read_end;
+            return (frames, UnwindStop::Complete);
+        }
+        let (frames, stop) = self.walk(regs, stack, pending, maps, files);
+        if stop == UnwindStop::Complete {
+            self.memo
+                .put(tgid, regs, &self.slots, &frames, self.last_read_end);
+        }
+        (frames, stop)
+    }
+
+    /// Forgets remembered walks: a process's layout may have changed.
+    pub fn forget_stacks(&mut self) {
+        self.memo.clear();
     }
 }
 

@@ -150,3 +150,58 @@ fn records_arrive_in_ring_order_through_the_pump_and_after_it_stopped() {
         "bounded"
     );
 }
+
+#[test]
+fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
+    let records = Arc::new(Mutex::new(VecDeque::new()));
+    let (r, mut w) = std::io::pipe().unwrap();
+    std::io::Write::write_all(&mut w, b"x").unwrap();
+    let ring = FakeRing {
+        records: Arc::clone(&records),
+        fd: r,
+    };
+    let want: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    records.lock().unwrap().extend(want.iter().cloned());
+    let mut p = start(ring, 1 << 20, false).unwrap();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut whole = 0;
+    let mut batch = Batch::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut turn = 0u32;
+    while got.len() < want.len() && Instant::now() < deadline {
+        turn += 1;
+        // Every third turn a record copied (a chunk begun), else batches:
+        // the rest of a begun chunk, or whole chunks.
+        let mut buf = Vec::new();
+        if turn % 3 == 0 && p.pop_into(&mut buf) {
+            got.push(buf);
+        } else if p.take_batch(&mut batch, DrainLimits::default()) {
+            whole += 1;
+            got.extend(batch.records().map(<[u8]>::to_vec));
+        } else {
+            wait_readable(p.ready_fd(), Duration::from_millis(20));
+        }
+    }
+    assert_eq!(got, want);
+    assert!(whole > 1, "batches taken");
+    // A chunk over the limits is refused, then read record by record.
+    records.lock().unwrap().extend(want.iter().cloned());
+    let one = DrainLimits {
+        max_records: 1,
+        max_bytes: 1,
+    };
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < want.len() && Instant::now() < deadline {
+        let mut buf = Vec::new();
+        if p.take_batch(&mut batch, one) {
+            assert_eq!(batch.len(), 1, "within the limits");
+            got.extend(batch.records().map(<[u8]>::to_vec));
+        } else if p.pop_into(&mut buf) {
+            got.push(buf);
+        } else {
+            wait_readable(p.ready_fd(), Duration::from_millis(20));
+        }
+    }
+    assert_eq!(got, want);
+}
