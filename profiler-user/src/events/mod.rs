@@ -341,6 +341,11 @@ impl Batch {
     pub fn fill(&mut self, source: &mut impl RecordSource, limits: DrainLimits) -> bool {
         self.data.clear();
         self.ends.clear();
+        self.fill_more(source, limits)
+    }
+
+    /// [`Batch::fill`] without emptying the batch first.
+    pub fn fill_more(&mut self, source: &mut impl RecordSource, limits: DrainLimits) -> bool {
         while self.ends.len() < limits.max_records.max(1) && self.data.len() < limits.max_bytes {
             if !source.pop_into(&mut self.data) {
                 return false;
@@ -458,8 +463,16 @@ impl<S: RecordSource> EventReader<S> {
     pub fn drain_batch(&mut self, sink: &mut EventSink<'_>) -> bool {
         // A whole chunk from the pump when there is one: every record
         // copied once more was ~10% of the capture thread under --exact.
-        let more = self.source.take_batch(&mut self.batch, self.limits)
-            || self.batch.fill(&mut self.source, self.limits);
+        // A small chunk (the pump keeps up, and queues what the ring has
+        // each time) is topped up with copies of the next records: each
+        // batch costs the capture loop a few system calls besides.
+        let more = match self.source.take_batch(&mut self.batch, self.limits) {
+            true if self.batch.len() * 4 < self.limits.max_records => {
+                self.batch.fill_more(&mut self.source, self.limits)
+            }
+            true => true,
+            false => self.batch.fill(&mut self.source, self.limits),
+        };
         // All headers first, in one call per process, then the records.
         match &sink.home {
             Some(homes) => {

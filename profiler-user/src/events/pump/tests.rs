@@ -205,3 +205,26 @@ fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
     }
     assert_eq!(got, want);
 }
+
+#[test]
+fn fill_more_appends_after_what_the_batch_holds() {
+    let mut b = Batch::default();
+    let mut src = Numbers((0..5u8).map(|i| vec![i]).collect());
+    let two = DrainLimits {
+        max_records: 2,
+        max_bytes: usize::MAX,
+    };
+    assert!(b.fill(&mut src, two), "stopped at the limit");
+    let four = DrainLimits {
+        max_records: 4,
+        ..two
+    };
+    assert!(b.fill_more(&mut src, four));
+    let got: Vec<&[u8]> = b.records().collect();
+    assert_eq!(got, vec![&[0u8][..], &[1], &[2], &[3]]);
+    assert!(
+        !b.fill_more(&mut src, DrainLimits::default()),
+        "source empty"
+    );
+    assert_eq!(b.len(), 5);
+}
