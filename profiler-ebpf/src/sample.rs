@@ -44,6 +44,15 @@ pub(crate) static OFF_TASK_MM: u32 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static OFF_MM_START_STACK: u32 = 0;
 
+/// Byte offset of a task's user `fsbase` in task_struct (from the kernel's
+/// BTF); 0 when unknown. glibc puts a thread's control block, where its
+/// `fsbase` points, at the top of the thread's stack mapping, just above the
+/// stack: another thread's samples copy no more than up to there before
+/// userspace has learned its end (a program starting threads that allocate
+/// at once sent 8 KiB copies for each until then, filling the ring).
+#[unsafe(no_mangle)]
+pub(crate) static OFF_TASK_FSBASE: u32 = 0;
+
 #[inline(always)]
 pub(crate) fn kread(addr: u64) -> u64 {
     if addr == 0 {
@@ -182,17 +191,32 @@ fn emit_sample_n<const N: usize>(mut header: SampleHeader, want: usize) -> bool 
 
 /// Bytes to copy for a sample of thread `tid` of process `tgid` at `sp`: up
 /// to the end its earlier complete unwinds reached (learned by userspace),
-/// else for a main thread up to its `start_stack`, else `full`.
+/// else for a main thread up to its `start_stack`, else up to its `fsbase`
+/// when that lies above `sp` within `full`, else `full`.
 #[inline(always)]
 fn copy_len(tgid: u32, tid: u32, sp: u64, full: u64) -> u64 {
+    let upto = |end: Option<u64>| match end {
+        Some(end) if end > sp && end - sp <= full => end - sp,
+        _ => full,
+    };
     match STACK_ENDS.get(stack_end_slot(tid)).copied() {
         Some(e) if e.tid == tid && e.end > sp && e.end - sp <= full => e.end - sp,
-        _ if tid == tgid => match main_stack_start() {
-            Some(start) if start > sp && start - sp <= full => start - sp,
-            _ => full,
-        },
-        _ => full,
+        _ if tid == tgid => upto(main_stack_start()),
+        _ => upto(thread_fsbase()),
     }
+}
+
+/// The current thread's user `fsbase`, when its offset is known.
+#[inline(always)]
+fn thread_fsbase() -> Option<u64> {
+    let off = config_u32(&OFF_TASK_FSBASE);
+    if off == 0 {
+        return None;
+    }
+    // SAFETY: a plain helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let fsbase = kread(task + u64::from(off));
+    (fsbase != 0).then_some(fsbase)
 }
 
 /// The current process's `mm->start_stack`, when its offsets are known.

@@ -194,8 +194,9 @@ impl StructOffsets {
 pub struct KernelBtf(StructOffsets);
 
 /// The structs whose member offsets the probes use.
-const PROBE_STRUCTS: [&str; 5] = [
+const PROBE_STRUCTS: [&str; 6] = [
     "task_struct",
+    "thread_struct",
     "signal_struct",
     "mm_struct",
     "uprobe_task",
@@ -237,6 +238,13 @@ impl KernelBtf {
             self.0.get("task_struct", "mm")?,
             self.0.get("mm_struct", "start_stack")?,
         ))
+    }
+
+    /// The offset of a task's user `fsbase` in task_struct (task_struct.thread
+    /// plus thread_struct.fsbase): a glibc thread's control block, which
+    /// glibc puts at the top of the thread's stack mapping, above its stack.
+    pub fn task_fsbase(&self) -> Option<u32> {
+        Some(self.0.get("task_struct", "thread")? + self.0.get("thread_struct", "fsbase")?)
     }
 
     /// The offsets of the pending-uretprobe chain.
@@ -360,6 +368,22 @@ mod tests {
                     .and_then(|k| k.return_chain())
                     .expect("uprobe structs in vmlinux BTF");
                 assert_ne!(o.ri_orig_ret, o.ri_next);
+            }
+            Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
+        }
+    }
+
+    #[test]
+    fn running_kernel_names_a_tasks_fsbase() {
+        match std::fs::read("/sys/kernel/btf/vmlinux") {
+            Ok(_) => {
+                let off = KernelBtf::read()
+                    .and_then(|k| k.task_fsbase())
+                    .expect("task_struct.thread.fsbase");
+                let thread = KernelBtf::read()
+                    .and_then(|k| k.0.get("task_struct", "thread"))
+                    .expect("task_struct.thread");
+                assert!(off > thread, "fsbase is not thread_struct's first member");
             }
             Err(_) => crate::testing::skip("no /sys/kernel/btf/vmlinux"),
         }

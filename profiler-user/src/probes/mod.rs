@@ -290,6 +290,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
     let main_stack = kernel
         .and_then(btf::KernelBtf::main_stack)
         .unwrap_or((0, 0));
+    // Without it another thread's first samples copy the full stack size.
+    let fsbase = kernel.and_then(btf::KernelBtf::task_fsbase).unwrap_or(0);
     let fp_stacks = if capture.stack_mode == StackMode::Dwarf {
         1
     } else {
@@ -330,6 +332,7 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("OFF_SIGNAL_LIVE", &exit_offsets.1, true)
         .override_global("OFF_TASK_MM", &main_stack.0, true)
         .override_global("OFF_MM_START_STACK", &main_stack.1, true)
+        .override_global("OFF_TASK_FSBASE", &fsbase, true)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(_) | aya::EbpfError::ProgramError(_)

@@ -124,6 +124,13 @@ impl Capture {
         }
     }
 
+    /// Loads the unwind tables of every module the target maps (DWARF
+    /// stacks), before the probes count: see `Unwinder::preload`.
+    pub fn preload_unwind_tables(&mut self) -> usize {
+        let files = RootedFiles { pid: self.pid };
+        self.unwinder.preload(&self.maps, &files)
+    }
+
     /// Keeps the newest memory map and name while the target lives: after it
     /// exits, the last ones still symbolize what was captured.
     /// The map is read again only when its text changed: the first 2 s of a

@@ -141,6 +141,10 @@ pub(super) fn run(
     cap.glibc = opts.glibc_footprint
         && opts.block_homes
         && opts.stack_mode == profiler_common::StackMode::Dwarf;
+    if opts.stack_mode == profiler_common::StackMode::Dwarf {
+        cap.preload_unwind_tables();
+        phases.mark("unwind tables");
+    }
     // The starting point: counting begins here, with the target's map read,
     // not when the probes went in.
     probes.arm()?;

@@ -384,6 +384,27 @@ impl Unwinder {
         (frames, stop)
     }
 
+    /// Loads the call-frame information of every executable file `maps`
+    /// maps, ahead of the first samples; returns how many modules have it.
+    /// (Loaded on the first stack through a module otherwise, while the
+    /// target already allocates at full rate and records pile up.)
+    pub fn preload(&mut self, maps: &MemoryMap, files: &dyn ModulePaths) -> usize {
+        let mut loaded = 0;
+        for region in &maps.regions {
+            if !region.perms.execute || !region.is_file() {
+                continue;
+            }
+            let Some(path) = region.path.as_deref() else {
+                continue;
+            };
+            if path == UPROBES_MAPPING {
+                continue;
+            }
+            loaded += usize::from(self.module(maps, region, path, files).is_some());
+        }
+        loaded
+    }
+
     /// Forgets remembered walks: a process's layout may have changed.
     pub fn forget_stacks(&mut self) {
         self.memo.clear();
