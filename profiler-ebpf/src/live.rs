@@ -329,16 +329,19 @@ fn record_alloc(
 /// as a sample whose weight is the block itself.
 #[inline(always)]
 fn send_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: AllocKind) {
-    bump(counter::ALLOCS, 1);
-    bump(counter::ALLOC_BYTES, size);
-    bump(counter::SAMPLED, 1);
     let origin = (tgid, bpf_get_current_pid_tgid() as u32, now());
     let h = sample_header(ctx, origin, kind, ptr, size, (size, COUNT_SCALE));
     if !emit_sample(h) {
-        // Its bytes stay in the allocated total, unattributed and never
-        // freed: the totals are then labelled not exact (a lost record).
+        // Not counted as allocated either: its free will not match, and
+        // counting it would leave it in allocated - freed for good (a
+        // python3 run that lost 24k records showed a 46 MiB live heap
+        // beside 3.4 MiB held). Lost, and the totals say so.
         bump(counter::RINGBUF_LOST, 1);
+        return;
     }
+    bump(counter::ALLOCS, 1);
+    bump(counter::ALLOC_BYTES, size);
+    bump(counter::SAMPLED, 1);
 }
 
 /// Sends a mapping event of the program to userspace, which tracks regions.
