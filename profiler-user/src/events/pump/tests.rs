@@ -173,7 +173,7 @@ fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
         // Every third turn a record copied (a chunk begun), else batches:
         // the rest of a begun chunk, or whole chunks.
         let mut buf = Vec::new();
-        if turn % 3 == 0 && p.pop_into(&mut buf) {
+        if turn.is_multiple_of(3) && p.pop_into(&mut buf) {
             got.push(buf);
         } else if p.take_batch(&mut batch, DrainLimits::default()) {
             whole += 1;
