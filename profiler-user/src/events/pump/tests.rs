@@ -103,6 +103,21 @@ impl AsFd for FakeRing {
     }
 }
 
+type Records = Arc<Mutex<VecDeque<Vec<u8>>>>;
+
+/// A ring stand-in, always readable as a ring with records is (while the
+/// returned writer lives), and the queue of its records.
+fn fake_ring() -> (Records, FakeRing, std::io::PipeWriter) {
+    let records = Arc::new(Mutex::new(VecDeque::new()));
+    let (r, mut w) = std::io::pipe().unwrap();
+    std::io::Write::write_all(&mut w, b"x").unwrap();
+    let ring = FakeRing {
+        records: Arc::clone(&records),
+        fd: r,
+    };
+    (records, ring, w)
+}
+
 /// Reads `n` records through `p`, waiting on its descriptor as the capture
 /// thread does.
 fn read_n(p: &mut Pumped<FakeRing>, n: usize) -> Vec<Vec<u8>> {
@@ -121,14 +136,7 @@ fn read_n(p: &mut Pumped<FakeRing>, n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn records_arrive_in_ring_order_through_the_pump_and_after_it_stopped() {
-    let records = Arc::new(Mutex::new(VecDeque::new()));
-    let (r, mut w) = std::io::pipe().unwrap();
-    // Always readable, as a ring with records is.
-    std::io::Write::write_all(&mut w, b"x").unwrap();
-    let ring = FakeRing {
-        records: Arc::clone(&records),
-        fd: r,
-    };
+    let (records, ring, _w) = fake_ring();
     let want: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
     records.lock().unwrap().extend(want[..2000].iter().cloned());
     let mut p = start(ring, 1024, false).unwrap();
@@ -153,13 +161,7 @@ fn records_arrive_in_ring_order_through_the_pump_and_after_it_stopped() {
 
 #[test]
 fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
-    let records = Arc::new(Mutex::new(VecDeque::new()));
-    let (r, mut w) = std::io::pipe().unwrap();
-    std::io::Write::write_all(&mut w, b"x").unwrap();
-    let ring = FakeRing {
-        records: Arc::clone(&records),
-        fd: r,
-    };
+    let (records, ring, _w) = fake_ring();
     let want: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
     records.lock().unwrap().extend(want.iter().cloned());
     let mut p = start(ring, 1 << 20, false).unwrap();
