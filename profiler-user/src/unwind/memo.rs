@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
-use super::Regs;
+/// The registers a walk starts from: ip, sp and bp.
+pub type Start = (u64, u64, u64);
 
 /// Bytes of remembered walks at most (slots and frames): a bound on memory
 /// whatever the stacks' depth.
@@ -54,17 +55,14 @@ fn word_at(stack: &[u8], off: u32) -> Option<u64> {
 
 impl StackMemo {
     /// The frames and the copy's read end of the walk of `stack` from
-    /// `regs` in process `tgid`, when remembered and every slot it read
+    /// `start` in process `tgid`, when remembered and every slot it read
     /// still holds its word. Counts a hit or a miss.
-    pub fn get(&mut self, tgid: u32, regs: Regs, stack: &[u8]) -> Option<(&[u64], u64)> {
-        let hit = self
-            .walks
-            .get(&(tgid, regs.ip, regs.sp, regs.bp))
-            .filter(|w| {
-                w.slots
-                    .iter()
-                    .all(|&(off, v)| word_at(stack, off) == Some(v))
-            });
+    pub fn get(&mut self, tgid: u32, (ip, sp, bp): Start, stack: &[u8]) -> Option<(&[u64], u64)> {
+        let hit = self.walks.get(&(tgid, ip, sp, bp)).filter(|w| {
+            w.slots
+                .iter()
+                .all(|&(off, v)| word_at(stack, off) == Some(v))
+        });
         match hit {
             Some(w) => {
                 self.hits += 1;
@@ -77,11 +75,12 @@ impl StackMemo {
         }
     }
 
-    /// Remembers a complete walk: `slots` as (offset from `regs.sp`, word).
+    /// Remembers a complete walk from `start`: `slots` as (offset from its
+    /// sp, word).
     pub fn put(
         &mut self,
         tgid: u32,
-        regs: Regs,
+        (ip, sp, bp): Start,
         slots: &[(u32, u64)],
         frames: &[u64],
         read_end: u64,
@@ -98,7 +97,7 @@ impl StackMemo {
             self.full += 1;
         }
         self.bytes += bytes;
-        if let Some(old) = self.walks.insert((tgid, regs.ip, regs.sp, regs.bp), walk) {
+        if let Some(old) = self.walks.insert((tgid, ip, sp, bp), walk) {
             self.bytes -= old.bytes();
         }
     }
@@ -124,11 +123,7 @@ impl StackMemo {
 mod tests {
     use super::*;
 
-    const R: Regs = Regs {
-        ip: 0x1000,
-        sp: 0x7000,
-        bp: 0,
-    };
+    const R: Start = (0x1000, 0x7000, 0);
 
     fn stack(words: &[u64]) -> Vec<u8> {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -156,7 +151,7 @@ mod tests {
         assert!(m.get(1, R, &stack(&[0xaa, 0x2000, 0xbb, 0x3001])).is_none());
         assert!(m.get(1, R, &stack(&[0xaa, 0x2000, 0xbb])).is_none());
         assert!(m.get(2, R, &s).is_none());
-        assert!(m.get(1, Regs { sp: 0x7008, ..R }, &s).is_none());
+        assert!(m.get(1, (R.0, 0x7008, R.2), &s).is_none());
         assert_eq!((m.hits, m.misses), (2, 5));
         m.clear();
         assert!(m.get(1, R, &s).is_none());
@@ -169,7 +164,7 @@ mod tests {
         let slots: Vec<(u32, u64)> = (0..256).map(|i| (i * 8, u64::from(i))).collect();
         let frames: Vec<u64> = (0..128).collect();
         for ip in 0..10_000u64 {
-            m.put(1, Regs { ip, ..R }, &slots, &frames, 2048);
+            m.put(1, (ip, R.1, R.2), &slots, &frames, 2048);
             assert!(m.bytes <= MEMO_MAX_BYTES);
         }
         assert!(m.full > 0);

@@ -371,7 +371,8 @@ impl Unwinder {
         if !pending.is_empty() {
             return self.walk(regs, stack, pending, maps, files);
         }
-        if let Some((frames, read_end)) = self.memo.get(tgid, regs, stack) {
+        let start = (regs.ip, regs.sp, regs.bp);
+        if let Some((frames, read_end)) = self.memo.get(tgid, start, stack) {
             let frames = frames.to_vec();
             self.last_read_end = read_end;
             return (frames, UnwindStop::Complete);
@@ -379,7 +380,7 @@ impl Unwinder {
         let (frames, stop) = self.walk(regs, stack, pending, maps, files);
         if stop == UnwindStop::Complete {
             self.memo
-                .put(tgid, regs, &self.slots, &frames, self.last_read_end);
+                .put(tgid, start, &self.slots, &frames, self.last_read_end);
         }
         (frames, stop)
     }
