@@ -104,36 +104,13 @@ impl ChunkReads {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::collections::VecDeque;
 
     use profiler_common::{EventKind, MapEvent, SampleHeader};
 
     use super::*;
-    use crate::events::{DrainLimits, RecordSource};
+    use crate::events::testing::{bytes_of, Queue};
+    use crate::events::DrainLimits;
     use crate::process::vm::IOV_MAX;
-
-    struct Queue(VecDeque<Vec<u8>>);
-
-    impl RecordSource for Queue {
-        fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
-            match self.0.pop_front() {
-                Some(r) => {
-                    buf.extend_from_slice(&r);
-                    true
-                }
-                None => false,
-            }
-        }
-    }
-
-    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
-        // SAFETY: T is a #[repr(C)] struct with explicit padding fields,
-        // so all of its bytes are initialised.
-        unsafe {
-            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
-        }
-        .to_vec()
-    }
 
     fn sample(tgid: u32, ptr: u64, kind: AllocKind) -> Vec<u8> {
         bytes_of(&SampleHeader {

@@ -136,8 +136,6 @@ impl EventSink<'_> {
                 true
             }
             Event::Proc(ev) => {
-                // A process's stacks may mean other frames from here on.
-                self.unwinder.forget_stacks();
                 // After an exec, regions mapped from here on belong to the
                 // new image; after an exit there are none; a fork changes
                 // nothing here.
@@ -180,13 +178,11 @@ impl EventSink<'_> {
                 if stop == UnwindStop::NoModule && frames.len() == 1 && other && !self.refreshed {
                     // A library loaded (or an exec) since its map was read.
                     self.refreshed = true;
-                    self.unwinder.forget_stacks();
                     if let Some(m) = self.others.get(h.tgid, true) {
                         (frames, stop) = self.unwinder.walk(regs, stack, &pending, m, self.files);
                     }
                 } else if stop == UnwindStop::NoModule && frames.len() == 1 && !self.refreshed {
                     self.refreshed = true;
-                    self.unwinder.forget_stacks();
                     if let Some(m) = (self.refresh)() {
                         *self.maps = m;
                         (frames, stop) = self
@@ -518,6 +514,40 @@ impl<S: RecordSource> EventReader<S> {
         }
         self.stats.unread_at_stop += n;
         n
+    }
+}
+
+/// Test helpers shared by the event tests: a queue standing in for the
+/// ring, and the bytes of a record.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::VecDeque;
+
+    use super::RecordSource;
+
+    /// A ring stand-in: a queue of records.
+    pub struct Queue(pub VecDeque<Vec<u8>>);
+
+    impl RecordSource for Queue {
+        fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
+            match self.0.pop_front() {
+                Some(r) => {
+                    buf.extend_from_slice(&r);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// The bytes of a record struct, as the probes write them.
+    pub fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a #[repr(C)] struct with explicit padding fields, so
+        // all of its bytes are initialised.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 }
 

@@ -1,11 +1,5 @@
+use super::testing::{bytes_of, Queue};
 use super::*;
-
-fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
-    // SAFETY: T is a #[repr(C)] struct with explicit padding fields, so
-    // all of its bytes are initialised.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        .to_vec()
-}
 
 #[test]
 fn decodes_each_kind_and_rejects_short_records() {
@@ -71,21 +65,6 @@ fn decodes_each_kind_and_rejects_short_records() {
     };
     assert_eq!(decode(&bytes_of(&bad)), None);
     assert_eq!(decode(&99u32.to_le_bytes()), None);
-}
-
-/// A ring stand-in: a queue of records.
-struct Queue(std::collections::VecDeque<Vec<u8>>);
-
-impl RecordSource for Queue {
-    fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
-        match self.0.pop_front() {
-            Some(r) => {
-                buf.extend_from_slice(&r);
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 fn mmap_record(i: u64) -> Vec<u8> {

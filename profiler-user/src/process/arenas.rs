@@ -386,11 +386,15 @@ impl HeapInfoCache {
     }
 }
 
-/// This machine's page size (the target's: same kernel).
+/// This machine's page size (the target's: same kernel), asked once: it is
+/// needed for every sampled block placed.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf takes no pointers.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf takes no pointers.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+    })
 }
 
 /// Reads and splits the footprint of a live process.

@@ -41,7 +41,14 @@ pub struct MemoryMap {
     pub regions: Vec<Region>,
     /// Handles on the files behind executable mappings, taken at read time.
     pub(crate) files: ModuleFiles,
+    /// Which parse this is: every parse gets a new number (0: none), so a
+    /// result computed against one map is known stale against another
+    /// (`unwind::memo`).
+    pub generation: u64,
 }
+
+/// The last [`MemoryMap::generation`] given.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The memory maps of profiled processes other than the session's target
 /// (children, other `-p` PIDs, cgroup members: each has its own layout),
@@ -139,6 +146,7 @@ impl MemoryMap {
         Ok(MemoryMap {
             regions,
             files: ModuleFiles::default(),
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         })
     }
 

@@ -146,7 +146,6 @@ impl Capture {
         if !same {
             if let Some(m) = read_maps(self.pid) {
                 self.maps = m;
-                self.unwinder.forget_stacks();
                 self.have_maps = true;
                 // The text read before: if the map changed in between, the
                 // next refresh sees another text and reads it again.
@@ -269,7 +268,6 @@ impl Capture {
                 (old, self.comm.clone())
             } else {
                 self.others.get(pid, true);
-                self.unwinder.forget_stacks();
                 // The session knows its old name.
                 (String::new(), read_comm(pid).unwrap_or_default())
             };

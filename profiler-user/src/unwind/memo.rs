@@ -7,8 +7,9 @@
 //!
 //! Only complete walks without pending returns are kept: a walk cut short
 //! by the copy's end could go further with a longer copy, and pending
-//! returns are a second input. The owner forgets everything when a process's
-//! layout may have changed (a map re-read, an exec, a fork or an exit).
+//! returns are a second input. A walk is given again only against the same
+//! memory map it was made with (its `MemoryMap::generation`): any re-read
+//! of a process's map (a library loaded, an exec) makes it stale.
 
 use std::collections::HashMap;
 
@@ -35,6 +36,8 @@ pub struct StackMemo {
 
 #[derive(Debug)]
 struct Walk {
+    /// The memory map's generation the walk was made with.
+    generation: u64,
     /// (offset from sp, word) of every slot the walk read.
     slots: Box<[(u32, u64)]>,
     frames: Box<[u64]>,
@@ -55,13 +58,20 @@ fn word_at(stack: &[u8], off: u32) -> Option<u64> {
 
 impl StackMemo {
     /// The frames and the copy's read end of the walk of `stack` from
-    /// `start` in process `tgid`, when remembered and every slot it read
-    /// still holds its word. Counts a hit or a miss.
-    pub fn get(&mut self, tgid: u32, (ip, sp, bp): Start, stack: &[u8]) -> Option<(&[u64], u64)> {
+    /// `start` in process `tgid` against map `generation`, when remembered
+    /// and every slot it read still holds its word. Counts a hit or a miss.
+    pub fn get(
+        &mut self,
+        tgid: u32,
+        (ip, sp, bp): Start,
+        generation: u64,
+        stack: &[u8],
+    ) -> Option<(&[u64], u64)> {
         let hit = self.walks.get(&(tgid, ip, sp, bp)).filter(|w| {
-            w.slots
-                .iter()
-                .all(|&(off, v)| word_at(stack, off) == Some(v))
+            w.generation == generation
+                && w.slots
+                    .iter()
+                    .all(|&(off, v)| word_at(stack, off) == Some(v))
         });
         match hit {
             Some(w) => {
@@ -75,17 +85,19 @@ impl StackMemo {
         }
     }
 
-    /// Remembers a complete walk from `start`: `slots` as (offset from its
-    /// sp, word).
+    /// Remembers a complete walk from `start` against map `generation`:
+    /// `slots` as (offset from its sp, word).
     pub fn put(
         &mut self,
         tgid: u32,
         (ip, sp, bp): Start,
+        generation: u64,
         slots: &[(u32, u64)],
         frames: &[u64],
         read_end: u64,
     ) {
         let walk = Walk {
+            generation,
             slots: slots.into(),
             frames: frames.into(),
             read_end,
@@ -133,29 +145,41 @@ mod tests {
     fn a_walk_is_given_again_only_while_its_slots_hold_their_words() {
         let mut m = StackMemo::default();
         let s = stack(&[0xaa, 0x2000, 0xbb, 0x3000]);
-        assert!(m.get(1, R, &s).is_none());
+        assert!(m.get(1, R, 1, &s).is_none());
         m.put(
             1,
             R,
+            1,
             &[(8, 0x2000), (24, 0x3000)],
             &[0x1000, 0x2000, 0x3000],
             32,
         );
-        let (frames, end) = m.get(1, R, &s).expect("remembered");
+        let (frames, end) = m.get(1, R, 1, &s).expect("remembered");
         assert_eq!((frames, end), (&[0x1000, 0x2000, 0x3000][..], 32));
         // Other words elsewhere do not matter.
         let s2 = stack(&[0xcc, 0x2000, 0xdd, 0x3000]);
-        assert!(m.get(1, R, &s2).is_some());
+        assert!(m.get(1, R, 1, &s2).is_some());
         // A slot with another word, a shorter copy, another process, other
         // registers: walked again.
-        assert!(m.get(1, R, &stack(&[0xaa, 0x2000, 0xbb, 0x3001])).is_none());
-        assert!(m.get(1, R, &stack(&[0xaa, 0x2000, 0xbb])).is_none());
-        assert!(m.get(2, R, &s).is_none());
-        assert!(m.get(1, (R.0, 0x7008, R.2), &s).is_none());
+        assert!(m
+            .get(1, R, 1, &stack(&[0xaa, 0x2000, 0xbb, 0x3001]))
+            .is_none());
+        assert!(m.get(1, R, 1, &stack(&[0xaa, 0x2000, 0xbb])).is_none());
+        assert!(m.get(2, R, 1, &s).is_none());
+        assert!(m.get(1, (R.0, 0x7008, R.2), 1, &s).is_none());
         assert_eq!((m.hits, m.misses), (2, 5));
         m.clear();
-        assert!(m.get(1, R, &s).is_none());
+        assert!(m.get(1, R, 1, &s).is_none());
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_walk_made_against_another_map_is_stale() {
+        let mut m = StackMemo::default();
+        let s = stack(&[0xaa, 0x2000]);
+        m.put(1, R, 7, &[(8, 0x2000)], &[0x1000, 0x2000], 16);
+        assert!(m.get(1, R, 7, &s).is_some());
+        assert!(m.get(1, R, 8, &s).is_none(), "the map was read again");
     }
 
     #[test]
@@ -164,7 +188,7 @@ mod tests {
         let slots: Vec<(u32, u64)> = (0..256).map(|i| (i * 8, u64::from(i))).collect();
         let frames: Vec<u64> = (0..128).collect();
         for ip in 0..10_000u64 {
-            m.put(1, (ip, R.1, R.2), &slots, &frames, 2048);
+            m.put(1, (ip, R.1, R.2), 1, &slots, &frames, 2048);
             assert!(m.bytes <= MEMO_MAX_BYTES);
         }
         assert!(m.full > 0);

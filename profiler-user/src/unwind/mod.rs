@@ -372,15 +372,21 @@ impl Unwinder {
             return self.walk(regs, stack, pending, maps, files);
         }
         let start = (regs.ip, regs.sp, regs.bp);
-        if let Some((frames, read_end)) = self.memo.get(tgid, start, stack) {
+        if let Some((frames, read_end)) = self.memo.get(tgid, start, maps.generation, stack) {
             let frames = frames.to_vec();
             self.last_read_end = read_end;
             return (frames, UnwindStop::Complete);
         }
         let (frames, stop) = self.walk(regs, stack, pending, maps, files);
         if stop == UnwindStop::Complete {
-            self.memo
-                .put(tgid, start, &self.slots, &frames, self.last_read_end);
+            self.memo.put(
+                tgid,
+                start,
+                maps.generation,
+                &self.slots,
+                &frames,
+                self.last_read_end,
+            );
         }
         (frames, stop)
     }
@@ -404,11 +410,6 @@ impl Unwinder {
             loaded += usize::from(self.module(maps, region, path, files).is_some());
         }
         loaded
-    }
-
-    /// Forgets remembered walks: a process's layout may have changed.
-    pub fn forget_stacks(&mut self) {
-        self.memo.clear();
     }
 }
 

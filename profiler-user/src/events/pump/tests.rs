@@ -1,26 +1,12 @@
 use super::*;
+use crate::events::testing::Queue;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-/// A source of records `[i; len]`.
-struct Numbers(VecDeque<Vec<u8>>);
-
-impl RecordSource for Numbers {
-    fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
-        match self.0.pop_front() {
-            Some(r) => {
-                buf.extend_from_slice(&r);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 /// A chunk of `records` in buffers of exactly their size.
 fn chunk_of(records: &[&[u8]]) -> Batch {
-    let mut src = Numbers(records.iter().map(|r| r.to_vec()).collect());
+    let mut src = Queue(records.iter().map(|r| r.to_vec()).collect());
     let mut b = Batch::default();
     b.fill(&mut src, DrainLimits::default());
     b.compact()
@@ -211,7 +197,7 @@ fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
 #[test]
 fn fill_more_appends_after_what_the_batch_holds() {
     let mut b = Batch::default();
-    let mut src = Numbers((0..5u8).map(|i| vec![i]).collect());
+    let mut src = Queue((0..5u8).map(|i| vec![i]).collect());
     let two = DrainLimits {
         max_records: 2,
         max_bytes: usize::MAX,

@@ -212,9 +212,6 @@ impl Worker {
         let maps = if pid == self.cap.pid {
             Some(&self.cap.maps)
         } else {
-            if fresh {
-                self.cap.unwinder.forget_stacks();
-            }
             self.cap.others.get(pid, fresh)
         };
         let Some(maps) = maps else {
