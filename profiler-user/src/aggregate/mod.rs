@@ -179,8 +179,12 @@ pub fn merge(
 
 /// Removes per-thread entry states of threads that no longer exist (they died
 /// inside an allocator call), so the bounded map never fills with them.
+/// Each entry's thread is looked up in its own process (the key holds both):
+/// looked up in the session's first process, every thread of the others
+/// (`-p A -p B`, children) seemed dead, and a call of theirs in flight at a
+/// tick lost its entry (an unmatched return, its block never counted).
 /// Returns how many were removed.
-pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> Result<usize, ProbeError> {
+pub fn prune_inflight(ebpf: &mut Ebpf) -> Result<usize, ProbeError> {
     let name = "INFLIGHT";
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
     let mut inflight: BpfHashMap<&mut MapData, u64, PendingCalls> =
@@ -188,9 +192,12 @@ pub fn prune_inflight(ebpf: &mut Ebpf, pid: u32) -> Result<usize, ProbeError> {
     let dead: Vec<u64> = inflight
         .keys()
         .filter_map(Result::ok)
-        .filter(|pid_tgid| {
-            let tid = *pid_tgid as u32;
-            !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+        .filter(|&pid_tgid| {
+            let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+            !crate::process::procfs::dir(tgid)
+                .join("task")
+                .join(tid.to_string())
+                .exists()
         })
         .collect();
     for k in &dead {

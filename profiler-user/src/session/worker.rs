@@ -248,7 +248,7 @@ pub(super) fn run(
         if control.take_tick() {
             w.cap.refresh();
             w.note_layout();
-            if let Err(e) = crate::aggregate::prune_inflight(&mut w.probes.ebpf, pid) {
+            if let Err(e) = crate::aggregate::prune_inflight(&mut w.probes.ebpf) {
                 w.warn(format!("pruning per-thread state: {e}"));
             }
             w.rescan_cgroup();
