@@ -15,8 +15,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    atomic_add, bump, config_u32, tracked_add, user_live, wake_flags, EVENTS, LIVE, SITES,
-    STACK_MODE, STACK_SCRATCH, STACK_TABLE,
+    atomic_add, bump, config_u32, tracked_add, user_live, LIVE, SITES, STACK_MODE, STACK_SCRATCH,
+    STACK_TABLE,
 };
 use crate::sample::{emit_sample, estimate_drawn, sample, sample_header};
 
@@ -176,8 +176,9 @@ fn send_free(tgid: u32, ptr: u64, who: u32) {
         ptr,
         tid: bpf_get_current_pid_tgid() as u32,
         who,
+        ts_ns: now(),
     };
-    if EVENTS.output::<SampledFree>(&ev, wake_flags()).is_err() {
+    if !crate::ring::ring().is_some_and(|r| r.output(&ev)) {
         bump(counter::SAMPLED_FREE_LOST, 1);
     }
 }
@@ -347,7 +348,7 @@ fn send_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: Alloc
 /// Sends a mapping event of the program to userspace, which tracks regions.
 #[inline(always)]
 pub(crate) fn emit_map_event(ev: MapEvent) {
-    if EVENTS.output::<MapEvent>(&ev, wake_flags()).is_err() {
+    if !crate::ring::ring().is_some_and(|r| r.output(&ev)) {
         bump(counter::RINGBUF_LOST, 1);
     }
 }

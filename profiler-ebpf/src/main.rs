@@ -29,6 +29,8 @@ mod procs;
 #[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]
+mod ring;
+#[cfg(target_arch = "bpf")]
 mod sample;
 #[cfg(target_arch = "bpf")]
 mod thread;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use profiler_common::nesting::AllocLayout;
 use profiler_common::{
@@ -38,45 +38,10 @@ pub(crate) static STACK_MODE: u32 = StackMode::FramePointer as u32;
 #[unsafe(no_mangle)]
 pub(crate) static STACK_COPY: u32 = defaults::STACK_COPY;
 
-/// Unread bytes in `EVENTS` past which a record wakes the reader; below,
-/// the reader finds it at its next poll timeout. Set by userspace.
-#[unsafe(no_mangle)]
-pub(crate) static WAKEUP_BYTES: u64 = 0;
-
-/// Records a CPU submits between two looks at how full the ring is.
-const WAKE_CHECK_EVERY: u32 = 16;
-
 /// Per CPU: records submitted, to look at the ring's fill only every
-/// `WAKE_CHECK_EVERY`th record.
+/// few records (see `ring::Ring::wake_flags`).
 #[map]
 pub(crate) static WAKE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// Submit flags for an `EVENTS` record: wake the reader only once enough is
-/// waiting (one wakeup per record costs more than the record). The fill is
-/// looked at every `WAKE_CHECK_EVERY`th record of a CPU (a helper call
-/// saved on the others; the mark is an eighth of the ring, far more than
-/// that many records).
-#[inline(always)]
-pub(crate) fn wake_flags() -> u64 {
-    if let Some(n) = WAKE_TICK.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array; a preempting program
-        // updating it meanwhile only moves the next look by a record.
-        let k = unsafe {
-            let k = (*n).wrapping_add(1);
-            *n = k;
-            k
-        };
-        if k % WAKE_CHECK_EVERY != 0 {
-            return aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
-        }
-    }
-    let avail = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
-    if avail >= config_u64(&WAKEUP_BYTES) {
-        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64
-    }
-}
 
 #[inline(always)]
 pub(crate) fn config_u64(v: &u64) -> u64 {
@@ -253,11 +218,6 @@ pub(crate) static STACK_ENDS: Array<StackEnd> = Array::with_max_entries(STACK_EN
 /// Global counters, see `profiler_common::counter`.
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-/// Events for userspace, in order: mmap/munmap/mremap made by the program,
-/// DWARF stack samples, frees of sampled allocations.
-#[map]
-pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::RINGBUF_BYTES, 0);
 
 /// Atomically adds `by` to `*p` (BPF's atomic add; its old value is not
 /// used, which BPF before cpu v3 could not return).

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use profiler_common::{EventKind, ProcEvent};
 
-use crate::maps::{bump, config_u32, EVENTS, PROFILED};
+use crate::maps::{bump, config_u32, PROFILED};
 use crate::sample::kread;
 
 /// 1 to follow forks of profiled processes, set by userspace.
@@ -41,7 +41,7 @@ fn emit(kind: EventKind, tgid: u32, parent: u32) {
         // SAFETY: a plain helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+    if !crate::ring::ring().is_some_and(|r| r.output(&ev)) {
         bump(profiler_common::counter::RINGBUF_LOST, 1);
     }
 }

@@ -12,8 +12,7 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    bump, config_u32, sample_rate, wake_flags, COUNTDOWN, EVENTS, EXP_TABLE, STACK_COPY,
-    STACK_ENDS, WEIGHT_TABLE,
+    bump, config_u32, sample_rate, COUNTDOWN, EXP_TABLE, STACK_COPY, STACK_ENDS, WEIGHT_TABLE,
 };
 
 /// Byte offsets (from the kernel's BTF) of task_struct.utask,
@@ -158,10 +157,12 @@ struct Sample<const N: usize> {
 /// full.
 #[inline(always)]
 fn emit_sample_n<const N: usize>(mut header: SampleHeader, want: usize) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<Sample<N>>(0) else {
+    let Some(ring) = crate::ring::ring() else {
         return false;
     };
-    let rec = entry.as_mut_ptr();
+    let Some(rec) = ring.reserve::<Sample<N>>() else {
+        return false;
+    };
     let sp = header.sp;
     let mut len = 0u32;
     let mut n = if want > N { N } else { want };
@@ -185,7 +186,7 @@ fn emit_sample_n<const N: usize>(mut header: SampleHeader, want: usize) -> bool 
     header.stack_len = len;
     // SAFETY: writing the header field of the reserved record.
     unsafe { core::ptr::write(&mut (*rec).header, header) };
-    entry.submit(wake_flags());
+    ring.submit(rec);
     true
 }
 

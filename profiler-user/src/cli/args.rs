@@ -189,8 +189,9 @@ pub struct CommonArgs {
     /// its growth; repeatable): the blocks it takes are the pool's footprint.
     #[arg(long = "pool-code", value_name = "FUNC")]
     pub pool_code: Vec<String>,
-    /// Size of the event ring buffer (a power of two, e.g. 8MiB); records that do
-    /// not fit are counted as lost.
+    /// Size of the event ring buffers together (a power of two, e.g. 8MiB),
+    /// split into one ring per CPU (at most 8); records that do not fit are
+    /// counted as lost.
     #[arg(long, default_value = "8MiB", value_parser = size_in(4 << 10, 1 << 31))]
     pub ringbuf_size: u64,
 }

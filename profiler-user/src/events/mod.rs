@@ -4,13 +4,11 @@
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
-use aya::Ebpf;
 use profiler_common::{AllocKind, EventKind, MapEvent, ProcEvent, SampleHeader, SampledFree};
 
 use crate::aggregate::regions::ProcessRegions;
 use crate::aggregate::samples::SampleTable;
 use crate::aggregate::{SiteRef, StackRef};
-use crate::probes::ProbeError;
 use crate::process::arenas::{ChunkHead, Home};
 use crate::process::maps::MemoryMap;
 use crate::process::vm::VmRead;
@@ -19,6 +17,7 @@ use crate::unwind::{ModulePaths, PendingReturn, Regs, UnwindStop, Unwinder};
 
 pub mod chunks;
 pub mod pump;
+pub mod rings;
 
 /// One decoded ring-buffer record.
 #[derive(Debug, PartialEq, Eq)]
@@ -415,15 +414,8 @@ impl Batch {
     }
 }
 
-/// Takes the `EVENTS` ring buffer out of the loaded object.
-pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, ProbeError> {
-    let name = "EVENTS";
-    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
-    RingBuf::try_from(map).map_err(|source| ProbeError::Map { name, source })
-}
-
 /// Reads records in bounded batches and applies them in order.
-pub struct EventReader<S = RingBuf<MapData>> {
+pub struct EventReader<S = rings::RingSet> {
     source: S,
     batch: Batch,
     /// The chunk headers of the batch's samples (glibc only).

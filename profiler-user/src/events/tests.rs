@@ -27,6 +27,7 @@ fn decodes_each_kind_and_rejects_short_records() {
         ptr: 2,
         tid: 4,
         who: 0,
+        ts_ns: 6,
     };
     assert_eq!(decode(&bytes_of(&free)), Some(Event::SampledFree(free)));
 

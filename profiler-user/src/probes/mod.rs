@@ -20,7 +20,10 @@ pub mod target;
 use aya::programs::uprobe::UProbeLinkId;
 use std::sync::Arc;
 
+use aya::maps::{ArrayOfMaps, MapData, RingBuf};
 use aya::{Ebpf, EbpfLoader};
+
+use crate::events::rings::{RingPlan, RingSet};
 use profiler_common::{StackMode, ALLOC_TEXT_RANGES};
 
 pub use config::{CaptureConfig, MapSizes, ProbeMode};
@@ -110,8 +113,10 @@ pub struct Probes {
     pub stack_copy: u32,
     /// Userspace holds the live blocks (see `CaptureConfig::user_live`).
     pub user_live: bool,
-    /// Size of the event ring buffer.
+    /// Bytes of the event rings together.
     pub ringbuf_bytes: u32,
+    /// The event rings, until the session takes them ([`Probes::take_rings`]).
+    rings: Option<Vec<RingBuf<MapData>>>,
     /// `Ok` when the allocation entry points of the first process went in
     /// as uprobe sessions (unsampled calls skip their return probe), else
     /// why not.
@@ -188,7 +193,11 @@ pub fn attach_order(points: &[AttachPoint]) -> Vec<&AttachPoint> {
 
 /// Loads the eBPF object: maps sized, globals set, tables filled; no
 /// program is loaded into the kernel yet.
-fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
+fn load(
+    sizes: MapSizes,
+    capture: CaptureConfig,
+) -> Result<(Ebpf, Vec<RingBuf<MapData>>), ProbeError> {
+    let plan = RingPlan::for_machine(sizes.ringbuf_bytes);
     // Without these offsets samples carry no pending-uretprobe addresses,
     // and an unwind stops at a trampoline instead of looking past it.
     let kernel = btf::KernelBtf::read();
@@ -221,7 +230,6 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         // DWARF mode never walks frame pointers in the kernel.
         .map_max_entries("STACK_TABLE", fp_stacks)
         .map_max_entries("INFLIGHT", sizes.inflight)
-        .map_max_entries("EVENTS", sizes.ringbuf_bytes)
         .override_global("SAMPLE_RATE", &capture.sample_rate, true)
         // Whether or not the session links then go in, the probes keep the
         // tracked-block filter from the start (see SESSIONS in profiler-ebpf).
@@ -233,7 +241,8 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
         .override_global("USER_LIVE", &u32::from(capture.user_live()), true)
         .override_global("STACK_MODE", &(capture.stack_mode as u32), true)
         .override_global("STACK_COPY", &capture.stack_copy, true)
-        .override_global("WAKEUP_BYTES", &wakeup_bytes(sizes.ringbuf_bytes), true)
+        .override_global("RING_COUNT", &plan.count, true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes(plan.bytes_each), true)
         .override_global("RET_CHAIN", &ret_chain, true)
         .override_global("OFF_TASK_UTASK", &off.task_utask, true)
         .override_global("OFF_UTASK_INSTANCES", &off.utask_instances, true)
@@ -261,7 +270,35 @@ fn load(sizes: MapSizes, capture: CaptureConfig) -> Result<Ebpf, ProbeError> {
             _ => ProbeError::Load(e),
         })?;
     fill_tables(&mut ebpf)?;
-    Ok(ebpf)
+    let rings = make_rings(&mut ebpf, plan)?;
+    Ok((ebpf, rings))
+}
+
+/// Creates the event rings of `plan` and puts them in `EVENT_RINGS`, where
+/// the probes find the one of their CPU.
+fn make_rings(ebpf: &mut Ebpf, plan: RingPlan) -> Result<Vec<RingBuf<MapData>>, ProbeError> {
+    let name = "EVENT_RINGS";
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut outer: ArrayOfMaps<&mut MapData> =
+        ArrayOfMaps::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    (0..plan.count)
+        .map(|i| {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                plan.bytes_each,
+                0,
+            );
+            let ring = MapData::create(def, "heapscope_ring", None)
+                .map_err(|source| ProbeError::Map { name, source })?;
+            outer
+                .set(i, &ring, 0)
+                .map_err(|source| ProbeError::Map { name, source })?;
+            RingBuf::try_from(aya::maps::Map::RingBuf(ring))
+                .map_err(|source| ProbeError::Map { name, source })
+        })
+        .collect()
 }
 
 impl Probes {
@@ -281,7 +318,7 @@ impl Probes {
         }
         let t0 = std::time::Instant::now();
         let mut phases = crate::phases::Phases::new("attach probes");
-        let mut ebpf = load(sizes, capture)?;
+        let (mut ebpf, rings) = load(sizes, capture)?;
         phases.mark("maps and tables");
         // The exec watch goes in before the probes: an exec while they go in
         // still releases the old image's blocks.
@@ -377,6 +414,7 @@ impl Probes {
             stack_copy: capture.stack_copy,
             user_live: capture.user_live(),
             ringbuf_bytes: sizes.ringbuf_bytes,
+            rings: Some(rings),
             sessions,
             exit_hold: None,
         };
@@ -385,6 +423,11 @@ impl Probes {
             probes.arm_exit_hold().map_err(ProbeError::ExitHold)?;
         }
         Ok(probes)
+    }
+
+    /// The event rings, read as one stream; `None` once taken.
+    pub fn take_rings(&mut self) -> Option<std::io::Result<RingSet>> {
+        self.rings.take().map(RingSet::new)
     }
 
     /// Starts counting: the session calls this once it has taken its starting

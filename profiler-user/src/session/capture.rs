@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use crate::aggregate::{self, regions::ProcessRegions, samples::SampleTable, RawSnapshot};
-use aya::maps::{MapData, RingBuf};
+use crate::events::rings::RingSet;
 
 use crate::events::pump::Pumped;
 use crate::events::{DrainLimits, EventReader, EventSink, ExecSeen, Homes};
@@ -44,7 +44,7 @@ pub const TICK_DRAIN_BATCHES: usize = 16;
 /// The state of an attached session.
 pub struct Capture {
     pub pid: u32,
-    pub events: EventReader<Pumped<RingBuf<MapData>>>,
+    pub events: EventReader<Pumped<RingSet>>,
     pub regions: ProcessRegions,
     pub samples: SampleTable,
     pub unwinder: Unwinder,
@@ -97,7 +97,7 @@ impl Capture {
     /// The state of a session on `pid`, reading events from `ring` (through
     /// its pump); DWARF samples copy `stack_copy` bytes of stack until their
     /// thread is known.
-    pub fn new(pid: u32, ring: Pumped<RingBuf<MapData>>, stack_copy: u32) -> Capture {
+    pub fn new(pid: u32, ring: Pumped<RingSet>, stack_copy: u32) -> Capture {
         let maps = read_maps(pid);
         Capture {
             pid,

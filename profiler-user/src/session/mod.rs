@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::analysis::age::{AgeHistogram, OutstandingAlloc};
-use crate::events;
 use crate::probes::{ProbeError, Probes};
 use crate::record::RecordError;
 use crate::timeline::{ProfileMeta, Timeline};
@@ -197,7 +196,10 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
 
     let pid = probes.pid;
-    let ring = events::take_ring(&mut probes.ebpf)?;
+    let ring = probes
+        .take_rings()
+        .ok_or(ProbeError::MissingMap("EVENT_RINGS"))?
+        .map_err(|source| SessionError::Poll { pid, source })?;
     let control = Arc::new(Control::new().map_err(|source| SessionError::Poll { pid, source })?);
     let mut sigint = signal(SignalKind::interrupt()).map_err(SessionError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;

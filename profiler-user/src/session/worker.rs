@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use aya::maps::{MapData, RingBuf};
+use crate::events::rings::RingSet;
 
 use crate::aggregate::{RawSnapshot, SiteRef};
 use crate::probes::Probes;
@@ -112,7 +112,7 @@ fn settle(probes: &Probes) {
 /// Runs the capture until `control` says stop, then detaches.
 pub(super) fn run(
     mut probes: Probes,
-    ring: RingBuf<MapData>,
+    ring: RingSet,
     opts: &SessionOptions,
     output: Box<dyn SessionOutput>,
     control: &Control,
