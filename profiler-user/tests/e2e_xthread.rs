@@ -13,6 +13,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::driver::{run_attached, start_fixture};
 use common::*;
 use serde_json::Value;
 
@@ -221,4 +222,43 @@ fn cross_thread_frees_with_frame_pointer_stacks_by_thread_alone() {
         ],
         "{arenas:#}"
     );
+}
+
+/// pingpong.c: 20,000 blocks of 2,048 B allocated by a thread pinned to CPU
+/// 0 and freed at once by one pinned to CPU 1, nearly every next block at
+/// the address just freed. The allocations and the frees reach userspace
+/// through different CPUs' rings; applied out of order, a free would land
+/// on the block that reused its address (counted as `replaced`) and a
+/// handed-off block would stay live.
+#[test]
+fn blocks_freed_on_another_cpu_and_reused_at_once_stay_exact() {
+    let test = "blocks_freed_on_another_cpu_and_reused_at_once_stay_exact";
+    if !root_or_skip(test) {
+        return;
+    }
+    let bin = fixture(
+        "pingpong",
+        "fp",
+        &["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"],
+    );
+    let folded = scratch(test).join("live.folded");
+    let report = run_attached(
+        start_fixture(&bin),
+        &["--exact", "--folded", folded.to_str().expect("utf8")],
+    );
+    let text = std::fs::read_to_string(&folded).expect("folded written");
+    let sites = by_site(&parse_folded(&text));
+    assert_eq!(
+        sites.get("keep_block"),
+        Some(&(20 * 4096)),
+        "{text}\n{report}"
+    );
+    assert_eq!(sites.get("handoff_block"), None, "{text}\n{report}");
+    for name in [
+        "ring buffer lost",
+        "replaced (free not seen)",
+        "frees of pointers allocated before attach",
+    ] {
+        assert_eq!(counter(&report, name), Some(0), "{name}\n{report}");
+    }
 }
