@@ -22,42 +22,76 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use aya::maps::{MapData, RingBuf};
 
-use super::{decode, Event, RecordSource};
+use profiler_common::{EventKind, MapEvent, ProcEvent, SampleHeader, SampledFree};
+
+use super::RecordSource;
 
 /// The time a record carries (`bpf_ktime_get_ns`); 0 for a malformed one
 /// (given out first, and counted as malformed where it is applied).
 pub fn record_time(rec: &[u8]) -> u64 {
-    match decode(rec) {
-        Some(Event::Map(m)) => m.ts_ns,
-        Some(Event::Sample(h, _)) => h.ts_ns,
-        Some(Event::SampledFree(f)) => f.ts_ns,
-        Some(Event::Proc(p)) => p.ts_ns,
-        None => 0,
-    }
+    use std::mem::offset_of;
+    let Some(kind) = rec.get(..4).and_then(|b| b.try_into().ok()) else {
+        return 0;
+    };
+    let at = match EventKind::from_u32(u32::from_ne_bytes(kind)) {
+        Some(EventKind::Sample) => offset_of!(SampleHeader, ts_ns),
+        Some(EventKind::SampledFree) => offset_of!(SampledFree, ts_ns),
+        Some(EventKind::Exec | EventKind::Fork | EventKind::Exit) => offset_of!(ProcEvent, ts_ns),
+        Some(EventKind::Mmap | EventKind::Munmap | EventKind::Mremap) => {
+            offset_of!(MapEvent, ts_ns)
+        }
+        None => return 0,
+    };
+    rec.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
 }
 
-/// A record read from a ring and not given out yet.
-struct Head {
+/// Most records read from one ring ahead of the merge: one look at the
+/// other rings then covers them all (a look per record was a fifth of the
+/// ring thread's time).
+const READ_AHEAD: usize = 32;
+
+/// A record read from a ring and not given out yet: where its bytes are in
+/// the ring's `data`, its time, and when it was read (a count of reads and
+/// looks).
+#[derive(Clone, Copy)]
+struct Held {
+    start: usize,
+    end: usize,
     ts: u64,
-    rec: Vec<u8>,
+    read: u64,
+}
+
+/// What was read from one ring and not given out yet.
+#[derive(Default)]
+struct Pending {
+    data: Vec<u8>,
+    recs: std::collections::VecDeque<Held>,
+    /// When the ring was last found empty.
+    empty_at: u64,
 }
 
 /// Several rings read as one stream (see the module's text).
 pub struct Merged<R> {
     rings: Vec<R>,
-    heads: Vec<Option<Head>>,
-    /// Buffers of records given out, for the next heads.
-    spare: Vec<Vec<u8>>,
+    pending: Vec<Pending>,
+    /// Reads and looks so far: orders them.
+    clock: u64,
+    /// The ring read first when nothing is held (the last one that had a
+    /// record).
+    next: usize,
 }
 
 impl<R: RecordSource> Merged<R> {
     /// The rings, in any order.
     pub fn new(rings: Vec<R>) -> Merged<R> {
-        let heads = rings.iter().map(|_| None).collect();
+        let pending = rings.iter().map(|_| Pending::default()).collect();
         Merged {
             rings,
-            heads,
-            spare: Vec::new(),
+            pending,
+            clock: 0,
+            next: 0,
         }
     }
 
@@ -71,42 +105,35 @@ impl<R: RecordSource> Merged<R> {
         self.rings.is_empty()
     }
 
-    /// The rings.
-    pub fn rings(&self) -> &[R] {
-        &self.rings
-    }
-
-    /// Reads the next record of every ring that has none at hand; true when
-    /// one was found.
-    fn refill(&mut self) -> bool {
-        let mut found = false;
-        for (ring, head) in self.rings.iter_mut().zip(self.heads.iter_mut()) {
-            if head.is_some() {
-                continue;
+    /// Reads up to [`READ_AHEAD`] records of ring `i` (it holds none).
+    fn read(&mut self, i: usize) {
+        let p = &mut self.pending[i];
+        p.data.clear();
+        while p.recs.len() < READ_AHEAD {
+            let start = p.data.len();
+            self.clock += 1;
+            if !self.rings[i].pop_into(&mut p.data) {
+                p.empty_at = self.clock;
+                return;
             }
-            let mut rec = self.spare.pop().unwrap_or_default();
-            rec.clear();
-            if ring.pop_into(&mut rec) {
-                *head = Some(Head {
-                    ts: record_time(&rec),
-                    rec,
-                });
-                found = true;
-            } else {
-                self.spare.push(rec);
-            }
+            let end = p.data.len();
+            p.recs.push_back(Held {
+                start,
+                end,
+                ts: record_time(&p.data[start..end]),
+                read: self.clock,
+            });
         }
-        found
     }
 
-    /// The ring whose record at hand is the earliest.
-    fn earliest(&self) -> Option<usize> {
-        self.heads
+    /// The ring whose first record at hand is the earliest, and that record.
+    fn earliest(&self) -> Option<(usize, Held)> {
+        self.pending
             .iter()
             .enumerate()
-            .filter_map(|(i, h)| h.as_ref().map(|h| (h.ts, i)))
-            .min()
-            .map(|(_, i)| i)
+            .filter_map(|(i, p)| p.recs.front().map(|h| (h.ts, i, *h)))
+            .min_by_key(|(ts, i, _)| (*ts, *i))
+            .map(|(_, i, h)| (i, h))
     }
 }
 
@@ -115,21 +142,85 @@ impl<R: RecordSource> RecordSource for Merged<R> {
         if let [ring] = self.rings.as_mut_slice() {
             return ring.pop_into(buf);
         }
-        self.refill();
+        if self.pending.iter().all(|p| p.recs.is_empty()) {
+            // Nothing held: a record read straight into `buf` goes out as
+            // it is if the other rings are still empty after it was read
+            // (one copy, where holding it took two).
+            let n = self.rings.len();
+            for i in (0..n).map(|i| (i + self.next) % n) {
+                let start = buf.len();
+                self.clock += 1;
+                if !self.rings[i].pop_into(buf) {
+                    self.pending[i].empty_at = self.clock;
+                    continue;
+                }
+                let read = self.clock;
+                let others_empty = (0..n).filter(|&j| j != i).all(|j| {
+                    let p = &mut self.pending[j];
+                    if p.empty_at > read {
+                        return true;
+                    }
+                    p.data.clear();
+                    self.clock += 1;
+                    if self.rings[j].pop_into(&mut p.data) {
+                        let end = p.data.len();
+                        p.recs.push_back(Held {
+                            start: 0,
+                            end,
+                            ts: record_time(&p.data),
+                            read: self.clock,
+                        });
+                        false
+                    } else {
+                        p.empty_at = self.clock;
+                        true
+                    }
+                });
+                if others_empty {
+                    self.next = i;
+                    return true;
+                }
+                // Another ring has a record now: this one waits its turn.
+                let p = &mut self.pending[i];
+                p.data.clear();
+                p.data.extend_from_slice(&buf[start..]);
+                buf.truncate(start);
+                let end = p.data.len();
+                p.recs.push_back(Held {
+                    start: 0,
+                    end,
+                    ts: record_time(&p.data),
+                    read,
+                });
+                break;
+            }
+        }
+        for i in 0..self.rings.len() {
+            if self.pending[i].recs.is_empty() {
+                self.read(i);
+            }
+        }
         loop {
-            let Some(k) = self.earliest() else {
+            let Some((k, head)) = self.earliest() else {
                 return false;
             };
-            // Rings without a record may have been looked at before this
-            // one was read: look again, then what it depends on is here.
-            if self.refill() {
+            // A ring with nothing at hand that was last looked at before
+            // this record was read is looked at again: then what the record
+            // depends on is here.
+            let mut looked = false;
+            for j in 0..self.rings.len() {
+                let p = &self.pending[j];
+                if p.recs.is_empty() && p.empty_at < head.read {
+                    self.read(j);
+                    looked = true;
+                }
+            }
+            if looked {
                 continue;
             }
-            let Some(head) = self.heads[k].take() else {
-                return false;
-            };
-            buf.extend_from_slice(&head.rec);
-            self.spare.push(head.rec);
+            let p = &mut self.pending[k];
+            p.recs.pop_front();
+            buf.extend_from_slice(&p.data[head.start..head.end]);
             return true;
         }
     }

@@ -154,3 +154,18 @@ fn the_ring_memory_is_split_over_the_cpus() {
     );
     assert_eq!(RingPlan::new(8 << 20, 0, page).count, 1);
 }
+
+#[test]
+fn more_records_than_are_read_ahead_still_merge_in_time_order() {
+    let odd = (0..100).map(|i| free(i, 2 * i + 1)).collect();
+    let even = (0..70).map(|i| free(i, 2 * i)).collect();
+    let mut m = Merged::new(vec![queue(odd), queue(even), queue(vec![exit(9, 77)])]);
+    let got = drain(&mut m);
+    let mut want: Vec<u64> = (0..100)
+        .map(|i| 2 * i + 1)
+        .chain((0..70).map(|i| 2 * i))
+        .collect();
+    want.push(77);
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
