@@ -178,7 +178,7 @@ fn send_free(tgid: u32, ptr: u64, who: u32) {
         who,
         ts_ns: now(),
     };
-    if !crate::ring::ring().is_some_and(|r| r.output(&ev)) {
+    if !crate::ring::output(&ev) {
         bump(counter::SAMPLED_FREE_LOST, 1);
     }
 }
@@ -348,7 +348,7 @@ fn send_alloc(ctx: &RetProbeContext, tgid: u32, ptr: u64, size: u64, kind: Alloc
 /// Sends a mapping event of the program to userspace, which tracks regions.
 #[inline(always)]
 pub(crate) fn emit_map_event(ev: MapEvent) {
-    if !crate::ring::ring().is_some_and(|r| r.output(&ev)) {
+    if !crate::ring::output(&ev) {
         bump(counter::RINGBUF_LOST, 1);
     }
 }

@@ -157,10 +157,7 @@ struct Sample<const N: usize> {
 /// full.
 #[inline(always)]
 fn emit_sample_n<const N: usize>(mut header: SampleHeader, want: usize) -> bool {
-    let Some(ring) = crate::ring::ring() else {
-        return false;
-    };
-    let Some(rec) = ring.reserve::<Sample<N>>() else {
+    let Some((ring, rec)) = crate::ring::reserve::<Sample<N>>() else {
         return false;
     };
     let sp = header.sp;

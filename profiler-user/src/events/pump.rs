@@ -173,16 +173,34 @@ impl Ready {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` passes.
-fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+/// Waits until one of `fds` is readable or `timeout` passes.
+pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Duration) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p.len()` valid pollfds for the call's duration. An error
+    // (EINTR) only ends this wait early.
+    unsafe {
+        libc::poll(
+            p.as_mut_ptr(),
+            p.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        )
     };
-    // SAFETY: one valid pollfd for the call's duration. An error (EINTR)
-    // only ends this wait early.
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+}
+
+/// A record source the pump can wait on.
+pub trait WaitReady {
+    /// Returns once records may be waiting, or after `timeout`. The ring
+    /// buffers are polled themselves: an epoll set of them is readable
+    /// only after a wakeup, which the probes send once an eighth of a ring
+    /// is full, so records that came without one waited out the timeout.
+    fn wait_ready(&self, timeout: Duration);
 }
 
 struct Shared {
@@ -206,7 +224,7 @@ pub struct Pumped<R> {
 /// the thread runs at raised priority (see `process::priority`).
 pub fn start<R>(ring: R, queue_bytes: usize, raise: bool) -> std::io::Result<Pumped<R>>
 where
-    R: RecordSource + AsFd + Send + 'static,
+    R: RecordSource + WaitReady + Send + 'static,
 {
     let shared = Arc::new(Shared {
         queue: RecordQueue::new(queue_bytes),
@@ -233,10 +251,10 @@ where
 
 /// The pump's loop: until told to stop, moves whatever the ring holds into
 /// the queue, chunk by chunk; returns the ring.
-fn pump<R: RecordSource + AsFd>(mut ring: R, s: &Shared) -> R {
+fn pump<R: RecordSource + WaitReady>(mut ring: R, s: &Shared) -> R {
     let mut chunk = s.queue.spare();
     while !s.stop.load(Ordering::Acquire) {
-        wait_readable(ring.as_fd(), POLL);
+        ring.wait_ready(POLL);
         loop {
             // Filled to its limit plus one record: never reallocated.
             chunk.reserve(CHUNK.max_bytes + MAX_RECORD);

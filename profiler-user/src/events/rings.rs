@@ -284,6 +284,13 @@ impl RecordSource for RingSet {
     }
 }
 
+impl super::pump::WaitReady for RingSet {
+    fn wait_ready(&self, timeout: std::time::Duration) {
+        let fds: Vec<BorrowedFd<'_>> = self.merged.rings.iter().map(|r| r.as_fd()).collect();
+        super::pump::wait_readable(&fds, timeout);
+    }
+}
+
 impl AsFd for RingSet {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.epoll.as_fd()

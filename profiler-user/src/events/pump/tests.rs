@@ -89,6 +89,12 @@ impl AsFd for FakeRing {
     }
 }
 
+impl WaitReady for FakeRing {
+    fn wait_ready(&self, timeout: Duration) {
+        wait_readable(&[self.fd.as_fd()], timeout);
+    }
+}
+
 type Records = Arc<Mutex<VecDeque<Vec<u8>>>>;
 
 /// A ring stand-in, always readable as a ring with records is (while the
@@ -114,7 +120,7 @@ fn read_n(p: &mut Pumped<FakeRing>, n: usize) -> Vec<Vec<u8>> {
         if p.pop_into(&mut buf) {
             out.push(buf);
         } else {
-            wait_readable(p.ready_fd(), Duration::from_millis(20));
+            wait_readable(&[p.ready_fd()], Duration::from_millis(20));
         }
     }
     out
@@ -167,7 +173,7 @@ fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
             whole += 1;
             got.extend(batch.records().map(<[u8]>::to_vec));
         } else {
-            wait_readable(p.ready_fd(), Duration::from_millis(20));
+            wait_readable(&[p.ready_fd()], Duration::from_millis(20));
         }
     }
     assert_eq!(got, want);
@@ -188,7 +194,7 @@ fn whole_chunks_are_taken_without_copies_and_mixed_reads_keep_ring_order() {
         } else if p.pop_into(&mut buf) {
             got.push(buf);
         } else {
-            wait_readable(p.ready_fd(), Duration::from_millis(20));
+            wait_readable(&[p.ready_fd()], Duration::from_millis(20));
         }
     }
     assert_eq!(got, want);
