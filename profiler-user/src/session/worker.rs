@@ -246,15 +246,21 @@ pub(super) fn run(
             w.note_layout();
         }
         if control.take_tick() {
+            // Logged at debug level: a tick stalls the capture meanwhile.
+            let mut phases = crate::phases::Phases::new("tick");
             w.cap.refresh();
             w.note_layout();
+            phases.mark("maps refreshed");
             if let Err(e) = crate::aggregate::prune_inflight(&mut w.probes.ebpf) {
                 w.warn(format!("pruning per-thread state: {e}"));
             }
             w.rescan_cgroup();
+            phases.mark("per-thread state pruned");
             let now = t_ms();
             let snap = w.snapshot(now)?;
+            phases.mark("snapshot");
             w.tick(now, snap, false)?;
+            phases.mark("tick");
             more = true;
             continue;
         }
