@@ -70,10 +70,9 @@ fn can_spill() -> bool {
 
 /// Copies `v` into the current CPU's ring, or into the next one when that
 /// is full (a single busy thread would otherwise have only its CPU's share
-/// of the ring memory: redis-server under redis-benchmark lost ~20,000
-/// records in 2 of 3 runs with 4 MiB rings, none with one of 8 MiB). The
-/// order stays right: a record spilled is still committed before the call
-/// it describes returns. False when neither had room.
+/// of the ring memory). The order stays right: a record spilled is still
+/// committed before the call it describes returns. False when neither had
+/// room.
 #[inline(always)]
 pub(crate) fn output<T>(v: &T) -> bool {
     if ring_at(0).is_some_and(|r| r.output(v)) {
