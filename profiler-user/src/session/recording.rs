@@ -19,8 +19,10 @@ pub struct RecordingOutput {
     /// Set when writing failed: the session goes on, the file stays readable
     /// up to its last whole tick, and the user is told at the end.
     error: Option<RecordError>,
-    /// Decision windows of the overhead guard written so far.
+    /// Decision windows of the overhead guard seen so far.
     guard_windows: u64,
+    /// The guard's changes written so far (`GuardLog::changes`).
+    guard_changes: usize,
 }
 
 impl RecordingOutput {
@@ -31,6 +33,7 @@ impl RecordingOutput {
             processes: Default::default(),
             error: None,
             guard_windows: 0,
+            guard_changes: 0,
         })
     }
 
@@ -68,12 +71,23 @@ impl SessionOutput for RecordingOutput {
                 break;
             }
         }
-        // The guard's newest window, when it is new (at most one per tick).
+        // Every change of the guard's not written yet, then its newest
+        // window when it is new and not one of them. (Only the newest had
+        // been written: when ticks came late, waiting for the symbolizer on
+        // a saturated machine, the changes between two of them were lost.)
         if let Some(g) = update.timeline.guard() {
-            if let (Some(p), true) = (g.last, g.windows > self.guard_windows) {
-                self.guard_windows = g.windows;
-                result = result.and_then(|()| w.guard(&p));
+            let mut written = None;
+            for p in g.changes.iter().skip(self.guard_changes) {
+                result = result.and_then(|()| w.guard(p));
+                written = Some(*p);
             }
+            self.guard_changes = g.changes.len();
+            if let (Some(p), true) = (g.last, g.windows > self.guard_windows) {
+                if written != Some(p) {
+                    result = result.and_then(|()| w.guard(&p));
+                }
+            }
+            self.guard_windows = g.windows;
         }
         if let Err(e) = result.and_then(|()| w.tick(update.tick)) {
             self.fail(e);
