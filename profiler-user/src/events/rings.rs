@@ -52,6 +52,10 @@ pub fn record_time(rec: &[u8]) -> u64 {
 /// ring thread's time).
 const READ_AHEAD: usize = 32;
 
+/// Bytes after which no further record is read ahead from a ring: what is
+/// held here stays small beside the queue's bound (8 rings at most).
+const READ_AHEAD_BYTES: usize = 64 << 10;
+
 /// A record read from a ring and not given out yet: where its bytes are in
 /// the ring's `data`, its time, and when it was read (a count of reads and
 /// looks).
@@ -109,7 +113,7 @@ impl<R: RecordSource> Merged<R> {
     fn read(&mut self, i: usize) {
         let p = &mut self.pending[i];
         p.data.clear();
-        while p.recs.len() < READ_AHEAD {
+        while p.recs.len() < READ_AHEAD && p.data.len() < READ_AHEAD_BYTES {
             let start = p.data.len();
             self.clock += 1;
             if !self.rings[i].pop_into(&mut p.data) {

@@ -169,3 +169,16 @@ fn more_records_than_are_read_ahead_still_merge_in_time_order() {
     want.sort_unstable();
     assert_eq!(got, want);
 }
+
+#[test]
+fn large_records_are_read_ahead_by_bytes_and_still_merge_in_time_order() {
+    let big = |ts: u64| {
+        let mut r = free(ts, ts);
+        r.resize(10 << 10, 0);
+        r
+    };
+    let a = (0..20).map(|i| big(2 * i + 1)).collect();
+    let b = (0..20).map(|i| big(2 * i)).collect();
+    let mut m = Merged::new(vec![queue(a), queue(b)]);
+    assert_eq!(drain(&mut m), (0..40).collect::<Vec<u64>>());
+}
