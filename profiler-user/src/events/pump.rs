@@ -279,18 +279,15 @@ fn pump<R: RecordSource + WaitReady>(mut ring: R, s: &Shared) -> R {
     ring
 }
 
-impl<R: AsFd> Pumped<R> {
-    /// Readable while records may be waiting: the pump's eventfd, or the
-    /// ring once the pump was stopped.
-    pub fn ready_fd(&self) -> BorrowedFd<'_> {
-        match &self.ring {
-            Some(r) => r.as_fd(),
-            None => self.shared.ready.0.as_fd(),
-        }
-    }
-}
-
 impl<R> Pumped<R> {
+    /// Readable while the pump has queued records (its eventfd). Once the
+    /// pump was stopped the ring is read directly and this says nothing
+    /// more: read until `pop_into` finds nothing, as the session's final
+    /// drain does.
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.shared.ready.0.as_fd()
+    }
+
     /// Stops the pump thread (within its poll interval) and reads the ring
     /// directly from then on, after what the queue holds. Idempotent.
     pub fn stop_pump(&mut self) {

@@ -18,7 +18,7 @@
 //! moment it takes a CPU to reserve and commit a record, which changes
 //! nothing.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{MapData, RingBuf};
 
@@ -76,6 +76,19 @@ struct Pending {
     empty_at: u64,
 }
 
+impl Pending {
+    /// Holds the record at `data[start..]`, read at `read`.
+    fn hold(&mut self, start: usize, read: u64) {
+        let end = self.data.len();
+        self.recs.push_back(Held {
+            start,
+            end,
+            ts: record_time(&self.data[start..end]),
+            read,
+        });
+    }
+}
+
 /// Several rings read as one stream (see the module's text).
 pub struct Merged<R> {
     rings: Vec<R>,
@@ -99,16 +112,6 @@ impl<R: RecordSource> Merged<R> {
         }
     }
 
-    /// Number of rings.
-    pub fn len(&self) -> usize {
-        self.rings.len()
-    }
-
-    /// True without rings.
-    pub fn is_empty(&self) -> bool {
-        self.rings.is_empty()
-    }
-
     /// Reads up to [`READ_AHEAD`] records of ring `i` (it holds none).
     fn read(&mut self, i: usize) {
         let p = &mut self.pending[i];
@@ -120,13 +123,7 @@ impl<R: RecordSource> Merged<R> {
                 p.empty_at = self.clock;
                 return;
             }
-            let end = p.data.len();
-            p.recs.push_back(Held {
-                start,
-                end,
-                ts: record_time(&p.data[start..end]),
-                read: self.clock,
-            });
+            p.hold(start, self.clock);
         }
     }
 
@@ -159,43 +156,21 @@ impl<R: RecordSource> RecordSource for Merged<R> {
                     continue;
                 }
                 let read = self.clock;
-                let others_empty = (0..n).filter(|&j| j != i).all(|j| {
-                    let p = &mut self.pending[j];
-                    if p.empty_at > read {
-                        return true;
+                for j in 0..n {
+                    if j != i && self.pending[j].empty_at < read {
+                        self.read(j);
                     }
-                    p.data.clear();
-                    self.clock += 1;
-                    if self.rings[j].pop_into(&mut p.data) {
-                        let end = p.data.len();
-                        p.recs.push_back(Held {
-                            start: 0,
-                            end,
-                            ts: record_time(&p.data),
-                            read: self.clock,
-                        });
-                        false
-                    } else {
-                        p.empty_at = self.clock;
-                        true
-                    }
-                });
-                if others_empty {
+                }
+                if self.pending.iter().all(|p| p.recs.is_empty()) {
                     self.next = i;
                     return true;
                 }
-                // Another ring has a record now: this one waits its turn.
+                // Another ring has records now: this one waits its turn.
                 let p = &mut self.pending[i];
                 p.data.clear();
                 p.data.extend_from_slice(&buf[start..]);
                 buf.truncate(start);
-                let end = p.data.len();
-                p.recs.push_back(Held {
-                    start: 0,
-                    end,
-                    ts: record_time(&p.data),
-                    read,
-                });
+                p.hold(0, read);
                 break;
             }
         }
@@ -230,55 +205,17 @@ impl<R: RecordSource> RecordSource for Merged<R> {
     }
 }
 
-/// The kernel's rings with one descriptor that is readable while any of
-/// them is (an epoll set of theirs).
+/// The kernel's rings, read as one stream.
 pub struct RingSet {
     merged: Merged<RingBuf<MapData>>,
-    epoll: OwnedFd,
 }
 
 impl RingSet {
     /// Reads `rings` as one stream.
-    pub fn new(rings: Vec<RingBuf<MapData>>) -> std::io::Result<RingSet> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for ring in &rings {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: 0,
-            };
-            // SAFETY: both descriptors are open; `ev` lives for the call.
-            let r = unsafe {
-                libc::epoll_ctl(
-                    epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    ring.as_fd().as_raw_fd(),
-                    &mut ev,
-                )
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(RingSet {
+    pub fn new(rings: Vec<RingBuf<MapData>>) -> RingSet {
+        RingSet {
             merged: Merged::new(rings),
-            epoll,
-        })
-    }
-
-    /// Number of rings.
-    pub fn len(&self) -> usize {
-        self.merged.len()
-    }
-
-    /// True without rings.
-    pub fn is_empty(&self) -> bool {
-        self.merged.is_empty()
+        }
     }
 }
 
@@ -292,12 +229,6 @@ impl super::pump::WaitReady for RingSet {
     fn wait_ready(&self, timeout: std::time::Duration) {
         let fds: Vec<BorrowedFd<'_>> = self.merged.rings.iter().map(|r| r.as_fd()).collect();
         super::pump::wait_readable(&fds, timeout);
-    }
-}
-
-impl AsFd for RingSet {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.epoll.as_fd()
     }
 }
 

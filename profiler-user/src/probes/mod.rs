@@ -426,7 +426,7 @@ impl Probes {
     }
 
     /// The event rings, read as one stream; `None` once taken.
-    pub fn take_rings(&mut self) -> Option<std::io::Result<RingSet>> {
+    pub fn take_rings(&mut self) -> Option<RingSet> {
         self.rings.take().map(RingSet::new)
     }
 

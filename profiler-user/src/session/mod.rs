@@ -198,8 +198,7 @@ pub async fn run(
     let pid = probes.pid;
     let ring = probes
         .take_rings()
-        .ok_or(ProbeError::MissingMap("EVENT_RINGS"))?
-        .map_err(|source| SessionError::Poll { pid, source })?;
+        .ok_or(ProbeError::MissingMap("EVENT_RINGS"))?;
     let control = Arc::new(Control::new().map_err(|source| SessionError::Poll { pid, source })?);
     let mut sigint = signal(SignalKind::interrupt()).map_err(SessionError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;
