@@ -89,7 +89,6 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
             .with_context(|| format!("attaching to pid {p}"))?;
     }
     let raised_how = raised.as_ref().map(|r| r.how);
-    drop(raised);
     phases.mark("probes (load and links, detailed above)");
     let mut opts = args.common.session_options()?;
     opts.cgroup = cgroup_dir.clone().map(|dir| session::CgroupWatch {
@@ -111,7 +110,7 @@ pub(super) async fn attach(args: AttachArgs) -> Result<i32> {
         Some(dir) => cgroup::procs(dir).is_ok_and(|m| !m.is_empty()),
         None => pids.iter().any(|&p| session::process_alive(p)),
     };
-    let mut result = session::run(probes, &opts, alive, outputs).await?;
+    let mut result = session::run(probes, &opts, alive, outputs, raised).await?;
     let mut phases = crate::phases::Phases::new("stop");
     super::hints::after_session(&mut result.timeline);
     finish(&args.common, &result)?;
@@ -155,7 +154,6 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
     // so count from its first instruction.
     probes.arm()?;
     let raised_how = raised.as_ref().map(|r| r.how);
-    drop(raised);
     {
         use std::io::Write as _;
         let _ = writeln!(
@@ -185,6 +183,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<i32> {
             ended.is_none()
         },
         outputs,
+        raised,
     )
     .await?;
     if ended.is_none() {

@@ -232,14 +232,16 @@ where
         stop: AtomicBool::new(false),
     });
     let s = Arc::clone(&shared);
-    let pump = std::thread::Builder::new()
-        .name("heapscope-ring".into())
-        .spawn(move || {
-            let _raised = raise
-                .then(|| crate::process::priority::raise().ok())
-                .flatten();
-            pump(ring, &s)
-        })?;
+    let pump = crate::process::priority::inheriting(|| {
+        std::thread::Builder::new()
+            .name("heapscope-ring".into())
+            .spawn(move || {
+                let _raised = raise
+                    .then(|| crate::process::priority::raise().ok())
+                    .flatten();
+                pump(ring, &s)
+            })
+    })?;
     Ok(Pumped {
         shared,
         current: None,

@@ -531,16 +531,20 @@ impl Probes {
         // links go on threads of their own, so their grace periods overlap
         // the first process's (whose links keep their order). If the thread
         // cannot start, they are detached on this one.
+        // They run at this thread's priority (see `process::priority::inheriting`).
+        use crate::process::priority::inheriting;
         let others: Vec<multi::MultiLinks> = self.extra_multi.drain(..).collect();
-        let background = std::thread::Builder::new()
-            .name("heapscope-detach".into())
-            .spawn(move || {
-                std::thread::scope(|s| {
-                    for m in others {
-                        s.spawn(move || m.detach());
-                    }
-                });
-            });
+        let background = inheriting(|| {
+            std::thread::Builder::new()
+                .name("heapscope-detach".into())
+                .spawn(move || {
+                    std::thread::scope(|s| {
+                        for m in others {
+                            inheriting(|| s.spawn(move || m.detach()));
+                        }
+                    });
+                })
+        });
         let mut errors = match std::mem::replace(&mut self.links, Links::Detached) {
             Links::Multi(m) => {
                 m.detach();

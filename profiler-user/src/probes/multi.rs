@@ -249,12 +249,19 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
     // The kernel verifies each program in the loading thread (most of an
     // idle attach: ~100 ms for the return program alone), so the programs
     // are loaded on threads of their own, one CPU each.
+    // They run at the caller's priority (a raised attach stays ahead of a
+    // saturating target, see `process::priority`).
+    use crate::process::priority::inheriting;
     let (entry_fd, ret_fd, session) = std::thread::scope(|scope| {
-        let ret_fd = scope.spawn(|| load_one(ret, BPF_TRACE_UPROBE_MULTI, None));
+        let ret_fd = inheriting(|| scope.spawn(|| load_one(ret, BPF_TRACE_UPROBE_MULTI, None)));
         let session = names.session.map(|(name, support)| {
             let load = &load_one;
             (
-                scope.spawn(move || load(name, support.attach_type, Some(support.is_return_kfunc))),
+                inheriting(|| {
+                    scope.spawn(move || {
+                        load(name, support.attach_type, Some(support.is_return_kfunc))
+                    })
+                }),
                 support.attach_type,
             )
         });

@@ -187,11 +187,16 @@ pub fn process_alive(pid: u32) -> bool {
 /// it also reaps it); it is called on the caller's thread at every tick.
 /// `output` receives every tick and event (see [`output`]), on the capture
 /// thread; the recording of `opts.record` is written by the session itself.
+/// `attach_priority`: the caller's raised priority (see `process::priority`),
+/// held until the capture thread, which raises itself, has started: a
+/// caller that went back to its own priority before that waited ~0.3 s
+/// for the CPU under a saturating target.
 pub async fn run(
     mut probes: Probes,
     opts: &SessionOptions,
     mut alive: impl FnMut() -> bool,
     output: impl SessionOutput + 'static,
+    attach_priority: Option<crate::process::priority::Raised>,
 ) -> Result<SessionResult, SessionError> {
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -208,15 +213,18 @@ pub async fn run(
         let control = Arc::clone(&control);
         let opts = opts.clone();
         let output: Box<dyn SessionOutput> = Box::new(output);
-        std::thread::Builder::new()
-            .name("heapscope-capture".into())
-            .spawn(move || {
-                let result = worker::run(probes, ring, &opts, output, &control);
-                // The receiver is gone only when the session future was dropped.
-                let _ = done_tx.send(result);
-            })
-            .map_err(|source| SessionError::Thread { pid, source })?;
+        crate::process::priority::inheriting(|| {
+            std::thread::Builder::new()
+                .name("heapscope-capture".into())
+                .spawn(move || {
+                    let result = worker::run(probes, ring, &opts, output, &control);
+                    // The receiver is gone only when the session future was dropped.
+                    let _ = done_tx.send(result);
+                })
+        })
+        .map_err(|source| SessionError::Thread { pid, source })?;
     }
+    drop(attach_priority);
     let finished = |r: Result<Result<SessionResult, SessionError>, _>| match r {
         Ok(result) => result,
         Err(_) => Err(SessionError::Panicked { pid }),

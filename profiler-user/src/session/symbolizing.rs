@@ -47,30 +47,37 @@ impl SymbolizerThread {
     pub fn start() -> std::io::Result<Self> {
         let (jobs, job_rx) = mpsc::channel::<Vec<Group>>();
         let (done_tx, done) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("heapscope-symbol".into())
-            .spawn(move || {
-                // Below the capture thread: a tick may wait, records cannot
-                // (the ring holds ~30 ms of deep stacks at 150k samples/s).
-                crate::process::priority::lower_this_thread(SYMBOLIZER_NICE);
-                // Debug files fetched by debuginfod clients (heapscope's or
-                // elfutils' `debuginfod-find`) are read from their cache;
-                // nothing is fetched here.
-                let mut symbolizer = Symbolizer::with_options(SymbolizerOptions {
-                    debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
-                    ..SymbolizerOptions::default()
-                });
-                for groups in job_rx {
-                    let mut sites = Vec::new();
-                    for g in groups {
-                        let mut resolver = Resolver::new(g.pid, &g.maps, &mut symbolizer);
-                        sites.extend(resolver.sites_from(&g.sites, &g.ips_by_ref));
+        // Started with the capture thread's priority, so it lowers itself
+        // at once: a thread born at the normal policy can wait long for its
+        // first instruction under a saturating target, and lowering itself
+        // after the session raised every thread for the exit starved that
+        // exit (`process::priority`).
+        let handle = crate::process::priority::inheriting(|| {
+            std::thread::Builder::new()
+                .name("heapscope-symbol".into())
+                .spawn(move || {
+                    // Below the capture thread: a tick may wait, records cannot
+                    // (the ring holds ~30 ms of deep stacks at 150k samples/s).
+                    crate::process::priority::lower_this_thread(SYMBOLIZER_NICE);
+                    // Debug files fetched by debuginfod clients (heapscope's or
+                    // elfutils' `debuginfod-find`) are read from their cache;
+                    // nothing is fetched here.
+                    let mut symbolizer = Symbolizer::with_options(SymbolizerOptions {
+                        debuginfod_caches: vec![crate::debuginfod::default_cache_dir()],
+                        ..SymbolizerOptions::default()
+                    });
+                    for groups in job_rx {
+                        let mut sites = Vec::new();
+                        for g in groups {
+                            let mut resolver = Resolver::new(g.pid, &g.maps, &mut symbolizer);
+                            sites.extend(resolver.sites_from(&g.sites, &g.ips_by_ref));
+                        }
+                        if done_tx.send(sites).is_err() {
+                            return;
+                        }
                     }
-                    if done_tx.send(sites).is_err() {
-                        return;
-                    }
-                }
-            })?;
+                })
+        })?;
         Ok(SymbolizerThread {
             jobs: Some(jobs),
             done,
