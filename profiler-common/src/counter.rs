@@ -57,5 +57,12 @@ pub const UNTRACKED_BYTES: u32 = 23;
 /// Allocator calls of a process whose allocator layout userspace had
 /// not set yet (see `nesting::AllocLayout`): judged with no ranges known.
 pub const NO_LAYOUT: u32 = 24;
+/// Returns of calls that entered before the entry probes went in: the
+/// thread has no per-thread state at all (an entry always makes one, and
+/// only a dead thread's is removed), so its call began before the session
+/// could see it. Counted, not lost: like an allocation made before attach,
+/// its block is not counted and its free is a pre-attach free. (A call
+/// whose entry did not fit is counted in [`INFLIGHT_FULL`].)
+pub const RETURNS_BEFORE_ENTRY: u32 = 25;
 /// Number of counters.
-pub const COUNT: u32 = 25;
+pub const COUNT: u32 = 26;

@@ -58,10 +58,11 @@ pub enum CounterId {
     UntrackedAllocs = 24,
     UntrackedBytes = 25,
     NoLayout = 26,
+    EnteredBeforeProbes = 27,
 }
 
 /// Number of counters (and of recording slots).
-pub const COUNTER_COUNT: usize = 27;
+pub const COUNTER_COUNT: usize = 28;
 
 impl CounterId {
     /// The slot in a recording's totals (the stable id).
@@ -221,6 +222,14 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
             C,
             &[counter::NO_LAYOUT],
         ),
+        row(
+            I::EnteredBeforeProbes,
+            "entered_before_probes",
+            "returns of calls entered before the probes went in (not counted)",
+            "Returns of allocator calls that began before the entry probes went in (attaching to a running process): their blocks are not counted, like those allocated before attach.",
+            C,
+            &[counter::RETURNS_BEFORE_ENTRY],
+        ),
         row(I::LiveMapFull, "live_map_full", "live map full", "Allocations not tracked: live map full.", L, &[counter::LIVE_MAP_FULL]),
         row(
             I::StackFailed,
@@ -241,7 +250,7 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
             &[counter::RINGBUF_LOST, counter::SAMPLED_FREE_LOST],
         ),
         row(I::Replaced, "replaced", "replaced (free not seen)", "Live entries replaced (free not seen).", L, &[counter::REPLACED]),
-        row(I::UnmatchedReturn, "unmatched_return", "unmatched returns", "Returns without an entry.", L, &[counter::UNMATCHED_RETURN]),
+        row(I::UnmatchedReturn, "unmatched_return", "unmatched returns", "Returns whose thread had calls pending but none this return matched.", L, &[counter::UNMATCHED_RETURN]),
         row(
             I::InflightStale,
             "inflight_stale",
@@ -336,6 +345,7 @@ mod tests {
             "untracked_allocs",
             "untracked_bytes",
             "no_layout",
+            "entered_before_probes",
         ];
         for d in COUNTERS {
             assert_eq!(names[d.id.slot()], d.name);

@@ -298,8 +298,10 @@ pub(crate) fn judge_entry_only(ctx: &ProbeContext) -> EntryOnly {
 pub(crate) fn leave(ctx: &RetProbeContext) -> Option<Inflight> {
     let tid = bpf_get_current_pid_tgid();
     let Some(p) = INFLIGHT.get_ptr_mut(tid) else {
+        // No state at all: this thread has not entered a probed call since
+        // the entry probes went in (see `counter::RETURNS_BEFORE_ENTRY`).
         if armed() {
-            bump(counter::UNMATCHED_RETURN, 1);
+            bump(counter::RETURNS_BEFORE_ENTRY, 1);
         }
         return None;
     };

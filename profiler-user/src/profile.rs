@@ -248,6 +248,8 @@ pub struct Totals {
     pub untracked_bytes: u64,
     /// See `counter::NO_LAYOUT`.
     pub no_layout: u64,
+    /// See `counter::RETURNS_BEFORE_ENTRY`.
+    pub entered_before_probes: u64,
 }
 
 impl Totals {
@@ -283,6 +285,7 @@ impl Totals {
             CounterId::UntrackedAllocs => self.untracked_allocs,
             CounterId::UntrackedBytes => self.untracked_bytes,
             CounterId::NoLayout => self.no_layout,
+            CounterId::EnteredBeforeProbes => self.entered_before_probes,
         }
     }
 
@@ -316,6 +319,7 @@ impl Totals {
             CounterId::UntrackedAllocs => &mut self.untracked_allocs,
             CounterId::UntrackedBytes => &mut self.untracked_bytes,
             CounterId::NoLayout => &mut self.no_layout,
+            CounterId::EnteredBeforeProbes => &mut self.entered_before_probes,
         };
         *field = v;
     }
@@ -524,6 +528,7 @@ mod counter_table_tests {
             untracked_allocs,
             untracked_bytes,
             no_layout,
+            entered_before_probes,
         } = t;
         let mut fields = vec![
             allocs,
@@ -553,6 +558,7 @@ mod counter_table_tests {
             untracked_allocs,
             untracked_bytes,
             no_layout,
+            entered_before_probes,
         ];
         fields.sort_unstable();
         let expected: Vec<u64> = (1..=COUNTERS.len() as u64).collect();
