@@ -396,13 +396,22 @@ impl MultiLinks {
         Arc::clone(&self.programs)
     }
 
-    /// Detaches: the entry links first, so no call starts that would miss its
-    /// return (with sessions: the session links first, then the frees); each
-    /// close waits for one grace period, not one per probe.
+    /// Detaches every link at once, each closed on a thread of its own: a
+    /// close waits for the kernel's grace periods (one per link, not one per
+    /// probe), and closed together their waits overlap instead of adding up.
+    /// The order does not matter: the session detaches only after it has
+    /// stopped counting (`Probes::disarm`) and taken its last snapshot.
     pub fn detach(mut self) {
-        while let Some(l) = self.links.pop() {
-            drop(l);
-        }
+        use crate::process::priority::inheriting;
+        let links = std::mem::take(&mut self.links);
+        std::thread::scope(|s| {
+            for l in links {
+                let closer = std::thread::Builder::new().name("heapscope-detach".into());
+                // If the thread cannot start, its closure, and with it the
+                // link, is dropped here: closed on this thread.
+                let _ = inheriting(|| closer.spawn_scoped(s, move || drop(l)));
+            }
+        });
     }
 }
 
