@@ -57,23 +57,35 @@ pub fn fixture(name: &str, variant: &str, flags: &[&str]) -> PathBuf {
 
 /// Compiles `tests/fixtures/<source>` with `compiler` (`c++`, `musl-gcc`)
 /// into `<stem>-<variant>`.
+///
+/// Built once per test process, into a temporary name renamed over the
+/// result: rebuilt in place for each test, a fixture that another test's
+/// process was about to exec (exec_leak execs itself) could be half
+/// written, and the exec failed.
 pub fn fixture_with(compiler: &str, source: &str, variant: &str, flags: &[&str]) -> PathBuf {
-    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
-    let _g = LOCK
-        .get_or_init(|| std::sync::Mutex::new(()))
+    static BUILT: OnceLock<std::sync::Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| std::sync::Mutex::new(BTreeMap::new()))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    let key = format!("{compiler} {source} {variant} {}", flags.join(" "));
+    if let Some(out) = built.get(&key) {
+        return out.clone();
+    }
     let src = fixtures_src().join(source);
     let stem = source.split('.').next().unwrap_or(source);
     let out = build_dir().join(format!("{stem}-{variant}"));
+    let tmp = build_dir().join(format!(".{stem}-{variant}.{}", std::process::id()));
     let status = Command::new(compiler)
         .args(flags)
         .arg("-o")
-        .arg(&out)
+        .arg(&tmp)
         .arg(&src)
         .status()
         .unwrap_or_else(|e| panic!("run {compiler} (install it: `cargo xtask setup`): {e}"));
     assert!(status.success(), "compiling {} failed", src.display());
+    std::fs::rename(&tmp, &out).expect("move the fixture into place");
+    built.insert(key, out.clone());
     out
 }
 
