@@ -188,9 +188,10 @@ pub fn process_alive(pid: u32) -> bool {
 /// `output` receives every tick and event (see [`output`]), on the capture
 /// thread; the recording of `opts.record` is written by the session itself.
 /// `attach_priority`: the caller's raised priority (see `process::priority`),
-/// held until the capture thread, which raises itself, has started: a
-/// caller that went back to its own priority before that waited ~0.3 s
-/// for the CPU under a saturating target.
+/// kept for the session: before the capture thread has started (a caller
+/// that went back to its own priority before that waited ~0.3 s for the
+/// CPU under a saturating target), and after it, since this thread serves
+/// the signals and ticks.
 pub async fn run(
     mut probes: Probes,
     opts: &SessionOptions,
@@ -224,7 +225,16 @@ pub async fn run(
         })
         .map_err(|source| SessionError::Thread { pid, source })?;
     }
-    drop(attach_priority);
+    // This thread serves the signals, ticks and --duration: a few
+    // microseconds of work per event, which must not wait behind a
+    // saturating target. With 200 spinning threads it saw SIGINT 20-300 ms
+    // late at nice 0 and no sooner at nice -20 (sleeps overran by 34 ms at
+    // the median there, 0.1 ms at SCHED_FIFO), so it keeps the raise.
+    let _control = match attach_priority {
+        Some(raised) => Some(raised),
+        None if opts.raise_priority => crate::process::priority::raise().ok(),
+        None => None,
+    };
     let finished = |r: Result<Result<SessionResult, SessionError>, _>| match r {
         Ok(result) => result,
         Err(_) => Err(SessionError::Panicked { pid }),
