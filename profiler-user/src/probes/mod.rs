@@ -198,9 +198,11 @@ fn load(
     capture: CaptureConfig,
 ) -> Result<(Ebpf, Vec<RingBuf<MapData>>), ProbeError> {
     let plan = RingPlan::for_machine(sizes.ringbuf_bytes);
+    let mut phases = crate::phases::Phases::new("load");
     // Without these offsets samples carry no pending-uretprobe addresses,
     // and an unwind stops at a trampoline instead of looking past it.
     let kernel = btf::KernelBtf::read();
+    phases.mark("kernel BTF offsets");
     let kernel = kernel.as_ref();
     let chain = kernel.and_then(btf::KernelBtf::return_chain);
     let ret_chain = u32::from(chain.is_some());
@@ -269,8 +271,14 @@ fn load(
             }
             _ => ProbeError::Load(e),
         })?;
+    phases.mark("object loaded, maps created");
     fill_tables(&mut ebpf)?;
+    phases.mark("sampling tables");
+    // Mapping a ring's pages for reading is most of this (~10 ms a ring
+    // here); made on a thread of its own while aya loaded the object, it
+    // saved nothing measurable.
     let rings = make_rings(&mut ebpf, plan)?;
+    phases.mark("event rings");
     Ok((ebpf, rings))
 }
 
