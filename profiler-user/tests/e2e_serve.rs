@@ -54,6 +54,22 @@ fn sse_client(addr: String, token: String, ready: mpsc::Sender<()>) -> Vec<u64> 
     ticks
 }
 
+/// (name, scheduling policy) of each thread of `pid`, from
+/// `/proc/PID/task/TID/stat` (field 41; 0 is SCHED_OTHER, 1 SCHED_FIFO).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads");
+    tasks
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            // Fields after the name start at 3 (state): policy is field 41.
+            let policy = rest.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((comm, policy))
+        })
+        .collect()
+}
+
 #[test]
 fn live_page_gets_ticks_and_100_clients_lose_none() {
     if !root_or_skip("live_page_gets_ticks_and_100_clients_lose_none") {
@@ -92,6 +108,19 @@ fn live_page_gets_ticks_and_100_clients_lose_none() {
     .stdout(Stdio::piped());
     let mut served = start_serving(hs);
     wait_for(&served.stderr, "attached", &mut served.seen);
+    // The web server's threads, started while heapscope attached at
+    // real-time priority, do not keep it: a slow request would hold a CPU
+    // ahead of the target (they did, for whole sessions, before SCHED_RESET_ON_FORK).
+    let policies = thread_policies(served.child.id());
+    let web: Vec<_> = policies
+        .iter()
+        .filter(|(comm, _)| comm.starts_with("heapscope-http") || comm == "heapscope-serve")
+        .collect();
+    assert!(!web.is_empty(), "no web server thread in {policies:?}");
+    assert!(
+        web.iter().all(|(_, policy)| *policy == 0),
+        "web server threads at a real-time policy: {policies:?}"
+    );
 
     let (tx, rx) = mpsc::channel();
     let clients: Vec<_> = (0..CLIENTS)
