@@ -6,10 +6,14 @@
 //! (program verification 0.25 s → 29 s, map creation 0.16 s → 9 s, reading
 //! symbols 0.05 s → 2.2 s): CPU starvation, not kernel work. Those phases are
 //! short and bounded, so heapscope runs them ahead of the target: at the
-//! lowest real-time priority (SCHED_FIFO 1) when allowed, else at nice -20,
-//! and goes back to its own priority in between (`--no-attach-priority`
-//! keeps it throughout). The kernel's real-time throttling still leaves the
-//! rest of the machine 5% of every second.
+//! lowest real-time priority (SCHED_FIFO 1) when allowed, else at nice -20.
+//! In between, only the ring thread and the thread that serves signals and
+//! ticks stay raised; the capture work goes back to heapscope's own
+//! priority and the symbolizer below it (`--no-attach-priority` keeps
+//! heapscope's own priority throughout). Threads started by a raised one do
+//! not inherit the raise unless started through [`inheriting`]. The
+//! kernel's real-time throttling still leaves the rest of the machine 5% of
+//! every second.
 
 /// The nice value heapscope asks for when real-time scheduling is refused.
 pub const NICE: i32 = -20;
