@@ -535,35 +535,18 @@ impl Probes {
     /// Detaches every probe; the target runs on untouched. Errors are
     /// reported but not fatal: dropping the object detaches too.
     pub fn detach(&mut self) -> Vec<String> {
-        // Each link's close waits for a grace period: the other processes'
-        // links go on threads of their own, so their grace periods overlap
-        // the first process's (whose links keep their order). If the thread
-        // cannot start, they are detached on this one.
-        // They run at this thread's priority (see `process::priority::inheriting`).
-        use crate::process::priority::inheriting;
-        let others: Vec<multi::MultiLinks> = self.extra_multi.drain(..).collect();
-        let background = inheriting(|| {
-            std::thread::Builder::new()
-                .name("heapscope-detach".into())
-                .spawn(move || {
-                    std::thread::scope(|s| {
-                        for m in others {
-                            inheriting(|| s.spawn(move || m.detach()));
-                        }
-                    });
-                })
-        });
+        // Every process's uprobe_multi links close at once (see
+        // `multi::detach_all`).
+        let mut sets: Vec<multi::MultiLinks> = self.extra_multi.drain(..).collect();
         let mut errors = match std::mem::replace(&mut self.links, Links::Detached) {
             Links::Multi(m) => {
-                m.detach();
+                sets.push(m);
                 Vec::new()
             }
             Links::Single(mut l) => single::detach(&mut self.ebpf, &mut l),
             Links::Detached => Vec::new(),
         };
-        if let Ok(t) = background {
-            let _ = t.join();
-        }
+        multi::detach_all(sets);
         errors.extend(single::detach(&mut self.ebpf, &mut self.extra));
         // After the probe is gone: nothing can be held from now on.
         self.end_exit_hold();

@@ -395,24 +395,27 @@ impl MultiLinks {
     pub fn programs(&self) -> Arc<MultiPrograms> {
         Arc::clone(&self.programs)
     }
+}
 
-    /// Detaches every link at once, each closed on a thread of its own: a
-    /// close waits for the kernel's grace periods (one per link, not one per
-    /// probe), and closed together their waits overlap instead of adding up.
-    /// The order does not matter: the session detaches only after it has
-    /// stopped counting (`Probes::disarm`) and taken its last snapshot.
-    pub fn detach(mut self) {
-        use crate::process::priority::inheriting;
-        let links = std::mem::take(&mut self.links);
-        std::thread::scope(|s| {
-            for l in links {
-                let closer = std::thread::Builder::new().name("heapscope-detach".into());
-                // If the thread cannot start, its closure, and with it the
-                // link, is dropped here: closed on this thread.
-                let _ = inheriting(|| closer.spawn_scoped(s, move || drop(l)));
-            }
-        });
-    }
+/// Detaches every link of `sets` (one per process) at once, each closed on
+/// a thread of its own: a close waits for the kernel's grace periods (one
+/// per link, not one per probe), and closed together their waits overlap
+/// instead of adding up. The order does not matter: the session detaches
+/// only after it has stopped counting (`Probes::disarm`) and taken its last
+/// snapshot. Closer threads run at the caller's priority.
+pub fn detach_all(sets: Vec<MultiLinks>) {
+    use crate::process::priority::inheriting;
+    std::thread::scope(|s| {
+        for l in sets
+            .into_iter()
+            .flat_map(|mut m| std::mem::take(&mut m.links))
+        {
+            let closer = std::thread::Builder::new().name("heapscope-detach".into());
+            // If the thread cannot start, its closure, and with it the link,
+            // is dropped here: closed on this thread.
+            let _ = inheriting(|| closer.spawn_scoped(s, move || drop(l)));
+        }
+    });
 }
 
 /// Attaches `programs` at every point of `target` for `pid`: per file, one

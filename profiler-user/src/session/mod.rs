@@ -230,11 +230,7 @@ pub async fn run(
     // saturating target. With 200 spinning threads it saw SIGINT 20-300 ms
     // late at nice 0 and no sooner at nice -20 (sleeps overran by 34 ms at
     // the median there, 0.1 ms at SCHED_FIFO), so it keeps the raise.
-    let _control = match attach_priority {
-        Some(raised) => Some(raised),
-        None if opts.raise_priority => crate::process::priority::raise().ok(),
-        None => None,
-    };
+    let _control = attach_priority;
     let finished = |r: Result<Result<SessionResult, SessionError>, _>| match r {
         Ok(result) => result,
         Err(_) => Err(SessionError::Panicked { pid }),
