@@ -126,8 +126,8 @@ pub const COUNTERS: [CounterDef; COUNTER_COUNT] = {
         row(
             I::FreesUnknown,
             "frees_unknown",
-            "frees of pointers allocated before attach",
-            "Frees of pointers allocated before attach.",
+            "frees of untracked pointers (allocated before attach, or unsampled under uprobe sessions)",
+            "Frees of pointers not tracked: allocated before attach, or (uprobe sessions) by an unsampled call whose return probe was skipped.",
             C,
             &[counter::FREES_UNKNOWN],
         ),

@@ -44,13 +44,30 @@ fn run(name: &str, flags: &[&str]) -> (String, u64) {
     (report, held)
 }
 
-fn assert_arenas_are_footprint(report: &str, held: u64) {
+/// How far a live-heap headline may be from the program's count: 2% (the
+/// fixture's own bookkeeping) when it is exact; under uprobe sessions, where
+/// it is estimated from samples drawn at `rate`, 4σ more, with σ² = Σ s²(1/p − 1)
+/// ≤ Σ s·rate = live·rate (p = 1 − e^(−s/rate) ≥ s/rate·(1 − s/2rate)).
+fn live_tolerance(report: &str, held: u64, rate: u64) -> f64 {
+    let estimated = report
+        .lines()
+        .any(|l| l.starts_with("live heap: ~") && l.contains("uprobe sessions"));
+    let sampling = if estimated {
+        4.0 * (held as f64 * rate as f64).sqrt()
+    } else {
+        0.0
+    };
+    0.02 * held as f64 + sampling
+}
+
+/// Arena heaps made inside `free` are the allocator's footprint. `rate`:
+/// the sampling rate the report's estimates (if any) were drawn at.
+fn assert_arenas_are_footprint(report: &str, held: u64, rate: u64) {
     let live = headline_live_bytes(report).expect("headline");
-    let diff = live.abs_diff(held) as f64 / held as f64;
+    let tol = live_tolerance(report, held, rate);
     assert!(
-        diff <= 0.02,
-        "live heap {live} B vs the program's {held} B ({:.1}% off)\n{report}",
-        diff * 100.0
+        live.abs_diff(held) as f64 <= tol,
+        "live heap {live} B vs the program's {held} B (tolerance {tol:.0} B)\n{report}"
     );
     for heap_fn in ["alloc_new_heap", "new_heap", "_int_new_arena", "arena_get2"] {
         assert!(
@@ -75,20 +92,42 @@ fn assert_arenas_are_footprint(report: &str, held: u64) {
         counter(report, "allocator's own frees (its caches)").unwrap_or(0) >= 8,
         "{report}"
     );
-    assert_eq!(
-        counter(report, "frees of pointers allocated before attach"),
-        Some(0),
-        "{report}"
-    );
+    // Under uprobe sessions the frees of unsampled blocks are frees of
+    // untracked pointers: they count there, so this holds without them only.
+    let untracked = counter(report, ENTRY_ONLY).unwrap_or(0);
+    if untracked == 0 {
+        assert_eq!(
+            counter(report, "frees of untracked pointers (allocated before attach, or unsampled under uprobe sessions)"),
+            Some(0),
+            "{report}"
+        );
+    }
 }
 
+/// The report's counter of unsampled calls seen at entry only (uprobe sessions).
+const ENTRY_ONLY: &str =
+    "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)";
+
+/// The default mode: uprobe sessions, sampled at 4 KiB so the estimate is
+/// within ~9% of the 8 MB heap at 4σ (a 64 MiB arena heap counted as the
+/// program's would be eight times that).
 #[test]
 fn arenas_created_inside_free_are_footprint_default_mode() {
     if !root_or_skip("arenas_created_inside_free_are_footprint_default_mode") {
         return;
     }
-    let (report, held) = run("arena_free_first", &[]);
-    assert_arenas_are_footprint(&report, held);
+    let (report, held) = run("arena_free_first", &["--sample-rate", "4KiB"]);
+    assert!(counter(&report, ENTRY_ONLY).unwrap_or(0) > 0, "{report}");
+    assert_arenas_are_footprint(&report, held, 4096);
+}
+
+#[test]
+fn arenas_created_inside_free_are_footprint_no_sessions() {
+    if !root_or_skip("arenas_created_inside_free_are_footprint_no_sessions") {
+        return;
+    }
+    let (report, held) = run("arena_free_first", &["--no-sessions"]);
+    assert_arenas_are_footprint(&report, held, 0);
 }
 
 #[test]
@@ -97,28 +136,63 @@ fn arenas_created_inside_free_are_footprint_exact_fp() {
         return;
     }
     let (report, held) = run("arena_free_first", &["--exact", "--stacks", "fp"]);
-    assert_arenas_are_footprint(&report, held);
+    assert_arenas_are_footprint(&report, held, 0);
 }
 
 /// The main loop leaks 20,000 blocks of 1,000 B while a SIGALRM handler
 /// frees and reallocates a 32-byte block every 100 µs, often inside an
-/// interrupted malloc: the exact live heap is the program's own count, to
-/// the byte, and no entry state is lost.
+/// interrupted malloc: the exact live heap (every return probe kept) is the
+/// program's own count, to the byte, and no entry state is lost.
 #[test]
 fn a_signal_handler_allocating_inside_malloc_loses_nothing() {
     if !root_or_skip("a_signal_handler_allocating_inside_malloc_loses_nothing") {
         return;
     }
-    let (report, held) = run("signal_alloc", &[]);
+    let (report, held) = run("signal_alloc", &["--no-sessions"]);
     assert_eq!(held, 20_000_032);
     assert_eq!(headline_live_bytes(&report), Some(held), "{report}");
+    assert_no_entry_state_lost(&report);
+    assert_eq!(
+        counter(&report, "frees of untracked pointers (allocated before attach, or unsampled under uprobe sessions)"),
+        Some(0),
+        "{report}"
+    );
+}
+
+/// The same under uprobe sessions (the default): an interrupted call may be
+/// one whose return is skipped, or one kept whole with the handler's call
+/// nested in it. Every call is still counted once: the allocated total is
+/// exactly 20,000 × 1,000 B plus 32 B per handler allocation.
+#[test]
+fn a_signal_handler_allocating_inside_malloc_under_uprobe_sessions() {
+    if !root_or_skip("a_signal_handler_allocating_inside_malloc_under_uprobe_sessions") {
+        return;
+    }
+    let (report, held) = run("signal_alloc", &["--sample-rate", "4KiB"]);
+    assert_eq!(held, 20_000_032);
+    assert!(counter(&report, ENTRY_ONLY).unwrap_or(0) > 0, "{report}");
+    assert_no_entry_state_lost(&report);
+    let calls = counter(&report, "allocations seen").expect("allocations")
+        + counter(&report, ENTRY_ONLY).expect("entry only");
+    let bytes = counter(&report, "allocated bytes").expect("bytes")
+        + counter(&report, "bytes of allocations seen at entry only").expect("entry bytes");
+    assert!(calls > 20_000, "{report}");
+    assert_eq!(bytes, 20_000_000 + 32 * (calls - 20_000), "{report}");
+    let live = headline_live_bytes(&report).expect("headline");
+    let tol = live_tolerance(&report, held, 4096);
+    assert!(
+        live.abs_diff(held) as f64 <= tol,
+        "live heap {live} B vs {held} B (tolerance {tol:.0} B)\n{report}"
+    );
+}
+
+fn assert_no_entry_state_lost(report: &str) {
     for lost in [
         "per-thread state stale (return not seen)",
         "unmatched returns",
         "per-thread state full",
-        "frees of pointers allocated before attach",
     ] {
-        assert_eq!(counter(&report, lost), Some(0), "{lost}\n{report}");
+        assert_eq!(counter(report, lost), Some(0), "{lost}\n{report}");
     }
 }
 
@@ -196,7 +270,11 @@ fn each_process_is_judged_by_its_own_allocator_layout() {
     // With one global set of ranges (the first process's) the other
     // process's arena frees were ~2,000 "pre-attach" frees; judged by its own
     // layout at most a stray one is left (seen: 0 to 3).
-    let pre = counter(&report, "frees of pointers allocated before attach").unwrap_or(u64::MAX);
+    let pre = counter(
+        &report,
+        "frees of untracked pointers (allocated before attach, or unsampled under uprobe sessions)",
+    )
+    .unwrap_or(u64::MAX);
     assert!(pre <= 8, "{report}");
     assert_eq!(
         counter(

@@ -84,7 +84,7 @@ fn pool_call_sites_are_exact_and_its_chunks_are_footprint() {
         "{report}"
     );
     for c in [
-        "frees of pointers allocated before attach",
+        "frees of untracked pointers (allocated before attach, or unsampled under uprobe sessions)",
         "live map full",
         "per-thread state full",
         "ring buffer lost",

@@ -31,21 +31,23 @@ const MODES: &[Mode] = &[
         name: "no profiler",
         heapscope: None,
     },
+    // Every call's entry and return trapped, as the issue measured them.
     Mode {
         name: "bare probes",
+        heapscope: Some(&["--bare-probes", "--no-sessions"]),
+    },
+    // The floor of the default mode: the entry traps alone.
+    Mode {
+        name: "bare probes, uprobe sessions",
         heapscope: Some(&["--bare-probes"]),
     },
     Mode {
-        name: "bare probes, uprobe sessions",
-        heapscope: Some(&["--bare-probes", "--sessions"]),
-    },
-    Mode {
-        name: "default (DWARF, sampled 512KiB)",
+        name: "default (DWARF, sampled 512KiB, uprobe sessions)",
         heapscope: Some(&[]),
     },
     Mode {
-        name: "default --sessions",
-        heapscope: Some(&["--sessions"]),
+        name: "default --no-sessions",
+        heapscope: Some(&["--no-sessions"]),
     },
     Mode {
         name: "--stacks fp (sampled)",
@@ -65,7 +67,7 @@ const MODES: &[Mode] = &[
 const LONG_MODES: &[Mode] = &[
     Mode {
         name: "bare probes, all at +0",
-        heapscope: Some(&["--bare-probes", "--no-prologue-skip"]),
+        heapscope: Some(&["--bare-probes", "--no-sessions", "--no-prologue-skip"]),
     },
     Mode {
         name: "--stacks fp --exact, all at +0",
@@ -118,7 +120,7 @@ const ALLOCATOR_MODES: [Mode; 3] = [
     },
     Mode {
         name: "bare probes",
-        heapscope: Some(&["--bare-probes"]),
+        heapscope: Some(&["--bare-probes", "--no-sessions"]),
     },
     Mode {
         name: "default",

@@ -47,21 +47,28 @@ impl StatusLine {
             .section_total(CounterSection::Lost)
             .saturating_sub(t.stack_failed);
         // With uprobe sessions only sampled blocks are tracked: the live
-        // figure is theirs alone, and the line says so.
-        let tracked = if t.untracked_allocs > 0 {
-            format!(
-                " tracked (uprobe sessions: {} allocations untracked; the report estimates the live heap)",
-                t.untracked_allocs
+        // figure is the sites' estimate, and the line says so.
+        let (tilde, live, blocks, how) = if t.untracked_allocs > 0 {
+            let (bytes, blocks) = tick.sites.iter().fold((0u64, 0u64), |(b, n), (_, s)| {
+                (
+                    b.saturating_add(s.live_bytes),
+                    n.saturating_add(s.live_count),
+                )
+            });
+            (
+                "~",
+                bytes,
+                blocks,
+                " (estimate from the samples: uprobe sessions)",
             )
         } else {
-            String::new()
+            // Exact (allocated − freed), not the sum of sampled sites.
+            ("", t.live_bytes(), t.live_blocks(), "")
         };
         format!(
-            "[{:>6.1}s] live {} in {} blocks{tracked} | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
+            "[{:>6.1}s] live {tilde}{} in {tilde}{blocks} blocks{how} | {:.0} allocs/s {:.0} frees/s | lost {} (stack failed {})",
             tick.t_ms as f64 / 1000.0,
-            // Exact (allocated − freed), not the sum of sampled sites.
-            human_bytes(t.live_bytes()),
-            t.live_blocks(),
+            human_bytes(live),
             allocs_s,
             frees_s,
             lost,
@@ -220,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn with_uprobe_sessions_the_line_says_the_live_figure_is_tracked_blocks_only() {
+    fn with_uprobe_sessions_the_line_shows_the_sites_estimate() {
         let mut tick = Tick {
             t_ms: 1000,
             ..Tick::default()
@@ -228,10 +235,19 @@ mod tests {
         tick.totals.allocs = 10;
         tick.totals.alloc_bytes = 640;
         tick.totals.untracked_allocs = 630;
+        let site = |bytes, count| crate::profile::SiteStats {
+            live_bytes: bytes,
+            live_count: count,
+            ..Default::default()
+        };
+        tick.sites = vec![
+            (crate::timeline::SiteId(1), site(3 << 20, 1000)),
+            (crate::timeline::SiteId(2), site(1 << 20, 24)),
+        ];
         let line = StatusLine::default().line(&tick);
         assert!(
-            line.contains(
-                "live 640 B in 10 blocks tracked (uprobe sessions: 630 allocations untracked"
+            line.starts_with(
+                "[   1.0s] live ~4.0 MiB in ~1024 blocks (estimate from the samples: uprobe sessions) | 640 allocs/s"
             ),
             "{line}"
         );

@@ -40,13 +40,12 @@ pub struct CaptureConfig {
 
 impl CaptureConfig {
     /// Whether userspace holds the live blocks: asked for, and possible
-    /// (every allocation sampled, DWARF stacks, no uprobe sessions).
+    /// (every allocation sampled, so no uprobe sessions; DWARF stacks).
     /// `HEAPSCOPE_KERNEL_LIVE=1` keeps the kernel's live map (comparisons).
     pub fn user_live(&self) -> bool {
         self.user_live
             && self.sample_rate == 0
             && self.stack_mode == StackMode::Dwarf
-            && !self.sessions
             && std::env::var_os("HEAPSCOPE_KERNEL_LIVE").is_none()
     }
 }
@@ -58,7 +57,7 @@ impl Default for CaptureConfig {
             stack_mode: StackMode::Dwarf,
             stack_copy: defaults::STACK_COPY,
             follow: true,
-            sessions: false,
+            sessions: true,
             hold_exit: false,
             user_live: false,
         }
