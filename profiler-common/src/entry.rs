@@ -407,5 +407,28 @@ fn realloc(ret: u64, old: u64, size: u64) -> Outcome {
     }
 }
 
+/// Slots of the entry table (`ENTRY_IPS` in profiler-ebpf).
+pub const ENTRY_IP_SLOTS: u32 = 256;
+
+/// The `ENTRY_IPS` slot of a probe at runtime address `ip` (Fibonacci
+/// hashing: the few dozen probes of a process rarely share a slot, and one
+/// that does is left out and read the slow way).
+#[inline(always)]
+pub const fn entry_ip_slot(ip: u64) -> u32 {
+    (ip.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u32 & (ENTRY_IP_SLOTS - 1)
+}
+
+/// One slot of `ENTRY_IPS`: a probe's runtime address in the profiled
+/// processes (0: empty) and the attach cookie of its link. A program that
+/// finds the address it was hit at here knows, without a helper call, that
+/// it runs at an entry (a return address never equals a probe's) and what
+/// its cookie is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryIp {
+    pub ip: u64,
+    pub cookie: u64,
+}
+
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,10 @@ pub mod entry;
 pub mod nesting;
 pub mod sampling;
 
-pub use entry::{EntryModule, EntryPoint, EntrySpec, Outcome, ENTRY_POINTS};
+pub use entry::{
+    entry_ip_slot, EntryIp, EntryModule, EntryPoint, EntrySpec, Outcome, ENTRY_IP_SLOTS,
+    ENTRY_POINTS,
+};
 
 /// Which allocator entry point produced an allocation or an event.
 ///

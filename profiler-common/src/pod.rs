@@ -26,3 +26,5 @@ unsafe impl aya::Pod for StackEnd {}
 unsafe impl aya::Pod for SampledFree {}
 // SAFETY: as above (integers only, no padding).
 unsafe impl aya::Pod for crate::nesting::AllocLayout {}
+// SAFETY: repr(C), two u64 fields, no padding.
+unsafe impl aya::Pod for crate::EntryIp {}

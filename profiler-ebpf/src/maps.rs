@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use profiler_common::nesting::AllocLayout;
 use profiler_common::{
-    counter, defaults, FpStack, LiveAlloc, LiveKey, PendingCalls, SiteCounters, SiteKey, StackEnd,
-    StackMode, MAX_PROFILED, STACK_END_SLOTS, TABLE_LEN,
+    counter, defaults, entry_ip_slot, EntryIp, FpStack, LiveAlloc, LiveKey, PendingCalls,
+    SiteCounters, SiteKey, StackEnd, StackMode, ENTRY_IP_SLOTS, MAX_PROFILED, STACK_END_SLOTS,
+    TABLE_LEN,
 };
 
 /// Mean bytes between sampled allocations; 0 samples every allocation.
@@ -279,3 +280,40 @@ pub(crate) static LAYOUT_WANTED: Array<u32> = Array::with_max_entries(1, 0);
 /// tracepoints only report these.
 #[map]
 pub(crate) static PROFILED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROFILED, 0);
+
+/// The entry table: the probes' runtime addresses in the first process and
+/// their cookies (`profiler_common::EntryIp`), filled by userspace before
+/// its links go in and never changed after. Looking the hit address up here
+/// replaces two calls on the hot path, `bpf_session_is_return` and
+/// `bpf_get_attach_cookie` (each ~20 ns on this VM kind, whose kernel
+/// returns through a mitigation thunk), by two inlined array reads.
+#[map]
+pub(crate) static ENTRY_IPS: Array<EntryIp> = Array::with_max_entries(ENTRY_IP_SLOTS, 0);
+
+/// 1 while every process the programs run in maps its allocator where
+/// `ENTRY_IPS` says (the first process and children forked without exec).
+/// An exec of a profiled process sets it to 0 before its new image runs
+/// (`procs::on_exec`), as userspace does before linking a process of
+/// another layout; it never comes back on in the session.
+#[map]
+pub(crate) static ENTRY_TABLE_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The cookie of the probe at `ip` when the entry table has it: then the
+/// program runs at that probe's entry. `None`: ask the kernel.
+#[inline(always)]
+pub(crate) fn entry_cookie(ip: u64) -> Option<u64> {
+    if ENTRY_TABLE_ON.get(0).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    let e = ENTRY_IPS.get(entry_ip_slot(ip))?;
+    (ip != 0 && e.ip == ip).then_some(e.cookie)
+}
+
+/// Turns the entry table off for the rest of the session.
+#[inline(always)]
+pub(crate) fn entry_table_off() {
+    if let Some(p) = ENTRY_TABLE_ON.get_ptr_mut(0) {
+        // SAFETY: `p` points at a live, aligned u32 map value.
+        unsafe { core::ptr::write_volatile(p, 0) };
+    }
+}

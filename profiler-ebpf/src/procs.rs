@@ -85,6 +85,9 @@ pub fn on_exec(ctx: RawTracePointContext) -> i32 {
     // (task, old_pid, bprm): old_pid is the thread that called exec, before
     // it took over the leader's pid (a pid_t: the low half).
     let old_tid: u64 = ctx.arg(1);
+    // The new image maps the allocator elsewhere: before it runs, the entry
+    // table (the old layout's addresses) stops being read.
+    crate::maps::entry_table_off();
     emit(EventKind::Exec, tgid, old_tid as u32);
     0
 }

@@ -22,7 +22,7 @@ use crate::live::{
     account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
     record_outermost_free,
 };
-use crate::maps::{armed, bump, maybe_tracked, LIVE};
+use crate::maps::{armed, bump, entry_cookie, maybe_tracked, LIVE};
 use crate::sample::sample;
 use crate::thread::{
     allocator_at, allocator_called, enter, judge_entry_only, leave, thread_has_pending, EntryOnly,
@@ -66,17 +66,21 @@ fn arg(regs: &[u64; 6], n: u8) -> u64 {
     }
 }
 
-/// The probe's attach cookie.
+/// The probe's attach cookie, from the kernel.
 #[inline(always)]
 fn cookie_of(ctx: &ProbeContext) -> u64 {
     // SAFETY: the context pointer is the one the kernel passed to this program.
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
-/// The probed call's entry point row and its saved arguments.
+/// The address the program was hit at: at an entry, the probe's (the kernel
+/// sets it back from the trap before running the program); at a return,
+/// where the call returns to.
 #[inline(always)]
-fn spec_and_args(ctx: &ProbeContext) -> Option<(EntrySpec, [u64; 3])> {
-    spec_and_args_of(ctx, cookie_of(ctx))
+fn hit_ip(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` is the pt_regs the kernel passed to this program; a
+    // volatile load at a constant offset.
+    unsafe { core::ptr::read_volatile(&(*ctx.regs).rip) }
 }
 
 /// [`spec_and_args`] of a cookie already read.
@@ -95,7 +99,7 @@ fn spec_and_args_of(ctx: &ProbeContext, cookie: u64) -> Option<(EntrySpec, [u64;
 /// Entry of any allocator function, described by its attach cookie.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    let cookie = cookie_of(&ctx);
+    let cookie = entry_cookie(hit_ip(&ctx)).unwrap_or_else(|| cookie_of(&ctx));
     let Some((spec, args)) = spec_and_args_of(&ctx, cookie) else {
         // `_exit` of a `run` command, in its first file's entry link (no
         // link of its own: each link's close costs the detach a grace period).
@@ -228,11 +232,17 @@ pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
 
 #[inline(always)]
 fn session(ctx: ProbeContext) -> u32 {
-    if session_is_return() {
-        return_of(&RetProbeContext::new(ctx.as_ptr()));
-        return 0;
-    }
-    let Some((spec, args)) = spec_and_args(&ctx) else {
+    // A hit address in the entry table is an entry: a return address is
+    // where a call returns to, never a probe of an allocator's prologue.
+    let cookie = match entry_cookie(hit_ip(&ctx)) {
+        Some(cookie) => cookie,
+        None if session_is_return() => {
+            return_of(&RetProbeContext::new(ctx.as_ptr()));
+            return 0;
+        }
+        None => cookie_of(&ctx),
+    };
+    let Some((spec, args)) = spec_and_args_of(&ctx, cookie) else {
         return 0;
     };
     let Some(req) = requested(spec.kind, args) else {

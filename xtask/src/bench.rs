@@ -42,7 +42,7 @@ const MODES: &[Mode] = &[
         heapscope: Some(&["--bare-probes"]),
     },
     Mode {
-        name: "default (DWARF, sampled 512KiB, uprobe sessions)",
+        name: "default (DWARF, 512KiB, sessions)",
         heapscope: Some(&[]),
     },
     Mode {
@@ -407,10 +407,12 @@ fn bench_rows(bin: &Path, heapscope: &Path, pairs: u64, patterns: &str, runs: u3
         "malloc(64)/free pairs, {pairs} per thread; target CPU and wall ns per pair at 1 and 2 \
          threads, ratios of the CPU time to no profiler and to bare probes of the same run"
     );
+    // Per row and thread count, each run's ratio to its bare probes.
+    let mut ratios: Vec<[Vec<f64>; 2]> = modes.iter().map(|_| [vec![], vec![]]).collect();
     for run in 1..=runs {
         println!("run {run}:");
         let (mut none, mut bare) = (Vec::new(), Vec::new());
-        for mode in &modes {
+        for (row, mode) in modes.iter().enumerate() {
             let mut m = Vec::new();
             for t in THREADS {
                 m.push(measure(bin, heapscope, mode, pairs, t)?);
@@ -420,10 +422,40 @@ fn bench_rows(bin: &Path, heapscope: &Path, pairs: u64, patterns: &str, runs: u3
             } else if bare.is_empty() {
                 bare = m.iter().map(|m| m.cpu_ns).collect();
             }
+            for (i, m) in m.iter().enumerate() {
+                if let Some(b) = bare.get(i) {
+                    ratios[row][i].push(m.cpu_ns / b);
+                }
+            }
             print_row(mode.name, &m, &none, &bare);
         }
     }
+    if runs > 1 {
+        println!("ratio to the bare probes of the same run, median (min-max) over {runs} runs, 1 / 2 threads:");
+        for (mode, r) in modes.iter().zip(&ratios).skip(2) {
+            let [one, two] = r;
+            println!("  {:<34} {} / {}", mode.name, spread(one), spread(two));
+        }
+    }
     Ok(())
+}
+
+/// `median (min-max)` of ratios.
+fn spread(v: &[f64]) -> String {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) => {
+            let mid = v.len() / 2;
+            let median = if v.len() % 2 == 0 {
+                (v[mid - 1] + v[mid]) / 2.0
+            } else {
+                v[mid]
+            };
+            format!("{median:.2}x ({lo:.2}-{hi:.2})")
+        }
+        _ => "-".into(),
+    }
 }
 
 /// bcc's memleak on the same workload, or why it was skipped (never a

@@ -97,6 +97,7 @@ impl Probes {
     }
 
     fn link_more(&mut self, pid: u32, target: &AllocatorTarget) -> Result<usize, ProbeError> {
+        self.keep_entry_table_for(pid, target)?;
         if let Links::Multi(m) = &self.links {
             // Plain entry and return links, as one at a time: uprobe
             // sessions are the first process's only.
@@ -113,6 +114,32 @@ impl Probes {
         self.extra.extend(links);
         self.count += n;
         Ok(n)
+    }
+
+    /// Before `pid`'s probes of `target` go in: the entry table stays on
+    /// only if none of them would sit at an address it gives another cookie
+    /// (a child forked without exec, or a library loaded later, agree; a
+    /// program with another layout does not).
+    /// Failing to turn it off, the process is not linked.
+    fn keep_entry_table_for(
+        &mut self,
+        pid: u32,
+        target: &AllocatorTarget,
+    ) -> Result<(), ProbeError> {
+        let Some(table) = &self.entry_table else {
+            return Ok(());
+        };
+        let agrees = crate::process::maps::MemoryMap::read_regions(pid).is_ok_and(|map| {
+            table.agrees_with(&super::entry_table::EntryTable::of(target, &map, |p| {
+                p.entry_offset
+            }))
+        });
+        if !agrees {
+            super::entry_table::set_on(&mut self.ebpf, false)?;
+            log::debug!("entry table off: pid {pid} maps its allocator elsewhere");
+            self.entry_table = None;
+        }
+        Ok(())
     }
 
     /// The allocator target `pid` was probed with.

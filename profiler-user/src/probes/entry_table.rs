@@ -1,0 +1,180 @@
+//! The entry table (`ENTRY_IPS` in profiler-ebpf): each probe's runtime
+//! address in the first process, with its attach cookie, so the entry
+//! programs find their cookie (and the session program that it runs at an
+//! entry) without a helper call.
+//!
+//! It is right only for processes that map the allocator where the first
+//! one does: the first process and its children forked without exec. The
+//! kernel side turns it off at any exec of a profiled process; userspace
+//! turns it off before linking a process whose probes would sit at an
+//! address the table gives another cookie.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+use aya::maps::Array;
+use aya::Ebpf;
+use profiler_common::{entry_ip_slot, EntryIp, ENTRY_IP_SLOTS};
+
+use super::target::{AllocatorTarget, AttachPoint};
+use super::ProbeError;
+use crate::process::maps::{Device, MemoryMap};
+
+/// Runtime address → cookie of the probes the table was filled with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryTable {
+    entries: BTreeMap<u64, u64>,
+}
+
+impl EntryTable {
+    /// The probes of `target` at their runtime addresses in `map`: each
+    /// point at `offset(point)` of its file, found by device and inode among
+    /// the executable mappings. Points whose file is not mapped there are
+    /// left out (their programs ask the kernel).
+    pub fn of(
+        target: &AllocatorTarget,
+        map: &MemoryMap,
+        offset: fn(&AttachPoint) -> u64,
+    ) -> EntryTable {
+        let mut entries = BTreeMap::new();
+        for p in &target.points {
+            let Ok(meta) = std::fs::metadata(&p.file) else {
+                continue;
+            };
+            let dev = Device {
+                major: libc::major(meta.dev()),
+                minor: libc::minor(meta.dev()),
+            };
+            if let Some(ip) = runtime_addr(map, dev, meta.ino(), offset(p)) {
+                entries.insert(ip, p.spec.cookie());
+            }
+        }
+        EntryTable { entries }
+    }
+
+    /// True when `other`'s probes can share the table: none of them sits at
+    /// an address the table gives another cookie.
+    pub fn agrees_with(&self, other: &EntryTable) -> bool {
+        other
+            .entries
+            .iter()
+            .all(|(ip, c)| self.entries.get(ip).is_none_or(|mine| mine == c))
+    }
+
+    /// The slots to write: one probe per slot; a probe whose slot another
+    /// took is left out (it asks the kernel). Returns the slots and how many
+    /// were left out.
+    pub fn slots(&self) -> (Vec<(u32, EntryIp)>, usize) {
+        let mut taken: BTreeMap<u32, EntryIp> = BTreeMap::new();
+        let mut left_out = 0;
+        for (&ip, &cookie) in &self.entries {
+            let slot = entry_ip_slot(ip);
+            if taken.contains_key(&slot) {
+                left_out += 1;
+            } else {
+                taken.insert(slot, EntryIp { ip, cookie });
+            }
+        }
+        (taken.into_iter().collect(), left_out)
+    }
+
+    /// Probes in the table.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The runtime address of `offset` in the file (`dev`, `inode`), when an
+/// executable mapping of that file covers it.
+fn runtime_addr(map: &MemoryMap, dev: Device, inode: u64, offset: u64) -> Option<u64> {
+    map.regions.iter().find_map(|r| {
+        let len = r.end - r.start;
+        (r.perms.execute
+            && r.dev == dev
+            && r.inode == inode
+            && offset >= r.file_offset
+            && offset - r.file_offset < len)
+            .then(|| r.start + (offset - r.file_offset))
+    })
+}
+
+/// Writes the table's slots and turns it on. Before the links go in: a
+/// program reads the table only once it is on, and its slots never change
+/// after. Returns the probes left out (slot taken).
+pub fn fill(ebpf: &mut Ebpf, table: &EntryTable) -> Result<usize, String> {
+    let (slots, left_out) = table.slots();
+    let mut ips: Array<_, EntryIp> = Array::try_from(
+        ebpf.map_mut("ENTRY_IPS")
+            .ok_or("the eBPF object has no ENTRY_IPS map")?,
+    )
+    .map_err(|e| e.to_string())?;
+    for (slot, e) in slots {
+        debug_assert!(slot < ENTRY_IP_SLOTS);
+        ips.set(slot, e, 0).map_err(|e| e.to_string())?;
+    }
+    set_on(ebpf, true).map_err(|e| e.to_string())?;
+    Ok(left_out)
+}
+
+/// Turns the table on or off.
+pub fn set_on(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+    const NAME: &str = "ENTRY_TABLE_ON";
+    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
+    let mut flag: Array<_, u32> =
+        Array::try_from(map).map_err(|source| ProbeError::Map { name: NAME, source })?;
+    flag.set(0, u32::from(on), 0)
+        .map_err(|source| ProbeError::Map { name: NAME, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(u64, u64)]) -> EntryTable {
+        EntryTable {
+            entries: entries.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_process_agrees_unless_an_address_has_another_cookie() {
+        let first = table(&[(0x7f00_1000, 1), (0x7f00_2000, 2)]);
+        // A child forked without exec: the same probes at the same places.
+        assert!(first.agrees_with(&first));
+        // Other probes elsewhere (a library loaded later): no conflict.
+        assert!(first.agrees_with(&table(&[(0x7f00_3000, 7)])));
+        // Another layout: an address of the table with another cookie.
+        assert!(!first.agrees_with(&table(&[(0x7f00_2000, 1)])));
+    }
+
+    #[test]
+    fn a_probe_whose_slot_is_taken_is_left_out() {
+        let ip = 0x7f12_3456_7000u64;
+        // Find a second address in the same slot.
+        let other = (1..1 << 20)
+            .map(|i| ip + i * 16)
+            .find(|&a| entry_ip_slot(a) == entry_ip_slot(ip))
+            .expect("a colliding address");
+        let (slots, left_out) = table(&[(ip, 1), (other, 2), (0x1000, 3)]).slots();
+        assert_eq!(left_out, 1);
+        assert_eq!(slots.len(), 2);
+        assert!(slots.iter().all(|(s, e)| *s == entry_ip_slot(e.ip)));
+    }
+
+    #[test]
+    fn the_runtime_address_comes_from_the_mapping_of_that_file() {
+        let map = MemoryMap::parse(
+            "7f0000000000-7f0000028000 r--p 00000000 08:01 42 /usr/lib/libc.so.6\n\
+             7f0000028000-7f00001bd000 r-xp 00028000 08:01 42 /usr/lib/libc.so.6\n\
+             7f00001bd000-7f00001c0000 r-xp 00000000 08:01 43 /usr/lib/other.so\n",
+        )
+        .expect("parse");
+        let dev = Device { major: 8, minor: 1 };
+        assert_eq!(runtime_addr(&map, dev, 42, 0x9a0f0), Some(0x7f00_0009_a0f0));
+        // Not in an executable mapping, another inode or another device.
+        assert_eq!(runtime_addr(&map, dev, 42, 0x100), None);
+        assert_eq!(runtime_addr(&map, dev, 44, 0x9a0f0), None);
+        let other = Device { major: 8, minor: 2 };
+        assert_eq!(runtime_addr(&map, other, 42, 0x9a0f0), None);
+    }
+}
