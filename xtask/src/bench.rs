@@ -447,7 +447,7 @@ fn spread(v: &[f64]) -> String {
     match (v.first(), v.last()) {
         (Some(lo), Some(hi)) => {
             let mid = v.len() / 2;
-            let median = if v.len() % 2 == 0 {
+            let median = if v.len().is_multiple_of(2) {
                 (v[mid - 1] + v[mid]) / 2.0
             } else {
                 v[mid]

@@ -69,10 +69,11 @@ impl EntryTable {
         let mut left_out = 0;
         for (&ip, &cookie) in &self.entries {
             let slot = entry_ip_slot(ip);
-            if taken.contains_key(&slot) {
-                left_out += 1;
-            } else {
-                taken.insert(slot, EntryIp { ip, cookie });
+            match taken.entry(slot) {
+                std::collections::btree_map::Entry::Occupied(_) => left_out += 1,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(EntryIp { ip, cookie });
+                }
             }
         }
         (taken.into_iter().collect(), left_out)
