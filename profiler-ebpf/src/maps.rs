@@ -283,37 +283,40 @@ pub(crate) static PROFILED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PR
 
 /// The entry table: the probes' runtime addresses in the first process and
 /// their cookies (`profiler_common::EntryIp`), filled by userspace before
-/// its links go in and never changed after. Looking the hit address up here
+/// its links go in, and changed only while off (`ENTRY_TABLE_GEN`). Looking the hit address up here
 /// replaces two calls on the hot path, `bpf_session_is_return` and
 /// `bpf_get_attach_cookie` (each ~20 ns on this VM kind, whose kernel
 /// returns through a mitigation thunk), by two inlined array reads.
 #[map]
 pub(crate) static ENTRY_IPS: Array<EntryIp> = Array::with_max_entries(ENTRY_IP_SLOTS, 0);
 
-/// 1 while every process the programs run in maps its allocator where
-/// `ENTRY_IPS` says (the first process and children forked without exec).
-/// An exec of a profiled process sets it to 0 before its new image runs
-/// (`procs::on_exec`), as userspace does before linking a process of
-/// another layout; it never comes back on in the session.
+/// Slot 0: the exec generation, one more at every exec of a profiled process
+/// (`procs::on_exec`, before the new image runs). Slot 1: the generation the
+/// table was filled for, plus one (0: off). The table is read only while
+/// they agree, so an exec turns it off at once, and a fill made from a map
+/// read before an exec never turns on for the new image. Userspace fills it
+/// again after the exec when the process is the only one profiled, and sets
+/// slot 1 to 0 before linking a process whose probes would sit elsewhere.
 #[map]
-pub(crate) static ENTRY_TABLE_ON: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static ENTRY_TABLE_GEN: Array<u64> = Array::with_max_entries(2, 0);
 
 /// The cookie of the probe at `ip` when the entry table has it: then the
 /// program runs at that probe's entry. `None`: ask the kernel.
 #[inline(always)]
 pub(crate) fn entry_cookie(ip: u64) -> Option<u64> {
-    if ENTRY_TABLE_ON.get(0).copied().unwrap_or(0) == 0 {
+    let generation = ENTRY_TABLE_GEN.get(0).copied()?;
+    if ENTRY_TABLE_GEN.get(1).copied()? != generation.wrapping_add(1) {
         return None;
     }
     let e = ENTRY_IPS.get(entry_ip_slot(ip))?;
     (ip != 0 && e.ip == ip).then_some(e.cookie)
 }
 
-/// Turns the entry table off for the rest of the session.
+/// An exec of a profiled process: the table's addresses are the old image's.
 #[inline(always)]
-pub(crate) fn entry_table_off() {
-    if let Some(p) = ENTRY_TABLE_ON.get_ptr_mut(0) {
-        // SAFETY: `p` points at a live, aligned u32 map value.
-        unsafe { core::ptr::write_volatile(p, 0) };
+pub(crate) fn entry_table_exec() {
+    if let Some(p) = ENTRY_TABLE_GEN.get_ptr_mut(0) {
+        // SAFETY: `p` points at a live, aligned u64 map value.
+        unsafe { atomic_add(p, 1) };
     }
 }

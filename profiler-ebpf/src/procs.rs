@@ -87,7 +87,7 @@ pub fn on_exec(ctx: RawTracePointContext) -> i32 {
     let old_tid: u64 = ctx.arg(1);
     // The new image maps the allocator elsewhere: before it runs, the entry
     // table (the old layout's addresses) stops being read.
-    crate::maps::entry_table_off();
+    crate::maps::entry_table_exec();
     emit(EventKind::Exec, tgid, old_tid as u32);
     0
 }

@@ -128,3 +128,77 @@ fn realloc_of_null_under_sessions_counts_once() {
         "{exact}\n{sessions}"
     );
 }
+
+/// `heapscope run` attaches before its command's exec, which turns the
+/// entry table off (its addresses were heapscope's own image's); the table
+/// is filled again for the command, whose calls then find their cookie
+/// there. Every call is counted as without uprobe sessions: the same
+/// allocations, to the byte and the call, as under `--no-sessions`.
+#[test]
+fn run_fills_the_entry_table_again_after_the_exec_and_counts_every_call() {
+    if !root_or_skip("run_fills_the_entry_table_again_after_the_exec_and_counts_every_call") {
+        return;
+    }
+    let bin = common::fixture("leaks", "fp", &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let run = |flags: &[&str]| -> (String, Vec<String>) {
+        let mut child = std::process::Command::new(common::heapscope())
+            .args(["run", "--quiet", "--tick", "100ms"])
+            .args(flags)
+            .arg("--")
+            .arg(&bin)
+            .env("RUST_LOG", "heapscope::probes::entry_table=debug")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("heapscope run");
+        let out = common::driver::line_reader(child.stdout.take().expect("stdout"));
+        let err = common::driver::line_reader(child.stderr.take().expect("stderr"));
+        let mut stdin = child.stdin.take().expect("stdin");
+        wait_for(&out, "ready", &mut Vec::new());
+        // Filled at attach, and again once the exec was applied (a tick).
+        let mut fills = Vec::new();
+        while fills.len() < 2 {
+            let line = err
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the entry table's fills");
+            if line.contains("entry table for pid") {
+                fills.push(line);
+            }
+        }
+        writeln!(stdin, "go").expect("go");
+        wait_for(&out, "done", &mut Vec::new());
+        writeln!(stdin, "exit").expect("exit");
+        let mut report = String::new();
+        while let Ok(line) = out.recv_timeout(std::time::Duration::from_secs(30)) {
+            report.push_str(&line);
+            report.push('\n');
+        }
+        assert_eq!(child.wait().expect("wait").code(), Some(3), "{report}");
+        (report, fills)
+    };
+    let (sessions, fills) = run(&[]);
+    for fill in &fills {
+        assert!(fill.contains(": 12 probes, 0 left out"), "{fills:#?}");
+    }
+    let (returns, _) = run(&["--no-sessions"]);
+    let allocated = |report: &str| -> String {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with("allocated: "))
+            .unwrap_or_else(|| panic!("an allocated line\n{report}"));
+        line.split(" calls").next().unwrap_or(line).to_string()
+    };
+    assert!(
+        counter(&sessions, ENTRY_ONLY).unwrap_or(0) > 0,
+        "{sessions}"
+    );
+    assert_eq!(
+        allocated(&sessions),
+        allocated(&returns),
+        "{sessions}\n{returns}"
+    );
+}
+
+const ENTRY_ONLY: &str =
+    "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)";

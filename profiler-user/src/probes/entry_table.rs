@@ -5,7 +5,9 @@
 //!
 //! It is right only for processes that map the allocator where the first
 //! one does: the first process and its children forked without exec. The
-//! kernel side turns it off at any exec of a profiled process; userspace
+//! kernel side turns it off at any exec of a profiled process (userspace
+//! fills it again for the new image when that process is the only one
+//! profiled: `heapscope run` execs its command after attaching); userspace
 //! turns it off before linking a process whose probes would sit at an
 //! address the table gives another cookie.
 
@@ -50,6 +52,36 @@ impl EntryTable {
             }
         }
         EntryTable { entries }
+    }
+
+    /// Reads `pid`'s map (after the exec generation) and fills the table
+    /// with `target`'s probes there, replacing `previous`; `None` when it
+    /// could not (the programs then ask the kernel), said at debug level.
+    pub fn fill_for(
+        ebpf: &mut Ebpf,
+        pid: u32,
+        target: &AllocatorTarget,
+        offset: fn(&AttachPoint) -> u64,
+        previous: Option<&EntryTable>,
+    ) -> Option<EntryTable> {
+        let filled = generation(ebpf).and_then(|gen| {
+            let map = MemoryMap::read_regions(pid).map_err(|e| e.to_string())?;
+            let table = EntryTable::of(target, &map, offset);
+            fill(ebpf, &table, previous, gen).map(|left_out| (table, left_out))
+        });
+        match filled {
+            Ok((table, left_out)) => {
+                log::debug!(
+                    "entry table for pid {pid}: {} probes, {left_out} left out (slot taken)",
+                    table.len()
+                );
+                Some(table)
+            }
+            Err(e) => {
+                log::debug!("entry table not filled for pid {pid}: {e}");
+                None
+            }
+        }
     }
 
     /// True when `other`'s probes can share the table: none of them sits at
@@ -99,32 +131,57 @@ fn runtime_addr(map: &MemoryMap, dev: Device, inode: u64, offset: u64) -> Option
     })
 }
 
-/// Writes the table's slots and turns it on. Before the links go in: a
-/// program reads the table only once it is on, and its slots never change
-/// after. Returns the probes left out (slot taken).
-pub fn fill(ebpf: &mut Ebpf, table: &EntryTable) -> Result<usize, String> {
+/// The exec generation now: read it before the map the table is made from
+/// (see `ENTRY_TABLE_GEN` in profiler-ebpf).
+pub fn generation(ebpf: &Ebpf) -> Result<u64, String> {
+    let map = ebpf
+        .map(GEN)
+        .ok_or("the eBPF object has no ENTRY_TABLE_GEN map")?;
+    let gen: Array<_, u64> = Array::try_from(map).map_err(|e| e.to_string())?;
+    gen.get(&0, 0).map_err(|e| e.to_string())
+}
+
+/// Writes the table's slots (clearing those of `previous`) while it is off,
+/// then turns it on for exec generation `generation`: if a profiled process
+/// has exec'd since, it stays off. Returns the probes left out (slot taken).
+pub fn fill(
+    ebpf: &mut Ebpf,
+    table: &EntryTable,
+    previous: Option<&EntryTable>,
+    generation: u64,
+) -> Result<usize, String> {
+    turn_off(ebpf).map_err(|e| e.to_string())?;
     let (slots, left_out) = table.slots();
     let mut ips: Array<_, EntryIp> = Array::try_from(
         ebpf.map_mut("ENTRY_IPS")
             .ok_or("the eBPF object has no ENTRY_IPS map")?,
     )
     .map_err(|e| e.to_string())?;
+    for (slot, _) in previous.map(|p| p.slots().0).unwrap_or_default() {
+        ips.set(slot, EntryIp::default(), 0)
+            .map_err(|e| e.to_string())?;
+    }
     for (slot, e) in slots {
         debug_assert!(slot < ENTRY_IP_SLOTS);
         ips.set(slot, e, 0).map_err(|e| e.to_string())?;
     }
-    set_on(ebpf, true).map_err(|e| e.to_string())?;
+    set_valid_for(ebpf, generation.wrapping_add(1)).map_err(|e| e.to_string())?;
     Ok(left_out)
 }
 
-/// Turns the table on or off.
-pub fn set_on(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
-    const NAME: &str = "ENTRY_TABLE_ON";
-    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
-    let mut flag: Array<_, u32> =
-        Array::try_from(map).map_err(|source| ProbeError::Map { name: NAME, source })?;
-    flag.set(0, u32::from(on), 0)
-        .map_err(|source| ProbeError::Map { name: NAME, source })
+/// Turns the table off (until the next fill).
+pub fn turn_off(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    set_valid_for(ebpf, 0)
+}
+
+const GEN: &str = "ENTRY_TABLE_GEN";
+
+fn set_valid_for(ebpf: &mut Ebpf, value: u64) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut(GEN).ok_or(ProbeError::MissingMap(GEN))?;
+    let mut gen: Array<_, u64> =
+        Array::try_from(map).map_err(|source| ProbeError::Map { name: GEN, source })?;
+    gen.set(1, value, 0)
+        .map_err(|source| ProbeError::Map { name: GEN, source })
 }
 
 #[cfg(test)]

@@ -124,8 +124,10 @@ pub struct Probes {
     pub sessions: Result<(), String>,
     /// The process held at `_exit` (see [`Probes::hold_at_exit`]), if any.
     exit_hold: Option<u32>,
-    /// The entry table's probes while it is on (see `entry_table`).
+    /// The entry table's probes while it may be on (see `entry_table`).
     entry_table: Option<entry_table::EntryTable>,
+    /// Where the first process's entry programs are hit in a function.
+    entry_offset: fn(&AttachPoint) -> u64,
 }
 
 /// Unread bytes in the event ring past which a record wakes the reader: an
@@ -362,31 +364,17 @@ impl Probes {
         let hold = target.exit_point.as_ref().filter(|_| capture.hold_exit);
         // The entry table, before any link: the session program is hit at
         // the function's start (`func_offset`), a plain entry program at
-        // its placement. The exec watch is in: an exec after this map was
-        // read turns the table off before the new image runs.
-        let entry_table = match crate::process::maps::MemoryMap::read_regions(pid) {
-            Ok(map) if mode == ProbeMode::Profile => {
-                let offset: fn(&AttachPoint) -> u64 = if session.is_ok() {
-                    |p| p.func_offset
-                } else {
-                    |p| p.entry_offset
-                };
-                let table = entry_table::EntryTable::of(target, &map, offset);
-                match entry_table::fill(&mut ebpf, &table) {
-                    Ok(left_out) => {
-                        log::debug!(
-                            "entry table: {} probes, {left_out} left out (slot taken)",
-                            table.len()
-                        );
-                        Some(table)
-                    }
-                    Err(e) => {
-                        log::debug!("entry table not filled: {e}");
-                        None
-                    }
-                }
-            }
-            _ => None,
+        // its placement. The exec watch is in, and the exec generation is
+        // read before the map: an exec after that keeps the table off.
+        let entry_offset: fn(&AttachPoint) -> u64 = if session.is_ok() {
+            |p| p.func_offset
+        } else {
+            |p| p.entry_offset
+        };
+        let entry_table = if mode == ProbeMode::Profile {
+            entry_table::EntryTable::fill_for(&mut ebpf, pid, target, entry_offset, None)
+        } else {
+            None
         };
         let multi = if let Some(tid) = live_thread {
             Err(format!(
@@ -457,6 +445,7 @@ impl Probes {
             sessions,
             exit_hold: None,
             entry_table,
+            entry_offset,
         };
         if hold.is_some() && matches!(probes.links, Links::Multi(_)) {
             // Its point is in the links: armed now, before the command runs.

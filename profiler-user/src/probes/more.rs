@@ -135,11 +135,30 @@ impl Probes {
             }))
         });
         if !agrees {
-            super::entry_table::set_on(&mut self.ebpf, false)?;
+            super::entry_table::turn_off(&mut self.ebpf)?;
             log::debug!("entry table off: pid {pid} maps its allocator elsewhere");
             self.entry_table = None;
         }
         Ok(())
+    }
+
+    /// After an exec of `pid` (which turned the entry table off): when its
+    /// probes stayed as they were (`same_probes`) and it is the only process
+    /// profiled, the table is filled again for its new image; else it stays
+    /// off for the rest of the session.
+    pub fn entry_table_after_exec(&mut self, pid: u32, same_probes: bool) {
+        if !same_probes || self.pids != [pid] || self.entry_table.is_none() {
+            self.entry_table = None;
+            return;
+        }
+        let previous = self.entry_table.take();
+        self.entry_table = super::entry_table::EntryTable::fill_for(
+            &mut self.ebpf,
+            pid,
+            &self.target,
+            self.entry_offset,
+            previous.as_ref(),
+        );
     }
 
     /// The allocator target `pid` was probed with.

@@ -144,6 +144,11 @@ impl Worker {
                 let r = self.probes.reattach(n.pid, Some(t), true);
                 n.new_allocator = Some((what, r.map_err(|e| e.to_string())));
             }
+            // The exec turned the entry table off; with the same probes
+            // (`heapscope run`'s command, a program re-exec'ing itself) it
+            // can be filled for the new image.
+            let same_probes = n.from_thread.is_none() && changed.is_none();
+            self.probes.entry_table_after_exec(n.pid, same_probes);
             // The new program maps its allocator elsewhere (its map was
             // read again when the exec was applied).
             self.note_layout_of(n.pid, false);
