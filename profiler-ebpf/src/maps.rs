@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use profiler_common::nesting::AllocLayout;
 use profiler_common::{
@@ -320,3 +320,10 @@ pub(crate) fn entry_table_exec() {
         unsafe { atomic_add(p, 1) };
     }
 }
+
+/// The return half of the session program (`alloc_return`, loaded with the
+/// session attach type, which a tail call requires), tail-called at a kept
+/// call's return: verified beside the session program instead of inside it,
+/// it takes ~40 ms off an idle attach on two CPUs.
+#[map]
+pub(crate) static SESSION_RETURN: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -22,7 +22,7 @@ use crate::live::{
     account, account_allocator, emit_map_event, map_event, record_allocator_free, record_free,
     record_outermost_free,
 };
-use crate::maps::{armed, bump, entry_cookie, maybe_tracked, LIVE};
+use crate::maps::{armed, bump, entry_cookie, maybe_tracked, LIVE, SESSION_RETURN};
 use crate::sample::sample;
 use crate::thread::{
     allocator_at, allocator_called, enter, judge_entry_only, leave, thread_has_pending, EntryOnly,
@@ -237,7 +237,11 @@ fn session(ctx: ProbeContext) -> u32 {
     let cookie = match entry_cookie(hit_ip(&ctx)) {
         Some(cookie) => cookie,
         None if session_is_return() => {
-            return_of(&RetProbeContext::new(ctx.as_ptr()));
+            // SAFETY: a tail call with this program's own context; it
+            // does not return when the slot holds the return program.
+            unsafe { SESSION_RETURN.tail_call(&ctx, 0) };
+            // The slot is filled before any link: never empty here.
+            bump(counter::UNMATCHED_RETURN, 1);
             return 0;
         }
         None => cookie_of(&ctx),

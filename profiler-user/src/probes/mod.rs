@@ -1,5 +1,6 @@
 //! Loading the embedded eBPF object and attaching it to one process's allocator.
 
+mod bpf_sys;
 pub mod btf;
 mod config;
 pub mod custom;

@@ -11,19 +11,17 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use aya::maps::{Map, MapData};
 use aya::Ebpf;
 use aya_obj::generated::bpf_insn;
 
-/// `enum bpf_cmd`.
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-/// `enum bpf_prog_type`: uprobes are kprobe-type programs.
-const BPF_PROG_TYPE_KPROBE: u32 = 2;
+use super::bpf_sys::{
+    bpf_fd, load_program, map_data, set_program, LinkCreateAttr, BPF_LINK_CREATE,
+};
+
 /// `enum bpf_attach_type` (checked against this kernel's BTF).
 pub const BPF_TRACE_UPROBE_MULTI: u32 = 48;
 /// `BPF_F_UPROBE_MULTI_RETURN`: the link's probes are return probes.
@@ -54,112 +52,45 @@ pub enum MultiError {
     },
 }
 
-/// The fields of `union bpf_attr` that `BPF_PROG_LOAD` reads, in the uapi
-/// layout; the kernel zero-extends a shorter attribute.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-/// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    path: u64,
-    offsets: u64,
-    ref_ctr_offsets: u64,
-    cookies: u64,
-    cnt: u32,
-    multi_flags: u32,
-    pid: u32,
-    _pad: u32,
-}
-
-/// Calls `bpf(cmd, attr)` and returns the new descriptor.
-fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live, fully initialised `#[repr(C)]` prefix of
-    // `union bpf_attr` for `cmd`, and its size is passed along; the pointers
-    // inside it point to buffers the caller keeps alive for this call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: on success the bpf syscall returns a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
-}
-
-/// The descriptor of a map aya created.
-fn map_data(map: &Map) -> &MapData {
-    match map {
-        Map::Array(m)
-        | Map::ArrayOfMaps(m)
-        | Map::BloomFilter(m)
-        | Map::CgroupArray(m)
-        | Map::CgroupStorage(m)
-        | Map::CgrpStorage(m)
-        | Map::CpuMap(m)
-        | Map::DevMap(m)
-        | Map::DevMapHash(m)
-        | Map::HashMap(m)
-        | Map::HashOfMaps(m)
-        | Map::InodeStorage(m)
-        | Map::LpmTrie(m)
-        | Map::LruHashMap(m)
-        | Map::PerCpuArray(m)
-        | Map::PerCpuCgroupStorage(m)
-        | Map::PerCpuHashMap(m)
-        | Map::PerCpuLruHashMap(m)
-        | Map::PerfEventArray(m)
-        | Map::ProgramArray(m)
-        | Map::Queue(m)
-        | Map::ReusePortSockArray(m)
-        | Map::RingBuf(m)
-        | Map::SockHash(m)
-        | Map::SockMap(m)
-        | Map::SkStorage(m)
-        | Map::Stack(m)
-        | Map::StackTraceMap(m)
-        | Map::Unsupported(m)
-        | Map::XskMap(m) => m,
-    }
-}
-
 /// Programs loaded for `uprobe_multi` links.
 pub struct MultiPrograms {
     pub entry: OwnedFd,
-    pub ret: OwnedFd,
+    /// The return program: loaded with the others without a session program;
+    /// with one, only once a process without sessions is linked (a child, a
+    /// second `-p`): verifying it beside the session program made an idle
+    /// attach ~55 ms longer on two CPUs.
+    ret: std::sync::OnceLock<Result<OwnedFd, String>>,
+    /// What loading `ret` later takes: its relocated instructions.
+    ret_later: Option<(&'static str, Vec<bpf_insn>, CString)>,
     /// Attached as uprobe sessions at the entry points with a return (then
     /// `ret` is not attached).
     pub session: Option<SessionProgram>,
+}
+
+impl MultiPrograms {
+    /// The return program, loaded now if it was left for later.
+    pub fn ret(&self) -> Result<&OwnedFd, MultiError> {
+        let loaded = self.ret.get_or_init(|| match &self.ret_later {
+            Some((name, insns, license)) => {
+                load_program(name, insns, license, BPF_TRACE_UPROBE_MULTI)
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("no return program".to_string()),
+        });
+        loaded.as_ref().map_err(|reason| MultiError::Relocate {
+            name: "alloc_return",
+            reason: reason.clone(),
+        })
+    }
 }
 
 /// A program loaded with the uprobe session attach type.
 pub struct SessionProgram {
     pub fd: OwnedFd,
     pub attach_type: u32,
+    /// Its return half (`SESSION_RETURN` in profiler-ebpf), held in the
+    /// program array too.
+    _return_half: OwnedFd,
 }
 
 /// The program names to load, and for sessions what the kernel needs.
@@ -230,22 +161,30 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
     let license = obj.license.clone();
     let mut phases = crate::phases::Phases::new("uprobe_multi");
     phases.mark("object parsed and relocated");
+    let insns_of = |name: &'static str| -> Result<Vec<bpf_insn>, MultiError> {
+        let prog = obj
+            .programs
+            .get(name)
+            .ok_or(MultiError::MissingProgram(name))?;
+        let func = obj
+            .functions
+            .get(&prog.function_key())
+            .ok_or(MultiError::MissingProgram(name))?;
+        Ok(func.instructions.clone())
+    };
     let load_one =
         |name: &'static str, attach_type: u32, kfunc: Option<u32>| -> Result<OwnedFd, MultiError> {
-            let prog = obj
-                .programs
-                .get(name)
-                .ok_or(MultiError::MissingProgram(name))?;
-            let func = obj
-                .functions
-                .get(&prog.function_key())
-                .ok_or(MultiError::MissingProgram(name))?;
-            let mut insns = func.instructions.clone();
+            let mut insns = insns_of(name)?;
             if let Some(id) = kfunc {
                 patch_session_calls(&mut insns, id);
             }
             load_program(name, &insns, &license, attach_type)
         };
+    // With a session program the return program waits until it is needed.
+    let ret_later = match names.session {
+        Some(_) => Some((ret, insns_of(ret)?, license.clone())),
+        None => None,
+    };
     // The kernel verifies each program in the loading thread (most of an
     // idle attach: ~100 ms for the return program alone), so the programs
     // are loaded on threads of their own, one CPU each.
@@ -253,7 +192,12 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
     // saturating target, see `process::priority`).
     use crate::process::priority::inheriting;
     let (entry_fd, ret_fd, session) = std::thread::scope(|scope| {
-        let ret_fd = inheriting(|| scope.spawn(|| load_one(ret, BPF_TRACE_UPROBE_MULTI, None)));
+        let ret_fd = ret_later
+            .is_none()
+            .then(|| inheriting(|| scope.spawn(|| load_one(ret, BPF_TRACE_UPROBE_MULTI, None))));
+        // With sessions: the session program and its return half (the
+        // return program loaded with the session attach type, which a tail
+        // call into it requires), each on a thread of its own.
         let session = names.session.map(|(name, support)| {
             let load = &load_one;
             (
@@ -262,6 +206,7 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
                         load(name, support.attach_type, Some(support.is_return_kfunc))
                     })
                 }),
+                inheriting(|| scope.spawn(move || load(ret, support.attach_type, None))),
                 support.attach_type,
             )
         });
@@ -273,50 +218,42 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
                 reason: "the loading thread panicked".to_string(),
             }))
         };
-        let session = session.map(|(h, attach_type)| {
+        let session = session.map(|(h, half, attach_type)| {
             (
                 joined(h, names.session.map_or(entry, |(n, _)| n)),
+                joined(half, ret),
                 attach_type,
             )
         });
-        (entry_fd, joined(ret_fd, ret), session)
+        (entry_fd, ret_fd.map(|h| joined(h, ret)), session)
     });
     let session = match session {
-        Some((fd, attach_type)) => Some(SessionProgram {
-            fd: fd?,
-            attach_type,
-        }),
+        Some((fd, half, attach_type)) => {
+            let half = half?;
+            let tail = ebpf
+                .map("SESSION_RETURN")
+                .ok_or(MultiError::MissingProgram("SESSION_RETURN"))?;
+            set_program(tail, 0, &half).map_err(|source| MultiError::Load { name: ret, source })?;
+            Some(SessionProgram {
+                fd: fd?,
+                attach_type,
+                _return_half: half,
+            })
+        }
         None => None,
     };
+    let loaded = std::sync::OnceLock::new();
+    if let Some(fd) = ret_fd {
+        let _ = loaded.set(Ok(fd?));
+    }
     let programs = MultiPrograms {
         entry: entry_fd?,
-        ret: ret_fd?,
+        ret: loaded,
+        ret_later,
         session,
     };
     phases.mark("programs loaded and verified");
     Ok(programs)
-}
-
-fn load_program(
-    name: &'static str,
-    insns: &[bpf_insn],
-    license: &CString,
-    attach_type: u32,
-) -> Result<OwnedFd, MultiError> {
-    let mut prog_name = [0u8; 16];
-    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
-        *d = s;
-    }
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_KPROBE,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name,
-        expected_attach_type: attach_type,
-        ..Default::default()
-    };
-    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|source| MultiError::Load { name, source })
 }
 
 /// One offset of a link: where, and the cookie its program reads.
@@ -458,7 +395,7 @@ pub fn attach(
             ),
         ],
         None => vec![
-            (returns, true, &programs.ret, LinkKind::Return),
+            (returns, true, programs.ret()?, LinkKind::Return),
             (every, false, &programs.entry, LinkKind::Entry),
         ],
     };
@@ -521,22 +458,4 @@ pub fn attach(
         programs,
         probes,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attribute_layouts_match_the_uapi() {
-        // Offsets of `union bpf_attr` members in include/uapi/linux/bpf.h.
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, insns), 8);
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, log_buf), 32);
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
-        assert_eq!(std::mem::offset_of!(LinkCreateAttr, path), 16);
-        assert_eq!(std::mem::offset_of!(LinkCreateAttr, cookies), 40);
-        assert_eq!(std::mem::offset_of!(LinkCreateAttr, cnt), 48);
-        assert_eq!(std::mem::offset_of!(LinkCreateAttr, pid), 56);
-    }
 }
