@@ -8,8 +8,6 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use aya::maps::{Map, MapData};
 use aya_obj::generated::bpf_insn;
 
-use super::multi::MultiError;
-
 /// `enum bpf_cmd`.
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -115,7 +113,7 @@ pub(super) fn load_program(
     insns: &[bpf_insn],
     license: &CString,
     attach_type: u32,
-) -> Result<OwnedFd, MultiError> {
+) -> std::io::Result<OwnedFd> {
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
         *d = s;
@@ -129,7 +127,7 @@ pub(super) fn load_program(
         expected_attach_type: attach_type,
         ..Default::default()
     };
-    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|source| MultiError::Load { name, source })
+    bpf_fd(BPF_PROG_LOAD, &mut attr)
 }
 
 /// `union bpf_attr` for `BPF_MAP_UPDATE_ELEM`.

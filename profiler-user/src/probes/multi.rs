@@ -73,7 +73,7 @@ impl MultiPrograms {
         let loaded = self.ret.get_or_init(|| match &self.ret_later {
             Some((name, insns, license)) => {
                 load_program(name, insns, license, BPF_TRACE_UPROBE_MULTI)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| format!("loading it for uprobe_multi: {e}"))
             }
             None => Err("no return program".to_string()),
         });
@@ -179,6 +179,7 @@ pub fn load(object: &[u8], ebpf: &Ebpf, names: &ProgramNames) -> Result<MultiPro
                 patch_session_calls(&mut insns, id);
             }
             load_program(name, &insns, &license, attach_type)
+                .map_err(|source| MultiError::Load { name, source })
         };
     // With a session program the return program waits until it is needed.
     let ret_later = match names.session {
