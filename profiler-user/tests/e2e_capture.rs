@@ -319,13 +319,6 @@ fn detaching_from_a_busy_process_leaves_no_artifacts() {
     }
 }
 
-/// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
-fn headline_live_bytes(report: &str) -> Option<u64> {
-    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
-    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
-    inner.replace(',', "").parse().ok()
-}
-
 #[test]
 fn sampled_headline_is_the_exact_live_heap() {
     if !root_or_skip("sampled_headline_is_the_exact_live_heap") {

@@ -9,14 +9,7 @@ mod common;
 use std::io::Write;
 
 use common::driver::{attach, finish, interrupt, start_fixture, wait_for, Fixture};
-use common::{counter, fixture, root_or_skip};
-
-/// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
-fn headline_live_bytes(report: &str) -> Option<u64> {
-    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
-    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
-    inner.replace(',', "").parse().ok()
-}
+use common::{counter, fixture, headline_live_bytes, root_or_skip, ENTRY_ONLY};
 
 /// Runs the fixture `name` with heapscope attached (`flags`); returns the
 /// report and the bytes the fixture says it holds.
@@ -103,10 +96,6 @@ fn assert_arenas_are_footprint(report: &str, held: u64, rate: u64) {
         );
     }
 }
-
-/// The report's counter of unsampled calls seen at entry only (uprobe sessions).
-const ENTRY_ONLY: &str =
-    "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)";
 
 /// The default mode: uprobe sessions, sampled at 16 KiB so the estimate is
 /// within ~18% of the 8 MB heap at 4σ (a 64 MiB arena heap counted as the

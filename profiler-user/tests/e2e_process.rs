@@ -11,16 +11,9 @@ use std::process::Command;
 
 use common::driver::{attach, finish, interrupt, start_command, wait_for, Fixture};
 use common::{
-    assert_per_process_sites, by_site, counter, fixture, parse_folded, root_or_skip, scratch,
-    site_sum_rows,
+    assert_per_process_sites, by_site, counter, fixture, headline_live_bytes, parse_folded,
+    root_or_skip, scratch, site_sum_rows,
 };
-
-/// The exact bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`.
-fn headline_live_bytes(report: &str) -> Option<u64> {
-    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
-    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
-    inner.replace(',', "").parse().ok()
-}
 
 #[test]
 fn exec_from_the_main_thread_releases_the_old_image_fp() {

@@ -123,16 +123,11 @@ fn check(test: &str, variant_flags: &[&str], threads: u32, rounds: u32, rate: u6
         // Uprobe sessions (the default): the headline is the sites'
         // estimate, within 4σ of all sites together (their samples are
         // independent, so their variances add).
-        let line = report
-            .lines()
-            .find(|l| l.starts_with("live heap: ~"))
-            .unwrap_or_else(|| panic!("an estimated headline\n{report}"));
-        let live: u64 = line
-            .split_once('(')
-            .and_then(|(_, r)| r.split_once(" B)"))
-            .map(|(n, _)| n.replace(',', ""))
-            .and_then(|n| n.parse().ok())
-            .expect("headline bytes");
+        assert!(
+            report.lines().any(|l| l.starts_with("live heap: ~")),
+            "an estimated headline\n{report}"
+        );
+        let live = headline_live_bytes(&report).expect("headline bytes");
         let sd = truth
             .blocks
             .values()

@@ -11,7 +11,7 @@ mod common;
 use std::io::Write;
 
 use common::driver::{attach, finish, interrupt, start_command, wait_for};
-use common::{counter, fixture_with, root_or_skip};
+use common::{counter, fixture_with, root_or_skip, ENTRY_ONLY};
 
 /// The `~… (N B)` byte count of the report's `live heap:` line.
 fn live_estimate(report: &str) -> Option<u64> {
@@ -48,11 +48,7 @@ fn cxx_new_over_glibc_counts_each_call_once_and_estimates_the_live_heap() {
     // aligned_alloc): counted once, never once for new and once for malloc.
     const CALLS: u64 = 10 + 6 + 4 + 5 + 1_000 + 100 + 20;
     const BYTES: u64 = 10 * 48 + 6 * 3_000 + 4 * 256 + 5 * 700 + 1_000 * 48 + 100 * 100 + 20 * 256;
-    let untracked = counter(
-        &report,
-        "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)",
-    )
-    .expect("untracked allocations");
+    let untracked = counter(&report, ENTRY_ONLY).expect("untracked allocations");
     let untracked_bytes =
         counter(&report, "bytes of allocations seen at entry only").expect("untracked bytes");
     let tracked = counter(&report, "allocations seen").expect("allocations");
@@ -111,11 +107,7 @@ fn realloc_of_null_under_sessions_counts_once() {
         "4096",
         "--quiet",
     ]);
-    let untracked = counter(
-        &sessions,
-        "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)",
-    )
-    .expect("untracked");
+    let untracked = counter(&sessions, ENTRY_ONLY).expect("untracked");
     assert!(untracked > 0, "some returns skipped\n{sessions}");
     let untracked_bytes =
         counter(&sessions, "bytes of allocations seen at entry only").expect("untracked bytes");
@@ -199,6 +191,3 @@ fn run_fills_the_entry_table_again_after_the_exec_and_counts_every_call() {
         "{sessions}\n{returns}"
     );
 }
-
-const ENTRY_ONLY: &str =
-    "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)";

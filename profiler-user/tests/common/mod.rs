@@ -130,6 +130,18 @@ pub fn by_site(folded: &[(Vec<String>, u64)]) -> BTreeMap<String, u64> {
     out
 }
 
+/// The bytes of the report's headline `live heap: 1.2 MiB (1,234,567 B) ...`
+/// (exact, or `~` estimated under uprobe sessions).
+pub fn headline_live_bytes(report: &str) -> Option<u64> {
+    let line = report.lines().find(|l| l.starts_with("live heap: "))?;
+    let inner = line.split_once('(')?.1.split_once(" B)")?.0;
+    inner.replace(',', "").parse().ok()
+}
+
+/// The report's counter of unsampled calls seen at entry only (uprobe sessions).
+pub const ENTRY_ONLY: &str =
+    "allocations seen at entry only (uprobe sessions; their frees are in frees_unknown)";
+
 /// Reads `name: N` from the report's counters.
 pub fn counter(report: &str, name: &str) -> Option<u64> {
     report.lines().find_map(|l| {
